@@ -1,0 +1,1 @@
+"""strangler: extracted package."""

@@ -1,0 +1,1 @@
+"""strangler: legacy package."""

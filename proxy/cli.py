@@ -1,0 +1,128 @@
+"""The `strangler` command line: thin click wrappers over the modules that do the work.
+
+Each command imports its implementation lazily so `strangler check` stays fast and one
+broken subsystem cannot break unrelated commands. Exit codes: 0 ok, 1 gate failed,
+2 usage or config error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="strangler")
+def main() -> None:
+    """strangler: a strangler-fig extraction proxy."""
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--watch", is_flag=True, help="Reload when the config file changes.")
+def serve(config_path: str, workers: int, watch: bool) -> None:
+    """Run the proxy and its admin listener."""
+    from proxy.serve import run
+
+    sys.exit(run(config_path, workers=workers, watch=watch))
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def check(config_path: str) -> None:
+    """Validate a config file; print PATH:LINE:COL: message per problem."""
+    from proxy.check import run_check
+
+    sys.exit(run_check(config_path))
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.argument("method")
+@click.argument("url_path")
+def explain(config_path: str, method: str, url_path: str) -> None:
+    """Show which route a request matches, its mode, backends and sampling."""
+    from proxy.check import run_explain
+
+    sys.exit(run_explain(config_path, method, url_path))
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:8081", show_default=True)
+@click.option("--db", "db_url", default="sqlite+aiosqlite:///legacy.db", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0))
+def legacy(listen: str, db_url: str, seed: int) -> None:
+    """Run the reference legacy monolith."""
+    from legacy.server import run
+
+    sys.exit(run(listen, db_url, seed=seed))
+
+
+@main.command()
+@click.option("--listen", default="127.0.0.1:8082", show_default=True)
+@click.option("--db", "db_url", default="sqlite+aiosqlite:///legacy.db", show_default=True)
+def extracted(listen: str, db_url: str) -> None:
+    """Run the extracted Order service standalone."""
+    from extracted.server import run
+
+    sys.exit(run(listen, db_url))
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.option("--store", "store_url", required=True)
+@click.option("--since", default=None)
+@click.option("--until", default=None)
+@click.option("--route", "routes", multiple=True)
+@click.option(
+    "--format",
+    "fmt",
+    default="text",
+    type=click.Choice(["text", "markdown", "json", "junit", "html"]),
+)
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False))
+@click.option("--max-mismatch-rate", type=float, default=None)
+@click.option("--max-error-rate", type=float, default=None)
+@click.option("--min-samples", type=int, default=None)
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False))
+def report(
+    store_url: str,
+    since: str | None,
+    until: str | None,
+    routes: tuple[str, ...],
+    fmt: str,
+    config_path: str | None,
+    max_mismatch_rate: float | None,
+    max_error_rate: float | None,
+    min_samples: int | None,
+    output: str | None,
+) -> None:
+    """Per-route mismatch report; exits 1 when a route fails its gate."""
+    from shadow.report_cli import run_report
+
+    sys.exit(
+        run_report(
+            store_url=store_url,
+            since=since,
+            until=until,
+            routes=routes,
+            fmt=fmt,
+            config_path=config_path,
+            max_mismatch_rate=max_mismatch_rate,
+            max_error_rate=max_error_rate,
+            min_samples=min_samples,
+            output=output,
+        )
+    )
+
+
+@main.command()
+@click.option("--keep-running", is_flag=True, help="Keep the stack up after the report.")
+def demo(keep_running: bool) -> None:
+    """The whole story on one machine, on embedded SQLite."""
+    from proxy.demo import run_demo
+
+    sys.exit(run_demo(keep_running=keep_running))
