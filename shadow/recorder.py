@@ -1,0 +1,267 @@
+"""The recorder: a bounded buffer in front of the store, drained by one batching writer task.
+
+`record()` is synchronous, O(1) and never raises, so the shadow path can call it freely.
+Each route's counters keep `started = recorded + dropped + failed` once the writer is idle:
+every started shadow ends as a stored row (recorded), a drop (counted by reason, before
+or instead of a row) or a row the store never took (failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from shadow.record import ComparisonRecord
+from shadow.store import StoreError
+
+__all__ = ["RecordSink", "Recorder", "RouteCounters"]
+
+_log = logging.getLogger(__name__)
+
+BUFFER_FULL = "buffer_full"
+STOPPED = "stopped"
+
+
+class RecordSink(Protocol):
+    """Where batches go: `shadow.store.Store`, or a fake in unit tests."""
+
+    async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int: ...
+
+
+@dataclass(slots=True)
+class RouteCounters:
+    """One route's shadow bookkeeping; `outcomes` counts records accepted into the buffer."""
+
+    started: int = 0
+    recorded: int = 0
+    failed: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    outcomes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dropped_total(self) -> int:
+        """Drops over every reason."""
+        return sum(self.dropped.values())
+
+    @property
+    def balanced(self) -> bool:
+        """Whether started = recorded + dropped + failed (true whenever the writer is idle)."""
+        return self.started == self.recorded + self.dropped_total + self.failed
+
+    def copy(self) -> RouteCounters:
+        """An independent snapshot."""
+        return RouteCounters(
+            self.started, self.recorded, self.failed, dict(self.dropped), dict(self.outcomes)
+        )
+
+
+class Recorder:
+    """Buffers comparison records and writes them to a store in batches, retrying with backoff."""
+
+    def __init__(
+        self,
+        store: RecordSink,
+        buffer_size: int = 10_000,
+        batch_size: int = 500,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 5.0,
+    ) -> None:
+        if buffer_size < 1 or batch_size < 1:
+            raise ValueError("buffer_size and batch_size must be positive")
+        self._store = store
+        self._buffer_size = buffer_size
+        self._batch_size = batch_size
+        self._clock = clock
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._buf: deque[ComparisonRecord] = deque()
+        self._inflight: list[ComparisonRecord] = []
+        self._routes: dict[str, RouteCounters] = {}
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._down_since: float | None = None
+        self._last_error = ""
+        self._batches = 0
+        self._retries = 0
+
+    # -- the hot path ---------------------------------------------------------------------
+
+    def note_started(self, route: str) -> None:
+        """Count a shadow comparison that has begun; it must end in `record` or `note_dropped`."""
+        self._counters(route).started += 1
+
+    def note_dropped(self, route: str, reason: str) -> None:
+        """Count a started comparison abandoned before it produced a record."""
+        counters = self._counters(route)
+        counters.dropped[reason] = counters.dropped.get(reason, 0) + 1
+
+    def record(self, rec: ComparisonRecord, *, started: bool = False) -> None:
+        """Queue `rec` for writing, or drop and count it when the buffer is full; never raises.
+
+        Pass `started=True` when no `note_started` was called for this comparison.
+        """
+        try:
+            counters = self._counters(rec.route)
+            if started:
+                counters.started += 1
+            if self._closed or len(self._buf) + len(self._inflight) >= self._buffer_size:
+                reason = STOPPED if self._closed else BUFFER_FULL
+                counters.dropped[reason] = counters.dropped.get(reason, 0) + 1
+                return
+            counters.outcomes[rec.outcome] = counters.outcomes.get(rec.outcome, 0) + 1
+            self._buf.append(rec)
+            self._idle.clear()
+            self._wake.set()
+        except Exception:  # the shadow path must never see an error from here
+            _log.exception("recorder: cannot queue a record")
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer task (idempotent)."""
+        if self._task is None:
+            self._closed = False
+            self._stopping.clear()
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="strangler-recorder"
+            )
+
+    async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (grace period)
+        """Stop accepting records, flush what is buffered for up to `timeout` seconds.
+
+        Whatever is still unwritten afterwards is counted as failed.
+        """
+        self._closed = True
+        self._stopping.set()
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=timeout)
+            if not done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        lost = list(self._inflight) + list(self._buf)
+        self._inflight = []
+        self._buf.clear()
+        for rec in lost:
+            self._counters(rec.route).failed += 1
+        self._idle.set()
+
+    async def flush(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109 (grace period)
+        """Wait until everything queued so far is written or given up; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- observation ----------------------------------------------------------------------
+
+    def counters(self) -> dict[str, RouteCounters]:
+        """A snapshot of every route's counters."""
+        return {route: c.copy() for route, c in self._routes.items()}
+
+    stats = counters  # the name the proxy's Prometheus collector calls at scrape time
+
+    @property
+    def buffered(self) -> int:
+        """Records waiting in memory (queued plus the batch being written)."""
+        return len(self._buf) + len(self._inflight)
+
+    @property
+    def store_down_for(self) -> float | None:
+        """Seconds since the store last failed without a success since, or None when healthy."""
+        return None if self._down_since is None else self._clock() - self._down_since
+
+    @property
+    def last_error(self) -> str:
+        """The last store error seen (empty when none)."""
+        return self._last_error
+
+    @property
+    def retries(self) -> int:
+        """Failed write attempts that were retried."""
+        return self._retries
+
+    # -- the writer -----------------------------------------------------------------------
+
+    def _counters(self, route: str) -> RouteCounters:
+        counters = self._routes.get(route)
+        if counters is None:
+            counters = self._routes[route] = RouteCounters()
+        return counters
+
+    async def _run(self) -> None:
+        while True:
+            if not self._buf:
+                self._idle.set()
+                if self._stopping.is_set():
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            take = min(self._batch_size, len(self._buf))
+            self._inflight = [self._buf.popleft() for _ in range(take)]
+            try:
+                await self._write(self._inflight)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in a sink must not kill the writer
+                _log.exception("recorder: unexpected error writing a batch")
+                for rec in self._inflight:
+                    self._counters(rec.route).failed += 1
+            self._inflight = []
+
+    async def _write(self, batch: list[ComparisonRecord]) -> None:
+        delay = self._backoff_initial
+        while True:
+            try:
+                await self._store.insert_batch(batch)
+            except (StoreError, OSError, TimeoutError) as e:
+                if isinstance(e, StoreError) and not e.transient:
+                    await self._write_one_by_one(batch)
+                    return
+                self._note_failure(e)
+                self._retries += 1
+                await self._nap(delay)
+                delay = min(delay * 2, self._backoff_max)
+                continue
+            self._down_since = None
+            self._batches += 1
+            for rec in batch:
+                self._counters(rec.route).recorded += 1
+            return
+
+    async def _write_one_by_one(self, batch: list[ComparisonRecord]) -> None:
+        # A permanent error is about some record's data: isolate it instead of retrying forever.
+        for rec in batch:
+            try:
+                await self._store.insert_batch([rec])
+            except Exception as e:
+                self._note_failure(e)
+                self._counters(rec.route).failed += 1
+            else:
+                self._counters(rec.route).recorded += 1
+
+    def _note_failure(self, e: BaseException) -> None:
+        if self._down_since is None:
+            self._down_since = self._clock()
+            _log.warning("recorder: store unavailable, buffering: %s", e)
+        self._last_error = str(e) or type(e).__name__
+
+    async def _nap(self, delay: float) -> None:
+        # While stopping, keep retrying at the same pace; stop()'s timeout bounds the wait.
+        await asyncio.sleep(delay)

@@ -1,0 +1,456 @@
+"""The comparison store: SQLAlchemy 2 async over SQLite (aiosqlite) or PostgreSQL (psycopg).
+
+SQLite gets its schema with `create_all` on start; PostgreSQL gets the versioned migrations
+of `shadow.migrations`, tracked in a `schema_version` table. Every table lives in the
+connection's default schema (the first of its `search_path`), never a hard-coded one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    event,
+    exc,
+    func,
+    insert,
+    select,
+    text,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from shadow.migrations import migrations
+from shadow.record import ComparisonRecord, RouteChange
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Store",
+    "StoreError",
+    "comparison_paths",
+    "comparisons",
+    "metadata",
+    "normalize_url",
+    "route_changes",
+]
+
+
+class StoreError(Exception):
+    """The store cannot be reached or used; `transient` errors are worth retrying."""
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class _UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out; SQLite stores them naive (as UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+_Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER keys only
+
+metadata = MetaData()
+
+comparisons = Table(
+    "comparisons",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("time", _UtcDateTime(), nullable=False),
+    Column("route", String(200), nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("path", String(1000), nullable=False),
+    Column("request_path", Text, nullable=False),
+    Column("status_primary", Integer),
+    Column("status_candidate", Integer),
+    Column("latency_primary_ms", Float),
+    Column("latency_candidate_ms", Float),
+    Column("outcome", String(20), nullable=False),
+    Column("diff_count", Integer, nullable=False),
+    Column("noise_count", Integer, nullable=False),
+    Column("diff_paths", Text, nullable=False),  # JSON list, for display; aggregate the table below
+    Column("primary_body", LargeBinary),
+    Column("candidate_body", LargeBinary),
+    Column("request_id", String(128), nullable=False),
+    Column("mode", String(16), nullable=False),
+    Column("config_version", String(64), nullable=False),
+    Column("detail", Text, nullable=False),
+    Index("ix_comparisons_route_time", "route", "time"),
+    Index("ix_comparisons_time", "time"),
+)
+
+# One row per (comparison, kind, pattern); route and time are copied so aggregation needs no join.
+comparison_paths = Table(
+    "comparison_paths",
+    metadata,
+    Column(
+        "comparison_id",
+        _Id,
+        ForeignKey("comparisons.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("kind", String(8), primary_key=True),  # diff | noise
+    Column("pattern", String(1000), primary_key=True),
+    Column("route", String(200), nullable=False),
+    Column("time", _UtcDateTime(), nullable=False),
+    Column("example", Text),  # JSON DiffExample, redacted by the recorder's caller
+    Index("ix_comparison_paths_route_time", "route", "time"),
+    Index("ix_comparison_paths_time", "time"),
+)
+
+route_changes = Table(
+    "route_changes",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("time", _UtcDateTime(), nullable=False),
+    Column("route", String(200), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("from_mode", String(16)),
+    Column("to_mode", String(16), nullable=False),
+    Column("from_percent", Float),
+    Column("to_percent", Float),
+    Column("evidence", Text, nullable=False),
+    Index("ix_route_changes_route_time", "route", "time"),
+)
+
+SCHEMA_VERSION = max(m.version for m in migrations())
+_MIGRATION_LOCK = 0x5354524E  # pg advisory lock id, so concurrent starts migrate once
+_TRANSIENT = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    exc.DisconnectionError,
+    exc.TimeoutError,
+    OSError,
+    TimeoutError,
+)
+
+
+def normalize_url(url: str) -> str:
+    """The async-driver form of a store URL (`sqlite:///x` -> `sqlite+aiosqlite:///x`)."""
+    for plain, driver in (
+        ("sqlite://", "sqlite+aiosqlite://"),
+        ("postgresql://", "postgresql+psycopg://"),
+        ("postgres://", "postgresql+psycopg://"),
+    ):
+        if url.startswith(plain):
+            return driver + url[len(plain) :]
+    return url
+
+
+def _bytes(value: bytes | str | None) -> bytes | None:
+    return value.encode("utf-8", "replace") if isinstance(value, str) else value
+
+
+def _row(rec: ComparisonRecord) -> dict[str, Any]:
+    return {
+        "time": rec.time,
+        "route": rec.route,
+        "method": rec.method,
+        "path": rec.path,
+        "request_path": rec.request_path,
+        "status_primary": rec.status_primary,
+        "status_candidate": rec.status_candidate,
+        "latency_primary_ms": rec.latency_primary_ms,
+        "latency_candidate_ms": rec.latency_candidate_ms,
+        "outcome": rec.outcome,
+        "diff_count": len(rec.diff_paths),
+        "noise_count": len(rec.noise),
+        "diff_paths": orjson.dumps(list(rec.diff_paths)).decode(),
+        "primary_body": _bytes(rec.primary_body),
+        "candidate_body": _bytes(rec.candidate_body),
+        "request_id": rec.request_id,
+        "mode": rec.mode,
+        "config_version": rec.config_version,
+        "detail": rec.detail,
+    }
+
+
+def _path_rows(cid: int, rec: ComparisonRecord) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for kind, patterns in (("diff", rec.diff_paths), ("noise", rec.noise)):
+        for pattern in dict.fromkeys(patterns):  # unique, first-seen order
+            example = rec.example_for(pattern) if kind == "diff" else None
+            rows.append(
+                {
+                    "comparison_id": cid,
+                    "kind": kind,
+                    "pattern": pattern,
+                    "route": rec.route,
+                    "time": rec.time,
+                    "example": (
+                        orjson.dumps(example.to_json(), default=str).decode() if example else None
+                    ),
+                }
+            )
+    return rows
+
+
+def _change(row: Any) -> RouteChange:
+    return RouteChange(
+        id=row.id,
+        time=row.time,
+        route=row.route,
+        actor=row.actor,
+        kind=row.kind,
+        from_mode=row.from_mode,
+        to_mode=row.to_mode,
+        from_percent=row.from_percent,
+        to_percent=row.to_percent,
+        evidence=orjson.loads(row.evidence),
+    )
+
+
+class Store:
+    """Durable comparisons and the route-change audit log behind one async engine."""
+
+    def __init__(
+        self, url: str, *, pool_size: int = 5, max_overflow: int = 5, connect_timeout: float = 5.0
+    ) -> None:
+        url = normalize_url(url)
+        try:
+            parsed = make_url(url)
+        except exc.ArgumentError as e:
+            raise StoreError(f"bad store URL {url!r}: {e}", transient=False) from None
+        backend = parsed.get_backend_name()
+        if backend not in ("sqlite", "postgresql"):
+            raise StoreError(
+                f"unsupported store URL {parsed.render_as_string()!r}:"
+                " use sqlite+aiosqlite:///FILE or postgresql+psycopg://USER@HOST/DB",
+                transient=False,
+            )
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if backend == "postgresql":
+            kwargs.update(
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                connect_args={"connect_timeout": max(1, round(connect_timeout))},
+            )
+        else:
+            kwargs["connect_args"] = {"timeout": connect_timeout}
+        try:
+            self._engine = create_async_engine(url, **kwargs)
+        except (exc.ArgumentError, exc.NoSuchModuleError, exc.InvalidRequestError) as e:
+            raise StoreError(f"bad store URL {url!r}: {e}", transient=False) from None
+        self._url = parsed
+        if backend == "sqlite":
+            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+
+    @classmethod
+    async def open(cls, url: str, **kwargs: Any) -> Store:
+        """A store whose schema is ready; closes the engine again if that fails."""
+        store = cls(url, **kwargs)
+        try:
+            await store.init()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    @property
+    def engine(self) -> AsyncEngine:
+        """The async engine, for read-only queries such as reports."""
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self._engine.dialect.name
+
+    @property
+    def url(self) -> str:
+        """The store URL with any password hidden."""
+        return self._url.render_as_string(hide_password=True)
+
+    async def init(self) -> None:
+        """Create (SQLite) or migrate (PostgreSQL) the schema."""
+        try:
+            async with self._engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    await _migrate_pg(conn)
+                else:
+                    await conn.run_sync(metadata.create_all)
+        except exc.SQLAlchemyError as e:
+            raise self._error("cannot initialise the store", e) from e
+        except OSError as e:
+            raise StoreError(f"cannot initialise the store at {self.url}: {e}") from e
+
+    async def schema_version(self) -> int:
+        """The applied schema version (SQLite: always the current one)."""
+        if self.dialect != "postgresql":
+            return SCHEMA_VERSION
+        async with self._engine.connect() as conn:
+            found = await conn.scalar(text("SELECT max(version) FROM schema_version"))
+        return int(found or 0)
+
+    async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
+        """Write `records` (and their path rows) in one transaction; return how many."""
+        if not records:
+            return 0
+        try:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    insert(comparisons).returning(comparisons.c.id, sort_by_parameter_order=True),
+                    [_row(r) for r in records],
+                )
+                ids = [row[0] for row in result]
+                paths = [p for cid, r in zip(ids, records, strict=True) for p in _path_rows(cid, r)]
+                if paths:
+                    await conn.execute(insert(comparison_paths), paths)
+        except exc.SQLAlchemyError as e:
+            raise self._error(f"cannot write {len(records)} comparisons", e) from e
+        except OSError as e:
+            raise StoreError(f"cannot write comparisons to {self.url}: {e}") from e
+        return len(records)
+
+    async def count(self, route: str | None = None) -> int:
+        """How many comparisons are stored (for one route, or all)."""
+        query = select(func.count()).select_from(comparisons)
+        if route is not None:
+            query = query.where(comparisons.c.route == route)
+        async with self._engine.connect() as conn:
+            return int(await conn.scalar(query) or 0)
+
+    async def record_route_change(
+        self,
+        *,
+        route: str,
+        to_mode: str,
+        actor: str = "",
+        kind: str = "manual",
+        from_mode: str | None = None,
+        from_percent: float | None = None,
+        to_percent: float | None = None,
+        evidence: dict[str, Any] | None = None,
+        time: datetime | None = None,
+    ) -> RouteChange:
+        """Append one entry to the route-change audit log and return it with its id."""
+        change = RouteChange(
+            route=route,
+            to_mode=to_mode,
+            actor=actor,
+            kind=kind,
+            from_mode=from_mode,
+            from_percent=from_percent,
+            to_percent=to_percent,
+            evidence=dict(evidence or {}),
+            time=time or datetime.now(UTC),
+        )
+        values = {
+            "time": change.time,
+            "route": route,
+            "actor": actor,
+            "kind": kind,
+            "from_mode": from_mode,
+            "to_mode": to_mode,
+            "from_percent": from_percent,
+            "to_percent": to_percent,
+            "evidence": orjson.dumps(change.evidence, default=str).decode(),
+        }
+        try:
+            async with self._engine.begin() as conn:
+                new_id = await conn.scalar(
+                    insert(route_changes).values(values).returning(route_changes.c.id)
+                )
+        except exc.SQLAlchemyError as e:
+            raise self._error("cannot record the route change", e) from e
+        return RouteChange(**{**_fields(change), "id": int(new_id or 0)})
+
+    async def route_changes(self, route: str | None = None, limit: int = 100) -> list[RouteChange]:
+        """The latest route changes, newest first."""
+        query = select(route_changes).order_by(route_changes.c.id.desc()).limit(limit)
+        if route is not None:
+            query = query.where(route_changes.c.route == route)
+        try:
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(query)).all()
+        except exc.SQLAlchemyError as e:
+            raise self._error("cannot read route changes", e) from e
+        return [_change(r) for r in rows]
+
+    async def last_route_change(self, route: str) -> RouteChange | None:
+        """The newest change of `route`, or None."""
+        found = await self.route_changes(route, limit=1)
+        return found[0] if found else None
+
+    async def close(self) -> None:
+        """Dispose of the engine and its pooled connections."""
+        await self._engine.dispose()
+
+    async def __aenter__(self) -> Store:
+        await self.init()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _error(self, what: str, e: exc.SQLAlchemyError) -> StoreError:
+        detail = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        return StoreError(f"{what} at {self.url}: {detail}", transient=isinstance(e, _TRANSIENT))
+
+
+def _fields(change: RouteChange) -> dict[str, Any]:
+    return {name: getattr(change, name) for name in RouteChange.__dataclass_fields__}
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets a report read while the proxy writes; busy_timeout rides out short write locks.
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+async def _migrate_pg(conn: AsyncConnection) -> None:
+    await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+    await conn.execute(
+        text(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            " version INTEGER PRIMARY KEY, name VARCHAR(200) NOT NULL,"
+            " applied_at TIMESTAMP WITH TIME ZONE NOT NULL DEFAULT now())"
+        )
+    )
+    current = int(await conn.scalar(text("SELECT coalesce(max(version), 0) FROM schema_version")))
+    for migration in migrations():
+        if migration.version <= current:
+            continue
+        for statement in migration.statements:
+            await conn.execute(text(statement))
+        await conn.execute(
+            text("INSERT INTO schema_version (version, name) VALUES (:v, :n)"),
+            {"v": migration.version, "n": migration.name},
+        )
