@@ -1,0 +1,79 @@
+"""Database plumbing shared by both Order sides: engines, write transactions, outage detection."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "create_engine", "is_unavailable", "transaction"]
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+"""How long a SQLite writer waits for the write lock before the request fails with 503."""
+
+_WRITE_OPTION = "strangler_write"
+
+
+def create_engine(db_url: str) -> AsyncEngine:
+    """An async engine for `db_url`, tuned so concurrent writers serialize instead of failing."""
+    if db_url.startswith("sqlite"):
+        engine = create_async_engine(db_url)
+        _tune_sqlite(engine)
+        return engine
+    return create_async_engine(db_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def _tune_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take transaction control away from the driver so BEGIN IMMEDIATE below is ours.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A write transaction takes the write lock up front: racing writers queue on
+        # busy_timeout instead of failing later with "database is locked" on upgrade.
+        write = conn.get_execution_options().get(_WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+@asynccontextmanager
+async def transaction(
+    engine: AsyncEngine, *, write: bool = False, rollback: bool = False
+) -> AsyncIterator[AsyncConnection]:
+    """One transaction: committed on success unless `rollback` (dry run), rolled back on error."""
+    async with engine.connect() as conn:
+        if write:
+            await conn.execution_options(**{_WRITE_OPTION: True})
+        trans = await conn.begin()
+        try:
+            yield conn
+        except BaseException:
+            # If the connection is gone the server discards the transaction by itself.
+            with contextlib.suppress(sa_exc.SQLAlchemyError):
+                await trans.rollback()
+            raise
+        if rollback:
+            await trans.rollback()
+        else:
+            await trans.commit()
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` means the database is unreachable or refused the work for now (-> 503)."""
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, sa_exc.PendingRollbackError | ConnectionError)
