@@ -1,0 +1,266 @@
+"""Renderers of a `Report`: text (terminal), markdown (PR comment), json, junit and html."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from shadow.report import Report, RouteReport
+
+__all__ = [
+    "FORMATS",
+    "format_value",
+    "render",
+    "render_json",
+    "render_junit",
+    "render_markdown",
+    "render_text",
+]
+
+
+def render(report: Report, fmt: str) -> str:
+    """The report in format `fmt` (one of FORMATS); ValueError for an unknown one."""
+    try:
+        renderer = FORMATS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown report format {fmt!r}; choose from {sorted(FORMATS)}") from None
+    return renderer(report)
+
+
+def format_value(value: Any, limit: int = 60) -> str:
+    """A JSON value as compact text, cut to `limit` characters."""
+    text = orjson.dumps(value, default=str).decode()
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _ci(route: RouteReport) -> str:
+    ci = route.mismatch_ci
+    return "-" if ci is None else f"{ci[0] * 100:.2f}-{ci[1] * 100:.2f}%"
+
+
+def _verdict(route: RouteReport) -> str:
+    return "PASS" if route.passed else "FAIL"
+
+
+def _window(report: Report) -> str:
+    since = report.since.isoformat() if report.since else "the beginning"
+    until = report.until.isoformat() if report.until else "now"
+    return f"{since} to {until}"
+
+
+def _summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    head = [
+        "route",
+        "samples",
+        "mismatches",
+        "rate",
+        "95% CI",
+        "errors",
+        "timeouts",
+        "skipped",
+        "dropped",
+        "p50 L/C ms",
+        "p99 L/C ms",
+        "verdict",
+    ]
+    rows = [
+        [
+            r.route,
+            str(r.samples),
+            str(r.mismatches),
+            _rate(r.mismatch_rate),
+            _ci(r),
+            str(r.candidate_errors),
+            str(r.candidate_timeouts),
+            str(r.skipped),
+            str(r.dropped),
+            f"{_ms(r.latency_primary.p50)}/{_ms(r.latency_candidate.p50)}",
+            f"{_ms(r.latency_primary.p99)}/{_ms(r.latency_candidate.p99)}",
+            _verdict(r),
+        ]
+        for r in report.routes
+    ]
+    return head, rows
+
+
+def render_text(report: Report) -> str:
+    """A terminal table, then each route's reasons, top paths and noise."""
+    head, rows = _summary_rows(report)
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    numeric = set(range(1, len(head) - 1))
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in numeric else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    out = [f"strangler shadow report: {_window(report)}", ""]
+    if not report.routes:
+        out.append("no comparisons stored in this window: nothing to judge (gate fails)")
+        return "\n".join(out) + "\n"
+    out += [line(head), line(["-" * w for w in widths])]
+    out += [line(row) for row in rows]
+    for r in report.routes:
+        if r.passed and not r.top_paths and not r.noise_paths:
+            continue
+        where = f"{r.method} {r.path}".strip()
+        out += ["", f"{r.route} ({where}):" if where else f"{r.route}:"]
+        out += [f"  FAIL: {reason}" for reason in r.reasons]
+        if r.top_paths:
+            out.append("  top differing paths (count, share of mismatches, legacy -> candidate):")
+        for p in r.top_paths:
+            example = ""
+            if p.example:
+                example = (
+                    f"  e.g. {p.example.path}: {format_value(p.example.primary)}"
+                    f" -> {format_value(p.example.candidate)}"
+                )
+            out.append(f"    {p.pattern}  {p.count}  {p.share * 100:.1f}%{example}")
+        if r.distinct_paths > len(r.top_paths):
+            out.append(f"    ... and {r.distinct_paths - len(r.top_paths)} more paths")
+        if r.noise_paths:
+            noise = ", ".join(f"{n.pattern} ({n.count})" for n in r.noise_paths)
+            out.append(f"  noise (not counted): {noise}")
+    verdict = "PASS" if report.passed else "FAIL"
+    out += ["", f"gate: {verdict} ({sum(r.passed for r in report.routes)}/{len(report.routes)})"]
+    return "\n".join(out) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_code(text: str) -> str:
+    return "`" + _md(text).replace("`", "'") + "`"
+
+
+def render_markdown(report: Report) -> str:
+    """A pull-request comment: a pipe table, then top paths side by side per route."""
+    verdict = "✅ pass" if report.passed else "❌ fail"
+    out = [
+        "## strangler shadow report",
+        "",
+        f"Window: {_md(_window(report))}. Gate: **{verdict}**.",
+        "",
+    ]
+    if not report.routes:
+        out.append("_No comparisons stored in this window._")
+        return "\n".join(out) + "\n"
+    head, rows = _summary_rows(report)
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "|".join([" --- "] + [" ---: "] * (len(head) - 2) + [" --- "]) + "|")
+    for row in rows:
+        out.append("| " + " | ".join(_md(c) for c in row) + " |")
+    for r in report.routes:
+        if r.passed and not r.top_paths and not r.noise_paths:
+            continue
+        out += ["", f"### {_md(r.route)}", ""]
+        out += [f"- **{_md(reason)}**" for reason in r.reasons]
+        if r.reasons:
+            out.append("")
+        if r.top_paths:
+            out += [
+                "| path | count | share | example | legacy | candidate |",
+                "| --- | ---: | ---: | --- | --- | --- |",
+            ]
+            for p in r.top_paths:
+                ex = p.example
+                cells = [
+                    _md_code(p.pattern),
+                    str(p.count),
+                    f"{p.share * 100:.1f}%",
+                    _md_code(ex.path) if ex else "",
+                    _md_code(format_value(ex.primary)) if ex else "",
+                    _md_code(format_value(ex.candidate)) if ex else "",
+                ]
+                out.append("| " + " | ".join(cells) + " |")
+        if r.noise_paths:
+            noise = ", ".join(f"{_md_code(n.pattern)} ({n.count})" for n in r.noise_paths)
+            out += ["", f"Noise (not counted as mismatches): {noise}"]
+    return "\n".join(out) + "\n"
+
+
+def render_json(report: Report) -> str:
+    """The versioned JSON document (schema: `shadow/report.schema.json`)."""
+    return orjson.dumps(report.to_json(), default=str, option=orjson.OPT_INDENT_2).decode() + "\n"
+
+
+def _failure_text(r: RouteReport) -> str:
+    lines = list(r.reasons)
+    for p in r.top_paths:
+        ex = p.example
+        example = (
+            f" e.g. {ex.path}: {format_value(ex.primary)} -> {format_value(ex.candidate)}"
+            if ex
+            else ""
+        )
+        lines.append(f"{p.pattern}: {p.count} ({p.share * 100:.1f}%){example}")
+    return "\n".join(lines)
+
+
+def render_junit(report: Report) -> str:
+    """JUnit XML: one test case per route, a failure when the route misses its gate."""
+    failures = sum(not r.passed for r in report.routes)
+    suites = ET.Element("testsuites", name="strangler", tests=str(len(report.routes)))
+    suites.set("failures", str(failures))
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name="strangler.shadow",
+        tests=str(len(report.routes)),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+        timestamp=report.generated_at.isoformat(),
+    )
+    props = ET.SubElement(suite, "properties")
+    for key, value in (
+        ("since", report.since.isoformat() if report.since else ""),
+        ("until", report.until.isoformat() if report.until else ""),
+    ):
+        ET.SubElement(props, "property", name=key, value=value)
+    for r in report.routes:
+        case = ET.SubElement(suite, "testcase", classname="strangler.route", name=r.route, time="0")
+        if not r.passed:
+            top = f"; top: {r.top_paths[0].pattern}" if r.top_paths else ""
+            failure = ET.SubElement(
+                case, "failure", type="ShadowGate", message="; ".join(r.reasons) + top
+            )
+            failure.text = _failure_text(r)
+        out = ET.SubElement(case, "system-out")
+        out.text = (
+            f"samples={r.samples} matches={r.matches} mismatches={r.mismatches}"
+            f" mismatch_rate={_rate(r.mismatch_rate)} ci95={_ci(r)}"
+            f" errors={r.candidate_errors} timeouts={r.candidate_timeouts}"
+            f" skipped={r.skipped} dropped={r.dropped}"
+            f" p99_ms={_ms(r.latency_primary.p99)}/{_ms(r.latency_candidate.p99)}"
+        )
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"
+
+
+def _render_html(report: Report) -> str:
+    from shadow.report_html import render_html
+
+    return render_html(report)
+
+
+FORMATS: dict[str, Callable[[Report], str]] = {
+    "text": render_text,
+    "markdown": render_markdown,
+    "json": render_json,
+    "junit": render_junit,
+    "html": _render_html,
+}
