@@ -3,12 +3,29 @@
 `load(path)` is the only way in. Every problem in a file is collected and raised as one
 `ConfigError` whose `.errors` lists each `ConfigIssue` (path, line, column, message); the
 first one is mirrored on the exception itself (`.path`, `.line`, `.column`, `.message`).
+
+Parsing runs in three passes over the YAML node tree (so every value keeps its line and
+column): structure against `routes.schema.json` (JSON Schema 2020-12), then the checks a
+schema cannot express (backend references, unique names, path patterns, addresses), then
+the dataclasses. Problems from every pass are reported together, sorted by position.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+
+from proxy.routes import parse_pattern
 
 __all__ = [
     "MODES",
@@ -28,7 +45,9 @@ __all__ = [
     "StoreSettings",
     "load",
     "loads",
+    "parse_address",
     "parse_duration",
+    "schema",
 ]
 
 Mode = Literal["legacy", "shadow", "canary", "extracted"]
@@ -76,6 +95,7 @@ class BackendSettings:
     max_connections: int = 200
     idle_timeout: float = 30.0
     host_header: str | None = None  # None: the client's Host is preserved
+    db: str | None = None  # database URL passed to the handlers' create_app(db_url)
 
     @property
     def host(self) -> str:
@@ -232,21 +252,714 @@ class Settings:
     source: str = ""  # the file's text, for write-back and /-/config
 
 
+# --- public helpers ----------------------------------------------------------------------
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_HINT = "use a number with a unit: 200ms, 2s, 1.5s, 1m, 1h"
+_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s/]+):([0-9]{1,5})")
+
+
 def parse_duration(text: str) -> float:
     """Seconds in a duration string such as `200ms`, `2s`, `1m`, `1h`; ValueError otherwise."""
-    raise NotImplementedError
+    if not isinstance(text, str):
+        raise ValueError(f"duration {text!r} has no unit; {_DURATION_HINT}")
+    m = _DURATION.fullmatch(text)
+    if m is None:
+        raise ValueError(f"invalid duration {text!r}; {_DURATION_HINT}")
+    seconds = float(m[1]) * _UNITS[m[2]]
+    if not math.isfinite(seconds):
+        raise ValueError(f"duration {text!r} is too large")
+    return seconds
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Host and port of a listen address `host:port` (`[::1]:8080` for IPv6); ValueError."""
+    m = _ADDRESS.fullmatch(text)
+    if m is None:
+        raise ValueError(f"invalid address {text!r}; expected host:port, e.g. 127.0.0.1:8080")
+    host, port = m[1], int(m[2])
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0..65535")
+    return host.removeprefix("[").removesuffix("]"), port
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the config file, as shipped with the package."""
+    text = resources.files("proxy").joinpath("routes.schema.json").read_text(encoding="utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
 
 
 def loads(text: str, path: str = "<string>") -> Settings:
     """Parse config text; raise ConfigError listing every problem."""
-    raise NotImplementedError
+    version = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return _Parser(path).parse(text, version)
 
 
 def load(path: str) -> Settings:
     """Read and parse a config file; raise ConfigError listing every problem."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            raw = fh.read()
     except OSError as exc:
-        raise ConfigError([ConfigIssue(path, 1, 1, f"cannot read config: {exc.strerror}")]) from exc
-    return loads(text, path)
+        reason = exc.strerror or str(exc)
+        raise ConfigError([ConfigIssue(path, 1, 1, f"cannot read config: {reason}")]) from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        issue = ConfigIssue(path, line, column, "config is not valid UTF-8")
+        raise ConfigError([issue]) from exc
+    return _Parser(path).parse(text, hashlib.sha256(raw).hexdigest()[:12])
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+Key = str | int
+JsonPath = tuple[Key, ...]
+
+_MAX_DEPTH = 64  # far beyond any real config; stops recursive aliases
+_MAX_NODES = 200_000  # stops alias bombs
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_URL = re.compile(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(?::([0-9]{1,5}))?/?")
+_STR_TAG = "tag:yaml.org,2002:str"
+_SCALAR_TAGS = {
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+}
+_TYPE_NAMES = {
+    "string": "a string",
+    "number": "a number",
+    "integer": "an integer",
+    "boolean": "true or false",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
+}
+
+
+class _TooBig(Exception):
+    """The document expands to more nodes than any config needs."""
+
+
+class _Parser:
+    """One parse of one file: positions of every key and value, and the issues found."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.issues: list[ConfigIssue] = []
+        self.values: dict[JsonPath, tuple[int, int]] = {}
+        self.keys: dict[JsonPath, tuple[int, int]] = {}
+        self.bad: set[JsonPath] = set()  # values the schema already reported
+        self._nodes = 0
+
+    # -- positions and issues
+
+    def position(self, path: JsonPath, *, key: bool = False) -> tuple[int, int]:
+        """Line and column of the value (or its key) at `path`, else of its nearest parent."""
+        if key and path in self.keys:
+            return self.keys[path]
+        while path:
+            if path in self.values:
+                return self.values[path]
+            path = path[:-1]
+        return self.values.get((), (1, 1))
+
+    def report(self, path: JsonPath, message: str, *, key: bool = False) -> None:
+        """Record one issue at the value (or key) at `path`."""
+        line, column = self.position(path, key=key)
+        self.issues.append(ConfigIssue(self.path, line, column, message))
+
+    def _report_at(self, mark: Any, message: str) -> None:
+        line = getattr(mark, "line", 0) + 1
+        column = getattr(mark, "column", 0) + 1
+        self.issues.append(ConfigIssue(self.path, line, column, message))
+
+    # -- the three passes
+
+    def parse(self, text: str, version: str) -> Settings:
+        data = self._compose(text)
+        if not self.issues:
+            if data is None:
+                self.report((), "config is empty")
+            else:
+                self._validate_schema(data)
+                settings = _Builder(self).build(data, text, version)
+                if not self.issues:
+                    return settings
+        unique = dict.fromkeys(self.issues)
+        raise ConfigError(sorted(unique, key=lambda i: (i.line, i.column)))
+
+    def _compose(self, text: str) -> object:
+        loader: yaml.SafeLoader | None = None
+        try:
+            loader = yaml.SafeLoader(text)
+            node = loader.get_single_node()
+            return None if node is None else self._convert(loader, node, (), 0)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            detail = exc.problem or exc.context or "malformed"
+            if exc.context and exc.problem:
+                detail = f"{exc.problem} ({exc.context})"
+            self._report_at(mark, f"invalid YAML: {detail}")
+        except yaml.reader.ReaderError as exc:
+            before = text[: exc.position]
+            line = before.count("\n")
+            column = exc.position - (before.rfind("\n") + 1)
+            char = exc.character
+            code = f" #x{char:04x}" if isinstance(char, int) else ""
+            message = f"invalid YAML: unacceptable character{code}"
+            self.issues.append(ConfigIssue(self.path, line + 1, column + 1, message))
+        except yaml.YAMLError as exc:
+            self.report((), f"invalid YAML: {exc}")
+        except RecursionError:
+            self.report((), "invalid YAML: nesting too deep")
+        except _TooBig:
+            self.report((), "config too large: aliases expand to too many values")
+        finally:
+            if loader is not None:
+                loader.dispose()
+        return None
+
+    def _convert(
+        self, loader: yaml.SafeLoader, node: yaml.Node, path: JsonPath, depth: int
+    ) -> object:
+        self._nodes += 1
+        if self._nodes > _MAX_NODES:
+            raise _TooBig
+        mark = node.start_mark
+        self.values[path] = (mark.line + 1, mark.column + 1)
+        if depth > _MAX_DEPTH:
+            self._report_at(mark, "nesting too deep (a recursive alias?)")
+            return None
+        if isinstance(node, yaml.MappingNode):
+            if node.tag != "tag:yaml.org,2002:map":
+                self._report_at(mark, f"unsupported YAML tag {node.tag}")
+            result: dict[str, object] = {}
+            for knode, vnode in node.value:
+                if not isinstance(knode, yaml.ScalarNode) or knode.tag not in (
+                    _STR_TAG,
+                    *_SCALAR_TAGS,
+                ):
+                    self._report_at(knode.start_mark, "mapping keys must be plain strings")
+                    continue
+                key = str(knode.value)
+                kmark = knode.start_mark
+                if key in result:
+                    first = self.keys[(*path, key)][0]
+                    self._report_at(kmark, f"duplicate key '{key}' (first at line {first})")
+                    continue
+                self.keys[(*path, key)] = (kmark.line + 1, kmark.column + 1)
+                result[key] = self._convert(loader, vnode, (*path, key), depth + 1)
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != "tag:yaml.org,2002:seq":
+                self._report_at(mark, f"unsupported YAML tag {node.tag}")
+            return [
+                self._convert(loader, item, (*path, i), depth + 1)
+                for i, item in enumerate(node.value)
+            ]
+        if node.tag in _SCALAR_TAGS:
+            try:
+                return loader.construct_object(node)
+            except (yaml.YAMLError, ValueError, OverflowError):
+                self._report_at(mark, f"invalid value {node.value!r}")
+                return None
+        if node.tag not in (_STR_TAG, "tag:yaml.org,2002:timestamp"):
+            self._report_at(mark, f"unsupported YAML tag {node.tag}")
+            return None
+        return str(node.value)  # timestamps stay text: no field here is a date
+
+    def _validate_schema(self, data: object) -> None:
+        for error in _validator().iter_errors(data):
+            path: JsonPath = tuple(error.absolute_path)
+            sub = error.schema if isinstance(error.schema, dict) else {}
+            kind = error.validator
+            where = _where(path)
+            value = error.instance
+            if kind == "additionalProperties" and isinstance(value, dict):
+                known = list(sub.get("properties", {}))
+                for extra in value:
+                    if extra not in known:
+                        self.report(
+                            (*path, extra),
+                            f"unknown key '{extra}'{f' in {where}' if path else ''}"
+                            f"{_suggest(extra, known)}",
+                            key=True,
+                        )
+                continue
+            if kind == "required" and isinstance(value, dict):
+                for name in error.validator_value:
+                    if name not in value:
+                        self.report(path, f"{where}: missing required key '{name}'")
+                continue
+            if kind not in ("minProperties", "maxProperties"):
+                self.bad.add(path)
+            self.report(path, f"{where}: {_schema_message(kind, sub, value, error.message)}")
+
+
+@functools.cache
+def _validator() -> Any:
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
+
+    return Draft202012Validator(schema())
+
+
+def _where(path: JsonPath) -> str:
+    """A path in the file as a reader would write it: `routes[1].shadow.timeout`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out or "the top level"
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _schema_message(kind: str, sub: dict[str, Any], value: object, fallback: str) -> str:
+    title = sub.get("title")
+    if kind == "type":
+        if title == "duration" and isinstance(value, int | float) and not isinstance(value, bool):
+            return f"duration {value} has no unit; write '{value}s' or '{value}ms'"
+        types = sub["type"] if isinstance(sub["type"], list) else [sub["type"]]
+        expected = " or ".join(_TYPE_NAMES.get(str(t), str(t)) for t in types)
+        if title:
+            expected = f"{expected} ({title})"
+        hint = ""
+        if "string" in types and (value is None or isinstance(value, bool | int | float)):
+            hint = " (quote it if you meant text)"
+        return f"expected {expected}, got {_describe(value)}{hint}"
+    if kind == "pattern":
+        if title == "duration":
+            return f"invalid duration {value!r}; {_DURATION_HINT}"
+        return f"{value!r} is not a valid {title or 'value'}"
+    if kind == "enum":
+        options = ", ".join(str(o) for o in sub["enum"])
+        return f"{_describe(value)} is not one of: {options}"
+    if kind in ("minimum", "maximum") and "minimum" in sub and "maximum" in sub:
+        return f"{value} is out of range {sub['minimum']}..{sub['maximum']}"
+    if kind == "minimum":
+        return f"{value} is below the minimum of {sub['minimum']}"
+    if kind == "maximum":
+        return f"{value} is above the maximum of {sub['maximum']}"
+    if kind == "exclusiveMinimum":
+        return f"{value} must be greater than {sub['exclusiveMinimum']}"
+    if kind in ("minItems", "minLength") and sub.get(kind) == 1:
+        return "must not be empty"
+    if kind in ("minProperties", "maxProperties"):
+        names = ", ".join(sub.get("properties", {}))
+        if sub.get("minProperties") == sub.get("maxProperties") == 1:
+            return f"set exactly one of: {names}"
+        return "must not be empty" if kind == "minProperties" else fallback
+    return fallback
+
+
+class _Builder:
+    """The checks a schema cannot express, and the dataclasses, from schema-checked data.
+
+    Tolerant by design: it runs even when the schema pass found problems (so one run
+    reports everything), skips values the schema already reported, and never raises.
+    """
+
+    def __init__(self, parser: _Parser) -> None:
+        self.p = parser
+        self.backend_names: list[str] = []
+
+    # -- typed access
+
+    def _value(self, m: object, path: JsonPath, key: str) -> tuple[bool, object]:
+        if not isinstance(m, dict) or key not in m or (*path, key) in self.p.bad:
+            return False, None
+        return True, m[key]
+
+    def _typed(
+        self, m: object, path: JsonPath, key: str, check: Callable[[object], bool], what: str
+    ) -> object:
+        present, value = self._value(m, path, key)
+        if not present:
+            return None
+        if not check(value):
+            self.p.report((*path, key), f"{_where((*path, key))}: expected {what}")
+            return None
+        return value
+
+    def str_(self, m: object, path: JsonPath, key: str) -> str | None:
+        v = self._typed(m, path, key, lambda v: isinstance(v, str), "a string")
+        return v if isinstance(v, str) else None
+
+    def num(self, m: object, path: JsonPath, key: str) -> float | None:
+        v = self._typed(m, path, key, _is_number, "a finite number")
+        return float(v) if isinstance(v, int | float) else None
+
+    def int_(self, m: object, path: JsonPath, key: str) -> int | None:
+        v = self._typed(m, path, key, _is_integral, "an integer")
+        return int(v) if isinstance(v, int | float) else None
+
+    def bool_(self, m: object, path: JsonPath, key: str) -> bool | None:
+        v = self._typed(m, path, key, lambda v: isinstance(v, bool), "true or false")
+        return v if isinstance(v, bool) else None
+
+    def duration(self, m: object, path: JsonPath, key: str) -> float | None:
+        text = self.str_(m, path, key)
+        if text is None:
+            return None
+        where = _where((*path, key))
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            self.p.report((*path, key), f"{where}: {exc}")
+            return None
+        if seconds <= 0:
+            self.p.report((*path, key), f"{where}: must be greater than 0")
+            return None
+        return seconds
+
+    def strs(self, m: object, path: JsonPath, key: str) -> tuple[str, ...] | None:
+        v = self._typed(m, path, key, _is_str_list, "a list of strings")
+        return tuple(v) if isinstance(v, list) else None
+
+    def mapping(self, m: object, path: JsonPath, key: str) -> dict[str, object] | None:
+        v = self._typed(m, path, key, lambda v: isinstance(v, dict), "a mapping")
+        return v if isinstance(v, dict) else None
+
+    def section(self, m: object, path: JsonPath, key: str) -> dict[str, object]:
+        """A nested mapping, or an empty one when absent or null."""
+        present, value = self._value(m, path, key)
+        if present and value is None:
+            return {}
+        return self.mapping(m, path, key) or {}
+
+    @staticmethod
+    def _set(kw: dict[str, Any], name: str, value: object) -> None:
+        if value is not None:
+            kw[name] = value
+
+    # -- sections
+
+    def build(self, data: object, text: str, version: str) -> Settings:
+        root: JsonPath = ()
+        raw_backends = self.section(data, root, "backends")
+        self.backend_names = [k for k in raw_backends if isinstance(k, str)]
+        host, port = self.address(data, root, "listen", ("127.0.0.1", 8080))
+        backends = {
+            name: self.backend(name, raw, ("backends", name)) for name, raw in raw_backends.items()
+        }
+        default_backend = self.backend_ref(data, root, "default_backend") or ""
+        routes = self.routes(data)
+        return Settings(
+            path=self.p.path,
+            host=host,
+            port=port,
+            admin=self.admin(self.section(data, root, "admin")),
+            backends=backends,
+            default_backend=default_backend,
+            store=self.store(self.section(data, root, "store")),
+            routes=routes,
+            limits=self.limits(self.section(data, root, "limits")),
+            capture=self.capture(data),
+            access_log=self.bool_(data, root, "access_log") is not False,
+            version=version,
+            source=text,
+        )
+
+    def address(
+        self, m: object, path: JsonPath, key: str, default: tuple[str, int]
+    ) -> tuple[str, int]:
+        text = self.str_(m, path, key)
+        if text is None:
+            return default
+        try:
+            return parse_address(text)
+        except ValueError as exc:
+            self.p.report((*path, key), f"{_where((*path, key))}: {exc}")
+            return default
+
+    def admin(self, m: dict[str, object]) -> AdminSettings:
+        path: JsonPath = ("admin",)
+        host, port = self.address(m, path, "listen", ("127.0.0.1", 9090))
+        kw: dict[str, Any] = {"host": host, "port": port}
+        self._set(kw, "token_env", self.str_(m, path, "token_env"))
+        return AdminSettings(**kw)
+
+    def backend(self, name: str, raw: object, path: JsonPath) -> BackendSettings:
+        if not _NAME.fullmatch(name):
+            self.p.report(
+                path, f"backend name {name!r}: use letters, digits, '-', '_' or '.'", key=True
+            )
+        m = raw if isinstance(raw, dict) else {}
+        kw: dict[str, Any] = {"name": name}
+        url = self.str_(m, path, "url")
+        handlers = self.str_(m, path, "handlers")
+        has_url, has_handlers = "url" in m, "handlers" in m
+        if has_url and has_handlers:
+            self.p.report(path, f"{_where(path)}: set either url or handlers, not both", key=True)
+        elif not has_url and not has_handlers and isinstance(raw, dict):
+            self.p.report(path, f"{_where(path)}: needs url or handlers", key=True)
+        if url is not None:
+            self.check_url(url, (*path, "url"))
+        if "db" in m and has_url and not has_handlers:
+            self.p.report((*path, "db"), f"{_where(path)}: db applies to handlers backends only")
+        self._set(kw, "url", url)
+        self._set(kw, "handlers", handlers)
+        for key in ("timeout", "connect_timeout", "idle_timeout"):
+            self._set(kw, key, self.duration(m, path, key))
+        self._set(kw, "max_connections", self.int_(m, path, "max_connections"))
+        self._set(kw, "host_header", self.str_(m, path, "host_header"))
+        self._set(kw, "db", self.str_(m, path, "db"))
+        return BackendSettings(**kw)
+
+    def check_url(self, url: str, path: JsonPath) -> None:
+        where = _where(path)
+        if url.startswith("https://"):
+            self.p.report(path, f"{where}: https upstreams are not supported; use http://host:port")
+            return
+        m = _URL.fullmatch(url)
+        if m is None:
+            self.p.report(path, f"{where}: expected http://host:port, got {url!r}")
+        elif m[2] is not None and not 0 < int(m[2]) <= 65535:
+            self.p.report(path, f"{where}: port {int(m[2])} is out of range 1..65535")
+
+    def backend_ref(self, m: object, path: JsonPath, key: str) -> str | None:
+        name = self.str_(m, path, key)
+        if name is not None and name not in self.backend_names:
+            known = ", ".join(self.backend_names) or "none defined"
+            self.p.report(
+                (*path, key),
+                f"{_where((*path, key))}: unknown backend '{name}' (known: {known})"
+                f"{_suggest(name, self.backend_names)}",
+            )
+        return name
+
+    def store(self, m: dict[str, object]) -> StoreSettings:
+        path: JsonPath = ("store",)
+        kw: dict[str, Any] = {}
+        self._set(kw, "url", self.str_(m, path, "url"))
+        self._set(kw, "redact_json_paths", self.strs(m, path, "redact_json_paths"))
+        self._set(kw, "buffer_size", self.int_(m, path, "buffer_size"))
+        self._set(kw, "batch_size", self.int_(m, path, "batch_size"))
+        return StoreSettings(**kw)
+
+    def limits(self, m: dict[str, object]) -> LimitsSettings:
+        path: JsonPath = ("limits",)
+        kw: dict[str, Any] = {}
+        for key in ("header_timeout", "body_timeout", "keepalive_timeout"):
+            self._set(kw, key, self.duration(m, path, key))
+        for key in ("max_connections", "max_header_bytes", "max_url_bytes"):
+            self._set(kw, key, self.int_(m, path, key))
+        return LimitsSettings(**kw)
+
+    def capture(self, data: object) -> CaptureSettings | None:
+        present, raw = self._value(data, (), "capture")
+        if not present or not isinstance(raw, dict):
+            return None
+        path: JsonPath = ("capture",)
+        kw: dict[str, Any] = {"path": self.str_(raw, path, "path") or ""}
+        self._set(kw, "percent", self.num(raw, path, "percent"))
+        self._set(kw, "methods", _upper(self.strs(raw, path, "methods")))
+        self._set(kw, "max_bytes", self.int_(raw, path, "max_bytes"))
+        self._set(kw, "headers", _lower(self.strs(raw, path, "headers")))
+        return CaptureSettings(**kw)
+
+    # -- routes
+
+    def routes(self, data: object) -> tuple[RouteSettings, ...]:
+        present, raw = self._value(data, (), "routes")
+        if not present or not isinstance(raw, list):
+            return ()
+        seen: dict[str, int] = {}
+        out = []
+        for i, item in enumerate(raw):
+            path: JsonPath = ("routes", i)
+            route = self.route(item if isinstance(item, dict) else {}, path)
+            name = route.name
+            if name in seen:
+                self.p.report(
+                    (*path, "name"),
+                    f"{_where((*path, 'name'))}: duplicate route name '{name}'"
+                    f" (first at line {seen[name]})",
+                )
+            elif name:
+                seen[name] = route.line
+            out.append(route)
+        return tuple(out)
+
+    def route(self, m: dict[str, object], path: JsonPath) -> RouteSettings:
+        line = self.p.position(path)[0]
+        mode_raw = self.str_(m, path, "mode") or "legacy"
+        mode: Mode = next((md for md in MODES if md == mode_raw), "legacy")
+        candidate = self.backend_ref(m, path, "candidate")
+        backend = self.backend_ref(m, path, "backend")
+        if mode != "legacy" and "candidate" not in m:
+            self.p.report((*path, "mode"), f"{_where(path)}: mode {mode} needs a candidate")
+        canary_raw = self.section(m, path, "canary")
+        if mode == "canary" and "percent" not in canary_raw:
+            self.p.report((*path, "mode"), f"{_where(path)}: mode canary needs canary.percent")
+        return RouteSettings(
+            name=self.str_(m, path, "name") or "",
+            match=self.match(self.section(m, path, "match"), (*path, "match")),
+            mode=mode,
+            candidate=candidate,
+            backend=backend,
+            shadow=self.shadow(self.section(m, path, "shadow"), (*path, "shadow")),
+            compare=self.compare(self.section(m, path, "compare"), (*path, "compare")),
+            canary=self.canary(canary_raw, (*path, "canary")),
+            promotion=self.promotion(self.section(m, path, "promotion"), (*path, "promotion")),
+            line=line,
+        )
+
+    def match(self, m: dict[str, object], path: JsonPath) -> MatchSettings:
+        pattern = self.str_(m, path, "path") or "/"
+        if "path" in m and (*path, "path") not in self.p.bad:
+            try:
+                parse_pattern(pattern)
+            except ValueError as exc:
+                self.p.report((*path, "path"), f"{_where((*path, 'path'))}: {exc}")
+        kw: dict[str, Any] = {"path": pattern}
+        self._set(kw, "methods", _upper(self.strs(m, path, "methods")))
+        headers = self.string_map(m, path, "headers")
+        if headers is not None:
+            kw["headers"] = tuple((k.lower(), v) for k, v in headers)
+            for k, _ in headers:
+                if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", k):
+                    self.p.report(
+                        (*path, "headers", k),
+                        f"{_where((*path, 'headers'))}: invalid header name {k!r}",
+                        key=True,
+                    )
+        self._set(kw, "query", self.string_map(m, path, "query"))
+        return MatchSettings(**kw)
+
+    def string_map(self, m: object, path: JsonPath, key: str) -> tuple[tuple[str, str], ...] | None:
+        raw = self.mapping(m, path, key)
+        if raw is None:
+            return None
+        return tuple(
+            (k, str(v))
+            for k, v in raw.items()
+            if isinstance(v, str | int) and not isinstance(v, bool)
+        )
+
+    def shadow(self, m: dict[str, object], path: JsonPath) -> ShadowSettings:
+        kw: dict[str, Any] = {}
+        self._set(kw, "percent", self.num(m, path, "percent"))
+        self._set(kw, "timeout", self.duration(m, path, "timeout"))
+        self._set(kw, "max_concurrency", self.int_(m, path, "max_concurrency"))
+        writes = self.str_(m, path, "writes")
+        self._set(kw, "writes", writes if writes in ("skip", "dry_run") else None)
+        self._set(kw, "max_body_bytes", self.int_(m, path, "max_body_bytes"))
+        sample_key = self.str_(m, path, "sample_key")
+        self._set(kw, "sample_key", sample_key.lower() if sample_key else None)
+        return ShadowSettings(**kw)
+
+    def compare(self, m: dict[str, object], path: JsonPath) -> CompareSettings:
+        kw: dict[str, Any] = {}
+        self._set(kw, "ignore_headers", _lower(self.strs(m, path, "ignore_headers")))
+        self._set(kw, "ignore_json_paths", self.strs(m, path, "ignore_json_paths"))
+        unordered = self.mapping(m, path, "unordered_arrays")
+        if unordered is not None:
+            kw["unordered_arrays"] = tuple(
+                (k, v) for k, v in unordered.items() if v is None or isinstance(v, str)
+            )
+            self.json_path_keys(unordered, (*path, "unordered_arrays"))
+        self._set(kw, "numeric_tolerance", self.num(m, path, "numeric_tolerance"))
+        self._set(kw, "noise_baseline", self.bool_(m, path, "noise_baseline"))
+        normalizers = self.mapping(m, path, "normalizers")
+        if normalizers is not None:
+            kw["normalizers"] = tuple((k, v) for k, v in normalizers.items() if isinstance(v, str))
+            self.json_path_keys(normalizers, (*path, "normalizers"))
+        return CompareSettings(**kw)
+
+    def json_path_keys(self, m: dict[str, object], path: JsonPath) -> None:
+        for k in m:
+            if not k.startswith("$"):
+                self.p.report(
+                    (*path, k), f"{_where(path)}: {k!r} is not a JSON path (start with $)", key=True
+                )
+
+    def canary(self, m: dict[str, object], path: JsonPath) -> CanarySettings:
+        kw: dict[str, Any] = {}
+        self._set(kw, "percent", self.num(m, path, "percent"))
+        sticky = self.section(m, path, "sticky")
+        spath = (*path, "sticky")
+        header = self.str_(sticky, spath, "header")
+        self._set(kw, "sticky_header", header.lower() if header else None)
+        self._set(kw, "sticky_cookie", self.str_(sticky, spath, "cookie"))
+        return CanarySettings(**kw)
+
+    def promotion(self, m: dict[str, object], path: JsonPath) -> PromotionSettings:
+        kw: dict[str, Any] = {}
+        steps = self._typed(m, path, "steps", _is_number_list, "a list of percents")
+        if isinstance(steps, list):
+            values = tuple(float(s) for s in steps)
+            for i in range(1, len(values)):
+                if values[i] <= values[i - 1]:
+                    self.p.report(
+                        (*path, "steps", i),
+                        f"{_where((*path, 'steps'))}: steps must ascend"
+                        f" ({values[i]:g} after {values[i - 1]:g})",
+                    )
+                    break
+            kw["steps"] = values
+        self._set(kw, "min_samples", self.int_(m, path, "min_samples"))
+        for key in ("max_mismatch_rate", "max_error_rate", "max_p99_ratio"):
+            self._set(kw, key, self.num(m, path, key))
+        self._set(kw, "interval", self.duration(m, path, "interval"))
+        self._set(kw, "auto", self.bool_(m, path, "auto"))
+        return PromotionSettings(**kw)
+
+
+def _is_number(v: object) -> bool:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond float range
+        return False
+
+
+def _is_integral(v: object) -> bool:
+    return isinstance(v, int | float) and _is_number(v) and float(v).is_integer()
+
+
+def _is_str_list(v: object) -> bool:
+    return isinstance(v, list) and all(isinstance(s, str) for s in v)
+
+
+def _is_number_list(v: object) -> bool:
+    return isinstance(v, list) and all(_is_number(s) for s in v)
+
+
+def _upper(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(dict.fromkeys(v.upper() for v in values))
+
+
+def _lower(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(dict.fromkeys(v.lower() for v in values))

@@ -1,0 +1,140 @@
+"""`strangler check` and `strangler explain`: validate a config file, trace one request.
+
+Both print config problems as `PATH:LINE:COL: message` lines on stdout (what CI greps) and
+exit 2 on any; neither ever shows a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import click
+
+from proxy.routes import Route, RouteTable
+from proxy.settings import BackendSettings, ConfigError, Settings, load
+
+__all__ = ["format_duration", "run_check", "run_explain"]
+
+OK, CONFIG_ERROR = 0, 2
+_T = TypeVar("_T")
+
+
+def run_check(path: str) -> int:
+    """Validate the config at `path`; print every problem (exit 2) or a summary (exit 0)."""
+    settings = _load(path)
+    if settings is None:
+        return CONFIG_ERROR
+    click.echo(f"{path}: ok ({len(settings.routes)} routes, version {settings.version})")
+    return OK
+
+
+def run_explain(path: str, method: str, url_path: str) -> int:
+    """Print which route `METHOD URL_PATH` matches and what the proxy would do with it."""
+    settings = _load(path)
+    if settings is None:
+        return CONFIG_ERROR
+    method = method.upper()
+    raw_path, _, query = url_path.partition("?")
+    table = RouteTable(settings)
+    _guarded(lambda: _explain(settings, table, method, raw_path, query))
+    return OK
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as it would be written in the config: `500ms`, `2s`, `1.5m`."""
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size * 10).is_integer():
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
+def _load(path: str) -> Settings | None:
+    try:
+        return _guarded(lambda: load(path))
+    except ConfigError as exc:
+        for issue in exc.errors:
+            click.echo(str(issue))
+        return None
+
+
+def _guarded(fn: Callable[[], _T]) -> _T:
+    try:
+        return fn()
+    except ConfigError:
+        raise
+    except Exception as exc:  # a bug must still not print a traceback at the user
+        click.echo(f"strangler: internal error: {exc!r}", err=True)
+        sys.exit(CONFIG_ERROR)
+
+
+def _explain(settings: Settings, table: RouteTable, method: str, path: str, query: str) -> None:
+    out = click.echo
+    out(f"request:    {method} {path}{'?' + query if query else ''}")
+    winner: Route | None = None
+    for route in table.path_matches(path):
+        if route.accepts(method, query, ()):
+            winner = route
+            break
+        out(f"skipped:    {route.name} (line {route.settings.line}): {_why_not(route, method)}")
+    if winner is None:
+        out(f"no route matches: default backend {settings.default_backend} (untouched)")
+        out(f"backend:    {_backend(settings, settings.default_backend)}")
+        return
+    rs = winner.settings
+    methods = ", ".join(rs.match.methods) if rs.match.methods else "any method"
+    out(f"route:      {winner.name} (#{winner.index + 1}, line {rs.line})")
+    out(f"pattern:    {rs.match.path} [{methods}]")
+    params = winner.params(path)
+    if params:
+        out("params:     " + ", ".join(f"{k}={v}" for k, v in params.items()))
+    out(f"mode:       {winner.mode}")
+    out(f"primary:    {_backend(settings, winner.primary)}")
+    if winner.candidate is None:
+        out("candidate:  none")
+        return
+    out(f"candidate:  {_backend(settings, winner.candidate)}")
+    shadow, canary = rs.shadow, rs.canary
+    sampled = f"by header {shadow.sample_key}" if shadow.sample_key else "by request id"
+    shadowing = (
+        f"{shadow.percent:g}% of requests ({sampled}), timeout "
+        f"{format_duration(shadow.timeout)}, at most {shadow.max_concurrency} in flight, "
+        f"writes: {shadow.writes}"
+    )
+    if winner.mode == "legacy":
+        out("serves:     primary only; the candidate is not called")
+    elif winner.mode == "shadow":
+        out("serves:     primary; the candidate is called in the background and compared")
+        out(f"shadow:     {shadowing}")
+    elif winner.mode == "canary":
+        if canary.sticky_header:
+            key = f"header {canary.sticky_header}"
+        elif canary.sticky_cookie:
+            key = f"cookie {canary.sticky_cookie}"
+        else:
+            key = "request id (not sticky)"
+        out(f"canary:     {canary.percent:g}% of keys served by the candidate, keyed by {key}")
+        out(f"shadow:     for the rest, {shadowing}")
+    else:
+        out("serves:     candidate; safe requests verified against the primary in the background")
+        out(f"shadow:     {shadowing}")
+
+
+def _why_not(route: Route, method: str) -> str:
+    match = route.settings.match
+    if match.methods is not None and method not in match.methods:
+        return f"methods {', '.join(match.methods)}"
+    needs = [f"header {k}: {v}" for k, v in match.headers]
+    needs += [f"query {k}={v}" for k, v in match.query]
+    return "needs " + ", ".join(needs)
+
+
+def _backend(settings: Settings, name: str) -> str:
+    backend: BackendSettings | None = settings.backends.get(name)
+    if backend is None:
+        return name
+    if backend.url is not None:
+        return f"{name} ({backend.url})"
+    db = f", db {backend.db}" if backend.db else ""
+    return f"{name} (in-process handlers {backend.handlers}{db})"

@@ -1,0 +1,210 @@
+"""The route table: ordered first-match routes compiled once per config.
+
+Path patterns are `/exact`, `/a/{param}/b` (a parameter is one whole, non-empty segment)
+and `/prefix/*` (the prefix itself and anything below it). All patterns go into one
+segment trie, so a lookup costs one dict probe per path segment however many routes there
+are; the few routes whose path matches are then checked in file order for method, header
+and query matchers. Nothing here parses or compiles per request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl
+
+if TYPE_CHECKING:
+    from proxy.settings import Mode, RouteSettings, Settings
+
+__all__ = ["PathPattern", "Route", "RouteTable", "parse_pattern"]
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_BAD_CHARS = re.compile(r"[\s?#]")
+
+
+@dataclass(frozen=True, slots=True)
+class PathPattern:
+    """A parsed path pattern: literal segments, None for a parameter, and the prefix flag."""
+
+    text: str
+    segments: tuple[str | None, ...]
+    params: tuple[str, ...]
+    prefix: bool
+
+
+def parse_pattern(text: str) -> PathPattern:
+    """Parse `/exact`, `/a/{param}/b` or `/prefix/*`; ValueError says what is wrong."""
+    if not text.startswith("/"):
+        raise ValueError(f"path {text!r} must start with /")
+    if _BAD_CHARS.search(text):
+        raise ValueError(f"path {text!r} must not contain whitespace, ? or #")
+    parts = text[1:].split("/")
+    prefix = parts[-1] == "*"
+    if prefix:
+        parts.pop()
+    segments: list[str | None] = []
+    params: list[str] = []
+    for i, part in enumerate(parts):
+        if "*" in part:
+            raise ValueError(f"path {text!r}: * is only allowed as the last segment (/prefix/*)")
+        if part == "" and i != len(parts) - 1:
+            raise ValueError(f"path {text!r} has an empty segment (//)")
+        if "{" in part or "}" in part:
+            m = _PARAM.fullmatch(part)
+            if m is None:
+                raise ValueError(
+                    f"path {text!r}: a parameter is a whole segment named like {{order_id}}"
+                )
+            if m[1] in params:
+                raise ValueError(f"path {text!r} repeats the parameter {{{m[1]}}}")
+            params.append(m[1])
+            segments.append(None)
+        else:
+            segments.append(part)
+    if prefix and segments and segments[-1] == "":
+        raise ValueError(f"path {text!r} has an empty segment (//)")
+    return PathPattern(text, tuple(segments), tuple(params), prefix)
+
+
+class Route:
+    """One compiled route: its settings, position, backends and request matchers."""
+
+    __slots__ = (
+        "_headers",
+        "_methods",
+        "_query",
+        "_regex",
+        "candidate",
+        "index",
+        "mode",
+        "name",
+        "pattern",
+        "primary",
+        "settings",
+    )
+
+    def __init__(self, settings: RouteSettings, index: int, default_backend: str) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.index = index
+        self.mode: Mode = settings.mode
+        self.primary: str = settings.backend or default_backend
+        self.candidate: str | None = settings.candidate
+        self.pattern = parse_pattern(settings.match.path)
+        methods = settings.match.methods
+        self._methods = None if methods is None else frozenset(methods)
+        self._headers = tuple(
+            (name.lower().encode("latin-1"), value.encode("utf-8"))
+            for name, value in settings.match.headers
+        )
+        self._query = settings.match.query
+        self._regex = re.compile(_pattern_regex(self.pattern), re.DOTALL)
+
+    def __repr__(self) -> str:
+        return f"<Route #{self.index} {self.name} {self.pattern.text} {self.mode}>"
+
+    def accepts(self, method: str, query: str, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        """Whether method, headers and query satisfy this route (its path already matched)."""
+        if self._methods is not None and method not in self._methods:
+            return False
+        for want_name, want_value in self._headers:
+            if not any(n.lower() == want_name and v == want_value for n, v in headers):
+                return False
+        if self._query:
+            pairs = parse_qsl(query, keep_blank_values=True)
+            for key, value in self._query:
+                if (key, value) not in pairs:
+                    return False
+        return True
+
+    def params(self, path: str) -> dict[str, str]:
+        """The `{param}` values of a path this route matches (raw, not percent-decoded)."""
+        m = self._regex.fullmatch(path)
+        return {} if m is None else {k: v for k, v in m.groupdict().items() if v is not None}
+
+
+def _pattern_regex(pattern: PathPattern) -> str:
+    out = ""
+    names = iter(pattern.params)
+    for seg in pattern.segments:
+        out += "/" + (f"(?P<{next(names)}>[^/]+)" if seg is None else re.escape(seg))
+    return out + ("(?:/.*)?" if pattern.prefix else "")
+
+
+class _Node:
+    """A trie node: children by literal segment, one parameter child, and route indexes."""
+
+    __slots__ = ("children", "exact", "param", "prefix")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _Node] = {}
+        self.param: _Node | None = None
+        self.exact: list[int] = []  # routes whose pattern ends here
+        self.prefix: list[int] = []  # `.../*` routes: match here and anywhere below
+
+
+class RouteTable:
+    """The ordered routes of one Settings, compiled for matching; immutable once built."""
+
+    __slots__ = ("_root", "by_name", "default_backend", "routes", "settings")
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.default_backend = settings.default_backend
+        self.routes: tuple[Route, ...] = tuple(
+            Route(rs, i, settings.default_backend) for i, rs in enumerate(settings.routes)
+        )
+        self.by_name: dict[str, Route] = {r.name: r for r in self.routes}
+        self._root = _Node()
+        for route in self.routes:
+            node = self._root
+            for seg in route.pattern.segments:
+                if seg is None:
+                    if node.param is None:
+                        node.param = _Node()
+                    node = node.param
+                else:
+                    node = node.children.setdefault(seg, _Node())
+            (node.prefix if route.pattern.prefix else node.exact).append(route.index)
+
+    def __len__(self) -> int:
+        return len(self.routes)
+
+    def path_matches(self, path: str) -> list[Route]:
+        """Every route whose path pattern matches `path`, in file order."""
+        if not path.startswith("/"):
+            return []
+        segs = path[1:].split("/")
+        n = len(segs)
+        found: list[int] = []
+        stack = [(self._root, 0)]
+        while stack:
+            node, i = stack.pop()
+            if node.prefix:
+                found.extend(node.prefix)
+            if i == n:
+                found.extend(node.exact)
+                continue
+            seg = segs[i]
+            child = node.children.get(seg)
+            if child is not None:
+                stack.append((child, i + 1))
+            if node.param is not None and seg:
+                stack.append((node.param, i + 1))
+        found.sort()
+        return [self.routes[i] for i in found]
+
+    def match(
+        self,
+        method: str,
+        path: str,
+        query: str = "",
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> Route | None:
+        """The first route (in file order) matching the request, or None: default backend."""
+        for route in self.path_matches(path):
+            if route.accepts(method, query, headers):
+                return route
+        return None
