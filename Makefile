@@ -34,7 +34,11 @@ demo: $(STAMP)
 	$(BIN)/strangler demo
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	@if ! command -v wrk >/dev/null 2>&1 || ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null 2>&1; then \
+		echo "installing wrk and nginx-light with apt-get"; \
+		apt-get install -y wrk nginx-light || { apt-get update && apt-get install -y wrk nginx-light; }; \
+	fi
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 loadtest: $(STAMP)
 	$(BIN)/python -m loadtests.run

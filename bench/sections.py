@@ -1,0 +1,120 @@
+"""Extra bench sections after the proxy table: each a callable returning rows.
+
+Append a `Section` to `SECTIONS` to add one. A section that cannot run (module missing,
+database down) returns a note instead of rows; an exception in one never stops the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from bench.targets import BenchEnv
+
+__all__ = [
+    "DEFAULT_PG_URL",
+    "SECTIONS",
+    "Section",
+    "SectionContext",
+    "SectionResult",
+    "pg_reachable",
+    "run_sections",
+]
+
+DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+Row = dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class SectionContext:
+    """What a section may use: the bench env (upstream still up) and the run's settings."""
+
+    env: BenchEnv
+    rounds: int
+    slice_s: int
+    quick: bool
+
+
+@dataclass(slots=True)
+class SectionResult:
+    """Rows for the table and results.json, or a note saying why there are none."""
+
+    rows: list[Row] = field(default_factory=list)
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A titled bench section."""
+
+    key: str
+    title: str
+    run: Callable[[SectionContext], SectionResult]
+
+
+def _import_optional(module: str) -> Any:
+    """The module, or None when it does not exist (yet)."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.startswith(exc.name):
+            return None
+        raise
+
+
+def _compare_section(ctx: SectionContext) -> SectionResult:
+    """bench/compare_bench.py: the comparator against deepdiff."""
+    module = _import_optional("bench.compare_bench")
+    if module is None:
+        return SectionResult(note="skipped: bench/compare_bench.py not present yet")
+    return SectionResult(rows=list(module.run()))
+
+
+def pg_reachable(url: str, timeout_s: float = 1.0) -> bool:
+    """True when something accepts TCP connections at the URL's host and port."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 5432
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _report_section(ctx: SectionContext) -> SectionResult:
+    """bench/report_bench.py: the mismatch report over many stored rows on PostgreSQL."""
+    module = _import_optional("bench.report_bench")
+    if module is None:
+        return SectionResult(note="skipped: bench/report_bench.py not present yet")
+    url = os.environ.get("STRANGLER_BENCH_PG_URL", DEFAULT_PG_URL)
+    if not pg_reachable(url):
+        return SectionResult(note="skipped: PostgreSQL not reachable (set STRANGLER_BENCH_PG_URL)")
+    rows = int(os.environ.get("STRANGLER_BENCH_REPORT_ROWS", "1000000"))
+    if "rows" in inspect.signature(module.run).parameters:
+        return SectionResult(rows=list(module.run(url, rows=rows)))
+    return SectionResult(rows=list(module.run(url)))
+
+
+SECTIONS: list[Section] = [
+    Section("compare", "comparator vs deepdiff", _compare_section),
+    Section("report", "report over PostgreSQL", _report_section),
+]
+
+
+def run_sections(ctx: SectionContext, sections: list[Section] | None = None) -> dict[str, Row]:
+    """Run every section; results by key as {title, rows, note}."""
+    results: dict[str, Row] = {}
+    for section in SECTIONS if sections is None else sections:
+        try:
+            result = section.run(ctx)
+        except Exception as exc:
+            result = SectionResult(note=f"failed: {exc.__class__.__name__}: {exc}")
+        results[section.key] = {"title": section.title, "rows": result.rows, "note": result.note}
+    return results
