@@ -7,10 +7,12 @@ report over millions of comparisons stays fast on PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -41,6 +43,7 @@ __all__ = [
     "RouteReport",
     "Thresholds",
     "build_report",
+    "report_schema",
     "wilson_interval",
 ]
 
@@ -302,6 +305,13 @@ class Report:
         }
 
 
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema of `Report.to_json()` (shipped as `shadow/report.schema.json`)."""
+    text = resources.files("shadow").joinpath("report.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
 def wilson_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, float]:
     """The Wilson score interval of a binomial proportion (default 95 %)."""
     if n <= 0:
@@ -311,7 +321,9 @@ def wilson_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, flo
     denom = 1.0 + z2 / n
     centre = (p + z2 / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return (lo, hi)
 
 
 async def build_report(
