@@ -1,0 +1,89 @@
+"""JSON access log lines, buffered and written in batches off the per-request path."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import BinaryIO
+
+import orjson
+
+__all__ = ["AccessLog"]
+
+_FLUSH_BYTES = 64 << 10
+_FLUSH_INTERVAL = 0.25
+
+
+class AccessLog:
+    """One JSON object per finished request; flushed every 64 KB or 250 ms."""
+
+    __slots__ = ("_buf", "_size", "_stream", "_timer", "enabled")
+
+    def __init__(self, stream: BinaryIO | None = None, *, enabled: bool = True) -> None:
+        self._stream = stream if stream is not None else sys.stdout.buffer
+        self._buf: list[bytes] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.enabled = enabled
+
+    def log(
+        self,
+        request_id: str,
+        route: str,
+        backend: str,
+        method: str,
+        path: str,
+        status: int,
+        ms: float,
+        upstream_error: str | None = None,
+    ) -> None:
+        """Queue one line."""
+        if not self.enabled:
+            return
+        rec: dict[str, object] = {
+            "ts": round(time.time(), 3),
+            "request_id": request_id,
+            "route": route,
+            "backend": backend,
+            "method": method,
+            "path": path,
+            "status": status,
+            "ms": round(ms, 3),
+        }
+        if upstream_error is not None:
+            rec["error"] = upstream_error
+        line = orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
+        self._buf.append(line)
+        self._size += len(line)
+        if self._size >= _FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._timer = loop.call_later(_FLUSH_INTERVAL, self.flush)
+
+    def event(self, **fields: object) -> None:
+        """Write a non-request event line (reloads, errors) at once."""
+        fields.setdefault("ts", round(time.time(), 3))
+        self._buf.append(orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE))
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what is buffered."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._buf:
+            return
+        data = b"".join(self._buf)
+        self._buf.clear()
+        self._size = 0
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken log stream must never break the data plane

@@ -1,0 +1,951 @@
+"""The data plane: a client-facing asyncio.Protocol that forwards HTTP/1.1 at the byte level.
+
+One `ClientConnection` per client connection parses requests with httptools (llhttp, strict)
+and one `_Exchange` per request carries it to a pooled upstream connection. Callbacks
+move bytes; output is gathered during one `data_received` and written once. Reads are
+paused on either side when the other side's write buffer is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httptools
+import orjson
+
+from proxy.accesslog import AccessLog
+from proxy.metrics import Metrics, RouteMetrics
+from proxy.upstream import UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from proxy.routes import RouteTable
+    from proxy.settings import LimitsSettings
+
+__all__ = ["ClientConnection", "DataPlane", "RoutePlan", "RoutingState"]
+
+# RFC 9110 7.6.1 hop-by-hop fields, plus the proxy headers we set ourselves.
+_REQ_DROP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-for",
+    }
+)
+_RESP_DROP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_CONN_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+_VIA = b"via: 1.1 strangler\r\n"
+_REPLAY_LIMIT = 64 << 10
+_PENDING_LIMIT = 1 << 20
+_REASONS = {
+    400: b"Bad Request",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """Everything the data plane needs for one route, resolved once per config."""
+
+    name: str
+    mode: str
+    backend: str
+    pool: UpstreamPool
+    metrics: RouteMetrics
+    host_header: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingState:
+    """One config's compiled routing: swapped atomically on reload."""
+
+    version: str
+    table: RouteTable
+    plans: tuple[RoutePlan, ...]  # by route index
+    default: RoutePlan
+
+
+def _error_body(status: int, code: str, message: str, backend: str, request_id: str) -> bytes:
+    return orjson.dumps(
+        {
+            "error": {
+                "code": code,
+                "message": message,
+                "backend": backend,
+                "request_id": request_id,
+            }
+        }
+    )
+
+
+def _simple_response(status: int, body: bytes, *, close: bool, extra: bytes = b"") -> bytes:
+    head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
+        status,
+        _REASONS.get(status, b"Error"),
+        len(body),
+    )
+    if close:
+        head += b"connection: close\r\n"
+    return head + extra + _VIA + b"\r\n" + body
+
+
+class DataPlane:
+    """Shared state of all client connections of one listener."""
+
+    def __init__(
+        self,
+        state: RoutingState,
+        metrics: Metrics,
+        access_log: AccessLog,
+        limits: LimitsSettings,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.access_log = access_log
+        self.limits = limits
+        self.loop = loop
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.in_flight = 0
+        self._rid_prefix = os.urandom(6).hex()
+        self._rid_counter = 0
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._in_flight_gauge = metrics.in_flight
+        self.exchange_hook: Callable[[_Exchange], None] | None = None
+
+    def protocol_factory(self) -> ClientConnection:
+        """Make the protocol for one accepted connection."""
+        return ClientConnection(self)
+
+    def new_request_id(self) -> str:
+        """A request id unique across processes (random prefix + counter)."""
+        self._rid_counter += 1
+        return f"{self._rid_prefix}{self._rid_counter:08x}"
+
+    def start_sweeper(self) -> None:
+        """Start the once-per-interval check of client header/body/idle deadlines."""
+        self._sweeper = self.loop.call_later(0.25, self._sweep)
+
+    def stop_sweeper(self) -> None:
+        """Stop deadline checks."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.connections):
+            if conn.deadline and now >= conn.deadline:
+                conn.deadline_expired()
+        self._sweeper = self.loop.call_later(0.25, self._sweep)
+
+
+class _Exchange:
+    """One request/response through the proxy."""
+
+    __slots__ = (
+        "backend",
+        "chunked_req",
+        "chunked_resp",
+        "client",
+        "close_after",
+        "close_delimited",
+        "done",
+        "head_request",
+        "interim",
+        "last_activity",
+        "method",
+        "path",
+        "plan",
+        "reason",
+        "replay",
+        "replay_size",
+        "request_complete",
+        "request_id",
+        "resp_headers",
+        "resp_started",
+        "retried",
+        "status",
+        "t0",
+        "timer",
+        "up_buf",
+        "up_size",
+        "upgrade_req",
+        "upgrading",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        client: ClientConnection,
+        plan: RoutePlan,
+        method: str,
+        path: str,
+        head: bytes,
+        request_id: str,
+    ) -> None:
+        self.client = client
+        self.plan = plan
+        self.backend = plan.backend
+        self.method = method
+        self.path = path
+        self.request_id = request_id
+        self.up_buf: list[bytes] = [head]
+        self.up_size = len(head)
+        self.replay: list[bytes] | None = [head] if method in _IDEMPOTENT else None
+        self.replay_size = len(head)
+        self.upstream: UpstreamConnection | None = None
+        self.chunked_req = False
+        self.head_request = method == "HEAD"
+        self.request_complete = False
+        self.resp_headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.status = 0
+        self.resp_started = False
+        self.chunked_resp = False
+        self.close_delimited = False
+        self.close_after = False
+        self.interim = False
+        self.upgrade_req = False
+        self.upgrading = False
+        self.retried = False
+        self.done = False
+        self.t0 = client.plane.loop.time()
+        self.last_activity = self.t0
+        self.timer: asyncio.TimerHandle | None = None
+
+    # request direction
+    def start(self) -> None:
+        """Ask the pool for a connection and arm the upstream timeout."""
+        plane = self.client.plane
+        plane.in_flight += 1
+        plane._in_flight_gauge.inc()
+        self.timer = plane.loop.call_later(self.plan.pool.timeout, self._on_timeout)
+        self.plan.pool.acquire(self)
+
+    def send_body(self, data: bytes) -> None:
+        """Queue request body bytes (already framed) for the upstream."""
+        self.up_buf.append(data)
+        self.up_size += len(data)
+        if self.replay is not None:
+            self.replay_size += len(data)
+            if self.replay_size > _REPLAY_LIMIT:
+                self.replay = None
+            else:
+                self.replay.append(data)
+
+    def flush_up(self) -> None:
+        """Write gathered request bytes to the upstream in one write."""
+        up = self.upstream
+        if up is not None and self.up_buf:
+            data = self.up_buf[0] if len(self.up_buf) == 1 else b"".join(self.up_buf)
+            self.up_buf = []
+            self.up_size = 0
+            up.send(data)
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        """The pool found us a connection."""
+        if self.done:
+            self.plan.pool.release(conn) if not conn.got_bytes else self.plan.pool.discard(conn)
+            return
+        self.upstream = conn
+        conn.head_only = self.head_request
+        self.flush_up()
+        if self.client.reading_paused_for is self:
+            self.client.resume_reading()
+
+    def connect_failed(self, exc: BaseException) -> None:
+        """No connection could be opened."""
+        if self.done:
+            return
+        kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
+        self.client.plane.metrics.upstream_errors.labels(self.backend, kind).inc()
+        self._fail(
+            502, "bad_gateway", f"cannot connect to backend {self.backend!r}: {_describe(exc)}"
+        )
+
+    def pause_client_reading(self) -> None:
+        self.client.pause_reading(self)
+
+    def resume_client_reading(self) -> None:
+        if self.client.reading_paused_for is self:
+            self.client.resume_reading()
+
+    # response direction
+    def on_upstream_status(self, reason: bytes) -> None:
+        self.reason = reason
+
+    def on_upstream_header(self, name: bytes, value: bytes) -> None:
+        self.resp_headers.append((name, value))
+
+    def on_upstream_headers_complete(self, status: int, conn: UpstreamConnection) -> None:
+        client = self.client
+        headers = self.resp_headers
+        self.resp_headers = []
+        if status < 200 and status != 101:
+            # Interim response (100 Continue, 103 Early Hints): relay it as it came.
+            self.interim = True
+            parts = [b"HTTP/1.1 %d %s\r\n" % (status, self.reason)]
+            for name, value in headers:
+                parts += (name, b": ", value, b"\r\n")
+            parts.append(b"\r\n")
+            client.out += parts
+            return
+        self.status = status
+        self.resp_started = True
+        out = client.out
+        out.append(b"HTTP/1.1 %d %s\r\n" % (status, self.reason))
+        upstream_chunked = False
+        has_length = False
+        conn_tokens: bytes | None = None
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _RESP_DROP:
+                if lname == b"transfer-encoding":
+                    upstream_chunked = True
+                elif lname == b"connection":
+                    conn_tokens = value if conn_tokens is None else conn_tokens + b"," + value
+                if status == 101 and lname in (b"upgrade", b"connection"):
+                    out += (name, b": ", value, b"\r\n")
+                continue
+            if lname == b"content-length":
+                has_length = True
+            out += (name, b": ", value, b"\r\n")
+        if conn_tokens is not None:
+            _drop_connection_named(out, conn_tokens, start=1)
+        if status == 101:
+            self.upgrading = True
+            out.append(_VIA + b"\r\n")
+            return
+        no_body = self.head_request or status in (204, 304)
+        http11 = client.http11
+        if not no_body and not has_length:
+            # The body ends at the upstream's close unless it is chunked.
+            self.close_delimited = not upstream_chunked
+            if http11:
+                self.chunked_resp = True
+                out.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.close_after = True
+        if not client.keep_alive or client.plane.draining or self.close_after:
+            self.close_after = True
+            out.append(b"connection: close\r\n")
+        elif not http11:
+            out.append(b"connection: keep-alive\r\n")
+        out.append(_VIA + b"\r\n")
+
+    def on_upstream_body(self, data: bytes) -> None:
+        if self.chunked_resp:
+            self.client.out += (b"%x\r\n" % len(data), data, b"\r\n")
+        else:
+            self.client.out.append(data)
+
+    def on_upstream_message_complete(self, conn: UpstreamConnection) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        if self.upgrading:
+            return  # the upgrade exception follows
+        if self.chunked_resp:
+            self.client.out.append(b"0\r\n\r\n")
+        self._finish(conn)
+
+    def on_upstream_flush(self) -> None:
+        client = self.client
+        if client.out:
+            client.flush()
+        self.last_activity = client.plane.loop.time()
+
+    def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """The backend switched protocols: tunnel raw bytes both ways from now on."""
+        client = self.client
+        client.flush()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.upstream = None
+        assert client.transport is not None and conn.transport is not None
+        conn.start_tunnel(client.transport)
+        client.start_tunnel(conn)
+        if rest:
+            client.transport.write(rest)
+        self._account(101, None)
+        self.done = True
+
+    def on_upstream_lost(self, conn: UpstreamConnection, exc: BaseException | None) -> None:
+        if self.done or conn is not self.upstream:
+            return
+        self.upstream = None
+        if self.resp_started:
+            if self.close_delimited:
+                if self.chunked_resp:
+                    self.client.out.append(b"0\r\n\r\n")
+                self._finish(None)
+                return
+            self.client.plane.metrics.upstream_errors.labels(self.backend, "reset").inc()
+            self._abort("reset")
+            return
+        if conn.reused and not conn.got_bytes and self.replay is not None and not self.retried:
+            # A stale keep-alive connection closed under us before any response byte:
+            # safe to resend once, on a fresh connection, for idempotent requests.
+            self.retried = True
+            self.up_buf = list(self.replay)
+            self.up_size = self.replay_size
+            self.plan.pool.acquire(self, fresh=True)
+            return
+        self.client.plane.metrics.upstream_errors.labels(self.backend, "reset").inc()
+        self._fail(
+            502,
+            "bad_gateway",
+            f"backend {self.backend!r} closed the connection: {_describe(exc)}",
+        )
+
+    # ends
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        loop = self.client.plane.loop
+        idle = loop.time() - self.last_activity
+        remaining = self.plan.pool.timeout - idle
+        if remaining > 0.001:
+            self.timer = loop.call_later(remaining, self._on_timeout)
+            return
+        self.client.plane.metrics.upstream_errors.labels(self.backend, "timeout").inc()
+        if self.resp_started:
+            self._abort("timeout")
+        else:
+            self._fail(
+                504,
+                "gateway_timeout",
+                f"backend {self.backend!r} did not answer within {self.plan.pool.timeout:g}s",
+            )
+
+    def _fail(self, status: int, code: str, message: str) -> None:
+        """Answer with a JSON error when nothing of the response was sent yet."""
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            self.plan.pool.discard(up)
+        else:
+            self.plan.pool.cancel_wait(self)
+        client = self.client
+        close = not self.request_complete or not client.keep_alive or client.plane.draining
+        body = _error_body(status, code, message, self.backend, self.request_id)
+        client.out.append(
+            _simple_response(
+                status, body, close=close, extra=b"x-request-id: %s\r\n" % self.request_id.encode()
+            )
+        )
+        self.close_after = close
+        self.status = status
+        self._end(code)
+        client.flush()
+        client.exchange_done(self)
+
+    def _abort(self, why: str) -> None:
+        """The response was already under way: the client must see a broken connection."""
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.abort()
+        self._end(why)
+        self.client.abort()
+
+    def _finish(self, conn: UpstreamConnection | None) -> None:
+        self.upstream = None
+        if conn is not None:
+            if self.request_complete:
+                self.plan.pool.release(conn)
+            else:
+                # The backend answered before reading the whole body: that connection's
+                # framing is unknown now, and the client must not keep sending either.
+                self.plan.pool.discard(conn)
+                self.close_after = True
+        self._end(None)
+        self.client.flush()
+        self.client.exchange_done(self)
+
+    def _end(self, error: str | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.done = True
+        self._account(self.status, error)
+
+    def _account(self, status: int, error: str | None) -> None:
+        plane = self.client.plane
+        plane.in_flight -= 1
+        plane._in_flight_gauge.dec()
+        elapsed = plane.loop.time() - self.t0
+        self.plan.metrics.observe(status, elapsed)
+        plane.access_log.log(
+            self.request_id,
+            self.plan.name,
+            self.backend,
+            self.method,
+            self.path,
+            status,
+            elapsed * 1000.0,
+            error,
+        )
+        hook = plane.exchange_hook
+        if hook is not None:
+            hook(self)
+
+    def client_gone(self) -> None:
+        """The client disconnected: cancel the upstream request."""
+        if self.done:
+            return
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.abort()
+        else:
+            self.plan.pool.cancel_wait(self)
+        if self.status == 0:
+            self.status = 499
+        self._end("client_disconnected")
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "connection closed"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return text
+
+
+def _drop_connection_named(out: list[bytes], tokens: bytes, start: int) -> None:
+    """Remove header lines named in a Connection header (RFC 9110 7.6.1) from `out`."""
+    names = {
+        t.strip().lower()
+        for t in tokens.split(b",")
+        if t.strip().lower() not in _CONN_STANDARD_TOKENS
+    }
+    if not names:
+        return
+    # `out` holds groups of (name, b": ", value, b"\r\n") after position `start`.
+    i = start
+    kept: list[bytes] = out[:start]
+    while i < len(out):
+        if i + 3 < len(out) and out[i + 1] == b": " and out[i + 3] == b"\r\n":
+            if out[i].lower() not in names:
+                kept += out[i : i + 4]
+            i += 4
+        else:
+            kept.append(out[i])
+            i += 1
+    out[:] = kept
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parses requests, runs exchanges one at a time, in order."""
+
+    __slots__ = (
+        "_chunked",
+        "_headers",
+        "_tunnel",
+        "_url",
+        "current",
+        "deadline",
+        "head_bytes",
+        "http11",
+        "keep_alive",
+        "out",
+        "parser",
+        "peer",
+        "plane",
+        "queue",
+        "reading",
+        "reading_paused_for",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.out: list[bytes] = []
+        self.current: _Exchange | None = None  # the exchange whose response is being sent
+        self.reading: _Exchange | None = None  # the exchange whose request is being read
+        self.queue: deque[_Exchange] = deque()
+        self.peer = b""
+        self.keep_alive = True
+        self.http11 = True
+        self.reading_paused_for: _Exchange | None = None
+        self.write_paused = False
+        self.deadline = 0.0
+        self.head_bytes = 0
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._chunked = False
+        self._tunnel: UpstreamConnection | None = None
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        plane = self.plane
+        plane.connections.add(self)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = str(peer[0]).encode()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        if len(plane.connections) > plane.limits.max_connections:
+            plane.metrics.client_errors.labels("too_many_connections").inc()
+            plane.access_log.event(event="connection_limit", limit=plane.limits.max_connections)
+            self._reply_error(503, "overloaded", "too many client connections")
+            return
+        self.deadline = plane.loop.time() + plane.limits.header_timeout
+
+    def data_received(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.send(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            ex = self.reading
+            rest = data[exc.args[0] :]
+            if ex is not None:
+                ex.request_complete = True
+                ex.upgrade_req = True
+                if rest:
+                    ex.send_body(rest)
+                self.reading = None
+            self._stop_reading()
+        except httptools.HttpParserError as exc:
+            self._bad_request(exc)
+            return
+        ex = self.current
+        if ex is not None and ex.up_buf and ex.upstream is not None:
+            ex.flush_up()
+
+    def eof_received(self) -> bool | None:
+        # Half-close: finish the response in flight, then close.
+        self.keep_alive = False
+        return self.current is not None or bool(self.queue)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.plane.connections.discard(self)
+        if self._tunnel is not None:
+            self._tunnel.abort()
+            self._tunnel = None
+        ex = self.current
+        self.current = None
+        if ex is not None:
+            ex.client_gone()
+        for queued in self.queue:
+            queued.done = True
+        self.queue.clear()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.current
+        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
+            ex.upstream.transport.pause_reading()
+        elif self._tunnel is not None and self._tunnel.transport is not None:
+            self._tunnel.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.current
+        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
+            ex.upstream.transport.resume_reading()
+        elif self._tunnel is not None and self._tunnel.transport is not None:
+            self._tunnel.transport.resume_reading()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._chunked = False
+        self.head_bytes = 0
+        plane = self.plane
+        self.deadline = plane.loop.time() + plane.limits.header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.plane.limits.max_url_bytes:
+            raise _TooLarge(414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > self.plane.limits.max_header_bytes:
+            raise _TooLarge(431)
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        plane = self.plane
+        parser = self.parser
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
+        if method == "CONNECT":
+            raise _Refuse(405, "method_not_allowed", "CONNECT is not supported")
+        self.http11 = parser.get_http_version() == "1.1"
+        self.keep_alive = parser.should_keep_alive() and self.keep_alive
+        url = self._url
+        if url[:1] == b"/":
+            path_b, _, query_b = url.partition(b"?")
+            target = url
+        elif url == b"*":
+            path_b, query_b, target = url, b"", url
+        else:
+            # absolute-form: the authority is never used to pick an address (no SSRF);
+            # only the path and query travel on.
+            parsed = httptools.parse_url(url)
+            path_b = parsed.path or b"/"
+            query_b = parsed.query or b""
+            target = path_b + (b"?" + query_b if query_b else b"")
+        path = path_b.decode("latin-1")
+        headers = self._headers
+        state = plane.state
+        route = state.table.match(method, path, query_b.decode("latin-1"), headers)
+        plan = state.default if route is None else state.plans[route.index]
+
+        parts: list[bytes] = [raw_method, b" ", target, b" HTTP/1.1\r\n"]
+        host = b""
+        xff: bytes | None = None
+        rid: bytes | None = None
+        conn_tokens: bytes | None = None
+        upgrade: bytes | None = None
+        host_override = plan.host_header
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _REQ_DROP:
+                if lname == b"transfer-encoding":
+                    self._chunked = True
+                elif lname == b"connection":
+                    conn_tokens = value if conn_tokens is None else conn_tokens + b"," + value
+                elif lname == b"x-forwarded-for":
+                    xff = value if xff is None else xff + b", " + value
+                elif lname == b"upgrade":
+                    upgrade = value
+                continue
+            if lname == b"host":
+                host = value
+                if host_override is not None:
+                    continue
+            elif lname == b"x-request-id":
+                rid = value
+            parts += (name, b": ", value, b"\r\n")
+        if conn_tokens is not None:
+            _drop_connection_named(parts, conn_tokens, start=4)
+        if host_override is not None:
+            parts += (b"host: ", host_override, b"\r\n")
+        if rid is None:
+            request_id = plane.new_request_id()
+            parts += (b"x-request-id: ", request_id.encode(), b"\r\n")
+        else:
+            request_id = rid.decode("latin-1")
+        peer = self.peer
+        parts += (
+            b"x-forwarded-for: ",
+            peer if xff is None else xff + b", " + peer,
+            b"\r\nx-forwarded-proto: http\r\n",
+        )
+        if host:
+            parts += (b"x-forwarded-host: ", host, b"\r\n")
+        if upgrade is not None and conn_tokens is not None and b"upgrade" in conn_tokens.lower():
+            parts += (b"connection: upgrade\r\nupgrade: ", upgrade, b"\r\n")
+        if self._chunked:
+            parts.append(b"transfer-encoding: chunked\r\n")
+        parts.append(_VIA + b"\r\n")
+
+        ex = _Exchange(self, plan, method, path, b"".join(parts), request_id)
+        ex.chunked_req = self._chunked
+        self.reading = ex
+        self.deadline = plane.loop.time() + plane.limits.body_timeout
+        if self.current is None:
+            self.current = ex
+            ex.start()
+        else:
+            self.queue.append(ex)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.reading
+        if ex is None:
+            return
+        plane = self.plane
+        self.deadline = plane.loop.time() + plane.limits.body_timeout
+        ex.last_activity = self.deadline
+        if ex.chunked_req:
+            ex.send_body(b"%x\r\n%s\r\n" % (len(body), body))
+        else:
+            ex.send_body(body)
+        if ex.up_size > _PENDING_LIMIT and (ex.upstream is None or ex is not self.current):
+            self.pause_reading(ex)
+
+    def on_message_complete(self) -> None:
+        ex = self.reading
+        self.reading = None
+        if ex is not None:
+            if ex.chunked_req:
+                ex.send_body(b"0\r\n\r\n")
+            ex.request_complete = True
+        self.deadline = 0.0
+        if not self.keep_alive:
+            self._stop_reading()
+
+    # flow control and output
+    def pause_reading(self, ex: _Exchange) -> None:
+        """Stop reading from the client until `ex` can take more bytes."""
+        if self.reading_paused_for is None and self.transport is not None:
+            self.transport.pause_reading()
+        self.reading_paused_for = ex
+
+    def resume_reading(self) -> None:
+        """Read from the client again."""
+        self.reading_paused_for = None
+        if self.transport is not None and self.keep_alive:
+            self.transport.resume_reading()
+
+    def _stop_reading(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+        self.reading_paused_for = None
+
+    def flush(self) -> None:
+        """Write gathered response bytes in one write."""
+        out = self.out
+        if out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self.out = []
+
+    def exchange_done(self, ex: _Exchange) -> None:
+        """A response ended: close, or start the next pipelined request."""
+        if self.current is ex:
+            self.current = None
+        if ex.close_after or not self.keep_alive or self.plane.draining:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            self.current = nxt
+            nxt.start()
+            if nxt.upstream is not None:
+                nxt.flush_up()
+        elif self.reading is None:
+            plane = self.plane
+            self.deadline = plane.loop.time() + plane.limits.keepalive_timeout
+        if self.reading_paused_for is ex:
+            self.resume_reading()
+
+    def start_tunnel(self, conn: UpstreamConnection) -> None:
+        """Switch to raw byte forwarding after a 101 response."""
+        self._tunnel = conn
+        self.current = None
+        self.deadline = 0.0
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """Close the client connection abruptly (a truncated response must not look whole)."""
+        self.out = []
+        if self.transport is not None:
+            self.transport.abort()
+
+    def deadline_expired(self) -> None:
+        """A header, body or idle deadline passed."""
+        self.deadline = 0.0
+        if self.reading is not None or self._url or self._headers:
+            plane = self.plane
+            plane.metrics.client_errors.labels("timeout").inc()
+            if self.current is None or (self.current is self.reading and self.current.status == 0):
+                if self.current is not None:
+                    self.current.client_gone()
+                    self.current = None
+                self._reply_error(408, "request_timeout", "request not received in time")
+                return
+        if self.current is None and self.transport is not None:
+            self.transport.close()
+
+    def _bad_request(self, exc: Exception) -> None:
+        if isinstance(exc, httptools.HttpParserCallbackError) and isinstance(
+            exc.__context__, _Refuse
+        ):
+            refusal = exc.__context__
+            self.plane.metrics.client_errors.labels(refusal.code).inc()
+            self._reply_error(refusal.status, refusal.code, refusal.message)
+            return
+        self.plane.metrics.client_errors.labels("bad_request").inc()
+        if self.current is not None and self.current.resp_started:
+            self.abort()
+            return
+        if self.current is not None:
+            self.current.client_gone()
+            self.current = None
+        self._reply_error(400, "bad_request", f"malformed request: {exc}")
+
+    def _reply_error(self, status: int, code: str, message: str) -> None:
+        body = _error_body(status, code, message, "strangler", "")
+        self.out = [_simple_response(status, body, close=True)]
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+
+    def close_if_idle(self) -> bool:
+        """Close a keep-alive connection with no request in progress; True if closed."""
+        if self.current is None and self.reading is None and self.transport is not None:
+            self.transport.close()
+            return True
+        return False
+
+
+class _Refuse(Exception):
+    """Raised inside a parser callback to answer with a specific error status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class _TooLarge(_Refuse):
+    def __init__(self, status: int) -> None:
+        what = "request line" if status == 414 else "request headers"
+        super().__init__(status, "too_large", f"{what} too large")

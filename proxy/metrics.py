@@ -1,0 +1,107 @@
+"""Prometheus metrics of the proxy, with labelled children resolved once per route table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["STATUS_CLASSES", "Metrics", "RouteMetrics"]
+
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMetrics:
+    """Pre-resolved children for one (route, backend, mode): no `.labels()` per request."""
+
+    by_class: tuple[Counter, ...]  # index = status // 100 - 1
+    latency: Histogram
+
+    def observe(self, status: int, seconds: float) -> None:
+        """Count one finished request."""
+        idx = status // 100 - 1
+        if 0 <= idx < 5:
+            self.by_class[idx].inc()
+        self.latency.observe(seconds)
+
+
+class Metrics:
+    """All proxy metrics, registered in one registry (one per proxy, so tests can run many)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "strangler_requests",
+            "Requests answered, by route, backend, mode and status class.",
+            ["route", "backend", "mode", "status_class"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "strangler_request_duration_seconds",
+            "Time from request head to the end of the response, by route and backend.",
+            ["route", "backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "strangler_upstream_errors",
+            "Upstream failures by backend and kind (connect, timeout, reset, protocol).",
+            ["backend", "kind"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "strangler_in_flight_requests",
+            "Requests being proxied right now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.client_errors = Counter(
+            "strangler_client_errors",
+            "Client requests refused before routing (bad request, too large, timeouts).",
+            ["kind"],
+            registry=r,
+        )
+        self.reloads = Counter(
+            "strangler_config_reloads",
+            "Config reloads by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
+        self.config_info = Gauge(
+            "strangler_config_info",
+            "The config version in force (value 1).",
+            ["version"],
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self._config_version: str | None = None
+
+    def route(self, route: str, backend: str, mode: str) -> RouteMetrics:
+        """Children for one route on one backend; call once per route table."""
+        by_class = tuple(self.requests.labels(route, backend, mode, cls) for cls in STATUS_CLASSES)
+        return RouteMetrics(by_class, self.latency.labels(route, backend))
+
+    def set_config_version(self, version: str) -> None:
+        """Point the info metric at the config version now in force."""
+        if self._config_version is not None and self._config_version != version:
+            self.config_info.remove(self._config_version)
+        self._config_version = version
+        self.config_info.labels(version).set(1)

@@ -1,0 +1,260 @@
+"""`strangler serve`: one process, or a supervisor with N SO_REUSEPORT workers.
+
+Signals: SIGHUP reloads (validated whole; a bad file keeps the old config), SIGTERM and
+SIGINT stop accepting, drain in-flight requests within the grace period, then exit.
+With `--workers N` the supervisor runs the admin listener, aggregates the workers'
+metrics (Prometheus multiprocess mode), fans reloads out and restarts dead workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from proxy.settings import ConfigError, Settings, load
+
+__all__ = ["run", "run_worker"]
+
+_GRACE_ENV = "STRANGLER_GRACE_S"
+_READY_PREFIX = "ready-"
+
+
+def _grace() -> float:
+    try:
+        return float(os.environ.get(_GRACE_ENV, "10"))
+    except ValueError:
+        return 10.0
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _load_or_report(path: str) -> Settings | None:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        for issue in exc.errors:
+            print(issue, file=sys.stderr)
+        return None
+
+
+def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
+    """Run until SIGTERM/SIGINT; exit code 0, or 2 on a config error."""
+    settings = _load_or_report(config_path)
+    if settings is None:
+        return 2
+    _install_uvloop()
+    if workers > 1:
+        return asyncio.run(_supervise(settings, workers, watch))
+    return asyncio.run(_serve_one(settings, watch=watch, worker=False))
+
+
+def run_worker(config_path: str) -> int:
+    """Entry point of one worker process started by the supervisor."""
+    settings = _load_or_report(config_path)
+    if settings is None:
+        return 2
+    _install_uvloop()
+    return asyncio.run(_serve_one(settings, watch=False, worker=True))
+
+
+def _stop_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _watch_file(path: str, on_change: object, stop: asyncio.Event) -> None:
+    """Poll the config file's mtime and size once a second; call `on_change` when it moves."""
+
+    def stamp() -> tuple[float, int]:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return (0.0, -1)
+        return (st.st_mtime, st.st_size)
+
+    last = stamp()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+        now = stamp()
+        if now != last and now[1] >= 0:
+            last = now
+            await on_change()  # type: ignore[operator]
+
+
+async def _serve_one(settings: Settings, *, watch: bool, worker: bool) -> int:
+    from proxy.app import create_proxy
+
+    proxy = create_proxy(settings, reuse_port=worker, admin=not worker)
+    await proxy.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    _stop_signals(loop, stop)
+    reloads: set[asyncio.Task[tuple[bool, list[str]]]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(proxy.reload_from_file())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if worker:
+        ready_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if ready_dir:
+            Path(ready_dir, f"{_READY_PREFIX}{os.getpid()}").touch()
+    else:
+        host, port = proxy.address
+        ahost, aport = proxy.admin_address
+        proxy.access_log.event(
+            event="started",
+            listen=f"{host}:{port}",
+            admin=f"{ahost}:{aport}",
+            config_version=settings.version,
+        )
+    watcher = None
+    if watch:
+        watcher = loop.create_task(_watch_file(settings.path, proxy.reload_from_file, stop))
+    await stop.wait()
+    if watcher is not None:
+        await watcher
+    await proxy.stop(_grace())
+    return 0
+
+
+class _Workers:
+    """The supervisor's worker processes."""
+
+    def __init__(self, config_path: str, count: int, env: dict[str, str]) -> None:
+        self.config_path = config_path
+        self.count = count
+        self.env = env
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.stopping = False
+        self.restarts = 0
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "proxy.worker", self.config_path],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def start(self) -> None:
+        self.procs = [self.spawn() for _ in range(self.count)]
+
+    def reap(self) -> None:
+        """Replace workers that died (unless we are stopping)."""
+        from prometheus_client import multiprocess
+
+        for i, proc in enumerate(self.procs):
+            if proc.poll() is not None and not self.stopping:
+                multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+                self.restarts += 1
+                line = {"event": "worker_restarted", "pid": proc.pid, "code": proc.returncode}
+                print(json.dumps(line), flush=True)
+                self.procs[i] = self.spawn()
+
+    def signal_all(self, sig: int) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(sig)
+
+    async def wait_all(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+async def _supervise(settings: Settings, count: int, watch: bool) -> int:
+    mp_dir = tempfile.mkdtemp(prefix="strangler-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
+    try:
+        return await _supervise_in(settings, count, watch, mp_dir)
+    finally:
+        shutil.rmtree(mp_dir, ignore_errors=True)
+
+
+async def _supervise_in(settings: Settings, count: int, watch: bool, mp_dir: str) -> int:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from proxy.app import create_proxy
+
+    env = dict(os.environ)
+    workers = _Workers(settings.path, count, env)
+    workers.start()
+    deadline = time.monotonic() + 30
+    while len(list(Path(mp_dir).glob(f"{_READY_PREFIX}*"))) < count:
+        if time.monotonic() > deadline or any(p.poll() is not None for p in workers.procs):
+            workers.stopping = True
+            workers.signal_all(signal.SIGTERM)
+            await workers.wait_all(5)
+            print("strangler: workers failed to start", file=sys.stderr)
+            return 1
+        await asyncio.sleep(0.05)
+
+    admin = create_proxy(settings, data_plane=False)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=mp_dir)  # type: ignore[no-untyped-call]
+    admin.scrape_registry = registry
+
+    async def fan_out() -> None:
+        workers.signal_all(signal.SIGHUP)
+
+    admin.reload_hook = fan_out
+    await admin.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    _stop_signals(loop, stop)
+    reloads: set[asyncio.Task[tuple[bool, list[str]]]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(admin.reload_from_file())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    host, port = settings.host, settings.port
+    ahost, aport = admin.admin_address
+    admin.access_log.event(
+        event="started",
+        listen=f"{host}:{port}",
+        admin=f"{ahost}:{aport}",
+        workers=count,
+        config_version=settings.version,
+    )
+    watcher = None
+    if watch:
+        watcher = loop.create_task(_watch_file(settings.path, admin.reload_from_file, stop))
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+        workers.reap()
+    workers.stopping = True
+    admin.ready = False
+    if watcher is not None:
+        await watcher
+    workers.signal_all(signal.SIGTERM)
+    await workers.wait_all(_grace() + 5)
+    await admin.stop(1.0)
+    return 0

@@ -1,0 +1,316 @@
+"""Pooled HTTP/1.1 upstream connections at the protocol level (httptools response parser).
+
+A pool per backend keeps idle keep-alive connections. `acquire` hands one to a waiting
+exchange synchronously when it can; only a fresh connection costs a task (the connect).
+Each connection parses responses with httptools and forwards every event to the exchange
+it is serving, which owns the client side. Timeouts are timer handles, never tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import deque
+from typing import Protocol
+
+import httptools
+
+__all__ = ["Exchange", "UpstreamConnection", "UpstreamPool"]
+
+
+class Exchange(Protocol):
+    """What an upstream connection reports to (implemented by the data plane's exchange)."""
+
+    def attach(self, conn: UpstreamConnection) -> None: ...
+    def connect_failed(self, exc: BaseException) -> None: ...
+    def on_upstream_status(self, reason: bytes) -> None: ...
+    def on_upstream_header(self, name: bytes, value: bytes) -> None: ...
+    def on_upstream_headers_complete(self, status: int, conn: UpstreamConnection) -> None: ...
+    def on_upstream_body(self, data: bytes) -> None: ...
+    def on_upstream_message_complete(self, conn: UpstreamConnection) -> None: ...
+    def on_upstream_flush(self) -> None: ...
+    def on_upstream_lost(self, conn: UpstreamConnection, exc: BaseException | None) -> None: ...
+    def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None: ...
+    def pause_client_reading(self) -> None: ...
+    def resume_client_reading(self) -> None: ...
+
+
+class _HeadersDone(Exception):
+    """Stops the parser after the head of a response that has no body (HEAD requests)."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to a backend; serves one exchange at a time."""
+
+    __slots__ = (
+        "_idle_timer",
+        "_tunnel",
+        "exchange",
+        "got_bytes",
+        "head_only",
+        "keep_alive",
+        "parser",
+        "pool",
+        "reused",
+        "transport",
+    )
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.got_bytes = False
+        self.head_only = False
+        self.keep_alive = True
+        self.reused = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._tunnel: asyncio.Transport | None = None
+
+    # asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.write(data)
+            return
+        ex = self.exchange
+        if ex is None:
+            # Bytes on an idle connection: the server broke framing; never reuse it.
+            self.pool.discard(self)
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            ex.on_upstream_upgrade(self, data[exc.args[0] :])
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _HeadersDone):
+                self.parser = httptools.HttpResponseParser(self)
+                ex.on_upstream_message_complete(self)
+                ex.on_upstream_flush()
+                return
+            self.keep_alive = False
+            ex.on_upstream_lost(self, ConnectionError("invalid HTTP response from upstream"))
+            return
+        ex.on_upstream_flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.keep_alive = False
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._tunnel is not None:
+            self._tunnel.close()
+            self._tunnel = None
+        ex = self.exchange
+        self.exchange = None
+        self.pool.forget(self)
+        if ex is not None:
+            ex.on_upstream_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.pause_client_reading()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.resume_client_reading()
+
+    # httptools callbacks
+    def on_status(self, reason: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.on_upstream_status(reason)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.on_upstream_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.exchange is not None:
+            status = self.parser.get_status_code()
+            if not self.parser.should_keep_alive():
+                self.keep_alive = False
+            self.exchange.on_upstream_headers_complete(status, self)
+            if self.head_only and status >= 200:
+                raise _HeadersDone
+
+    def on_body(self, data: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.on_upstream_body(data)
+
+    def on_message_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_upstream_message_complete(self)
+
+    # used by the exchange
+    def send(self, data: bytes) -> None:
+        """Write request bytes."""
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def start_tunnel(self, peer: asyncio.Transport) -> None:
+        """After a 101: move raw bytes from this connection to `peer`."""
+        self._tunnel = peer
+        self.exchange = None
+
+    def abort(self) -> None:
+        """Drop the connection at once (the client went away or the exchange failed)."""
+        self.keep_alive = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    def idle_expired(self) -> None:
+        self._idle_timer = None
+        self.pool.discard(self)
+
+
+class UpstreamPool:
+    """Keep-alive connections to one backend, at most `max_connections` at once."""
+
+    __slots__ = (
+        "_closed",
+        "_idle",
+        "_loop",
+        "_waiters",
+        "active",
+        "connect_timeout",
+        "host",
+        "idle_timeout",
+        "max_connections",
+        "name",
+        "port",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        timeout: float,
+        max_connections: int,
+        idle_timeout: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self._loop = loop
+        self._idle: list[UpstreamConnection] = []
+        self._waiters: deque[Exchange] = deque()
+        self.active = 0  # connections open or being opened
+        self._closed = False
+
+    def acquire(self, ex: Exchange, *, fresh: bool = False) -> None:
+        """Give `ex` a connection: now if one is idle, later (attach/connect_failed) if not."""
+        if not fresh:
+            idle = self._idle
+            while idle:
+                conn = idle.pop()
+                if conn._idle_timer is not None:
+                    conn._idle_timer.cancel()
+                    conn._idle_timer = None
+                if conn.transport is None or conn.transport.is_closing():
+                    continue
+                conn.reused = True
+                conn.exchange = ex
+                conn.got_bytes = False
+                ex.attach(conn)
+                return
+        if self.active >= self.max_connections and not fresh:
+            self._waiters.append(ex)
+            return
+        self.active += 1
+        self._loop.create_task(self._connect(ex))
+
+    def cancel_wait(self, ex: Exchange) -> None:
+        """Forget a waiting exchange (it ended before a connection was free)."""
+        try:
+            self._waiters.remove(ex)
+        except ValueError:
+            pass
+
+    async def _connect(self, ex: Exchange) -> None:
+        try:
+            _, conn = await asyncio.wait_for(
+                self._loop.create_connection(
+                    lambda: UpstreamConnection(self), self.host, self.port
+                ),
+                self.connect_timeout,
+            )
+        except (OSError, TimeoutError) as exc:
+            self.active -= 1
+            ex.connect_failed(exc)
+            self._wake_waiter()
+            return
+        conn.exchange = ex
+        ex.attach(conn)
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """Return a connection whose exchange finished cleanly."""
+        conn.exchange = None
+        conn.head_only = False
+        if (
+            self._closed
+            or not conn.keep_alive
+            or conn.transport is None
+            or conn.transport.is_closing()
+        ):
+            self.discard(conn)
+            return
+        if self._waiters:
+            ex = self._waiters.popleft()
+            conn.reused = True
+            conn.exchange = ex
+            conn.got_bytes = False
+            ex.attach(conn)
+            return
+        conn._idle_timer = self._loop.call_later(self.idle_timeout, conn.idle_expired)
+        self._idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        """Close a connection that must not be reused."""
+        conn.exchange = None
+        conn.keep_alive = False
+        if conn.transport is not None and not conn.transport.is_closing():
+            conn.transport.close()
+        else:
+            self.forget(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        """Account for a connection that is gone (called once from connection_lost)."""
+        if conn in self._idle:
+            self._idle.remove(conn)
+        if conn.pool is self and conn.transport is not None:
+            conn.transport = None
+            self.active -= 1
+            self._wake_waiter()
+
+    def _wake_waiter(self) -> None:
+        if self._waiters and self.active < self.max_connections and not self._closed:
+            self.acquire(self._waiters.popleft())
+
+    def close(self) -> None:
+        """Close idle connections now and busy ones when their exchange ends."""
+        self._closed = True
+        for conn in list(self._idle):
+            self.discard(conn)
+        self._idle.clear()

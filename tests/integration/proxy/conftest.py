@@ -1,0 +1,65 @@
+"""Fixtures: a recording loopback upstream and a proxy in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from proxy.accesslog import AccessLog
+from proxy.app import Proxy, create_proxy
+from proxy.settings import Settings, loads
+from tests.upstreams import EchoUpstream
+
+
+def proxy_config(upstream_url: str, extra: str = "", backend_extra: str = "") -> str:
+    """A config text with one `legacy` backend at `upstream_url` on ephemeral ports."""
+    return f"""
+listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+backends:
+  legacy:
+    url: {upstream_url}
+    timeout: 1s
+    connect_timeout: 300ms
+    max_connections: 50
+{backend_extra}
+default_backend: legacy
+store:
+  url: sqlite+aiosqlite:///unused.db
+access_log: false
+{extra}
+"""
+
+
+@dataclass
+class Stack:
+    """A started proxy and the upstream behind it."""
+
+    proxy: Proxy
+    upstream: EchoUpstream
+
+    @property
+    def port(self) -> int:
+        return self.proxy.address[1]
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[EchoUpstream]:
+    up = await EchoUpstream().start()
+    yield up
+    await up.close()
+
+
+@pytest.fixture
+async def stack(upstream: EchoUpstream) -> AsyncIterator[Stack]:
+    settings = loads(proxy_config(upstream.url), "test.yaml")
+    proxy = create_proxy(settings, access_log=AccessLog(enabled=False))
+    await proxy.start()
+    yield Stack(proxy, upstream)
+    await proxy.stop(1.0)
+
+
+StackFactory = Callable[[Settings], Proxy]

@@ -1,0 +1,105 @@
+"""Upstream faults: down, hung, reset mid-body, and a client that goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from proxy.accesslog import AccessLog
+from proxy.app import Proxy, create_proxy
+from proxy.settings import loads
+from tests.integration.proxy.conftest import Stack, proxy_config
+from tests.support import free_port
+from tests.upstreams import raw_exchange, read_response
+
+GET = b"GET /%s HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+
+
+@pytest.fixture
+async def down_proxy() -> AsyncIterator[Proxy]:
+    dead = free_port()  # nothing listens here
+    proxy = create_proxy(
+        loads(proxy_config(f"http://127.0.0.1:{dead}"), "t.yaml"),
+        access_log=AccessLog(enabled=False),
+    )
+    await proxy.start()
+    yield proxy
+    await proxy.stop(1.0)
+
+
+async def test_backend_down_gives_502_json_naming_backend(down_proxy: Proxy) -> None:
+    start = time.monotonic()
+    resp = await raw_exchange(down_proxy.address[1], GET % b"echo")
+    elapsed = time.monotonic() - start
+    assert resp.status == 502
+    body = orjson.loads(resp.body)
+    assert body["error"]["backend"] == "legacy"
+    assert body["error"]["code"] == "bad_gateway"
+    assert body["error"]["request_id"]
+    assert resp.header(b"content-type") == [b"application/json"]
+    assert elapsed < 0.3 + 0.5  # connect_timeout is 300ms; a refused port fails at once
+
+
+async def test_hung_backend_gives_504_at_timeout(stack: Stack) -> None:
+    start = time.monotonic()
+    resp = await raw_exchange(stack.port, GET % b"hang")
+    elapsed = time.monotonic() - start
+    assert resp.status == 504
+    body = orjson.loads(resp.body)
+    assert body["error"]["backend"] == "legacy"
+    assert body["error"]["code"] == "gateway_timeout"
+    assert 0.9 <= elapsed < 2.0  # backend timeout is 1s
+
+
+async def test_reset_mid_body_aborts_client_connection(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(GET % b"reset-mid")
+    resp = await asyncio.wait_for(read_response(reader), 5)
+    writer.close()
+    assert resp.status == 200
+    assert not resp.complete  # the client sees a broken response, never a whole one
+    assert len(resp.body) < 1000
+
+
+async def test_client_disconnect_cancels_upstream_request(stack: Stack) -> None:
+    _, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(GET % b"hang")
+    await writer.drain()
+    await asyncio.wait_for(stack.upstream.hung.wait(), 5)
+    stack.upstream.lost.clear()
+    writer.transport.abort()
+    await asyncio.wait_for(stack.upstream.lost.wait(), 5)
+    assert stack.upstream.behaviour.aborted.is_set() or stack.upstream.received[-1].complete
+
+
+async def test_connection_reused_after_error_response(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(GET % b"status/503")
+    first = await asyncio.wait_for(read_response(reader), 5)
+    writer.write(GET % b"echo")
+    second = await asyncio.wait_for(read_response(reader), 5)
+    writer.close()
+    assert (first.status, second.status) == (503, 200)
+
+
+async def test_stale_pooled_connection_retried_once_for_get(stack: Stack) -> None:
+    assert (await raw_exchange(stack.port, GET % b"echo")).status == 200
+    # the upstream drops its idle keep-alive connections behind the proxy's back
+    for t in list(stack.upstream.transports):
+        t.close()
+    resp = await raw_exchange(stack.port, GET % b"echo")
+    assert resp.status == 200
+
+
+async def test_malformed_request_gets_400_and_is_not_forwarded(stack: Stack) -> None:
+    resp = await raw_exchange(
+        stack.port,
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    assert resp.status == 400
+    assert stack.upstream.received == []

@@ -1,0 +1,307 @@
+"""A request through strangler must look like a direct one, apart from documented headers.
+
+Documented proxy headers: requests gain `X-Forwarded-For` (appended), `X-Forwarded-Proto`,
+`X-Forwarded-Host`, `Via` and `X-Request-Id` (when absent); hop-by-hop headers are
+removed. Responses gain `Via` and lose hop-by-hop headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import os
+import resource
+
+import pytest
+
+from tests.integration.proxy.conftest import Stack
+from tests.upstreams import GZIP_BODY, RawResponse, Received, raw_exchange, read_response
+
+PROXY_REQ_HEADERS = {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via"}
+HOP = {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+
+
+def _req_view(
+    rec: Received, *, drop_rid: bool
+) -> tuple[bytes, bytes, list[tuple[bytes, bytes]], str]:
+    drop = PROXY_REQ_HEADERS | HOP | ({b"x-request-id"} if drop_rid else set())
+    headers = [(n.lower(), v) for n, v in rec.headers if n.lower() not in drop]
+    return rec.method, rec.target, headers, rec.body_sha
+
+
+def _resp_view(resp: RawResponse) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes]:
+    headers = [(n.lower(), v) for n, v in resp.headers if n.lower() not in HOP | {b"via"}]
+    return resp.status, resp.reason, headers, resp.body
+
+
+async def _both(
+    stack: Stack, request: bytes, *, head_only: bool = False
+) -> tuple[RawResponse, Received, RawResponse, Received]:
+    up = stack.upstream
+    direct = await raw_exchange(up.port, request, head_only=head_only)
+    rec_direct = up.received[-1]
+    proxied = await raw_exchange(stack.port, request, head_only=head_only)
+    rec_proxied = up.received[-1]
+    return direct, rec_direct, proxied, rec_proxied
+
+
+def _req(method: str, target: str, headers: list[tuple[str, str]] = (), body: bytes = b"") -> bytes:  # type: ignore[assignment]
+    lines = [f"{method} {target} HTTP/1.1", "Host: shop.example"]
+    lines += [f"{n}: {v}" for n, v in headers]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+ECHO_CASES = {
+    "get": _req("GET", "/echo"),
+    "post-json": _req("POST", "/echo", [("Content-Type", "application/json")], b'{"a": 1}'),
+    "put": _req("PUT", "/echo/1", [], b"replace"),
+    "patch": _req("PATCH", "/echo/1", [], b'{"op": "x"}'),
+    "delete-with-body": _req("DELETE", "/echo/1", [], b'{"reason": "dup"}'),
+    "options-with-body": _req("OPTIONS", "/echo", [], b"probe"),
+    "repeated-query-keys": _req("GET", "/echo?a=1&a=2&a=3"),
+    "empty-query-values": _req("GET", "/echo?a=&b&=c&&"),
+    "encoded-slash": _req("GET", "/echo/a%2Fb?x=%2F"),
+    "plus-and-space": _req("GET", "/echo?q=a+b%20c"),
+    "non-ascii-encoded": _req("GET", "/echo?name=%C3%A9l%C3%A8ve&city=K%C3%B8benhavn"),
+    "odd-order-and-case": _req("GET", "/echo?Z=1&a=2&A=3"),
+    "repeated-headers": _req(
+        "GET",
+        "/echo",
+        [
+            ("Accept", "text/html"),
+            ("X-Tag", "one"),
+            ("Accept", "application/json"),
+            ("X-Tag", "two"),
+        ],
+    ),
+    "header-case-kept": _req("GET", "/echo", [("X-MiXeD-CaSe", "Value")]),
+    "cookie-header": _req("GET", "/echo", [("Cookie", "a=1; b=2")]),
+    "request-id-passthrough": _req("GET", "/echo", [("X-Request-Id", "client-chosen-id")]),
+    "empty-post": _req("POST", "/echo", [("Content-Length", "0")]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ECHO_CASES))
+async def test_echoed_request_is_identical(stack: Stack, case: str) -> None:
+    request = ECHO_CASES[case]
+    direct, rec_direct, proxied, rec_proxied = await _both(stack, request)
+    assert proxied.status == direct.status == 200
+    keep_rid = case == "request-id-passthrough"
+    assert _req_view(rec_proxied, drop_rid=not keep_rid) == _req_view(
+        rec_direct, drop_rid=not keep_rid
+    )
+    assert rec_proxied.header(b"via") == [b"1.1 strangler"]
+    assert rec_proxied.header(b"x-forwarded-proto") == [b"http"]
+    assert rec_proxied.header(b"x-forwarded-host") == [b"shop.example"]
+    assert rec_proxied.header(b"x-forwarded-for") == [b"127.0.0.1"]
+    if keep_rid:
+        assert rec_proxied.header(b"x-request-id") == [b"client-chosen-id"]
+    else:
+        assert len(rec_proxied.header(b"x-request-id")) == 1
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        _req("GET", "/status/204"),
+        _req("GET", "/status/304", [("If-None-Match", '"abc"')]),
+        _req("GET", "/status/404"),
+        _req("GET", "/status/503"),
+        _req("GET", "/cookies"),
+        _req("GET", "/redirect"),
+        _req("GET", "/gzip", [("Accept-Encoding", "gzip")]),
+    ],
+    ids=["204", "304", "404", "503", "set-cookie", "302-not-followed", "gzip"],
+)
+async def test_response_is_identical(stack: Stack, request_bytes: bytes) -> None:
+    direct, _, proxied, _ = await _both(stack, request_bytes)
+    assert _resp_view(proxied) == _resp_view(direct)
+    assert proxied.header(b"via") == [b"1.1 strangler"]
+
+
+async def test_head_has_no_body_and_same_headers(stack: Stack) -> None:
+    request = _req("HEAD", "/echo")
+    direct, _, proxied, _ = await _both(stack, request, head_only=True)
+    assert proxied.status == direct.status == 200
+    # the echoed length differs by the proxy headers; what matters is that it is kept
+    assert len(proxied.header(b"content-length")) == len(direct.header(b"content-length")) == 1
+    assert proxied.body == b""
+    # the connection stays usable after a HEAD
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(request)
+    first = await read_response(reader, head_only=True)
+    writer.write(_req("GET", "/echo"))
+    second = await read_response(reader)
+    writer.close()
+    assert first.status == 200 and second.status == 200 and second.complete
+
+
+async def test_gzip_bytes_untouched(stack: Stack) -> None:
+    resp = await raw_exchange(stack.port, _req("GET", "/gzip", [("Accept-Encoding", "gzip")]))
+    assert resp.body == GZIP_BODY
+    assert resp.header(b"content-encoding") == [b"gzip"]
+    assert gzip.decompress(resp.body).startswith(b'{"hello"')
+
+
+async def test_multiple_set_cookie_kept_separate(stack: Stack) -> None:
+    resp = await raw_exchange(stack.port, _req("GET", "/cookies"))
+    assert resp.header(b"set-cookie") == [b"a=1; Path=/", b"b=2, c=3; Path=/; HttpOnly"]
+
+
+async def test_redirect_not_followed(stack: Stack) -> None:
+    resp = await raw_exchange(stack.port, _req("GET", "/redirect"))
+    assert resp.status == 302
+    assert resp.header(b"location") == [b"/elsewhere"]
+    assert [r.target for r in stack.upstream.received] == [b"/redirect"]
+
+
+async def test_hop_by_hop_request_headers_do_not_reach_upstream(stack: Stack) -> None:
+    request = _req(
+        "GET",
+        "/echo",
+        [
+            ("Connection", "keep-alive, X-Foo"),
+            ("X-Foo", "secret"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Proxy-Connection", "keep-alive"),
+            ("X-Bar", "kept"),
+        ],
+    )
+    await raw_exchange(stack.port, request)
+    rec = stack.upstream.received[-1]
+    names = {n.lower() for n, _ in rec.headers}
+    assert not names & {b"connection", b"x-foo", b"keep-alive", b"te", b"proxy-connection"}
+    assert rec.header(b"x-bar") == [b"kept"]
+
+
+async def test_hop_by_hop_response_headers_removed(stack: Stack) -> None:
+    resp = await raw_exchange(stack.port, _req("GET", "/hop"))
+    names = {n.lower() for n, _ in resp.headers}
+    assert b"x-secret" not in names and b"keep-alive" not in names
+    assert resp.body == b"ok"
+
+
+async def test_x_forwarded_for_appended(stack: Stack) -> None:
+    await raw_exchange(stack.port, _req("GET", "/echo", [("X-Forwarded-For", "203.0.113.7")]))
+    assert stack.upstream.received[-1].header(b"x-forwarded-for") == [b"203.0.113.7, 127.0.0.1"]
+
+
+async def test_chunked_first_chunk_arrives_before_upstream_finishes(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(_req("GET", "/slow-chunks"))
+    await writer.drain()
+    await asyncio.wait_for(stack.upstream.behaviour.first_chunk_sent.wait(), 5)
+    got = b""
+    while b"first" not in got:
+        chunk = await asyncio.wait_for(reader.read(4096), 5)
+        assert chunk, "connection closed before the first chunk"
+        got += chunk
+    # the upstream has not finished: it waits on `release`
+    assert not stack.upstream.behaviour.release.is_set()
+    assert b"0\r\n\r\n" not in got
+    stack.upstream.behaviour.release.set()
+    while not got.endswith(b"0\r\n\r\n"):
+        chunk = await asyncio.wait_for(reader.read(4096), 5)
+        assert chunk
+        got += chunk
+    assert b"last" in got
+    writer.close()
+
+
+async def test_chunked_request_body_streamed(stack: Stack) -> None:
+    body = (
+        b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in (b"hello ", b"chunked ", b"world"))
+        + b"0\r\n\r\n"
+    )
+    request = (
+        b"POST /echo HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    )
+    _, rec_direct, proxied, rec_proxied = await _both(stack, request)
+    assert proxied.status == 200
+    assert rec_proxied.body_sha == rec_direct.body_sha
+    assert rec_proxied.body_len == len(b"hello chunked world")
+
+
+async def test_expect_100_continue(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(
+        b"POST /expect HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 5\r\n"
+        b"Expect: 100-continue\r\n\r\n"
+    )
+    await writer.drain()
+    interim = await asyncio.wait_for(read_response(reader, skip_interim=False), 5)
+    assert interim.status == 100
+    writer.write(b"hello")
+    final = await asyncio.wait_for(read_response(reader), 5)
+    assert final.status == 200
+    assert stack.upstream.received[-1].body_len == 5
+    writer.close()
+
+
+async def test_keep_alive_and_pipelining(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(_req("GET", "/echo?n=1") + _req("GET", "/echo?n=2") + _req("GET", "/echo?n=3"))
+    await writer.drain()
+    targets = []
+    for _ in range(3):
+        resp = await asyncio.wait_for(read_response(reader), 5)
+        assert resp.status == 200
+        targets.append(resp.json()["target"])  # type: ignore[index]
+    assert targets == ["/echo?n=1", "/echo?n=2", "/echo?n=3"]
+    writer.close()
+
+
+async def test_upgrade_tunnels_raw_bytes(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+    )
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    writer.write(b"\x00raw frame bytes\xff")
+    await writer.drain()
+    echoed = await asyncio.wait_for(reader.readexactly(17), 5)
+    assert echoed == b"\x00raw frame bytes\xff"
+    writer.close()
+
+
+async def test_close_delimited_response_becomes_chunked(stack: Stack) -> None:
+    resp = await raw_exchange(stack.port, _req("GET", "/close-delimited"))
+    assert resp.complete and resp.body == b"until close"
+
+
+def _rss_kb() -> int:
+    with open(f"/proc/{os.getpid()}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+async def test_large_upload_streamed_with_bounded_memory(stack: Stack) -> None:
+    size = 100 * 1024 * 1024
+    chunk = b"z" * (256 * 1024)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: shop.example\r\nContent-Length: %d\r\n\r\n" % size)
+    before = _rss_kb()
+    peak = before
+    sent = 0
+    while sent < size:
+        writer.write(chunk)
+        sent += len(chunk)
+        await writer.drain()
+        if sent % (8 * len(chunk)) == 0:
+            peak = max(peak, _rss_kb())
+    resp = await asyncio.wait_for(read_response(reader), 30)
+    peak = max(peak, _rss_kb())
+    writer.close()
+    assert resp.status == 200
+    assert resp.json()["body_len"] == size  # type: ignore[index]
+    # client, proxy and upstream all live in this process: the whole test's growth counts
+    growth_mb = (peak - before) / 1024
+    print(f"100 MB upload: RSS growth {growth_mb:.1f} MB")
+    assert growth_mb < 50
