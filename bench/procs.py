@@ -193,4 +193,5 @@ def wait_ready(
         if reason is None:
             return None
         time.sleep(0.05)  # polling interval while the process binds its sockets
-    return f"not ready within {timeout_s:.0f}s ({reason})"
+    tail = started.log_tail()
+    return f"not ready within {timeout_s:.0f}s ({reason})" + (f"; log: {tail}" if tail else "")

@@ -170,17 +170,20 @@ def _machine() -> Row:
 
 
 @contextlib.contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit so cleanup runs as it does for Ctrl-C."""
+def _signals_as_exceptions() -> Iterator[None]:
+    """Turn SIGTERM/SIGHUP into SystemExit and SIGINT into KeyboardInterrupt, so cleanup runs."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # Also when started in the background with SIGINT ignored: Ctrl-C must still clean up.
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _start_targets(env: BenchEnv, targets: Sequence[Target]) -> tuple[dict[str, Running], Row]:
@@ -281,6 +284,9 @@ def _print_report(
         value = "-" if goal.value is None else f"{goal.value:.3f}"
         print(f"  [{verdict}] {goal.text}: {value}")
         goal_rows.append({**asdict(goal), "met": goal.met})
+    reference = {(r["target"], r["connections"]): r for r in rows}.get(("nginx-1w", 1), {})
+    if isinstance(reference.get("added_p50_ms"), float):
+        print(f"  (nginx-1w adds {reference['added_p50_ms']:.3f} ms p50 at 1 conn on this pinning)")
     for section in sections.values():
         print(f"\n{section['title']}:")
         section_rows = section["rows"]
@@ -376,7 +382,7 @@ def _maybe_profile(settings: Settings, env: BenchEnv, running: dict[str, Running
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m bench.run`."""
     settings = settings_from(argv, dict(os.environ))
-    with _sigterm_as_exit():
+    with _signals_as_exceptions():
         try:
             return _bench(settings)
         except KeyboardInterrupt:
