@@ -343,6 +343,9 @@ _TYPE_NAMES = {
 }
 
 
+_UNREADABLE = object()  # the YAML could not be composed at all
+
+
 class _TooBig(Exception):
     """The document expands to more nodes than any config needs."""
 
@@ -384,14 +387,13 @@ class _Parser:
 
     def parse(self, text: str, version: str) -> Settings:
         data = self._compose(text)
-        if not self.issues:
-            if data is None:
-                self.report((), "config is empty")
-            else:
-                self._validate_schema(data)
-                settings = _Builder(self).build(data, text, version)
-                if not self.issues:
-                    return settings
+        if data is None and not self.issues:
+            self.report((), "config is empty")
+        elif data is not _UNREADABLE:
+            self._validate_schema(data)
+            settings = _Builder(self).build(data, text, version)
+            if not self.issues:
+                return settings
         unique = dict.fromkeys(self.issues)
         raise ConfigError(sorted(unique, key=lambda i: (i.line, i.column)))
 
@@ -424,7 +426,7 @@ class _Parser:
         finally:
             if loader is not None:
                 loader.dispose()
-        return None
+        return _UNREADABLE
 
     def _convert(
         self, loader: yaml.SafeLoader, node: yaml.Node, path: JsonPath, depth: int
@@ -436,6 +438,7 @@ class _Parser:
         self.values[path] = (mark.line + 1, mark.column + 1)
         if depth > _MAX_DEPTH:
             self._report_at(mark, "nesting too deep (a recursive alias?)")
+            self.bad.add(path)
             return None
         if isinstance(node, yaml.MappingNode):
             if node.tag != "tag:yaml.org,2002:map":
@@ -469,15 +472,20 @@ class _Parser:
                 return loader.construct_object(node)
             except (yaml.YAMLError, ValueError, OverflowError):
                 self._report_at(mark, f"invalid value {node.value!r}")
+                self.bad.add(path)
                 return None
         if node.tag not in (_STR_TAG, "tag:yaml.org,2002:timestamp"):
             self._report_at(mark, f"unsupported YAML tag {node.tag}")
+            self.bad.add(path)
             return None
         return str(node.value)  # timestamps stay text: no field here is a date
 
     def _validate_schema(self, data: object) -> None:
+        broken = set(self.bad)  # values the YAML pass already reported
         for error in _validator().iter_errors(data):
             path: JsonPath = tuple(error.absolute_path)
+            if path in broken:
+                continue
             sub = error.schema if isinstance(error.schema, dict) else {}
             kind = error.validator
             where = _where(path)

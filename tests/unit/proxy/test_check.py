@@ -1,0 +1,127 @@
+"""`strangler check` and `strangler explain`, through the real command line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from proxy.check import format_duration
+from proxy.cli import main
+from tests.unit.proxy.test_settings import FIVE_MISTAKES
+
+ROOT = Path(__file__).resolve().parents[3]
+DEMO = ROOT / "config" / "routes.yaml"
+VALID = [DEMO, *sorted((ROOT / "config" / "examples").glob("*.yaml"))]
+STRANGLER = Path(sys.executable).with_name("strangler")
+ISSUE = re.compile(r"^(?P<path>.+):(?P<line>\d+):(?P<col>\d+): (?P<message>.+)$")
+
+
+def strangler(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script."""
+    return subprocess.run(
+        [str(STRANGLER), *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def cli(*args: str) -> tuple[int, str]:
+    """Run the click command in-process; exit code and stdout."""
+    result = CliRunner().invoke(main, list(args))
+    assert "Traceback" not in result.output
+    return result.exit_code, result.stdout
+
+
+def test_five_mistakes_print_five_located_lines_and_exit_2(tmp_path: Path) -> None:
+    f = tmp_path / "routes.yaml"
+    f.write_text(FIVE_MISTAKES, encoding="utf-8")
+    proc = strangler("check", "--config", str(f))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 5, proc.stdout
+    parsed = [ISSUE.match(line) for line in lines]
+    assert all(m is not None and m["path"] == str(f) for m in parsed), lines
+    assert [int(m["line"]) for m in parsed if m] == [5, 16, 21, 23, 29]
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
+def test_valid_files_exit_0(path: Path) -> None:
+    code, out = cli("check", "--config", str(path))
+    assert code == 0
+    assert re.fullmatch(
+        rf"{re.escape(str(path))}: ok \(\d+ routes, version [0-9a-f]{{12}}\)\n", out
+    )
+
+
+def test_demo_check_through_the_console_script() -> None:
+    proc = strangler("check", "--config", str(DEMO))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok (5 routes" in proc.stdout
+
+
+def test_malformed_yaml_gives_file_line_col_and_exit_2(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("backends:\n  legacy: {url: x\ndefault_backend: legacy\n", encoding="utf-8")
+    proc = strangler("check", "--config", str(f))
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stdout.splitlines()
+    m = ISSUE.match(line)
+    assert m is not None and m["path"] == str(f) and m["line"] == "3"
+    assert "invalid YAML" in m["message"]
+
+
+def test_missing_file_exits_2(tmp_path: Path) -> None:
+    code, out = cli("check", "--config", str(tmp_path / "nope.yaml"))
+    assert code == 2
+    assert out.startswith(f"{tmp_path / 'nope.yaml'}:1:1: cannot read config")
+
+
+def test_explain_a_canary_route() -> None:
+    code, out = cli("explain", "--config", str(DEMO), "get", "/api/v1/orders/42")
+    assert code == 0
+    assert "route:      order-show" in out
+    assert "pattern:    /api/v1/orders/{order_id} [GET]" in out
+    assert "params:     order_id=42" in out
+    assert "mode:       canary" in out
+    assert "primary:    legacy (http://127.0.0.1:8081)" in out
+    assert "candidate:  orders (in-process handlers extracted.app" in out
+    assert "5% of keys served by the candidate, keyed by header x-user-id" in out
+    assert "100% of requests" in out
+
+
+def test_explain_shadow_extracted_and_legacy_routes() -> None:
+    _, shadow = cli("explain", "--config", str(DEMO), "GET", "/api/v1/orders?status=paid")
+    assert "route:      order-list" in shadow and "50% of requests (by request id)" in shadow
+    assert "timeout 2s" in shadow
+    _, extracted = cli("explain", "--config", str(DEMO), "GET", "/api/v1/orders/7/events")
+    assert "mode:       extracted" in extracted and "serves:     candidate" in extracted
+    _, legacy = cli("explain", "--config", str(DEMO), "POST", "/api/v1/orders/7/ship")
+    assert "params:     order_id=7, action=ship" in legacy
+    assert "candidate is not called" in legacy
+
+
+def test_explain_no_match_goes_to_the_default_backend() -> None:
+    code, out = cli("explain", "--config", str(DEMO), "DELETE", "/api/v1/orders/42")
+    assert code == 0
+    assert "skipped:    order-show" in out and "methods GET" in out
+    assert "no route matches: default backend legacy (untouched)" in out
+
+
+def test_explain_with_a_bad_config_prints_issues_and_exits_2(tmp_path: Path) -> None:
+    f = tmp_path / "routes.yaml"
+    f.write_text(FIVE_MISTAKES, encoding="utf-8")
+    code, out = cli("explain", "--config", str(f), "GET", "/")
+    assert code == 2
+    assert len(out.splitlines()) == 5
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0.5, "500ms"), (2.0, "2s"), (1.5, "1.5s"), (60.0, "1m"), (7200.0, "2h")]
+)
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
