@@ -368,7 +368,8 @@ async def build_report(
             names = sorted(set(counts) | set(routes))
             latencies = await q.latencies()
             paths = await q.paths(top_n)
-            examples = await q.examples([(r, p.pattern) for r in names for p in paths[r][0]])
+            wanted = [(r, p.pattern) for r in names for p in paths.get(r, ((), 0, ()))[0]]
+            examples = await q.examples(wanted)
             first = min((c.first for c in counts.values() if c.first), default=None)
             last = max((c.last for c in counts.values() if c.last), default=None)
             span_start, span_end = since or first, until or last or generated

@@ -1,0 +1,212 @@
+"""`strangler report`: exit codes 0/1/2, thresholds from config and flags, every format."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import jsonschema  # type: ignore[import-untyped]
+import orjson
+import pytest
+from click.testing import CliRunner, Result
+
+from proxy.cli import main
+from shadow.report import report_schema
+from shadow.store import Store
+from tests.integration.shadow.synthetic import LIST, SHOW, synthetic
+from tests.support import free_port
+
+LENIENT = ["--max-mismatch-rate", "0.05", "--max-error-rate", "0.05", "--min-samples", "100"]
+
+
+async def _populate(url: str) -> None:
+    async with Store(url) as store:
+        await store.insert_batch(synthetic())
+
+
+@pytest.fixture(scope="module")
+def db_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite store holding the synthetic data set (built once for the module)."""
+    path = tmp_path_factory.mktemp("report") / "store.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    asyncio.run(_populate(url))
+    return url
+
+
+def _report(*args: str) -> Result:
+    return CliRunner().invoke(main, ["report", *args], catch_exceptions=False)
+
+
+def _assert_usage_error(result: Result, needle: str) -> None:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("strangler report: error: ") and needle in lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_threshold_above_the_measured_rate_exits_0(db_url: str) -> None:
+    result = _report("--store", db_url, *LENIENT)
+    assert result.exit_code == 0, result.output
+    assert "gate: PASS (2/2)" in result.stdout
+
+
+def test_threshold_below_the_measured_rate_exits_1(db_url: str) -> None:
+    result = _report("--store", db_url, *LENIENT, "--max-mismatch-rate", "0.03")
+    assert result.exit_code == 1
+    assert "mismatch rate 3.78% above the maximum 3%" in result.stdout
+
+
+def test_error_rate_and_sample_minimum_gate_too(db_url: str) -> None:
+    assert _report("--store", db_url, *LENIENT, "--max-error-rate", "0.015").exit_code == 1
+    assert _report("--store", db_url, *LENIENT, "--min-samples", "979").exit_code == 1
+    only_list = _report("--store", db_url, *LENIENT, "--min-samples", "200", "--route", LIST)
+    assert only_list.exit_code == 0
+    assert SHOW not in only_list.stdout
+
+
+def test_window_flags_filter_by_time(db_url: str) -> None:
+    early = _report(
+        "--store", db_url, *LENIENT, "--format", "json", "--until", "2026-05-01T10:30:00Z"
+    )
+    doc = orjson.loads(early.stdout)
+    show = next(r for r in doc["routes"] if r["route"] == SHOW)
+    # 7.2 s apart from 10:00: requests 0..249 are before 10:30
+    assert show["total"] == 250
+    late = _report("--store", db_url, "--since", "1h", *LENIENT)  # the data is from May 2026
+    assert late.exit_code == 1 and "no comparisons" in late.stdout
+
+
+def _config(tmp_path: Path, show_max_rate: float) -> str:
+    path = tmp_path / "routes.yaml"
+    path.write_text(
+        f"""
+listen: 127.0.0.1:{free_port()}
+backends:
+  legacy:
+    url: http://127.0.0.1:{free_port()}
+  orders:
+    url: http://127.0.0.1:{free_port()}
+default_backend: legacy
+routes:
+  - name: {SHOW}
+    match: {{path: "/api/v1/orders/{{order_id}}", methods: [GET]}}
+    candidate: orders
+    mode: shadow
+    promotion:
+      min_samples: 100
+      max_mismatch_rate: {show_max_rate}
+      max_error_rate: 0.05
+      max_p99_ratio: 1.5
+  - name: {LIST}
+    match: {{path: /api/v1/orders, methods: [GET]}}
+    candidate: orders
+    mode: shadow
+    promotion:
+      min_samples: 150
+      max_mismatch_rate: 0.0
+      max_error_rate: 0.0
+""",
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+def test_thresholds_come_from_each_routes_promotion_block(db_url: str, tmp_path: Path) -> None:
+    assert _report("--store", db_url, "--config", _config(tmp_path, 0.05)).exit_code == 0
+    strict = _report("--store", db_url, "--config", _config(tmp_path, 0.02))
+    assert strict.exit_code == 1
+    assert "mismatch rate 3.78% above the maximum 2%" in strict.stdout
+    # a flag overrides the config for every route (order-list has 200 samples)
+    flagged = _report(
+        "--store", db_url, "--config", _config(tmp_path, 0.05), "--min-samples", "201"
+    )
+    assert flagged.exit_code == 1 and "200 compared samples, below the minimum of 201" in (
+        flagged.stdout
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--since", "yesterday"], "--since 'yesterday'"),
+        (["--until", "soon"], "--until 'soon'"),
+        (["--since", "1h", "--until", "2h"], "--since must be before --until"),
+        (["--max-mismatch-rate", "2"], "max_mismatch_rate must be between 0 and 1"),
+        (["--min-samples", "-1"], "min_samples must be >= 0"),
+        (["--config", "/nonexistent/routes.yaml"], "cannot read config"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(db_url: str, args: list[str], needle: str) -> None:
+    _assert_usage_error(_report("--store", db_url, *args), needle)
+
+
+def test_bad_store_urls_exit_2_with_one_line(tmp_path: Path) -> None:
+    _assert_usage_error(_report("--store", "mysql://u@h/db"), "unsupported")
+    _assert_usage_error(_report("--store", "::not a url::"), "not a database URL")
+    missing = f"sqlite:///{tmp_path / 'missing.db'}"
+    _assert_usage_error(_report("--store", missing), "no such database file")
+    assert not (tmp_path / "missing.db").exists()
+    closed = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
+    _assert_usage_error(_report("--store", closed), "cannot initialise the store")
+
+
+def test_the_installed_command_exits_with_the_gate(db_url: str, tmp_path: Path) -> None:
+    strangler = Path(sys.executable).with_name("strangler")
+    env = {**os.environ, "PYTHONWARNINGS": "error"}
+    ok = subprocess.run(
+        [str(strangler), "report", "--store", db_url, *LENIENT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run(
+        [str(strangler), "report", "--store", db_url, "--since", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in bad.stderr
+
+
+def test_json_output_file_matches_the_schema(db_url: str, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    result = _report("--store", db_url, *LENIENT, "--format", "json", "-o", str(out))
+    assert result.exit_code == 0 and result.stdout == ""
+    doc = orjson.loads(out.read_bytes())
+    jsonschema.validate(doc, report_schema(), format_checker=jsonschema.FormatChecker())
+    show = next(r for r in doc["routes"] if r["route"] == SHOW)
+    assert (show["samples"], show["mismatches"], show["candidate_errors"]) == (978, 37, 12)
+    assert show["top_paths"][0]["path"] == "$.items[*].price"
+
+
+def test_junit_has_one_case_per_route(db_url: str) -> None:
+    result = _report(
+        "--store", db_url, *LENIENT, "--max-mismatch-rate", "0.01", "--format", "junit"
+    )
+    assert result.exit_code == 1
+    root = ET.fromstring(result.stdout)
+    cases = root.findall("./testsuite/testcase")
+    assert sorted(c.get("name") or "" for c in cases) == [LIST, SHOW]
+    failing = [c for c in cases if c.find("failure") is not None]
+    assert [c.get("name") for c in failing] == [SHOW]
+    failure = failing[0].find("failure")
+    assert failure is not None and "$.items[*].price: 37 (100.0%)" in (failure.text or "")
+
+
+def test_markdown_and_html_render_from_the_store(db_url: str) -> None:
+    md = _report("--store", db_url, *LENIENT, "--format", "markdown")
+    assert md.exit_code == 0
+    assert f"| {SHOW} | 978 | 37 | 3.78% |" in md.stdout
+    html = _report("--store", db_url, *LENIENT, "--format", "html")
+    assert html.exit_code == 0
+    assert html.stdout.startswith("<!DOCTYPE html>") and "<svg" in html.stdout
+    assert html.stdout.count("<polyline") == 2 and "<script" not in html.stdout
