@@ -1,0 +1,211 @@
+"""HTTP-level comparison: status, chosen headers and bodies of two responses (pure).
+
+Bodies are decoded from any `Content-Encoding` (gzip, deflate, and br when the `brotli`
+module is importable), then compared structurally when both sides are JSON and by bytes
+otherwise. Identical body bytes are equal without being parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Final
+
+import orjson
+
+from shadow.compare import CompareRules, Comparison, Difference, DifferenceKind, compare
+
+__all__ = [
+    "COMPARED_HEADERS",
+    "MAX_DECODED_BYTES",
+    "BodyDecodeError",
+    "HttpResponse",
+    "compare_responses",
+    "decode_body",
+    "parse_json_body",
+]
+
+brotli: ModuleType | None
+try:
+    brotli = importlib.import_module("brotli")
+except ImportError:  # optional: br bodies then compare as raw bytes
+    brotli = None
+
+COMPARED_HEADERS: Final = ("content-type", "location", "cache-control")
+MAX_DECODED_BYTES: Final = 64 << 20  # a decompression bomb stops here
+_NOT_JSON: Final[Any] = object()
+_JSON_STARTS: Final = frozenset(bytes([c]) for c in b'{["-0123456789tfn')
+
+
+class BodyDecodeError(ValueError):
+    """A body whose content-encoding is unknown, corrupt or decodes past the size cap."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """One side's response: status, header pairs in wire order, body as received."""
+
+    status: int
+    headers: Sequence[tuple[str, str]] = ()
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        """All values of header `name` (case-insensitive) joined by `, `, or None."""
+        wanted = name.lower()
+        values = [value for key, value in self.headers if key.lower() == wanted]
+        return ", ".join(v.strip() for v in values) if values else None
+
+
+def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
+    decoder = zlib.decompressobj(wbits)
+    out = decoder.decompress(data, limit + 1)
+    if len(out) > limit or decoder.unconsumed_tail:
+        raise BodyDecodeError(f"decoded body exceeds {limit} bytes")
+    return out + decoder.flush()
+
+
+def decode_body(body: bytes, content_encoding: str | None, limit: int = MAX_DECODED_BYTES) -> bytes:
+    """`body` with its content-codings removed (last applied, first removed)."""
+    if not content_encoding:
+        return body
+    codings = [c.strip().lower() for c in content_encoding.split(",") if c.strip()]
+    for coding in reversed(codings):
+        try:
+            if coding in ("gzip", "x-gzip"):
+                body = _inflate(body, 16 + zlib.MAX_WBITS, limit)
+            elif coding == "deflate":
+                try:
+                    body = _inflate(body, zlib.MAX_WBITS, limit)
+                except zlib.error:  # some servers send raw deflate without the zlib wrapper
+                    body = _inflate(body, -zlib.MAX_WBITS, limit)
+            elif coding == "br" and brotli is not None:
+                body = brotli.decompress(body)
+                if len(body) > limit:
+                    raise BodyDecodeError(f"decoded body exceeds {limit} bytes")
+            elif coding != "identity":
+                raise BodyDecodeError(f"unsupported content-encoding {coding!r}")
+        except (zlib.error, ValueError) as exc:
+            if isinstance(exc, BodyDecodeError):
+                raise
+            raise BodyDecodeError(f"corrupt {coding} body: {exc}") from exc
+        except Exception as exc:  # brotli.error is not a ValueError
+            raise BodyDecodeError(f"corrupt {coding} body: {exc}") from exc
+    return body
+
+
+def parse_json_body(body: bytes) -> Any:
+    """The decoded JSON value of `body`, or raise `ValueError` if it is not JSON."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:  # orjson refuses nesting past 1024 and non-UTF-8 encodings; json takes some of those
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError("not JSON") from exc
+
+
+def _summary(body: bytes) -> str:
+    return f"<{len(body)} bytes sha256:{hashlib.sha256(body).hexdigest()[:12]}>"
+
+
+def _diff(path: str, a: Any, b: Any) -> Difference:
+    kind: DifferenceKind = "added" if a is None else "removed" if b is None else "changed"
+    return Difference(path, kind, a, b, path)
+
+
+def _media_type(value: str) -> str:
+    return ";".join(part.strip() for part in value.lower().split(";"))
+
+
+def _compare_headers(
+    primary: HttpResponse, candidate: HttpResponse, names: Iterable[str]
+) -> list[Difference]:
+    diffs = []
+    for name in names:
+        a, b = primary.header(name), candidate.header(name)
+        if name == "content-type" and a is not None and b is not None:
+            same = _media_type(a) == _media_type(b)
+        else:
+            same = a == b
+        if not same:
+            diffs.append(_diff(f"headers.{name}", a, b))
+    return diffs
+
+
+def _decoded(response: HttpResponse) -> bytes | None:
+    try:
+        return decode_body(response.body, response.header("content-encoding"))
+    except BodyDecodeError:
+        return None
+
+
+def _json_or_not(body: bytes, content_type: str | None) -> Any:
+    first = body.lstrip()[:1]
+    if not first or (first not in _JSON_STARTS and "json" not in (content_type or "").lower()):
+        return _NOT_JSON
+    try:
+        return parse_json_body(body)
+    except ValueError:
+        return _NOT_JSON
+
+
+def _compare_bodies(
+    primary: HttpResponse, candidate: HttpResponse, rules: CompareRules
+) -> Comparison:
+    if primary.body == candidate.body:
+        return Comparison(True)
+    body_a, body_b = _decoded(primary), _decoded(candidate)
+    if body_a is None or body_b is None:
+        # Undecodable on a side: only the raw bytes can be compared, and they differ.
+        shown_a = _summary(primary.body) if body_a is None else _summary(body_a)
+        shown_b = _summary(candidate.body) if body_b is None else _summary(body_b)
+        return Comparison(False, [_diff("$", shown_a, shown_b)])
+    if body_a == body_b:
+        return Comparison(True)
+    value_a = _json_or_not(body_a, primary.header("content-type"))
+    if value_a is not _NOT_JSON:
+        value_b = _json_or_not(body_b, candidate.header("content-type"))
+        if value_b is not _NOT_JSON:
+            return compare(value_a, value_b, rules)
+    return Comparison(False, [_diff("$", _summary(body_a), _summary(body_b))])
+
+
+def compare_responses(
+    primary: HttpResponse,
+    candidate: HttpResponse,
+    rules: CompareRules | None = None,
+    *,
+    ignore_headers: Iterable[str] | None = None,
+    compared_headers: Iterable[str] = COMPARED_HEADERS,
+) -> Comparison:
+    """Compare two responses: `status`, `headers.<name>`, then the body at `$...`; never raises.
+
+    `ignore_headers` defaults to `rules.ignore_headers`. Body differences count against
+    `rules.max_differences`; status and header differences always come first.
+    """
+    rules = rules if rules is not None else _DEFAULT_RULES
+    ignored = frozenset(
+        h.lower() for h in (rules.ignore_headers if ignore_headers is None else ignore_headers)
+    )
+    names = [h.lower() for h in compared_headers if h.lower() not in ignored]
+    head: list[Difference] = []
+    if primary.status != candidate.status:
+        head.append(Difference("status", "changed", primary.status, candidate.status, "status"))
+    head += _compare_headers(primary, candidate, names)
+    try:
+        body = _compare_bodies(primary, candidate, rules)
+    except Exception as exc:  # the comparator must never break the shadow path
+        failed = f"<comparison failed: {exc!r}>"
+        body = Comparison(False, [Difference("$", "changed", failed, failed, "$")])
+    if not head:
+        return body
+    return Comparison(False, head + body.differences, body.truncated)
+
+
+_DEFAULT_RULES: Final = CompareRules()

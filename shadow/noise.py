@@ -1,0 +1,41 @@
+"""Diffy-style noise cancellation: paths on which legacy disagrees with itself are noise.
+
+With `noise_baseline: true` a safe request goes to legacy twice. Whatever differs between
+the two legacy answers (timestamps, request ids, random tokens) cannot be held against the
+candidate, so those normalised paths are dropped from the candidate's differences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from shadow.compare import CompareRules, Comparison, compare
+from shadow.http_compare import HttpResponse, compare_responses
+
+__all__ = ["cancel_noise", "noise_patterns", "response_noise_patterns"]
+
+
+def noise_patterns(
+    first_legacy: Any, second_legacy: Any, rules: CompareRules | None = None
+) -> frozenset[str]:
+    """Normalised paths (`$.items[*].at`) that differ between two legacy answers."""
+    result = (
+        compare(first_legacy, second_legacy)
+        if rules is None
+        else compare(first_legacy, second_legacy, rules)
+    )
+    return frozenset(d.pattern for d in result.differences)
+
+
+def cancel_noise(comparison: Comparison, noise: Iterable[str]) -> tuple[Comparison, frozenset[str]]:
+    """`comparison` without differences at or under a noise pattern, and the patterns hit."""
+    return comparison.without(noise)
+
+
+def response_noise_patterns(
+    first_legacy: HttpResponse, second_legacy: HttpResponse, rules: CompareRules | None = None
+) -> frozenset[str]:
+    """Like `noise_patterns`, for two whole legacy responses (status, headers, body)."""
+    result = compare_responses(first_legacy, second_legacy, rules)
+    return frozenset(d.pattern for d in result.differences)

@@ -1,0 +1,282 @@
+"""Redaction before anything is stored or logged.
+
+Values at configured JSON paths, credential headers, and e-mail addresses, card numbers
+(Luhn-checked) and IBANs (mod-97-checked) found in any text become `REDACTED:` plus the
+first 10 hex digits of HMAC-SHA256(key, value): equal values keep equal tokens, so a
+side-by-side view still shows whether both sides agreed. Comparison runs on the real
+values in memory; only what leaves memory goes through a `Redactor`. No method raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+import orjson
+
+from shadow.compare import parse_path
+from shadow.http_compare import BodyDecodeError, decode_body, parse_json_body
+
+__all__ = ["KEY_ENV", "PREFIX", "SECRET_HEADERS", "Redactor"]
+
+KEY_ENV: Final = "STRANGLER_REDACT_KEY"
+PREFIX: Final = "REDACTED:"
+SECRET_HEADERS: Final = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
+)
+
+_TRIGGER = re.compile(r"[@0-9]")
+_EMAIL = re.compile(
+    r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]{1,64}@"
+    r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62})(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,63}"
+)
+_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9]+(?:[ \-][0-9]+)*")
+_DIGIT_GROUP = re.compile(r"[0-9]+")
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,32}")
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for position, char in enumerate(reversed(digits)):
+        value = ord(char) - 48
+        if position % 2:
+            value *= 2
+            if value > 9:
+                value -= 9
+        total += value
+    return total % 10 == 0
+
+
+def _iban_valid(compact: str) -> bool:
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    try:
+        return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+    except ValueError:
+        return False
+
+
+def _card_spans(text: str) -> list[tuple[int, int, str]]:
+    spans = []
+    for run in _DIGIT_RUN.finditer(text):
+        groups = [(m.start(), m.end(), m.group()) for m in _DIGIT_GROUP.finditer(run.group())]
+        base = run.start()
+        i = 0
+        while i < len(groups):
+            best = -1
+            digits = ""
+            for j in range(i, len(groups)):
+                digits += groups[j][2]
+                if len(digits) > 19:
+                    break
+                if len(digits) >= 13 and _luhn(digits):
+                    best = j
+            if best < 0:
+                i += 1
+                continue
+            number = "".join(g[2] for g in groups[i : best + 1])
+            spans.append((base + groups[i][0], base + groups[best][1], number))
+            i = best + 1
+    return spans
+
+
+def _iban_spans(text: str) -> list[tuple[int, int, str]]:
+    spans: list[tuple[int, int, str]] = []
+    pos = 0
+    while True:
+        match = _IBAN.search(text, pos)
+        if match is None:
+            return spans
+        raw = match.group()
+        found = False
+        for end in range(len(raw), 14, -1):  # longest valid prefix wins
+            if raw[end - 1] == " ":
+                continue
+            compact = raw[:end].replace(" ", "").upper()
+            if _iban_valid(compact):
+                spans.append((match.start(), match.start() + end, compact))
+                pos = match.start() + end
+                found = True
+                break
+        if not found:
+            pos = match.start() + 1
+
+
+class _PathNode:
+    """A node of the redaction path trie."""
+
+    __slots__ = ("children", "hit", "wild")
+
+    def __init__(self) -> None:
+        self.children: dict[str | int, _PathNode] = {}
+        self.wild: _PathNode | None = None
+        self.hit = False
+
+
+def _step(nodes: tuple[_PathNode, ...], segment: Any) -> tuple[_PathNode, ...]:
+    found = []
+    for node in nodes:
+        child = node.children.get(segment)
+        if child is not None:
+            found.append(child)
+        if node.wild is not None:
+            found.append(node.wild)
+    return tuple(found)
+
+
+class Redactor:
+    """Replaces sensitive values with keyed-hash tokens; build once per store config."""
+
+    __slots__ = ("_key", "_root", "json_paths")
+
+    def __init__(self, json_paths: Sequence[str] = (), key: bytes | None = None) -> None:
+        """`key` None: a random per-process key (tokens then differ between processes)."""
+        self.json_paths = tuple(json_paths)
+        self._key = key if key else secrets.token_bytes(32)
+        root = _PathNode()
+        for path in self.json_paths:
+            node = root
+            for segment in parse_path(path):
+                if segment is None:
+                    node.wild = node.wild or _PathNode()
+                    node = node.wild
+                else:
+                    node = node.children.setdefault(segment, _PathNode())
+            node.hit = True
+        self._root: tuple[_PathNode, ...] = (root,) if self.json_paths else ()
+
+    @classmethod
+    def from_env(
+        cls, json_paths: Sequence[str] = (), environ: Mapping[str, str] | None = None
+    ) -> Redactor:
+        """A redactor keyed by `STRANGLER_REDACT_KEY`; when unset, a random per-process key,
+        so tokens stay comparable within one process but not across restarts or workers."""
+        value = (os.environ if environ is None else environ).get(KEY_ENV, "")
+        return cls(json_paths, value.encode() if value else None)
+
+    def token(self, value: str) -> str:
+        """The redaction token of `value`."""
+        data = value.encode("utf-8", "surrogatepass")
+        return PREFIX + hmac.new(self._key, data, hashlib.sha256).hexdigest()[:10]
+
+    def _token_of(self, value: Any) -> str:
+        if type(value) is str:
+            return self.token(value)
+        try:
+            text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        except Exception:  # huge ints, deep nesting: still hidden, just not comparable
+            text = f"<unserialisable {type(value).__name__} {id(value)}>"
+        return self.token(text)
+
+    def redact_text(self, text: str) -> str:
+        """`text` with e-mail addresses, card numbers and IBANs replaced by tokens."""
+        try:
+            return self._redact_text(text)
+        except Exception:  # never leak on a detector bug: hide the whole text instead
+            return self.token(text)
+
+    def _redact_text(self, text: str) -> str:
+        if not _TRIGGER.search(text):
+            return text
+        spans = [(m.start(), m.end(), m.group()) for m in _EMAIL.finditer(text)]
+        spans += _iban_spans(text)
+        spans += _card_spans(text)
+        if not spans:
+            return text
+        spans.sort(key=lambda span: (span[0], -span[1]))
+        out: list[str] = []
+        pos = 0
+        for start, end, canonical in spans:
+            if start < pos:  # overlaps one already replaced
+                continue
+            out.append(text[pos:start])
+            out.append(self.token(canonical))
+            pos = end
+        out.append(text[pos:])
+        return "".join(out)
+
+    def _redact_int(self, value: int) -> Any:
+        if 10**12 <= value < 10**19:
+            digits = str(value)
+            if _luhn(digits):
+                return self.token(digits)
+        return value
+
+    def redact_json(self, value: Any) -> Any:
+        """A redacted copy of a decoded JSON value (any depth; the input is not changed)."""
+        holder: list[Any] = [None]
+        stack: list[tuple[Any, Any, Any, tuple[_PathNode, ...]]] = [(value, holder, 0, self._root)]
+        while stack:
+            source, target, slot, nodes = stack.pop()
+            if nodes and any(node.hit for node in nodes):
+                target[slot] = self._token_of(source)
+                continue
+            kind = type(source)
+            if kind is str:
+                target[slot] = self.redact_text(source)
+            elif kind is int:
+                target[slot] = self._redact_int(source)
+            elif isinstance(source, Mapping):
+                copy: dict[Any, Any] = {}
+                target[slot] = copy
+                for key, item in source.items():
+                    new_key = self.redact_text(key) if type(key) is str else key
+                    copy[new_key] = None
+                    stack.append((item, copy, new_key, _step(nodes, key) if nodes else ()))
+            elif isinstance(source, list | tuple):
+                items: list[Any] = [None] * len(source)
+                target[slot] = items
+                for index, item in enumerate(source):
+                    stack.append((item, items, index, _step(nodes, index) if nodes else ()))
+            else:
+                target[slot] = source
+        return holder[0]
+
+    def redact_headers(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Header pairs with credential values tokenised and the rest text-redacted."""
+        out = []
+        for name, value in pairs:
+            if name.lower() in SECRET_HEADERS:
+                out.append((name, self.token(value)))
+            else:
+                out.append((name, self.redact_text(value)))
+        return out
+
+    def redact_body(
+        self, body: bytes, content_type: str | None = None, content_encoding: str | None = None
+    ) -> bytes:
+        """A redacted copy of a response or request body (decoded first when encoded)."""
+        try:
+            return self._redact_body(body, content_type, content_encoding)
+        except Exception:  # unknown shape: hide it all rather than risk storing it
+            return self.token(body.decode("latin-1")).encode()
+
+    def _redact_body(
+        self, body: bytes, content_type: str | None, content_encoding: str | None
+    ) -> bytes:
+        if content_encoding:
+            try:
+                body = decode_body(body, content_encoding)
+            except BodyDecodeError:
+                return f"{PREFIX}undecodable {len(body)} bytes".encode()
+        if not body:
+            return body
+        first = body.lstrip()[:1]
+        if first in (b"{", b"[") or "json" in (content_type or "").lower():
+            try:
+                value = parse_json_body(body)
+            except ValueError:
+                pass
+            else:
+                try:
+                    return orjson.dumps(self.redact_json(value))
+                except Exception:  # beyond orjson (depth, huge ints): fall through to text
+                    pass
+        text = body.decode("utf-8", "surrogateescape")
+        return self.redact_text(text).encode("utf-8", "surrogateescape")
