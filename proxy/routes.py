@@ -74,6 +74,7 @@ class Route:
     __slots__ = (
         "_headers",
         "_methods",
+        "_plain",
         "_query",
         "_regex",
         "candidate",
@@ -100,6 +101,7 @@ class Route:
             for name, value in settings.match.headers
         )
         self._query = settings.match.query
+        self._plain = not self._headers and not self._query
         self._regex = re.compile(_pattern_regex(self.pattern), re.DOTALL)
 
     def __repr__(self) -> str:
@@ -134,21 +136,25 @@ def _pattern_regex(pattern: PathPattern) -> str:
 
 
 class _Node:
-    """A trie node: children by literal segment, one parameter child, and route indexes."""
+    """A trie node: children by literal segment, one parameter child, and routes."""
 
     __slots__ = ("children", "exact", "param", "prefix")
 
     def __init__(self) -> None:
         self.children: dict[str, _Node] = {}
         self.param: _Node | None = None
-        self.exact: list[int] = []  # routes whose pattern ends here
-        self.prefix: list[int] = []  # `.../*` routes: match here and anywhere below
+        self.exact: list[Route] = []  # routes whose pattern ends here
+        self.prefix: list[Route] = []  # `.../*` routes: match here and anywhere below
+
+
+def _index(route: Route) -> int:
+    return route.index
 
 
 class RouteTable:
     """The ordered routes of one Settings, compiled for matching; immutable once built."""
 
-    __slots__ = ("_root", "by_name", "default_backend", "routes", "settings")
+    __slots__ = ("_root", "_static", "by_name", "default_backend", "routes", "settings")
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -167,34 +173,56 @@ class RouteTable:
                     node = node.param
                 else:
                     node = node.children.setdefault(seg, _Node())
-            (node.prefix if route.pattern.prefix else node.exact).append(route.index)
+            (node.prefix if route.pattern.prefix else node.exact).append(route)
+        # Literal paths are the hot ones (and the cheapest to precompute): one dict probe.
+        self._static: dict[str, tuple[Route, ...]] = {
+            r.pattern.text: tuple(self._walk(r.pattern.text))
+            for r in self.routes
+            if not r.pattern.prefix and not r.pattern.params
+        }
 
     def __len__(self) -> int:
         return len(self.routes)
 
-    def path_matches(self, path: str) -> list[Route]:
-        """Every route whose path pattern matches `path`, in file order."""
-        if not path.startswith("/"):
+    def _walk(self, path: str) -> list[Route]:
+        if path[:1] != "/":
             return []
         segs = path[1:].split("/")
         n = len(segs)
-        found: list[int] = []
-        stack = [(self._root, 0)]
-        while stack:
-            node, i = stack.pop()
+        found: list[Route] = []
+        branches: list[tuple[_Node, int]] = []  # parameter alternatives still to try
+        node, i, merged = self._root, 0, 0
+        while True:
             if node.prefix:
-                found.extend(node.prefix)
+                found += node.prefix
+                merged += 1
             if i == n:
-                found.extend(node.exact)
-                continue
-            seg = segs[i]
-            child = node.children.get(seg)
-            if child is not None:
-                stack.append((child, i + 1))
-            if node.param is not None and seg:
-                stack.append((node.param, i + 1))
-        found.sort()
-        return [self.routes[i] for i in found]
+                if node.exact:
+                    found += node.exact
+                    merged += 1
+            else:
+                seg = segs[i]
+                child = node.children.get(seg)
+                param = node.param if seg else None
+                if child is not None:
+                    if param is not None:
+                        branches.append((param, i + 1))
+                    node, i = child, i + 1
+                    continue
+                if param is not None:
+                    node, i = param, i + 1
+                    continue
+            if not branches:
+                break
+            node, i = branches.pop()
+        if merged > 1:
+            found.sort(key=_index)
+        return found
+
+    def path_matches(self, path: str) -> list[Route]:
+        """Every route whose path pattern matches `path`, in file order."""
+        static = self._static.get(path)
+        return list(static) if static is not None else self._walk(path)
 
     def match(
         self,
@@ -204,7 +232,11 @@ class RouteTable:
         headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> Route | None:
         """The first route (in file order) matching the request, or None: default backend."""
-        for route in self.path_matches(path):
-            if route.accepts(method, query, headers):
+        candidates = self._static.get(path)
+        for route in self._walk(path) if candidates is None else candidates:
+            methods = route._methods
+            if (methods is None or method in methods) and (
+                route._plain or route.accepts(method, query, headers)
+            ):
                 return route
         return None
