@@ -1,0 +1,291 @@
+"""The recorder against real stores that fail: closed ports, cut connections, terminated
+backends. Per route, started = recorded + dropped + failed, and stored rows = recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from shadow.record import ComparisonRecord
+from shadow.recorder import Recorder, RouteCounters
+from shadow.store import Store
+from tests.support import free_port, wait_until
+
+ROUTES = ("order-show", "order-list", "order-create")
+
+
+def _rec(i: int) -> ComparisonRecord:
+    return ComparisonRecord(
+        route=ROUTES[i % len(ROUTES)],
+        outcome="mismatch" if i % 10 == 0 else "match",
+        time=datetime.now(UTC),
+        diff_paths=("$.total",) if i % 10 == 0 else (),
+        request_id=f"r{i}",
+    )
+
+
+def _feed(recorder: Recorder, start: int, n: int) -> None:
+    for i in range(start, start + n):
+        recorder.note_started(ROUTES[i % len(ROUTES)])
+        recorder.record(_rec(i))
+
+
+def _totals(counters: dict[str, RouteCounters]) -> tuple[int, int, int, int]:
+    c = counters.values()
+    return (
+        sum(x.started for x in c),
+        sum(x.recorded for x in c),
+        sum(x.dropped_total for x in c),
+        sum(x.failed for x in c),
+    )
+
+
+def _assert_balanced(recorder: Recorder) -> None:
+    for route, c in recorder.counters().items():
+        assert c.balanced, (route, c)
+
+
+class Forwarder:
+    """A loopback TCP relay to PostgreSQL that can be taken down (every connection cut)."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.port = port
+        self._target = target
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        pipes = [
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        ]
+        self._tasks.update(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for w in (writer, up_writer):
+            w.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+    async def stop(self) -> None:
+        """Stop listening and cut every relayed connection."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for w in self._writers:
+            w.transport.abort()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._writers.clear()
+        self._tasks.clear()
+
+
+def _via(pg_url: str, port: int) -> tuple[str, tuple[str, int]]:
+    url = make_url(pg_url)
+    target = (url.host or "127.0.0.1", url.port or 5432)
+    return url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False), target
+
+
+async def test_everything_recorded_on_a_healthy_store(sqlite_url: str) -> None:
+    store = await Store.open(sqlite_url)
+    recorder = Recorder(store, buffer_size=5000, batch_size=200)
+    await recorder.start()
+    try:
+        _feed(recorder, 0, 3000)
+        assert await recorder.flush(10)
+        assert _totals(recorder.counters()) == (3000, 3000, 0, 0)
+        assert await store.count() == 3000
+        assert recorder.counters()["order-show"].outcomes == {"mismatch": 100, "match": 900}
+    finally:
+        await recorder.stop(5)
+        await store.close()
+    _assert_balanced(recorder)
+
+
+async def test_a_full_buffer_drops_and_counts(sqlite_url: str) -> None:
+    store = await Store.open(sqlite_url)
+    recorder = Recorder(store, buffer_size=100, batch_size=50)
+    _feed(recorder, 0, 150)  # the writer is not running yet: the buffer fills
+    assert recorder.buffered == 100
+    recorder.note_started("order-show")
+    recorder.note_dropped("order-show", "max_concurrency")  # a drop before any record exists
+    await recorder.start()
+    try:
+        assert await recorder.flush(10)
+    finally:
+        await recorder.stop(5)
+    started, recorded, dropped, failed = _totals(recorder.counters())
+    assert (started, recorded, dropped, failed) == (151, 100, 51, 0)
+    assert recorder.counters()["order-show"].dropped == {"buffer_full": 16, "max_concurrency": 1}
+    assert await store.count() == 100
+    await store.close()
+    _assert_balanced(recorder)
+
+
+async def test_store_down_at_start_then_up_keeps_what_fits(pg_url: str) -> None:
+    direct = await Store.open(pg_url)  # the schema exists; the recorder's path to it does not
+    port = free_port()
+    relay_url, target = _via(pg_url, port)
+    relay = Forwarder(port, target)
+    store = Store(relay_url, connect_timeout=2)
+    recorder = Recorder(store, buffer_size=500, batch_size=100, backoff_max=0.2)
+    await recorder.start()
+    try:
+        _feed(recorder, 0, 300)
+        await wait_until(lambda: recorder.retries >= 2, timeout=10)
+        assert recorder.store_down_for is not None and recorder.last_error
+        _feed(recorder, 300, 400)  # only 200 more fit
+        assert recorder.buffered == 500
+        await relay.start()
+        assert await recorder.flush(20)
+        assert recorder.store_down_for is None
+    finally:
+        await recorder.stop(5)
+        await relay.stop()
+        await store.close()
+    assert _totals(recorder.counters()) == (700, 500, 200, 0)
+    assert await direct.count() == 500
+    await direct.close()
+    _assert_balanced(recorder)
+
+
+async def test_connections_cut_mid_run_lose_nothing_the_buffer_holds(pg_url: str) -> None:
+    direct = await Store.open(pg_url)
+    port = free_port()
+    relay_url, target = _via(pg_url, port)
+    relay = Forwarder(port, target)
+    await relay.start()
+    store = Store(relay_url, connect_timeout=2)
+    recorder = Recorder(store, buffer_size=5000, batch_size=100, backoff_max=0.2)
+    await recorder.start()
+    try:
+        _feed(recorder, 0, 1000)
+        assert await recorder.flush(20)
+        await relay.stop()  # the network to the store goes away, mid-run
+        _feed(recorder, 1000, 1000)
+        await wait_until(lambda: recorder.retries >= 1, timeout=10)
+        await relay.start()
+        _feed(recorder, 2000, 1000)
+        assert await recorder.flush(20)
+    finally:
+        await recorder.stop(5)
+        await relay.stop()
+        await store.close()
+    assert _totals(recorder.counters()) == (3000, 3000, 0, 0)
+    assert await direct.count() == 3000
+    await direct.close()
+    _assert_balanced(recorder)
+
+
+async def test_terminated_backends_lose_nothing(pg_url: str) -> None:
+    app = f"strangler-recorder-{free_port()}"
+    url = f"{pg_url}&application_name={app}"
+    store = await Store.open(url)
+    recorder = Recorder(store, buffer_size=10_000, batch_size=200, backoff_max=0.2)
+    await recorder.start()
+    dsn = make_url(pg_url).set(drivername="postgresql", query={}).render_as_string(False)
+    killed = 0
+    try:
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+            for burst in range(10):
+                _feed(recorder, burst * 500, 500)
+                if burst in (3, 6):  # once the writer is connected and writing again
+                    done = _totals(recorder.counters())[1]
+                    await wait_until(
+                        lambda d=done: (
+                            _totals(recorder.counters())[1] > d  # type: ignore[misc]
+                            and recorder.store_down_for is None
+                        ),
+                        timeout=10,
+                    )
+                    cur = await admin.execute(
+                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))"
+                        " FROM pg_stat_activity WHERE application_name = %s",
+                        (app,),
+                    )
+                    row = await cur.fetchone()
+                    killed += row[0] if row else 0
+                await asyncio.sleep(0)  # let the writer interleave with the producer
+        assert await recorder.flush(30)
+    finally:
+        await recorder.stop(5)
+    assert killed >= 2
+    print(f"terminated {killed} backends; {recorder.retries} write attempts retried")
+    assert _totals(recorder.counters()) == (5000, 5000, 0, 0)
+    assert await store.count() == 5000
+    await store.close()
+    _assert_balanced(recorder)
+
+
+async def test_stop_with_the_store_down_counts_failures() -> None:
+    store = Store(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test")
+    recorder = Recorder(store, buffer_size=100, batch_size=10, backoff_max=0.05)
+    await recorder.start()
+    _feed(recorder, 0, 50)
+    await wait_until(lambda: recorder.retries >= 1, timeout=10)
+    await recorder.stop(0.2)
+    assert _totals(recorder.counters()) == (50, 0, 0, 50)
+    recorder.record(_rec(0), started=True)  # after stop: dropped, never queued
+    assert recorder.counters()["order-show"].dropped == {"stopped": 1}
+    assert recorder.buffered == 0
+    await store.close()
+    _assert_balanced(recorder)
+
+
+async def test_a_bad_record_fails_alone(pg_url: str) -> None:
+    store = await Store.open(pg_url)
+    recorder = Recorder(store, buffer_size=100, batch_size=100)
+    _feed(recorder, 0, 9)
+    bad = ComparisonRecord(route="x" * 300, outcome="match")  # longer than the column
+    recorder.record(bad, started=True)
+    await recorder.start()
+    try:
+        assert await recorder.flush(10)
+    finally:
+        await recorder.stop(5)
+    assert _totals(recorder.counters()) == (10, 9, 0, 1)
+    assert recorder.counters()["x" * 300].failed == 1
+    assert await store.count() == 9
+    await store.close()
+    _assert_balanced(recorder)
+
+
+async def test_record_never_raises_and_counters_are_snapshots(sqlite_url: str) -> None:
+    store = await Store.open(sqlite_url)
+    recorder = Recorder(store, buffer_size=10, batch_size=5)
+    recorder.record(None)  # type: ignore[arg-type]
+    _feed(recorder, 0, 1)
+    snapshot = recorder.counters()
+    snapshot["order-show"].started = 99
+    assert recorder.counters()["order-show"].started == 1
+    assert recorder.stats() == recorder.counters()
+    await recorder.start()
+    assert await recorder.flush(5)
+    await recorder.stop(5)
+    await store.close()
+    _assert_balanced(recorder)
+
+
+@pytest.mark.parametrize("sizes", [(0, 1), (1, 0)])
+def test_sizes_must_be_positive(sizes: tuple[int, int]) -> None:
+    with pytest.raises(ValueError):
+        Recorder(Store("sqlite:///unused.db"), *sizes)
