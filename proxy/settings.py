@@ -326,12 +326,14 @@ _MAX_NODES = 200_000  # stops alias bombs
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _URL = re.compile(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(?::([0-9]{1,5}))?/?")
 _STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _SCALAR_TAGS = {
     "tag:yaml.org,2002:null",
     "tag:yaml.org,2002:bool",
     "tag:yaml.org,2002:int",
     "tag:yaml.org,2002:float",
 }
+_KEY_TAGS = {_STR_TAG, *_SCALAR_TAGS}
 _TYPE_NAMES = {
     "string": "a string",
     "number": "a number",
@@ -441,25 +443,7 @@ class _Parser:
             self.bad.add(path)
             return None
         if isinstance(node, yaml.MappingNode):
-            if node.tag != "tag:yaml.org,2002:map":
-                self._report_at(mark, f"unsupported YAML tag {node.tag}")
-            result: dict[str, object] = {}
-            for knode, vnode in node.value:
-                if not isinstance(knode, yaml.ScalarNode) or knode.tag not in (
-                    _STR_TAG,
-                    *_SCALAR_TAGS,
-                ):
-                    self._report_at(knode.start_mark, "mapping keys must be plain strings")
-                    continue
-                key = str(knode.value)
-                kmark = knode.start_mark
-                if key in result:
-                    first = self.keys[(*path, key)][0]
-                    self._report_at(kmark, f"duplicate key '{key}' (first at line {first})")
-                    continue
-                self.keys[(*path, key)] = (kmark.line + 1, kmark.column + 1)
-                result[key] = self._convert(loader, vnode, (*path, key), depth + 1)
-            return result
+            return self._convert_mapping(loader, node, path, depth)
         if isinstance(node, yaml.SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
                 self._report_at(mark, f"unsupported YAML tag {node.tag}")
@@ -479,6 +463,44 @@ class _Parser:
             self.bad.add(path)
             return None
         return str(node.value)  # timestamps stay text: no field here is a date
+
+    def _convert_mapping(
+        self, loader: yaml.SafeLoader, node: yaml.MappingNode, path: JsonPath, depth: int
+    ) -> dict[str, object]:
+        mark = node.start_mark
+        if node.tag != "tag:yaml.org,2002:map":
+            self._report_at(mark, f"unsupported YAML tag {node.tag}")
+        result: dict[str, object] = {}
+        # `<<: *anchor` first, so the keys written here override (and locate) merged ones.
+        for knode, vnode in node.value:
+            if knode.tag != _MERGE_TAG:
+                continue
+            sources = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode):
+                    self._report_at(source.start_mark, "<< merges a mapping or a list of them")
+                    continue
+                merged = self._convert(loader, source, path, depth + 1)
+                for key, value in merged.items() if isinstance(merged, dict) else ():
+                    result.setdefault(key, value)
+        self.values[path] = (mark.line + 1, mark.column + 1)
+        written: set[str] = set()
+        for knode, vnode in node.value:
+            if knode.tag == _MERGE_TAG:
+                continue
+            if not isinstance(knode, yaml.ScalarNode) or knode.tag not in _KEY_TAGS:
+                self._report_at(knode.start_mark, "mapping keys must be plain strings")
+                continue
+            key = str(knode.value)
+            kmark = knode.start_mark
+            if key in written:
+                first = self.keys[(*path, key)][0]
+                self._report_at(kmark, f"duplicate key '{key}' (first at line {first})")
+                continue
+            written.add(key)
+            self.keys[(*path, key)] = (kmark.line + 1, kmark.column + 1)
+            result[key] = self._convert(loader, vnode, (*path, key), depth + 1)
+        return result
 
     def _validate_schema(self, data: object) -> None:
         broken = set(self.bad)  # values the YAML pass already reported

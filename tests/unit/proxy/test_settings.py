@@ -516,3 +516,47 @@ def test_mutated_demo_values_give_settings_or_config_error(
         except (KeyError, IndexError, TypeError):
             continue  # an earlier change replaced this value's parent
     _loads_or_config_error(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_anchors_aliases_and_merge_keys_share_settings() -> None:
+    s = loads(
+        BASE
+        + """\
+routes:
+  - name: a
+    match: {path: /a}
+    compare: &rules
+      ignore_headers: [etag]
+      numeric_tolerance: 0.5
+  - name: b
+    match: {path: /b}
+    compare:
+      <<: *rules
+      numeric_tolerance: 0.1
+  - name: c
+    match: {path: /c}
+    compare: *rules
+"""
+    )
+    a, b, c = (r.compare for r in s.routes)
+    assert a == c
+    assert (b.ignore_headers, b.numeric_tolerance) == (("etag",), 0.1)
+
+
+def test_recursive_merge_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="nesting too deep"):
+        loads(BASE + "store: &s {<<: *s}\n")
+
+
+def test_merged_values_are_reported_where_they_are_written() -> None:
+    text = (
+        BASE
+        + "x: &bad {percent: 500}\nroutes:\n  - {name: a, match: {path: /a}, shadow: {<<: *bad}}\n"
+    )
+    errors = errors_of(text)
+    hit = [e for e in errors if "500 is out of range" in e.message]
+    assert hit and (hit[0].line, hit[0].column) == at(text, "500")
+
+
+def test_routes_may_be_left_empty() -> None:
+    assert loads(BASE + "routes:\n  # - name: later\n").routes == ()
