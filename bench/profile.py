@@ -1,11 +1,13 @@
-"""`--profile`: py-spy on the busiest strangler process during a 64-connection load.
+"""`--profile`: py-spy, then perf, on the busiest strangler process under 64 connections.
 
 py-spy is installed into the running venv only when asked for; it is not a dependency.
-The summary (self and inclusive shares per function) goes to bench/profile.txt.
+The summary (self and inclusive shares per Python function, then CPU by shared object
+and symbol from perf when available) goes to bench/profile.txt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bench.procs import Started, cpu_ns_by_task, process_tree
-from bench.wrk import WrkResult, run_wrk
+from bench.wrk import WrkError, WrkResult, run_wrk
 
 __all__ = ["busiest_pid", "ensure_py_spy", "profile_target", "summarise_collapsed"]
 
@@ -67,39 +69,83 @@ def summarise_collapsed(lines: Iterable[str], top: int = 40) -> str:
     return "\n".join(out) + "\n"
 
 
+def _py_spy(pid: int, seconds: int, raw: Path, load_cpu: int | None) -> tuple[str, list[str]]:
+    """Record `pid` with py-spy into `raw`: native frames when allowed, else Python only."""
+    argv = [ensure_py_spy(), "record", "--pid", str(pid), "--duration", str(seconds)]
+    argv += ["--rate", "499", "--format", "raw", "--output", str(raw), "--function"]
+    if load_cpu is not None:
+        argv = ["taskset", "-c", str(load_cpu), *argv]
+    errors: list[str] = []
+    attempts = [("python + native frames", "--native"), ("python frames only", "--nonblocking")]
+    for mode, flag in attempts:
+        done = subprocess.run(
+            [*argv, flag], capture_output=True, text=True, timeout=seconds + 60, check=False
+        )
+        if done.returncode == 0 and raw.exists():
+            return mode, errors
+        errors.append(f"{flag}: {done.stderr.strip()[-300:]}")
+    return "failed", errors
+
+
+def _perf(pid: int, seconds: int, data: Path, load_cpu: int | None) -> str:
+    """CPU shares by shared object and by symbol from `perf record` on `pid`, or why not."""
+    perf = shutil.which("perf")
+    if perf is None:
+        return "perf: not installed\n"
+    pin = ["taskset", "-c", str(load_cpu)] if load_cpu is not None else []
+    record = [*pin, perf, "record", "-F", "999", "-p", str(pid), "-o", str(data)]
+    done = subprocess.run(
+        [*record, "--", "sleep", str(seconds)],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
+    )
+    if done.returncode != 0 or not data.exists():
+        return f"perf record failed: {done.stderr.strip()[-300:]}\n"
+    parts = []
+    for sort, limit in (("dso", 15), ("dso,sym", 40)):
+        report = subprocess.run(
+            [perf, "report", "-i", str(data), "--stdio", "--no-children", "--sort", sort],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        lines = [ln for ln in report.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+        parts.append(f"perf report --sort {sort} (top {limit}):\n" + "\n".join(lines[:limit]))
+    return "\n\n".join(parts) + "\n"
+
+
 def profile_target(
     url: str, measured: Started, out: Path, seconds: int, tmp: Path, load_cpu: int | None
 ) -> str:
-    """Load `url` with 64 connections while py-spy samples the busiest process; write `out`."""
-    py_spy = ensure_py_spy()
+    """Load `url` with 64 connections while py-spy, then perf, sample the busiest process."""
     pid = busiest_pid(measured.pid)
     raw = tmp / "profile.collapsed"
     result: list[WrkResult] = []
-    load = threading.Thread(
-        target=lambda: result.append(run_wrk(url, 64, seconds + 2, load_cpu)), daemon=True
-    )
-    load.start()
-    argv = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "499"]
-    argv += ["--format", "raw", "--output", str(raw), "--nonblocking", "--function"]
-    if load_cpu is not None:
-        argv = ["taskset", "-c", str(load_cpu), *argv]
-    attempts = [[*argv, "--native"], argv]
-    errors: list[str] = []
-    mode = "python + native frames"
-    for attempt in attempts:
-        done = subprocess.run(attempt, capture_output=True, text=True, timeout=seconds + 60)
-        if done.returncode == 0 and raw.exists():
-            break
-        errors.append(done.stderr.strip()[-300:])
-        mode = "python frames only (--native failed)"
-    load.join(timeout=seconds + 30)
-    if not raw.exists():
-        text = "py-spy failed:\n" + "\n".join(errors) + "\n"
-    else:
-        header = f"py-spy record, {mode}, pid {pid} ({url}, 64 connections, {seconds}s)\n"
-        if result:
-            header += f"load during profile: {result[0].rps:,.0f} req/s (slowed by sampling)\n"
-        text = header + "\n" + summarise_collapsed(raw.read_text().splitlines())
+
+    def load() -> None:
+        with contextlib.suppress(WrkError):
+            result.append(run_wrk(url, 64, 2 * seconds + 4, load_cpu))
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    mode, errors = _py_spy(pid, seconds, raw, load_cpu)
+    perf_text = _perf(pid, seconds, tmp / "perf.data", load_cpu)
+    loader.join(timeout=2 * seconds + 30)
+    header = f"profile of pid {pid} ({url}) under wrk -c64\n"
+    if result:
+        header += f"load meanwhile: {result[0].rps:,.0f} req/s (slowed by sampling)\n"
+    if raw.exists():
+        py_spy_text = f"py-spy record {seconds}s, {mode}:\n" + summarise_collapsed(
+            raw.read_text().splitlines()
+        )
         shutil.copy(raw, out.with_suffix(".collapsed"))
+    else:
+        py_spy_text = "py-spy failed:\n"
+    if errors:
+        py_spy_text += "py-spy attempts that failed: " + " | ".join(errors) + "\n"
+    text = header + "\n" + py_spy_text + "\n" + perf_text
     out.write_text(text)
     return text
