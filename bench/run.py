@@ -162,7 +162,9 @@ def _machine() -> Row:
         "python": platform.python_version(),
         "nginx": _version([nginx, "-v"]) if nginx else "missing",
         "wrk": _version(["wrk", "-v"]),
-        "py_spy": "available" if shutil.which("py-spy") else "not installed",
+        "py_spy": "available"
+        if shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists()
+        else "not installed",
         "perf": "available" if shutil.which("perf") else "missing",
         "loadavg": os.getloadavg(),
         "git_commit": commit,

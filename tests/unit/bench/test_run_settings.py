@@ -1,0 +1,37 @@
+"""Command line and environment settings of `python -m bench.run`."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.run import settings_from
+
+
+def test_defaults_run_every_target_for_seven_rounds_of_one_second() -> None:
+    settings = settings_from([], {})
+    assert (settings.rounds, settings.slice_s, settings.pin) == (7, 1, True)
+    assert settings.profile is None
+    assert settings.targets[0] == "direct"
+    assert "strangler-1w" in settings.targets
+
+
+def test_quick_and_environment_overrides() -> None:
+    assert settings_from(["--quick"], {}).rounds == 2
+    settings = settings_from(["--quick"], {"BENCH_ROUNDS": "3", "BENCH_SLICE": "2"})
+    assert (settings.rounds, settings.slice_s) == (3, 2)
+
+
+def test_profile_defaults_to_the_one_worker_strangler() -> None:
+    assert settings_from(["--profile"], {}).profile == "strangler-1w"
+    assert settings_from(["--profile", "nginx-1w"], {}).profile == "nginx-1w"
+
+
+def test_target_subset_and_unknown_target() -> None:
+    assert settings_from(["--targets", "direct,nginx-1w"], {}).targets == ("direct", "nginx-1w")
+    with pytest.raises(SystemExit):
+        settings_from(["--targets", "direct,haproxy"], {})
+
+
+def test_slices_shorter_than_a_second_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        settings_from([], {"BENCH_SLICE": "0"})
