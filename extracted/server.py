@@ -23,14 +23,16 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 async def _serve(host: str, port: int, db_url: str) -> None:
-    await create_schema(db_url)
-    runner = web.AppRunner(create_app(db_url), access_log=None)
-    await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    await create_schema(db_url)
+    runner = web.AppRunner(create_app(db_url), access_log=None)
+    await runner.setup()
     try:
+        if stop.is_set():
+            return
         await web.TCPSite(runner, host, port).start()
         print(f"extracted order service listening on http://{host}:{port}", flush=True)
         await stop.wait()
@@ -46,4 +48,6 @@ def run(listen: str, db_url: str) -> int:
     except (ValueError, OSError) as exc:
         print(f"strangler extracted: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C before the handlers were installed: still a clean stop
     return 0

@@ -23,6 +23,10 @@ def _split(listen: str) -> tuple[str, int]:
 
 
 async def _serve(host: str, port: int, db_url: str, seed: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     await create_schema(db_url)
     if seed > 0:
         added = await seed_orders(db_url, seed)
@@ -30,11 +34,9 @@ async def _serve(host: str, port: int, db_url: str, seed: int) -> None:
         print(f"legacy: {note}", flush=True)
     runner = web.AppRunner(create_app(db_url), access_log=None)
     await runner.setup()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
+        if stop.is_set():
+            return
         await web.TCPSite(runner, host, port).start()
         print(f"legacy monolith listening on http://{host}:{port}", flush=True)
         await stop.wait()
@@ -50,4 +52,6 @@ def run(listen: str, db_url: str, *, seed: int = 0) -> int:
     except (ValueError, OSError) as exc:
         print(f"strangler legacy: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        pass  # a second Ctrl-C before the handlers were installed: still a clean stop
     return 0
