@@ -18,8 +18,10 @@ from typing import IO
 __all__ = [
     "ProcessSet",
     "Started",
+    "cpu_busy_ns",
     "cpu_delta_ns",
     "cpu_ns_by_task",
+    "parse_cpu_busy_ns",
     "parse_stat_line",
     "process_tree",
     "tree_cpu_ns",
@@ -65,6 +67,22 @@ def cpu_ns_by_task(pids: Sequence[int], proc: Path = _PROC) -> dict[tuple[int, i
                 with contextlib.suppress(OSError, ValueError, IndexError):
                     result[(pid, int(task.name))] = int((task / "schedstat").read_text().split()[0])
     return result
+
+
+def parse_cpu_busy_ns(proc_stat: str, cpu: int, tick_ns: int) -> int:
+    """Busy time (all but idle and iowait) of one CPU from /proc/stat text, in ns."""
+    prefix = f"cpu{cpu} "
+    for line in proc_stat.splitlines():
+        if line.startswith(prefix):
+            ticks = [int(v) for v in line.split()[1:]]
+            return (sum(ticks[:8]) - ticks[3] - ticks[4]) * tick_ns
+    raise ValueError(f"no cpu{cpu} line in /proc/stat")
+
+
+def cpu_busy_ns(cpu: int) -> int:
+    """Busy nanoseconds of `cpu` since boot (clock-tick resolution)."""
+    tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return parse_cpu_busy_ns((_PROC / "stat").read_text(), cpu, tick_ns)
 
 
 def tree_cpu_ns(root: int) -> dict[tuple[int, int], int]:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
 
-from bench.procs import ProcessSet, cpu_delta_ns
+from bench.procs import ProcessSet, cpu_busy_ns, cpu_delta_ns
 from bench.sections import SectionContext, run_sections
 from bench.stats import Sample, add_ratios, evaluate_goals, summarise
 from bench.table import PROXY_COLUMNS, format_generic, format_table
@@ -112,11 +112,27 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def measure_slice(running: Running, connections: int, slice_s: int, load_cpu: int | None) -> Sample:
-    """One wrk slice against a target, with the CPU its process tree spent meanwhile."""
+def measure_slice(
+    running: Running,
+    connections: int,
+    slice_s: int,
+    load_cpu: int | None,
+    proxy_cpu: int | None = None,
+) -> Sample:
+    """One wrk slice against a target, with the CPU its process tree spent meanwhile.
+
+    With `proxy_cpu`, also how busy that CPU was with anything else (a noise indicator).
+    """
+    busy_before = cpu_busy_ns(proxy_cpu) if proxy_cpu is not None else 0
     before = running.measured.cpu_snapshot()
+    t0 = time.monotonic()
     result = run_wrk(running.url, connections, slice_s, load_cpu)
+    wall_ns = (time.monotonic() - t0) * 1e9
     spent_ns = cpu_delta_ns(before, running.measured.cpu_snapshot())
+    other = None
+    if proxy_cpu is not None and running.measured.label != "upstream":
+        other_ns = cpu_busy_ns(proxy_cpu) - busy_before - spent_ns
+        other = max(0.0, 100.0 * other_ns / wall_ns)
     return Sample(
         rps=result.rps,
         p50_ms=result.p50_ms,
@@ -124,6 +140,7 @@ def measure_slice(running: Running, connections: int, slice_s: int, load_cpu: in
         cpu_us_per_req=spent_ns / 1000 / result.requests if result.requests else None,
         requests=result.requests,
         errors=result.errors,
+        other_cpu_pct=other,
     )
 
 
@@ -224,7 +241,9 @@ def _run_rounds(
             if target is None:
                 continue
             try:
-                samples[(name, c)].append(measure_slice(target, c, settings.slice_s, env.load_cpu))
+                samples[(name, c)].append(
+                    measure_slice(target, c, settings.slice_s, env.load_cpu, env.proxy_cpu)
+                )
             except WrkError as exc:
                 _log(f"  {name} c={c}: wrk failed: {exc}")
             if not target.measured.alive():
@@ -276,7 +295,8 @@ def _print_report(
     print(
         "cpu us/req: proxy process tree (direct: the upstream's). /direct /minimal /nginx:"
         " req/s ratios; cpu eff/nginx: nginx-1w us per request / this target's"
-        " (1.0 = as lean as nginx); +p50: added over direct."
+        " (1.0 = as lean as nginx); +p50: added over direct; other%: the proxy CPU's busy time"
+        " spent on other processes during the slices (noise from whatever else runs here)."
     )
     goals = evaluate_goals(rows)
     print("\ngoals (issue 4):")

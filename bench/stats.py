@@ -35,6 +35,7 @@ class Sample:
     cpu_us_per_req: float | None
     requests: int
     errors: int
+    other_cpu_pct: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +72,13 @@ def summarise(target: str, connections: int, samples: Sequence[Sample]) -> Row:
         "p50_ms": median(s.p50_ms for s in samples),
         "p99_ms": median(s.p99_ms for s in samples),
         "errors": sum(s.errors for s in samples),
+        "other_cpu_pct": median(s.other_cpu_pct for s in samples),
         "samples": {
             "rps": [s.rps for s in samples],
             "cpu_us_per_req": [s.cpu_us_per_req for s in samples],
             "p50_ms": [s.p50_ms for s in samples],
             "p99_ms": [s.p99_ms for s in samples],
+            "other_cpu_pct": [s.other_cpu_pct for s in samples],
         },
     }
 

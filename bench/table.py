@@ -44,6 +44,7 @@ PROXY_COLUMNS: list[Column] = [
     ("cpu_vs_nginx", "cpu eff/nginx", _fixed(2, "x")),
     ("added_p50_ms", "+p50 ms", _signed(3)),
     ("errors", "errors", str),
+    ("other_cpu_pct", "other%", _fixed(0)),
 ]
 
 

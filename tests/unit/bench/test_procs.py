@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import os
 
-from bench.procs import cpu_delta_ns, parse_stat_line, process_tree, tree_cpu_ns
+from bench.procs import (
+    cpu_busy_ns,
+    cpu_delta_ns,
+    parse_cpu_busy_ns,
+    parse_stat_line,
+    process_tree,
+    tree_cpu_ns,
+)
 
 
 def test_stat_line_with_spaces_and_parens_in_comm() -> None:
@@ -24,3 +31,13 @@ def test_own_process_tree_and_cpu_are_visible() -> None:
     spent = tree_cpu_ns(me)
     assert (me, me) in spent
     assert spent[(me, me)] > 0
+
+
+def test_cpu_busy_excludes_idle_and_iowait_and_guest_columns() -> None:
+    stat = "cpu  9 9 9 9 9 9 9 9 9 9\ncpu0 10 1 5 1000 7 2 3 4 50 0\ncpu1 20 0 10 900 0 0 0 0 0 0\n"
+    assert parse_cpu_busy_ns(stat, 0, 10_000_000) == (10 + 1 + 5 + 2 + 3 + 4) * 10_000_000
+    assert parse_cpu_busy_ns(stat, 1, 1) == 30
+
+
+def test_cpu_busy_of_a_live_cpu_is_positive() -> None:
+    assert cpu_busy_ns(min(os.sched_getaffinity(0))) > 0

@@ -28,6 +28,7 @@ def test_summarise_takes_medians_and_keeps_samples() -> None:
         "cpu_us_per_req": [10.0, 10.0, None],
         "p50_ms": [0.1, 0.1, 0.1],
         "p99_ms": pytest.approx([0.3, 0.3, 0.3]),
+        "other_cpu_pct": [None, None, None],
     }
 
 
