@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["WrkError", "WrkResult", "parse_latency_ms", "parse_wrk_output", "run_wrk"]
 
@@ -70,13 +71,21 @@ def parse_wrk_output(text: str) -> WrkResult:
     )
 
 
-def run_wrk(url: str, connections: int, seconds: int, cpu: int | None = None) -> WrkResult:
-    """Run wrk against `url` for `seconds` (1 thread for 1 connection, else 2), pinned to `cpu`."""
+def run_wrk(
+    url: str, connections: int, seconds: int, cpu: int | None = None, script: Path | None = None
+) -> WrkResult:
+    """Run wrk against `url` for `seconds` (1 thread for 1 connection, else 2), pinned to `cpu`.
+
+    `script` is a wrk Lua script, e.g. one whose `delay()` paces each connection for a
+    fixed request rate (rate ~= connections * 1000 / delay_ms).
+    """
     wrk = shutil.which("wrk")
     if wrk is None:
         raise WrkError("wrk is not installed (apt-get install -y wrk)")
     threads = 1 if connections < 2 else 2
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if script is not None:
+        argv[1:1] = ["-s", str(script)]
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
     try:
