@@ -7,7 +7,7 @@ exit 2 on any; neither ever shows a traceback.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import click
@@ -30,15 +30,18 @@ def run_check(path: str) -> int:
     return OK
 
 
-def run_explain(path: str, method: str, url_path: str) -> int:
-    """Print which route `METHOD URL_PATH` matches and what the proxy would do with it."""
+def run_explain(
+    path: str, method: str, url_path: str, headers: Sequence[tuple[str, str]] = ()
+) -> int:
+    """Print which route `METHOD URL_PATH` (with `headers`) matches and what happens to it."""
     settings = _load(path)
     if settings is None:
         return CONFIG_ERROR
     method = method.upper()
     raw_path, _, query = url_path.partition("?")
     table = RouteTable(settings)
-    _guarded(lambda: _explain(settings, table, method, raw_path, query))
+    raw_headers = [(k.encode("utf-8", "replace"), v.encode("utf-8", "replace")) for k, v in headers]
+    _guarded(lambda: _explain(settings, table, method, raw_path, query, raw_headers))
     return OK
 
 
@@ -69,12 +72,19 @@ def _guarded(fn: Callable[[], _T]) -> _T:
         sys.exit(CONFIG_ERROR)
 
 
-def _explain(settings: Settings, table: RouteTable, method: str, path: str, query: str) -> None:
+def _explain(
+    settings: Settings,
+    table: RouteTable,
+    method: str,
+    path: str,
+    query: str,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
     out = click.echo
     out(f"request:    {method} {path}{'?' + query if query else ''}")
     winner: Route | None = None
     for route in table.path_matches(path):
-        if route.accepts(method, query, ()):
+        if route.accepts(method, query, headers):
             winner = route
             break
         out(f"skipped:    {route.name} (line {route.settings.line}): {_why_not(route, method)}")
@@ -86,6 +96,10 @@ def _explain(settings: Settings, table: RouteTable, method: str, path: str, quer
     methods = ", ".join(rs.match.methods) if rs.match.methods else "any method"
     out(f"route:      {winner.name} (#{winner.index + 1}, line {rs.line})")
     out(f"pattern:    {rs.match.path} [{methods}]")
+    for k, v in rs.match.headers:
+        out(f"requires:   header {k}: {v}")
+    for k, v in rs.match.query:
+        out(f"requires:   query {k}={v}")
     params = winner.params(path)
     if params:
         out("params:     " + ", ".join(f"{k}={v}" for k, v in params.items()))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from proxy.check import format_duration
+from proxy.check import format_duration, run_explain
 from proxy.cli import main
 from tests.unit.proxy.test_settings import FIVE_MISTAKES
 
@@ -125,3 +125,17 @@ def test_explain_with_a_bad_config_prints_issues_and_exits_2(tmp_path: Path) -> 
 )
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_explain_header_and_query_matchers(capsys: pytest.CaptureFixture[str]) -> None:
+    example = str(ROOT / "config" / "examples" / "shadow.yaml")
+    url = "/api/v1/orders/9?expand=events"
+    assert run_explain(example, "GET", url, [("X-Internal-Client", "reporting")]) == 0
+    out = capsys.readouterr().out
+    assert "route:      order-show-internal" in out
+    assert "requires:   header x-internal-client: reporting" in out
+    assert "requires:   query expand=events" in out
+    assert run_explain(example, "GET", url) == 0
+    out = capsys.readouterr().out
+    assert "skipped:    order-show-internal" in out and "needs header" in out
+    assert "route:      order-show (" in out
