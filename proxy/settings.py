@@ -409,7 +409,10 @@ class _Parser:
             mark = exc.problem_mark or exc.context_mark
             detail = exc.problem or exc.context or "malformed"
             if exc.context and exc.problem:
-                detail = f"{exc.problem} ({exc.context})"
+                if exc.problem.startswith("but "):
+                    detail = f"{exc.context}, {exc.problem}"
+                else:
+                    detail = f"{exc.problem} ({exc.context})"
             self._report_at(mark, f"invalid YAML: {detail}")
         except yaml.reader.ReaderError as exc:
             before = text[: exc.position]
