@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ __all__ = [
     "Difference",
     "DifferenceKind",
     "PathSyntaxError",
+    "Segment",
     "compare",
     "format_path",
     "format_pattern",
@@ -295,6 +297,7 @@ _DEFAULT_RULES: Final = CompareRules()
 _MISSING: Final[Any] = object()
 _FAST_DEPTH: Final = 64  # deeper subtrees are walked; C equality would hit the recursion limit
 _SORT_KEYS: Final = orjson.OPT_SORT_KEYS
+_SLACK: Final = 4 * sys.float_info.epsilon
 
 _OBJ, _ARR, _STR, _NUM, _BOOL, _NULL, _OTHER = range(7)
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
@@ -379,7 +382,8 @@ def _numbers_equal(a: Any, b: Any, tolerance: float) -> bool:
                     )
                     <= Decimal(repr(tolerance))
                 )
-            return bool(abs(a - b) <= tolerance)
+            # The slack absorbs binary rounding: 100.01 - 100 is 0.010000000000005116.
+            return bool(abs(a - b) <= tolerance + _SLACK * max(abs(a), abs(b)))
     except Exception:  # huge ints against floats, Decimal NaN: exact equality already failed
         return False
     return False

@@ -40,38 +40,55 @@ _DIGIT_GROUP = re.compile(r"[0-9]+")
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,32}")
 
 
+_DOUBLED: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # Luhn: 2d, minus 9 when over 9
+
+
 def _luhn(digits: str) -> bool:
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if position % 2:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
+    plain = sum(map(int, digits[-1::-2]))
+    doubled = sum(map(_DOUBLED.__getitem__, map(int, digits[-2::-2])))
+    return (plain + doubled) % 10 == 0
 
 
-def _iban_valid(compact: str) -> bool:
-    if not 15 <= len(compact) <= 34:
-        return False
-    rearranged = compact[4:] + compact[:4]
-    try:
-        return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
-    except ValueError:
-        return False
+def _iban_end(raw: str) -> int:
+    """End (in `raw`) of the longest prefix of `raw` that is a valid IBAN, or -1.
+
+    Mod 97 of the rearranged number (rest of the digits, then the first four) is kept
+    incrementally, so every prefix is checked in one pass.
+    """
+    head = "".join(str(int(c, 36)) for c in raw[:4])
+    head_value, head_scale = int(head), 10 ** len(head)
+    remainder = 0
+    count = 4
+    best = -1
+    for index in range(4, len(raw)):
+        char = raw[index]
+        if char == " ":
+            continue
+        value = int(char, 36)
+        remainder = (remainder * (100 if value > 9 else 10) + value) % 97
+        count += 1
+        if count > 34:
+            break
+        if count >= 15 and (remainder * head_scale + head_value) % 97 == 1:
+            best = index + 1
+    return best
 
 
 def _card_spans(text: str) -> list[tuple[int, int, str]]:
     spans = []
     for run in _DIGIT_RUN.finditer(text):
-        groups = [(m.start(), m.end(), m.group()) for m in _DIGIT_GROUP.finditer(run.group())]
+        found = run.group()
+        if len(found) - found.count(" ") - found.count("-") < 13:
+            continue  # too few digits for a card: most numbers in text end here
+        groups = [(m.start(), m.end(), m.group()) for m in _DIGIT_GROUP.finditer(found)]
         base = run.start()
         i = 0
         while i < len(groups):
             best = -1
             digits = ""
             for j in range(i, len(groups)):
+                if j > i and (len(groups[j][2]) < 3 or len(groups[i][2]) < 3):
+                    break  # grouped card numbers come in groups of 3 or more digits
                 digits += groups[j][2]
                 if len(digits) > 19:
                     break
@@ -94,18 +111,12 @@ def _iban_spans(text: str) -> list[tuple[int, int, str]]:
         if match is None:
             return spans
         raw = match.group()
-        found = False
-        for end in range(len(raw), 14, -1):  # longest valid prefix wins
-            if raw[end - 1] == " ":
-                continue
-            compact = raw[:end].replace(" ", "").upper()
-            if _iban_valid(compact):
-                spans.append((match.start(), match.start() + end, compact))
-                pos = match.start() + end
-                found = True
-                break
-        if not found:
+        end = _iban_end(raw)
+        if end < 0:
             pos = match.start() + 1
+            continue
+        spans.append((match.start(), match.start() + end, raw[:end].replace(" ", "").upper()))
+        pos = match.start() + end
 
 
 class _PathNode:

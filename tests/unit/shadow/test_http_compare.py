@@ -1,0 +1,147 @@
+"""Unit tests of response-level comparison: status, headers, encodings, JSON and bytes bodies."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import orjson
+import pytest
+
+from shadow.compare import CompareRules
+from shadow.http_compare import (
+    BodyDecodeError,
+    HttpResponse,
+    compare_responses,
+    decode_body,
+)
+
+_JSON = ("Content-Type", "application/json")
+_DOC = {"id": 7, "items": [{"sku": "a", "price": 1.5}], "meta": {"generated_at": "t1"}}
+
+
+def _json(doc: object, *headers: tuple[str, str], status: int = 200) -> HttpResponse:
+    return HttpResponse(status, [_JSON, *headers], orjson.dumps(doc))
+
+
+def _paths(primary: HttpResponse, candidate: HttpResponse, **kwargs: object) -> list[str]:
+    result = compare_responses(primary, candidate, **kwargs)  # type: ignore[arg-type]
+    assert result.equal == (not result.differences)
+    return [d.path for d in result.differences]
+
+
+def test_identical_responses_are_equal() -> None:
+    response = _json(_DOC)
+    assert compare_responses(response, _json(_DOC)).equal
+
+
+def test_status_and_chosen_headers() -> None:
+    primary = _json(_DOC, ("Location", "/a"), ("Date", "x"), ("Cache-Control", "no-store"))
+    candidate = _json(_DOC, ("location", "/b"), ("date", "y"), status=201)
+    result = compare_responses(primary, candidate)
+    assert [(d.path, d.kind) for d in result.differences] == [
+        ("status", "changed"),
+        ("headers.location", "changed"),
+        ("headers.cache-control", "removed"),
+    ]
+    assert result.differences[0].primary == 200 and result.differences[0].candidate == 201
+    assert _paths(primary, candidate, ignore_headers=["location", "cache-control"]) == ["status"]
+    assert _paths(primary, candidate, compared_headers=["date"], ignore_headers=[]) == [
+        "status",
+        "headers.date",
+    ]
+
+
+def test_content_type_parameters_are_compared_loosely_but_media_types_strictly() -> None:
+    loose = HttpResponse(200, [("content-type", "application/json;charset=UTF-8")], b"{}")
+    spaced = HttpResponse(200, [("content-type", "Application/JSON; charset=utf-8")], b"{}")
+    assert compare_responses(loose, spaced).equal
+    text = HttpResponse(200, [("content-type", "text/plain")], b"{}")
+    assert _paths(loose, text) == ["headers.content-type"]
+
+
+def test_json_bodies_compare_structurally_with_rules() -> None:
+    primary = HttpResponse(200, [_JSON], b'{"id": 7,  "items": [{"sku":"a","price":1.5}]}')
+    candidate = HttpResponse(200, [_JSON], b'{"items":[{"price":1.5,"sku":"a"}],"id":7}')
+    assert compare_responses(primary, candidate).equal
+    changed = _json(
+        {"id": 8, "items": [{"sku": "a", "price": 1.5}], "meta": {"generated_at": "t2"}}
+    )
+    assert _paths(_json(_DOC), changed) == ["$.id", "$.meta.generated_at"]
+    rules = CompareRules(ignore_json_paths=["$.meta.generated_at"])
+    assert _paths(_json(_DOC), changed, rules=rules) == ["$.id"]
+
+
+def test_json_detected_without_a_json_content_type() -> None:
+    primary = HttpResponse(200, [], b"[1, 2]")
+    candidate = HttpResponse(200, [], b"[1,3]")
+    assert _paths(primary, candidate) == ["$[1]"]
+
+
+def test_other_bodies_compare_as_bytes() -> None:
+    primary = HttpResponse(200, [("content-type", "text/html")], b"<p>a</p>")
+    candidate = HttpResponse(200, [("content-type", "text/html")], b"<p>b</p>")
+    result = compare_responses(primary, candidate)
+    assert [(d.path, d.kind) for d in result.differences] == [("$", "changed")]
+    assert str(result.differences[0].primary).startswith("<8 bytes sha256:")
+    half_json = HttpResponse(200, [_JSON], b'{"a": 1')
+    assert _paths(half_json, HttpResponse(200, [_JSON], b'{"a": 1}')) == ["$"]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encode"),
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda data: zlib.compress(data)[2:-4]),  # raw deflate, no zlib wrapper
+        ("gzip, deflate", lambda data: zlib.compress(gzip.compress(data))),
+    ],
+)
+def test_content_encodings_are_decoded_on_either_side(encoding: str, encode: object) -> None:
+    body = orjson.dumps(_DOC)
+    encoded = encode(body)  # type: ignore[operator]
+    plain = HttpResponse(200, [_JSON], body)
+    packed = HttpResponse(200, [_JSON, ("Content-Encoding", encoding)], encoded)
+    assert _paths(plain, packed, ignore_headers=[]) == []
+    assert _paths(packed, plain) == []
+    other = orjson.dumps({**_DOC, "id": 9})
+    assert _paths(packed, HttpResponse(200, [_JSON], other)) == ["$.id"]
+
+
+def test_brotli_bodies_are_decoded() -> None:
+    brotli = pytest.importorskip("brotli")
+    body = orjson.dumps(_DOC)
+    packed = HttpResponse(200, [_JSON, ("content-encoding", "br")], brotli.compress(body))
+    assert compare_responses(packed, HttpResponse(200, [_JSON], body)).equal
+
+
+def test_undecodable_bodies_differ_without_raising() -> None:
+    corrupt = HttpResponse(200, [_JSON, ("content-encoding", "gzip")], b"not gzip at all")
+    good = _json(_DOC)
+    result = compare_responses(corrupt, good)
+    assert [(d.path, d.kind) for d in result.differences] == [("$", "changed")]
+    assert compare_responses(corrupt, corrupt).equal  # identical bytes need no decoding
+    unknown = HttpResponse(200, [("content-encoding", "zstd")], b"\x28\xb5")
+    assert not compare_responses(unknown, good).equal
+
+
+def test_decode_body_caps_the_decoded_size() -> None:
+    bomb = gzip.compress(b"\0" * 1_000_000)
+    assert len(decode_body(bomb, "gzip")) == 1_000_000
+    with pytest.raises(BodyDecodeError):
+        decode_body(bomb, "gzip", limit=1000)
+    assert decode_body(b"x", None) == b"x"
+    assert decode_body(b"x", "identity") == b"x"
+
+
+def test_deep_json_bodies_never_raise() -> None:
+    deep = b"[" * 5000 + b"1" + b"]" * 5000
+    other = b"[" * 5000 + b"2" + b"]" * 5000
+    result = compare_responses(HttpResponse(200, [_JSON], deep), HttpResponse(200, [_JSON], other))
+    assert not result.equal
+
+
+def test_header_lookup_joins_repeated_values() -> None:
+    response = HttpResponse(200, [("Cache-Control", "no-cache"), ("cache-control", " private")])
+    assert response.header("CACHE-CONTROL") == "no-cache, private"
+    assert response.header("location") is None

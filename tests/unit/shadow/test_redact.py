@@ -1,0 +1,178 @@
+"""Unit tests of redaction: detectors, configured paths, headers, bodies, keyed tokens."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import re
+from typing import Any
+
+import orjson
+import pytest
+
+from shadow.redact import KEY_ENV, Redactor
+
+_TOKEN = re.compile(r"REDACTED:[0-9a-f]{10}")
+_CARD = "4111111111111111"  # a test Visa number that passes Luhn
+_IBAN = "DE89370400440532013000"  # the canonical valid example IBAN
+
+
+@pytest.fixture
+def redactor() -> Redactor:
+    return Redactor(["$.buyer.email", "$.shipping_address", "$.items[*].note"], key=b"k" * 32)
+
+
+def test_tokens_are_stable_per_key_and_differ_across_keys(redactor: Redactor) -> None:
+    assert redactor.token("x") == Redactor(key=b"k" * 32).token("x")
+    assert _TOKEN.fullmatch(redactor.token("x"))
+    assert redactor.token("x") != redactor.token("y")
+    assert redactor.token("x") != Redactor(key=b"other").token("x")
+
+
+def test_key_comes_from_the_environment() -> None:
+    one = Redactor.from_env(environ={KEY_ENV: "secret"})
+    assert one.token("a") == Redactor.from_env(environ={KEY_ENV: "secret"}).token("a")
+    assert one.token("a") == Redactor(key=b"secret").token("a")
+    # Unset: a random per-process key, so two redactors disagree.
+    assert Redactor.from_env(environ={}).token("a") != Redactor.from_env(environ={}).token("a")
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["bob@example.com", "a.b+tag@mail.example.co.uk", "X_Y%z@host-1.io"],
+)
+def test_emails_are_redacted_in_text(redactor: Redactor, secret: str) -> None:
+    out = redactor.redact_text(f"contact <{secret}> now")
+    assert secret not in out
+    assert out == f"contact <{redactor.token(secret)}> now"
+
+
+@pytest.mark.parametrize(
+    ("text", "digits"),
+    [
+        (_CARD, _CARD),
+        ("4111 1111 1111 1111", _CARD),
+        ("4111-1111-1111-1111", _CARD),
+        ("card: 5500 0000 0000 0004, exp 12/29", "5500000000000004"),
+        (f"{_CARD} 12", _CARD),  # trailing digits do not hide the card
+        ("378282246310005", "378282246310005"),  # 15-digit Amex
+    ],
+)
+def test_card_numbers_passing_luhn_are_redacted(redactor: Redactor, text: str, digits: str) -> None:
+    out = redactor.redact_text(text)
+    assert digits not in out.replace(" ", "").replace("-", "")
+    assert redactor.token(digits) in out  # formatting does not change the token
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["4111111111111112", "order 1234567890123", "2024-05-01 10:00:00", "12345678901234567890123"],
+)
+def test_numbers_failing_luhn_or_length_are_kept(redactor: Redactor, text: str) -> None:
+    assert redactor.redact_text(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "iban"),
+    [
+        (_IBAN, _IBAN),
+        ("DE89 3704 0044 0532 0130 00", _IBAN),
+        ("pay to GB82WEST12345698765432 today", "GB82WEST12345698765432"),
+        ("gb82 west 1234 5698 7654 32", "GB82WEST12345698765432"),
+    ],
+)
+def test_ibans_passing_mod97_are_redacted(redactor: Redactor, text: str, iban: str) -> None:
+    out = redactor.redact_text(text)
+    assert iban not in out.replace(" ", "").upper()
+    assert redactor.token(iban) in out
+
+
+def test_ibans_failing_mod97_are_kept(redactor: Redactor) -> None:
+    assert redactor.redact_text("DE89370400440532013001") == "DE89370400440532013001"
+
+
+def test_json_paths_and_detectors(redactor: Redactor) -> None:
+    doc: dict[str, Any] = {
+        "buyer": {"email": "Not An Email", "name": "Ada", "phone": "ada@example.com"},
+        "shipping_address": {"street": "1 Way", "zip": "N1"},
+        "items": [{"note": 42, "sku": "a"}, {"note": None}],
+        "card": int(_CARD),
+        "iban": [f"IBAN {_IBAN}"],
+        "bob@example.com": True,
+    }
+    before = copy.deepcopy(doc)
+    out = redactor.redact_json(doc)
+    assert doc == before  # the input is not changed
+    assert out["buyer"] == {
+        "email": redactor.token("Not An Email"),
+        "name": "Ada",
+        "phone": redactor.token("ada@example.com"),
+    }
+    assert _TOKEN.fullmatch(out["shipping_address"])
+    assert out["items"][0]["sku"] == "a"
+    assert _TOKEN.fullmatch(out["items"][0]["note"]) and _TOKEN.fullmatch(out["items"][1]["note"])
+    assert out["card"] == redactor.token(_CARD)
+    assert out["iban"] == [f"IBAN {redactor.token(_IBAN)}"]
+    assert redactor.token("bob@example.com") in out
+    dumped = orjson.dumps(out)
+    for secret in (b"Not An Email", b"ada@example.com", b"1 Way", _CARD.encode(), _IBAN.encode()):
+        assert secret not in dumped
+
+
+def test_equal_values_on_two_sides_keep_equal_tokens(redactor: Redactor) -> None:
+    legacy = redactor.redact_json({"buyer": {"email": "a@b.io"}, "x": "mail a@b.io"})
+    candidate = redactor.redact_json({"buyer": {"email": "a@b.io"}, "x": "mail c@d.io"})
+    assert legacy["buyer"] == candidate["buyer"]
+    assert legacy["x"] != candidate["x"]
+
+
+def test_headers(redactor: Redactor) -> None:
+    pairs = [
+        ("Authorization", "Bearer abc"),
+        ("Cookie", "sid=1"),
+        ("Set-Cookie", "sid=2; HttpOnly"),
+        ("Proxy-Authorization", "Basic x"),
+        ("X-Api-Key", "k1"),
+        ("X-Contact", "bob@example.com"),
+        ("Content-Type", "application/json"),
+    ]
+    out = redactor.redact_headers(pairs)
+    assert [name for name, _ in out] == [name for name, _ in pairs]
+    assert all(_TOKEN.fullmatch(value) for _, value in out[:6])
+    assert out[0][1] == redactor.token("Bearer abc")
+    assert out[6] == ("Content-Type", "application/json")
+
+
+def test_bodies(redactor: Redactor) -> None:
+    json_body = orjson.dumps({"buyer": {"email": "x"}, "msg": "bob@example.com"})
+    out = orjson.loads(redactor.redact_body(json_body, "application/json"))
+    assert out == {
+        "buyer": {"email": redactor.token("x")},
+        "msg": redactor.token("bob@example.com"),
+    }
+    text = redactor.redact_body(b"hi bob@example.com \xff\xfe", "text/plain")
+    assert text == f"hi {redactor.token('bob@example.com')} ".encode() + b"\xff\xfe"
+    packed = redactor.redact_body(gzip.compress(json_body), "application/json", "gzip")
+    assert b"bob@example.com" not in packed and b"REDACTED:" in packed
+    assert redactor.redact_body(b"garbage", None, "gzip").startswith(b"REDACTED:")
+    assert redactor.redact_body(b"", "application/json") == b""
+    broken = redactor.redact_body(b'{"a": "bob@example.com"', "application/json")
+    assert b"bob@example.com" not in broken
+
+
+@pytest.mark.parametrize("as_dict", [False, True])
+def test_ten_thousand_levels(redactor: Redactor, as_dict: bool) -> None:
+    value: Any = "bob@example.com"
+    for _ in range(10_000):
+        value = {"n": value} if as_dict else [value]
+    out = redactor.redact_json(value)
+    for _ in range(10_000):
+        out = out["n"] if as_dict else out[0]
+    assert out == redactor.token("bob@example.com")
+    deep = b"[" * 10_000 + b'"bob@example.com"' + b"]" * 10_000
+    assert b"bob@example.com" not in redactor.redact_body(deep, "application/json")
+
+
+def test_pathological_text_is_fast_and_safe(redactor: Redactor) -> None:
+    for text in ("a" * 200_000 + "@", "1 " * 100_000, "a@" * 100_000, "DE89" + "1" * 100_000):
+        assert isinstance(redactor.redact_text(text), str)
