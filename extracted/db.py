@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 __all__ = ["SQLITE_BUSY_TIMEOUT_MS", "create_engine", "is_unavailable", "transaction"]
@@ -21,21 +21,27 @@ _WRITE_OPTION = "strangler_write"
 
 
 def create_engine(db_url: str) -> AsyncEngine:
-    """An async engine for `db_url`, tuned so concurrent writers serialize instead of failing."""
+    """An async engine for `db_url`, tuned so concurrent writers serialize instead of failing.
+
+    SQLite waits up to SQLITE_BUSY_TIMEOUT_MS for the write lock unless the URL sets
+    `?timeout=SECONDS`; PostgreSQL pings pooled connections so a dead one is replaced.
+    """
     if db_url.startswith("sqlite"):
         engine = create_async_engine(db_url)
-        _tune_sqlite(engine)
+        # A `?timeout=SECONDS` in the URL is the driver's busy timeout; keep it if given.
+        _tune_sqlite(engine, busy_timeout="timeout" not in make_url(db_url).query)
         return engine
     return create_async_engine(db_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-def _tune_sqlite(engine: AsyncEngine) -> None:
+def _tune_sqlite(engine: AsyncEngine, *, busy_timeout: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control away from the driver so BEGIN IMMEDIATE below is ours.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        if busy_timeout:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()

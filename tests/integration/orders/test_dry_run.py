@@ -94,3 +94,12 @@ async def test_dry_run_of_every_write_changes_nothing(
         assert (real.status, real.body) == (dry_moves[action].status, dry_moves[action].body)
         assert real.status == 200, action
     assert await dump_tables(db_url) != before
+
+
+async def test_the_monolith_ignores_the_dry_run_header(
+    aiohttp_client: MakeClient, sqlite_url: str
+) -> None:
+    client = await make_client(aiohttp_client, "legacy", sqlite_url, FakeClock())
+    headers = {"Idempotency-Key": "k", **DRY}
+    assert (await client.post("/api/v1/orders", json=new_order(), headers=headers)).status == 201
+    assert len((await dump_tables(sqlite_url))["orders"]) == 1

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from typing import Any
 
 import psycopg
+import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+import extracted.app
+import legacy.app
 from tests.conftest import pg_base_url
 from tests.integration.orders.harness import (
     FakeClock,
@@ -93,3 +97,40 @@ async def test_terminated_backend_during_create_is_503_without_partial_state(
     assert await dump_tables(pg_url) == before
     retried = await client.post("/api/v1/orders", **body)
     assert retried.status == 201
+
+
+@pytest.mark.parametrize("side", ["legacy", "extracted"])
+async def test_unreachable_database_is_503_on_both_sides(
+    aiohttp_client: MakeClient, side: str
+) -> None:
+    db_url = "postgresql+psycopg://postgres@127.0.0.1:1/test"  # nothing listens on port 1
+    app = legacy.app.create_app(db_url) if side == "legacy" else extracted.app.create_app(db_url)
+    client = await aiohttp_client(app)
+    read = await client.get("/api/v1/orders/1")
+    write = await client.post("/api/v1/orders", json=new_order(), headers={"Idempotency-Key": "k"})
+    for resp in (read, write):
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "1"
+        assert (await resp.json())["error"]["code"] == "unavailable"
+
+
+@pytest.mark.parametrize("side", ["legacy", "extracted"])
+async def test_sqlite_write_lock_timeout_is_503_and_reads_go_on(
+    aiohttp_client: MakeClient, sqlite_url: str, side: str
+) -> None:
+    client = await make_client(aiohttp_client, side, f"{sqlite_url}?timeout=0.2", FakeClock())
+    body: dict[str, Any] = {"json": new_order(), "headers": {"Idempotency-Key": "k"}}
+    assert (await client.post("/api/v1/orders", **body)).status == 201
+    before = await dump_tables(sqlite_url)
+    blocker = sqlite3.connect(sqlite_url.split("///", 1)[1], isolation_level=None)
+    try:
+        blocker.execute("BEGIN EXCLUSIVE")
+        await _assert_unavailable(asyncio.ensure_future(client.post("/api/v1/orders/1/ship")))
+        other: dict[str, Any] = {"json": new_order(8), "headers": {"Idempotency-Key": "k"}}
+        await _assert_unavailable(asyncio.ensure_future(client.post("/api/v1/orders", **other)))
+        assert (await client.get("/api/v1/orders/1")).status == 200
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert await dump_tables(sqlite_url) == before
+    assert (await client.post("/api/v1/orders/1/ship")).status == 200
