@@ -361,8 +361,13 @@ def _same_text(a: Any, b: Any) -> bool:
 
 def _bulk_same(held: list[tuple[int, _Frame]]) -> bool:
     """True only if every held frame holds two equal JSON trees (see `_same_tree`)."""
+    return _same_text_safe([frame[0] for _, frame in held], [frame[1] for _, frame in held])
+
+
+def _same_text_safe(a: list[Any], b: list[Any]) -> bool:
+    """`_same_text` for lists of `==`-equal subtrees; False when they cannot be serialised."""
     try:
-        return _same_text([frame[0] for _, frame in held], [frame[1] for _, frame in held])
+        return _same_text(a, b)
     except Exception:
         return False
 
@@ -507,6 +512,18 @@ def _merge(nodes: tuple[_Node, ...]) -> tuple[bool, tuple[Normalizer, ...], _Nod
 
 def compare(primary: Any, candidate: Any, rules: CompareRules = _DEFAULT_RULES) -> Comparison:
     """Compare two decoded JSON values under `rules`; never raises."""
+    result = _walk(primary, candidate, rules, True)
+    if result is None:  # a subtree taken as equal was not (True against 1): walk it all
+        result = _walk(primary, candidate, rules, False)
+        assert result is not None  # nothing is deferred without `defer`
+    return result
+
+
+def _walk(primary: Any, candidate: Any, rules: CompareRules, defer: bool) -> Comparison | None:
+    """The walk. With `defer`, `==`-equal subtrees are skipped at once and checked together
+    at the end (None if that check fails); otherwise they are checked per container."""
+    deferred_a: list[Any] = []
+    deferred_b: list[Any] = []
     limit = rules.max_differences
     tolerance = rules.numeric_tolerance
     diffs: list[Difference] = []
@@ -597,6 +614,10 @@ def compare(primary: Any, candidate: Any, rules: CompareRules = _DEFAULT_RULES) 
                     except RecursionError:
                         same = False
                     if same:
+                        if defer:
+                            deferred_a.append(x)
+                            deferred_b.append(y)
+                            continue
                         step = _step(nodes, segment) if nodes else ()
                         held.append((len(frames), (x, y, (path, segment), step, deeper, True)))
                         continue
@@ -616,4 +637,6 @@ def compare(primary: Any, candidate: Any, rules: CompareRules = _DEFAULT_RULES) 
                 emit(path, "changed", shown_a, shown_b)
         elif not _leaf_equal(a, b):
             emit(path, "changed", shown_a, shown_b)
+    if deferred_a and not _same_text_safe(deferred_a, deferred_b):
+        return None
     return Comparison(not diffs and not truncated, diffs, truncated)

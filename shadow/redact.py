@@ -15,11 +15,12 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Final
 
 import orjson
 
-from shadow.compare import parse_path
+from shadow.compare import Difference, parse_path
 from shadow.http_compare import BodyDecodeError, decode_body, parse_json_body
 
 __all__ = ["KEY_ENV", "PREFIX", "SECRET_HEADERS", "Redactor"]
@@ -219,10 +220,26 @@ class Redactor:
                 return self.token(digits)
         return value
 
-    def redact_json(self, value: Any) -> Any:
-        """A redacted copy of a decoded JSON value (any depth; the input is not changed)."""
+    def _nodes_at(self, at: str) -> tuple[_PathNode, ...]:
+        nodes = self._root
+        if at == "$" or not nodes:
+            return nodes
+        try:
+            segments = parse_path(at)
+        except ValueError:  # `status`, `headers.x`: outside the body, detectors only
+            return ()
+        for segment in segments:
+            nodes = _step(nodes, segment)
+            if not nodes:
+                break
+        return nodes
+
+    def redact_json(self, value: Any, at: str = "$") -> Any:
+        """A redacted copy of a decoded JSON value found at concrete path `at` of a body
+        (any depth; the input is not changed)."""
         holder: list[Any] = [None]
-        stack: list[tuple[Any, Any, Any, tuple[_PathNode, ...]]] = [(value, holder, 0, self._root)]
+        start = self._nodes_at(at)
+        stack: list[tuple[Any, Any, Any, tuple[_PathNode, ...]]] = [(value, holder, 0, start)]
         while stack:
             source, target, slot, nodes = stack.pop()
             if nodes and any(node.hit for node in nodes):
@@ -248,6 +265,14 @@ class Redactor:
             else:
                 target[slot] = source
         return holder[0]
+
+    def redact_difference(self, difference: Difference) -> Difference:
+        """`difference` with both values redacted as they would be in place in the body."""
+        return replace(
+            difference,
+            primary=self.redact_json(difference.primary, difference.path),
+            candidate=self.redact_json(difference.candidate, difference.path),
+        )
 
     def redact_headers(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Header pairs with credential values tokenised and the rest text-redacted."""

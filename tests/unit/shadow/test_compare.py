@@ -335,3 +335,13 @@ def test_without_drops_patterns_and_their_subtrees() -> None:
     same, none = result.without(set())
     assert same is result and none == frozenset()
     assert result.patterns == ("$.a.b", "$.a.c", "$.d[*].e", "$.f")
+
+
+def test_bool_hidden_in_an_equal_looking_subtree_keeps_document_order() -> None:
+    primary = [{"x": [True, {"y": 0}]}, 5, {"z": False}]
+    candidate = [{"x": [1, {"y": 0.0}]}, 6, {"z": 0}]
+    assert _found(compare(primary, candidate)) == [
+        ("$[0].x[0]", "type"),
+        ("$[1]", "changed"),
+        ("$[2].z", "type"),
+    ]

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from shadow.compare import compare
 from shadow.redact import KEY_ENV, Redactor
 
 _TOKEN = re.compile(r"REDACTED:[0-9a-f]{10}")
@@ -176,3 +177,23 @@ def test_ten_thousand_levels(redactor: Redactor, as_dict: bool) -> None:
 def test_pathological_text_is_fast_and_safe(redactor: Redactor) -> None:
     for text in ("a" * 200_000 + "@", "1 " * 100_000, "a@" * 100_000, "DE89" + "1" * 100_000):
         assert isinstance(redactor.redact_text(text), str)
+
+
+def test_values_found_deeper_in_a_body_are_redacted_as_in_place(redactor: Redactor) -> None:
+    assert redactor.redact_json({"email": "x", "name": "y"}, at="$.buyer") == {
+        "email": redactor.token("x"),
+        "name": "y",
+    }
+    assert redactor.redact_json("x", at="$.buyer.email") == redactor.token("x")
+    assert redactor.redact_json("x", at="$.items[3].note") == redactor.token("x")
+    assert redactor.redact_json("x", at="$.items[3].sku") == "x"
+    assert redactor.redact_json("a@b.io", at="headers.location") == redactor.token("a@b.io")
+
+
+def test_differences_are_redacted(redactor: Redactor) -> None:
+    result = compare({"buyer": {"email": "p"}, "n": "a@b.io"}, {"buyer": {"email": "c"}, "n": 1})
+    redacted = [redactor.redact_difference(d) for d in result.differences]
+    assert [(d.path, d.kind, d.primary, d.candidate) for d in redacted] == [
+        ("$.buyer.email", "changed", redactor.token("p"), redactor.token("c")),
+        ("$.n", "type", redactor.token("a@b.io"), 1),
+    ]
