@@ -6,10 +6,12 @@ database down) returns a note instead of rows; an exception in one never stops t
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,7 +115,9 @@ def run_sections(ctx: SectionContext, sections: list[Section] | None = None) -> 
     results: dict[str, Row] = {}
     for section in SECTIONS if sections is None else sections:
         try:
-            result = section.run(ctx)
+            # A section's own prints go to stderr, so stdout holds only the bench's tables.
+            with contextlib.redirect_stdout(sys.stderr):
+                result = section.run(ctx)
         except Exception as exc:
             result = SectionResult(note=f"failed: {exc.__class__.__name__}: {exc}")
         results[section.key] = {"title": section.title, "rows": result.rows, "note": result.note}
