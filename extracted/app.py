@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -107,13 +108,18 @@ def _order_id(request: web.Request) -> int:
     return int(raw)
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def _body(request: web.Request, *, required: bool) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip() and not required:
         return {}
     try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        # The stdlib parser, strict about NaN/Infinity, decodes exactly as the monolith does.
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+    except ValueError:
         raise _BadRequest("invalid_json", "request body is not valid JSON") from None
     if not isinstance(doc, dict):
         raise _BadRequest("invalid_json", "request body must be a JSON object")

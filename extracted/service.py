@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -81,8 +82,9 @@ async def _no_checkpoint(_stage: str, _conn: AsyncConnection) -> None:
 
 
 def request_hash(body: Any) -> str:
-    """A stable fingerprint of a decoded JSON request body."""
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    """A stable fingerprint of a decoded JSON request body (the same on both sides)."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class OrderService:

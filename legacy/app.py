@@ -137,12 +137,16 @@ def _order_id(request: web.Request) -> int:
     return int(raw)
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 async def _json_body(request: web.Request, optional: bool) -> dict[str, Any]:
-    raw = await request.text()
+    raw = await request.read()
     if optional and not raw.strip():
         return {}
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     except ValueError:
         raise _Fail(400, "invalid_json", "request body is not valid JSON") from None
     if not isinstance(doc, dict):

@@ -32,7 +32,7 @@ class Step:
     path: str
     status: int
     json: Any = None
-    data: str | None = None
+    data: str | bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     advance_ms: int = 1000
 
@@ -43,6 +43,7 @@ def _key(k: str) -> dict[str, str]:
 
 _BAD_CURRENCY = {**new_order(), "currency": "XXX"}
 _BAD_PRICE = new_order(unit_price="12.5")
+_HUGE_ID = {**new_order(), "buyer": {"id": 2**70, "email": "a@b.c", "name": "A"}}
 _NO_ITEMS = {**new_order(), "items": []}
 _BAD_EMAIL = {**new_order(), "buyer": {"id": 7, "email": "nope", "name": "A"}}
 
@@ -55,6 +56,11 @@ SCENARIO: list[Step] = [
         "create bad currency", "POST", "/api/v1/orders", 422, json=_BAD_CURRENCY, headers=_key("k0")
     ),
     Step("create bad price", "POST", "/api/v1/orders", 422, json=_BAD_PRICE, headers=_key("k0")),
+    Step("create NaN", "POST", "/api/v1/orders", 400, data='{"a": NaN}', headers=_key("k0")),
+    Step(
+        "create not utf-8", "POST", "/api/v1/orders", 400, data=b'{"a": "\xff"}', headers=_key("k0")
+    ),
+    Step("create huge buyer id", "POST", "/api/v1/orders", 422, json=_HUGE_ID, headers=_key("k0")),
     Step("create no items", "POST", "/api/v1/orders", 422, json=_NO_ITEMS, headers=_key("k0")),
     Step("create bad email", "POST", "/api/v1/orders", 422, json=_BAD_EMAIL, headers=_key("k0")),
     Step("create #1", "POST", "/api/v1/orders", 201, json=new_order(), headers=_key("k1")),
