@@ -106,7 +106,8 @@ def _format_segment(segment: Segment) -> str:
         return "[*]"
     if type(segment) is int:
         return f"[{segment}]"
-    assert isinstance(segment, str)
+    if not isinstance(segment, str):  # not JSON, but compare must not fail on it
+        segment = str(segment)
     if _NAME_FULL.match(segment):
         return "." + segment
     escaped = segment.replace("\\", "\\\\").replace('"', '\\"')

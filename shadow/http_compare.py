@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import re
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ except ImportError:  # optional: br bodies then compare as raw bytes
 COMPARED_HEADERS: Final = ("content-type", "location", "cache-control")
 MAX_DECODED_BYTES: Final = 64 << 20  # a decompression bomb stops here
 _NOT_JSON: Final[Any] = object()
+_LONG_DIGITS: Final = re.compile(rb"[0-9]{20}")
 _JSON_STARTS: Final = frozenset(bytes([c]) for c in b'{["-0123456789tfn')
 
 
@@ -100,10 +102,11 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int = MAX_DECO
 
 def parse_json_body(body: bytes) -> Any:
     """The decoded JSON value of `body`, or raise `ValueError` if it is not JSON."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        pass
+    if not _LONG_DIGITS.search(body):  # orjson reads integers past 64 bits as floats
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
     try:  # orjson refuses nesting past 1024 and non-UTF-8 encodings; json takes some of those
         return json.loads(body)
     except (ValueError, RecursionError) as exc:

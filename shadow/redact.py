@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import re
 import secrets
@@ -310,9 +311,14 @@ class Redactor:
             except ValueError:
                 pass
             else:
+                redacted = self.redact_json(value)
                 try:
-                    return orjson.dumps(self.redact_json(value))
-                except Exception:  # beyond orjson (depth, huge ints): fall through to text
+                    return orjson.dumps(redacted)
+                except Exception:  # past 64-bit integers or orjson's depth limit
+                    pass
+                try:
+                    return json.dumps(redacted, separators=(",", ":")).encode()
+                except (ValueError, RecursionError):  # too deep even for json: text below
                     pass
         text = body.decode("utf-8", "surrogateescape")
         return self.redact_text(text).encode("utf-8", "surrogateescape")

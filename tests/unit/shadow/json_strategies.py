@@ -6,7 +6,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-__all__ = ["json_values", "non_integral_json_values"]
+__all__ = ["json_values", "json_values_with_nan", "non_integral_json_values"]
 
 _keys = st.text(max_size=6)
 _big_ints = st.integers(min_value=2**64, max_value=2**200) | st.integers(
@@ -26,6 +26,7 @@ def _values(floats: st.SearchStrategy[float]) -> st.SearchStrategy[Any]:
 
 
 json_values = _values(st.floats(allow_nan=False))
+json_values_with_nan = _values(st.floats())
 # Floats with a fractional part (or infinite) never equal an int, which keeps the one
 # deliberate difference from DeepDiff's defaults (we treat 1 and 1.0 as the same number)
 # out of the agreement test; unit tests cover that rule instead.

@@ -11,7 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shadow.compare import Segment, compare, format_path, parse_path
-from tests.unit.shadow.json_strategies import json_values, non_integral_json_values
+from tests.unit.shadow.json_strategies import (
+    json_values,
+    json_values_with_nan,
+    non_integral_json_values,
+)
 
 _SETTINGS = settings(deadline=None, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 
@@ -23,6 +27,15 @@ def test_a_value_equals_itself_and_its_copy(value: Any) -> None:
     result = compare(value, copy.deepcopy(value))
     assert result.equal, result.differences
     assert result.differences == []
+
+
+@_SETTINGS
+@given(json_values_with_nan, json_values_with_nan)
+def test_any_pair_compares_without_raising(first: Any, second: Any) -> None:
+    result = compare(first, second)
+    assert result.equal == (not result.differences)
+    assert compare(first, copy.deepcopy(first)).equal  # NaN equals NaN here
+    assert all(d.kind in ("changed", "added", "removed", "type") for d in result.differences)
 
 
 def _walk(

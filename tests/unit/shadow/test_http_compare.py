@@ -145,3 +145,9 @@ def test_header_lookup_joins_repeated_values() -> None:
     response = HttpResponse(200, [("Cache-Control", "no-cache"), ("cache-control", " private")])
     assert response.header("CACHE-CONTROL") == "no-cache, private"
     assert response.header("location") is None
+
+
+def test_integers_past_64_bits_keep_their_precision() -> None:
+    primary = HttpResponse(200, [_JSON], b'{"n": 123456789012345678901234567890}')
+    candidate = HttpResponse(200, [_JSON], b'{"n": 123456789012345678901234567891}')
+    assert _paths(primary, candidate) == ["$.n"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import json
 import re
 from typing import Any
 
@@ -197,3 +198,9 @@ def test_differences_are_redacted(redactor: Redactor) -> None:
         ("$.buyer.email", "changed", redactor.token("p"), redactor.token("c")),
         ("$.n", "type", redactor.token("a@b.io"), 1),
     ]
+
+
+def test_json_bodies_with_huge_integers_keep_them(redactor: Redactor) -> None:
+    body = b'{"n": 123456789012345678901234567890, "buyer": {"email": "x"}}'
+    out = json.loads(redactor.redact_body(body, "application/json"))
+    assert out == {"n": 123456789012345678901234567890, "buyer": {"email": redactor.token("x")}}
