@@ -48,7 +48,7 @@ _MAX_ID = 2**31 - 1
 _MAX_PER_PAGE = 100
 _RETRY_AFTER_S = "1"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class _BadRequest(Exception):
@@ -75,7 +75,7 @@ def _error(http_status: int, code: str, message: str, **extra: Any) -> web.Respo
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
     """Translate every failure into the contract's error body at one boundary."""
     try:
         return await handler(request)

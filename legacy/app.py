@@ -43,7 +43,7 @@ _MONEY = re.compile(r"(0|[1-9][0-9]{0,8})\.[0-9]{2}")
 _ID = re.compile(r"[1-9][0-9]{0,9}")
 _MAX_ID = 2147483647
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class _Fail(Exception):
@@ -103,7 +103,7 @@ def _reply(status: int, doc: Any, headers: dict[str, str] | None = None) -> web.
 
 
 @web.middleware
-async def _failures(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _failures(request: web.Request, handler: _Handler) -> web.StreamResponse:
     """The monolith's one error page, as JSON."""
     try:
         return await handler(request)
