@@ -138,7 +138,7 @@ class Recorder:
                 self._run(), name="strangler-recorder"
             )
 
-    async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 (grace period)
+    async def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting records, flush what is buffered for up to `timeout` seconds.
 
         Whatever is still unwritten afterwards is counted as failed.
@@ -160,7 +160,7 @@ class Recorder:
             self._counters(rec.route).failed += 1
         self._idle.set()
 
-    async def flush(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109 (grace period)
+    async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued so far is written or given up; False on timeout."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)

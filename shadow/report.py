@@ -7,6 +7,7 @@ report over millions of comparisons stays fast on PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -20,14 +21,13 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     and_,
-    case,
     cast,
-    extract,
     func,
     literal_column,
     select,
+    tuple_,
+    union_all,
 )
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from shadow.record import DiffExample
@@ -361,25 +361,17 @@ async def build_report(
     generated = now or datetime.now(UTC)
     default = default_thresholds or Thresholds()
     by_route = dict(thresholds_by_route or {})
+    window = _Window(since, until, tuple(routes))
     try:
-        async with store.engine.connect() as conn:
-            q = _Queries(conn, store.dialect, since, until, tuple(routes))
-            counts = await q.counts()
-            names = sorted(set(counts) | set(routes))
-            latencies = await q.latencies()
-            paths = await q.paths(top_n)
-            wanted = [(r, p.pattern) for r in names for p in paths.get(r, ((), 0, ()))[0]]
-            examples = await q.examples(wanted)
-            first = min((c.first for c in counts.values() if c.first), default=None)
-            last = max((c.last for c in counts.values() if c.last), default=None)
-            span_start, span_end = since or first, until or last or generated
-            bucket = _bucket_size(span_start, span_end, max_buckets)
-            series = await q.series(bucket)
+        counts, series, paths, examples, latencies, bucket = await _read(
+            store, window, top_n, max_buckets, generated
+        )
     except StoreError:
         raise
     except Exception as e:  # a store that answers but cannot be read is a store error too
         detail = str(getattr(e, "orig", None) or e).strip().splitlines()[0:1]
         raise StoreError(f"cannot read the store at {store.url}: {' '.join(detail)}") from e
+    names = sorted(set(counts) | set(routes))
 
     reports: list[RouteReport] = []
     for name in names:
@@ -476,57 +468,143 @@ class _Top:
     count: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Window:
+    since: datetime | None
+    until: datetime | None
+    routes: tuple[str, ...]
+
+    def where(self, table: Any) -> ColumnElement[bool]:
+        conds: list[ColumnElement[bool]] = []
+        if self.since is not None:
+            conds.append(table.c.time >= self.since)
+        if self.until is not None:
+            conds.append(table.c.time < self.until)
+        if self.routes:
+            conds.append(table.c.route.in_(self.routes))
+        return and_(True, *conds)
+
+
+_Paths = dict[str, tuple[tuple[_Top, ...], int, tuple[NoiseStat, ...]]]
+
+
+async def _read(
+    store: Store, window: _Window, top_n: int, max_buckets: int, generated: datetime
+) -> tuple[
+    dict[str, _Counts],
+    dict[str, tuple[Bucket, ...]],
+    _Paths,
+    dict[tuple[str, str], DiffExample],
+    dict[str, tuple[Latency, Latency]],
+    int,
+]:
+    pg = store.dialect == "postgresql"
+
+    async def outcomes() -> tuple[
+        dict[str, _Counts], dict[str, tuple[Bucket, ...]], _Paths, dict[Any, DiffExample], int
+    ]:
+        async with store.engine.connect() as conn:
+            q = _Queries(conn, pg, window)
+            first, last = await q.span()
+            bucket = _bucket_size(
+                window.since or first, window.until or last or generated, max_buckets
+            )
+            counts, series = await q.counts_and_series(bucket)
+            paths = await q.paths(top_n)
+            wanted = [(r, p.pattern) for r, (top, _, _) in paths.items() for p in top]
+            return counts, series, paths, await q.examples(wanted), bucket
+
+    async def latencies() -> dict[str, tuple[Latency, Latency]]:
+        async with store.engine.connect() as conn:
+            return await _Queries(conn, pg, window).latencies()
+
+    # Two connections: the percentile sorts run beside the counting scan (2 backends on PG).
+    done = await asyncio.gather(outcomes(), latencies(), return_exceptions=True)
+    for result in done:
+        if isinstance(result, BaseException):
+            raise result
+    first_part, lat = done
+    assert not isinstance(first_part, BaseException) and not isinstance(lat, BaseException)
+    counts, series, paths, examples, bucket = first_part
+    return counts, series, paths, examples, lat, bucket
+
+
 class _Queries:
     """The report's SQL, one method per aggregate, for one connection and one window."""
 
-    def __init__(
-        self,
-        conn: AsyncConnection,
-        dialect: str,
-        since: datetime | None,
-        until: datetime | None,
-        routes: tuple[str, ...],
-    ) -> None:
+    def __init__(self, conn: AsyncConnection, pg: bool, window: _Window) -> None:
         self._conn = conn
-        self._pg = dialect == "postgresql"
-        self._since = since
-        self._until = until
-        self._routes = routes
+        self._pg = pg
+        self._w = window
 
     def _window(self, table: Any) -> ColumnElement[bool]:
-        conds: list[ColumnElement[bool]] = []
-        if self._since is not None:
-            conds.append(table.c.time >= self._since)
-        if self._until is not None:
-            conds.append(table.c.time < self._until)
-        if self._routes:
-            conds.append(table.c.route.in_(self._routes))
-        return and_(True, *conds)
+        return self._w.where(table)
 
-    async def counts(self) -> dict[str, _Counts]:
+    async def span(self) -> tuple[datetime | None, datetime | None]:
+        # min/max per route ride the (route, time) index; without routes, the (time) one.
         t = comparisons
-        query = (
-            select(
-                t.c.route,
-                t.c.outcome,
-                func.count(),
-                func.min(t.c.method),
-                func.min(t.c.path),
-                func.min(t.c.time),
-                func.max(t.c.time),
-            )
-            .where(self._window(t))
-            .group_by(t.c.route, t.c.outcome)
+        wheres = (
+            [and_(self._window(t), t.c.route == r) for r in self._w.routes]
+            if self._w.routes
+            else [self._window(t)]
         )
-        found: dict[str, _Counts] = {}
-        for route, outcome, n, method, path, first, last in await self._conn.execute(query):
-            c = found.setdefault(route, _Counts())
-            c.outcomes[outcome] = int(n)
-            c.method = c.method or method or ""
-            c.path = c.path or path or ""
-            c.first = first if c.first is None or (first and first < c.first) else c.first
-            c.last = last if c.last is None or (last and last > c.last) else c.last
-        return found
+        firsts: list[datetime] = []
+        lasts: list[datetime] = []
+        for where in wheres:
+            first = await self._conn.scalar(select(func.min(t.c.time)).where(where))
+            last = await self._conn.scalar(select(func.max(t.c.time)).where(where))
+            firsts += [first] if first else []
+            lasts += [last] if last else []
+        return (min(firsts, default=None), max(lasts, default=None))
+
+    async def counts_and_series(
+        self, bucket: int
+    ) -> tuple[dict[str, _Counts], dict[str, tuple[Bucket, ...]]]:
+        t = comparisons
+        size: ColumnElement[int] = literal_column(str(int(bucket)), Integer)
+        if self._pg:
+            index: Any = cast(func.floor(func.date_part("epoch", t.c.time) / size), Integer)
+        else:
+            index = cast(func.strftime("%s", t.c.time), Integer) / size
+        index = index.label("b")
+        query = (
+            select(t.c.route, t.c.outcome, index, func.count())
+            .where(self._window(t))
+            .group_by(t.c.route, t.c.outcome, index)
+        )
+        counts: dict[str, _Counts] = {}
+        buckets: dict[str, dict[int, list[int]]] = {}
+        for route, outcome, b, n in await self._conn.execute(query):
+            c = counts.setdefault(route, _Counts())
+            c.outcomes[outcome] = c.outcomes.get(outcome, 0) + int(n)
+            if outcome in _COMPARED:
+                cell = buckets.setdefault(route, {}).setdefault(int(b), [0, 0])
+                cell[0] += int(n)
+                cell[1] += int(n) if outcome == "mismatch" else 0
+        for route, c in counts.items():
+            await self._describe(route, c)
+        series = {
+            route: tuple(
+                Bucket(datetime.fromtimestamp(b * bucket, UTC), n, m)
+                for b, (n, m) in sorted(cells.items())
+            )
+            for route, cells in buckets.items()
+        }
+        return counts, series
+
+    async def _describe(self, route: str, c: _Counts) -> None:
+        # Per route, on the (route, time) index: cheaper than aggregating them in the scan.
+        t = comparisons
+        where = and_(self._window(t), t.c.route == route)
+        c.first = await self._conn.scalar(select(func.min(t.c.time)).where(where))
+        c.last = await self._conn.scalar(select(func.max(t.c.time)).where(where))
+        latest = (
+            await self._conn.execute(
+                select(t.c.method, t.c.path).where(where).order_by(t.c.time.desc()).limit(1)
+            )
+        ).first()
+        if latest is not None:
+            c.method, c.path = latest
 
     async def latencies(self) -> dict[str, tuple[Latency, Latency]]:
         compared = and_(self._window(comparisons), comparisons.c.outcome.in_(_COMPARED))
@@ -540,20 +618,75 @@ class _Queries:
         }
 
     async def _latencies_pg(self, where: ColumnElement[bool]) -> dict[str, tuple[Latency, Latency]]:
+        # Exact percentile_cont without sorting every row: a log-scale histogram (hash
+        # aggregates, parallel scans) finds the bins holding the wanted ranks, then only
+        # the rows of those bins are ranked.
         t = comparisons
-        quantiles = postgresql.array([0.5, 0.99])
-        query = (
-            select(
-                t.c.route,
-                func.percentile_cont(quantiles).within_group(t.c.latency_primary_ms),
-                func.percentile_cont(quantiles).within_group(t.c.latency_candidate_ms),
+        columns = {"p": t.c.latency_primary_ms, "c": t.c.latency_candidate_ms}
+        histogram = union_all(
+            *(
+                select(t.c.route, literal_column(f"'{tag}'").label("col"), _bin(col), func.count())
+                .where(where, col.is_not(None))
+                .group_by(t.c.route, _bin(col))
+                for tag, col in columns.items()
             )
-            .where(where)
-            .group_by(t.c.route)
         )
+        counts: dict[tuple[str, str], dict[int, int]] = {}
+        for route, tag, b, n in await self._conn.execute(histogram):
+            counts.setdefault((route, tag), {})[int(b)] = int(n)
+        sizes = {key: sum(bins.values()) for key, bins in counts.items()}
+        targets: set[tuple[str, str, int, int]] = set()
+        for key, bins in counts.items():
+            for rank in _wanted_ranks(sizes[key]):
+                b, offset = _locate(bins, rank)
+                targets.add((*key, b, offset))
+        values: dict[tuple[str, str], dict[int, float]] = {}
+        if targets:
+            picked = union_all(
+                *(
+                    select(
+                        t.c.route.label("route"),
+                        literal_column(f"'{tag}'").label("col"),
+                        _bin(col).label("bin"),
+                        col.label("v"),
+                    ).where(
+                        where,
+                        col.is_not(None),
+                        tuple_(t.c.route, _bin(col)).in_(
+                            sorted({(r, b) for r, g, b, _ in targets if g == tag})
+                        ),
+                    )
+                    for tag, col in columns.items()
+                    if any(g == tag for _, g, _, _ in targets)
+                )
+            ).subquery()
+            ranked = select(
+                picked.c.route,
+                picked.c.col,
+                picked.c.bin,
+                picked.c.v,
+                (
+                    func.row_number().over(
+                        partition_by=(picked.c.route, picked.c.col, picked.c.bin),
+                        order_by=picked.c.v,
+                    )
+                    - 1
+                ).label("rn"),
+            ).subquery()
+            query = select(ranked).where(
+                tuple_(ranked.c.route, ranked.c.col, ranked.c.bin, ranked.c.rn).in_(sorted(targets))
+            )
+            for route, tag, b, v, rn in await self._conn.execute(query):
+                base = _bin_start_rank(counts[(route, tag)], int(b))
+                values.setdefault((route, tag), {})[base + int(rn)] = float(v)
         found: dict[str, tuple[Latency, Latency]] = {}
-        for route, primary, candidate in await self._conn.execute(query):
-            found[route] = (_latency(primary), _latency(candidate))
+        for route in {r for r, _ in counts}:
+            pair = []
+            for tag in ("p", "c"):
+                n = sizes.get((route, tag), 0)
+                got = values.get((route, tag), {})
+                pair.append(Latency(_interpolate(got, n, 0.5), _interpolate(got, n, 0.99)))
+            found[route] = (pair[0], pair[1])
         return found
 
     async def _percentiles_sqlite(
@@ -653,33 +786,44 @@ class _Queries:
                 found[(route, pattern)] = DiffExample.from_json(orjson.loads(raw))
         return found
 
-    async def series(self, bucket: int) -> dict[str, tuple[Bucket, ...]]:
-        t = comparisons
-        if self._pg:
-            index: Any = cast(func.floor(extract("epoch", t.c.time) / bucket), Integer)
-        else:
-            index = cast(func.strftime("%s", t.c.time), Integer) // bucket
-        index = index.label("b")
-        compared = func.sum(case((t.c.outcome.in_(_COMPARED), 1), else_=0))
-        mismatched = func.sum(case((t.c.outcome == "mismatch", 1), else_=0))
-        query = (
-            select(t.c.route, index, compared, mismatched)
-            .where(self._window(t))
-            .group_by(t.c.route, index)
-            .order_by(t.c.route, index)
-        )
-        found: dict[str, list[Bucket]] = {}
-        for route, b, n, m in await self._conn.execute(query):
-            start = datetime.fromtimestamp(int(b) * bucket, UTC)
-            found.setdefault(route, []).append(Bucket(start, int(n or 0), int(m or 0)))
-        return {r: tuple(v) for r, v in found.items()}
-
 
 def _latency(values: Sequence[float | None] | None) -> Latency:
     if not values:
         return Latency()
     p50, p99 = (None if v is None else float(v) for v in values)
     return Latency(p50, p99)
+
+
+_QUANTILES = (0.5, 0.99)
+_BINS_PER_E = 100  # log-scale histogram bins: each about 1 % wide
+
+
+def _bin(column: Any) -> ColumnElement[int]:
+    scaled = func.ln(func.greatest(column, literal_column("0.001"))) * literal_column(
+        str(_BINS_PER_E)
+    )
+    return cast(func.floor(scaled), Integer).label("bin")
+
+
+def _wanted_ranks(n: int) -> set[int]:
+    ranks: set[int] = set()
+    for q in _QUANTILES:
+        lo = int(q * (n - 1))
+        ranks.update(r for r in (lo, lo + 1) if r < n)
+    return ranks
+
+
+def _locate(bins: Mapping[int, int], rank: int) -> tuple[int, int]:
+    seen = 0
+    for b in sorted(bins):
+        if rank < seen + bins[b]:
+            return b, rank - seen
+        seen += bins[b]
+    raise ValueError(f"rank {rank} beyond {seen} values")
+
+
+def _bin_start_rank(bins: Mapping[int, int], b: int) -> int:
+    return sum(n for other, n in bins.items() if other < b)
 
 
 def _interpolate(values: Mapping[int, float], n: int, q: float) -> float | None:
