@@ -18,11 +18,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import chain, repeat, zip_longest
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
 
 from shadow.normalize import Normalizer, get_normalizer
+
+if TYPE_CHECKING:
+    from proxy.settings import CompareSettings
 
 __all__ = [
     "WILDCARD",
@@ -40,7 +43,6 @@ __all__ = [
 
 DifferenceKind = Literal["changed", "added", "removed", "type"]
 Segment = str | int | None  # None is the wildcard
-
 
 WILDCARD: Final = None  # segment value standing for `[*]` / `.*` in parsed paths
 
@@ -283,7 +285,7 @@ class CompareRules:
         setattr_(self, "_root", (root,) if has_rules else ())
 
     @classmethod
-    def from_settings(cls, settings: Any) -> CompareRules:
+    def from_settings(cls, settings: CompareSettings) -> CompareRules:
         """Rules from a route's `proxy.settings.CompareSettings`."""
         return cls(
             ignore_json_paths=settings.ignore_json_paths,
