@@ -32,7 +32,14 @@ SECRET_HEADERS: Final = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
 )
 
-_TRIGGER = re.compile(r"[@0-9]")
+_TRIGGER = re.compile(r"[@0-9]|bearer|basic|authorization|cookie|api-key", re.IGNORECASE)
+# Credentials quoted in log lines: `Authorization: Bearer x`, `('cookie', 'sid=1')`, ...
+_SECRET_FIELD = re.compile(
+    r"""\b(?:proxy-authorization|authorization|set-cookie|cookie|x-api-key)"""
+    r"""["']?\s*[:=,]\s*["']?([^"'\r\n]+)""",
+    re.IGNORECASE,
+)
+_BEARER = re.compile(r"\b(?:bearer|basic)\s+([A-Za-z0-9._~+/=\-]{6,})", re.IGNORECASE)
 _EMAIL = re.compile(
     r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]{1,64}@"
     r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62})(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,63}"
@@ -197,7 +204,9 @@ class Redactor:
     def _redact_text(self, text: str) -> str:
         if not _TRIGGER.search(text):
             return text
-        spans = [(m.start(), m.end(), m.group()) for m in _EMAIL.finditer(text)]
+        spans = [(m.start(1), m.end(1), m.group(1)) for m in _SECRET_FIELD.finditer(text)]
+        spans += [(m.start(1), m.end(1), m.group(1)) for m in _BEARER.finditer(text)]
+        spans += [(m.start(), m.end(), m.group()) for m in _EMAIL.finditer(text)]
         spans += _iban_spans(text)
         spans += _card_spans(text)
         if not spans:
@@ -238,6 +247,12 @@ class Redactor:
     def redact_json(self, value: Any, at: str = "$") -> Any:
         """A redacted copy of a decoded JSON value found at concrete path `at` of a body
         (any depth; the input is not changed)."""
+        try:
+            return self._redact_json(value, at)
+        except Exception:  # an exotic container: hide it whole rather than risk a leak
+            return self._token_of(value)
+
+    def _redact_json(self, value: Any, at: str) -> Any:
         holder: list[Any] = [None]
         start = self._nodes_at(at)
         stack: list[tuple[Any, Any, Any, tuple[_PathNode, ...]]] = [(value, holder, 0, start)]

@@ -204,3 +204,24 @@ def test_json_bodies_with_huge_integers_keep_them(redactor: Redactor) -> None:
     body = b'{"n": 123456789012345678901234567890, "buyer": {"email": "x"}}'
     out = json.loads(redactor.redact_body(body, "application/json"))
     assert out == {"n": 123456789012345678901234567890, "buyer": {"email": redactor.token("x")}}
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ("headers=[('Authorization', 'Bearer abc.def-123'), ('Accept', '*/*')]", "abc.def-123"),
+        ("authorization: Basic dXNlcjpwYXNz", "dXNlcjpwYXNz"),
+        ('{"set-cookie": "sid=42; HttpOnly"}', "sid=42"),
+        ("X-Api-Key=k-123456", "k-123456"),
+        ("retrying with bearer eyJhbGciOiJIUzI1NiJ9.e30.sig", "eyJhbGciOiJIUzI1NiJ9"),
+    ],
+)
+def test_credentials_in_log_lines(redactor: Redactor, line: str, secret: str) -> None:
+    out = redactor.redact_text(line)
+    assert secret not in out
+    assert "REDACTED:" in out
+
+
+def test_log_lines_without_secrets_are_unchanged(redactor: Redactor) -> None:
+    for line in ("GET /api/v1/orders/7 200 12.5ms", "cookie jar is empty", "token=abc"):
+        assert redactor.redact_text(line) == line
