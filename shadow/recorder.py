@@ -1,6 +1,7 @@
 """The recorder: a bounded buffer in front of the store, drained by one batching writer task.
 
-`record()` is synchronous, O(1) and never raises, so the shadow path can call it freely.
+`record()` is synchronous, O(1) and never raises, so the shadow path can call it freely
+(from the event loop's thread: the recorder is not thread-safe, like asyncio itself).
 Each route's counters keep `started = recorded + dropped + failed` once the writer is idle:
 every started shadow ends as a stored row (recorded), a drop (counted by reason, before
 or instead of a row) or a row the store never took (failed).

@@ -518,13 +518,16 @@ async def _read(
         async with store.engine.connect() as conn:
             return await _Queries(conn, pg, window).latencies()
 
-    # Two connections: the percentile sorts run beside the counting scan (2 backends on PG).
-    done = await asyncio.gather(outcomes(), latencies(), return_exceptions=True)
-    for result in done:
-        if isinstance(result, BaseException):
-            raise result
-    first_part, lat = done
-    assert not isinstance(first_part, BaseException) and not isinstance(lat, BaseException)
+    if pg:  # two connections: the histogram scans run beside the counting scan
+        done = await asyncio.gather(outcomes(), latencies(), return_exceptions=True)
+        for result in done:
+            if isinstance(result, BaseException):
+                raise result
+        first_part, lat = done
+        assert not isinstance(first_part, BaseException) and not isinstance(lat, BaseException)
+    else:  # SQLite: an in-memory database has a single shared connection
+        first_part = await outcomes()
+        lat = await latencies()
     counts, series, paths, examples, bucket = first_part
     return counts, series, paths, examples, lat, bucket
 

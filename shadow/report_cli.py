@@ -13,7 +13,7 @@ from sqlalchemy.engine import make_url
 
 from shadow.report import Report, Thresholds, build_report
 from shadow.report_format import FORMATS, render
-from shadow.store import StoreError, normalize_url
+from shadow.store import StoreError, mask_url, normalize_url
 
 __all__ = ["UsageError", "parse_when", "run_report"]
 
@@ -43,18 +43,19 @@ def parse_when(text: str, now: datetime, flag: str = "--since") -> datetime:
 
 
 def _check_store_url(url: str) -> None:
+    shown = mask_url(url)
     try:
         parsed = make_url(normalize_url(url))
     except Exception:
-        raise UsageError(f"--store {url!r}: not a database URL") from None
+        raise UsageError(f"--store {shown!r}: not a database URL") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         db = parsed.database or ""
         if db and db != ":memory:" and not db.startswith("file:") and not os.path.exists(db):
-            raise UsageError(f"--store {url!r}: no such database file {db!r}")
+            raise UsageError(f"--store {shown!r}: no such database file {db!r}")
     elif backend != "postgresql":
         raise UsageError(
-            f"--store {url!r}: unsupported; use sqlite:///FILE or postgresql://USER@HOST/DB"
+            f"--store {shown!r}: unsupported; use sqlite:///FILE or postgresql://USER@HOST/DB"
         )
 
 

@@ -7,6 +7,7 @@ connection's default schema (the first of its `search_path`), never a hard-coded
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
     "StoreError",
     "comparison_paths",
     "comparisons",
+    "mask_url",
     "metadata",
     "normalize_url",
     "route_changes",
@@ -145,6 +147,7 @@ route_changes = Table(
 )
 
 SCHEMA_VERSION = max(m.version for m in migrations())
+_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
 _MIGRATION_LOCK = 0x5354524E  # pg advisory lock id, so concurrent starts migrate once
 _TRANSIENT = (
     exc.OperationalError,
@@ -154,6 +157,11 @@ _TRANSIENT = (
     OSError,
     TimeoutError,
 )
+
+
+def mask_url(url: str) -> str:
+    """`url` with any password replaced by `***`, for messages."""
+    return _PASSWORD.sub(r"\1***@", url)
 
 
 def normalize_url(url: str) -> str:
@@ -241,7 +249,7 @@ class Store:
         try:
             parsed = make_url(url)
         except exc.ArgumentError as e:
-            raise StoreError(f"bad store URL {url!r}: {e}", transient=False) from None
+            raise StoreError(f"bad store URL {mask_url(url)!r}: {e}", transient=False) from None
         backend = parsed.get_backend_name()
         if backend not in ("sqlite", "postgresql"):
             raise StoreError(
@@ -261,7 +269,7 @@ class Store:
         try:
             self._engine = create_async_engine(url, **kwargs)
         except (exc.ArgumentError, exc.NoSuchModuleError, exc.InvalidRequestError) as e:
-            raise StoreError(f"bad store URL {url!r}: {e}", transient=False) from None
+            raise StoreError(f"bad store URL {mask_url(url)!r}: {e}", transient=False) from None
         self._url = parsed
         if backend == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)

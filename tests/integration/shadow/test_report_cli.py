@@ -151,8 +151,13 @@ def test_bad_store_urls_exit_2_with_one_line(tmp_path: Path) -> None:
     missing = f"sqlite:///{tmp_path / 'missing.db'}"
     _assert_usage_error(_report("--store", missing), "no such database file")
     assert not (tmp_path / "missing.db").exists()
-    closed = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
-    _assert_usage_error(_report("--store", closed), "cannot initialise the store")
+    closed = f"postgresql+psycopg://postgres:hunter2@127.0.0.1:{free_port()}/test"
+    result = _report("--store", closed)
+    _assert_usage_error(result, "cannot initialise the store")
+    assert "hunter2" not in result.stderr
+    result = _report("--store", "mysql://u:hunter2@h/db")
+    _assert_usage_error(result, "mysql://u:***@h/db")
+    assert "hunter2" not in result.stderr
 
 
 def test_the_installed_command_exits_with_the_gate(db_url: str, tmp_path: Path) -> None:
