@@ -14,7 +14,8 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from time import perf_counter
+from typing import TYPE_CHECKING, cast
 
 import httptools
 import orjson
@@ -242,8 +243,8 @@ class _Exchange:
         self.upgrading = False
         self.retried = False
         self.done = False
-        self.t0 = client.plane.loop.time()
-        self.last_activity = self.t0
+        self.t0 = perf_counter()
+        self.last_activity = client.plane.loop.time()
         self.timer: asyncio.TimerHandle | None = None
 
     # request direction
@@ -509,7 +510,7 @@ class _Exchange:
         plane = self.client.plane
         plane.in_flight -= 1
         plane._in_flight_gauge.dec()
-        elapsed = plane.loop.time() - self.t0
+        elapsed = perf_counter() - self.t0
         self.plan.metrics.observe(status, elapsed)
         plane.access_log.log(
             self.request_id,
@@ -618,8 +619,8 @@ class ClientConnection(asyncio.Protocol):
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; the interface is the same
+        self.transport = cast(asyncio.Transport, transport)
         plane = self.plane
         plane.connections.add(self)
         peer = transport.get_extra_info("peername")

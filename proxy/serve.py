@@ -63,8 +63,20 @@ def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
     return asyncio.run(_serve_one(settings, watch=watch, worker=False))
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this worker when its supervisor dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_worker(config_path: str) -> int:
     """Entry point of one worker process started by the supervisor."""
+    _die_with_parent()
     settings = _load_or_report(config_path)
     if settings is None:
         return 2

@@ -57,3 +57,4 @@ def sqlite_url(tmp_path: os.PathLike[str]) -> str:
 def port() -> int:
     """A free loopback TCP port."""
     return free_port()
+

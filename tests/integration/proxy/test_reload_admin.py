@@ -1,0 +1,187 @@
+"""Hot reload under load and the admin listener."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.accesslog import AccessLog
+from proxy.app import Proxy, create_proxy
+from proxy.settings import load
+from tests.integration.proxy.conftest import proxy_config
+from tests.upstreams import EchoUpstream
+
+TOKEN = "test-admin-token"
+
+
+def _routes(n: int) -> str:
+    return f"""
+routes:
+  - name: orders-{n}
+    match: {{path: /api/v1/orders/*}}
+    mode: legacy
+"""
+
+
+class _AdminStack:
+    def __init__(self, proxy: Proxy, path: Path, log: io.BytesIO) -> None:
+        self.proxy = proxy
+        self.path = path
+        self.log = log
+
+    def url(self, p: str) -> str:
+        host, port = self.proxy.admin_address
+        return f"http://{host}:{port}{p}"
+
+
+@pytest.fixture
+async def admin_stack(
+    tmp_path: Path, upstream: EchoUpstream, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[_AdminStack]:
+    monkeypatch.setenv("STRANGLER_ADMIN_TOKEN", TOKEN)
+    path = tmp_path / "routes.yaml"
+    base = proxy_config(upstream.url).replace(
+        "url: sqlite+aiosqlite:///unused.db",
+        "url: postgresql+psycopg://reporter:s3cret-pw@127.0.0.1:5432/test",
+    )
+    path.write_text(base + _routes(0))
+    log = io.BytesIO()
+    proxy = create_proxy(load(str(path)), access_log=AccessLog(log, enabled=True))
+    await proxy.start()
+    yield _AdminStack(proxy, path, log)
+    await proxy.stop(1.0)
+
+
+async def test_health_ready_metrics_config_routes(admin_stack: _AdminStack) -> None:
+    async with aiohttp.ClientSession() as s:
+        host, port = admin_stack.proxy.address
+        async with s.get(f"http://{host}:{port}/api/v1/orders/7") as r:
+            assert r.status == 200
+        async with s.get(admin_stack.url("/-/health")) as r:
+            assert r.status == 200
+        async with s.get(admin_stack.url("/-/ready")) as r:
+            assert (await r.json())["status"] == "ready"
+        async with s.get(admin_stack.url("/-/metrics")) as r:
+            text = await r.text()
+            assert (
+                'strangler_requests_total{backend="legacy",mode="legacy",'
+                'route="orders-0",status_class="2xx"} 1.0' in text
+            )
+            assert "strangler_request_duration_seconds_bucket" in text
+            assert "strangler_config_info{" in text
+        async with s.get(admin_stack.url("/-/config")) as r:
+            raw = await r.text()
+            assert "s3cret-pw" not in raw
+            cfg = orjson.loads(raw)
+            assert cfg["store"]["url"] == "postgresql+psycopg://reporter:***@127.0.0.1:5432/test"
+            assert cfg["version"] == admin_stack.proxy.settings.version
+        async with s.get(admin_stack.url("/-/routes")) as r:
+            routes = (await r.json())["routes"]
+            assert routes[0]["name"] == "orders-0"
+            assert routes[0]["requests"] == 1
+
+
+async def test_reload_requires_bearer_token(
+    admin_stack: _AdminStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(admin_stack.url("/-/reload")) as r:
+            assert r.status == 401
+        async with s.post(
+            admin_stack.url("/-/reload"), headers={"Authorization": "Bearer wrong"}
+        ) as r:
+            assert r.status == 401
+        monkeypatch.delenv("STRANGLER_ADMIN_TOKEN")
+        async with s.post(
+            admin_stack.url("/-/reload"), headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as r:
+            assert r.status == 403
+
+
+async def _load(port: int, stop: asyncio.Event, results: list[int], deadline: float) -> None:
+    async with aiohttp.ClientSession() as s:
+        n = 0
+        while not stop.is_set() and time.monotonic() < deadline and n < 5000:
+            n += 1
+            try:
+                async with s.get(f"http://127.0.0.1:{port}/api/v1/orders/{n}") as r:
+                    await r.read()
+                    results.append(r.status)
+            except aiohttp.ClientError:
+                results.append(0)
+
+
+async def test_reload_under_load_keeps_serving_and_last_good_config(
+    admin_stack: _AdminStack, upstream: EchoUpstream
+) -> None:
+    stop = asyncio.Event()
+    results: list[int] = []
+    deadline = time.monotonic() + 30
+    port = admin_stack.proxy.address[1]
+    clients = [asyncio.create_task(_load(port, stop, results, deadline)) for _ in range(4)]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    base = admin_stack.path.read_text().split("routes:")[0]
+    verdicts = []
+    last_good = admin_stack.proxy.settings.version
+    async with aiohttp.ClientSession() as s:
+        for i in range(1, 21):
+            before = len(results)
+            while len(results) < before + 5 and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)  # let some traffic through between reloads
+            if i % 2:
+                admin_stack.path.write_text(base + _routes(i))
+            else:
+                admin_stack.path.write_text(base + _routes(i) + "  - name: [broken\n")
+            async with s.post(admin_stack.url("/-/reload"), headers=auth) as r:
+                verdicts.append(r.status)
+                if r.status == 200:
+                    last_good = (await r.json())["config_version"]
+        stop.set()
+        await asyncio.gather(*clients)
+        async with s.get(admin_stack.url("/-/config")) as r:
+            cfg = await r.json()
+    assert verdicts == [200, 422] * 10
+    assert results and all(code == 200 for code in results), set(results)
+    assert cfg["version"] == last_good
+    assert cfg["routes"][0]["name"] == "orders-19"
+    assert cfg["last_reload_error"]
+    events = [orjson.loads(line) for line in admin_stack.log.getvalue().splitlines()]
+    rejected = [e for e in events if e.get("event") == "reload_rejected"]
+    assert len(rejected) == 10
+    assert all(e["errors"] for e in rejected)
+    print(f"reload under load: {len(results)} requests, all 200; 10 ok + 10 rejected reloads")
+
+
+async def test_inflight_request_finishes_on_old_table(
+    admin_stack: _AdminStack, upstream: EchoUpstream
+) -> None:
+    gate = asyncio.Event()
+
+    def held(t: asyncio.Transport, rec: object) -> None:
+        async def later() -> None:
+            await gate.wait()
+            t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nheld")
+
+        asyncio.get_running_loop().create_task(later())
+
+    upstream.extra[b"/api/v1/orders/held"] = held
+    port = admin_stack.proxy.address[1]
+    async with aiohttp.ClientSession() as s:
+        req = asyncio.create_task(s.get(f"http://127.0.0.1:{port}/api/v1/orders/held"))
+        await asyncio.wait_for(upstream.got_request.wait(), 5)
+        base = admin_stack.path.read_text().split("routes:")[0]
+        admin_stack.path.write_text(base + _routes(99))
+        ok, errors = await admin_stack.proxy.reload_from_file()
+        assert ok, errors
+        gate.set()
+        resp = await req
+        assert resp.status == 200
+        assert await resp.read() == b"held"
+        resp.release()

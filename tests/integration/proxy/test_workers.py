@@ -1,0 +1,147 @@
+"""`strangler serve --workers 2` as a real process tree: shared metrics, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.integration.proxy.conftest import proxy_config
+from tests.support import free_port, wait_for
+from tests.upstreams import EchoUpstream, Received
+
+
+async def _start_serve(config: Path, workers: int) -> tuple[asyncio.subprocess.Process, str, str]:
+    exe = Path(sys.executable).with_name("strangler")
+    proc = await asyncio.create_subprocess_exec(
+        str(exe),
+        "serve",
+        "--config",
+        str(config),
+        "--workers",
+        str(workers),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "STRANGLER_GRACE_S": "10"},
+    )
+    return proc, "", ""
+
+
+@pytest.fixture
+async def served(
+    tmp_path: Path, upstream: EchoUpstream
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, int, int]]:
+    port, admin = free_port(), free_port()
+    text = proxy_config(upstream.url).replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}", 1)
+    text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
+    text = text.replace("timeout: 1s", "timeout: 10s")
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(text)
+    proc, _, _ = await _start_serve(cfg, 2)
+
+    async def ready() -> bool:
+        try:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.get(f"http://127.0.0.1:{admin}/-/ready") as r,
+            ):
+                return r.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    await wait_for(ready, timeout=20)
+    yield proc, port, admin
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def _prefix(rec: Received) -> bytes:
+    return rec.header(b"x-request-id")[0][:12]
+
+
+async def test_metrics_count_requests_of_both_workers(
+    served: tuple[asyncio.subprocess.Process, int, int], upstream: EchoUpstream
+) -> None:
+    _, port, admin = served
+    n = 200
+    connector = aiohttp.TCPConnector(force_close=True)  # new connections spread over workers
+    async with aiohttp.ClientSession(connector=connector) as s:
+
+        async def one(i: int) -> int:
+            async with s.get(f"http://127.0.0.1:{port}/echo?i={i}") as r:
+                await r.read()
+                return r.status
+
+        statuses = await asyncio.gather(*(one(i) for i in range(n)))
+        assert statuses == [200] * n
+        async with s.get(f"http://127.0.0.1:{admin}/-/metrics") as r:
+            text = await r.text()
+    total = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("strangler_requests_total{")
+    )
+    prefixes = {_prefix(rec) for rec in upstream.received}
+    print(f"--workers 2: {int(total)} requests counted, {len(prefixes)} workers served")
+    assert total == n
+    assert len(prefixes) == 2
+
+
+async def test_sigterm_completes_inflight_requests(
+    served: tuple[asyncio.subprocess.Process, int, int], upstream: EchoUpstream
+) -> None:
+    proc, port, _ = served
+    gate = asyncio.Event()
+    held: list[asyncio.Transport] = []
+
+    def hold(t: asyncio.Transport, rec: Received) -> None:
+        held.append(t)
+
+        async def later() -> None:
+            await gate.wait()
+            t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\ndone")
+
+        asyncio.get_running_loop().create_task(later())
+
+    upstream.extra[b"/held"] = hold
+    n = 20
+    connector = aiohttp.TCPConnector(force_close=True, limit=n)
+    async with aiohttp.ClientSession(connector=connector) as s:
+
+        async def one() -> tuple[int, bytes]:
+            async with s.get(f"http://127.0.0.1:{port}/held") as r:
+                return r.status, await r.read()
+
+        tasks = [asyncio.create_task(one()) for _ in range(n)]
+        deadline = time.monotonic() + 10
+        while len(held) < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert len(held) == n
+        proc.send_signal(signal.SIGTERM)
+
+        # new connections are refused once the workers stopped accepting
+        async def refused() -> bool:
+            try:
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return True
+            w.close()
+            return False
+
+        await wait_for(refused, timeout=10)
+        gate.set()
+        results = await asyncio.gather(*tasks)
+    assert results == [(200, b"done")] * n
+    assert await asyncio.wait_for(proc.wait(), 20) == 0
