@@ -24,11 +24,12 @@ from sqlalchemy import (
     cast,
     func,
     literal_column,
+    or_,
     select,
     tuple_,
     union_all,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shadow.record import DiffExample
 from shadow.store import Store, StoreError, comparison_paths, comparisons
@@ -515,6 +516,8 @@ async def _read(
             return counts, series, paths, await q.examples(wanted), bucket
 
     async def latencies() -> dict[str, tuple[Latency, Latency]]:
+        if pg:
+            return await _pg_latencies(store.engine, window)
         async with store.engine.connect() as conn:
             return await _Queries(conn, pg, window).latencies()
 
@@ -530,6 +533,98 @@ async def _read(
         lat = await latencies()
     counts, series, paths, examples, bucket = first_part
     return counts, series, paths, examples, lat, bucket
+
+
+async def _pg_latencies(engine: AsyncEngine, window: _Window) -> dict[str, tuple[Latency, Latency]]:
+    """Exact percentile_cont per route without sorting every row.
+
+    A log-scale histogram per column (hash aggregates, one connection each) locates the
+    bins that hold the wanted ranks; one more scan ranks only the rows of those bins.
+    """
+    t = comparisons
+    where = and_(window.where(t), t.c.outcome.in_(_COMPARED))
+    columns = {"p": t.c.latency_primary_ms, "c": t.c.latency_candidate_ms}
+
+    async def histogram(col: Any) -> dict[str, dict[int, int]]:
+        query = (
+            select(t.c.route, _bin(col), func.count())
+            .where(where, col.is_not(None))
+            .group_by(t.c.route, _bin(col))
+        )
+        found: dict[str, dict[int, int]] = {}
+        async with engine.connect() as conn:
+            for route, b, n in await conn.execute(query):
+                found.setdefault(route, {})[int(b)] = int(n)
+        return found
+
+    hists = dict(
+        zip(columns, await asyncio.gather(*(histogram(c) for c in columns.values())), strict=True)
+    )
+    sizes = {(r, tag): sum(bins.values()) for tag, h in hists.items() for r, bins in h.items()}
+    targets: dict[str, set[tuple[str, int, int]]] = {tag: set() for tag in columns}
+    for (route, tag), n in sizes.items():
+        for rank in _wanted_ranks(n):
+            b, offset = _locate(hists[tag][route], rank)
+            targets[tag].add((route, b, offset))
+    values: dict[tuple[str, str], dict[int, float]] = {}
+    if any(targets.values()):
+        bins = {tag: sorted({(r, b) for r, b, _ in found}) for tag, found in targets.items()}
+        picked = (
+            select(
+                t.c.route,
+                *(_bin(col).label(f"{tag}bin") for tag, col in columns.items()),
+                *(col.label(f"{tag}v") for tag, col in columns.items()),
+            )
+            .where(
+                where,
+                or_(
+                    *(
+                        tuple_(t.c.route, _bin(columns[tag])).in_(pairs)
+                        for tag, pairs in bins.items()
+                        if pairs
+                    )
+                ),
+            )
+            .cte("picked")
+        )
+        ranked = union_all(
+            *(
+                select(
+                    picked.c.route,
+                    literal_column(f"'{tag}'").label("col"),
+                    picked.c[f"{tag}bin"].label("bin"),
+                    picked.c[f"{tag}v"].label("v"),
+                    (
+                        func.row_number().over(
+                            partition_by=(picked.c.route, picked.c[f"{tag}bin"]),
+                            order_by=picked.c[f"{tag}v"],
+                        )
+                        - 1
+                    ).label("rn"),
+                ).where(tuple_(picked.c.route, picked.c[f"{tag}bin"]).in_(pairs))
+                for tag, pairs in bins.items()
+                if pairs
+            )
+        ).subquery()
+        wanted = sorted((r, tag, b, o) for tag, found in targets.items() for r, b, o in found)
+        query = select(ranked).where(
+            tuple_(ranked.c.route, ranked.c.col, ranked.c.bin, ranked.c.rn).in_(wanted)
+        )
+        async with engine.connect() as conn:
+            for route, tag, b, v, rn in await conn.execute(query):
+                base = _bin_start_rank(hists[tag][route], int(b))
+                values.setdefault((route, tag), {})[base + int(rn)] = float(v)
+    found: dict[str, tuple[Latency, Latency]] = {}
+    for route in {r for r, _ in sizes}:
+        pair = [
+            Latency(
+                _interpolate(values.get((route, tag), {}), sizes.get((route, tag), 0), 0.5),
+                _interpolate(values.get((route, tag), {}), sizes.get((route, tag), 0), 0.99),
+            )
+            for tag in columns
+        ]
+        found[route] = (pair[0], pair[1])
+    return found
 
 
 class _Queries:
@@ -611,86 +706,12 @@ class _Queries:
 
     async def latencies(self) -> dict[str, tuple[Latency, Latency]]:
         compared = and_(self._window(comparisons), comparisons.c.outcome.in_(_COMPARED))
-        if self._pg:
-            return await self._latencies_pg(compared)
         primary = await self._percentiles_sqlite(comparisons.c.latency_primary_ms, compared)
         candidate = await self._percentiles_sqlite(comparisons.c.latency_candidate_ms, compared)
         return {
             r: (primary.get(r, Latency()), candidate.get(r, Latency()))
             for r in set(primary) | set(candidate)
         }
-
-    async def _latencies_pg(self, where: ColumnElement[bool]) -> dict[str, tuple[Latency, Latency]]:
-        # Exact percentile_cont without sorting every row: a log-scale histogram (hash
-        # aggregates, parallel scans) finds the bins holding the wanted ranks, then only
-        # the rows of those bins are ranked.
-        t = comparisons
-        columns = {"p": t.c.latency_primary_ms, "c": t.c.latency_candidate_ms}
-        histogram = union_all(
-            *(
-                select(t.c.route, literal_column(f"'{tag}'").label("col"), _bin(col), func.count())
-                .where(where, col.is_not(None))
-                .group_by(t.c.route, _bin(col))
-                for tag, col in columns.items()
-            )
-        )
-        counts: dict[tuple[str, str], dict[int, int]] = {}
-        for route, tag, b, n in await self._conn.execute(histogram):
-            counts.setdefault((route, tag), {})[int(b)] = int(n)
-        sizes = {key: sum(bins.values()) for key, bins in counts.items()}
-        targets: set[tuple[str, str, int, int]] = set()
-        for key, bins in counts.items():
-            for rank in _wanted_ranks(sizes[key]):
-                b, offset = _locate(bins, rank)
-                targets.add((*key, b, offset))
-        values: dict[tuple[str, str], dict[int, float]] = {}
-        if targets:
-            picked = union_all(
-                *(
-                    select(
-                        t.c.route.label("route"),
-                        literal_column(f"'{tag}'").label("col"),
-                        _bin(col).label("bin"),
-                        col.label("v"),
-                    ).where(
-                        where,
-                        col.is_not(None),
-                        tuple_(t.c.route, _bin(col)).in_(
-                            sorted({(r, b) for r, g, b, _ in targets if g == tag})
-                        ),
-                    )
-                    for tag, col in columns.items()
-                    if any(g == tag for _, g, _, _ in targets)
-                )
-            ).subquery()
-            ranked = select(
-                picked.c.route,
-                picked.c.col,
-                picked.c.bin,
-                picked.c.v,
-                (
-                    func.row_number().over(
-                        partition_by=(picked.c.route, picked.c.col, picked.c.bin),
-                        order_by=picked.c.v,
-                    )
-                    - 1
-                ).label("rn"),
-            ).subquery()
-            query = select(ranked).where(
-                tuple_(ranked.c.route, ranked.c.col, ranked.c.bin, ranked.c.rn).in_(sorted(targets))
-            )
-            for route, tag, b, v, rn in await self._conn.execute(query):
-                base = _bin_start_rank(counts[(route, tag)], int(b))
-                values.setdefault((route, tag), {})[base + int(rn)] = float(v)
-        found: dict[str, tuple[Latency, Latency]] = {}
-        for route in {r for r, _ in counts}:
-            pair = []
-            for tag in ("p", "c"):
-                n = sizes.get((route, tag), 0)
-                got = values.get((route, tag), {})
-                pair.append(Latency(_interpolate(got, n, 0.5), _interpolate(got, n, 0.99)))
-            found[route] = (pair[0], pair[1])
-        return found
 
     async def _percentiles_sqlite(
         self, column: Any, where: ColumnElement[bool]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
+from sqlalchemy import text
 
+from shadow.record import ComparisonRecord
 from shadow.report import Report, Thresholds, build_report
 from shadow.store import Store
 from tests.integration.shadow.synthetic import BASE, LIST, SHOW, synthetic
@@ -127,3 +130,47 @@ async def test_build_report_opens_and_closes_a_store_from_its_url(store_url: str
         await s.insert_batch(synthetic()[:50])
     report = await build_report(store_url, default_thresholds=LENIENT)
     assert report.routes[0].total == 50
+
+
+async def test_pg_percentiles_equal_percentile_cont_with_ties_and_edges(pg_url: str) -> None:
+    rnd = random.Random(5)
+    records = [
+        ComparisonRecord(route="one", outcome="match", latency_primary_ms=3.0),
+        ComparisonRecord(route="two", outcome="mismatch", latency_primary_ms=0.0),
+        ComparisonRecord(route="two", outcome="match", latency_primary_ms=7.5),
+    ]
+    for i in range(3000):
+        records.append(
+            ComparisonRecord(
+                route="many",
+                outcome="match" if i % 7 else "mismatch",
+                latency_primary_ms=round(rnd.lognormvariate(2, 1), 1),  # many ties
+                latency_candidate_ms=None if i % 5 == 0 else rnd.choice([0.0, 0.0004, 12.0]),
+            )
+        )
+    async with Store(pg_url) as store:
+        await store.insert_batch(records)
+        report = await build_report(store)
+        async with store.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT route,"
+                    " percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_primary_ms),"
+                    " percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_primary_ms),"
+                    " percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_candidate_ms),"
+                    " percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_candidate_ms)"
+                    " FROM comparisons GROUP BY route"
+                )
+            )
+            expected = {r[0]: tuple(r[1:]) for r in rows}
+    got = {
+        r.route: (
+            r.latency_primary.p50,
+            r.latency_primary.p99,
+            r.latency_candidate.p50,
+            r.latency_candidate.p99,
+        )
+        for r in report.routes
+    }
+    assert got == expected
+    assert got["one"] == (3.0, 3.0, None, None)
