@@ -126,3 +126,48 @@ def demo(keep_running: bool) -> None:
     from proxy.demo import run_demo
 
     sys.exit(run_demo(keep_running=keep_running))
+
+
+@main.command()
+@click.argument("traffic", type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--store", "store_url", default=None, help="Defaults to the config's store.url.")
+@click.option("--concurrency", default=16, show_default=True, type=click.IntRange(1, 1024))
+@click.option(
+    "--format",
+    "fmt",
+    default="text",
+    type=click.Choice(["text", "markdown", "json", "junit", "html"]),
+)
+def replay(
+    traffic: str, config_path: str, store_url: str | None, concurrency: int, fmt: str
+) -> None:
+    """Replay captured requests through the compare pipeline offline."""
+    from shadow.replay_cli import run_replay
+
+    sys.exit(
+        run_replay(
+            traffic=traffic,
+            config_path=config_path,
+            store_url=store_url,
+            concurrency=concurrency,
+            fmt=fmt,
+        )
+    )
+
+
+@main.group()
+def migrate() -> None:
+    """Gated step-by-step migration of routes (edits the routing YAML, comments kept)."""
+
+
+def _register_migrate() -> None:
+    """Attach the migrate subcommands (defined with their implementation)."""
+    try:
+        from proxy.migrate_cli import register
+    except ImportError:  # pragma: no cover - during development only
+        return
+    register(migrate)
+
+
+_register_migrate()
