@@ -153,6 +153,14 @@ class Comparison:
         """Distinct normalised paths of the differences, in first-seen order."""
         return tuple(dict.fromkeys(d.pattern for d in self.differences))
 
+    @property
+    def examples(self) -> tuple[Difference, ...]:
+        """The first difference (in document order) for each distinct pattern."""
+        first: dict[str, Difference] = {}
+        for diff in self.differences:
+            first.setdefault(diff.pattern, diff)
+        return tuple(first.values())
+
     def without(self, patterns: Iterable[str]) -> tuple[Comparison, frozenset[str]]:
         """This comparison minus differences at (or under) `patterns`, and the patterns dropped."""
         drop = frozenset(patterns)

@@ -335,6 +335,7 @@ def test_without_drops_patterns_and_their_subtrees() -> None:
     same, none = result.without(set())
     assert same is result and none == frozenset()
     assert result.patterns == ("$.a.b", "$.a.c", "$.d[*].e", "$.f")
+    assert [d.path for d in result.examples] == ["$.a.b", "$.a.c", "$.d[0].e", "$.f"]
 
 
 def test_bool_hidden_in_an_equal_looking_subtree_keeps_document_order() -> None:
