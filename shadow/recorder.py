@@ -74,6 +74,7 @@ class Recorder:
         clock: Callable[[], float] = time.monotonic,
         backoff_initial: float = 0.05,
         backoff_max: float = 5.0,
+        write_timeout: float = 30.0,
     ) -> None:
         if buffer_size < 1 or batch_size < 1:
             raise ValueError("buffer_size and batch_size must be positive")
@@ -83,6 +84,7 @@ class Recorder:
         self._clock = clock
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
+        self._write_timeout = write_timeout
         self._buf: deque[ComparisonRecord] = deque()
         self._inflight: list[ComparisonRecord] = []
         self._routes: dict[str, RouteCounters] = {}
@@ -230,7 +232,8 @@ class Recorder:
         delay = self._backoff_initial
         while True:
             try:
-                await self._store.insert_batch(batch)
+                # A store that stops answering (a silent network) must not wedge the writer.
+                await asyncio.wait_for(self._store.insert_batch(batch), self._write_timeout)
             except (StoreError, OSError, TimeoutError) as e:
                 if isinstance(e, StoreError) and not e.transient:
                     await self._write_one_by_one(batch)

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    delete,
     event,
     exc,
     func,
@@ -348,6 +349,16 @@ class Store:
             query = query.where(comparisons.c.route == route)
         async with self._engine.connect() as conn:
             return int(await conn.scalar(query) or 0)
+
+    async def delete_before(self, cutoff: datetime) -> int:
+        """Delete comparisons (and their path rows) older than `cutoff`; return how many."""
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(delete(comparison_paths).where(comparison_paths.c.time < cutoff))
+                result = await conn.execute(delete(comparisons).where(comparisons.c.time < cutoff))
+        except exc.SQLAlchemyError as e:
+            raise self._error("cannot delete old comparisons", e) from e
+        return int(result.rowcount or 0)
 
     async def record_route_change(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import psycopg
@@ -289,3 +290,30 @@ async def test_record_never_raises_and_counters_are_snapshots(sqlite_url: str) -
 def test_sizes_must_be_positive(sizes: tuple[int, int]) -> None:
     with pytest.raises(ValueError):
         Recorder(Store("sqlite:///unused.db"), *sizes)
+
+
+class _StuckThenWorking:
+    """A sink whose first write never returns (a silent network), then works."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.written: list[ComparisonRecord] = []
+
+    async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.Event().wait()
+        self.written.extend(records)
+        return len(records)
+
+
+async def test_a_write_that_never_returns_is_timed_out_and_retried() -> None:
+    sink = _StuckThenWorking()
+    recorder = Recorder(sink, buffer_size=100, batch_size=100, write_timeout=0.2)
+    await recorder.start()
+    _feed(recorder, 0, 30)
+    assert await recorder.flush(10)
+    await recorder.stop(5)
+    assert sink.calls == 2 and len(sink.written) == 30
+    assert recorder.retries == 1
+    assert _totals(recorder.counters()) == (30, 30, 0, 0)

@@ -136,6 +136,16 @@ async def test_insert_batch_round_trips_rows_and_path_rows(store_url: str) -> No
     assert len(paths) == 9  # 3 per mismatch, none for the match
 
 
+async def test_delete_before_removes_old_rows_and_their_paths(store_url: str) -> None:
+    async with Store(store_url) as store:
+        await store.insert_batch([_mismatch(i * 60) for i in range(5)])  # one per minute
+        assert await store.delete_before(T0 + timedelta(minutes=2)) == 2
+        assert await store.count() == 3
+        async with store.engine.connect() as conn:
+            paths = (await conn.execute(select(comparison_paths.c.time))).scalars().all()
+    assert len(paths) == 9 and min(paths) == T0 + timedelta(minutes=2)
+
+
 def _ok() -> ComparisonRecord:
     return ComparisonRecord(route="order-list", outcome="match", time=T0)
 
