@@ -146,7 +146,7 @@ class Comparison:
 
     equal: bool
     differences: list[Difference] = field(default_factory=list)
-    truncated: bool = False  # more differences existed than were kept
+    truncated: bool = False  # the walk stopped at `max_differences`; more may exist
 
     @property
     def patterns(self) -> tuple[str, ...]:
