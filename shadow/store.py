@@ -148,6 +148,9 @@ route_changes = Table(
 )
 
 SCHEMA_VERSION = max(m.version for m in migrations())
+_RESERVE_IDS = text(
+    "SELECT nextval(pg_get_serial_sequence('comparisons', 'id')) FROM generate_series(1, :n)"
+)
 _PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
 _MIGRATION_LOCK = 0x5354524E  # pg advisory lock id, so concurrent starts migrate once
 _TRANSIENT = (
@@ -328,11 +331,20 @@ class Store:
             return 0
         try:
             async with self._engine.begin() as conn:
-                result = await conn.execute(
-                    insert(comparisons).returning(comparisons.c.id, sort_by_parameter_order=True),
-                    [_row(r) for r in records],
-                )
-                ids = [row[0] for row in result]
+                rows = [_row(r) for r in records]
+                if self.dialect == "sqlite":
+                    # One executemany (RETURNING would cost a statement per row). The write
+                    # lock is ours until commit, so the new rowids are the last len(rows).
+                    await conn.execute(insert(comparisons), rows)
+                    last = int(await conn.scalar(select(func.max(comparisons.c.id))) or 0)
+                    ids = list(range(last - len(rows) + 1, last + 1))
+                else:
+                    # Reserve ids from the sequence in one round trip, then a pipelined
+                    # executemany: much cheaper than a multi-VALUES INSERT ... RETURNING.
+                    ids = list((await conn.execute(_RESERVE_IDS, {"n": len(rows)})).scalars().all())
+                    for row, cid in zip(rows, ids, strict=True):
+                        row["id"] = cid
+                    await conn.execute(insert(comparisons), rows)
                 paths = [p for cid, r in zip(ids, records, strict=True) for p in _path_rows(cid, r)]
                 if paths:
                     await conn.execute(insert(comparison_paths), paths)

@@ -146,6 +146,47 @@ async def test_delete_before_removes_old_rows_and_their_paths(store_url: str) ->
     assert len(paths) == 9 and min(paths) == T0 + timedelta(minutes=2)
 
 
+async def test_concurrent_writers_link_path_rows_to_their_own_comparisons(
+    store_url: str,
+) -> None:
+    """Two stores on one database (two proxy workers) writing batches at the same time."""
+
+    def batch(worker: int, n: int) -> list[ComparisonRecord]:
+        return [
+            ComparisonRecord(
+                route=f"w{worker}",
+                outcome="mismatch",
+                request_id=f"w{worker}-{i}",
+                diff_paths=(f"$.w{worker}-{i}",),
+            )
+            for i in range(n)
+        ]
+
+    await (await Store.open(store_url)).close()
+    writers = [Store(store_url), Store(store_url)]
+    try:
+        await asyncio.gather(
+            *(
+                w.insert_batch(batch(k, 50) if j % 2 else batch(k, 50)[::-1])
+                for j in range(6)
+                for k, w in enumerate(writers)
+            )
+        )
+        async with writers[0].engine.connect() as conn:
+            pairs = (
+                await conn.execute(
+                    select(comparisons.c.request_id, comparison_paths.c.pattern).join(
+                        comparison_paths, comparison_paths.c.comparison_id == comparisons.c.id
+                    )
+                )
+            ).all()
+    finally:
+        for w in writers:
+            await w.close()
+    assert len(pairs) == 2 * 6 * 50
+    assert all(pattern == f"$.{request_id}" for request_id, pattern in pairs)
+
+
 def _ok() -> ComparisonRecord:
     return ComparisonRecord(route="order-list", outcome="match", time=T0)
 
