@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,11 +15,24 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.accesslog import AccessLog
-from proxy.dataplane import DataPlane, RoutePlan, RoutingState
+from proxy.dataplane import (
+    KIND_CANARY,
+    KIND_EXTRACTED,
+    DataPlane,
+    RouteEntry,
+    RoutePlan,
+    RoutingState,
+)
 from proxy.metrics import Metrics
-from proxy.routes import RouteTable
+from proxy.routes import Route, RouteTable
 from proxy.settings import BackendSettings, Settings
+from proxy.shadowing import ShadowHub, ShadowPlan
 from proxy.upstream import UpstreamPool
+from shadow.compare import CompareRules
+from shadow.record import ComparisonRecord
+from shadow.recorder import Recorder
+from shadow.redact import Redactor
+from shadow.store import Store
 
 __all__ = ["Proxy", "create_proxy"]
 
@@ -66,6 +80,10 @@ class Proxy:
         self.ready = False
         self.last_reload_error: str | None = None
         self.reload_hook: Callable[[], Awaitable[None]] | None = None  # supervisor fan-out
+        self.store: Store | None = None
+        self.recorder: Recorder | None = None
+        self.redactor: Redactor | None = None
+        self.hub: ShadowHub | None = None
         self.scrape_registry: CollectorRegistry | None = None  # multiprocess aggregation
 
     async def start(self) -> None:
@@ -81,9 +99,12 @@ class Proxy:
 
     async def _start_data_plane(self) -> None:
         loop = asyncio.get_running_loop()
+        await self._start_recording(loop)
         self._backends = await self._build_backends(self.settings, {})
         state = self._build_state(self.settings, self._backends)
-        self.plane = DataPlane(state, self.metrics, self.access_log, self.settings.limits, loop)
+        self.plane = DataPlane(
+            state, self.metrics, self.access_log, self.settings.limits, loop, self.hub
+        )
         self._server = await loop.create_server(
             self.plane.protocol_factory,
             self.settings.host,
@@ -93,6 +114,25 @@ class Proxy:
         )
         self.address = _sockname(self._server.sockets[0])
         self.plane.start_sweeper()
+
+    async def _start_recording(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open the comparison store (lazily: a store that is down must not stop the proxy)."""
+        st = self.settings.store
+        self.store = Store(st.url)
+        sink = _LazyStore(self.store)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(sink.ensure(), 5.0)
+        self.recorder = Recorder(sink, buffer_size=st.buffer_size, batch_size=st.batch_size)
+        await self.recorder.start()
+        self.redactor = Redactor.from_env(st.redact_json_paths)
+        self.hub = ShadowHub(
+            self.recorder,
+            self.redactor,
+            self.metrics,
+            loop,
+            config_version=lambda: self.settings.version,
+        )
+        self.hub.start()
 
     async def reload(self, settings: Settings) -> None:
         """Swap in a new config; in-flight requests finish on the table they started with."""
@@ -140,11 +180,20 @@ class Proxy:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
+        if self.hub is not None:
+            self.hub.stop()
+        if self.recorder is not None:
+            await self.recorder.stop(grace_s)
+            if self.hub is not None:
+                self.hub.sync_counters()
         for be in self._backends.values():
             be.pool.close()
             if be.runner is not None:
                 await be.runner.cleanup()
         self._backends = {}
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
         self.access_log.flush()
 
     async def reload_from_file(self, path: str | None = None) -> tuple[bool, list[str]]:
@@ -220,8 +269,9 @@ class Proxy:
     def _build_state(self, settings: Settings, backends: dict[str, _Backend]) -> RoutingState:
         table = RouteTable(settings)
         metrics = self.metrics
+        hub = self.hub
 
-        def plan(name: str, mode: str, backend: str) -> RoutePlan:
+        def plan(name: str, mode: str, backend: str, **extra: Any) -> RoutePlan:
             be = backends[backend]
             host = be.settings.host_header
             return RoutePlan(
@@ -231,16 +281,84 @@ class Proxy:
                 pool=be.pool,
                 metrics=metrics.route(name, backend, mode),
                 host_header=host.encode() if host else None,
+                **extra,
             )
 
-        plans = []
-        for route in table.routes:
-            serving = route.primary
-            if route.mode == "extracted" and route.candidate is not None:
-                serving = route.candidate
-            plans.append(plan(route.name, route.mode, serving))
-        default = plan(DEFAULT_ROUTE, "legacy", settings.default_backend)
-        return RoutingState(settings.version, table, tuple(plans), default)
+        entries = [
+            RouteEntry(route.name, plan(route.name, route.mode, route.primary))
+            if route.mode == "legacy" or route.candidate is None or hub is None
+            else _candidate_entry(route, hub, backends, plan)
+            for route in table.routes
+        ]
+        default = RouteEntry(DEFAULT_ROUTE, plan(DEFAULT_ROUTE, "legacy", settings.default_backend))
+        return RoutingState(settings.version, table, tuple(entries), default)
+
+
+def _candidate_entry(
+    route: Route,
+    hub: ShadowHub,
+    backends: dict[str, _Backend],
+    plan: Callable[..., RoutePlan],
+) -> RouteEntry:
+    """The plans of a shadow, canary or extracted route."""
+    rs = route.settings
+    mode = route.mode
+    primary, cand = route.primary, route.candidate
+    assert cand is not None
+    rules = CompareRules.from_settings(rs.compare)
+    state = hub.route_state(route.name)
+    breaker = hub.breaker(cand)
+    pool_legacy = backends[primary].pool
+    pool_cand = backends[cand].pool
+
+    def shadow_plan(swapped: bool) -> ShadowPlan:
+        return ShadowPlan(
+            rs,
+            state,
+            target_pool=pool_legacy if swapped else pool_cand,
+            baseline_pool=pool_legacy if rs.compare.noise_baseline and not swapped else None,
+            swapped=swapped,
+            record_mode=mode if mode != "legacy" else "shadow",
+            percent=rs.shadow.percent,
+            rules=rules,
+            breaker=breaker,
+        )
+
+    plain = plan(route.name, mode, primary)
+    forward = plan(route.name, mode, primary, shadow=shadow_plan(False))
+    if mode == "shadow":
+        return RouteEntry(route.name, forward, plain=plain)
+    served = plan(route.name, mode, cand, shadow=shadow_plan(True), fallback=plain, breaker=breaker)
+    kind = KIND_CANARY if mode == "canary" else KIND_EXTRACTED
+    return RouteEntry(
+        route.name,
+        forward if kind == KIND_CANARY else plain,
+        kind=kind,
+        candidate=served,
+        plain=plain,
+        breaker=breaker,
+        canary_percent=rs.canary.percent,
+        sticky_header=rs.canary.sticky_header,
+        sticky_cookie=rs.canary.sticky_cookie,
+    )
+
+
+class _LazyStore:
+    """The recorder's sink: initialises the schema on first use, so a store down at start
+    only delays recording (the recorder retries with backoff) and never stops the proxy."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._ready = False
+
+    async def ensure(self) -> None:
+        if not self._ready:
+            await self.store.init()
+            self._ready = True
+
+    async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
+        await self.ensure()
+        return await self.store.insert_batch(records)
 
 
 async def _start_handlers(bs: BackendSettings) -> tuple[web.AppRunner, str, int]:

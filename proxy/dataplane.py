@@ -21,14 +21,25 @@ import httptools
 import orjson
 
 from proxy.accesslog import AccessLog
+from proxy.breaker import Breaker
 from proxy.metrics import Metrics, RouteMetrics
+from proxy.shadowing import SAFE_METHODS, ShadowCall, ShadowHub, ShadowPlan, bucket
 from proxy.upstream import UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
     from proxy.routes import RouteTable
     from proxy.settings import LimitsSettings
 
-__all__ = ["ClientConnection", "DataPlane", "RoutePlan", "RoutingState"]
+__all__ = [
+    "KIND_CANARY",
+    "KIND_EXTRACTED",
+    "KIND_PRIMARY",
+    "ClientConnection",
+    "DataPlane",
+    "RouteEntry",
+    "RoutePlan",
+    "RoutingState",
+]
 
 # RFC 9110 7.6.1 hop-by-hop fields, plus the proxy headers we set ourselves.
 _REQ_DROP = frozenset(
@@ -77,7 +88,7 @@ _REASONS = {
 
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
-    """Everything the data plane needs for one route, resolved once per config."""
+    """How one request of a route is served, resolved once per config."""
 
     name: str
     mode: str
@@ -85,6 +96,85 @@ class RoutePlan:
     pool: UpstreamPool
     metrics: RouteMetrics
     host_header: bytes | None
+    shadow: ShadowPlan | None = None  # the background leg, if any
+    fallback: RoutePlan | None = None  # legacy, when this plan serves from a candidate
+    breaker: Breaker | None = None  # the candidate's breaker, when serving from it
+
+
+KIND_PRIMARY, KIND_CANARY, KIND_EXTRACTED = 0, 1, 2
+
+
+class RouteEntry:
+    """A route's plans and the per-request choice between them (canary, extracted, breaker)."""
+
+    __slots__ = (
+        "breaker",
+        "candidate",
+        "held",
+        "kind",
+        "name",
+        "plain",
+        "primary",
+        "salt",
+        "sticky_cookie",
+        "sticky_header",
+        "threshold",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        primary: RoutePlan,
+        *,
+        kind: int = KIND_PRIMARY,
+        candidate: RoutePlan | None = None,
+        plain: RoutePlan | None = None,
+        breaker: Breaker | None = None,
+        canary_percent: float = 0.0,
+        sticky_header: str | None = None,
+        sticky_cookie: str | None = None,
+    ) -> None:
+        self.name = name
+        self.primary = primary  # legacy serves (with the forward shadow, if any)
+        self.candidate = candidate  # the candidate serves (with the reverse shadow, if any)
+        self.plain = plain or primary  # legacy serves, nothing else
+        self.kind = kind
+        self.breaker = breaker
+        self.threshold = round(canary_percent * 100)
+        self.sticky_header = sticky_header.lower().encode() if sticky_header else None
+        self.sticky_cookie = sticky_cookie.encode() if sticky_cookie else None
+        self.salt = name.encode() + b"/"
+        self.held = False  # an automatic rollback holds the route on legacy
+
+    def choose(self, headers: list[tuple[bytes, bytes]]) -> RoutePlan:
+        """The plan for one request of a canary or extracted route."""
+        cand = self.candidate
+        if self.held or cand is None:
+            return self.primary if self.kind == KIND_CANARY else self.plain
+        br = self.breaker
+        if self.kind == KIND_EXTRACTED:
+            return cand if br is None or br.allow() else self.plain
+        key = self._sticky_key(headers)
+        if key is None or bucket(self.salt + key) >= self.threshold:
+            return self.primary
+        return cand if br is None or br.allow() else self.primary
+
+    def _sticky_key(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        if self.sticky_header is not None:
+            want = self.sticky_header
+            for name, value in headers:
+                if name.lower() == want:
+                    return value
+            return None
+        if self.sticky_cookie is not None:
+            prefix = self.sticky_cookie + b"="
+            for name, value in headers:
+                if name.lower() == b"cookie":
+                    for part in value.split(b";"):
+                        part = part.strip()
+                        if part.startswith(prefix):
+                            return part[len(prefix) :]
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +183,8 @@ class RoutingState:
 
     version: str
     table: RouteTable
-    plans: tuple[RoutePlan, ...]  # by route index
-    default: RoutePlan
+    entries: tuple[RouteEntry, ...]  # by route index
+    default: RouteEntry
 
 
 def _error_body(status: int, code: str, message: str, backend: str, request_id: str) -> bytes:
@@ -131,8 +221,10 @@ class DataPlane:
         access_log: AccessLog,
         limits: LimitsSettings,
         loop: asyncio.AbstractEventLoop,
+        hub: ShadowHub | None = None,
     ) -> None:
         self.state = state
+        self.hub = hub
         self.metrics = metrics
         self.access_log = access_log
         self.limits = limits
@@ -198,6 +290,7 @@ class _Exchange:
         "resp_headers",
         "resp_started",
         "retried",
+        "shadow",
         "status",
         "t0",
         "timer",
@@ -242,6 +335,7 @@ class _Exchange:
         self.upgrade_req = False
         self.upgrading = False
         self.retried = False
+        self.shadow: ShadowCall | None = None
         self.done = False
         self.t0 = perf_counter()
         self.last_activity = client.plane.loop.time()
@@ -326,6 +420,8 @@ class _Exchange:
             return
         self.status = status
         self.resp_started = True
+        if self.shadow is not None:
+            self.shadow.served_head(status, headers)
         out = client.out
         out.append(b"HTTP/1.1 %d %s\r\n" % (status, self.reason))
         upstream_chunked = False
@@ -368,6 +464,8 @@ class _Exchange:
         out.append(_VIA + b"\r\n")
 
     def on_upstream_body(self, data: bytes) -> None:
+        if self.shadow is not None:
+            self.shadow.served_chunk(data)
         if self.chunked_resp:
             self.client.out += (b"%x\r\n" % len(data), data, b"\r\n")
         else:
@@ -397,6 +495,9 @@ class _Exchange:
             self.timer.cancel()
             self.timer = None
         self.upstream = None
+        if self.shadow is not None:
+            self.shadow.drop("upgrade")
+            self.shadow = None
         assert client.transport is not None and conn.transport is not None
         conn.start_tunnel(client.transport)
         client.start_tunnel(conn)
@@ -462,6 +563,8 @@ class _Exchange:
             self.plan.pool.discard(up)
         else:
             self.plan.pool.cancel_wait(self)
+        if self._fall_back():
+            return
         client = self.client
         close = not self.request_complete or not client.keep_alive or client.plane.draining
         body = _error_body(status, code, message, self.backend, self.request_id)
@@ -475,6 +578,35 @@ class _Exchange:
         self._end(code)
         client.flush()
         client.exchange_done(self)
+
+    def _fall_back(self) -> bool:
+        """A candidate failed before any response byte: serve a safe request from legacy."""
+        plan = self.plan
+        fb = plan.fallback
+        if (
+            fb is None
+            or self.replay is None
+            or self.method not in SAFE_METHODS
+            or self.resp_started
+            or not self.request_complete
+        ):
+            return False
+        if plan.breaker is not None:
+            plan.breaker.failure()
+        if self.shadow is not None:
+            self.shadow.drop("fallback")
+            self.shadow = None
+        self.plan = fb
+        self.backend = fb.backend
+        self.up_buf = list(self.replay)
+        self.up_size = self.replay_size
+        if self.timer is not None:
+            self.timer.cancel()
+        loop = self.client.plane.loop
+        self.last_activity = loop.time()
+        self.timer = loop.call_later(fb.pool.timeout, self._on_timeout)
+        fb.pool.acquire(self)
+        return True
 
     def _abort(self, why: str) -> None:
         """The response was already under way: the client must see a broken connection."""
@@ -504,6 +636,16 @@ class _Exchange:
             self.timer.cancel()
             self.timer = None
         self.done = True
+        sh = self.shadow
+        if sh is not None:
+            self.shadow = None
+            sh.served_end(error is None and self.request_complete)
+        br = self.plan.breaker
+        if br is not None:
+            if error is not None or self.status >= 500:
+                br.failure()
+            else:
+                br.success()
         self._account(self.status, error)
 
     def _account(self, status: int, error: str | None) -> None:
@@ -652,6 +794,9 @@ class ClientConnection(asyncio.Protocol):
             if ex is not None:
                 ex.request_complete = True
                 ex.upgrade_req = True
+                if ex.shadow is not None:
+                    ex.shadow.drop("upgrade")
+                    ex.shadow = None
                 if rest:
                     ex.send_body(rest)
                 self.reading = None
@@ -744,7 +889,8 @@ class ClientConnection(asyncio.Protocol):
         headers = self._headers
         state = plane.state
         route = state.table.match(method, path, query_b.decode("latin-1"), headers)
-        plan = state.default if route is None else state.plans[route.index]
+        entry = state.default if route is None else state.entries[route.index]
+        plan = entry.primary if entry.kind == KIND_PRIMARY else entry.choose(headers)
 
         parts: list[bytes] = [raw_method, b" ", target, b" HTTP/1.1\r\n"]
         host = b""
@@ -795,8 +941,11 @@ class ClientConnection(asyncio.Protocol):
             parts.append(b"transfer-encoding: chunked\r\n")
         parts.append(_VIA + b"\r\n")
 
-        ex = _Exchange(self, plan, method, path, b"".join(parts), request_id)
+        head = b"".join(parts)
+        ex = _Exchange(self, plan, method, path, head, request_id)
         ex.chunked_req = self._chunked
+        if plan.shadow is not None and plane.hub is not None:
+            ex.shadow = plane.hub.begin(plan.shadow, method, path, request_id, headers, head)
         self.reading = ex
         self.deadline = plane.loop.time() + plane.limits.body_timeout
         if self.current is None:
@@ -816,6 +965,8 @@ class ClientConnection(asyncio.Protocol):
             ex.send_body(b"%x\r\n%s\r\n" % (len(body), body))
         else:
             ex.send_body(body)
+        if ex.shadow is not None:
+            ex.shadow.request_body(body)
         if ex.up_size > _PENDING_LIMIT and (ex.upstream is None or ex is not self.current):
             self.pause_reading(ex)
 
@@ -826,6 +977,8 @@ class ClientConnection(asyncio.Protocol):
             if ex.chunked_req:
                 ex.send_body(b"0\r\n\r\n")
             ex.request_complete = True
+            if ex.shadow is not None:
+                ex.shadow.request_done()
         self.deadline = 0.0
         if not self.keep_alive:
             self._stop_reading()

@@ -92,6 +92,69 @@ class Metrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+        self.shadow_comparisons = Counter(
+            "strangler_shadow_comparisons",
+            "Shadow comparisons by route and outcome (match, mismatch, candidate_error, ...).",
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.shadow_dropped = Counter(
+            "strangler_shadow_dropped",
+            "Shadow copies dropped by route and reason (concurrency, shed, body_too_large, ...).",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.shadow_started = Counter(
+            "strangler_shadow_started",
+            "Shadow comparisons started, by route (= recorded + dropped + failed).",
+            ["route"],
+            registry=r,
+        )
+        self.shadow_recorded = Counter(
+            "strangler_shadow_recorded",
+            "Comparisons written to the store, by route.",
+            ["route"],
+            registry=r,
+        )
+        self.shadow_failed = Counter(
+            "strangler_shadow_failed",
+            "Comparisons lost after being queued (store down past the buffer), by route.",
+            ["route"],
+            registry=r,
+        )
+        self.shadow_diff_paths = Counter(
+            "strangler_shadow_diff_paths",
+            "Differing field paths by route (top paths per route; the rest as _other).",
+            ["route", "path"],
+            registry=r,
+        )
+        self.shadow_noise = Counter(
+            "strangler_shadow_noise",
+            "Paths found to be noise (legacy differs from itself), by route.",
+            ["route", "path"],
+            registry=r,
+        )
+        self.candidate_latency = Histogram(
+            "strangler_candidate_duration_seconds",
+            "Latency of the background leg of a shadow comparison, by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "strangler_breaker_state",
+            "Circuit breaker state per candidate backend (0 closed, 1 open, 2 half-open).",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.auto_rollback = Gauge(
+            "strangler_auto_rollback",
+            "1 while a route is held on legacy by an automatic rollback.",
+            ["route"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self._config_version: str | None = None
 
     def route(self, route: str, backend: str, mode: str) -> RouteMetrics:

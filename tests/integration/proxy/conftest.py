@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -13,8 +16,13 @@ from proxy.settings import Settings, loads
 from tests.upstreams import EchoUpstream
 
 
-def proxy_config(upstream_url: str, extra: str = "", backend_extra: str = "") -> str:
+def proxy_config(
+    upstream_url: str, extra: str = "", backend_extra: str = "", store_url: str | None = None
+) -> str:
     """A config text with one `legacy` backend at `upstream_url` on ephemeral ports."""
+    if store_url is None:
+        db = os.path.join(tempfile.gettempdir(), f"strangler-test-{uuid.uuid4().hex[:12]}.db")
+        store_url = f"sqlite+aiosqlite:///{db}"
     return f"""
 listen: 127.0.0.1:0
 admin:
@@ -28,7 +36,7 @@ backends:
 {backend_extra}
 default_backend: legacy
 store:
-  url: sqlite+aiosqlite:///unused.db
+  url: {store_url}
 access_log: false
 {extra}
 """

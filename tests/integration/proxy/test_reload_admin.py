@@ -47,9 +47,8 @@ async def admin_stack(
 ) -> AsyncIterator[_AdminStack]:
     monkeypatch.setenv("STRANGLER_ADMIN_TOKEN", TOKEN)
     path = tmp_path / "routes.yaml"
-    base = proxy_config(upstream.url).replace(
-        "url: sqlite+aiosqlite:///unused.db",
-        "url: postgresql+psycopg://reporter:s3cret-pw@127.0.0.1:5432/test",
+    base = proxy_config(
+        upstream.url, store_url="postgresql+psycopg://reporter:s3cret-pw@127.0.0.1:5432/test"
     )
     path.write_text(base + _routes(0))
     log = io.BytesIO()

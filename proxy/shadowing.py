@@ -1,0 +1,709 @@
+"""Background legs of shadow, canary and extracted modes: sample, tee, call, compare, record.
+
+The user's response never waits for any of this. A `ShadowCall` tees the served response
+(capped) while it streams, sends the request copy to the other side on the same lean
+upstream pools as the data plane, and when every leg is done the hub compares and hands
+one record to the recorder. Every call is bounded (per-route concurrency, body cap,
+timeout, adaptive shedding on event-loop lag) and every one that starts is counted:
+started = recorded + dropped + failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import zlib
+from collections.abc import Callable, Sequence
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import Counter
+
+from proxy.breaker import Breaker
+from proxy.metrics import Metrics
+from proxy.upstream import UpstreamConnection, UpstreamPool
+from shadow.compare import CompareRules, Comparison
+from shadow.http_compare import HttpResponse, compare_responses
+from shadow.noise import cancel_noise, response_noise_patterns
+from shadow.record import ComparisonRecord, DiffExample, RecordMode
+from shadow.recorder import Recorder
+from shadow.redact import Redactor
+
+if TYPE_CHECKING:
+    from proxy.settings import RouteSettings
+
+__all__ = ["SAFE_METHODS", "ShadowCall", "ShadowHub", "ShadowPlan", "bucket"]
+
+_log = logging.getLogger("strangler.shadow")
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_STRIP_FRAMING = re.compile(rb"(?im)^(?:content-length|transfer-encoding):[^\r\n]*\r\n")
+_STORED_BODY_CAP = 64 << 10
+_TOP_PATHS = 20
+_LAG_INTERVAL = 0.05
+_LAG_SHED_S = 0.010
+_GLOBAL_BUDGET = 1024
+
+
+def bucket(key: bytes) -> int:
+    """A stable bucket 0..9999 for a key: same key, same bucket, in every process."""
+    return zlib.crc32(key) % 10000
+
+
+class _RouteState:
+    """Mutable per-route shadow state shared by the plans of one route."""
+
+    __slots__ = ("by_outcome", "dropped", "in_flight", "paths", "route")
+
+    def __init__(self, route: str, metrics: Metrics) -> None:
+        self.route = route
+        self.in_flight = 0
+        self.by_outcome: dict[str, Counter] = {}
+        self.dropped: dict[str, Counter] = {}
+        self.paths: dict[str, Counter] = {}
+
+
+class ShadowPlan:
+    """How one route's requests are shadowed in one direction; built once per config."""
+
+    __slots__ = (
+        "baseline_pool",
+        "breaker",
+        "ignore_headers",
+        "max_body",
+        "max_concurrency",
+        "path_template",
+        "record_mode",
+        "route",
+        "rules",
+        "safe_only",
+        "sample_key",
+        "state",
+        "swapped",
+        "target_pool",
+        "threshold",
+        "timeout",
+        "writes",
+    )
+
+    def __init__(
+        self,
+        route: RouteSettings,
+        state: _RouteState,
+        *,
+        target_pool: UpstreamPool,
+        baseline_pool: UpstreamPool | None,
+        swapped: bool,
+        record_mode: RecordMode,
+        percent: float,
+        rules: CompareRules,
+        breaker: Breaker | None,
+    ) -> None:
+        sh = route.shadow
+        self.route = route.name
+        self.state = state
+        self.target_pool = target_pool
+        self.baseline_pool = baseline_pool
+        self.swapped = swapped
+        self.record_mode = record_mode
+        self.threshold = round(percent * 100)
+        self.timeout = sh.timeout
+        self.max_concurrency = sh.max_concurrency
+        self.max_body = sh.max_body_bytes
+        self.writes = sh.writes
+        self.safe_only = swapped
+        self.sample_key = sh.sample_key.encode() if sh.sample_key else None
+        self.rules = rules
+        self.ignore_headers = tuple(route.compare.ignore_headers)
+        self.path_template = route.match.path
+        self.breaker = breaker
+
+
+class _Leg:
+    """One background request (to the candidate, or legacy for a baseline/reverse shadow)."""
+
+    __slots__ = (
+        "body",
+        "call",
+        "conn",
+        "done",
+        "error",
+        "head_only",
+        "headers",
+        "interim",
+        "ms",
+        "pool",
+        "reason",
+        "request",
+        "size",
+        "status",
+        "t0",
+        "too_large",
+    )
+
+    def __init__(self, call: ShadowCall, pool: UpstreamPool) -> None:
+        self.call = call
+        self.pool = pool
+        self.request = b""
+        self.conn: UpstreamConnection | None = None
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.size = 0
+        self.done = False
+        self.error: str | None = None
+        self.too_large = False
+        self.interim = False
+        self.head_only = False
+        self.ms = 0.0
+        self.t0 = 0.0
+
+    def start(self, request: bytes, head_only: bool) -> None:
+        self.request = request
+        self.head_only = head_only
+        self.t0 = perf_counter()
+        self.pool.acquire(self)
+
+    # the Exchange protocol of proxy.upstream
+    def attach(self, conn: UpstreamConnection) -> None:
+        if self.done:
+            self.pool.release(conn)
+            return
+        self.conn = conn
+        conn.head_only = self.head_only
+        conn.send(self.request)
+
+    def connect_failed(self, exc: BaseException) -> None:
+        self._end(f"connect failed: {exc or type(exc).__name__}")
+
+    def on_upstream_status(self, reason: bytes) -> None:
+        self.reason = reason
+
+    def on_upstream_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_upstream_headers_complete(self, status: int, conn: UpstreamConnection) -> None:
+        if status < 200:
+            self.interim = True
+            self.headers = []
+            return
+        self.status = status
+
+    def on_upstream_body(self, data: bytes) -> None:
+        if self.too_large:
+            return
+        self.size += len(data)
+        if self.size > self.call.plan.max_body:
+            self.too_large = True
+            self.body = []
+            if self.conn is not None:
+                conn, self.conn = self.conn, None
+                conn.exchange = None
+                conn.abort()
+            self._end("body_too_large")
+            return
+        self.body.append(data)
+
+    def on_upstream_message_complete(self, conn: UpstreamConnection) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        self.conn = None
+        self.pool.release(conn)
+        self._end(None)
+
+    def on_upstream_flush(self) -> None:
+        pass
+
+    def on_upstream_lost(self, conn: UpstreamConnection, exc: BaseException | None) -> None:
+        self.conn = None
+        self._end(f"connection lost: {exc}" if exc else "connection closed")
+
+    def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
+        self.conn = None
+        conn.abort()
+        self._end("unexpected upgrade")
+
+    def pause_client_reading(self) -> None:
+        pass
+
+    def resume_client_reading(self) -> None:
+        pass
+
+    def abort(self, why: str) -> None:
+        """Give up on this leg (timeout or shutdown)."""
+        if self.done:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.exchange = None
+            self.pool.discard(conn)
+        else:
+            self.pool.cancel_wait(self)
+        self._end(why)
+
+    def _end(self, error: str | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.error = error
+        self.ms = (perf_counter() - self.t0) * 1000.0
+        self.call.leg_done()
+
+    def response(self) -> HttpResponse:
+        return HttpResponse(
+            self.status,
+            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.headers],
+            b"".join(self.body),
+        )
+
+
+class ShadowCall:
+    """One sampled request: tees the served response and runs the background legs."""
+
+    __slots__ = (
+        "_timer",
+        "baseline",
+        "finished",
+        "head",
+        "hub",
+        "leg",
+        "method",
+        "path",
+        "plan",
+        "req_body",
+        "req_size",
+        "request_id",
+        "sent",
+        "served_body",
+        "served_done",
+        "served_failed",
+        "served_headers",
+        "served_ms",
+        "served_size",
+        "served_status",
+        "served_too_large",
+        "started_at",
+    )
+
+    def __init__(
+        self, hub: ShadowHub, plan: ShadowPlan, method: str, path: str, request_id: str, head: bytes
+    ) -> None:
+        self.hub = hub
+        self.plan = plan
+        self.method = method
+        self.path = path
+        self.request_id = request_id
+        self.head = head
+        self.req_body: list[bytes] = []
+        self.req_size = 0
+        self.served_status = 0
+        self.served_headers: list[tuple[bytes, bytes]] = []
+        self.served_body: list[bytes] = []
+        self.served_size = 0
+        self.served_too_large = False
+        self.served_done = False
+        self.served_failed = False
+        self.served_ms = 0.0
+        self.leg = _Leg(self, plan.target_pool)
+        self.baseline: _Leg | None = None
+        self.finished = False
+        self.sent = False
+        self.started_at = perf_counter()
+        self._timer: asyncio.TimerHandle | None = None
+
+    # fed by the data plane (request direction)
+    def request_body(self, data: bytes) -> None:
+        """A piece of the (unframed) request body."""
+        self.req_size += len(data)
+        if self.req_size > self.plan.max_body:
+            self.drop("request_too_large")
+            return
+        self.req_body.append(data)
+
+    def request_done(self) -> None:
+        """The whole request arrived: send the copies."""
+        if self.finished:
+            return
+        self.sent = True
+        body = b"".join(self.req_body)
+        self.req_body = []
+        head = _STRIP_FRAMING.sub(b"", self.head)
+        extra = b"content-length: %d\r\nx-strangler-shadow: 1\r\n" % len(body)
+        if self.method not in SAFE_METHODS:
+            extra += b"x-strangler-dry-run: 1\r\n"
+        request = head[:-2] + extra + b"\r\n" + body
+        head_only = self.method == "HEAD"
+        self._timer = self.hub.loop.call_later(self.plan.timeout, self._on_timeout)
+        if self.plan.baseline_pool is not None:
+            self.baseline = _Leg(self, self.plan.baseline_pool)
+            self.baseline.start(request, head_only)
+        self.leg.start(request, head_only)
+
+    # fed by the data plane (served response direction)
+    def served_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.served_status = status
+        self.served_headers = headers
+
+    def served_chunk(self, data: bytes) -> None:
+        if self.served_too_large:
+            return
+        self.served_size += len(data)
+        if self.served_size > self.plan.max_body:
+            self.served_too_large = True
+            self.served_body = []
+            return
+        self.served_body.append(data)
+
+    def served_end(self, ok: bool) -> None:
+        """The served response ended (ok) or broke (not ok)."""
+        if self.finished:
+            return
+        self.served_done = True
+        self.served_failed = not ok
+        self.served_ms = (perf_counter() - self.started_at) * 1000.0
+        if not ok:
+            self.drop("primary_failed")
+            return
+        if not self.sent:
+            self.drop("incomplete_request")
+            return
+        self._maybe_complete()
+
+    def leg_done(self) -> None:
+        self._maybe_complete()
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self.finished:
+            return
+        if not self.leg.done:
+            self.leg.abort("timeout")
+        if self.baseline is not None and not self.baseline.done:
+            self.baseline.abort("timeout")
+
+    def _maybe_complete(self) -> None:
+        if self.finished or not self.served_done or not self.leg.done:
+            return
+        if self.baseline is not None and not self.baseline.done:
+            return
+        self._close()
+        try:
+            self.hub.complete(self)
+        except Exception:  # one bad comparison must never break the data plane
+            _log.exception("shadow: comparison failed for %s", self.plan.route)
+            self.hub.recorder.note_dropped(self.plan.route, "compare_error")
+            self.hub.count_drop(self.plan.state, "compare_error")
+
+    def drop(self, reason: str) -> None:
+        """Abandon this call and count it."""
+        if self.finished:
+            return
+        self._close()
+        self.leg.abort(reason) if not self.leg.done else None
+        if self.baseline is not None and not self.baseline.done:
+            self.baseline.abort(reason)
+        self.hub.recorder.note_dropped(self.plan.route, reason)
+        self.hub.count_drop(self.plan.state, reason)
+
+    def _close(self) -> None:
+        self.finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.plan.state.in_flight -= 1
+        self.hub.in_flight -= 1
+
+
+class ShadowHub:
+    """Decides which requests are shadowed, and compares and records the results."""
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        redactor: Redactor,
+        metrics: Metrics,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        config_version: Callable[[], str],
+    ) -> None:
+        self.recorder = recorder
+        self.redactor = redactor
+        self.metrics = metrics
+        self.loop = loop
+        self.config_version = config_version
+        self.in_flight = 0
+        self.shedding = False
+        self.lag = 0.0
+        self._states: dict[str, _RouteState] = {}
+        self.breakers: dict[str, Breaker] = {}
+        self._lag_timer: asyncio.TimerHandle | None = None
+        self._lag_expected = 0.0
+        self._sync_timer: asyncio.TimerHandle | None = None
+        self._synced: dict[str, tuple[int, int, int, dict[str, int]]] = {}
+
+    # lifecycle
+    def start(self) -> None:
+        """Start the event-loop lag monitor and the counter sync."""
+        self._lag_expected = self.loop.time() + _LAG_INTERVAL
+        self._lag_timer = self.loop.call_later(_LAG_INTERVAL, self._lag_tick)
+        self._sync_timer = self.loop.call_later(1.0, self._sync_tick)
+
+    def stop(self) -> None:
+        """Stop the timers (and publish the final counters)."""
+        for t in (self._lag_timer, self._sync_timer):
+            if t is not None:
+                t.cancel()
+        self._lag_timer = self._sync_timer = None
+        self.sync_counters()
+
+    def _lag_tick(self) -> None:
+        now = self.loop.time()
+        lag = max(0.0, now - self._lag_expected)
+        self.lag = 0.7 * self.lag + 0.3 * lag
+        self.shedding = self.lag > _LAG_SHED_S
+        self._lag_expected = now + _LAG_INTERVAL
+        self._lag_timer = self.loop.call_later(_LAG_INTERVAL, self._lag_tick)
+
+    def _sync_tick(self) -> None:
+        self.sync_counters()
+        self._sync_timer = self.loop.call_later(1.0, self._sync_tick)
+
+    def sync_counters(self) -> None:
+        """Publish the recorder's counters as Prometheus counters (works across workers)."""
+        m = self.metrics
+        for route, c in self.recorder.counters().items():
+            prev = self._synced.get(route, (0, 0, 0, {}))
+            if c.started > prev[0]:
+                m.shadow_started.labels(route).inc(c.started - prev[0])
+            if c.recorded > prev[1]:
+                m.shadow_recorded.labels(route).inc(c.recorded - prev[1])
+            if c.failed > prev[2]:
+                m.shadow_failed.labels(route).inc(c.failed - prev[2])
+            self._synced[route] = (c.started, c.recorded, c.failed, dict(c.dropped))
+
+    # building plans
+    def route_state(self, route: str) -> _RouteState:
+        """The shared state of one route (kept across reloads so counters stay whole)."""
+        st = self._states.get(route)
+        if st is None:
+            st = self._states[route] = _RouteState(route, self.metrics)
+        return st
+
+    def breaker(self, backend: str) -> Breaker:
+        """The circuit breaker of a candidate backend."""
+        br = self.breakers.get(backend)
+        if br is None:
+            gauge = self.metrics.breaker_state
+
+            def changed(name: str, state: int) -> None:
+                gauge.labels(name).set(state)
+                _log.warning("breaker %s -> %s", name, ("closed", "open", "half-open")[state])
+
+            br = self.breakers[backend] = Breaker(backend, on_change=changed)
+            gauge.labels(backend).set(0)
+        return br
+
+    # the request path
+    def begin(
+        self,
+        plan: ShadowPlan,
+        method: str,
+        path: str,
+        request_id: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        head: bytes,
+    ) -> ShadowCall | None:
+        """Decide whether this request gets a background leg; cheap when it does not."""
+        if plan.threshold < 10000:
+            key = request_id.encode()
+            if plan.sample_key is not None:
+                for name, value in headers:
+                    if name.lower() == plan.sample_key:
+                        key = value
+                        break
+            if bucket(key) >= plan.threshold:
+                return None
+        if method not in SAFE_METHODS:
+            if plan.safe_only:
+                return None
+            if plan.writes == "skip":
+                self.recorder.record(
+                    ComparisonRecord(
+                        route=plan.route,
+                        outcome="skipped",
+                        method=method,
+                        path=plan.path_template,
+                        request_path=self.redactor.redact_text(path),
+                        request_id=request_id,
+                        mode=plan.record_mode,
+                        config_version=self.config_version(),
+                    ),
+                    started=True,
+                )
+                self._count(plan.state, "skipped")
+                return None
+        state = plan.state
+        reason = None
+        if state.in_flight >= plan.max_concurrency:
+            reason = "concurrency"
+        elif self.shedding or self.in_flight >= _GLOBAL_BUDGET:
+            reason = "shed"
+        if reason is not None:
+            self.recorder.note_started(plan.route)
+            self.recorder.note_dropped(plan.route, reason)
+            self.count_drop(state, reason)
+            return None
+        self.recorder.note_started(plan.route)
+        state.in_flight += 1
+        self.in_flight += 1
+        return ShadowCall(self, plan, method, path, request_id, head)
+
+    # completion
+    def complete(self, call: ShadowCall) -> None:
+        """Compare the two sides and record the outcome."""
+        plan = call.plan
+        if call.served_too_large:
+            call.hub.recorder.note_dropped(plan.route, "body_too_large")
+            self.count_drop(plan.state, "body_too_large")
+            return
+        served = HttpResponse(
+            call.served_status,
+            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in call.served_headers],
+            b"".join(call.served_body),
+        )
+        leg = call.leg
+        if plan.swapped:
+            legacy_ms, cand_ms = leg.ms, call.served_ms
+        else:
+            legacy_ms, cand_ms = call.served_ms, leg.ms
+        self.metrics.candidate_latency.labels(plan.route).observe(leg.ms / 1000.0)
+        detail = ""
+        comparison: Comparison | None = None
+        noise: frozenset[str] = frozenset()
+        legacy: HttpResponse | None = None
+        candidate: HttpResponse | None = None
+        if leg.error is not None:
+            if plan.swapped:  # the legacy leg failed: nothing to compare against
+                self.recorder.note_dropped(plan.route, "legacy_failed")
+                self.count_drop(plan.state, "legacy_failed")
+                return
+            outcome = "candidate_timeout" if leg.error == "timeout" else "candidate_error"
+            detail = leg.error
+            self._feed_breaker(plan, ok=False)
+        else:
+            other = leg.response()
+            legacy, candidate = (other, served) if plan.swapped else (served, other)
+            if candidate.status >= 500 and legacy.status < 500:
+                outcome = "candidate_error"
+                detail = f"candidate answered {candidate.status}"
+                self._feed_breaker(plan, ok=False)
+            else:
+                self._feed_breaker(plan, ok=True)
+                comparison = compare_responses(
+                    legacy, candidate, plan.rules, ignore_headers=plan.ignore_headers
+                )
+                base = call.baseline
+                if base is not None and base.error is None and not comparison.equal:
+                    noise_set = response_noise_patterns(legacy, base.response(), plan.rules)
+                    comparison, noise = cancel_noise(comparison, noise_set)
+                outcome = "match" if comparison.equal else "mismatch"
+        self._record(
+            call, outcome, legacy, candidate, comparison, noise, detail, legacy_ms, cand_ms
+        )
+
+    def _feed_breaker(self, plan: ShadowPlan, *, ok: bool) -> None:
+        br = plan.breaker
+        if br is None or plan.swapped:
+            return
+        if ok:
+            br.success()
+        else:
+            br.failure()
+
+    def _record(
+        self,
+        call: ShadowCall,
+        outcome: Any,
+        legacy: HttpResponse | None,
+        candidate: HttpResponse | None,
+        comparison: Comparison | None,
+        noise: frozenset[str],
+        detail: str,
+        legacy_ms: float,
+        cand_ms: float,
+    ) -> None:
+        plan = call.plan
+        red = self.redactor
+        diff_paths: tuple[str, ...] = ()
+        examples: tuple[DiffExample, ...] = ()
+        primary_body: bytes | None = None
+        candidate_body: bytes | None = None
+        if comparison is not None and not comparison.equal:
+            diff_paths = comparison.patterns
+            examples = tuple(
+                DiffExample(d.pattern, d.path, d.primary, d.candidate)
+                for d in (red.redact_difference(x) for x in comparison.examples)
+            )
+            if legacy is not None and candidate is not None:
+                primary_body = self._stored_body(legacy)
+                candidate_body = self._stored_body(candidate)
+            state = plan.state
+            for pattern in diff_paths:
+                counter = state.paths.get(pattern)
+                if counter is None:
+                    label = pattern if len(state.paths) < _TOP_PATHS else "_other"
+                    counter = self.metrics.shadow_diff_paths.labels(plan.route, label)
+                    if label != "_other":
+                        state.paths[pattern] = counter
+                counter.inc()
+        for pattern in noise:
+            self.metrics.shadow_noise.labels(plan.route, pattern).inc()
+        self.recorder.record(
+            ComparisonRecord(
+                route=plan.route,
+                outcome=outcome,
+                method=call.method,
+                path=plan.path_template,
+                request_path=red.redact_text(call.path),
+                status_primary=legacy.status if legacy is not None else call.served_status,
+                status_candidate=candidate.status
+                if candidate is not None
+                else (call.leg.status or None),
+                latency_primary_ms=round(legacy_ms, 3),
+                latency_candidate_ms=round(cand_ms, 3),
+                diff_paths=diff_paths,
+                diff_examples=examples,
+                noise=tuple(sorted(noise)),
+                primary_body=primary_body,
+                candidate_body=candidate_body,
+                detail=red.redact_text(detail),
+                request_id=call.request_id,
+                mode=plan.record_mode,
+                config_version=self.config_version(),
+            )
+        )
+        self._count(plan.state, outcome)
+
+    def _stored_body(self, resp: HttpResponse) -> bytes:
+        body = self.redactor.redact_body(
+            resp.body, resp.header("content-type"), resp.header("content-encoding")
+        )
+        return body[:_STORED_BODY_CAP]
+
+    def _count(self, state: _RouteState, outcome: str) -> None:
+        c = state.by_outcome.get(outcome)
+        if c is None:
+            c = state.by_outcome[outcome] = self.metrics.shadow_comparisons.labels(
+                state.route, outcome
+            )
+        c.inc()
+
+    def count_drop(self, state: _RouteState, reason: str) -> None:
+        """Count a dropped shadow copy in the metrics."""
+        c = state.dropped.get(reason)
+        if c is None:
+            c = state.dropped[reason] = self.metrics.shadow_dropped.labels(state.route, reason)
+        c.inc()
