@@ -42,7 +42,7 @@ _STRIP_FRAMING = re.compile(rb"(?im)^(?:content-length|transfer-encoding):[^\r\n
 _STORED_BODY_CAP = 64 << 10
 _TOP_PATHS = 20
 _LAG_INTERVAL = 0.05
-_LAG_SHED_S = 0.010
+_LAG_SHED_S = 0.020
 _GLOBAL_BUDGET = 1024
 
 

@@ -1,0 +1,293 @@
+"""Shadow, canary and extracted modes against real loopback apps and a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from proxy.accesslog import AccessLog
+from proxy.app import Proxy
+from shadow.recorder import RouteCounters
+from tests.integration.proxy.shadow_support import CARD, EMAIL, Side, shadow_stack
+from tests.support import wait_until
+
+SHADOW_ROUTE = """
+  - name: orders
+    match: {path: /api/*}
+    mode: shadow
+    candidate: orders
+    shadow: {percent: 100, timeout: 1s, max_concurrency: 64, writes: skip}
+    compare:
+      ignore_headers: [date, server, content-length]
+"""
+
+
+def _counters(proxy: Proxy, route: str = "orders") -> RouteCounters:
+    assert proxy.recorder is not None
+    return proxy.recorder.counters().get(route) or RouteCounters()
+
+
+def _ended(proxy: Proxy, n: int, route: str = "orders") -> bool:
+    c = _counters(proxy, route)
+    return (
+        c.recorded + c.dropped_total + c.failed >= n
+        and proxy.hub is not None
+        and (proxy.hub.in_flight == 0)
+    )
+
+
+async def _get(port: int, path: str, **headers: str) -> tuple[int, bytes]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{port}{path}", headers=headers) as r,
+    ):
+        return r.status, await r.read()
+
+
+@pytest.mark.parametrize(
+    ("tail", "outcome"),
+    [
+        ("slow/1", "candidate_timeout"),
+        ("err/1", "candidate_error"),
+        ("reset/1", "candidate_error"),
+        ("garbage/1", "candidate_error"),
+    ],
+)
+async def test_candidate_faults_never_touch_the_user_response(
+    tmp_path: Path, tail: str, outcome: str
+) -> None:
+    store = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+    async with shadow_stack(SHADOW_ROUTE, store) as (proxy, legacy, candidate):
+        if tail.startswith("slow"):
+            legacy.release.set()  # only the candidate hangs
+        port = proxy.address[1]
+        status, body = await _get(port, f"/api/{tail}")
+        # the user got legacy's answer while the candidate had not finished
+        assert status == 200
+        assert b'"price":"12.50"' in body.replace(b" ", b"")
+        assert tail not in candidate.finished
+        await wait_until(lambda: _ended(proxy, 1), timeout=10)
+        c = _counters(proxy)
+        assert c.outcomes == {outcome: 1}, c
+        assert c.started == 1
+        assert candidate.shadow_headers == ["1"]
+
+
+async def test_matching_and_mismatching_candidates_are_recorded(tmp_path: Path) -> None:
+    store = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    async with shadow_stack(SHADOW_ROUTE, store) as (proxy, legacy, candidate):
+        legacy.release.set()
+        candidate.release.set()
+        port = proxy.address[1]
+        for i in range(5):
+            assert (await _get(port, f"/api/o{i}"))[0] == 200
+        candidate.price = "12.49"
+        for i in range(3):
+            assert (await _get(port, f"/api/p{i}"))[0] == 200
+        await wait_until(lambda: _ended(proxy, 8), timeout=10)
+        assert proxy.recorder is not None
+        assert await proxy.recorder.flush(5)
+        c = _counters(proxy)
+        assert c.outcomes == {"match": 5, "mismatch": 3}
+        assert c.recorded == 8 and c.started == 8
+    rows = sqlite3.connect(tmp_path / "m.db").execute(
+        "SELECT outcome, count(*) FROM comparisons GROUP BY outcome ORDER BY outcome"
+    )
+    assert list(rows) == [("match", 5), ("mismatch", 3)]
+
+
+async def test_writes_are_skipped_and_never_reach_the_candidate(tmp_path: Path) -> None:
+    store = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    async with shadow_stack(SHADOW_ROUTE, store) as (proxy, legacy, candidate):
+        port = proxy.address[1]
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"http://127.0.0.1:{port}/api/o1/ship", json={"carrier": "dhl"}) as r,
+        ):
+            assert r.status == 200
+        await wait_until(lambda: _ended(proxy, 1), timeout=10)
+        assert _counters(proxy).outcomes == {"skipped": 1}
+        assert candidate.seen == []
+        assert legacy.seen == ["/api/o1/ship"]
+
+
+async def test_noise_baseline_turns_random_fields_into_noise(tmp_path: Path) -> None:
+    routes_noisy = SHADOW_ROUTE + "      noise_baseline: true\n"
+    for baseline, expected in ((False, "mismatch"), (True, "match")):
+        store = f"sqlite+aiosqlite:///{tmp_path / f'n{baseline}.db'}"
+        async with shadow_stack(routes_noisy if baseline else SHADOW_ROUTE, store) as (
+            proxy,
+            legacy,
+            candidate,
+        ):
+            legacy.noisy = candidate.noisy = True
+            port = proxy.address[1]
+            for i in range(3):
+                assert (await _get(port, f"/api/o{i}"))[0] == 200
+            await wait_until(lambda p=proxy: _ended(p, 3), timeout=10)  # type: ignore[misc]
+            assert _counters(proxy).outcomes == {expected: 3}
+            if baseline:
+                assert len(legacy.seen) == 6  # each safe request asked legacy twice
+                assert proxy.recorder is not None
+                assert await proxy.recorder.flush(5)
+        if baseline:
+            rows = sqlite3.connect(tmp_path / f"n{baseline}.db").execute(
+                "SELECT kind, pattern FROM comparison_paths"
+            )
+            assert set(rows) == {("noise", "$.meta.generated_at")}
+
+
+async def test_stored_data_and_logs_hold_no_personal_data(tmp_path: Path) -> None:
+    db = tmp_path / "r.db"
+    log = io.BytesIO()
+    async with shadow_stack(SHADOW_ROUTE, f"sqlite+aiosqlite:///{db}", log=AccessLog(log)) as (
+        proxy,
+        _,
+        candidate,
+    ):
+        candidate.price = "99.99"  # every comparison is a mismatch: bodies are stored
+        port = proxy.address[1]
+        sem = asyncio.Semaphore(32)
+        async with aiohttp.ClientSession() as s:
+
+            async def one(i: int) -> int:
+                async with (
+                    sem,
+                    s.get(
+                        f"http://127.0.0.1:{port}/api/o{i}?email={EMAIL}&card=4111111111111111"
+                    ) as r,
+                ):
+                    await r.read()
+                    return r.status
+
+            statuses = await asyncio.gather(*(one(i) for i in range(1000)))
+        assert statuses == [200] * 1000
+        await wait_until(lambda: _ended(proxy, 1000), timeout=30)
+        assert proxy.recorder is not None
+        assert await proxy.recorder.flush(10)
+        c = _counters(proxy)
+        # under this in-process load some copies may be shed; each one is counted
+        assert c.outcomes.get("mismatch", 0) + c.dropped_total == 1000
+        assert c.outcomes.get("mismatch", 0) >= 500
+    dump = _full_dump(db)
+    logs = log.getvalue().decode()
+    assert "REDACTED:" in dump
+    for secret in (EMAIL, CARD, "4111111111111111", "Ann"):
+        assert secret not in dump, secret
+        assert secret not in logs, secret
+
+
+CANARY_ROUTE = """
+  - name: orders
+    match: {path: /api/*}
+    mode: canary
+    candidate: orders
+    canary: {percent: 30, sticky: {header: X-User-Id}}
+    shadow: {percent: 100, timeout: 1s}
+    compare:
+      ignore_headers: [date, server, content-length]
+"""
+
+
+async def test_canary_share_is_sticky_and_close_to_percent(tmp_path: Path) -> None:
+    store = f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"
+    n = 10_000
+    async with shadow_stack(CANARY_ROUTE, store) as (proxy, legacy, candidate):
+        legacy.release.set()
+        candidate.release.set()
+        port = proxy.address[1]
+        connector = aiohttp.TCPConnector(limit=16)
+        async with aiohttp.ClientSession(connector=connector) as s:
+            sem = asyncio.Semaphore(16)
+
+            async def one(i: int) -> None:
+                async with (
+                    sem,
+                    s.get(
+                        f"http://127.0.0.1:{port}/api/o{i}", headers={"X-User-Id": f"user-{i}"}
+                    ) as r,
+                ):
+                    await r.read()
+                    assert r.status == 200
+
+            await asyncio.gather(*(one(i) for i in range(n)))
+            # the same keys again: every one lands on the same side as before
+            served_first = set(_served(candidate))
+            await asyncio.gather(*(one(i) for i in range(200)))
+        served_by_candidate = _served(candidate)
+        share = len(served_first) / n * 100
+        print(f"canary share over {n} keys: {share:.2f} % (target 30 %)")
+        assert abs(share - 30) <= 1.0
+        again = served_by_candidate[len(served_first) :]
+        assert set(again) == {f"user-{i}" for i in range(200)} & served_first
+        # requests without the key stay on legacy
+        before = len(served_by_candidate)
+        assert (await _get(port, "/api/nokey"))[0] == 200
+        assert len(_served(candidate)) == before
+
+
+EXTRACTED_ROUTE = """
+  - name: orders
+    match: {path: /api/*}
+    mode: extracted
+    candidate: orders
+    shadow: {percent: 100, timeout: 1s}
+    compare:
+      ignore_headers: [date, server, content-length]
+"""
+
+
+async def test_extracted_serves_from_candidate_and_verifies_against_legacy(tmp_path: Path) -> None:
+    store = f"sqlite+aiosqlite:///{tmp_path / 'e.db'}"
+    async with shadow_stack(EXTRACTED_ROUTE, store) as (proxy, legacy, candidate):
+        legacy.release.set()
+        candidate.release.set()
+        candidate.price = "13.00"
+        port = proxy.address[1]
+        status, body = await _get(port, "/api/o1")
+        assert status == 200 and b"13.00" in body  # the candidate served
+        await wait_until(lambda: _ended(proxy, 1), timeout=10)
+        assert _counters(proxy).outcomes == {"mismatch": 1}
+        assert legacy.shadow_headers == ["1"]  # legacy got the background copy
+
+
+async def test_failing_candidate_falls_back_inline_and_opens_breaker(tmp_path: Path) -> None:
+    store = f"sqlite+aiosqlite:///{tmp_path / 'b.db'}"
+    async with shadow_stack(EXTRACTED_ROUTE, store) as (proxy, legacy, candidate):
+        legacy.release.set()
+        port = proxy.address[1]
+        for i in range(8):
+            status, body = await _get(port, f"/api/reset/{i}")
+            assert status == 200 and b"12.50" in body  # legacy answered in-line
+        assert proxy.hub is not None
+        assert proxy.hub.breakers["orders"].state == 1  # open
+        seen = len(candidate.seen)
+        status, _ = await _get(port, "/api/o9")
+        assert status == 200
+        assert len(candidate.seen) == seen  # while open, the candidate gets nothing
+
+
+def _served(candidate: Side) -> list[str]:
+    """Keys of the requests the candidate served (not the background copies)."""
+    pairs = zip(candidate.keys, candidate.shadow_headers, strict=True)
+    return [key for key, shadow in pairs if not shadow]
+
+
+def _full_dump(db: Path) -> str:
+    """Every value of every table as text (blobs decoded, so nothing hides in hex)."""
+    conn = sqlite3.connect(db)
+    out = []
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    for table in tables:
+        for row in conn.execute(f'SELECT * FROM "{table}"'):
+            for value in row:
+                if isinstance(value, bytes):
+                    out.append(value.decode("utf-8", "replace"))
+                else:
+                    out.append(str(value))
+    return "\n".join(out)
