@@ -66,7 +66,8 @@ async def _terminate(pg_url: str, app_name: str) -> int:
     def kill() -> int:
         with psycopg.connect(dsn, autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
                 (app_name,),
             ).fetchall()
         return len(rows)
