@@ -185,6 +185,11 @@ class Recorder:
         return len(self._buf) + len(self._inflight)
 
     @property
+    def in_flight(self) -> int:
+        """Records in the batch being written right now (0 when the writer is idle)."""
+        return len(self._inflight)
+
+    @property
     def store_down_for(self) -> float | None:
         """Seconds since the store last failed without a success since, or None when healthy."""
         return None if self._down_since is None else self._clock() - self._down_since
