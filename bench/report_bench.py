@@ -1,9 +1,12 @@
-"""Benchmark: `strangler report` aggregation over many stored comparisons on PostgreSQL.
+"""Benchmark: `strangler report` aggregation over many stored comparisons on PostgreSQL,
+and the recorder's write path into the same store.
 
 Loads N synthetic comparisons (4 routes over 24 h; about 2 % mismatches with path rows,
 0.6 % candidate errors and timeouts, 1 % skipped) into a fresh schema with one
 server-side INSERT ... SELECT over generate_series, then times `build_report` (every
-aggregate, percentile, top path and time bucket) a few times. The schema is dropped after.
+aggregate, percentile, top path and time bucket) a few times. A second row pushes 50,000
+records through `Recorder` -> `Store` (batches of 500, COPY) and reports rows/s and the
+longest event-loop stall the writer caused. The schema is dropped after.
 
 Run alone: `python -m bench.report_bench [PG_URL] [ROWS]`.
 """
@@ -11,6 +14,7 @@ Run alone: `python -m bench.report_bench [PG_URL] [ROWS]`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import sys
 import time
@@ -20,12 +24,15 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 from sqlalchemy.engine import make_url
 
+from shadow.record import ComparisonRecord, DiffExample
+from shadow.recorder import Recorder
 from shadow.report import Thresholds, build_report
 from shadow.store import Store
 
-__all__ = ["GOAL_S", "run"]
+__all__ = ["GOAL_S", "RECORDER_ROWS", "run"]
 
 GOAL_S = 2.0
+RECORDER_ROWS = 50_000
 _RUNS = 3
 _T0 = datetime(2026, 1, 1, tzinfo=UTC)
 _SPAN = timedelta(hours=24)
@@ -94,6 +101,7 @@ async def _measure(store_url: str, rows: int) -> dict[str, object]:
             raise RuntimeError(f"report counted {total} comparisons, loaded {rows}")
         median = statistics.median(times)
         return {
+            "measure": "report",
             "rows": rows,
             "routes": len(report.routes),
             "load_s": round(load_s, 2),
@@ -105,6 +113,63 @@ async def _measure(store_url: str, rows: int) -> dict[str, object]:
         }
     finally:
         await store.close()
+
+
+def _record(i: int) -> ComparisonRecord:
+    mismatch = i % 50 == 0
+    return ComparisonRecord(
+        route=f"route-{i % 4}",
+        outcome="mismatch" if mismatch else "match",
+        request_path=f"/api/v1/orders/{i}",
+        latency_primary_ms=5.0,
+        latency_candidate_ms=6.0,
+        diff_paths=("$.items[*].price",) if mismatch else (),
+        diff_examples=(
+            (DiffExample("$.items[*].price", "$.items[0].price", "9.99", 9.99),) if mismatch else ()
+        ),
+        request_id=f"bench-{i}",
+    )
+
+
+async def _recorder(store_url: str, rows: int = RECORDER_ROWS) -> dict[str, object]:
+    store = await Store.open(store_url)
+    recorder = Recorder(store, buffer_size=rows, batch_size=500)
+    stalls: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            now = time.perf_counter()
+            stalls.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    try:
+        await recorder.start()
+        started = time.perf_counter()
+        for i in range(rows):
+            recorder.record(_record(i), started=True)
+            if i % 100 == 99:  # arrivals spread out, as requests would be
+                await asyncio.sleep(0)
+        flushed = await recorder.flush(120)
+        elapsed = time.perf_counter() - started
+        await recorder.stop(5)
+    finally:
+        done.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tick
+        await store.close()
+    stored = sum(c.recorded for c in recorder.counters().values())
+    return {
+        "measure": "recorder -> store",
+        "rows": rows,
+        "rows_per_s": round(stored / elapsed),
+        "loop_stall_p99_ms": round(sorted(stalls)[int(len(stalls) * 0.99)] * 1000, 1),
+        "loop_stall_max_ms": round(max(stalls) * 1000, 1),
+        "ok": flushed and stored == rows,
+    }
 
 
 def run(pg_url: str, rows: int = 1_000_000) -> list[dict[str, object]]:
@@ -119,11 +184,13 @@ def run(pg_url: str, rows: int = 1_000_000) -> list[dict[str, object]]:
         query["options"] = f"-csearch_path={schema}"
         store_url = base.set(query=query).render_as_string(hide_password=False)
         result = asyncio.run(_measure(store_url, rows))
+        writes = asyncio.run(_recorder(store_url))
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     print(_table([result]))
-    return [result]
+    print(_table([writes]))
+    return [result, writes]
 
 
 def _table(rows: list[dict[str, object]]) -> str:
