@@ -104,9 +104,18 @@ def _report_section(ctx: SectionContext) -> SectionResult:
     return SectionResult(rows=list(module.run(url)))
 
 
+def _replay_section(ctx: SectionContext) -> SectionResult:
+    """bench/replay_bench.py: `strangler replay` throughput on a local stack."""
+    module = _import_optional("bench.replay_bench")
+    if module is None:
+        return SectionResult(note="skipped: bench/replay_bench.py not present yet")
+    return SectionResult(rows=list(module.run()))
+
+
 SECTIONS: list[Section] = [
     Section("compare", "comparator vs deepdiff", _compare_section),
     Section("report", "report over PostgreSQL", _report_section),
+    Section("replay", "replay throughput", _replay_section),
 ]
 
 
