@@ -1,0 +1,187 @@
+"""CaptureWriter: sampling, filters, redaction, encoding, rotation, and never raising."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from proxy.settings import CaptureSettings
+from shadow.capture import MAX_BODY_BYTES, CaptureWriter, capture_line
+from shadow.redact import PREFIX, Redactor
+from shadow.replay import parse_line
+
+CARD = "4111 1111 1111 1111"
+HEADERS = [(b"Accept", b"application/json"), (b"X-Secret", b"s3cr3t"), (b"Host", b"shop")]
+
+
+def _writer(tmp_path: Path, **kw: Any) -> CaptureWriter:
+    settings = CaptureSettings(path=str(tmp_path / "traffic.jsonl"), **kw)
+    return CaptureWriter(settings, Redactor(["$.buyer.name"], key=b"k" * 32))
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def _captured_ids(tmp_path: Path, percent: float, ids: list[str]) -> set[str]:
+    writer = _writer(tmp_path, percent=percent)
+    try:
+        for rid in ids:
+            writer.maybe_capture("GET", "/a", "", [], None, rid)
+    finally:
+        writer.close()
+    found = {line["request_id"] for line in _lines(tmp_path / "traffic.jsonl")}
+    (tmp_path / "traffic.jsonl").unlink(missing_ok=True)
+    return found
+
+
+def test_sampling_is_deterministic_by_request_id(tmp_path: Path) -> None:
+    ids = [f"req-{i}" for i in range(4000)]
+    first = _captured_ids(tmp_path, 25.0, ids)
+    second = _captured_ids(tmp_path, 25.0, ids)
+    assert first == second
+    assert 800 < len(first) < 1200
+    assert _captured_ids(tmp_path, 0.0, ids[:200]) == set()
+    assert _captured_ids(tmp_path, 100.0, ids[:200]) == set(ids[:200])
+
+
+def test_method_filter_and_selected_headers(tmp_path: Path) -> None:
+    writer = _writer(tmp_path, methods=("GET", "POST"), headers=("accept", "x-secret"))
+    writer.maybe_capture("GET", "/a", "x=1", HEADERS, None, "r1")
+    writer.maybe_capture("DELETE", "/a", "", HEADERS, None, "r2")
+    writer.maybe_capture("POST", "/a", "", HEADERS, b"plain", "r3")
+    writer.close()
+    lines = _lines(tmp_path / "traffic.jsonl")
+    assert [line["request_id"] for line in lines] == ["r1", "r3"]
+    assert list(lines[0]) == [
+        "ts",
+        "method",
+        "path",
+        "query",
+        "headers",
+        "body",
+        "body_encoding",
+        "request_id",
+    ]
+    assert lines[0]["headers"] == [["accept", "application/json"], ["x-secret", "s3cr3t"]]
+    assert (lines[0]["query"], lines[0]["body"], lines[0]["body_encoding"]) == ("x=1", None, None)
+    assert (lines[1]["body"], lines[1]["body_encoding"]) == ("plain", "utf-8")
+
+
+def test_json_bodies_query_and_credentials_are_redacted(tmp_path: Path) -> None:
+    writer = _writer(tmp_path, methods=("POST",), headers=("content-type", "authorization"))
+    body = orjson.dumps(
+        {"buyer": {"name": "Ann Lee", "email": "ann@example.com"}, "card": CARD, "qty": 2}
+    )
+    headers = [(b"Content-Type", b"application/json"), (b"Authorization", b"Bearer abcdefgh")]
+    writer.maybe_capture("POST", "/orders", "email=bob%40example.com&page=2", headers, body, "r1")
+    writer.close()
+    (line,) = _lines(tmp_path / "traffic.jsonl")
+    text = orjson.dumps(line).decode()
+    for secret in ("Ann Lee", "ann@example.com", CARD, "bob@example.com", "bob%40", "abcdefgh"):
+        assert secret not in text
+    doc = orjson.loads(line["body"])
+    assert doc["qty"] == 2 and doc["buyer"]["name"].startswith(PREFIX)
+    assert doc["buyer"]["email"].startswith(PREFIX) and doc["card"].startswith(PREFIX)
+    assert "page=2" in line["query"] and PREFIX.rstrip(":") in line["query"]
+
+
+def test_binary_and_encoded_bodies(tmp_path: Path) -> None:
+    writer = _writer(tmp_path, methods=("PUT",), headers=("content-encoding", "content-type"))
+    raw = b"\xff\xfe\x00\x01binary"
+    writer.maybe_capture("PUT", "/blob", "", [], raw, "bin")
+    gz = gzip.compress(b'{"a": 1}')
+    enc = [(b"Content-Encoding", b"gzip"), (b"Content-Type", b"application/json")]
+    writer.maybe_capture("PUT", "/blob", "", enc, gz, "gz")
+    writer.close()
+    binary, decoded = _lines(tmp_path / "traffic.jsonl")
+    assert binary["body_encoding"] == "base64"
+    assert base64.b64decode(binary["body"]) == raw
+    assert decoded["body"] == '{"a":1}' and decoded["headers"] == [
+        ["content-type", "application/json"]
+    ]
+
+
+def test_lines_parse_back_for_replay() -> None:
+    red = Redactor(key=b"k" * 32)
+    raw = b"\x00\xffdata"
+    line = capture_line(red, 1.5, "POST", "/x", "a=1", [("accept", "*/*")], raw, "rid")
+    captured = parse_line(line.rstrip(b"\n"), 7)
+    assert (captured.method, captured.path, captured.query) == ("POST", "/x", "a=1")
+    assert captured.body == raw and captured.headers == (("accept", "*/*"),)
+    assert captured.request_id == "rid" and captured.line == 7
+
+
+def test_rotation_by_size_keeps_a_few_files(tmp_path: Path) -> None:
+    writer = _writer(tmp_path, max_bytes=2_000)
+    for i in range(300):
+        writer.maybe_capture("GET", f"/orders/{i:05d}", "", [], None, f"r{i:05d}")
+        if i % 50 == 49:
+            writer.flush()
+    writer.close()
+    base = tmp_path / "traffic.jsonl"
+    files = [base, *(Path(f"{base}.{n}") for n in (1, 2, 3))]
+    assert all(f.exists() for f in files) and not Path(f"{base}.4").exists()
+    assert writer.stats.rotations > 3
+    assert all(f.stat().st_size <= 2_000 for f in files)
+    ids = [line["request_id"] for f in reversed(files) for line in _lines(f)]
+    assert ids[-1] == "r00299" and ids == sorted(ids)  # the newest, contiguous, in order
+    assert int(ids[0][1:]) == 300 - len(ids)
+
+
+def test_the_writer_thread_flushes_without_being_asked(tmp_path: Path) -> None:
+    writer = _writer(tmp_path)
+    try:
+        writer.maybe_capture("GET", "/a", "", [], None, "r1")
+        deadline = time.monotonic() + 5.0
+        while not _lines(tmp_path / "traffic.jsonl"):
+            assert time.monotonic() < deadline, "the writer thread never flushed"
+            time.sleep(0.01)
+    finally:
+        writer.close()
+    assert writer.stats.written == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("GET", "/a", "", [(None, None)], None, "r"),
+        ("GET", "/a", "", None, None, "r"),
+        ("GET", None, None, [], None, "r"),
+        ("GET", "/a", "", [], "text, not bytes", "r"),
+        ("GET", "/a", "", [], None, None),
+        ("GET", "/\udcff", "q=\udcff", [(b"accept", b"\xff")], b"\xff" * 10, "r\udcff"),
+        (None, "/a", "", [], None, "r"),
+    ],
+)
+def test_never_raises_on_weird_input(tmp_path: Path, args: tuple[Any, ...]) -> None:
+    writer = _writer(tmp_path, headers=("accept",))
+    writer.maybe_capture(*args)
+    writer.flush()
+    writer.maybe_capture("GET", "/ok", "", [], None, "after")
+    writer.close()
+    assert _lines(tmp_path / "traffic.jsonl")[-1]["request_id"] == "after"
+
+
+def test_limits_and_write_errors_are_counted_not_raised(tmp_path: Path) -> None:
+    writer = CaptureWriter(
+        CaptureSettings(path=str(tmp_path / "missing-dir" / "t.jsonl"), methods=("POST",)),
+        Redactor(),
+        max_queued=2,
+        flush_interval=3600.0,  # only close() drains, so the queue limit is hit exactly
+    )
+    writer.maybe_capture("POST", "/a", "", [], b"x" * (MAX_BODY_BYTES + 1), "big")
+    for i in range(4):
+        writer.maybe_capture("POST", "/a", "", [], None, f"r{i}")
+    writer.close()
+    writer.maybe_capture("POST", "/a", "", [], None, "after-close")
+    assert writer.stats.dropped == {"body_too_large": 1, "queue_full": 2, "write_error": 2}
+    assert writer.stats.errors == 1 and writer.stats.written == 0
