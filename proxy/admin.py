@@ -103,6 +103,7 @@ async def _ready(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     proxy = request.app[PROXY_KEY]
+    proxy.metrics.flush()
     body = generate_latest(proxy.metrics_registry())
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -174,6 +174,7 @@ class Proxy:
             for conn in list(plane.connections):
                 conn.abort()
             plane.stop_sweeper()
+            self.metrics.flush()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -228,6 +229,7 @@ class Proxy:
 
     def route_counts(self) -> dict[str, int]:
         """Requests answered so far per route (from the metrics)."""
+        self.metrics.flush()
         counts: dict[str, int] = {}
         for family in self.metrics_registry().collect():
             if family.name != "strangler_requests":

@@ -235,7 +235,7 @@ class DataPlane:
         self._rid_prefix = os.urandom(6).hex()
         self._rid_counter = 0
         self._sweeper: asyncio.TimerHandle | None = None
-        self._in_flight_gauge = metrics.in_flight
+        metrics.in_flight_source = lambda: self.in_flight
         self.exchange_hook: Callable[[_Exchange], None] | None = None
 
     def protocol_factory(self) -> ClientConnection:
@@ -258,6 +258,7 @@ class DataPlane:
             self._sweeper = None
 
     def _sweep(self) -> None:
+        self.metrics.flush()
         now = self.loop.time()
         for conn in list(self.connections):
             if conn.deadline and now >= conn.deadline:
@@ -346,7 +347,6 @@ class _Exchange:
         """Ask the pool for a connection and arm the upstream timeout."""
         plane = self.client.plane
         plane.in_flight += 1
-        plane._in_flight_gauge.inc()
         self.timer = plane.loop.call_later(self.plan.pool.timeout, self._on_timeout)
         self.plan.pool.acquire(self)
 
@@ -651,7 +651,6 @@ class _Exchange:
     def _account(self, status: int, error: str | None) -> None:
         plane = self.client.plane
         plane.in_flight -= 1
-        plane._in_flight_gauge.dec()
         elapsed = perf_counter() - self.t0
         self.plan.metrics.observe(status, elapsed)
         plane.access_log.log(

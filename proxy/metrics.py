@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bisect import bisect_left
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -27,19 +28,47 @@ _LATENCY_BUCKETS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
 class RouteMetrics:
-    """Pre-resolved children for one (route, backend, mode): no `.labels()` per request."""
+    """Counts of one (route, backend, mode), kept as plain ints on the request path and
+    added to the pre-resolved Prometheus children in batches by `flush` (no lock, no
+    `.labels()` per request)."""
 
-    by_class: tuple[Counter, ...]  # index = status // 100 - 1
-    latency: Histogram
+    __slots__ = ("_bounds", "_by_class", "_latency", "buckets", "classes", "dirty", "total")
+
+    def __init__(self, by_class: tuple[Counter, ...], latency: Histogram) -> None:
+        self._by_class = by_class  # index = status // 100 - 1
+        self._latency = latency
+        self._bounds: list[float] = list(latency._upper_bounds)
+        self.classes = [0] * len(STATUS_CLASSES)
+        self.buckets = [0] * len(self._bounds)
+        self.total = 0.0
+        self.dirty = False
 
     def observe(self, status: int, seconds: float) -> None:
         """Count one finished request."""
         idx = status // 100 - 1
         if 0 <= idx < 5:
-            self.by_class[idx].inc()
-        self.latency.observe(seconds)
+            self.classes[idx] += 1
+        self.buckets[bisect_left(self._bounds, seconds)] += 1
+        self.total += seconds
+        self.dirty = True
+
+    def flush(self) -> None:
+        """Move what was counted since the last flush into the Prometheus children."""
+        if not self.dirty:
+            return
+        self.dirty = False
+        classes, self.classes = self.classes, [0] * len(self.classes)
+        buckets, self.buckets = self.buckets, [0] * len(self.buckets)
+        total, self.total = self.total, 0.0
+        for counter, n in zip(self._by_class, classes, strict=True):
+            if n:
+                counter.inc(n)
+        hist_buckets = self._latency._buckets
+        for i, n in enumerate(buckets):
+            if n:
+                hist_buckets[i].inc(n)
+        self._latency._sum.inc(total)
 
 
 class Metrics:
@@ -156,11 +185,26 @@ class Metrics:
             multiprocess_mode="max",
         )
         self._config_version: str | None = None
+        self._routes: dict[tuple[str, str, str], RouteMetrics] = {}
+        self.in_flight_source: Callable[[], int] | None = None
 
     def route(self, route: str, backend: str, mode: str) -> RouteMetrics:
-        """Children for one route on one backend; call once per route table."""
-        by_class = tuple(self.requests.labels(route, backend, mode, cls) for cls in STATUS_CLASSES)
-        return RouteMetrics(by_class, self.latency.labels(route, backend))
+        """The counts of one route on one backend (shared across reloads)."""
+        key = (route, backend, mode)
+        rm = self._routes.get(key)
+        if rm is None:
+            by_class = tuple(
+                self.requests.labels(route, backend, mode, cls) for cls in STATUS_CLASSES
+            )
+            rm = self._routes[key] = RouteMetrics(by_class, self.latency.labels(route, backend))
+        return rm
+
+    def flush(self) -> None:
+        """Publish batched request counts and the in-flight gauge (before a scrape too)."""
+        for rm in self._routes.values():
+            rm.flush()
+        if self.in_flight_source is not None:
+            self.in_flight.set(self.in_flight_source())
 
     def set_config_version(self, version: str) -> None:
         """Point the info metric at the config version now in force."""

@@ -86,13 +86,21 @@ async def test_metrics_count_requests_of_both_workers(
 
         statuses = await asyncio.gather(*(one(i) for i in range(n)))
         assert statuses == [200] * n
-        async with s.get(f"http://127.0.0.1:{admin}/-/metrics") as r:
-            text = await r.text()
-    total = sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("strangler_requests_total{")
-    )
+        total = 0.0
+
+        async def counted() -> bool:
+            nonlocal total
+            async with s.get(f"http://127.0.0.1:{admin}/-/metrics") as r:
+                text = await r.text()
+            total = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("strangler_requests_total{")
+            )
+            return total >= n
+
+        # workers publish their counts every 250 ms
+        await wait_for(counted, timeout=10)
     prefixes = {_prefix(rec) for rec in upstream.received}
     print(f"--workers 2: {int(total)} requests counted, {len(prefixes)} workers served")
     assert total == n
