@@ -185,13 +185,13 @@ def _exit(run: Callable[[], Coroutine[Any, Any, int]]) -> None:
     try:
         code = asyncio.run(run())
     except (MigrateError, StoreError) as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"strangler migrate: error: {e}", err=True)
         code = _USAGE
     except KeyboardInterrupt:
         code = 130
     except Exception as e:  # the promise: one line, never a traceback
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        click.echo(f"error: {detail}", err=True)
+        click.echo(f"strangler migrate: error: {detail}", err=True)
         code = _USAGE
     sys.exit(code)
 
