@@ -72,6 +72,8 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _VIA = b"via: 1.1 strangler\r\n"
 _REPLAY_LIMIT = 64 << 10
+_SWEEP_INTERVAL = 0.05  # the resolution of every timeout on the data plane
+_FLUSH_INTERVAL = 0.25
 _PENDING_LIMIT = 1 << 20
 _REASONS = {
     400: b"Bad Request",
@@ -235,6 +237,7 @@ class DataPlane:
         self._rid_prefix = os.urandom(6).hex()
         self._rid_counter = 0
         self._sweeper: asyncio.TimerHandle | None = None
+        self._next_flush = 0.0
         metrics.in_flight_source = lambda: self.in_flight
         self.exchange_hook: Callable[[_Exchange], None] | None = None
 
@@ -249,7 +252,7 @@ class DataPlane:
 
     def start_sweeper(self) -> None:
         """Start the once-per-interval check of client header/body/idle deadlines."""
-        self._sweeper = self.loop.call_later(0.25, self._sweep)
+        self._sweeper = self.loop.call_later(_SWEEP_INTERVAL, self._sweep)
 
     def stop_sweeper(self) -> None:
         """Stop deadline checks."""
@@ -258,12 +261,19 @@ class DataPlane:
             self._sweeper = None
 
     def _sweep(self) -> None:
-        self.metrics.flush()
+        # One timer for every connection: client header/body/idle deadlines and upstream
+        # timeouts are plain floats checked here, so no request arms a timer of its own.
         now = self.loop.time()
+        if now >= self._next_flush:
+            self.metrics.flush()
+            self._next_flush = now + _FLUSH_INTERVAL
         for conn in list(self.connections):
             if conn.deadline and now >= conn.deadline:
                 conn.deadline_expired()
-        self._sweeper = self.loop.call_later(0.25, self._sweep)
+            ex = conn.current
+            if ex is not None:
+                ex.check_timeout(now)
+        self._sweeper = self.loop.call_later(_SWEEP_INTERVAL, self._sweep)
 
 
 class _Exchange:
@@ -283,18 +293,15 @@ class _Exchange:
         "method",
         "path",
         "plan",
-        "reason",
         "replay",
         "replay_size",
         "request_complete",
         "request_id",
-        "resp_headers",
         "resp_started",
         "retried",
         "shadow",
         "status",
         "t0",
-        "timer",
         "up_buf",
         "up_size",
         "upgrade_req",
@@ -325,8 +332,6 @@ class _Exchange:
         self.chunked_req = False
         self.head_request = method == "HEAD"
         self.request_complete = False
-        self.resp_headers: list[tuple[bytes, bytes]] = []
-        self.reason = b""
         self.status = 0
         self.resp_started = False
         self.chunked_resp = False
@@ -340,14 +345,13 @@ class _Exchange:
         self.done = False
         self.t0 = perf_counter()
         self.last_activity = client.plane.loop.time()
-        self.timer: asyncio.TimerHandle | None = None
 
     # request direction
     def start(self) -> None:
         """Ask the pool for a connection and arm the upstream timeout."""
         plane = self.client.plane
         plane.in_flight += 1
-        self.timer = plane.loop.call_later(self.plan.pool.timeout, self._on_timeout)
+        self.last_activity = plane.loop.time()
         self.plan.pool.acquire(self)
 
     def send_body(self, data: bytes) -> None:
@@ -399,20 +403,18 @@ class _Exchange:
             self.client.resume_reading()
 
     # response direction
-    def on_upstream_status(self, reason: bytes) -> None:
-        self.reason = reason
-
-    def on_upstream_header(self, name: bytes, value: bytes) -> None:
-        self.resp_headers.append((name, value))
-
-    def on_upstream_headers_complete(self, status: int, conn: UpstreamConnection) -> None:
+    def on_upstream_headers_complete(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        conn: UpstreamConnection,
+    ) -> None:
         client = self.client
-        headers = self.resp_headers
-        self.resp_headers = []
         if status < 200 and status != 101:
             # Interim response (100 Continue, 103 Early Hints): relay it as it came.
             self.interim = True
-            parts = [b"HTTP/1.1 %d %s\r\n" % (status, self.reason)]
+            parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
             for name, value in headers:
                 parts += (name, b": ", value, b"\r\n")
             parts.append(b"\r\n")
@@ -423,7 +425,7 @@ class _Exchange:
         if self.shadow is not None:
             self.shadow.served_head(status, headers)
         out = client.out
-        out.append(b"HTTP/1.1 %d %s\r\n" % (status, self.reason))
+        out.append(b"HTTP/1.1 %d %s\r\n" % (status, reason))
         upstream_chunked = False
         has_length = False
         conn_tokens: bytes | None = None
@@ -491,9 +493,6 @@ class _Exchange:
         """The backend switched protocols: tunnel raw bytes both ways from now on."""
         client = self.client
         client.flush()
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         self.upstream = None
         if self.shadow is not None:
             self.shadow.drop("upgrade")
@@ -535,15 +534,9 @@ class _Exchange:
         )
 
     # ends
-    def _on_timeout(self) -> None:
-        self.timer = None
-        if self.done:
-            return
-        loop = self.client.plane.loop
-        idle = loop.time() - self.last_activity
-        remaining = self.plan.pool.timeout - idle
-        if remaining > 0.001:
-            self.timer = loop.call_later(remaining, self._on_timeout)
+    def check_timeout(self, now: float) -> None:
+        """Called by the data plane's sweeper: fail an exchange idle past its timeout."""
+        if self.done or now - self.last_activity < self.plan.pool.timeout:
             return
         self.client.plane.metrics.upstream_errors.labels(self.backend, "timeout").inc()
         if self.resp_started:
@@ -600,11 +593,7 @@ class _Exchange:
         self.backend = fb.backend
         self.up_buf = list(self.replay)
         self.up_size = self.replay_size
-        if self.timer is not None:
-            self.timer.cancel()
-        loop = self.client.plane.loop
-        self.last_activity = loop.time()
-        self.timer = loop.call_later(fb.pool.timeout, self._on_timeout)
+        self.last_activity = self.client.plane.loop.time()
         fb.pool.acquire(self)
         return True
 
@@ -632,9 +621,6 @@ class _Exchange:
         self.client.exchange_done(self)
 
     def _end(self, error: str | None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
         self.done = True
         sh = self.shadow
         if sh is not None:
@@ -857,9 +843,10 @@ class ClientConnection(asyncio.Protocol):
             raise _TooLarge(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > self.plane.limits.max_header_bytes:
+        n = self.head_bytes + len(name) + len(value)
+        if n > self.plane.limits.max_header_bytes:
             raise _TooLarge(431)
+        self.head_bytes = n
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -21,13 +21,13 @@ from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from proxy.stack import Stack, StackError
-from shadow.report import Report, Thresholds, build_report
-from shadow.report_format import render
+if TYPE_CHECKING:  # imported when the demo runs, so order_body stays cheap to import
+    from proxy.stack import Stack
+    from shadow.report import Report
 
 __all__ = [
     "BUYERS",
@@ -320,6 +320,9 @@ def _say(text: str = "") -> None:
 
 
 async def _play(stack: Stack, keep_running: bool) -> int:
+    from shadow.report import Thresholds, build_report
+    from shadow.report_format import render
+
     t0 = time.monotonic()
     await stack.start()
     s = stack.settings
@@ -387,6 +390,8 @@ def _next_steps(stack: Stack, html: Path) -> None:
 
 
 async def _main(keep_running: bool) -> int:
+    from proxy.stack import Stack, StackError
+
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None

@@ -178,18 +178,19 @@ class _Leg:
     def connect_failed(self, exc: BaseException) -> None:
         self._end(f"connect failed: {exc or type(exc).__name__}")
 
-    def on_upstream_status(self, reason: bytes) -> None:
-        self.reason = reason
-
-    def on_upstream_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-    def on_upstream_headers_complete(self, status: int, conn: UpstreamConnection) -> None:
+    def on_upstream_headers_complete(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        conn: UpstreamConnection,
+    ) -> None:
         if status < 200:
             self.interim = True
-            self.headers = []
             return
         self.status = status
+        self.reason = reason
+        self.headers = headers
 
     def on_upstream_body(self, data: bytes) -> None:
         if self.too_large:

@@ -23,9 +23,13 @@ class Exchange(Protocol):
 
     def attach(self, conn: UpstreamConnection) -> None: ...
     def connect_failed(self, exc: BaseException) -> None: ...
-    def on_upstream_status(self, reason: bytes) -> None: ...
-    def on_upstream_header(self, name: bytes, value: bytes) -> None: ...
-    def on_upstream_headers_complete(self, status: int, conn: UpstreamConnection) -> None: ...
+    def on_upstream_headers_complete(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        conn: UpstreamConnection,
+    ) -> None: ...
     def on_upstream_body(self, data: bytes) -> None: ...
     def on_upstream_message_complete(self, conn: UpstreamConnection) -> None: ...
     def on_upstream_flush(self) -> None: ...
@@ -48,9 +52,11 @@ class UpstreamConnection(asyncio.Protocol):
         "exchange",
         "got_bytes",
         "head_only",
+        "headers",
         "keep_alive",
         "parser",
         "pool",
+        "reason",
         "reused",
         "transport",
     )
@@ -62,6 +68,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.got_bytes = False
         self.head_only = False
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
         self.keep_alive = True
         self.reused = False
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -130,19 +138,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     # httptools callbacks
     def on_status(self, reason: bytes) -> None:
-        if self.exchange is not None:
-            self.exchange.on_upstream_status(reason)
+        self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.exchange is not None:
-            self.exchange.on_upstream_header(name, value)
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self.exchange is not None:
-            status = self.parser.get_status_code()
-            if not self.parser.should_keep_alive():
+        headers = self.headers
+        self.headers = []
+        ex = self.exchange
+        if ex is not None:
+            parser = self.parser
+            status = parser.get_status_code()
+            if not parser.should_keep_alive():
                 self.keep_alive = False
-            self.exchange.on_upstream_headers_complete(status, self)
+            ex.on_upstream_headers_complete(status, self.reason, headers, self)
             if self.head_only and status >= 200:
                 raise _HeadersDone
 

@@ -1,0 +1,126 @@
+"""`--reload-url`: after writing, migrate POSTs /-/reload with the admin bearer token."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from proxy.settings import load
+from shadow.store import Store
+from tests.integration.migrate.helpers import changes, evidence, migrate, write_config
+
+TOKEN = "s3cret-test-token"
+ENV = {"STRANGLER_TEST_ADMIN_TOKEN": TOKEN}
+
+
+@dataclass
+class _Admin:
+    """A stand-in admin listener: checks the token, answers 503 first when asked to."""
+
+    url: str
+    fail_first: int = 0
+    calls: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+async def admin(port: int) -> AsyncIterator[_Admin]:
+    state = _Admin(f"http://127.0.0.1:{port}")
+
+    async def reload(request: web.Request) -> web.Response:
+        state.calls.append(request.headers.get("Authorization", ""))
+        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return web.json_response({"error": {"code": "unauthorized"}}, status=401)
+        if state.fail_first > 0:
+            state.fail_first -= 1
+            return web.json_response({"error": {"code": "busy"}}, status=503)
+        return web.json_response({"status": "reloaded", "config_version": "abc123"})
+
+    app = web.Application()
+    app.router.add_post("/-/reload", reload)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+async def _store(path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{path / 'store.db'}"
+    async with Store(url):
+        pass
+    return url
+
+
+async def test_apply_then_reload_with_bearer_token(tmp_path: Path, admin: _Admin) -> None:
+    config, store = write_config(tmp_path), await _store(tmp_path)
+    admin.fail_first = 1  # one 503: the reload is retried (a reload is idempotent)
+    result = await asyncio.to_thread(
+        migrate,
+        *("rollback", "order-list", "--config", config, "--store", store, "--apply"),
+        *("--reload-url", admin.url),
+        env=ENV,
+    )
+    assert result.exit_code == 0, result.output
+    assert admin.calls == [f"Bearer {TOKEN}"] * 2
+    assert f"reloaded: {admin.url}/-/reload (config version abc123)" in result.stdout
+    assert next(r for r in load(config).routes if r.name == "order-list").mode == "shadow"
+
+    await asyncio.to_thread(evidence, store, "order-show", matches=150)
+    full_url = f"{admin.url}/-/reload"
+    result = await asyncio.to_thread(
+        migrate,
+        *("advance", "order-show", "--config", config, "--store", store, "--apply"),
+        *("--reload-url", full_url),
+        env=ENV,
+    )
+    assert result.exit_code == 0, result.output
+    assert len(admin.calls) == 3
+
+
+async def test_wrong_token_fails_after_writing(tmp_path: Path, admin: _Admin) -> None:
+    config, store = write_config(tmp_path), await _store(tmp_path)
+    result = await asyncio.to_thread(
+        migrate,
+        *("rollback", "order-list", "--config", config, "--store", store, "--apply"),
+        *("--reload-url", admin.url),
+        env={"STRANGLER_TEST_ADMIN_TOKEN": "wrong"},
+    )
+    assert result.exit_code == 2
+    assert admin.calls == ["Bearer wrong"]  # a 401 is not retried
+    assert "HTTP 401" in result.stderr and "Traceback" not in result.output
+    assert len(await asyncio.to_thread(changes, store)) == 1  # the change itself stands
+
+
+async def test_missing_token_refuses_before_writing(tmp_path: Path, admin: _Admin) -> None:
+    config, store = write_config(tmp_path), await _store(tmp_path)
+    before = Path(config).read_text()
+    result = await asyncio.to_thread(
+        migrate,
+        *("rollback", "order-list", "--config", config, "--store", store, "--apply"),
+        *("--reload-url", admin.url),
+        env={"STRANGLER_TEST_ADMIN_TOKEN": ""},
+    )
+    assert result.exit_code == 2
+    assert "needs the admin token in $STRANGLER_TEST_ADMIN_TOKEN" in result.stderr
+    assert Path(config).read_text() == before and admin.calls == []
+
+
+async def test_unreachable_admin_is_one_line(tmp_path: Path) -> None:
+    from tests.support import free_port
+
+    config, store = write_config(tmp_path), await _store(tmp_path)
+    result = await asyncio.to_thread(
+        migrate,
+        *("rollback", "order-list", "--config", config, "--store", store, "--apply"),
+        *("--reload-url", f"http://127.0.0.1:{free_port()}"),
+        env=ENV,
+    )
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "reload at" in result.stderr

@@ -1,0 +1,98 @@
+"""`strangler migrate watch --once`: one step per auto route per interval, single controller."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from proxy.migrate import single_controller
+from proxy.settings import load
+from shadow.store import Store
+from tests.integration.migrate.helpers import CONFIG, changes, evidence, migrate, write_config
+
+AUTO = "order-list"
+
+
+@pytest.fixture
+def store(sqlite_url: str) -> str:
+    """An initialised, empty SQLite store."""
+
+    async def init() -> None:
+        async with Store(sqlite_url):
+            pass
+
+    asyncio.run(init())
+    return sqlite_url
+
+
+def _stage(config: str, name: str) -> tuple[str, float]:
+    route = next(r for r in load(config).routes if r.name == name)
+    return route.mode, route.canary.percent
+
+
+def test_once_advances_exactly_one_step(tmp_path: Path, store: str) -> None:
+    config = write_config(tmp_path)
+    evidence(store, AUTO, matches=300)
+    evidence(store, "order-show", matches=300)  # passing, but not an auto route
+    result = migrate("watch", "--config", config, "--store", store, "--once", "--actor", "bot")
+    assert result.exit_code == 0, result.output
+    assert "order-list: advanced: canary 25% -> canary 50%" in result.stdout
+    assert _stage(config, AUTO) == ("canary", 50.0)
+    assert _stage(config, "order-show") == ("shadow", 5.0)
+    [change] = changes(store)
+    assert (change.route, change.kind, change.actor) == (AUTO, "auto_advance", "bot")
+
+    # Fresh passing evidence, but the interval (1h) has not passed: no second step.
+    evidence(store, AUTO, matches=300)
+    again = migrate("watch", "--config", config, "--store", store, "--once")
+    assert again.exit_code == 0 and "order-list: waiting: next step not before" in again.stdout
+    assert _stage(config, AUTO) == ("canary", 50.0) and len(changes(store)) == 1
+
+
+def test_without_interval_one_step_per_pass_and_only_on_fresh_evidence(
+    tmp_path: Path, store: str
+) -> None:
+    config = write_config(tmp_path, CONFIG.replace(", interval: 1h", ""))
+    evidence(store, AUTO, matches=300)
+    migrate("watch", "--config", config, "--store", store, "--once")
+    assert _stage(config, AUTO) == ("canary", 50.0)
+    refused = migrate("watch", "--config", config, "--store", store, "--once")
+    assert "order-list: refused: canary 50% -> extracted: samples short: 0" in refused.stdout
+    evidence(store, AUTO, matches=300)
+    migrate("watch", "--config", config, "--store", store, "--once")
+    assert _stage(config, AUTO) == ("extracted", 50.0)
+    done = migrate("watch", "--config", config, "--store", store, "--once")
+    assert "order-list: skipped: extracted: fully extracted" in done.stdout
+    assert [c.to_percent for c in changes(store, AUTO)] == [100.0, 50.0]
+
+
+def test_failing_gate_and_auto_rollback_hold(tmp_path: Path, store: str) -> None:
+    config = write_config(tmp_path, CONFIG.replace(", interval: 1h", ""))
+    evidence(store, AUTO, matches=300, errors=30)
+    refused = migrate("watch", "--config", config, "--store", store, "--once")
+    assert "order-list: refused: canary 25% -> canary 50%: error rate over: 9.09%" in refused.stdout
+    assert _stage(config, AUTO) == ("canary", 25.0)
+
+    async def hold() -> None:
+        async with Store(store) as s:
+            await s.record_route_change(
+                route=AUTO, to_mode="legacy", kind="auto_rollback", actor="proxy"
+            )
+
+    asyncio.run(hold())
+    evidence(store, AUTO, matches=300)
+    held = migrate("watch", "--config", config, "--store", store, "--once")
+    assert "order-list: held: held after an automatic rollback" in held.stdout
+    assert _stage(config, AUTO) == ("canary", 25.0)
+
+
+def test_a_second_controller_is_refused(tmp_path: Path, store: str) -> None:
+    config = write_config(tmp_path)
+    with single_controller(config):
+        result = migrate("watch", "--config", config, "--store", store, "--once")
+    assert result.exit_code == 2
+    assert "another `strangler migrate watch` already controls" in result.stderr
+    after = migrate("watch", "--config", config, "--store", store, "--once")
+    assert after.exit_code == 0, after.output
