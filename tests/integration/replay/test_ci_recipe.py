@@ -1,5 +1,5 @@
 """docs/ci.md works: its replay config, against the real monolith and extracted service,
-replays config/examples/traffic.jsonl with every route passing its gate."""
+replays config/examples/traffic.jsonl: every route passes, and a careless port fails."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from extracted.app import create_app as extracted_app
 from extracted.schema import create_schema
 from legacy.app import create_app as legacy_app
 from legacy.seed import seed_orders
-from proxy.settings import loads
-from shadow.replay import replay, scan_traffic
+from proxy.settings import Settings, loads
+from shadow.replay import ReplaySummary, replay, scan_traffic
 from shadow.report import Thresholds, build_report
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -52,17 +52,22 @@ def test_the_workflow_runs_replay_and_gates_on_the_junit_report() -> None:
     assert "config/examples/traffic.jsonl" in script and TRAFFIC.exists()
 
 
-async def test_the_documented_config_passes_on_the_example_traffic(tmp_path: Path) -> None:
+async def _replay_recipe(tmp_path: Path, fee_rounding: str) -> tuple[Settings, ReplaySummary]:
     (config,) = [b for b in _blocks("yaml") if b.startswith("# ci/replay.yaml")]
     db = f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}"
     await create_schema(db)
     await seed_orders(db, 40)
-    async with _serve(legacy_app(db)) as legacy_port, _serve(extracted_app(db)) as orders_port:
+    candidate = extracted_app(db, fee_rounding=fee_rounding)
+    async with _serve(legacy_app(db)) as legacy_port, _serve(candidate) as orders_port:
         text = config.replace("127.0.0.1:8081", f"127.0.0.1:{legacy_port}")
         text = text.replace("127.0.0.1:8082", f"127.0.0.1:{orders_port}")
         text = text.replace("sqlite+aiosqlite:///replay.db", f"sqlite:///{tmp_path / 'r.db'}")
         settings = loads(text, "ci/replay.yaml")
-        summary = await replay(str(TRAFFIC), settings, None, concurrency=4)
+        return settings, await replay(str(TRAFFIC), settings, None, concurrency=4)
+
+
+async def test_the_documented_config_passes_on_the_example_traffic(tmp_path: Path) -> None:
+    settings, summary = await _replay_recipe(tmp_path, "legacy")
     assert summary.done == scan_traffic(str(TRAFFIC)) == 13
     assert summary.outcomes == {"match": 12, "skipped": 1}, summary
     assert (summary.no_route, summary.no_candidate, summary.primary_failed) == (0, 0, 0)
@@ -77,3 +82,15 @@ async def test_the_documented_config_passes_on_the_example_traffic(tmp_path: Pat
         "order-show",
         "order-events",
     }
+
+
+async def test_a_port_that_rounds_the_fee_differently_fails_the_gate(tmp_path: Path) -> None:
+    settings, summary = await _replay_recipe(tmp_path, "half_even")
+    thresholds = {r.name: Thresholds.from_promotion(r.promotion) for r in settings.routes}
+    report = await build_report(
+        settings.store.url, routes=summary.routes, thresholds_by_route=thresholds
+    )
+    assert not report.passed
+    failed = {r.route: r for r in report.routes if not r.passed}
+    assert "order-show" in failed
+    assert failed["order-show"].top_paths[0].pattern == "$.amounts.buyer_protection_fee"
