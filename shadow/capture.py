@@ -131,8 +131,11 @@ class CaptureWriter:
         flush_interval: float = _FLUSH_INTERVAL,
         keep: int = _KEEP,
         max_queued: int = _MAX_QUEUED,
+        path: str | None = None,
     ) -> None:
+        """`path` overrides `settings.path` (e.g. one file per proxy worker process)."""
         self.settings = settings
+        self.path = path or settings.path
         self.stats = CaptureStats()
         self._redactor = redactor
         self._clock = clock
@@ -154,7 +157,17 @@ class CaptureWriter:
         )
         self._thread.start()
 
-    # -- the data plane's call ------------------------------------------------------------
+    # -- the data plane's calls -----------------------------------------------------------
+
+    def wants(self, method: str, request_id: str) -> bool:
+        """Whether `maybe_capture` would keep this request: lets the caller skip buffering
+        the body of requests that will not be captured. Never raises."""
+        try:
+            if self._closed or method not in self._methods:
+                return False
+            return self._threshold >= 10000 or _bucket(request_id) < self._threshold
+        except Exception:
+            return False
 
     def maybe_capture(
         self,
@@ -167,9 +180,7 @@ class CaptureWriter:
     ) -> None:
         """Queue this request for capture if it is sampled and its method chosen; never raises."""
         try:
-            if self._closed or method not in self._methods:
-                return
-            if self._threshold < 10000 and _bucket(request_id) >= self._threshold:
+            if not self.wants(method, request_id):
                 return
             if body is not None and len(body) > MAX_BODY_BYTES:
                 self.stats.drop("body_too_large")
@@ -255,7 +266,7 @@ class CaptureWriter:
             self.stats.errors += 1
             lost = len(lines) - written
             self.stats.dropped["write_error"] = self.stats.dropped.get("write_error", 0) + lost
-            _log.warning("capture: cannot write %s: %s", self.settings.path, exc)
+            _log.warning("capture: cannot write %s: %s", self.path, exc)
             self._close_file()
         self.stats.written += written
 
@@ -268,12 +279,12 @@ class CaptureWriter:
                 self.stats.errors += 1
 
     def _open(self) -> None:
-        self._file = open(self.settings.path, "ab")  # noqa: SIM115 - kept open across batches
+        self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across batches
         self._size = self._file.tell()
 
     def _rotate(self) -> None:
         self._close_file()
-        base = self.settings.path
+        base = self.path
         for i in range(self._keep - 1, 0, -1):
             if os.path.exists(f"{base}.{i}"):
                 os.replace(f"{base}.{i}", f"{base}.{i + 1}")

@@ -185,3 +185,17 @@ def test_limits_and_write_errors_are_counted_not_raised(tmp_path: Path) -> None:
     writer.maybe_capture("POST", "/a", "", [], None, "after-close")
     assert writer.stats.dropped == {"body_too_large": 1, "queue_full": 2, "write_error": 2}
     assert writer.stats.errors == 1 and writer.stats.written == 0
+
+
+def test_wants_predicts_capture_and_path_override(tmp_path: Path) -> None:
+    settings = CaptureSettings(path=str(tmp_path / "ignored.jsonl"), percent=50.0)
+    writer = CaptureWriter(settings, Redactor(), path=str(tmp_path / "worker-1.jsonl"))
+    ids = [f"r{i}" for i in range(200)]
+    wanted = {rid for rid in ids if writer.wants("GET", rid)}
+    assert not writer.wants("POST", "r1") and 0 < len(wanted) < 200
+    for rid in ids:
+        writer.maybe_capture("GET", "/a", "", [], None, rid)
+    writer.close()
+    assert not writer.wants("GET", next(iter(wanted)))  # closed
+    assert {line["request_id"] for line in _lines(tmp_path / "worker-1.jsonl")} == wanted
+    assert not (tmp_path / "ignored.jsonl").exists()
