@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from shadow.gates import Gate, GateLimits
 
@@ -54,6 +55,18 @@ class Breach:
             f"{what} over the last {self.observations} observations"
             f" ({self.samples} compared, {self.errors} errors)"
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """The breach as plain JSON values (for the audit log's evidence)."""
+        return {
+            "gate": self.gate,
+            "value": self.value,
+            "limit": self.limit,
+            "observations": self.observations,
+            "samples": self.samples,
+            "errors": self.errors,
+            "message": self.message,
+        }
 
 
 def _bucket(ms: float | None) -> int:

@@ -49,6 +49,7 @@ def test_candidate_failing_a_fifth_of_requests_trips_within_the_window() -> None
     assert breach.value == pytest.approx(failures / 200)
     assert breach.observations == 200
     assert "error rate" in breach.message and "200 observations" in breach.message
+    assert breach.to_json()["errors"] == failures
 
 
 def test_failing_from_the_start_trips_at_the_sample_minimum() -> None:
