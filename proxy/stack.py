@@ -38,6 +38,7 @@ PROFILES: tuple[Profile, ...] = ("demo", "proxy-only")
 _HOST = "127.0.0.1"
 _CANDIDATE_BACKENDS = ("orders", "orders_next")
 _START_RETRIES = 3
+_SEED_AGE_MS = 11 * 24 * 3600 * 1000
 
 
 class StackError(Exception):
@@ -178,8 +179,10 @@ class Stack:
             stale.unlink()
         try:
             await create_schema(self.db_url)
-            # Anchored at now, so seeded deliveries are still inside the dispute window.
-            await seed_orders(self.db_url, self.seed, anchor_ms=time.time_ns() // 1_000_000)
+            # Seeded timelines run up to 10 days past their order: anchor them so that every
+            # seeded event lies in the past and new events sort after them.
+            anchor_ms = time.time_ns() // 1_000_000 - _SEED_AGE_MS
+            await seed_orders(self.db_url, self.seed, anchor_ms=anchor_ms)
             runner, self.legacy_url = await _serve(create_legacy(self.db_url))
             self._runners.append(runner)
             if self.profile == "demo":
