@@ -12,6 +12,11 @@ import orjson
 __all__ = ["AccessLog"]
 
 _FLUSH_BYTES = 64 << 10
+_LINE = (
+    b'{"ts":%.3f,"request_id":%b,"route":%b,"backend":%b,"method":%b,"path":%b,'
+    b'"status":%d,"ms":%.3f%b}\n'
+)
+_json = orjson.dumps
 _FLUSH_INTERVAL = 0.25
 
 
@@ -41,19 +46,18 @@ class AccessLog:
         """Queue one line."""
         if not self.enabled:
             return
-        rec: dict[str, object] = {
-            "ts": round(time.time(), 3),
-            "request_id": request_id,
-            "route": route,
-            "backend": backend,
-            "method": method,
-            "path": path,
-            "status": status,
-            "ms": round(ms, 3),
-        }
-        if upstream_error is not None:
-            rec["error"] = upstream_error
-        line = orjson.dumps(rec, option=orjson.OPT_APPEND_NEWLINE)
+        # One %-format with pre-escaped strings: a dict + orjson per request costs twice this.
+        line = _LINE % (
+            time.time(),
+            _json(request_id),
+            _json(route),
+            _json(backend),
+            _json(method),
+            _json(path),
+            status,
+            ms,
+            b"" if upstream_error is None else b',"error":' + _json(upstream_error),
+        )
         self._buf.append(line)
         self._size += len(line)
         if self._size >= _FLUSH_BYTES:

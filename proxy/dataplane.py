@@ -68,6 +68,7 @@ _RESP_DROP = frozenset(
     }
 )
 _CONN_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+_PLAIN_CONNECTION = _CONN_STANDARD_TOKENS  # a Connection header naming no other header
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 _VIA = b"via: 1.1 strangler\r\n"
@@ -442,7 +443,7 @@ class _Exchange:
             if lname == b"content-length":
                 has_length = True
             out += (name, b": ", value, b"\r\n")
-        if conn_tokens is not None:
+        if conn_tokens is not None and conn_tokens.lower() not in _PLAIN_CONNECTION:
             _drop_connection_named(out, conn_tokens, start=1)
         if status == 101:
             self.upgrading = True
@@ -904,7 +905,7 @@ class ClientConnection(asyncio.Protocol):
             elif lname == b"x-request-id":
                 rid = value
             parts += (name, b": ", value, b"\r\n")
-        if conn_tokens is not None:
+        if conn_tokens is not None and conn_tokens.lower() not in _PLAIN_CONNECTION:
             _drop_connection_named(parts, conn_tokens, start=4)
         if host_override is not None:
             parts += (b"host: ", host_override, b"\r\n")
