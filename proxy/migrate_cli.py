@@ -385,7 +385,14 @@ async def _watch(
                 loop.add_signal_handler(sig, stop.set)
         try:
             while True:
-                results = await watch_pass(config_path, store, actor=_actor(actor))
+                try:
+                    results = await watch_pass(config_path, store, actor=_actor(actor))
+                except (MigrateError, StoreError) as e:
+                    if once:
+                        raise
+                    # A controller outlives a config mid-edit or a store restart.
+                    click.echo(f"{datetime.now(UTC):%H:%M:%S} pass failed: {e}", err=True)
+                    results = []
                 for r in results:
                     click.echo(f"{datetime.now(UTC):%H:%M:%S} {r.route}: {r.outcome}: {r.message}")
                 if reload_url and token and any(r.outcome == "advanced" for r in results):
