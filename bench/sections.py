@@ -109,7 +109,7 @@ def _replay_section(ctx: SectionContext) -> SectionResult:
     module = _import_optional("bench.replay_bench")
     if module is None:
         return SectionResult(note="skipped: bench/replay_bench.py not present yet")
-    return SectionResult(rows=list(module.run()))
+    return SectionResult(rows=list(module.run(2_000 if ctx.quick else 10_000)))
 
 
 SECTIONS: list[Section] = [

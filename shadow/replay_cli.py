@@ -104,12 +104,17 @@ async def _run(
 ) -> tuple[ReplaySummary, Report | None]:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        handled = True
+    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+        handled = False
     since = datetime.now(UTC) - timedelta(milliseconds=1)
     try:
         summary = await replay(traffic, settings, store_url, concurrency, progress, stop=stop)
     finally:
-        loop.remove_signal_handler(signal.SIGINT)
+        if handled:
+            loop.remove_signal_handler(signal.SIGINT)
         progress.close()
     if summary.interrupted or not summary.routes:
         return summary, None
