@@ -386,18 +386,12 @@ async def _watch(
         try:
             while True:
                 try:
-                    results = await watch_pass(config_path, store, actor=_actor(actor))
+                    await _watch_pass(config_path, store, _actor(actor), reload_url, token)
                 except (MigrateError, StoreError) as e:
                     if once:
                         raise
-                    # A controller outlives a config mid-edit or a store restart.
+                    # A controller outlives a config mid-edit, a store or a proxy restart.
                     click.echo(f"{datetime.now(UTC):%H:%M:%S} pass failed: {e}", err=True)
-                    results = []
-                for r in results:
-                    click.echo(f"{datetime.now(UTC):%H:%M:%S} {r.route}: {r.outcome}: {r.message}")
-                if reload_url and token and any(r.outcome == "advanced" for r in results):
-                    version = await reload_proxy(reload_url, token)
-                    click.echo(f"reloaded: {reload_target(reload_url)} ({version or '?'})")
                 if once:
                     return _OK
                 try:
@@ -410,3 +404,14 @@ async def _watch(
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
             await store.close()
+
+
+async def _watch_pass(
+    config_path: str, store: Store, actor: str, reload_url: str | None, token: str | None
+) -> None:
+    results = await watch_pass(config_path, store, actor=actor)
+    for r in results:
+        click.echo(f"{datetime.now(UTC):%H:%M:%S} {r.route}: {r.outcome}: {r.message}")
+    if reload_url and token and any(r.outcome == "advanced" for r in results):
+        version = await reload_proxy(reload_url, token)
+        click.echo(f"reloaded: {reload_target(reload_url)} ({version or '?'})")
