@@ -57,6 +57,8 @@ def set_route_stage(text: str, route: str, *, mode: str, percent: float | None =
         splices.append(_Splice(at, at, f"{_indent(node)}mode: {mode}\n"))
     if percent is not None:
         splices.extend(_set_percent(text, lines, node, percent, anchor_line))
+    if "\r\n" in text:  # inserted lines follow the file's line endings
+        splices = [_Splice(s.start, s.end, s.text.replace("\n", "\r\n")) for s in splices]
     new = text
     # From the end, so offsets stay valid; at one offset the first-listed ends up first.
     for _, s in sorted(enumerate(splices), key=lambda p: (p[1].start, p[0]), reverse=True):
@@ -164,7 +166,7 @@ def _scalar_end(text: str, start: int, *, flow: bool) -> int:
                 return i + 1
             i += 1
         return i
-    stop = re.compile(r"\s#|\n|$" + (r"|[,}\]]" if flow else ""))
+    stop = re.compile(r"[ \t]#|\r|\n|$" + (r"|[,}\]]" if flow else ""))
     m = stop.search(text, start)
     end = m.start() if m else len(text)
     while end > start and text[end - 1] in " \t":

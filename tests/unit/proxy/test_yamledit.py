@@ -138,3 +138,16 @@ def test_write_atomic_keeps_mode(tmp_path: Path) -> None:
     assert target.read_text() == "a: 2\n"
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["routes.yaml"]
+
+
+def test_crlf_line_endings_kept() -> None:
+    text = CONFIG.replace("\n", "\r\n")
+    new = set_route_stage(text, "block", mode="extracted")
+    assert new == text.replace(
+        "    mode: shadow   # two blank lines above", "    mode: extracted # two blank lines above"
+    )
+    plain = text.replace("    mode: shadow   # two blank lines above", "    mode: shadow")
+    assert set_route_stage(plain, "block", mode="legacy").count("\r\n") == text.count("\r\n")
+    assert "    mode: legacy\r\n" in set_route_stage(plain, "block", mode="legacy")
+    inserted = set_route_stage(text, "bare", mode="canary", percent=1)
+    assert inserted.count("\n") == inserted.count("\r\n") == text.count("\r\n") + 3
