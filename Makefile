@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all install test lint typecheck pytest demo bench loadtest soak clean
+.PHONY: all install test lint typecheck pytest chromium demo bench loadtest soak clean
 
 all: test
 
@@ -28,7 +28,18 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-test: lint typecheck pytest
+# The dashboard's browser test drives Debian's headless Chromium (never a downloaded one).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		echo "installing chromium and chromium-driver with apt-get (browser test of /-/ui)"; \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	fi
+
+test: chromium lint typecheck pytest
 
 demo: $(STAMP)
 	$(BIN)/strangler demo

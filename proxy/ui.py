@@ -105,11 +105,15 @@ class _StoreSource:
 
 
 class _Cache:
-    """Answers reused for a short while, so many open dashboards cost one set of queries."""
+    """Answers reused for a short while, so many open dashboards cost one set of queries.
+
+    An answer lives at least `ttl` seconds and at least three times as long as it took to
+    compute, so a large store never keeps the proxy's event loop busy with dashboard reads.
+    """
 
     def __init__(self, ttl: float = 1.0) -> None:
         self._ttl = ttl
-        self._entries: dict[tuple[str, ...], tuple[float, bytes]] = {}
+        self._entries: dict[tuple[str, ...], tuple[float, bytes]] = {}  # key -> (expiry, body)
         self._locks: dict[tuple[str, ...], asyncio.Lock] = {}
 
     async def get(self, key: tuple[str, ...], make: Callable[[], Awaitable[bytes]]) -> bytes:
@@ -117,12 +121,15 @@ class _Cache:
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             hit = self._entries.get(key)
-            if hit is not None and time.monotonic() - hit[0] < self._ttl:
+            if hit is not None and time.monotonic() < hit[0]:
                 return hit[1]
+            started = time.monotonic()
             body = await make()
+            done = time.monotonic()
             if len(self._entries) > 64:
                 self._entries.clear()
-            self._entries[key] = (time.monotonic(), body)
+                self._locks = {key: lock}
+            self._entries[key] = (done + max(self._ttl, 3 * (done - started)), body)
             return body
 
 

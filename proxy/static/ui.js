@@ -86,8 +86,10 @@
     if (r.mismatch_rate == null) return "muted";
     return r.mismatch_rate > r.thresholds.max_mismatch_rate ? "bad" : "good";
   }
-  function sparkline(series, w, hgt) {
-    const box = svg("svg", { width: w, height: hgt, viewBox: `0 0 ${w} ${hgt}`, class: "spark", role: "img" });
+  function sparkline(series, w, hgt, wide) {
+    const box = svg("svg", wide
+      ? { viewBox: `0 0 ${w} ${hgt}`, preserveAspectRatio: "none", class: "spark wide", role: "img" }
+      : { width: w, height: hgt, viewBox: `0 0 ${w} ${hgt}`, class: "spark", role: "img" });
     const rates = series.map((b) => b.rate);
     const known = rates.filter((r) => r != null);
     const title = svg("title");
@@ -248,12 +250,12 @@
     const r = d.route;
     if (S.view !== "route" || S.route !== r.name) detailSkeleton(r.name);
     $("config").textContent = "config " + d.config_version;
-    $("title").replaceChildren(r.name, " ", modeBadge(r), h("span", { class: "sub" }, ` ${r.methods ? r.methods.join(",") : "*"} ${r.path}${r.configured ? "" : " (not in the config any more)"}`));
+    $("title").replaceChildren(r.name, " ", ...modeBadge(r).filter(Boolean), h("span", { class: "sub" }, ` ${r.methods ? r.methods.join(",") : "*"} ${r.path}${r.configured ? "" : " (not in the config any more)"}`));
     $("notes").replaceChildren(storeNote(d) || "");
     const lat = r.latency_ms;
     $("cards").replaceChildren(
       card("Candidate share", shareCell(r)[0], shareCell(r)[1].textContent),
-      card("Requests", num(r.live.requests), Object.entries(r.live.by_class).map(([c, n]) => `${c} ${num(n)}`).join(" · ")),
+      card("Requests", num(r.live.requests), Object.entries(r.live.by_class).filter(([, n]) => n > 0).map(([c, n]) => `${c} ${num(n)}`).join(" · ")),
       card("Samples", num(r.samples), `${num(r.matches)} match · ${num(r.mismatches)} mismatch · ${num(r.errors)} errors`),
       h("div", { class: "card rate " + rateClass(r), id: "rate" }, h("div", { class: "label" }, "Mismatch rate"), h("div", { class: "value" }, pct(r.mismatch_rate)),
         h("div", { class: "sub" }, r.mismatch_ci95 ? `95% CI ${pct(r.mismatch_ci95[0])} – ${pct(r.mismatch_ci95[1])}` : "no samples")),
@@ -263,7 +265,7 @@
       h("div", { class: "card", id: "gate" }, h("div", { class: "label" }, "Gate"), h("div", { class: "value" }, gateBadge(r.gate)),
         h("ul", { class: "reasons" }, r.gate.reasons.map((x) => h("li", null, x)))));
     $("rollback").hidden = !r.auto_rollback;
-    $("trend").replaceChildren(sparkline(r.series, 720, 80), h("div", { class: "sub" }, `buckets of ${d.bucket_seconds || "–"} s over ${d.window}`));
+    $("trend").replaceChildren(sparkline(r.series, 1000, 90, true), h("div", { class: "sub" }, `buckets of ${d.bucket_seconds || "–"} s over ${d.window}`));
     $("paths").replaceChildren(pathsTable(d.top_paths, d.noise_paths));
     renderRecent(d.recent);
     $("changes").replaceChildren(changesTable(d.changes));

@@ -1,0 +1,425 @@
+"""The migration dashboard in headless Chromium, against a running proxy and a real SQLite store.
+
+The page is served by an aiohttp listener that mounts `proxy.ui.add_ui_routes` with the
+admin app's `PROXY_KEY` pointing at a started proxy (as the admin listener does), so the
+test does not depend on how the admin app is composed. Screenshots go to test-artifacts/;
+set STRANGLER_UPDATE_SCREENSHOT=1 to refresh the README's copy in docs/img/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from proxy.accesslog import AccessLog
+from proxy.admin import PROXY_KEY
+from proxy.app import Proxy, create_proxy
+from proxy.settings import load
+from proxy.ui import add_ui_routes
+from shadow.record import ComparisonRecord, DiffExample
+from shadow.store import Store
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+README_IMAGE = ROOT / "docs" / "img" / "dashboard.png"
+TOKEN = "ui-test-token"
+
+
+@dataclass
+class UiStack:
+    """A started proxy, its backends and the listener serving the dashboard."""
+
+    proxy: Proxy
+    base: str  # http://127.0.0.1:PORT
+    clears: list[tuple[str, str]] = field(default_factory=list)  # (route, Authorization)
+
+    @property
+    def page_url(self) -> str:
+        return self.base + "/-/ui"
+
+    @property
+    def data_plane(self) -> str:
+        host, port = self.proxy.address
+        return f"http://{host}:{port}"
+
+
+async def _json_backend() -> web.AppRunner:
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "path": request.path})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+def _port(runner: web.AppRunner) -> int:
+    return int(runner.addresses[0][1])
+
+
+def _config(legacy: int, candidate: int, store_url: str, routes: str) -> str:
+    return f"""
+listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+  token_env: STRANGLER_UI_TEST_TOKEN
+backends:
+  legacy: {{url: "http://127.0.0.1:{legacy}", timeout: 2s}}
+  orders: {{url: "http://127.0.0.1:{candidate}", timeout: 2s}}
+default_backend: legacy
+store:
+  url: {store_url}
+access_log: false
+routes:
+{routes}
+"""
+
+
+@asynccontextmanager
+async def ui_stack(
+    tmp_path: Path, store_url: str, routes: str, records: Sequence[ComparisonRecord]
+) -> AsyncIterator[UiStack]:
+    """Fill the store, start backends and a proxy, and serve the dashboard beside it."""
+    async with Store(store_url) as store:
+        await store.insert_batch(records)
+    legacy, candidate = await _json_backend(), await _json_backend()
+    path = tmp_path / "routes.yaml"
+    path.write_text(_config(_port(legacy), _port(candidate), store_url, routes), encoding="utf-8")
+    proxy = create_proxy(load(str(path)), access_log=AccessLog(enabled=False))
+    await proxy.start()
+    clears: list[tuple[str, str]] = []
+
+    async def clear(request: web.Request) -> web.Response:
+        # Stands in for the admin listener's action endpoint: records what the page sent.
+        clears.append((request.match_info["name"], request.headers.get("Authorization", "")))
+        return web.json_response({"status": "cleared"})
+
+    app = web.Application()
+    app[PROXY_KEY] = proxy
+    add_ui_routes(app)
+    app.router.add_post("/-/routes/{name}/clear", clear)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield UiStack(proxy, f"http://127.0.0.1:{_port(runner)}", clears)
+    finally:
+        await runner.cleanup()
+        await proxy.stop(1.0)
+        await legacy.cleanup()
+        await candidate.cleanup()
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    """Debian's headless Chromium driven by Playwright (no downloaded browsers)."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+def _watch(page: Page, base: str) -> list[str]:
+    """Collect page errors and any request leaving the strangler listener (the page is offline)."""
+    problems: list[str] = []
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on(
+        "console",
+        lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+    )
+    page.on(
+        "request",
+        lambda r: (
+            None
+            if r.url.startswith(base) or r.url.startswith("data:")
+            else problems.append(f"external request: {r.url}")
+        ),
+    )
+    return problems
+
+
+def _record(
+    route: str,
+    outcome: str,
+    at: datetime,
+    *,
+    path: str,
+    legacy_ms: float,
+    candidate_ms: float,
+    legacy_body: object = None,
+    candidate_body: object = None,
+    diffs: Sequence[DiffExample] = (),
+) -> ComparisonRecord:
+    return ComparisonRecord(
+        route=route,
+        outcome=outcome,  # type: ignore[arg-type]
+        time=at,
+        method="GET",
+        path=path,
+        request_path=path.replace("{order_id}", "42"),
+        status_primary=200,
+        status_candidate=200,
+        latency_primary_ms=legacy_ms,
+        latency_candidate_ms=candidate_ms,
+        diff_paths=tuple(d.pattern for d in diffs),
+        diff_examples=tuple(diffs),
+        primary_body=orjson.dumps(legacy_body) if legacy_body is not None else None,
+        candidate_body=orjson.dumps(candidate_body) if candidate_body is not None else None,
+        request_id=f"req-{route}-{at.timestamp():.0f}",
+    )
+
+
+def _order(total: str, *, page: int | None) -> dict[str, object]:
+    body: dict[str, object] = {
+        "items": [
+            {"id": 7, "sku": "tea-1kg", "quantity": 2, "total": total, "currency": "EUR"},
+            {"id": 8, "sku": "cup", "quantity": 1, "total": "4.00", "currency": "EUR"},
+        ],
+        "count": 2,
+    }
+    if page is not None:
+        body["meta"] = {"page": page}
+    return body
+
+
+def two_routes_records(now: datetime) -> list[ComparisonRecord]:
+    """`order-show` matches 60 of 60; `order-list` mismatches 15 of 60 (25 %)."""
+    records: list[ComparisonRecord] = []
+    for i in range(60):
+        at = now - timedelta(minutes=50) + timedelta(seconds=50 * i)
+        records.append(
+            _record(
+                "order-show",
+                "match",
+                at,
+                path="/api/v1/orders/{order_id}",
+                legacy_ms=10.0 + i % 7,
+                candidate_ms=8.0 + i % 5,
+            )
+        )
+        mismatch = i % 4 == 3
+        if not mismatch:
+            records.append(
+                _record(
+                    "order-list",
+                    "match",
+                    at,
+                    path="/api/v1/orders",
+                    legacy_ms=20.0 + i % 9,
+                    candidate_ms=12.0 + i % 4,
+                )
+            )
+            continue
+        diffs = [DiffExample("$.items[*].total", "$.items[0].total", "31.50", "31.5")]
+        legacy_page: int | None = 1
+        if i % 12 == 3:  # a third of the mismatches also lose the page number
+            diffs.append(DiffExample("$.meta", "$.meta", {"page": 1}, None))
+            legacy_page = 1
+        records.append(
+            _record(
+                "order-list",
+                "mismatch",
+                at,
+                path="/api/v1/orders",
+                legacy_ms=20.0 + i % 9,
+                candidate_ms=12.0 + i % 4,
+                legacy_body=_order("31.50", page=legacy_page),
+                candidate_body=_order("31.5", page=None if i % 12 == 3 else 1),
+                diffs=diffs,
+            )
+        )
+    return records
+
+
+TWO_ROUTES = """
+  - name: order-show
+    match: {path: "/api/v1/orders/{order_id}", methods: [GET]}
+    candidate: orders
+    mode: shadow
+    promotion: {min_samples: 50}
+  - name: order-list
+    match: {path: /api/v1/orders, methods: [GET]}
+    candidate: orders
+    mode: shadow
+    promotion: {min_samples: 50}
+  - name: health
+    match: {path: /health}
+    mode: legacy
+"""
+
+
+async def test_dashboard_shows_rates_and_the_highlighted_difference(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    now = datetime.now(UTC)
+    async with (
+        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, two_routes_records(now)) as stack,
+        chromium() as browser,
+    ):
+        async with aiohttp.ClientSession() as s:  # live traffic on a legacy-only route
+            for _ in range(7):
+                async with s.get(stack.data_plane + "/health") as r:
+                    assert r.status == 200
+        page = await browser.new_page(viewport={"width": 1360, "height": 820})
+        problems = _watch(page, stack.base)
+        await page.goto(stack.page_url)
+
+        show = page.locator('tr[data-route="order-show"]')
+        mism = page.locator('tr[data-route="order-list"]')
+        await expect(mism.locator("td.rate")).to_have_text("25.00%")
+        await expect(show.locator("td.rate")).to_have_text("0.00%")
+        await expect(show.locator("td.samples")).to_have_text("60")
+        await expect(mism.locator("td.samples")).to_have_text("60")
+        await expect(show.locator("td.gate")).to_have_text("pass")
+        await expect(mism.locator("td.gate")).to_have_text("fail")
+        await expect(mism.locator("td.rate")).to_have_class("rate num bad")
+        await expect(page.locator('tr[data-route="health"] td.requests')).to_contain_text("7")
+        await expect(page.locator('tr[data-route="health"] td.gate')).to_have_text("n/a")
+        assert await mism.locator("svg.spark polyline, svg.spark circle").count() >= 1
+        await page.screenshot(path=str(ARTIFACTS / "ui-overview.png"))
+        if os.environ.get("STRANGLER_UPDATE_SCREENSHOT") == "1":
+            README_IMAGE.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ARTIFACTS / "ui-overview.png", README_IMAGE)
+
+        await mism.locator("td.name a").click()
+        await expect(page.locator("#rate .value")).to_have_text("25.00%")
+        await expect(page.locator("#title")).to_contain_text("order-list shadow")
+        await expect(page.locator("#title")).not_to_contain_text("[object")
+        await expect(page.locator("#gate .reasons")).to_contain_text("mismatch rate 25%")
+        top = page.locator('#top-paths tr[data-path="$.items[*].total"]')
+        await expect(top.locator("td").nth(1)).to_have_text("15")
+        await expect(top.locator("td").nth(2)).to_have_text("100.0%")
+        await expect(top.locator("td").nth(3)).to_contain_text("ago")
+        meta = page.locator('#top-paths tr[data-path="$.meta"]')
+        await expect(meta.locator("td").nth(1)).to_have_text("5")
+        assert await page.locator("#mismatches tbody tr").count() == 10
+        # The newest mismatch is selected: both sides show the differing field highlighted.
+        cand = page.locator('.side-candidate .ln.diff[data-path="$.items[0].total"]')
+        legacy = page.locator('.side-legacy .ln.diff[data-path="$.items[0].total"]')
+        await expect(cand).to_be_visible()
+        await expect(cand).to_contain_text('"total": "31.5"')
+        await expect(legacy).to_contain_text('"total": "31.50"')
+        assert (
+            await page.locator('.side-candidate .ln.diff[data-path="$.items[1].total"]').count()
+            == 0
+        )
+        await expect(page.locator('#differences tr[data-path="$.items[0].total"]')).to_contain_text(
+            "changed"
+        )
+        await page.screenshot(path=str(ARTIFACTS / "ui-route.png"), full_page=True)
+
+        # A mismatch whose candidate lost `meta`: highlighted on the legacy side only.
+        await page.locator("#mismatches tbody tr", has_text="$.meta").first.click()
+        removed = page.locator('.side-legacy .ln.diff-removed[data-path="$.meta"]')
+        await expect(removed).to_be_visible()
+        assert await page.locator('.side-candidate .ln[data-path="$.meta"]').count() == 0
+
+        # The one action: clearing an auto-rollback needs the token, sent as a bearer header.
+        assert stack.clears == []
+        await expect(page.locator("#rollback")).to_be_hidden()
+        stack.proxy.metrics.auto_rollback.labels("order-list").set(1)
+        await expect(page.locator("#rollback")).to_be_visible()
+        await page.fill("#token", TOKEN)
+        await page.click("#clear-form button")
+        await expect(page.locator("#clear-result")).to_have_text("cleared")
+        assert stack.clears == [("order-list", f"Bearer {TOKEN}")]
+        assert await page.input_value("#token") == ""
+
+        await page.click("text=← all routes")
+        await expect(mism.locator("td.mode")).to_contain_text("rolled back")
+        assert problems == []
+
+
+def many_routes(n: int) -> tuple[str, list[ComparisonRecord]]:
+    """`n` shadow routes; route i has i % 7 mismatches among 20 comparisons."""
+    now = datetime.now(UTC)
+    routes = []
+    records = []
+    for i in range(n):
+        name = f"r{i:03d}"
+        path = f"/api/v1/things{i}/{{order_id}}"
+        routes.append(
+            f'  - name: {name}\n    match: {{path: "{path}"}}\n    candidate: orders\n'
+            "    mode: shadow\n    promotion: {min_samples: 10}\n"
+        )
+        for j in range(20):
+            at = now - timedelta(seconds=170 * j + i)
+            outcome = "mismatch" if j < i % 7 else "match"
+            diffs = [DiffExample("$.total", "$.total", 1, 2)] if outcome == "mismatch" else []
+            records.append(
+                _record(
+                    name,
+                    outcome,
+                    at,
+                    path=path,
+                    legacy_ms=5.0 + j,
+                    candidate_ms=4.0 + j,
+                    diffs=diffs,
+                )
+            )
+    return "".join(routes), records
+
+
+async def test_two_hundred_routes_render_quickly(tmp_path: Path, sqlite_url: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    routes, records = many_routes(200)
+    async with ui_stack(tmp_path, sqlite_url, routes, records) as stack, chromium() as browser:
+        async with aiohttp.ClientSession() as s:
+            t0 = time.perf_counter()
+            async with s.get(stack.base + "/-/api/overview?since=1h") as r:
+                assert r.status == 200
+                data = await r.json()
+            api_ms = (time.perf_counter() - t0) * 1000
+        assert len(data["routes"]) == 200
+        page = await browser.new_page(viewport={"width": 1360, "height": 820})
+        problems = _watch(page, stack.base)
+        t0 = time.perf_counter()
+        await page.goto(stack.page_url)
+        await expect(page.locator("#rows tr")).to_have_count(200)
+        load_ms = (time.perf_counter() - t0) * 1000
+        render_ms = await page.evaluate("window.strangler.lastRenderMs")
+        await expect(page.locator('tr[data-route="r006"] td.rate')).to_have_text("30.00%")
+        await page.screenshot(path=str(ARTIFACTS / "ui-200-routes.png"))
+
+        await page.fill("#filter", "r19")
+        await expect(page.locator("#rows tr")).to_have_count(10)
+        await page.fill("#filter", "")
+        await page.click('th[data-sort="rate"]')
+        await expect(page.locator("#rows tr").first.locator("td.rate")).to_have_text("30.00%")
+        assert problems == []
+    line = (
+        f"200 routes: overview API {api_ms:.0f} ms, page load to 200 rows {load_ms:.0f} ms, "
+        f"table render {render_ms:.1f} ms"
+    )
+    print(line)
+    (ARTIFACTS / "ui-timings.txt").write_text(line + "\n", encoding="utf-8")
