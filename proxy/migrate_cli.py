@@ -35,7 +35,7 @@ from proxy.migrate import (
     single_controller,
     watch_pass,
 )
-from proxy.settings import Mode, Settings
+from proxy.settings import Mode, RouteSettings, Settings
 from shadow.gates import Evidence, Verdict, evaluate
 from shadow.record import RouteChange
 from shadow.store import Store, StoreError, mask_url, normalize_url
@@ -255,6 +255,13 @@ def _verdict_lines(verdict: Verdict | None, ev: Evidence) -> list[str]:
     return ["gate: FAIL", *(f"  - {r.message}" for r in verdict.reasons)]
 
 
+def _auto_text(route: RouteSettings) -> str:
+    if not route.promotion.auto:
+        return ""
+    every = route.promotion.interval
+    return f"; auto every {every:g}s" if every else "; auto"
+
+
 def _last_text(last: RouteChange | None) -> str:
     if last is None:
         return "never changed"
@@ -284,6 +291,8 @@ async def _status(route: str | None, config_path: str, store_url: str | None, as
                         "last_change": last.time.isoformat() if last else None,
                         "gated": verdict is not None,
                         "no_evidence": ev.empty,
+                        "auto": r.promotion.auto,
+                        "held": last is not None and last.kind == "auto_rollback",
                         **(verdict or Verdict(ev)).to_json(),
                     }
                 )
@@ -291,8 +300,10 @@ async def _status(route: str | None, config_path: str, store_url: str | None, as
             click.echo(f"{r.name}")
             click.echo(
                 f"  mode {stage.mode}, share {stage.share:g}%,"
-                f" next {nxt if nxt else 'none (fully extracted)'}"
+                f" next {nxt if nxt else 'none (fully extracted)'}{_auto_text(r)}"
             )
+            if last is not None and last.kind == "auto_rollback":
+                click.echo(f"  HELD: automatic rollback at {_since_text(last.time)}")
             click.echo(f"  evidence since {_since_text(ev.since)} ({_last_text(last)}):")
             click.echo(f"    {_evidence_text(ev)}")
             for line in _verdict_lines(verdict, ev):

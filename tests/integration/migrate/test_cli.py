@@ -87,7 +87,7 @@ def test_status_shows_mode_share_next_verdict_and_numbers(tmp_path: Path, store:
     assert "mismatch rate over: 2.44% above the maximum 1%" in out
     assert "error rate over: 4.65% above the maximum 2%" in out
     assert "p99 ratio over: candidate p99 is 2.00x legacy, above 1.5x" in out
-    assert "order-list\n  mode canary, share 25%, next canary 50%" in out
+    assert "order-list\n  mode canary, share 25%, next canary 50%; auto every 3600s" in out
     assert "order-create\n  mode legacy, share 0%, next shadow" in out
     assert "gate: none" in out
 

@@ -85,6 +85,8 @@ def test_failing_gate_and_auto_rollback_hold(tmp_path: Path, store: str) -> None
     evidence(store, AUTO, matches=300)
     held = migrate("watch", "--config", config, "--store", store, "--once")
     assert "order-list: held: held after an automatic rollback" in held.stdout
+    status = migrate("status", AUTO, "--config", config, "--store", store)
+    assert "  HELD: automatic rollback at 20" in status.stdout
     assert _stage(config, AUTO) == ("canary", 25.0)
 
 
