@@ -41,8 +41,8 @@ chromium:
 
 test: chromium lint typecheck pytest
 
-demo: $(STAMP)
-	$(BIN)/strangler demo
+demo: $(STAMP)  # make demo DEMO_ARGS=--keep-running
+	$(BIN)/strangler demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	@if ! command -v wrk >/dev/null 2>&1 || ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null 2>&1; then \
@@ -51,8 +51,8 @@ bench: $(STAMP)
 	fi
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
-loadtest: $(STAMP)
-	$(BIN)/python -m loadtests.run
+loadtest: $(STAMP)  # LOADTEST_USERS=50 LOADTEST_DURATION=60s; LOADTEST_ARGS="--profile proxy-only"
+	$(BIN)/python -m loadtests.run $(LOADTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
