@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import time
@@ -49,6 +50,7 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
+_log = logging.getLogger(__name__)
 _DEFAULT_WINDOW = "1h"
 _OVERVIEW_BUCKETS = 30
 _DETAIL_BUCKETS = 60
@@ -74,6 +76,7 @@ class _Live:
     dropped: dict[str, int] = field(default_factory=dict)
     breakers: dict[str, int] = field(default_factory=dict)  # backend -> state
     held: dict[str, bool] = field(default_factory=dict)  # route -> auto-rollback in force
+    holds: dict[str, dict[str, Any]] = field(default_factory=dict)  # route -> reason, time
 
 
 class _StoreSource:
@@ -262,6 +265,7 @@ def _route_row(
         },
         "breaker": _BREAKER_STATES.get(breaker, str(breaker)) if breaker is not None else None,
         "auto_rollback": held,
+        "rollback": live.holds.get(route.name),
     }
     row.update(_evidence(route, rep, bucket, since, now))
     return row
@@ -616,6 +620,17 @@ def _read_live(proxy: Proxy) -> _Live:
             elif name == "strangler_auto_rollback" and not math.isnan(s.value):
                 route = labels.get("route", "")
                 live.held[route] = live.held.get(route, False) or s.value >= 1
+    holds = getattr(proxy, "holds", None)
+    if callable(holds):
+        try:
+            for route, hold in holds().items():
+                live.held[route] = True
+                live.holds[route] = {
+                    "reason": str(getattr(hold, "reason", "")),
+                    "time": _iso(datetime.fromtimestamp(float(getattr(hold, "time", 0)), UTC)),
+                }
+        except Exception:  # the page must render even if the holds cannot be read
+            _log.exception("dashboard: cannot read the automatic-rollback holds")
     return live
 
 

@@ -230,7 +230,8 @@
       h("section", { id: "cards", class: "cards" }),
       h("section", { id: "rollback", class: "panel action", hidden: true },
         h("h2", null, "Automatic rollback in force"),
-        h("p", null, "This route is held on legacy. Clearing the hold needs the admin token; it is sent once, as a bearer header, and not stored."),
+        h("p", { id: "rollback-why" }),
+        h("p", null, "Clearing the hold needs the admin token; it is sent once, as a bearer header, and not stored."),
         h("form", { id: "clear-form", onsubmit: clearRollback },
           h("input", { id: "token", type: "password", autocomplete: "off", placeholder: "admin token", "aria-label": "admin token", required: true }),
           h("button", { type: "submit" }, "Clear auto-rollback"),
@@ -265,6 +266,8 @@
       h("div", { class: "card", id: "gate" }, h("div", { class: "label" }, "Gate"), h("div", { class: "value" }, gateBadge(r.gate)),
         h("ul", { class: "reasons" }, r.gate.reasons.map((x) => h("li", null, x)))));
     $("rollback").hidden = !r.auto_rollback;
+    $("rollback-why").replaceChildren("This route is held on legacy",
+      ...(r.rollback ? [" since ", when(r.rollback.time), r.rollback.reason ? ": " + r.rollback.reason : ""] : []), ".");
     $("trend").replaceChildren(sparkline(r.series, 1000, 90, true), h("div", { class: "sub" }, `buckets of ${d.bucket_seconds || "–"} s over ${d.window}`));
     $("paths").replaceChildren(pathsTable(d.top_paths, d.noise_paths));
     renderRecent(d.recent);
@@ -390,7 +393,8 @@
       });
       const body = await r.json().catch(() => ({}));
       out.className = r.ok ? "good" : "bad";
-      out.textContent = r.ok ? "cleared" : `refused (${r.status}): ${(body.error && body.error.message) || r.statusText}`;
+      out.textContent = !r.ok ? `refused (${r.status}): ${(body.error && body.error.message) || r.statusText}`
+        : body.cleared === false ? "no hold to clear" : "cleared";
     } catch (e) {
       out.className = "bad";
       out.textContent = "failed: " + e.message;

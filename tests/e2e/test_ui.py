@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -30,6 +31,7 @@ from proxy.settings import load
 from proxy.ui import add_ui_routes
 from shadow.record import ComparisonRecord, DiffExample
 from shadow.store import Store
+from tests.support import free_port, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -423,3 +425,117 @@ async def test_two_hundred_routes_render_quickly(tmp_path: Path, sqlite_url: str
     )
     print(line)
     (ARTIFACTS / "ui-timings.txt").write_text(line + "\n", encoding="utf-8")
+
+
+async def _get(s: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any], str]:
+    async with s.get(url, allow_redirects=False) as r:
+        body = await r.read()
+        data = orjson.loads(body) if r.content_type == "application/json" else {}
+        return r.status, data, r.headers.get("Location", "")
+
+
+async def test_api_overview_and_route_detail(tmp_path: Path, sqlite_url: str) -> None:
+    now = datetime.now(UTC)
+    async with (
+        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, two_routes_records(now)) as stack,
+        aiohttp.ClientSession() as s,
+    ):
+        status, data, _ = await _get(s, stack.base + "/-/api/overview")
+        assert status == 200
+        rows = {r["name"]: r for r in data["routes"]}
+        assert list(rows) == ["order-show", "order-list", "health"]
+        bad, good = rows["order-list"], rows["order-show"]
+        assert (bad["samples"], bad["mismatches"], bad["mismatch_rate"]) == (60, 15, 0.25)
+        lo, hi = bad["mismatch_ci95"]
+        assert 0.15 < lo < 0.25 < hi < 0.4
+        assert bad["gate"]["verdict"] == "fail" and "mismatch rate" in bad["gate"]["reasons"][0]
+        assert good["gate"] == {"verdict": "pass", "reasons": []}
+        assert good["mismatch_rate"] == 0.0 and good["latency_ms"]["legacy"]["p50"] == 13.0
+        assert bad["top_path"] == {"path": "$.items[*].total", "share": 1.0}
+        assert sum(b["samples"] for b in bad["series"]) == 60
+        assert rows["health"]["gate"]["verdict"] == "n/a"
+        assert data["store"] == {"ok": True, "error": None}
+
+        status, detail, _ = await _get(s, stack.base + "/-/api/routes/order-list?limit=3")
+        assert status == 200
+        paths = detail["top_paths"]
+        assert [(p["path"], p["count"]) for p in paths] == [
+            ("$.items[*].total", 15),
+            ("$.meta", 5),
+        ]
+        assert paths[0]["first_seen"] < paths[0]["last_seen"]
+        recent = detail["recent"]
+        assert len(recent) == 3 and recent[0]["time"] > recent[1]["time"]
+        newest = recent[0]
+        assert newest["bodies"]["legacy"]["format"] == "json"
+        assert newest["differences"] == [
+            {
+                "path": "$.items[0].total",
+                "pattern": "$.items[*].total",
+                "kind": "changed",
+                "legacy": "31.50",
+                "candidate": "31.5",
+            }
+        ]
+
+        assert (await _get(s, stack.base + "/-/api/routes/nope"))[0] == 404
+        assert (await _get(s, stack.base + "/-/api/overview?since=soon"))[0] == 400
+        assert (await _get(s, stack.base + "/-/api/overview?since=all"))[0] == 200
+        assert (await _get(s, stack.base + "/-/ui/static/ui.py"))[0] == 404
+        assert (await _get(s, stack.base + "/-/ui/static/..%2Fui.py"))[0] == 404
+        assert (await _get(s, stack.base + "/-/ui/"))[2] == "../ui"
+        async with s.get(stack.page_url) as r:
+            assert r.status == 200 and "script-src 'self'" in r.headers["Content-Security-Policy"]
+            assert 'src="ui/static/ui.js"' in await r.text()
+
+
+async def test_dashboard_opens_the_store_itself_when_the_proxy_has_none(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    now = datetime.now(UTC)
+    async with ui_stack(tmp_path, sqlite_url, TWO_ROUTES, two_routes_records(now)) as stack:
+        proxy_store = getattr(stack.proxy, "store", None)
+        stack.proxy.store = None  # as before the proxy owned a store, or under a supervisor
+        try:
+            async with aiohttp.ClientSession() as s:
+                status, data, _ = await _get(s, stack.base + "/-/api/overview?since=2h")
+        finally:
+            stack.proxy.store = proxy_store
+        assert status == 200 and data["store"] == {"ok": True, "error": None}
+        rows = {r["name"]: r for r in data["routes"]}
+        assert rows["order-list"]["mismatch_rate"] == 0.25
+
+
+async def test_store_down_keeps_live_counters(tmp_path: Path) -> None:
+    dead = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
+    legacy, candidate = await _json_backend(), await _json_backend()
+    path = tmp_path / "routes.yaml"
+    path.write_text(_config(_port(legacy), _port(candidate), dead, TWO_ROUTES), encoding="utf-8")
+    proxy = create_proxy(load(str(path)), access_log=AccessLog(enabled=False))
+    await proxy.start()
+    app = web.Application()
+    app[PROXY_KEY] = proxy
+    add_ui_routes(app)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        host, port = proxy.address
+        async with aiohttp.ClientSession() as s:
+            for _ in range(3):
+                async with s.get(f"http://{host}:{port}/health") as r:
+                    assert r.status == 200
+            # The proxy counts a request once its response is fully written.
+            await wait_until(lambda: proxy.route_counts().get("health") == 3)
+            status, data, _ = await _get(s, f"http://127.0.0.1:{_port(runner)}/-/api/overview")
+    finally:
+        await runner.cleanup()
+        await proxy.stop(1.0)
+        await legacy.cleanup()
+        await candidate.cleanup()
+    assert status == 200
+    store = data["store"]
+    assert store["ok"] is False and store["error"]
+    rows = {r["name"]: r for r in data["routes"]}
+    assert rows["health"]["live"]["requests"] == 3
+    assert rows["order-list"]["mismatch_rate"] is None
