@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, FloatRect, Page, async_playwright, expect
 
 from proxy.accesslog import AccessLog
 from proxy.admin import PROXY_KEY
@@ -308,7 +308,10 @@ async def test_dashboard_shows_rates_and_the_highlighted_difference(
         await expect(page.locator('tr[data-route="health"] td.requests')).to_contain_text("7")
         await expect(page.locator('tr[data-route="health"] td.gate')).to_have_text("n/a")
         assert await mism.locator("svg.spark polyline, svg.spark circle").count() >= 1
-        await page.screenshot(path=str(ARTIFACTS / "ui-overview.png"))
+        foot = await page.locator("#foot").bounding_box()
+        assert foot is not None
+        clip: FloatRect = {"x": 0, "y": 0, "width": 1360, "height": foot["y"] + foot["height"] + 16}
+        await page.screenshot(path=str(ARTIFACTS / "ui-overview.png"), clip=clip)
         if os.environ.get("STRANGLER_UPDATE_SCREENSHOT") == "1":
             README_IMAGE.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(ARTIFACTS / "ui-overview.png", README_IMAGE)
