@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 if TYPE_CHECKING:  # imported when the demo runs, so order_body stays cheap to import
+    from proxy.settings import RouteSettings
     from proxy.stack import Stack
     from shadow.report import Report
 
@@ -57,6 +58,7 @@ _SEED = 500
 _TRAFFIC_BUDGET_S = 40.0
 _FLUSH_TIMEOUT_S = 20.0
 _SESSIONS = {"buyer": (12, 10), "seller": (4, 10), "support": (2, 10)}  # users, sessions each
+_ROLES = {"buyer": "buyers", "seller": "sellers", "support": "support agents"}
 _GOODS = (
     ("Vintage denim jacket", 3450),
     ("Film camera, 35 mm", 8900),
@@ -308,6 +310,19 @@ def check_story(report: Report, failing: str = FAILING_ROUTE) -> list[str]:
     return problems
 
 
+def _stage(route: RouteSettings) -> str:
+    """What a route's mode means for its traffic, in a few words."""
+    percent = f"{route.shadow.percent:g}%"
+    if route.mode == "shadow":
+        return f"legacy serves; {route.candidate} compared on {percent} of reads"
+    if route.mode == "canary":
+        sticky = route.canary.sticky_header or route.canary.sticky_cookie
+        return f"{route.candidate} serves {route.canary.percent:g}% of users (sticky {sticky})"
+    if route.mode == "extracted":
+        return f"{route.candidate} serves; legacy verifies {percent} of reads"
+    return "the monolith alone"
+
+
 def _shown(path: Path) -> str:
     """`path` relative to the current directory when it is below it (shorter commands)."""
     with contextlib.suppress(ValueError):
@@ -319,7 +334,7 @@ def _say(text: str = "") -> None:
     print(text, flush=True)
 
 
-async def _play(stack: Stack, keep_running: bool) -> int:
+async def _play(stack: Stack) -> int:
     from shadow.report import Thresholds, build_report
     from shadow.report_format import render
 
@@ -331,10 +346,9 @@ async def _play(stack: Stack, keep_running: bool) -> int:
     _say(f"      port's next build {stack.next_url}  (rounds the fee half-even)")
     _say(f"      proxy             {stack.proxy_url}   admin {stack.admin_url}")
     for route in s.routes:
-        target = f" -> {route.candidate}" if route.mode != "legacy" else ""
-        _say(f"      route {route.name:<14} {route.mode:<9}{target}")
+        _say(f"      route {route.name:<14} {route.mode:<9} {_stage(route)}")
 
-    users = ", ".join(f"{n} {kind}s" for kind, (n, _) in _SESSIONS.items())
+    users = ", ".join(f"{n} {_ROLES[kind]}" for kind, (n, _) in _SESSIONS.items())
     _say(f"[2/4] traffic through the proxy: {users}")
     traffic = await drive(stack.proxy_url)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(traffic.requests.items()))
@@ -351,7 +365,8 @@ async def _play(stack: Stack, keep_running: bool) -> int:
     report = await build_report(stack.store_url, thresholds_by_route=thresholds)
     html = stack.workdir / "report.html"
     html.write_text(render(report, "html"), encoding="utf-8")
-    _say("[4/4] the per-route report (strangler report):")
+    html_note = f"(HTML: {_shown(html)})"
+    _say(f"[4/4] the per-route report, as strangler report prints it {html_note}:")
     _say()
     _say(render(report, "text").rstrip())
     _say()
@@ -366,9 +381,6 @@ async def _play(stack: Stack, keep_running: bool) -> int:
         _say(f"one cent off on some orders, so it must not be promoted. {passing}: PASS.")
     _next_steps(stack, html)
     _say(f"Done in {time.monotonic() - t0:.1f}s.")
-    if keep_running:
-        _say("The stack keeps running (--keep-running); Ctrl-C stops it.")
-        await asyncio.Event().wait()
     return 1 if problems else 0
 
 
@@ -395,20 +407,27 @@ async def _main(keep_running: bool) -> int:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
-    stopping = False
+    stop = asyncio.Event()  # set by a signal once the story is told (--keep-running)
+    told = False
 
     def interrupt() -> None:
-        nonlocal stopping
-        if not stopping:  # later signals must not cut the clean-up short
-            stopping = True
-            _say("\nstopping...")
+        if stop.is_set():  # later signals must not cut the clean-up short
+            return
+        stop.set()
+        _say("\nstopping...")
+        if not told:
             task.cancel()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
     stack = Stack(WORKDIR.resolve(), seed=_SEED)
     try:
-        return await _play(stack, keep_running)
+        code = await _play(stack)
+        if keep_running:
+            told = True
+            _say("The stack keeps running (--keep-running); Ctrl-C stops it.")
+            await stop.wait()
+        return code
     except asyncio.CancelledError:
         return 130
     except (StackError, OSError) as e:

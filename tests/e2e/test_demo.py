@@ -6,6 +6,7 @@ The two `test_make_demo_*` tests run the real command in a subprocess (its own c
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from shadow.report import PathStat, Report, RouteReport
 _ROOT = Path(__file__).resolve().parents[2]
 _DEMO_TIMEOUT_S = 90
 _FEE = "$.amounts.buyer_protection_fee"
+_open = urllib.request.build_opener(urllib.request.ProxyHandler({})).open  # no env proxies
 
 
 def _strangler(*args: str) -> list[str]:
@@ -175,5 +178,36 @@ def test_make_demo_ctrl_c_mid_traffic_cleans_up(tmp_path: Path) -> None:
             proc.communicate()
     assert proc.returncode == 130, head + rest
     assert "Traceback" not in rest
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+
+
+@pytest.mark.slow
+def test_make_demo_keep_running_serves_until_ctrl_c(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        _strangler("demo", "--keep-running"),
+        cwd=tmp_path,
+        env={**_env(), "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        head = _read_until(proc, "Ctrl-C stops it", _DEMO_TIMEOUT_S)
+        proxy_line = next(line for line in head.splitlines() if line.strip().startswith("proxy"))
+        proxy_url, admin_url = proxy_line.split()[1], proxy_line.split()[3]
+        with _open(f"{admin_url}/-/routes", timeout=5) as resp:
+            routes = {r["name"]: r["mode"] for r in json.load(resp)["routes"]}
+        assert routes[FAILING_ROUTE] == "shadow" and routes["order-events"] == "extracted"
+        with _open(f"{proxy_url}/api/v1/orders/42", timeout=5) as resp:
+            assert json.load(resp)["id"] == 42
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, head + rest  # the story played out; Ctrl-C ends the stay
+    port = int(proxy_url.rsplit(":", 1)[1])
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
