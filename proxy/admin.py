@@ -118,6 +118,7 @@ async def _config(request: web.Request) -> web.Response:
 async def _routes(request: web.Request) -> web.Response:
     proxy = request.app[PROXY_KEY]
     counts = proxy.route_counts()
+    holds = proxy.holds()
     routes = [
         {
             "name": r.name,
@@ -127,6 +128,11 @@ async def _routes(request: web.Request) -> web.Response:
             "primary": r.backend or proxy.settings.default_backend,
             "candidate": r.candidate,
             "requests": counts.get(r.name, 0),
+            "auto_rollback": (
+                {"reason": holds[r.name].reason, "time": holds[r.name].time}
+                if r.name in holds
+                else None
+            ),
         }
         for r in proxy.settings.routes
     ]
@@ -160,6 +166,19 @@ async def _reload(request: web.Request) -> web.Response:
     )
 
 
+async def _clear(request: web.Request) -> web.Response:
+    proxy = request.app[PROXY_KEY]
+    denied = _authorized(request, proxy.settings)
+    if denied is not None:
+        return denied
+    name = request.match_info["name"]
+    if name not in {r.name for r in proxy.settings.routes}:
+        return web.json_response(
+            {"error": {"code": "not_found", "message": f"no route named {name!r}"}}, status=404
+        )
+    return web.json_response({"route": name, "cleared": proxy.clear_hold(name)})
+
+
 def create_admin_app(proxy: Proxy) -> web.Application:
     """The admin aiohttp application for `proxy`."""
     app = web.Application()
@@ -170,6 +189,7 @@ def create_admin_app(proxy: Proxy) -> web.Application:
     app.router.add_get("/-/config", _config)
     app.router.add_get("/-/routes", _routes)
     app.router.add_post("/-/reload", _reload)
+    app.router.add_post("/-/routes/{name}/clear", _clear)
     return app
 
 

@@ -23,6 +23,7 @@ from proxy.dataplane import (
     RoutePlan,
     RoutingState,
 )
+from proxy.holds import Hold, HoldBoard
 from proxy.metrics import Metrics
 from proxy.routes import Route, RouteTable
 from proxy.settings import BackendSettings, Settings
@@ -32,6 +33,7 @@ from shadow.compare import CompareRules
 from shadow.record import ComparisonRecord
 from shadow.recorder import Recorder
 from shadow.redact import Redactor
+from shadow.rollback import Breach, RollbackWindow
 from shadow.store import Store
 
 __all__ = ["Proxy", "create_proxy"]
@@ -84,6 +86,8 @@ class Proxy:
         self.recorder: Recorder | None = None
         self.redactor: Redactor | None = None
         self.hub: ShadowHub | None = None
+        self.board = HoldBoard.from_env()
+        self._audits: set[asyncio.Task[None]] = set()
         self.scrape_registry: CollectorRegistry | None = None  # multiprocess aggregation
 
     async def start(self) -> None:
@@ -131,6 +135,8 @@ class Proxy:
             self.metrics,
             loop,
             config_version=lambda: self.settings.version,
+            board=self.board,
+            on_rollback=self._on_rollback,
         )
         self.hub.start()
 
@@ -183,6 +189,8 @@ class Proxy:
             self._admin_runner = None
         if self.hub is not None:
             self.hub.stop()
+        if self._audits:
+            await asyncio.wait(set(self._audits), timeout=grace_s)
         if self.recorder is not None:
             await self.recorder.stop(grace_s)
             if self.hub is not None:
@@ -222,6 +230,53 @@ class Proxy:
         if self.reload_hook is not None:
             await self.reload_hook()
         return True, []
+
+    def _on_rollback(self, route: str, mode: str, breach: Breach) -> None:
+        """An automatic rollback tripped here: log it and write the audit record."""
+        self.access_log.event(
+            event="auto_rollback",
+            route=route,
+            from_mode=mode,
+            reason=breach.message,
+            config_version=self.settings.version,
+        )
+        store = self.store
+        if store is None:
+            return
+
+        async def audit() -> None:
+            try:
+                await store.record_route_change(
+                    route=route,
+                    to_mode="legacy",
+                    actor="strangler",
+                    kind="auto_rollback",
+                    from_mode=mode,
+                    evidence=breach.to_json(),
+                )
+            except Exception as exc:  # the audit is best effort; the hold already applies
+                self.access_log.event(event="auto_rollback_audit_failed", error=str(exc))
+
+        task = asyncio.get_running_loop().create_task(audit())
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
+
+    def holds(self) -> dict[str, Hold]:
+        """Routes held on legacy by an automatic rollback under the config in force."""
+        return {
+            route: hold
+            for route, hold in self.board.read().items()
+            if hold.version == self.settings.version
+        }
+
+    def clear_hold(self, route: str) -> bool:
+        """An operator lets a rolled-back route serve its candidate again."""
+        had = self.board.clear(route)
+        if self.hub is not None and self.plane is not None:
+            self.hub.poll_holds(self.plane.state.entries)
+        if had:
+            self.access_log.event(event="auto_rollback_cleared", route=route)
+        return had
 
     def metrics_registry(self) -> CollectorRegistry:
         """The registry `/-/metrics` serves (all workers' values under a supervisor)."""
@@ -328,11 +383,24 @@ def _candidate_entry(
 
     plain = plan(route.name, mode, primary)
     forward = plan(route.name, mode, primary, shadow=shadow_plan(False))
+    state.mode = mode
     if mode == "shadow":
-        return RouteEntry(route.name, forward, plain=plain)
-    served = plan(route.name, mode, cand, shadow=shadow_plan(True), fallback=plain, breaker=breaker)
+        state.window = None
+        state.entry = RouteEntry(route.name, forward, plain=plain)
+        return state.entry
+    # a new config starts a new rollback window (and drops any hold of the old one)
+    state.window = RollbackWindow(rs.promotion)
+    served = plan(
+        route.name,
+        mode,
+        cand,
+        shadow=shadow_plan(True),
+        fallback=plain,
+        breaker=breaker,
+        route_state=state,
+    )
     kind = KIND_CANARY if mode == "canary" else KIND_EXTRACTED
-    return RouteEntry(
+    state.entry = RouteEntry(
         route.name,
         forward if kind == KIND_CANARY else plain,
         kind=kind,
@@ -343,6 +411,7 @@ def _candidate_entry(
         sticky_header=rs.canary.sticky_header,
         sticky_cookie=rs.canary.sticky_cookie,
     )
+    return state.entry
 
 
 class _LazyStore:

@@ -23,7 +23,14 @@ import orjson
 from proxy.accesslog import AccessLog
 from proxy.breaker import Breaker
 from proxy.metrics import Metrics, RouteMetrics
-from proxy.shadowing import SAFE_METHODS, ShadowCall, ShadowHub, ShadowPlan, bucket
+from proxy.shadowing import (
+    SAFE_METHODS,
+    RouteState,
+    ShadowCall,
+    ShadowHub,
+    ShadowPlan,
+    bucket,
+)
 from proxy.upstream import UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
@@ -102,6 +109,7 @@ class RoutePlan:
     shadow: ShadowPlan | None = None  # the background leg, if any
     fallback: RoutePlan | None = None  # legacy, when this plan serves from a candidate
     breaker: Breaker | None = None  # the candidate's breaker, when serving from it
+    route_state: RouteState | None = None  # rollback window and hold, when serving from it
 
 
 KIND_PRIMARY, KIND_CANARY, KIND_EXTRACTED = 0, 1, 2
@@ -268,6 +276,8 @@ class DataPlane:
         if now >= self._next_flush:
             self.metrics.flush()
             self._next_flush = now + _FLUSH_INTERVAL
+            if self.hub is not None:
+                self.hub.poll_holds(self.state.entries)
         for conn in list(self.connections):
             if conn.deadline and now >= conn.deadline:
                 conn.deadline_expired()
@@ -587,6 +597,9 @@ class _Exchange:
             return False
         if plan.breaker is not None:
             plan.breaker.failure()
+        hub = self.client.plane.hub
+        if plan.route_state is not None and hub is not None:
+            hub.observe(plan.route_state, "candidate_error", None, None)
         if self.shadow is not None:
             self.shadow.drop("fallback")
             self.shadow = None
@@ -627,12 +640,19 @@ class _Exchange:
         if sh is not None:
             self.shadow = None
             sh.served_end(error is None and self.request_complete)
-        br = self.plan.breaker
+        plan = self.plan
+        br = plan.breaker
         if br is not None:
-            if error is not None or self.status >= 500:
+            failed = error is not None or self.status >= 500
+            if failed:
                 br.failure()
             else:
                 br.success()
+            st = plan.route_state
+            hub = self.client.plane.hub
+            if st is not None and hub is not None:
+                ms = (perf_counter() - self.t0) * 1000.0
+                hub.observe(st, "candidate_error" if failed else "ok", None, ms)
         self._account(self.status, error)
 
     def _account(self, status: int, error: str | None) -> None:

@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from proxy.holds import STATE_DIR_ENV
 from proxy.settings import ConfigError, Settings, load
 
 __all__ = ["run", "run_worker"]
@@ -200,6 +201,7 @@ class _Workers:
 async def _supervise(settings: Settings, count: int, watch: bool) -> int:
     mp_dir = tempfile.mkdtemp(prefix="strangler-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
+    os.environ[STATE_DIR_ENV] = mp_dir  # rollback holds shared by the workers
     try:
         return await _supervise_in(settings, count, watch, mp_dir)
     finally:

@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Counter
 
 from proxy.breaker import Breaker
+from proxy.holds import Hold, HoldBoard
 from proxy.metrics import Metrics
 from proxy.upstream import UpstreamConnection, UpstreamPool
 from shadow.compare import CompareRules, Comparison
@@ -29,11 +31,12 @@ from shadow.noise import cancel_noise, response_noise_patterns
 from shadow.record import ComparisonRecord, DiffExample, RecordMode
 from shadow.recorder import Recorder
 from shadow.redact import Redactor
+from shadow.rollback import Breach, RollbackWindow
 
 if TYPE_CHECKING:
     from proxy.settings import RouteSettings
 
-__all__ = ["SAFE_METHODS", "ShadowCall", "ShadowHub", "ShadowPlan", "bucket"]
+__all__ = ["SAFE_METHODS", "RouteState", "ShadowCall", "ShadowHub", "ShadowPlan", "bucket"]
 
 _log = logging.getLogger("strangler.shadow")
 
@@ -51,13 +54,23 @@ def bucket(key: bytes) -> int:
     return zlib.crc32(key) % 10000
 
 
-class _RouteState:
+class _Holdable(Protocol):
+    """The route entry a rollback holds on legacy (proxy.dataplane.RouteEntry)."""
+
+    name: str
+    held: bool
+
+
+class RouteState:
     """Mutable per-route shadow state shared by the plans of one route."""
 
-    __slots__ = ("by_outcome", "dropped", "in_flight", "paths", "route")
+    __slots__ = ("by_outcome", "dropped", "entry", "in_flight", "mode", "paths", "route", "window")
 
     def __init__(self, route: str, metrics: Metrics) -> None:
         self.route = route
+        self.mode = "shadow"
+        self.window: RollbackWindow | None = None  # canary and extracted routes only
+        self.entry: _Holdable | None = None
         self.in_flight = 0
         self.by_outcome: dict[str, Counter] = {}
         self.dropped: dict[str, Counter] = {}
@@ -90,7 +103,7 @@ class ShadowPlan:
     def __init__(
         self,
         route: RouteSettings,
-        state: _RouteState,
+        state: RouteState,
         *,
         target_pool: UpstreamPool,
         baseline_pool: UpstreamPool | None,
@@ -429,7 +442,11 @@ class ShadowHub:
         loop: asyncio.AbstractEventLoop,
         *,
         config_version: Callable[[], str],
+        board: HoldBoard | None = None,
+        on_rollback: Callable[[str, str, Breach], None] | None = None,
     ) -> None:
+        self.board = board if board is not None else HoldBoard()
+        self.on_rollback = on_rollback
         self.recorder = recorder
         self.redactor = redactor
         self.metrics = metrics
@@ -438,7 +455,7 @@ class ShadowHub:
         self.in_flight = 0
         self.shedding = False
         self.lag = 0.0
-        self._states: dict[str, _RouteState] = {}
+        self._states: dict[str, RouteState] = {}
         self.breakers: dict[str, Breaker] = {}
         self._lag_timer: asyncio.TimerHandle | None = None
         self._lag_expected = 0.0
@@ -486,11 +503,11 @@ class ShadowHub:
             self._synced[route] = (c.started, c.recorded, c.failed, dict(c.dropped))
 
     # building plans
-    def route_state(self, route: str) -> _RouteState:
+    def route_state(self, route: str) -> RouteState:
         """The shared state of one route (kept across reloads so counters stay whole)."""
         st = self._states.get(route)
         if st is None:
-            st = self._states[route] = _RouteState(route, self.metrics)
+            st = self._states[route] = RouteState(route, self.metrics)
         return st
 
     def breaker(self, backend: str) -> Breaker:
@@ -687,6 +704,47 @@ class ShadowHub:
             )
         )
         self._count(plan.state, outcome)
+        self.observe(plan.state, outcome, legacy_ms, cand_ms)
+
+    # automatic rollback
+    def observe(
+        self, state: RouteState, outcome: str, legacy_ms: float | None, cand_ms: float | None
+    ) -> None:
+        """Feed a route's rollback window; hold the route on legacy when a gate breaks."""
+        window = state.window
+        if window is None or state.entry is None or state.entry.held:
+            return
+        breach = window.observe(outcome, legacy_ms, cand_ms)
+        if breach is not None:
+            self.trip(state, breach)
+
+    def trip(self, state: RouteState, breach: Breach) -> None:
+        """Hold a route on legacy in every worker, and say so (metric, log, audit)."""
+        entry = state.entry
+        if entry is None or entry.held:
+            return
+        entry.held = True
+        self.board.put(Hold(state.route, self.config_version(), time.time(), breach.message))
+        self.metrics.auto_rollback.labels(state.route).set(1)
+        _log.warning("auto-rollback of route %s: %s", state.route, breach.message)
+        if self.on_rollback is not None:
+            self.on_rollback(state.route, state.mode, breach)
+
+    def poll_holds(self, entries: Sequence[_Holdable]) -> None:
+        """Apply the holds in force (set by any worker, cleared by an operator)."""
+        holds = self.board.read()
+        version = self.config_version()
+        for entry in entries:
+            state = self._states.get(entry.name)
+            if state is None or state.window is None:
+                continue
+            hold = holds.get(entry.name)
+            want = hold is not None and hold.version == version
+            if want != entry.held:
+                entry.held = want
+                self.metrics.auto_rollback.labels(entry.name).set(1 if want else 0)
+                if not want:
+                    state.window.reset()
 
     def _stored_body(self, resp: HttpResponse) -> bytes:
         body = self.redactor.redact_body(
@@ -694,7 +752,7 @@ class ShadowHub:
         )
         return body[:_STORED_BODY_CAP]
 
-    def _count(self, state: _RouteState, outcome: str) -> None:
+    def _count(self, state: RouteState, outcome: str) -> None:
         c = state.by_outcome.get(outcome)
         if c is None:
             c = state.by_outcome[outcome] = self.metrics.shadow_comparisons.labels(
@@ -702,7 +760,7 @@ class ShadowHub:
             )
         c.inc()
 
-    def count_drop(self, state: _RouteState, reason: str) -> None:
+    def count_drop(self, state: RouteState, reason: str) -> None:
         """Count a dropped shadow copy in the metrics."""
         c = state.dropped.get(reason)
         if c is None:

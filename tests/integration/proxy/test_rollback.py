@@ -1,0 +1,190 @@
+"""Automatic rollback: a canary candidate that starts failing is taken out of service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+import aiohttp
+
+from proxy.app import Proxy
+from proxy.dataplane import RouteEntry
+from tests.integration.proxy.shadow_support import Side, shadow_config, shadow_stack, start_app
+from tests.support import free_port, wait_for
+
+CANARY_ALL = """
+  - name: orders
+    match: {path: /api/*}
+    mode: canary
+    candidate: orders
+    canary: {percent: 100, sticky: {header: X-User-Id}}
+    shadow: {percent: 100, timeout: 1s}
+    promotion: {max_error_rate: 0.05, max_mismatch_rate: 0.5, max_p99_ratio: 1000}
+"""
+
+
+def _served(side: Side) -> int:
+    return sum(1 for h in side.shadow_headers if not h)
+
+
+async def test_failing_canary_is_rolled_back_within_the_window(tmp_path: Path) -> None:
+    db = tmp_path / "rb.db"
+    async with shadow_stack(CANARY_ALL, f"sqlite+aiosqlite:///{db}") as (proxy, legacy, cand):
+        legacy.release.set()
+        cand.release.set()
+        port = proxy.address[1]
+        admin = f"http://127.0.0.1:{proxy.admin_address[1]}"
+        failed_before_switch = 0
+        switched_at = None
+        async with aiohttp.ClientSession() as s:
+            # healthy first, then the candidate starts failing 20 % of its requests
+            for i in range(400):
+                if i == 100:
+                    cand.fail_every = 5
+                async with s.get(
+                    f"http://127.0.0.1:{port}/api/o{i}", headers={"X-User-Id": f"u{i}"}
+                ) as r:
+                    await r.read()
+                    if r.status == 500:
+                        failed_before_switch += 1
+                entry = _entry(proxy)
+                if entry.held and switched_at is None:
+                    switched_at = i
+            served_after = _served(cand)
+            for i in range(50):
+                async with s.get(
+                    f"http://127.0.0.1:{port}/api/after{i}", headers={"X-User-Id": f"v{i}"}
+                ) as r:
+                    assert r.status == 200  # legacy serves everyone now
+            assert _served(cand) == served_after
+            async with s.get(f"{admin}/-/routes") as r:
+                routes = (await r.json())["routes"]
+            async with s.get(f"{admin}/-/metrics") as r:
+                metrics = await r.text()
+        assert proxy.hub is not None
+        state = proxy.hub.route_state("orders")
+        assert state.window is not None
+        bound = state.window.failure_bound
+        print(
+            f"auto-rollback after request {switched_at}: {failed_before_switch} failed user "
+            f"requests before the switch (window bound {bound})"
+        )
+        assert switched_at is not None and switched_at >= 100
+        assert 1 <= failed_before_switch <= bound
+        assert routes[0]["auto_rollback"] is not None
+        assert "error rate" in routes[0]["auto_rollback"]["reason"]
+        assert 'strangler_auto_rollback{route="orders"} 1.0' in metrics
+    rows = list(sqlite3.connect(db).execute("SELECT route, kind, to_mode FROM route_changes"))
+    assert rows == [("orders", "auto_rollback", "legacy")]
+
+
+async def test_operator_clear_restores_the_candidate(tmp_path: Path) -> None:
+    os.environ["STRANGLER_ADMIN_TOKEN"] = "t0ken"
+    try:
+        async with shadow_stack(CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'c.db'}") as (
+            proxy,
+            legacy,
+            cand,
+        ):
+            legacy.release.set()
+            cand.release.set()
+            cand.fail_every = 2
+            port = proxy.address[1]
+            admin = f"http://127.0.0.1:{proxy.admin_address[1]}"
+            async with aiohttp.ClientSession() as s:
+                for i in range(120):
+                    async with s.get(
+                        f"http://127.0.0.1:{port}/api/o{i}", headers={"X-User-Id": f"u{i}"}
+                    ) as r:
+                        await r.read()
+                assert _entry(proxy).held
+                async with s.post(f"{admin}/-/routes/orders/clear") as r:
+                    assert r.status == 401
+                async with s.post(
+                    f"{admin}/-/routes/orders/clear", headers={"Authorization": "Bearer t0ken"}
+                ) as r:
+                    assert (await r.json())["cleared"] is True
+                assert not _entry(proxy).held
+    finally:
+        del os.environ["STRANGLER_ADMIN_TOKEN"]
+
+
+def _entry(proxy: Proxy) -> RouteEntry:
+    assert proxy.plane is not None
+    return proxy.plane.state.entries[0]
+
+
+async def test_two_workers_agree_on_a_rollback(tmp_path: Path) -> None:
+    legacy, cand = Side("legacy"), Side("candidate")
+    runners = [await start_app(legacy), await start_app(cand)]
+    legacy.release.set()
+    cand.release.set()
+    port, admin = free_port(), free_port()
+    text = shadow_config(legacy, cand, CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'w.db'}")
+    text = text.replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}", 1)
+    text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(text)
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("strangler")),
+        "serve",
+        "--config",
+        str(cfg),
+        "--workers",
+        "2",
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+
+            async def ready() -> bool:
+                try:
+                    async with s.get(f"http://127.0.0.1:{admin}/-/ready") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for(ready, timeout=20)
+            cand.fail_every = 2
+            fresh = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=fresh) as spread:
+                for i in range(300):
+                    async with spread.get(
+                        f"http://127.0.0.1:{port}/api/o{i}", headers={"X-User-Id": f"u{i}"}
+                    ) as r:
+                        await r.read()
+
+                async def held() -> bool:
+                    async with s.get(f"http://127.0.0.1:{admin}/-/routes") as r:
+                        return (await r.json())["routes"][0]["auto_rollback"] is not None
+
+                await wait_for(held, timeout=10)
+
+                async def both_on_legacy() -> bool:
+                    # a hold set by one worker reaches the other within a poll interval
+                    before = _served(cand)
+                    for i in range(20):
+                        async with spread.get(
+                            f"http://127.0.0.1:{port}/api/p{i}", headers={"X-User-Id": f"p{i}"}
+                        ) as r:
+                            await r.read()
+                    return _served(cand) == before
+
+                await wait_for(both_on_legacy, timeout=10)
+                before = _served(cand)
+                for i in range(100):
+                    async with spread.get(
+                        f"http://127.0.0.1:{port}/api/x{i}", headers={"X-User-Id": f"x{i}"}
+                    ) as r:
+                        await r.read()
+                        assert r.status == 200
+                assert _served(cand) == before
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 20)
+        for runner in runners:
+            await runner.cleanup()
