@@ -273,6 +273,12 @@ TWO_ROUTES = """
     candidate: orders
     mode: shadow
     promotion: {min_samples: 50}
+  - name: order-create
+    match: {path: /api/v1/orders, methods: [POST]}
+    candidate: orders
+    mode: canary
+    canary: {percent: 5, sticky: {header: X-User-Id}}
+    promotion: {min_samples: 50}
   - name: health
     match: {path: /health}
     mode: legacy
@@ -307,6 +313,7 @@ async def test_dashboard_shows_rates_and_the_highlighted_difference(
         await expect(mism.locator("td.rate")).to_have_class("rate num bad")
         await expect(page.locator('tr[data-route="health"] td.requests')).to_contain_text("7")
         await expect(page.locator('tr[data-route="health"] td.gate')).to_have_text("n/a")
+        await expect(page.locator('tr[data-route="order-create"] td.share')).to_contain_text("5%")
         assert await mism.locator("svg.spark polyline, svg.spark circle").count() >= 1
         foot = await page.locator("#foot").bounding_box()
         assert foot is not None
@@ -446,7 +453,7 @@ async def test_api_overview_and_route_detail(tmp_path: Path, sqlite_url: str) ->
         status, data, _ = await _get(s, stack.base + "/-/api/overview")
         assert status == 200
         rows = {r["name"]: r for r in data["routes"]}
-        assert list(rows) == ["order-show", "order-list", "health"]
+        assert list(rows) == ["order-show", "order-list", "order-create", "health"]
         bad, good = rows["order-list"], rows["order-show"]
         assert (bad["samples"], bad["mismatches"], bad["mismatch_rate"]) == (60, 15, 0.25)
         lo, hi = bad["mismatch_ci95"]
@@ -457,6 +464,10 @@ async def test_api_overview_and_route_detail(tmp_path: Path, sqlite_url: str) ->
         assert bad["top_path"] == {"path": "$.items[*].total", "share": 1.0}
         assert sum(b["samples"] for b in bad["series"]) == 60
         assert rows["health"]["gate"]["verdict"] == "n/a"
+        fresh = rows["order-create"]  # configured, with a candidate, nothing stored yet
+        assert (fresh["share"], fresh["samples"], fresh["mismatch_rate"]) == (5.0, 0, None)
+        assert fresh["gate"]["verdict"] == "fail"
+        assert fresh["gate"]["reasons"][0].startswith("0 compared samples")
         assert data["store"] == {"ok": True, "error": None}
 
         status, detail, _ = await _get(s, stack.base + "/-/api/routes/order-list?limit=3")
