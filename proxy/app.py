@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,6 +30,7 @@ from proxy.routes import Route, RouteTable
 from proxy.settings import BackendSettings, Settings
 from proxy.shadowing import ShadowHub, ShadowPlan
 from proxy.upstream import UpstreamPool
+from shadow.capture import CaptureWriter
 from shadow.compare import CompareRules
 from shadow.record import ComparisonRecord
 from shadow.recorder import Recorder
@@ -107,7 +109,13 @@ class Proxy:
         self._backends = await self._build_backends(self.settings, {})
         state = self._build_state(self.settings, self._backends)
         self.plane = DataPlane(
-            state, self.metrics, self.access_log, self.settings.limits, loop, self.hub
+            state,
+            self.metrics,
+            self.access_log,
+            self.settings.limits,
+            loop,
+            self.hub,
+            self._capture_writer(self.settings),
         )
         self._server = await loop.create_server(
             self.plane.protocol_factory,
@@ -140,6 +148,14 @@ class Proxy:
         )
         self.hub.start()
 
+    def _capture_writer(self, settings: Settings) -> CaptureWriter | None:
+        """A capture writer for the config's `capture:` block (one file per worker)."""
+        cs = settings.capture
+        if cs is None or self.redactor is None:
+            return None
+        path = f"{cs.path}.{os.getpid()}" if self.reuse_port else cs.path
+        return CaptureWriter(cs, self.redactor, path=path)
+
     async def reload(self, settings: Settings) -> None:
         """Swap in a new config; in-flight requests finish on the table they started with."""
         async with self._reload_lock:
@@ -152,6 +168,11 @@ class Proxy:
             state = self._build_state(settings, backends)
             self.plane.state = state
             self.plane.limits = settings.limits
+            if settings.capture != self.settings.capture:
+                old_capture = self.plane.capture
+                self.plane.capture = self._capture_writer(settings)
+                if old_capture is not None:
+                    await asyncio.to_thread(old_capture.close)
             self.access_log.enabled = settings.access_log
             self._backends = backends
             self.settings = settings
@@ -181,6 +202,9 @@ class Proxy:
                 conn.abort()
             plane.stop_sweeper()
             self.metrics.flush()
+            if plane.capture is not None:
+                await asyncio.to_thread(plane.capture.close)
+                plane.capture = None
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None

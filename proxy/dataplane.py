@@ -32,6 +32,8 @@ from proxy.shadowing import (
     bucket,
 )
 from proxy.upstream import UpstreamConnection, UpstreamPool
+from shadow.capture import MAX_BODY_BYTES as MAX_CAPTURE_BODY
+from shadow.capture import CaptureWriter
 
 if TYPE_CHECKING:
     from proxy.routes import RouteTable
@@ -233,9 +235,11 @@ class DataPlane:
         limits: LimitsSettings,
         loop: asyncio.AbstractEventLoop,
         hub: ShadowHub | None = None,
+        capture: CaptureWriter | None = None,
     ) -> None:
         self.state = state
         self.hub = hub
+        self.capture = capture
         self.metrics = metrics
         self.access_log = access_log
         self.limits = limits
@@ -292,6 +296,7 @@ class _Exchange:
 
     __slots__ = (
         "backend",
+        "cap",
         "chunked_req",
         "chunked_resp",
         "client",
@@ -353,6 +358,7 @@ class _Exchange:
         self.upgrading = False
         self.retried = False
         self.shadow: ShadowCall | None = None
+        self.cap: _Capture | None = None
         self.done = False
         self.t0 = perf_counter()
         self.last_activity = client.plane.loop.time()
@@ -953,6 +959,9 @@ class ClientConnection(asyncio.Protocol):
         ex.chunked_req = self._chunked
         if plan.shadow is not None and plane.hub is not None:
             ex.shadow = plane.hub.begin(plan.shadow, method, path, request_id, headers, head)
+        cap = plane.capture
+        if cap is not None and cap.wants(method, request_id):
+            ex.cap = _Capture(query_b.decode("latin-1"), headers)
         self.reading = ex
         self.deadline = plane.loop.time() + plane.limits.body_timeout
         if self.current is None:
@@ -974,6 +983,8 @@ class ClientConnection(asyncio.Protocol):
             ex.send_body(body)
         if ex.shadow is not None:
             ex.shadow.request_body(body)
+        if ex.cap is not None:
+            ex.cap.add(body)
         if ex.up_size > _PENDING_LIMIT and (ex.upstream is None or ex is not self.current):
             self.pause_reading(ex)
 
@@ -986,6 +997,17 @@ class ClientConnection(asyncio.Protocol):
             ex.request_complete = True
             if ex.shadow is not None:
                 ex.shadow.request_done()
+            cap = ex.cap
+            writer = self.plane.capture
+            if cap is not None and writer is not None:
+                ex.cap = None
+                if cap.size > MAX_CAPTURE_BODY:
+                    writer.stats.drop("body_too_large")
+                else:
+                    body = b"".join(cap.parts) if cap.parts else None
+                    writer.maybe_capture(
+                        ex.method, ex.path, cap.query, cap.headers, body, ex.request_id
+                    )
         self.deadline = 0.0
         if not self.keep_alive:
             self._stop_reading()
@@ -1094,6 +1116,23 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
             return True
         return False
+
+
+class _Capture:
+    """A request being captured for replay: its query, headers and (capped) body."""
+
+    __slots__ = ("headers", "parts", "query", "size")
+
+    def __init__(self, query: str, headers: list[tuple[bytes, bytes]]) -> None:
+        self.query = query
+        self.headers = headers
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size <= MAX_CAPTURE_BODY:
+            self.parts.append(data)
 
 
 class _Refuse(Exception):
