@@ -51,4 +51,4 @@ capture:
     assert EMAIL not in out.read_text()
     assert "REDACTED:" in out.read_text()
     for i, line in enumerate(lines, 1):
-        parse_line(line.decode(), i)  # what `strangler replay` reads
+        parse_line(line, i)  # what `strangler replay` reads
