@@ -6,8 +6,9 @@ never runs inside an asyncio process), writes its CSV stats under `loadtests/res
 prints a per-endpoint summary and the shadow comparisons recorded meanwhile, and exits 1
 when any request failed (0 otherwise, 2 on bad arguments).
 
-Profiles: `demo` (routes at every stage, as in `strangler demo`) and `proxy-only` (every
-route in legacy mode: the proxy's raw overhead). Environment defaults: LOADTEST_USERS (50),
+Profiles: `demo` (routes at every stage, as in `strangler demo`), `proxy-only` (every
+route in legacy mode: the proxy's raw overhead) and `direct` (the same users straight at
+the monolith: the baseline to hold `proxy-only` against). Environment defaults: LOADTEST_USERS (50),
 LOADTEST_DURATION (60s), LOADTEST_PROFILE (demo).
 """
 
@@ -40,7 +41,7 @@ _DURATION = re.compile(r"([0-9]+)(s|m|h)?")
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 _SEED = 500
 _LOCUST_GRACE_S = 60.0  # start-up, spawning and stop timeout on top of the run time
-_PROFILES = ("demo", "proxy-only")
+_PROFILES = ("demo", "proxy-only", "direct")
 
 
 def parse_duration(text: str) -> int:
@@ -173,17 +174,18 @@ async def _run(opts: Options) -> int:
         old.unlink()
     log = prefix.with_suffix(".log")
     with tempfile.TemporaryDirectory(prefix="strangler-loadtest-") as tmp:
-        profile: Profile = "proxy-only" if opts.profile == "proxy-only" else "demo"
+        profile: Profile = "demo" if opts.profile == "demo" else "proxy-only"
         stack = Stack(Path(tmp), profile=profile, seed=_SEED)
         try:
             await stack.start()
+            target = stack.legacy_url if opts.profile == "direct" else stack.proxy_url
             print(
                 f"loadtest: profile {opts.profile}, {opts.users} users for {opts.duration_s}s"
-                f" against {stack.proxy_url} (Locust log: {log})",
+                f" against {target} (Locust log: {log})",
                 flush=True,
             )
             started = time.monotonic()
-            rc = await _run_locust(opts, stack.proxy_url, prefix, log)
+            rc = await _run_locust(opts, target, prefix, log)
             took = time.monotonic() - started
             shadow = await _shadow_summary(stack) if opts.profile == "demo" else []
         finally:

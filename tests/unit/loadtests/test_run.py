@@ -24,6 +24,8 @@ def test_defaults_come_from_the_environment() -> None:
     assert (opts.users, opts.duration_s, opts.profile) == (7, 60, "demo")
     flags = parse_args(["--users", "3", "--duration", "5s", "--profile", "proxy-only"], env={})
     assert (flags.users, flags.duration_s, flags.profile) == (3, 5, "proxy-only")
+    assert parse_args(["--profile", "direct"], env={}).profile == "direct"
+    assert parse_args([], env={"LOADTEST_PROFILE": "proxy-only"}).profile == "proxy-only"
 
 
 def test_bad_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
