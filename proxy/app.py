@@ -264,22 +264,48 @@ class Proxy:
             reason=breach.message,
             config_version=self.settings.version,
         )
+        self._audit(
+            route,
+            kind="auto_rollback",
+            actor="strangler",
+            from_mode=mode,
+            to_mode="legacy",
+            evidence=breach.to_json(),
+        )
+
+    def _audit(
+        self,
+        route: str,
+        *,
+        kind: str,
+        actor: str,
+        from_mode: str,
+        to_mode: str,
+        evidence: dict[str, Any] | None = None,
+    ) -> None:
+        """Write a route change to the store's audit log in the background (best effort)."""
         store = self.store
-        if store is None:
-            return
+        url = self.settings.store.url
 
         async def audit() -> None:
+            own = store is None
+            target = store if store is not None else Store(url)
             try:
-                await store.record_route_change(
+                if own:
+                    await target.init()
+                await target.record_route_change(
                     route=route,
-                    to_mode="legacy",
-                    actor="strangler",
-                    kind="auto_rollback",
-                    from_mode=mode,
-                    evidence=breach.to_json(),
+                    to_mode=to_mode,
+                    actor=actor,
+                    kind=kind,
+                    from_mode=from_mode,
+                    evidence=evidence or {},
                 )
-            except Exception as exc:  # the audit is best effort; the hold already applies
-                self.access_log.event(event="auto_rollback_audit_failed", error=str(exc))
+            except Exception as exc:  # the hold (or its clearing) applies regardless
+                self.access_log.event(event="audit_failed", route=route, error=str(exc))
+            finally:
+                if own:
+                    await target.close()
 
         task = asyncio.get_running_loop().create_task(audit())
         self._audits.add(task)
@@ -293,13 +319,15 @@ class Proxy:
             if hold.version == self.settings.version
         }
 
-    def clear_hold(self, route: str) -> bool:
+    def clear_hold(self, route: str, actor: str = "operator") -> bool:
         """An operator lets a rolled-back route serve its candidate again."""
         had = self.board.clear(route)
         if self.hub is not None and self.plane is not None:
             self.hub.poll_holds(self.plane.state.entries)
         if had:
             self.access_log.event(event="auto_rollback_cleared", route=route)
+            mode = next((r.mode for r in self.settings.routes if r.name == route), "legacy")
+            self._audit(route, kind="clear", actor=actor, from_mode="legacy", to_mode=mode)
         return had
 
     def metrics_registry(self) -> CollectorRegistry:

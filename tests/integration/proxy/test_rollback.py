@@ -111,6 +111,10 @@ async def test_operator_clear_restores_the_candidate(tmp_path: Path) -> None:
                 assert not _entry(proxy).held
     finally:
         del os.environ["STRANGLER_ADMIN_TOKEN"]
+    rows = list(
+        sqlite3.connect(tmp_path / "c.db").execute("SELECT kind, to_mode FROM route_changes")
+    )
+    assert rows == [("auto_rollback", "legacy"), ("clear", "canary")]
 
 
 def _entry(proxy: Proxy) -> RouteEntry:
