@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from proxy.admin import PROXY_KEY
 from proxy.settings import MatchSettings, RouteSettings, Settings, parse_duration
 from shadow.compare import CompareRules, compare
+from shadow.http_compare import parse_json_body
 from shadow.report import Report, RouteReport, Thresholds, build_report
 from shadow.store import Store, StoreError, comparison_paths, comparisons, normalize_url
 
@@ -545,19 +546,12 @@ def _decode_body(raw: bytes | str | None) -> tuple[str, Any]:
         return "none", None
     data = raw.encode() if isinstance(raw, str) else bytes(raw)
     if len(data) <= _BODY_CAP:
-        try:
-            return "json", orjson.loads(data)
-        except orjson.JSONDecodeError:
-            try:  # integers beyond 64 bits: the stdlib reads them exactly
-                return "json", json.loads(data, parse_constant=_reject_constant)
-            except (ValueError, RecursionError):
-                pass
+        try:  # decoded as the compare pipeline decodes (exact big integers)
+            return "json", parse_json_body(data)
+        except ValueError:
+            pass
     text = data[:_BODY_CAP].decode("utf-8", "replace")
     return "text", text + ("\n... (truncated)" if len(data) > _BODY_CAP else "")
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 # --- shared reading ----------------------------------------------------------------------
@@ -737,8 +731,19 @@ def _read_asset(name: str) -> bytes:
 def _dumps(data: Mapping[str, Any]) -> bytes:
     try:
         return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
-    except TypeError:  # integers beyond 64 bits from a stored body
-        return json.dumps(data, default=str).encode()
+    except TypeError:  # integers beyond 64 bits from a stored body: the stdlib writes them
+        return json.dumps(_finite(data), default=str).encode()
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and infinities as null (browsers reject them in JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _json_body(body: bytes) -> web.Response:

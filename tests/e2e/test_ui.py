@@ -8,6 +8,7 @@ set STRANGLER_UPDATE_SCREENSHOT=1 to refresh the README's copy in docs/img/.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -440,14 +441,35 @@ async def test_two_hundred_routes_render_quickly(tmp_path: Path, sqlite_url: str
 async def _get(s: aiohttp.ClientSession, url: str) -> tuple[int, dict[str, Any], str]:
     async with s.get(url, allow_redirects=False) as r:
         body = await r.read()
-        data = orjson.loads(body) if r.content_type == "application/json" else {}
+        data = json.loads(body) if r.content_type == "application/json" else {}
         return r.status, data, r.headers.get("Location", "")
 
 
 async def test_api_overview_and_route_detail(tmp_path: Path, sqlite_url: str) -> None:
     now = datetime.now(UTC)
+    retired = [  # a route no longer in the config, with bodies that are not plain JSON
+        ComparisonRecord(
+            route="retired",
+            outcome="mismatch",
+            time=now - timedelta(minutes=1),
+            path="/old",
+            primary_body=b'{"id": 123456789012345678901234567890, "ok": true}',
+            candidate_body=b"<html>oops</html>",
+            diff_paths=("$",),
+        ),
+        ComparisonRecord(
+            route="retired",
+            outcome="mismatch",
+            time=now - timedelta(minutes=2),
+            path="/old",
+            primary_body=b'{"id": 123456789012345678901234567890, "ok": true}',
+            candidate_body=b'{"id": 123456789012345678901234567891, "ok": NaN}',
+            diff_paths=("$.id", "$.ok"),
+        ),
+    ]
+    records = two_routes_records(now) + retired
     async with (
-        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, two_routes_records(now)) as stack,
+        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, records) as stack,
         aiohttp.ClientSession() as s,
     ):
         status, data, _ = await _get(s, stack.base + "/-/api/overview")
@@ -492,6 +514,19 @@ async def test_api_overview_and_route_detail(tmp_path: Path, sqlite_url: str) ->
             }
         ]
 
+        status, gone, _ = await _get(s, stack.base + "/-/api/routes/retired")
+        assert status == 200 and gone["route"]["configured"] is False
+        assert gone["route"]["path"] == "/old"
+        html, nan = gone["recent"]
+        assert html["bodies"]["legacy"]["value"]["id"] == 123456789012345678901234567890
+        assert html["bodies"]["candidate"] == {"format": "text", "value": "<html>oops</html>"}
+        assert html["differences"] == [] and html["patterns"] == ["$"]
+        # Decoded as the compare pipeline does; NaN goes out as null (browsers reject NaN).
+        assert nan["bodies"]["candidate"]["value"] == {
+            "id": 123456789012345678901234567891,
+            "ok": None,
+        }
+        assert [d["path"] for d in nan["differences"]] == ["$.id", "$.ok"]
         assert (await _get(s, stack.base + "/-/api/routes/nope"))[0] == 404
         assert (await _get(s, stack.base + "/-/api/overview?since=soon"))[0] == 400
         assert (await _get(s, stack.base + "/-/api/overview?since=all"))[0] == 200
