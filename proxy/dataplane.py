@@ -408,6 +408,13 @@ class _Exchange:
             return
         kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
         self.client.plane.metrics.upstream_errors.labels(self.backend, kind).inc()
+        if kind == "connect" and self.method in _IDEMPOTENT and not self.retried:
+            # Nothing was sent yet: one more connect for idempotent requests (a refused
+            # connect fails fast; a timed-out one is not retried, so 502 stays within
+            # connect_timeout).
+            self.retried = True
+            self.plan.pool.acquire(self, fresh=True)
+            return
         self._fail(
             502, "bad_gateway", f"cannot connect to backend {self.backend!r}: {_describe(exc)}"
         )

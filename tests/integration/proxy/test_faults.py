@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
+from prometheus_client import generate_latest
 
 from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
@@ -103,3 +104,31 @@ async def test_malformed_request_gets_400_and_is_not_forwarded(stack: Stack) -> 
     )
     assert resp.status == 400
     assert stack.upstream.received == []
+
+
+async def test_failed_connect_retried_once_for_idempotent_only(upstream: object) -> None:
+    from tests.upstreams import EchoUpstream
+
+    assert isinstance(upstream, EchoUpstream)
+    port = free_port()
+    proxy = create_proxy(
+        loads(proxy_config(f"http://127.0.0.1:{port}"), "t.yaml"),
+        access_log=AccessLog(enabled=False),
+    )
+    await proxy.start()
+    try:
+        await raw_exchange(proxy.address[1], GET % b"echo")
+        await raw_exchange(
+            proxy.address[1], b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx"
+        )
+        proxy.metrics.flush()
+        text = generate_latest(proxy.metrics.registry).decode()
+        line = next(
+            ln
+            for ln in text.splitlines()
+            if ln.startswith('strangler_upstream_errors_total{backend="legacy",kind="connect"}')
+        )
+        # GET: first connect + one retry; POST: one connect, no retry
+        assert line.endswith(" 3.0")
+    finally:
+        await proxy.stop(1.0)

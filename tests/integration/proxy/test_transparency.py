@@ -14,8 +14,18 @@ import resource
 
 import pytest
 
-from tests.integration.proxy.conftest import Stack
-from tests.upstreams import GZIP_BODY, RawResponse, Received, raw_exchange, read_response
+from proxy.accesslog import AccessLog
+from proxy.app import create_proxy
+from proxy.settings import loads
+from tests.integration.proxy.conftest import Stack, proxy_config
+from tests.upstreams import (
+    GZIP_BODY,
+    EchoUpstream,
+    RawResponse,
+    Received,
+    raw_exchange,
+    read_response,
+)
 
 PROXY_REQ_HEADERS = {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via"}
 HOP = {b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
@@ -305,3 +315,18 @@ async def test_large_upload_streamed_with_bounded_memory(stack: Stack) -> None:
     growth_mb = (peak - before) / 1024
     print(f"100 MB upload: RSS growth {growth_mb:.1f} MB")
     assert growth_mb < 50
+
+
+async def test_host_rewritten_per_backend_when_configured(upstream: EchoUpstream) -> None:
+    settings = loads(
+        proxy_config(upstream.url, backend_extra="    host_header: legacy.internal"), "h.yaml"
+    )
+    proxy = create_proxy(settings, access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
+        await raw_exchange(proxy.address[1], _req("GET", "/echo"))
+    finally:
+        await proxy.stop(1.0)
+    rec = upstream.received[-1]
+    assert rec.header(b"host") == [b"legacy.internal"]
+    assert rec.header(b"x-forwarded-host") == [b"shop.example"]

@@ -153,3 +153,46 @@ async def test_sigterm_completes_inflight_requests(
         results = await asyncio.gather(*tasks)
     assert results == [(200, b"done")] * n
     assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_watch_reloads_a_changed_file_and_keeps_the_last_good_one(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    port, admin = free_port(), free_port()
+    text = proxy_config(upstream.url).replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}", 1)
+    text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
+    route = "routes:\n  - {name: NAME, match: {path: /echo/*}, mode: legacy}\n"
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(text + route.replace("NAME", "first"))
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("strangler")),
+        "serve",
+        "--config",
+        str(cfg),
+        "--watch",
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+
+            async def route_is(name: str) -> bool:
+                try:
+                    async with s.get(f"http://127.0.0.1:{admin}/-/config") as r:
+                        return bool((await r.json())["routes"][0]["name"] == name)
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for(lambda: route_is("first"), timeout=20)
+            cfg.write_text(text + route.replace("NAME", "second"))
+            await wait_for(lambda: route_is("second"), timeout=10)
+            cfg.write_text(text + route.replace("NAME", "third") + "  - {broken\n")
+
+            async def rejected() -> bool:
+                async with s.get(f"http://127.0.0.1:{admin}/-/config") as r:
+                    return bool((await r.json())["last_reload_error"])
+
+            await wait_for(rejected, timeout=10)
+            assert await route_is("second")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
