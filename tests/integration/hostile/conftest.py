@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import pytest
 
@@ -67,14 +68,14 @@ routes:
 
 
 @asynccontextmanager
-async def hostile_stack(extra: str = "") -> AsyncIterator[Hostile]:
+async def hostile_stack(extra: str = "", log: BinaryIO | None = None) -> AsyncIterator[Hostile]:
     """A proxy with routes to two recording upstreams and `extra` top-level YAML."""
     legacy = await EchoUpstream().start()
     orders = await EchoUpstream().start()
     try:
         proxy = create_proxy(
             loads(hostile_config(legacy.url, orders.url, extra), "hostile.yaml"),
-            access_log=AccessLog(enabled=False),
+            access_log=AccessLog(log, enabled=False),
         )
         await proxy.start()
         try:

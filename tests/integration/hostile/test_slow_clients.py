@@ -1,0 +1,142 @@
+"""Slow and idle clients: header, body and keep-alive deadlines, and the connection cap."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import orjson
+import pytest
+
+from tests.integration.hostile.conftest import close_writer, hostile_stack
+from tests.upstreams import read_response
+
+LIMITS = """
+limits:
+  header_timeout: 500ms
+  body_timeout: 500ms
+  keepalive_timeout: 700ms
+  max_connections: 3
+"""
+_SWEEP = 0.25  # the data plane checks deadlines four times a second
+_SLACK = 0.6  # two shared cores: scheduling noise
+
+
+async def _eof_within(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """Everything the server sends until it closes; fails if it stays open past `timeout`."""
+    chunks = []
+    async with asyncio.timeout(timeout):
+        while chunk := await reader.read(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_trickled_headers_get_408_at_the_header_timeout() -> None:
+    async with hostile_stack(LIMITS) as h:
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        start = time.monotonic()
+        request = b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * 200 + b"\r\n\r\n"
+        status = 0
+        for byte in request:  # one byte every 20 ms: 4+ s for the whole head
+            if reader.at_eof() or writer.is_closing():
+                break
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            except ConnectionError:
+                break
+            try:
+                resp = await asyncio.wait_for(read_response(reader), 0.02)
+            except TimeoutError:
+                continue
+            status = resp.status
+            break
+        elapsed = time.monotonic() - start
+        await close_writer(writer)
+        assert status == 408
+        assert 0.5 <= elapsed < 0.5 + _SWEEP + _SLACK
+        assert h.total() == 0
+
+
+async def test_a_silent_connection_is_closed_at_the_header_timeout() -> None:
+    async with hostile_stack(LIMITS) as h:
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        start = time.monotonic()
+        await _eof_within(reader, 3)
+        elapsed = time.monotonic() - start
+        await close_writer(writer)
+        assert 0.5 <= elapsed < 0.5 + _SWEEP + _SLACK
+
+
+async def test_a_stalled_body_times_out_and_the_upstream_leg_is_cut() -> None:
+    async with hostile_stack(LIMITS) as h:
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
+        await asyncio.wait_for(h.legacy.got_request.wait(), 5)
+        start = time.monotonic()
+        data = await _eof_within(reader, 3)
+        elapsed = time.monotonic() - start
+        await close_writer(writer)
+        assert data.startswith(b"HTTP/1.1 408 ")
+        assert elapsed < 0.5 + _SWEEP + _SLACK
+        await asyncio.wait_for(h.legacy.lost.wait(), 5)
+        assert [(r.target, r.complete) for r in h.legacy.received] == [(b"/upload", False)]
+
+
+async def _idle_after_one_request() -> tuple[bytes, float]:
+    async with hostile_stack(LIMITS) as h:
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        writer.write(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        resp = await asyncio.wait_for(read_response(reader), 5)
+        assert resp.status == 200
+        start = time.monotonic()
+        rest = await _eof_within(reader, 3)
+        elapsed = time.monotonic() - start
+        await close_writer(writer)
+        return rest, elapsed
+
+
+async def test_idle_keep_alive_connection_is_closed_at_the_keepalive_timeout() -> None:
+    _, elapsed = await _idle_after_one_request()
+    assert 0.7 - 0.05 <= elapsed < 0.7 + _SWEEP + _SLACK
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an idle keep-alive connection gets an unsolicited 408 (the last request's URL"
+    " is still held), which races with the client's next request",
+)
+async def test_idle_keep_alive_connection_is_closed_silently() -> None:
+    rest, _ = await _idle_after_one_request()
+    assert rest == b""
+
+
+async def test_connections_over_the_cap_get_503_and_are_logged() -> None:
+    log = io.BytesIO()
+    async with hostile_stack(LIMITS, log=log) as h:
+        held = [await asyncio.open_connection("127.0.0.1", h.port) for _ in range(3)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        refused = await _eof_within(reader, 3)
+        await close_writer(writer)
+        assert refused.startswith(b"HTTP/1.1 503 ")
+        assert h.total() == 0
+        # the held connections are served, and a freed slot is usable again
+        r0, w0 = held[0]
+        w0.write(b"GET /held HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(read_response(r0), 5)).status == 200
+        await _eof_within(r0, 3)
+        for _, w in held:
+            await close_writer(w)
+        assert h.proxy.plane is not None
+        deadline = time.monotonic() + 5
+        while len(h.proxy.plane.connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        writer.write(b"GET /again HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert (await asyncio.wait_for(read_response(reader), 5)).status == 200
+        await close_writer(writer)
+    events = [orjson.loads(line) for line in log.getvalue().splitlines()]
+    assert {"event": "connection_limit", "limit": 3} in [
+        {k: e[k] for k in ("event", "limit") if k in e} for e in events
+    ]
