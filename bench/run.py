@@ -24,13 +24,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
+from bench.goals import collect_goals, format_goals
 from bench.procs import ProcessSet, cpu_busy_ns, cpu_delta_ns
 from bench.sections import SectionContext, run_sections
-from bench.stats import Sample, add_ratios, evaluate_goals, summarise
+from bench.stats import Sample, add_ratios, summarise
 from bench.table import PROXY_COLUMNS, format_generic, format_table
 from bench.targets import (
     PATH,
@@ -126,7 +127,7 @@ def measure_slice(
     busy_before = cpu_busy_ns(proxy_cpu) if proxy_cpu is not None else 0
     before = running.measured.cpu_snapshot()
     t0 = time.monotonic()
-    result = run_wrk(running.url, connections, slice_s, load_cpu)
+    result = run_wrk(running.url, connections, slice_s, load_cpu, running.script)
     wall_ns = (time.monotonic() - t0) * 1e9
     spent_ns = cpu_delta_ns(before, running.measured.cpu_snapshot())
     other = None
@@ -281,7 +282,7 @@ def _rows(
 def _print_report(
     settings: Settings, rows: list[Row], sections: dict[str, Row], env: BenchEnv
 ) -> list[Row]:
-    """Print the proxy table, the goal verdicts and each section; return the goals as rows."""
+    """Print the proxy table, each section and the goal verdicts; return the goals as rows."""
     pinning = (
         f"proxy on CPU {env.proxy_cpu}, wrk + upstream on CPU {env.load_cpu}"
         if env.proxy_cpu is not None
@@ -298,17 +299,6 @@ def _print_report(
         " (1.0 = as lean as nginx); +p50: added over direct; other%: the proxy CPU's busy time"
         " spent on other processes during the slices (noise from whatever else runs here)."
     )
-    goals = evaluate_goals(rows)
-    print("\ngoals (issue 4):")
-    goal_rows: list[Row] = []
-    for goal in goals:
-        verdict = {True: "met", False: "NOT met", None: "not measured"}[goal.met]
-        value = "-" if goal.value is None else f"{goal.value:.3f}"
-        print(f"  [{verdict}] {goal.text}: {value}")
-        goal_rows.append({**asdict(goal), "met": goal.met})
-    reference = {(r["target"], r["connections"]): r for r in rows}.get(("nginx-1w", 1), {})
-    if isinstance(reference.get("added_p50_ms"), float):
-        print(f"  (nginx-1w adds {reference['added_p50_ms']:.3f} ms p50 at 1 conn on this pinning)")
     for section in sections.values():
         print(f"\n{section['title']}:")
         section_rows = section["rows"]
@@ -316,7 +306,13 @@ def _print_report(
             print(format_generic(section_rows))
         if section["note"]:
             print(f"  {section['note']}")
-    return goal_rows
+    goals = collect_goals(rows, sections)
+    print("\ngoals (issues 4, 6, 7):")
+    print(format_goals(goals))
+    reference = {(r["target"], r["connections"]): r for r in rows}.get(("nginx-1w", 1), {})
+    if isinstance(reference.get("added_p50_ms"), float):
+        print(f"  (nginx-1w adds {reference['added_p50_ms']:.3f} ms p50 at 1 conn on this pinning)")
+    return [goal.as_json() for goal in goals]
 
 
 def _bench(settings: Settings) -> int:

@@ -112,7 +112,31 @@ def _replay_section(ctx: SectionContext) -> SectionResult:
     return SectionResult(rows=list(module.run(2_000 if ctx.quick else 10_000)))
 
 
+def _shadow_section(ctx: SectionContext) -> SectionResult:
+    """bench/shadow_bench.py: shadow at 100 % vs legacy mode at half and saturating load."""
+    from bench.shadow_bench import run_section
+
+    return run_section(ctx)
+
+
+def _route_lookup_section(ctx: SectionContext) -> SectionResult:
+    """bench/routes_bench.py: RouteTable.match with 500 routes."""
+    from bench.routes_bench import run_lookup
+
+    return run_lookup(ctx)
+
+
+def _route_proxy_section(ctx: SectionContext) -> SectionResult:
+    """bench/routes_bench.py: the proxy with 500 vs 5 routes."""
+    from bench.routes_bench import run_proxy
+
+    return run_proxy(ctx)
+
+
 SECTIONS: list[Section] = [
+    Section("shadow", "shadow mode at 100 % vs legacy mode (issue 6)", _shadow_section),
+    Section("routes_proxy", "proxy throughput with 500 vs 5 routes", _route_proxy_section),
+    Section("routes", "route matching: RouteTable.match, ns per lookup", _route_lookup_section),
     Section("compare", "comparator vs deepdiff", _compare_section),
     Section("report", "report over PostgreSQL", _report_section),
     Section("replay", "replay throughput", _replay_section),

@@ -57,10 +57,11 @@ class BenchEnv:
 
 @dataclass(frozen=True, slots=True)
 class Running:
-    """A started target: the URL wrk loads and the process tree whose CPU is charged."""
+    """A started target: the URL wrk loads, the process tree whose CPU is charged, a wrk script."""
 
     url: str
     measured: Started
+    script: Path | None = None  # a wrk Lua script for every slice (e.g. varying headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +273,13 @@ def _direct(env: BenchEnv) -> Running:
     return Running(env.upstream_url + PATH, env.upstream)
 
 
+def _start_mode(env: BenchEnv, name: str, mode: str) -> Running:
+    """strangler in shadow or canary mode (bench/shadow_bench.py, imported when needed)."""
+    from bench.shadow_bench import start_mode_target
+
+    return start_mode_target(env, name, mode)
+
+
 TARGETS: list[Target] = [
     Target("direct", "wrk straight to the nginx upstream", _direct),
     Target(
@@ -283,6 +291,16 @@ TARGETS: list[Target] = [
         "strangler-2w",
         "strangler serve, legacy mode, 2 workers",
         lambda e: _start_strangler(e, "strangler-2w", 2),
+    ),
+    Target(
+        "strangler-shadow",
+        "strangler serve, shadow mode at 100 %, candidate = the same nginx, 1 worker",
+        lambda e: _start_mode(e, "strangler-shadow", "shadow"),
+    ),
+    Target(
+        "strangler-canary",
+        "strangler serve, canary 50 % sticky on X-User-Id (varying per request), 1 worker",
+        lambda e: _start_mode(e, "strangler-canary", "canary"),
     ),
     Target(
         "minimal-aiohttp", "bench/minimal_proxy.py (aiohttp server + ClientSession)", _start_minimal
