@@ -1,9 +1,9 @@
 """The migration dashboard in headless Chromium, against a running proxy and a real SQLite store.
 
-The page is served by an aiohttp listener that mounts `proxy.ui.add_ui_routes` with the
-admin app's `PROXY_KEY` pointing at a started proxy (as the admin listener does), so the
-test does not depend on how the admin app is composed. Screenshots go to test-artifacts/;
-set STRANGLER_UPDATE_SCREENSHOT=1 to refresh the README's copy in docs/img/.
+The page is served by the real admin application of a started proxy (`create_admin_app`,
+with `proxy.ui.add_ui_routes` mounted on it unless it already is), on a listener of its
+own. Screenshots go to test-artifacts/; set STRANGLER_UPDATE_SCREENSHOT=1 to refresh the
+README's copy in docs/img/.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,9 @@ from aiohttp import web
 from playwright.async_api import Browser, FloatRect, Page, async_playwright, expect
 
 from proxy.accesslog import AccessLog
-from proxy.admin import PROXY_KEY
+from proxy.admin import PROXY_KEY, create_admin_app
 from proxy.app import Proxy, create_proxy
+from proxy.holds import Hold
 from proxy.settings import load
 from proxy.ui import add_ui_routes
 from shadow.record import ComparisonRecord, DiffExample
@@ -57,7 +58,6 @@ class UiStack:
 
     proxy: Proxy
     base: str  # http://127.0.0.1:PORT
-    clears: list[tuple[str, str]] = field(default_factory=list)  # (route, Authorization)
 
     @property
     def page_url(self) -> str:
@@ -115,22 +115,14 @@ async def ui_stack(
     path.write_text(_config(_port(legacy), _port(candidate), store_url, routes), encoding="utf-8")
     proxy = create_proxy(load(str(path)), access_log=AccessLog(enabled=False))
     await proxy.start()
-    clears: list[tuple[str, str]] = []
-
-    async def clear(request: web.Request) -> web.Response:
-        # Stands in for the admin listener's action endpoint: records what the page sent.
-        clears.append((request.match_info["name"], request.headers.get("Authorization", "")))
-        return web.json_response({"status": "cleared"})
-
-    app = web.Application()
-    app[PROXY_KEY] = proxy
-    add_ui_routes(app)
-    app.router.add_post("/-/routes/{name}/clear", clear)
+    app = create_admin_app(proxy)  # the real admin app, for its token-guarded actions
+    if not any(r.resource and r.resource.canonical == "/-/ui" for r in app.router.routes()):
+        add_ui_routes(app)  # until create_admin_app mounts the dashboard itself
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        yield UiStack(proxy, f"http://127.0.0.1:{_port(runner)}", clears)
+        yield UiStack(proxy, f"http://127.0.0.1:{_port(runner)}")
     finally:
         await runner.cleanup()
         await proxy.stop(1.0)
@@ -157,7 +149,11 @@ def _watch(page: Page, base: str) -> list[str]:
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     page.on(
         "console",
-        lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+        lambda m: (
+            problems.append(f"console {m.type}: {m.text}")
+            if m.type == "error" and "status of 401" not in m.text  # the refused token, on purpose
+            else None
+        ),
     )
     page.on(
         "request",
@@ -287,8 +283,9 @@ TWO_ROUTES = """
 
 
 async def test_dashboard_shows_rates_and_the_highlighted_difference(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("STRANGLER_UI_TEST_TOKEN", TOKEN)
     ARTIFACTS.mkdir(exist_ok=True)
     now = datetime.now(UTC)
     async with (
@@ -324,6 +321,12 @@ async def test_dashboard_shows_rates_and_the_highlighted_difference(
             README_IMAGE.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(ARTIFACTS / "ui-overview.png", README_IMAGE)
 
+        # An automatic rollback holds the mismatching route on legacy.
+        reason = "mismatch rate 25% above 0.1%"
+        stack.proxy.board.put(Hold("order-list", stack.proxy.settings.version, time.time(), reason))
+        await expect(mism.locator("td.mode")).to_contain_text("rolled back")
+        await expect(show.locator("td.mode")).not_to_contain_text("rolled back")
+
         await mism.locator("td.name a").click()
         await expect(page.locator("#rate .value")).to_have_text("25.00%")
         await expect(page.locator("#title")).to_contain_text("order-list shadow")
@@ -357,19 +360,23 @@ async def test_dashboard_shows_rates_and_the_highlighted_difference(
         await expect(removed).to_be_visible()
         assert await page.locator('.side-candidate .ln[data-path="$.meta"]').count() == 0
 
-        # The one action: clearing an auto-rollback needs the token, sent as a bearer header.
-        assert stack.clears == []
-        await expect(page.locator("#rollback")).to_be_hidden()
-        stack.proxy.metrics.auto_rollback.labels("order-list").set(1)
+        # The one action: clearing the hold needs the admin token, sent as a bearer header.
         await expect(page.locator("#rollback")).to_be_visible()
+        await expect(page.locator("#rollback-why")).to_contain_text(reason)
+        await page.fill("#token", "not-the-token")
+        await page.click("#clear-form button")
+        await expect(page.locator("#clear-result")).to_contain_text("refused (401)")
+        assert "order-list" in stack.proxy.holds()
         await page.fill("#token", TOKEN)
         await page.click("#clear-form button")
         await expect(page.locator("#clear-result")).to_have_text("cleared")
-        assert stack.clears == [("order-list", f"Bearer {TOKEN}")]
+        assert stack.proxy.holds() == {}
         assert await page.input_value("#token") == ""
+        await expect(page.locator("#rollback")).to_be_hidden()
+        await expect(page.locator("#changes")).to_contain_text("clear")  # the audit record
 
         await page.click("text=← all routes")
-        await expect(mism.locator("td.mode")).to_contain_text("rolled back")
+        await expect(mism.locator("td.mode")).not_to_contain_text("rolled back")
         assert problems == []
 
 
@@ -486,6 +493,7 @@ async def test_api_overview_and_route_detail(tmp_path: Path, sqlite_url: str) ->
         assert bad["top_path"] == {"path": "$.items[*].total", "share": 1.0}
         assert sum(b["samples"] for b in bad["series"]) == 60
         assert rows["health"]["gate"]["verdict"] == "n/a"
+        assert not any(r["auto_rollback"] for r in rows.values())
         fresh = rows["order-create"]  # configured, with a candidate, nothing stored yet
         assert (fresh["share"], fresh["samples"], fresh["mismatch_rate"]) == (5.0, 0, None)
         assert fresh["gate"]["verdict"] == "fail"
@@ -513,6 +521,13 @@ async def test_api_overview_and_route_detail(tmp_path: Path, sqlite_url: str) ->
                 "candidate": "31.5",
             }
         ]
+
+        # Under --workers the hold is seen through the aggregated metric.
+        stack.proxy.metrics.auto_rollback.labels("order-show").set(1)
+        status, data, _ = await _get(s, stack.base + "/-/api/overview?since=2h")
+        held = {r["name"] for r in data["routes"] if r["auto_rollback"]}
+        assert held == {"order-show"}
+        assert next(r for r in data["routes"] if r["name"] == "order-show")["share"] == 0.0
 
         status, gone, _ = await _get(s, stack.base + "/-/api/routes/retired")
         assert status == 200 and gone["route"]["configured"] is False
