@@ -139,7 +139,8 @@
 
   function overviewSkeleton() {
     const head = h("tr", null, COLUMNS.map(([key, label]) =>
-      h("th", { "data-sort": key, class: key ? "sortable" : null, onclick: key ? () => sortBy(key) : null }, label)));
+      h("th", key ? { "data-sort": key, class: "sortable", tabindex: 0, onclick: () => sortBy(key),
+        onkeydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); sortBy(key); } } } : null, label)));
     $("app").replaceChildren(
       h("section", { id: "summary", class: "cards" }),
       h("div", { id: "notes" }),
