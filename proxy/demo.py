@@ -55,6 +55,7 @@ SELLERS = range(1001, 1081)
 """Seller ids of the seeded data."""
 
 _SEED = 500
+_PORTS = (8080, 9090)  # as in config/routes.yaml, when free: URLs that stay put between runs
 _TRAFFIC_BUDGET_S = 40.0
 _FLUSH_TIMEOUT_S = 20.0
 _SESSIONS = {"buyer": (12, 10), "seller": (4, 10), "support": (2, 10)}  # users, sessions each
@@ -394,7 +395,7 @@ def _next_steps(stack: Stack, html: Path) -> None:
     _say(f"  strangler migrate status --config {config} --store {store}")
     _say(f"  strangler explain --config {config} GET /api/v1/orders/42")
     _say(f"  strangler check --config {config}")
-    _say("  strangler demo --keep-running   # then, while it runs:")
+    _say("  strangler demo --keep-running   # keeps the stack up; then, while it runs:")
     _say(f"    curl {stack.admin_url}/-/routes")
     _say(f"    curl {stack.admin_url}/-/metrics")
     _say(f"    open {stack.admin_url}/-/ui")
@@ -420,7 +421,7 @@ async def _main(keep_running: bool) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
-    stack = Stack(WORKDIR.resolve(), seed=_SEED)
+    stack = Stack(WORKDIR.resolve(), seed=_SEED, ports=_PORTS)
     try:
         code = await _play(stack)
         if keep_running:

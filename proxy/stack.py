@@ -94,9 +94,13 @@ def render_config(
     return out.getvalue()
 
 
-def _free_port() -> int:
+def _free_port(preferred: int = 0) -> int:
+    """`preferred` when it is free on loopback right now, else an ephemeral free port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((_HOST, 0))
+        try:
+            s.bind((_HOST, preferred))
+        except OSError:
+            s.bind((_HOST, 0))
         return int(s.getsockname()[1])
 
 
@@ -125,6 +129,7 @@ class Stack:
         profile: Profile = "demo",
         seed: int = 500,
         template: Path | None = None,
+        ports: tuple[int, int] | None = None,
     ) -> None:
         if profile not in PROFILES:
             raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
@@ -132,6 +137,7 @@ class Stack:
         self.profile = profile
         self.seed = seed
         self.template = template
+        self.ports = ports  # preferred (listen, admin) ports, taken when free
         self.db_path = workdir / "legacy.db"
         self.store_path = workdir / "strangler.db"
         self.config_path = workdir / f"{profile}.yaml"
@@ -196,11 +202,12 @@ class Stack:
 
     async def _start_proxy(self, template: str) -> None:
         for attempt in range(_START_RETRIES):
+            listen, admin = self.ports if self.ports and attempt == 0 else (0, 0)
             text = render_config(
                 template,
                 profile=self.profile,
-                listen=_free_port(),
-                admin=_free_port(),
+                listen=_free_port(listen),
+                admin=_free_port(admin),
                 legacy_url=self.legacy_url,
                 next_url=self.next_url or self.legacy_url,
                 db_url=self.db_url,
