@@ -190,6 +190,9 @@ def create_admin_app(proxy: Proxy) -> web.Application:
     app.router.add_get("/-/routes", _routes)
     app.router.add_post("/-/reload", _reload)
     app.router.add_post("/-/routes/{name}/clear", _clear)
+    from proxy.ui import add_ui_routes  # proxy.ui imports this module's PROXY_KEY
+
+    add_ui_routes(app)
     return app
 
 
