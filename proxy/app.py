@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import socket
 import time
@@ -24,6 +23,7 @@ from proxy.dataplane import (
     RoutePlan,
     RoutingState,
 )
+from proxy.handlers import start_handler_app
 from proxy.holds import Hold, HoldBoard
 from proxy.metrics import Metrics
 from proxy.routes import Route, RouteTable
@@ -359,7 +359,7 @@ class Proxy:
                 continue
             runner: web.AppRunner | None = None
             if bs.handlers is not None:
-                runner, host, port = await _start_handlers(bs)
+                runner, host, port = await start_handler_app(bs)
             else:
                 host, port = bs.host, bs.port
             pool = UpstreamPool(
@@ -482,22 +482,6 @@ class _LazyStore:
     async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
         await self.ensure()
         return await self.store.insert_batch(records)
-
-
-async def _start_handlers(bs: BackendSettings) -> tuple[web.AppRunner, str, int]:
-    """Run an in-process handler app on an internal loopback listener."""
-    assert bs.handlers is not None
-    module = importlib.import_module(bs.handlers)
-    factory = module.create_app
-    app = factory(bs.db) if bs.db is not None else factory()
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    server = site._server
-    assert server is not None and isinstance(server, asyncio.Server)
-    host, port = _sockname(server.sockets[0])
-    return runner, host, port
 
 
 def _sockname(sock: socket.socket) -> tuple[str, int]:

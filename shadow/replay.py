@@ -25,12 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import aiohttp
 import orjson
@@ -38,8 +37,9 @@ from aiohttp import web
 from aiohttp_retry import ExponentialRetry, RetryClient
 from yarl import URL
 
+from proxy.handlers import start_handler_app
 from proxy.routes import Route, RouteTable
-from proxy.settings import BackendSettings, Settings
+from proxy.settings import Settings
 from shadow.compare import CompareRules, Comparison
 from shadow.http_compare import HttpResponse, compare_responses
 from shadow.noise import cancel_noise, response_noise_patterns
@@ -521,25 +521,6 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000.0
 
 
-async def _start_handlers(bs: BackendSettings) -> tuple[web.AppRunner, URL]:
-    """Run an in-process handler app (`handlers:` backend) on an internal loopback site."""
-    assert bs.handlers is not None
-    factory: Any = importlib.import_module(bs.handlers).create_app
-    app = factory(bs.db) if bs.db is not None else factory()
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        port = int(server.sockets[0].getsockname()[1])
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner, URL(f"http://127.0.0.1:{port}")
-
-
 def _needed_backends(settings: Settings) -> list[str]:
     table = RouteTable(settings)
     names: dict[str, None] = {}
@@ -581,7 +562,8 @@ async def replay(
         for name in _needed_backends(settings):
             bs = settings.backends[name]
             if bs.handlers is not None:
-                runner, bases[name] = await _start_handlers(bs)
+                runner, host, port = await start_handler_app(bs)
+                bases[name] = URL(f"http://{host}:{port}")
                 runners.append(runner)
             else:
                 assert bs.url is not None
