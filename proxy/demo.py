@@ -56,8 +56,9 @@ SELLERS = range(1001, 1081)
 
 _SEED = 500
 _PORTS = (8080, 9090)  # as in config/routes.yaml, when free: URLs that stay put between runs
-_TRAFFIC_BUDGET_S = 40.0
+_TRAFFIC_BUDGET_S = 30.0
 _FLUSH_TIMEOUT_S = 20.0
+_REQUEST_TIMEOUT_S = 5.0
 _SESSIONS = {"buyer": (12, 10), "seller": (4, 10), "support": (2, 10)}  # users, sessions each
 _ROLES = {"buyer": "buyers", "seller": "sellers", "support": "support agents"}
 _GOODS = (
@@ -127,12 +128,18 @@ class _Client:
     """One simulated user's HTTP calls through the proxy, counted and checked."""
 
     def __init__(
-        self, session: aiohttp.ClientSession, base: str, user: str, traffic: Traffic
+        self,
+        session: aiohttp.ClientSession,
+        base: str,
+        user: str,
+        traffic: Traffic,
+        deadline: float,
     ) -> None:
         self.session = session
         self.base = base
         self.headers = {"X-User-Id": user}
         self.traffic = traffic
+        self.deadline = deadline
 
     async def call(
         self,
@@ -144,7 +151,10 @@ class _Client:
         headers: dict[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
     ) -> tuple[int, Any]:
-        """Send one request; a status outside `ok` (or any 5xx) is noted as unexpected."""
+        """Send one request; a status outside `ok` (or any 5xx) is noted as unexpected.
+        Past the deadline nothing is sent: the traffic phase stays bounded in time."""
+        if time.monotonic() > self.deadline:
+            return 0, None
         self.traffic.requests[kind] += 1
         try:
             async with self.session.request(
@@ -270,13 +280,13 @@ async def drive(base: str, *, seed: int = 7, budget_s: float = _TRAFFIC_BUDGET_S
         persona, ids = _PERSONAS[kind]
         rng = random.Random(f"{seed}-{kind}-{n}")
         uid = rng.choice(ids)
-        client = _Client(session, base, f"{kind}-{uid}", traffic)
+        client = _Client(session, base, f"{kind}-{uid}", traffic, deadline)
         for _ in range(_SESSIONS[kind][1]):
             if time.monotonic() > deadline:
                 return
             await persona(client, rng, uid)
 
-    timeout = aiohttp.ClientTimeout(total=10)
+    timeout = aiohttp.ClientTimeout(total=_REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         await asyncio.gather(
             *(
