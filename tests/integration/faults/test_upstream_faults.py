@@ -1,0 +1,136 @@
+"""Legacy (primary) faults not covered in tests/integration/proxy/test_faults.py.
+
+An invalid response and a backend that closes at accept must each give a prompt 502 (or
+an aborted client connection once the response started), free the pool slot, and never
+let an exception escape a callback, on the asyncio loop and on uvloop (what `serve` runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import cast
+
+import pytest
+import uvloop
+
+from proxy.accesslog import AccessLog
+from proxy.app import create_proxy
+from proxy.settings import loads
+from tests.integration.proxy.conftest import proxy_config
+from tests.support import wait_until
+from tests.upstreams import RawResponse, raw_exchange
+
+_LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+class _Faulty(asyncio.Protocol):
+    """`/good` gets a 200; anything else gets the fault (close-at-accept: the first three)."""
+
+    def __init__(self, fault: str, open_: set[asyncio.Transport], accepted: list[int]) -> None:
+        self.fault = fault
+        self.open = open_
+        self.accepted = accepted
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.open.add(self.transport)
+        self.accepted[0] += 1
+        if self.fault == "close-at-accept" and self.accepted[0] <= 3:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.open.discard(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        t = self.transport
+        if t is None or t.is_closing() or b"\r\n\r\n" not in data:
+            return
+        if data.startswith(b"GET /good "):
+            t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        elif self.fault == "garbage-head":
+            t.write(b"\x16\x03\x01 not http\r\n\r\n")
+        elif self.fault == "garbage-body":
+            t.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\n")
+
+
+def _run(loop_kind: str, fault: str) -> tuple[list[tuple[int, bool, float]], int, list[str]]:
+    """Three faulty requests, then a good one; (status, complete, s) each, active, errors."""
+    loop = _LOOPS[loop_kind]()
+    errors: list[str] = []
+    loop.set_exception_handler(lambda _, ctx: errors.append(str(ctx.get("message"))))
+
+    async def scenario() -> tuple[list[tuple[int, bool, float]], int]:
+        open_: set[asyncio.Transport] = set()
+        accepted = [0]
+        server = await loop.create_server(lambda: _Faulty(fault, open_, accepted), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg = (
+            proxy_config(f"http://127.0.0.1:{port}")
+            .replace("max_connections: 50", "max_connections: 2")
+            .replace("timeout: 1s", "timeout: 400ms")
+        )
+        proxy = create_proxy(loads(cfg, "faults.yaml"), access_log=AccessLog(enabled=False))
+        await proxy.start()
+        results = []
+        try:
+            for path in (b"/bad1", b"/bad2", b"/bad3", b"/good"):
+                start = time.monotonic()
+                resp: RawResponse = await raw_exchange(
+                    proxy.address[1], b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % path
+                )
+                results.append((resp.status, resp.complete, time.monotonic() - start))
+            active = proxy._backends["legacy"].pool.active
+        finally:
+            for t in list(open_):
+                t.abort()
+            await wait_until(lambda: not open_, timeout=5)
+            await proxy.stop(1.0)
+            server.close()
+            await server.wait_closed()
+        return results, active
+
+    try:
+        results, active = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+    return results, active, errors
+
+
+_LEAK = "an invalid response leaks the upstream connection and its pool slot"
+_UVLOOP_RACE = (
+    "uvloop runs connection_lost before the connect task resumes: AssertionError escapes"
+    " UpstreamPool._connect and the request waits for the 504"
+)
+
+
+@pytest.mark.parametrize(
+    ("loop_kind", "fault"),
+    [
+        pytest.param("asyncio", "garbage-head", marks=pytest.mark.xfail(strict=True, reason=_LEAK)),
+        pytest.param("uvloop", "garbage-head", marks=pytest.mark.xfail(strict=True, reason=_LEAK)),
+        pytest.param("asyncio", "garbage-body", marks=pytest.mark.xfail(strict=True, reason=_LEAK)),
+        pytest.param("uvloop", "garbage-body", marks=pytest.mark.xfail(strict=True, reason=_LEAK)),
+        pytest.param("asyncio", "close-at-accept"),
+        pytest.param(
+            "uvloop", "close-at-accept", marks=pytest.mark.xfail(strict=True, reason=_UVLOOP_RACE)
+        ),
+    ],
+)
+def test_broken_backend_gives_prompt_502_and_frees_the_pool(loop_kind: str, fault: str) -> None:
+    results, active, errors = _run(loop_kind, fault)
+    bad, good = results[:3], results[3]
+    for status, complete, elapsed in bad:
+        # before the response started: a 502; after: an aborted (incomplete) response
+        assert (status == 502 and complete) or (status in (0, 200) and not complete)
+        assert elapsed < 0.35
+    assert good[:2] == (200, True), "the pool is exhausted by broken connections"
+    assert good[2] < 0.35
+    assert active <= 1
+    assert errors == []
