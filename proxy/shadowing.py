@@ -17,7 +17,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import Counter
 
@@ -25,13 +25,13 @@ from proxy.breaker import Breaker
 from proxy.holds import Hold, HoldBoard
 from proxy.metrics import Metrics
 from proxy.upstream import UpstreamConnection, UpstreamPool
-from shadow.compare import CompareRules, Comparison
-from shadow.http_compare import HttpResponse, compare_responses
-from shadow.noise import cancel_noise, response_noise_patterns
-from shadow.record import ComparisonRecord, DiffExample, RecordMode
+from shadow.compare import CompareRules
+from shadow.http_compare import HttpResponse
+from shadow.record import ComparisonRecord, RecordMode
 from shadow.recorder import Recorder
 from shadow.redact import Redactor
 from shadow.rollback import Breach, RollbackWindow
+from shadow.verdict import Verdict, build_record, judge
 
 if TYPE_CHECKING:
     from proxy.settings import RouteSettings
@@ -42,7 +42,6 @@ _log = logging.getLogger("strangler.shadow")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _STRIP_FRAMING = re.compile(rb"(?im)^(?:content-length|transfer-encoding):[^\r\n]*\r\n")
-_STORED_BODY_CAP = 64 << 10
 _TOP_PATHS = 20
 _LAG_INTERVAL = 0.05
 _LAG_SHED_S = 0.020
@@ -593,83 +592,57 @@ class ShadowHub:
             b"".join(call.served_body),
         )
         leg = call.leg
-        if plan.swapped:
-            legacy_ms, cand_ms = leg.ms, call.served_ms
-        else:
-            legacy_ms, cand_ms = call.served_ms, leg.ms
         self.metrics.candidate_latency.labels(plan.route).observe(leg.ms / 1000.0)
-        detail = ""
-        comparison: Comparison | None = None
-        noise: frozenset[str] = frozenset()
-        legacy: HttpResponse | None = None
-        candidate: HttpResponse | None = None
-        if leg.error is not None:
-            if plan.swapped:  # the legacy leg failed: nothing to compare against
+        other = leg.response() if leg.error is None else None
+        legacy: HttpResponse
+        candidate: HttpResponse | None
+        if plan.swapped:
+            if other is None:  # the legacy leg failed: nothing to compare against
                 self.recorder.note_dropped(plan.route, "legacy_failed")
                 self.count_drop(plan.state, "legacy_failed")
                 return
-            outcome = "candidate_timeout" if leg.error == "timeout" else "candidate_error"
-            detail = leg.error
-            self._feed_breaker(plan, ok=False)
+            legacy, candidate = other, served
+            legacy_ms, cand_ms = leg.ms, call.served_ms
         else:
-            other = leg.response()
-            legacy, candidate = (other, served) if plan.swapped else (served, other)
-            if candidate.status >= 500 and legacy.status < 500:
-                outcome = "candidate_error"
-                detail = f"candidate answered {candidate.status}"
-                self._feed_breaker(plan, ok=False)
-            else:
-                self._feed_breaker(plan, ok=True)
-                comparison = compare_responses(
-                    legacy, candidate, plan.rules, ignore_headers=plan.ignore_headers
-                )
-                base = call.baseline
-                if base is not None and base.error is None and not comparison.equal:
-                    noise_set = response_noise_patterns(legacy, base.response(), plan.rules)
-                    comparison, noise = cancel_noise(comparison, noise_set)
-                outcome = "match" if comparison.equal else "mismatch"
-        self._record(
-            call, outcome, legacy, candidate, comparison, noise, detail, legacy_ms, cand_ms
+            legacy, candidate = served, other
+            legacy_ms, cand_ms = call.served_ms, leg.ms
+        base = call.baseline
+        baseline = base.response() if base is not None and base.error is None else None
+        verdict = judge(
+            legacy, candidate, leg.error, plan.rules, plan.ignore_headers, baseline=baseline
         )
-
-    def _feed_breaker(self, plan: ShadowPlan, *, ok: bool) -> None:
-        br = plan.breaker
-        if br is None or plan.swapped:
-            return
-        if ok:
-            br.success()
-        else:
-            br.failure()
-
-    def _record(
-        self,
-        call: ShadowCall,
-        outcome: Any,
-        legacy: HttpResponse | None,
-        candidate: HttpResponse | None,
-        comparison: Comparison | None,
-        noise: frozenset[str],
-        detail: str,
-        legacy_ms: float,
-        cand_ms: float,
-    ) -> None:
-        plan = call.plan
-        red = self.redactor
-        diff_paths: tuple[str, ...] = ()
-        examples: tuple[DiffExample, ...] = ()
-        primary_body: bytes | None = None
-        candidate_body: bytes | None = None
-        if comparison is not None and not comparison.equal:
-            diff_paths = comparison.patterns
-            examples = tuple(
-                DiffExample(d.pattern, d.path, d.primary, d.candidate)
-                for d in (red.redact_difference(x) for x in comparison.examples)
+        if not plan.swapped and plan.breaker is not None:
+            if verdict.outcome in ("candidate_error", "candidate_timeout"):
+                plan.breaker.failure()
+            else:
+                plan.breaker.success()
+        self._count_paths(plan, verdict)
+        self.recorder.record(
+            build_record(
+                self.redactor,
+                verdict,
+                route=plan.route,
+                method=call.method,
+                path_template=plan.path_template,
+                request_path=call.path,
+                legacy=legacy,
+                candidate=candidate,
+                legacy_ms=legacy_ms,
+                candidate_ms=cand_ms,
+                request_id=call.request_id,
+                mode=plan.record_mode,
+                config_version=self.config_version(),
             )
-            if legacy is not None and candidate is not None:
-                primary_body = self._stored_body(legacy)
-                candidate_body = self._stored_body(candidate)
+        )
+        self._count(plan.state, verdict.outcome)
+        self.observe(plan.state, verdict.outcome, legacy_ms, cand_ms)
+
+    def _count_paths(self, plan: ShadowPlan, verdict: Verdict) -> None:
+        """Differing and noise paths as metrics (top paths per route, the rest as _other)."""
+        comparison = verdict.comparison
+        if comparison is not None and not comparison.equal:
             state = plan.state
-            for pattern in diff_paths:
+            for pattern in comparison.patterns:
                 counter = state.paths.get(pattern)
                 if counter is None:
                     label = pattern if len(state.paths) < _TOP_PATHS else "_other"
@@ -677,34 +650,8 @@ class ShadowHub:
                     if label != "_other":
                         state.paths[pattern] = counter
                 counter.inc()
-        for pattern in noise:
+        for pattern in verdict.noise:
             self.metrics.shadow_noise.labels(plan.route, pattern).inc()
-        self.recorder.record(
-            ComparisonRecord(
-                route=plan.route,
-                outcome=outcome,
-                method=call.method,
-                path=plan.path_template,
-                request_path=red.redact_text(call.path),
-                status_primary=legacy.status if legacy is not None else call.served_status,
-                status_candidate=candidate.status
-                if candidate is not None
-                else (call.leg.status or None),
-                latency_primary_ms=round(legacy_ms, 3),
-                latency_candidate_ms=round(cand_ms, 3),
-                diff_paths=diff_paths,
-                diff_examples=examples,
-                noise=tuple(sorted(noise)),
-                primary_body=primary_body,
-                candidate_body=candidate_body,
-                detail=red.redact_text(detail),
-                request_id=call.request_id,
-                mode=plan.record_mode,
-                config_version=self.config_version(),
-            )
-        )
-        self._count(plan.state, outcome)
-        self.observe(plan.state, outcome, legacy_ms, cand_ms)
 
     # automatic rollback
     def observe(
@@ -745,12 +692,6 @@ class ShadowHub:
                 self.metrics.auto_rollback.labels(entry.name).set(1 if want else 0)
                 if not want:
                     state.window.reset()
-
-    def _stored_body(self, resp: HttpResponse) -> bytes:
-        body = self.redactor.redact_body(
-            resp.body, resp.header("content-type"), resp.header("content-encoding")
-        )
-        return body[:_STORED_BODY_CAP]
 
     def _count(self, state: RouteState, outcome: str) -> None:
         c = state.by_outcome.get(outcome)

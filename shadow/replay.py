@@ -40,13 +40,13 @@ from yarl import URL
 from proxy.handlers import start_handler_app
 from proxy.routes import Route, RouteTable
 from proxy.settings import Settings
-from shadow.compare import CompareRules, Comparison
-from shadow.http_compare import HttpResponse, compare_responses
-from shadow.noise import cancel_noise, response_noise_patterns
-from shadow.record import ComparisonRecord, DiffExample, Outcome
+from shadow.compare import CompareRules
+from shadow.http_compare import HttpResponse
+from shadow.record import Outcome
 from shadow.recorder import Recorder
 from shadow.redact import Redactor
 from shadow.store import Store
+from shadow.verdict import Verdict, build_record, judge
 
 __all__ = [
     "DRY_RUN_HEADER",
@@ -79,7 +79,6 @@ _HOP_BY_HOP: Final = frozenset(
         "expect",
     }
 )
-_STORED_BODY_CAP: Final = 64 << 10
 _FIELDS: Final = ("method", "path")
 
 
@@ -311,33 +310,22 @@ class _Replayer:
             self.recorder.note_started(plan.name)
             self.recorder.note_dropped(plan.name, "primary_failed")
             return
-        legacy = primary.response
-        comparison: Comparison | None = None
-        noise: frozenset[str] = frozenset()
-        detail = ""
-        outcome: Outcome
-        if candidate.response is None:
-            outcome = "candidate_timeout" if candidate.error == "timeout" else "candidate_error"
-            detail = candidate.error or ""
-        elif candidate.response.status >= 500 and legacy.status < 500:
-            outcome = "candidate_error"
-            detail = f"candidate answered {candidate.response.status}"
-        else:
-            comparison = compare_responses(
-                legacy, candidate.response, plan.rules, ignore_headers=plan.ignore_headers
-            )
-            base = sides[2].response if len(sides) > 2 else None
-            if base is not None and not comparison.equal:
-                noise_set = response_noise_patterns(legacy, base, plan.rules)
-                comparison, noise = cancel_noise(comparison, noise_set)
-            outcome = "match" if comparison.equal else "mismatch"
-        await self._record(plan, item, outcome, primary, candidate, comparison, noise, detail)
+        base = sides[2].response if len(sides) > 2 else None
+        verdict = judge(
+            primary.response,
+            candidate.response,
+            candidate.error,
+            plan.rules,
+            plan.ignore_headers,
+            baseline=base,
+        )
+        await self._record(plan, item, verdict, primary, candidate)
 
     async def _write(self, plan: _Plan, item: Captured) -> None:
         if not plan.dry_run_writes:
-            detail = "write not replayed (shadow.writes: skip)"
             none = _Side(None, 0.0)
-            await self._record(plan, item, "skipped", none, none, None, frozenset(), detail)
+            skipped = Verdict("skipped", detail="write not replayed (shadow.writes: skip)")
+            await self._record(plan, item, skipped, none, none)
             return
         candidate = await self._send(
             plan.candidate, item, plan.candidate_timeout, extra=((DRY_RUN_HEADER, "1"),)
@@ -351,7 +339,7 @@ class _Replayer:
             outcome = "candidate_error"
             detail = f"candidate answered {candidate.response.status} to a dry run"
         none = _Side(None, 0.0)
-        await self._record(plan, item, outcome, none, candidate, None, frozenset(), detail)
+        await self._record(plan, item, Verdict(outcome, detail=detail), none, candidate)
 
     async def _send(
         self,
@@ -391,62 +379,30 @@ class _Replayer:
         return _Side(response, _ms(t0))
 
     async def _record(
-        self,
-        plan: _Plan,
-        item: Captured,
-        outcome: Outcome,
-        primary: _Side,
-        candidate: _Side,
-        comparison: Comparison | None,
-        noise: frozenset[str],
-        detail: str,
+        self, plan: _Plan, item: Captured, verdict: Verdict, primary: _Side, candidate: _Side
     ) -> None:
-        red = self.redactor
-        diff_paths: tuple[str, ...] = ()
-        examples: tuple[DiffExample, ...] = ()
-        primary_body = candidate_body = None
-        if comparison is not None and not comparison.equal:
-            diff_paths = comparison.patterns
-            examples = tuple(
-                DiffExample(d.pattern, d.path, d.primary, d.candidate)
-                for d in (red.redact_difference(x) for x in comparison.examples)
-            )
-            primary_body = self._stored_body(primary.response)
-            candidate_body = self._stored_body(candidate.response)
         if self.recorder.buffered >= self.high_water:
             await self.recorder.flush(timeout=30.0)  # backpressure instead of dropping
         self.recorder.record(
-            ComparisonRecord(
+            build_record(
+                self.redactor,
+                verdict,
                 route=plan.name,
-                outcome=outcome,
                 method=item.method,
-                path=plan.template,
-                request_path=red.redact_text(item.path),
-                status_primary=primary.response.status if primary.response else None,
-                status_candidate=candidate.response.status if candidate.response else None,
-                latency_primary_ms=round(primary.ms, 3) if primary.response else None,
-                latency_candidate_ms=round(candidate.ms, 3) if candidate.ms else None,
-                diff_paths=diff_paths,
-                diff_examples=examples,
-                noise=tuple(sorted(noise)),
-                primary_body=primary_body,
-                candidate_body=candidate_body,
-                detail=red.redact_text(detail),
+                path_template=plan.template,
+                request_path=item.path,
+                legacy=primary.response,
+                candidate=candidate.response,
+                legacy_ms=primary.ms if primary.response else None,
+                candidate_ms=candidate.ms if candidate.ms else None,
                 request_id=item.request_id,
                 mode="replay",
                 config_version=self.settings.version,
             ),
             started=True,
         )
+        outcome = verdict.outcome
         self.summary.outcomes[outcome] = self.summary.outcomes.get(outcome, 0) + 1
-
-    def _stored_body(self, response: HttpResponse | None) -> bytes | None:
-        if response is None:
-            return None
-        body = self.redactor.redact_body(
-            response.body, response.header("content-type"), response.header("content-encoding")
-        )
-        return body[:_STORED_BODY_CAP]
 
     # -- the worker pool ------------------------------------------------------------------
 

@@ -1,0 +1,113 @@
+"""From two answers to one stored comparison: the outcome rules shared by shadow and replay.
+
+Pure: responses in, a `Verdict` and a redacted `ComparisonRecord` out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from shadow.compare import CompareRules, Comparison
+from shadow.http_compare import HttpResponse, compare_responses
+from shadow.noise import cancel_noise, response_noise_patterns
+from shadow.record import ComparisonRecord, DiffExample, Outcome, RecordMode
+from shadow.redact import Redactor
+
+__all__ = ["STORED_BODY_CAP", "Verdict", "build_record", "judge"]
+
+STORED_BODY_CAP = 64 << 10  # bytes of each side's body kept for a mismatch
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How the candidate's answer compares with legacy's."""
+
+    outcome: Outcome
+    comparison: Comparison | None = None
+    noise: frozenset[str] = frozenset()
+    detail: str = ""
+
+
+def judge(
+    legacy: HttpResponse,
+    candidate: HttpResponse | None,
+    candidate_error: str | None,
+    rules: CompareRules,
+    ignore_headers: Sequence[str],
+    baseline: HttpResponse | None = None,
+) -> Verdict:
+    """The outcome of one comparison; `baseline` is a second legacy answer for noise."""
+    if candidate is None:
+        error = candidate_error or "no answer"
+        outcome: Outcome = "candidate_timeout" if error == "timeout" else "candidate_error"
+        return Verdict(outcome, detail=error)
+    if candidate.status >= 500 and legacy.status < 500:
+        return Verdict("candidate_error", detail=f"candidate answered {candidate.status}")
+    comparison = compare_responses(legacy, candidate, rules, ignore_headers=ignore_headers)
+    noise: frozenset[str] = frozenset()
+    if baseline is not None and not comparison.equal:
+        comparison, noise = cancel_noise(
+            comparison, response_noise_patterns(legacy, baseline, rules)
+        )
+    return Verdict("match" if comparison.equal else "mismatch", comparison, noise)
+
+
+def _stored_body(redactor: Redactor, response: HttpResponse | None) -> bytes | None:
+    if response is None:
+        return None
+    body = redactor.redact_body(
+        response.body, response.header("content-type"), response.header("content-encoding")
+    )
+    return body[:STORED_BODY_CAP]
+
+
+def build_record(
+    redactor: Redactor,
+    verdict: Verdict,
+    *,
+    route: str,
+    method: str,
+    path_template: str,
+    request_path: str,
+    legacy: HttpResponse | None,
+    candidate: HttpResponse | None,
+    legacy_ms: float | None,
+    candidate_ms: float | None,
+    request_id: str,
+    mode: RecordMode,
+    config_version: str,
+) -> ComparisonRecord:
+    """The row to store: differing paths, redacted examples, and bodies for mismatches."""
+    comparison = verdict.comparison
+    diff_paths: tuple[str, ...] = ()
+    examples: tuple[DiffExample, ...] = ()
+    legacy_body = candidate_body = None
+    if comparison is not None and not comparison.equal:
+        diff_paths = comparison.patterns
+        examples = tuple(
+            DiffExample(d.pattern, d.path, d.primary, d.candidate)
+            for d in (redactor.redact_difference(x) for x in comparison.examples)
+        )
+        legacy_body = _stored_body(redactor, legacy)
+        candidate_body = _stored_body(redactor, candidate)
+    return ComparisonRecord(
+        route=route,
+        outcome=verdict.outcome,
+        method=method,
+        path=path_template,
+        request_path=redactor.redact_text(request_path),
+        status_primary=legacy.status if legacy is not None else None,
+        status_candidate=candidate.status if candidate is not None else None,
+        latency_primary_ms=round(legacy_ms, 3) if legacy_ms is not None else None,
+        latency_candidate_ms=round(candidate_ms, 3) if candidate_ms is not None else None,
+        diff_paths=diff_paths,
+        diff_examples=examples,
+        noise=tuple(sorted(verdict.noise)),
+        primary_body=legacy_body,
+        candidate_body=candidate_body,
+        detail=redactor.redact_text(verdict.detail),
+        request_id=request_id,
+        mode=mode,
+        config_version=config_version,
+    )

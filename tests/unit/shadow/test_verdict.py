@@ -1,0 +1,76 @@
+"""The outcome rules shared by shadow mode and replay."""
+
+from __future__ import annotations
+
+from shadow.compare import CompareRules
+from shadow.http_compare import HttpResponse
+from shadow.redact import Redactor
+from shadow.verdict import build_record, judge
+
+JSON = [("content-type", "application/json")]
+
+
+def _resp(status: int, body: bytes) -> HttpResponse:
+    return HttpResponse(status, JSON, body)
+
+
+def test_outcomes() -> None:
+    rules = CompareRules()
+    legacy = _resp(200, b'{"a": 1, "t": "x"}')
+    assert judge(legacy, _resp(200, b'{"a": 1, "t": "x"}'), None, rules, ()).outcome == "match"
+    assert judge(legacy, _resp(200, b'{"a": 2, "t": "x"}'), None, rules, ()).outcome == "mismatch"
+    assert judge(legacy, _resp(503, b"{}"), None, rules, ()).outcome == "candidate_error"
+    assert judge(_resp(503, b"{}"), _resp(503, b"{}"), None, rules, ()).outcome == "match"
+    assert judge(legacy, None, "timeout", rules, ()).outcome == "candidate_timeout"
+    assert judge(legacy, None, "connection reset", rules, ()).outcome == "candidate_error"
+
+
+def test_noise_baseline_cancels_paths_that_differ_between_legacy_answers() -> None:
+    rules = CompareRules()
+    legacy = _resp(200, b'{"a": 1, "t": "x"}')
+    again = _resp(200, b'{"a": 1, "t": "y"}')
+    verdict = judge(legacy, _resp(200, b'{"a": 1, "t": "z"}'), None, rules, (), baseline=again)
+    assert verdict.outcome == "match"
+    assert verdict.noise == frozenset({"$.t"})
+
+
+def test_record_is_redacted_and_keeps_bodies_only_for_mismatches() -> None:
+    red = Redactor(key=b"k")
+    legacy = _resp(200, b'{"email": "ann@example.com", "total": "1.00"}')
+    cand = _resp(200, b'{"email": "ann@example.com", "total": "1.01"}')
+    verdict = judge(legacy, cand, None, CompareRules(), ())
+    rec = build_record(
+        red,
+        verdict,
+        route="r",
+        method="GET",
+        path_template="/o/{id}",
+        request_path="/o/1?email=ann@example.com",
+        legacy=legacy,
+        candidate=cand,
+        legacy_ms=1.0,
+        candidate_ms=2.0,
+        request_id="rid",
+        mode="shadow",
+        config_version="v",
+    )
+    assert rec.outcome == "mismatch" and rec.diff_paths == ("$.total",)
+    assert b"ann@example.com" not in (rec.primary_body or b"")
+    assert "ann@example.com" not in rec.request_path
+    same = judge(legacy, legacy, None, CompareRules(), ())
+    kept = build_record(
+        red,
+        same,
+        route="r",
+        method="GET",
+        path_template="/o",
+        request_path="/o",
+        legacy=legacy,
+        candidate=legacy,
+        legacy_ms=None,
+        candidate_ms=None,
+        request_id="",
+        mode="replay",
+        config_version="v",
+    )
+    assert kept.primary_body is None and kept.candidate_body is None
