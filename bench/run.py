@@ -6,7 +6,8 @@ slices (round-robin, several rounds) and reported as medians, because this machi
 slow spells of a few seconds that would otherwise land on one target only.
 
 Environment: BENCH_ROUNDS, BENCH_SLICE (seconds per slice), STRANGLER_BENCH_PG_URL,
-STRANGLER_BENCH_REPORT_ROWS. Flags: --quick, --profile [TARGET], --targets, --no-sections, --no-pin.
+STRANGLER_BENCH_REPORT_ROWS. Flags: --quick, --profile [TARGET], --targets, --sections,
+--no-sections, --no-pin.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from types import FrameType
 
 from bench.goals import collect_goals, format_goals
 from bench.procs import ProcessSet, cpu_busy_ns, cpu_delta_ns
-from bench.sections import SectionContext, run_sections
+from bench.sections import SECTIONS, SectionContext, run_sections
 from bench.stats import Sample, add_ratios, summarise
 from bench.table import PROXY_COLUMNS, format_generic, format_table
 from bench.targets import (
@@ -67,6 +68,7 @@ class Settings:
     sections: bool
     targets: tuple[str, ...]
     output: Path
+    only_sections: tuple[str, ...] = ()  # empty: every section
 
 
 def settings_from(argv: Sequence[str] | None, environ: dict[str, str]) -> Settings:
@@ -84,6 +86,9 @@ def settings_from(argv: Sequence[str] | None, environ: dict[str, str]) -> Settin
     parser.add_argument("--no-pin", action="store_true", help="no CPU pinning (for comparison)")
     parser.add_argument("--targets", default="", help="comma-separated subset of target names")
     parser.add_argument("--no-sections", action="store_true", help="only the proxy table")
+    parser.add_argument(
+        "--sections", default="", help="comma-separated subset of section keys (e.g. shadow)"
+    )
     parser.add_argument("--output", default=str(_BENCH_DIR / "results.json"))
     args = parser.parse_args(argv)
     known = [t.name for t in TARGETS]
@@ -91,6 +96,10 @@ def settings_from(argv: Sequence[str] | None, environ: dict[str, str]) -> Settin
     unknown = [n for n in chosen if n not in known]
     if unknown:
         parser.error(f"unknown targets {unknown}; known: {', '.join(known)}")
+    keys = [s.key for s in SECTIONS]
+    only = tuple(k for k in args.sections.split(",") if k)
+    if [k for k in only if k not in keys]:
+        parser.error(f"unknown sections {list(only)}; known: {', '.join(keys)}")
     rounds = int(environ.get("BENCH_ROUNDS", "2" if args.quick else "7"))
     slice_s = int(environ.get("BENCH_SLICE", "1"))
     if rounds < 1 or slice_s < 1:
@@ -105,6 +114,7 @@ def settings_from(argv: Sequence[str] | None, environ: dict[str, str]) -> Settin
         sections=not args.no_sections,
         targets=chosen,
         output=Path(args.output),
+        only_sections=only,
     )
 
 
@@ -347,7 +357,14 @@ def _bench(settings: Settings) -> int:
                 processes.stop(run.measured)
         rows = _rows(targets, status, samples)
         sections = (
-            run_sections(SectionContext(env, settings.rounds, settings.slice_s, settings.quick))
+            run_sections(
+                SectionContext(env, settings.rounds, settings.slice_s, settings.quick),
+                [
+                    s
+                    for s in SECTIONS
+                    if not settings.only_sections or s.key in settings.only_sections
+                ],
+            )
             if settings.sections
             else {}
         )

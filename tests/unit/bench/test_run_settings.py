@@ -35,3 +35,10 @@ def test_target_subset_and_unknown_target() -> None:
 def test_slices_shorter_than_a_second_are_refused() -> None:
     with pytest.raises(SystemExit):
         settings_from([], {"BENCH_SLICE": "0"})
+
+
+def test_section_subset_and_unknown_section() -> None:
+    assert settings_from([], {}).only_sections == ()
+    assert settings_from(["--sections", "shadow,routes"], {}).only_sections == ("shadow", "routes")
+    with pytest.raises(SystemExit):
+        settings_from(["--sections", "shadow,nope"], {})
