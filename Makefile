@@ -51,6 +51,9 @@ bench: $(STAMP)
 	fi
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
+
 loadtest: $(STAMP)  # LOADTEST_USERS=50 LOADTEST_DURATION=60s; LOADTEST_ARGS="--profile proxy-only"
 	$(BIN)/python -m loadtests.run $(LOADTEST_ARGS)
 
