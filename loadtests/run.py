@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -168,6 +169,10 @@ async def _shadow_summary(stack: Stack) -> list[str]:
 async def _run(opts: Options) -> int:
     from proxy.stack import Stack
 
+    task = asyncio.current_task()
+    assert task is not None
+    # SIGTERM too must unwind through the finally blocks: Locust stopped, the stack closed.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     opts.results.mkdir(parents=True, exist_ok=True)
     prefix = opts.results / opts.profile.replace("-", "_")
     for old in opts.results.glob(f"{prefix.name}_*.csv"):
@@ -232,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run(opts))
     except KeyboardInterrupt:
         return 130
+    except asyncio.CancelledError:
+        return 143
 
 
 if __name__ == "__main__":

@@ -55,10 +55,11 @@ SELLERS = range(1001, 1081)
 """Seller ids of the seeded data."""
 
 _SEED = 500
-_PORTS = (8080, 9090)  # as in config/routes.yaml, when free: URLs that stay put between runs
+_PORTS = (8080, 9090)  # --keep-running, when free: the URLs of config/routes.yaml
 _TRAFFIC_BUDGET_S = 30.0
 _FLUSH_TIMEOUT_S = 20.0
-_REQUEST_TIMEOUT_S = 5.0
+_REQUEST_TIMEOUT_S = 10.0
+_THINK_S = (0.02, 0.1)
 _SESSIONS = {"buyer": (12, 10), "seller": (4, 10), "support": (2, 10)}  # users, sessions each
 _ROLES = {"buyer": "buyers", "seller": "sellers", "support": "support agents"}
 _GOODS = (
@@ -134,12 +135,14 @@ class _Client:
         user: str,
         traffic: Traffic,
         deadline: float,
+        rng: random.Random,
     ) -> None:
         self.session = session
         self.base = base
         self.headers = {"X-User-Id": user}
         self.traffic = traffic
         self.deadline = deadline
+        self.rng = rng
 
     async def call(
         self,
@@ -153,6 +156,9 @@ class _Client:
     ) -> tuple[int, Any]:
         """Send one request; a status outside `ok` (or any 5xx) is noted as unexpected.
         Past the deadline nothing is sent: the traffic phase stays bounded in time."""
+        # Think time: people read a page before they click. It also keeps the demo's load
+        # where the background comparisons of one read finish before the next write lands.
+        await asyncio.sleep(self.rng.uniform(*_THINK_S))
         if time.monotonic() > self.deadline:
             return 0, None
         self.traffic.requests[kind] += 1
@@ -245,7 +251,6 @@ async def _support(client: _Client, rng: random.Random, agent: int) -> None:
     _, disputed = await client.call("list", "GET", "/api/v1/orders?status=disputed&per_page=10")
     for order in _items(disputed)[:1]:
         oid = order["id"]
-        await client.call("events", "GET", f"/api/v1/orders/{oid}/events")
         if rng.random() < 0.5:
             await client.call(
                 "resolve", "POST", f"/api/v1/orders/{oid}/resolve", json=actor, ok=(200, 409)
@@ -258,6 +263,7 @@ async def _support(client: _Client, rng: random.Random, agent: int) -> None:
                 json={**actor, "amount": "1.00"} if rng.random() < 0.5 else actor,
                 ok=(200, 409, 422),  # 422: more than is left to refund
             )
+        await client.call("events", "GET", f"/api/v1/orders/{oid}/events")
         await client.call("view", "GET", f"/api/v1/orders/{oid}")
 
 
@@ -280,7 +286,7 @@ async def drive(base: str, *, seed: int = 7, budget_s: float = _TRAFFIC_BUDGET_S
         persona, ids = _PERSONAS[kind]
         rng = random.Random(f"{seed}-{kind}-{n}")
         uid = rng.choice(ids)
-        client = _Client(session, base, f"{kind}-{uid}", traffic, deadline)
+        client = _Client(session, base, f"{kind}-{uid}", traffic, deadline, rng)
         for _ in range(_SESSIONS[kind][1]):
             if time.monotonic() > deadline:
                 return
@@ -405,11 +411,14 @@ def _next_steps(stack: Stack, html: Path) -> None:
     _say(f"  strangler migrate status --config {config} --store {store}")
     _say(f"  strangler explain --config {config} GET /api/v1/orders/42")
     _say(f"  strangler check --config {config}")
+    admin, proxy = f"http://127.0.0.1:{_PORTS[1]}", f"http://127.0.0.1:{_PORTS[0]}"
+    if stack.ports is not None:  # the running stack's own addresses
+        admin, proxy = stack.admin_url, stack.proxy_url
     _say("  strangler demo --keep-running   # keeps the stack up; then, while it runs:")
-    _say(f"    curl {stack.admin_url}/-/routes")
-    _say(f"    curl {stack.admin_url}/-/metrics")
-    _say(f"    open {stack.admin_url}/-/ui")
-    _say(f"    curl {stack.proxy_url}/api/v1/orders/42")
+    _say(f"    curl {admin}/-/routes")
+    _say(f"    curl {admin}/-/metrics")
+    _say(f"    open {admin}/-/ui")
+    _say(f"    curl {proxy}/api/v1/orders/42")
 
 
 async def _main(keep_running: bool) -> int:
@@ -431,7 +440,7 @@ async def _main(keep_running: bool) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt)
-    stack = Stack(WORKDIR.resolve(), seed=_SEED, ports=_PORTS)
+    stack = Stack(WORKDIR.resolve(), seed=_SEED, ports=_PORTS if keep_running else None)
     try:
         code = await _play(stack)
         if keep_running:

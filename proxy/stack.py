@@ -120,7 +120,10 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 class Stack:
-    """The monolith, the port's next build and the proxy, started and stopped as one."""
+    """The monolith, the port's next build and the proxy, started and stopped as one.
+
+    `start()` replaces the `*.db` files of `workdir`: every run begins from the same seed.
+    """
 
     def __init__(
         self,
