@@ -51,7 +51,7 @@ class _OrderUser(HttpUser):
         ) as resp:
             doc = _json(resp)
             problem = (
-                f"status {resp.status_code}"
+                _unexpected(resp)
                 if resp.status_code != 200
                 else check_list(doc, resp.headers.get("X-Total-Count"), per_page=_PER_PAGE)
             )
@@ -70,7 +70,7 @@ class _OrderUser(HttpUser):
         ) as resp:
             doc = _json(resp)
             problem = (
-                f"status {resp.status_code}"
+                _unexpected(resp)
                 if resp.status_code != 200
                 else check_order(doc, order_id=order_id)
             )
@@ -89,7 +89,7 @@ class _OrderUser(HttpUser):
         ) as resp:
             doc = _json(resp)
             problem = (
-                f"status {resp.status_code}"
+                _unexpected(resp)
                 if resp.status_code != 200
                 else check_events(doc, order_id=order_id)
             )
@@ -120,7 +120,7 @@ class _OrderUser(HttpUser):
             elif resp.status_code in expected_errors:
                 problem = check_error(doc, expected_errors[resp.status_code])
             else:
-                problem = f"status {resp.status_code}"
+                problem = _unexpected(resp)
             if problem:
                 resp.failure(problem)
             else:
@@ -167,7 +167,7 @@ class BuyerUser(_OrderUser):
         ) as resp:
             doc = _json(resp)
             problem = (
-                f"status {resp.status_code}"
+                _unexpected(resp)
                 if resp.status_code != 201
                 else check_order(doc, statuses=("paid",))
                 or (None if resp.headers.get("Location") else "create: no Location header")
@@ -279,6 +279,13 @@ class SupportUser(_OrderUser):
     def look_up(self) -> None:
         """A buyer calls about an order."""
         self._view(self.rng.randint(1, SEEDED))
+
+
+def _unexpected(resp: Any) -> str:
+    """Why an answer with an unexpected status failed (no status: the connection error)."""
+    if not resp.status_code:
+        return f"no answer: {resp.error}"
+    return f"status {resp.status_code}"
 
 
 def _json(resp: Any) -> Any:
