@@ -34,6 +34,7 @@ async def test_request_cannot_choose_the_address_dialled(
 ) -> None:
     evil = _EVIL.format(port=bait.port)
     resp = await raw_exchange(hostile.port, template.replace("{evil}", evil).encode())
+    assert bait.connections == 0, "the proxy dialled an address the request named"
     assert resp.status == 200
     assert b"evil" not in resp.body
     await hostile.barrier()
