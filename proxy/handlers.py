@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 from typing import Any
 
@@ -23,9 +22,10 @@ async def start_handler_app(bs: BackendSettings) -> tuple[web.AppRunner, str, in
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert isinstance(server, asyncio.Server)
-        host, port = server.sockets[0].getsockname()[:2]
+        # uvloop's Server is not an asyncio.Server subclass; both have `.sockets`
+        sockets = getattr(site._server, "sockets", None)
+        assert sockets
+        host, port = sockets[0].getsockname()[:2]
     except BaseException:
         await runner.cleanup()
         raise

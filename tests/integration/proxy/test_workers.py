@@ -196,3 +196,45 @@ async def test_watch_reloads_a_changed_file_and_keeps_the_last_good_one(
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
+
+
+async def test_serve_runs_in_process_handlers_on_uvloop(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    from extracted.schema import create_schema
+
+    db = f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}"
+    await create_schema(db)
+    port, admin = free_port(), free_port()
+    text = proxy_config(
+        upstream.url,
+        backend_extra=f"  orders:\n    handlers: extracted.app\n    db: {db}\n",
+        extra="routes:\n  - {name: show, match: {path: '/api/v1/orders/{id}'}, "
+        "mode: extracted, candidate: orders}\n",
+    )
+    text = text.replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}", 1)
+    text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(text)
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("strangler")),
+        "serve",
+        "--config",
+        str(cfg),
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as s:
+
+            async def answered() -> bool:
+                try:
+                    async with s.get(f"http://127.0.0.1:{port}/api/v1/orders/424242") as r:
+                        body = await r.json()
+                        return r.status == 404 and body["error"]["code"] == "not_found"
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for(answered, timeout=20)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
