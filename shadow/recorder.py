@@ -75,6 +75,7 @@ class Recorder:
         backoff_initial: float = 0.05,
         backoff_max: float = 5.0,
         write_timeout: float = 30.0,
+        linger: float = 0.1,
     ) -> None:
         if buffer_size < 1 or batch_size < 1:
             raise ValueError("buffer_size and batch_size must be positive")
@@ -89,6 +90,8 @@ class Recorder:
         self._inflight: list[ComparisonRecord] = []
         self._routes: dict[str, RouteCounters] = {}
         self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._linger = linger
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -127,6 +130,8 @@ class Recorder:
             self._buf.append(rec)
             self._idle.clear()
             self._wake.set()
+            if len(self._buf) >= self._batch_size:
+                self._full.set()
         except Exception:  # the shadow path must never see an error from here
             _log.exception("recorder: cannot queue a record")
 
@@ -149,6 +154,7 @@ class Recorder:
         self._closed = True
         self._stopping.set()
         self._wake.set()
+        self._full.set()
         task, self._task = self._task, None
         if task is not None:
             done, _ = await asyncio.wait({task}, timeout=timeout)
@@ -165,6 +171,7 @@ class Recorder:
 
     async def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything queued so far is written or given up; False on timeout."""
+        self._full.set()  # no lingering: write what is there now
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
@@ -221,6 +228,16 @@ class Recorder:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if (
+                len(self._buf) < self._batch_size
+                and self._linger > 0
+                and not self._stopping.is_set()
+            ):
+                # Linger a little so that a trickle of records becomes one transaction,
+                # not one commit per record.
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self._linger)
             take = min(self._batch_size, len(self._buf))
             self._inflight = [self._buf.popleft() for _ in range(take)]
             try:
