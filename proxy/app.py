@@ -146,6 +146,7 @@ class Proxy:
             board=self.board,
             on_rollback=self._on_rollback,
         )
+        self.hub.cpu_budget = self.settings.limits.shadow_cpu_budget
         self.hub.start()
 
     def _capture_writer(self, settings: Settings) -> CaptureWriter | None:
@@ -168,6 +169,8 @@ class Proxy:
             state = self._build_state(settings, backends)
             self.plane.state = state
             self.plane.limits = settings.limits
+            if self.hub is not None:
+                self.hub.cpu_budget = settings.limits.shadow_cpu_budget
             if settings.capture != self.settings.capture:
                 old_capture = self.plane.capture
                 self.plane.capture = self._capture_writer(settings)

@@ -231,6 +231,7 @@ class LimitsSettings:
     max_connections: int = 10_000
     max_header_bytes: int = 64 << 10
     max_url_bytes: int = 8 << 10
+    shadow_cpu_budget: float = 0.85  # share of a core above which shadow work is shed
 
 
 @dataclass(frozen=True, slots=True)
@@ -807,6 +808,7 @@ class _Builder:
             self._set(kw, key, self.duration(m, path, key))
         for key in ("max_connections", "max_header_bytes", "max_url_bytes"):
             self._set(kw, key, self.int_(m, path, key))
+        self._set(kw, "shadow_cpu_budget", self.num(m, path, "shadow_cpu_budget"))
         return LimitsSettings(**kw)
 
     def capture(self, data: object) -> CaptureSettings | None:

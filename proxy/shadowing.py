@@ -46,6 +46,7 @@ _TOP_PATHS = 20
 _LAG_INTERVAL = 0.05
 _LAG_SHED_S = 0.020
 _GLOBAL_BUDGET = 1024
+_MIN_ADMIT = 0.02
 
 
 def bucket(key: bytes) -> int:
@@ -454,6 +455,11 @@ class ShadowHub:
         self.in_flight = 0
         self.shedding = False
         self.lag = 0.0
+        self.cpu_budget = 0.85  # set from limits.shadow_cpu_budget
+        self.cpu = 0.0  # smoothed share of a core this process used lately
+        self.admit = 1.0  # share of sampled copies admitted (AIMD on CPU and lag)
+        self._admit_acc = 0.0
+        self._cpu_mark = (0.0, 0.0)
         self._states: dict[str, RouteState] = {}
         self.breakers: dict[str, Breaker] = {}
         self._lag_timer: asyncio.TimerHandle | None = None
@@ -464,6 +470,7 @@ class ShadowHub:
     # lifecycle
     def start(self) -> None:
         """Start the event-loop lag monitor and the counter sync."""
+        self._cpu_mark = (self.loop.time(), time.process_time())
         self._lag_expected = self.loop.time() + _LAG_INTERVAL
         self._lag_timer = self.loop.call_later(_LAG_INTERVAL, self._lag_tick)
         self._sync_timer = self.loop.call_later(1.0, self._sync_tick)
@@ -477,9 +484,22 @@ class ShadowHub:
         self.sync_counters()
 
     def _lag_tick(self) -> None:
+        # Primary first: shadow copies share the CPU with user traffic. When this process
+        # nears its CPU budget (or the loop lags), admit fewer copies (multiplicative
+        # decrease), and more again once there is room (additive increase).
         now = self.loop.time()
         lag = max(0.0, now - self._lag_expected)
         self.lag = 0.7 * self.lag + 0.3 * lag
+        cpu_now = time.process_time()
+        wall0, cpu0 = self._cpu_mark
+        if now > wall0:
+            self.cpu = 0.5 * self.cpu + 0.5 * (cpu_now - cpu0) / (now - wall0)
+        self._cpu_mark = (now, cpu_now)
+        over = self.lag > _LAG_SHED_S or (self.cpu_budget < 1.0 and self.cpu > self.cpu_budget)
+        if over:
+            self.admit = max(_MIN_ADMIT, self.admit * 0.7)
+        else:
+            self.admit = min(1.0, self.admit + 0.05)
         self.shedding = self.lag > _LAG_SHED_S
         self._lag_expected = now + _LAG_INTERVAL
         self._lag_timer = self.loop.call_later(_LAG_INTERVAL, self._lag_tick)
@@ -566,7 +586,7 @@ class ShadowHub:
         reason = None
         if state.in_flight >= plan.max_concurrency:
             reason = "concurrency"
-        elif self.shedding or self.in_flight >= _GLOBAL_BUDGET:
+        elif self.shedding or self.in_flight >= _GLOBAL_BUDGET or not self._admitted():
             reason = "shed"
         if reason is not None:
             self.recorder.note_started(plan.route)
@@ -577,6 +597,16 @@ class ShadowHub:
         state.in_flight += 1
         self.in_flight += 1
         return ShadowCall(self, plan, method, path, request_id, head)
+
+    def _admitted(self) -> bool:
+        """Spread admissions evenly at the current admit share (deterministic, no RNG)."""
+        if self.admit >= 1.0:
+            return True
+        self._admit_acc += self.admit
+        if self._admit_acc >= 1.0:
+            self._admit_acc -= 1.0
+            return True
+        return False
 
     # completion
     def complete(self, call: ShadowCall) -> None:

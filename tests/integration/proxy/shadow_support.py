@@ -116,6 +116,8 @@ backends:
     url: {candidate.url}
     timeout: 5s
 default_backend: legacy
+limits:
+  shadow_cpu_budget: 1  # client, proxy and apps share this test process: shed on lag only
 store:
   url: {store_url}
   redact_json_paths: ["$.buyer.name"]
