@@ -16,14 +16,19 @@ from proxy.settings import ConfigError, Settings, load
 if TYPE_CHECKING:
     from proxy.app import Proxy
 
-__all__ = ["PROXY_KEY", "redacted_config", "start_admin"]
+__all__ = ["PROXY_KEY", "redact_secrets", "redacted_config", "start_admin"]
 
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy")
-_PASSWORD_IN_URL = re.compile(r"(://[^/:@]*:)[^@/]*@")
+_PASSWORD_IN_URL = re.compile(r"(://[^/:@\s'\"]*:)[^@/\s'\"]*@")
+_SECRET_PARAM = re.compile(r"(?i)\b((?:ssl)?password|pass|passwd|pwd|token|secret)=([^&\s'\"]*)")
 
 
-def _redact_url(url: str) -> str:
-    return _PASSWORD_IN_URL.sub(r"\1***@", url)
+def redact_secrets(text: str) -> str:
+    """`text` with passwords in URLs and secret-looking query parameters masked."""
+    return _SECRET_PARAM.sub(r"\1=***", _PASSWORD_IN_URL.sub(r"\1***@", text))
+
+
+_redact_url = redact_secrets
 
 
 def redacted_config(settings: Settings) -> dict[str, Any]:
@@ -215,4 +220,4 @@ async def reload_settings(path: str) -> tuple[Settings | None, list[str]]:
     try:
         return load(path), []
     except ConfigError as exc:
-        return None, [str(e) for e in exc.errors]
+        return None, [redact_secrets(str(e)) for e in exc.errors]

@@ -89,6 +89,7 @@ _REASONS = {
     400: b"Bad Request",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
+    501: b"Not Implemented",
     413: b"Content Too Large",
     414: b"URI Too Long",
     431: b"Request Header Fields Too Large",
@@ -398,7 +399,10 @@ class _Exchange:
             return
         self.upstream = conn
         conn.head_only = self.head_request
-        self.flush_up()
+        if not self.client.feeding:
+            # Inside the client's feed_data the tail of data_received flushes, once the
+            # whole read parsed cleanly: nothing travels ahead of a parse error.
+            self.flush_up()
         if self.client.reading_paused_for is self:
             self.client.resume_reading()
 
@@ -744,6 +748,8 @@ class ClientConnection(asyncio.Protocol):
         "_url",
         "current",
         "deadline",
+        "error_after",
+        "feeding",
         "head_bytes",
         "http11",
         "keep_alive",
@@ -771,6 +777,8 @@ class ClientConnection(asyncio.Protocol):
         self.http11 = True
         self.reading_paused_for: _Exchange | None = None
         self.write_paused = False
+        self.feeding = False  # inside parser.feed_data
+        self.error_after: bytes | None = None  # a 400 owed after the responses in flight
         self.deadline = 0.0
         self.head_bytes = 0
         self._url = b""
@@ -805,6 +813,7 @@ class ClientConnection(asyncio.Protocol):
         if tunnel is not None:
             tunnel.send(data)
             return
+        self.feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -821,8 +830,13 @@ class ClientConnection(asyncio.Protocol):
                 self.reading = None
             self._stop_reading()
         except httptools.HttpParserError as exc:
+            self.feeding = False
+            cur = self.current
+            if cur is not None and cur is not self.reading and cur.request_complete:
+                cur.flush_up()  # an earlier request parsed whole and valid still goes
             self._bad_request(exc)
             return
+        self.feeding = False
         ex = self.current
         if ex is not None and ex.up_buf and ex.upstream is not None:
             ex.flush_up()
@@ -918,12 +932,15 @@ class ClientConnection(asyncio.Protocol):
         rid: bytes | None = None
         conn_tokens: bytes | None = None
         upgrade: bytes | None = None
+        te: bytes | None = None
+        hosts = 0
         host_override = plan.host_header
         for name, value in headers:
             lname = name.lower()
             if lname in _REQ_DROP:
                 if lname == b"transfer-encoding":
                     self._chunked = True
+                    te = value if te is None else te + b"," + value
                 elif lname == b"connection":
                     conn_tokens = value if conn_tokens is None else conn_tokens + b"," + value
                 elif lname == b"x-forwarded-for":
@@ -933,11 +950,27 @@ class ClientConnection(asyncio.Protocol):
                 continue
             if lname == b"host":
                 host = value
+                hosts += 1
                 if host_override is not None:
                     continue
             elif lname == b"x-request-id":
                 rid = value
             parts += (name, b": ", value, b"\r\n")
+        if hosts > 1 or (hosts == 0 and self.http11):
+            # RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one before it
+            raise _Refuse(400, "bad_request", "a request needs exactly one Host header")
+        if te is not None:
+            if not self.http11:
+                # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing
+                raise _Refuse(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request")
+            codings = [c.strip() for c in te.lower().split(b",")]
+            if codings[-1] != b"chunked":
+                # RFC 9112 6.1: chunked not last -> the body length is unknown
+                raise _Refuse(400, "bad_request", "chunked must be the final transfer coding")
+            if len(codings) > 1:
+                raise _Refuse(
+                    501, "not_implemented", "only the chunked transfer coding is supported"
+                )
         if conn_tokens is not None and conn_tokens.lower() not in _PLAIN_CONNECTION:
             _drop_connection_named(parts, conn_tokens, start=4)
         if host_override is not None:
@@ -998,6 +1031,8 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         ex = self.reading
         self.reading = None
+        self._url = b""
+        self._headers = []
         if ex is not None:
             if ex.chunked_req:
                 ex.send_body(b"0\r\n\r\n")
@@ -1045,12 +1080,11 @@ class ClientConnection(asyncio.Protocol):
         self.out = []
 
     def exchange_done(self, ex: _Exchange) -> None:
-        """A response ended: close, or start the next pipelined request."""
+        """A response ended: start the next pipelined request, owe an error, or close."""
         if self.current is ex:
             self.current = None
-        if ex.close_after or not self.keep_alive or self.plane.draining:
-            if self.transport is not None:
-                self.transport.close()
+        if ex.close_after or self.plane.draining:
+            self._close()
             return
         if self.queue:
             nxt = self.queue.popleft()
@@ -1058,11 +1092,24 @@ class ClientConnection(asyncio.Protocol):
             nxt.start()
             if nxt.upstream is not None:
                 nxt.flush_up()
+        elif self.error_after is not None:
+            self.out.append(self.error_after)
+            self.error_after = None
+            self.flush()
+            self._close()
+            return
+        elif not self.keep_alive:
+            self._close()
+            return
         elif self.reading is None:
             plane = self.plane
             self.deadline = plane.loop.time() + plane.limits.keepalive_timeout
         if self.reading_paused_for is ex:
             self.resume_reading()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
     def start_tunnel(self, conn: UpstreamConnection) -> None:
         """Switch to raw byte forwarding after a 101 response."""
@@ -1094,21 +1141,36 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     def _bad_request(self, exc: Exception) -> None:
-        if isinstance(exc, httptools.HttpParserCallbackError) and isinstance(
-            exc.__context__, _Refuse
-        ):
-            refusal = exc.__context__
-            self.plane.metrics.client_errors.labels(refusal.code).inc()
-            self._reply_error(refusal.status, refusal.code, refusal.message)
+        refusal = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
+        if isinstance(refusal, _Refuse):
+            status, code, message = refusal.status, refusal.code, refusal.message
+        else:
+            status, code, message = 400, "bad_request", f"malformed request: {exc}"
+        self.plane.metrics.client_errors.labels(code).inc()
+        bad = self.reading
+        self.reading = None
+        cur = self.current
+        if cur is not None and cur is not bad:
+            # An earlier, valid request is still being answered: drop only the malformed
+            # one, answer everything before it in order, then the error, then close.
+            if bad is not None:
+                if bad in self.queue:
+                    self.queue.remove(bad)
+                bad.done = True
+                if bad.shadow is not None:
+                    bad.shadow.drop("bad_request")
+                    bad.shadow = None
+            body = _error_body(status, code, message, "strangler", "")
+            self.error_after = _simple_response(status, body, close=True)
+            self._stop_reading()
             return
-        self.plane.metrics.client_errors.labels("bad_request").inc()
-        if self.current is not None and self.current.resp_started:
-            self.abort()
-            return
-        if self.current is not None:
-            self.current.client_gone()
+        if cur is not None:
+            if cur.resp_started:
+                self.abort()
+                return
+            cur.client_gone()
             self.current = None
-        self._reply_error(400, "bad_request", f"malformed request: {exc}")
+        self._reply_error(status, code, message)
 
     def _reply_error(self, status: int, code: str, message: str) -> None:
         body = _error_body(status, code, message, "strangler", "")

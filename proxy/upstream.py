@@ -106,7 +106,11 @@ class UpstreamConnection(asyncio.Protocol):
                 ex.on_upstream_message_complete(self)
                 ex.on_upstream_flush()
                 return
+            # A broken response: close this connection (and free its pool slot) first.
             self.keep_alive = False
+            self.exchange = None
+            if self.transport is not None:
+                self.transport.abort()
             ex.on_upstream_lost(self, ConnectionError("invalid HTTP response from upstream"))
             return
         ex.on_upstream_flush()
@@ -270,6 +274,11 @@ class UpstreamPool:
             self.active -= 1
             ex.connect_failed(exc)
             self._wake_waiter()
+            return
+        if conn.transport is None or conn.transport.is_closing():
+            # Closed by the backend before this task resumed (uvloop can run
+            # connection_lost first); the pool slot was already freed in `forget`.
+            ex.connect_failed(ConnectionResetError("closed by the backend at connect"))
             return
         conn.exchange = ex
         ex.attach(conn)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import re
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from types import ModuleType
 from typing import Any, Final
 
@@ -100,6 +102,12 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int = MAX_DECO
     return body
 
 
+def _float_or_decimal(text: str) -> float | Decimal:
+    """A float, or the exact Decimal when the literal is past the double range (1e400)."""
+    value = float(text)
+    return Decimal(text) if math.isinf(value) else value
+
+
 def parse_json_body(body: bytes) -> Any:
     """The decoded JSON value of `body`, or raise `ValueError` if it is not JSON."""
     if not _LONG_DIGITS.search(body):  # orjson reads integers past 64 bits as floats
@@ -107,8 +115,8 @@ def parse_json_body(body: bytes) -> Any:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             pass
-    try:  # orjson refuses nesting past 1024 and non-UTF-8 encodings; json takes some of those
-        return json.loads(body)
+    try:  # orjson refuses nesting past 1024, non-UTF-8 and floats past the double range
+        return json.loads(body, parse_float=_float_or_decimal)
     except (ValueError, RecursionError) as exc:
         raise ValueError("not JSON") from exc
 

@@ -390,3 +390,56 @@ async def raw_exchange(
             await writer.wait_closed()
         except ConnectionError:
             pass
+
+
+class _MultiCollector:
+    """Collects consecutive responses on one connection with one parser."""
+
+    def __init__(self) -> None:
+        self.done: list[RawResponse] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.status = 0
+
+    parser: httptools.HttpResponseParser
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.done.append(
+            RawResponse(self.status, self.reason, self.headers, b"".join(self.body), True)
+        )
+        self._reset()
+
+
+async def read_responses(reader: asyncio.StreamReader, count: int) -> list[RawResponse]:
+    """Read up to `count` whole responses (pipelining); fewer if the connection ends first."""
+    col = _MultiCollector()
+    parser = httptools.HttpResponseParser(col)
+    col.parser = parser
+    while len(col.done) < count:
+        try:
+            chunk = await reader.read(65536)
+        except ConnectionError:
+            chunk = b""
+        if not chunk:
+            break
+        try:
+            parser.feed_data(chunk)
+        except httptools.HttpParserError:
+            break
+    return col.done[:count]

@@ -145,13 +145,7 @@ def _counters(proxy: Proxy) -> RouteCounters:
         "endless-body",
         "slow-loris-head",
         "slow-loris-body",
-        pytest.param(
-            "garbage",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="an invalid response leaks the upstream connection and its pool slot",
-            ),
-        ),
+        "garbage",
         "reset-after-head",
         "close-at-accept",
     ],

@@ -103,24 +103,15 @@ def _run(loop_kind: str, fault: str) -> tuple[list[tuple[int, bool, float]], int
     return results, active, errors
 
 
-_LEAK = "an invalid response leaks the upstream connection and its pool slot"
-_UVLOOP_RACE = (
-    "uvloop runs connection_lost before the connect task resumes: AssertionError escapes"
-    " UpstreamPool._connect and the request waits for the 504"
-)
-
-
 @pytest.mark.parametrize(
     ("loop_kind", "fault"),
     [
-        pytest.param("asyncio", "garbage-head", marks=pytest.mark.xfail(strict=True, reason=_LEAK)),
-        pytest.param("uvloop", "garbage-head", marks=pytest.mark.xfail(strict=True, reason=_LEAK)),
-        pytest.param("asyncio", "garbage-body", marks=pytest.mark.xfail(strict=True, reason=_LEAK)),
-        pytest.param("uvloop", "garbage-body", marks=pytest.mark.xfail(strict=True, reason=_LEAK)),
-        pytest.param("asyncio", "close-at-accept"),
-        pytest.param(
-            "uvloop", "close-at-accept", marks=pytest.mark.xfail(strict=True, reason=_UVLOOP_RACE)
-        ),
+        ("asyncio", "garbage-head"),
+        ("uvloop", "garbage-head"),
+        ("asyncio", "garbage-body"),
+        ("uvloop", "garbage-body"),
+        ("asyncio", "close-at-accept"),
+        ("uvloop", "close-at-accept"),
     ],
 )
 def test_broken_backend_gives_prompt_502_and_frees_the_pool(loop_kind: str, fault: str) -> None:

@@ -254,8 +254,4 @@ CASES: tuple[HostileCase, ...] = (
 )
 
 # Cases strangler gets wrong today, with the reason (tests mark them xfail(strict=True)).
-KNOWN_GAPS: dict[str, str] = {
-    "http10-te-chunked": "HTTP/1.0 + Transfer-Encoding is forwarded (RFC 9112 6.1 says faulty)",
-    "no-host-http11": "an HTTP/1.1 request without Host is forwarded",
-    "two-hosts": "two Host headers are forwarded, both of them",
-}
+KNOWN_GAPS: dict[str, str] = {}

@@ -127,5 +127,6 @@ async def bait() -> AsyncIterator[Bait]:
 async def close_writer(writer: asyncio.StreamWriter) -> None:
     """Close a client stream and wait until its socket is gone."""
     writer.close()
-    with contextlib.suppress(ConnectionError):
+    # uvloop reports a peer that already reset as ENOTCONN (OSError), not ConnectionError
+    with contextlib.suppress(OSError):
         await writer.wait_closed()

@@ -7,7 +7,6 @@ import io
 import time
 
 import orjson
-import pytest
 
 from tests.integration.hostile.conftest import close_writer, hostile_stack
 from tests.upstreams import read_response
@@ -102,11 +101,6 @@ async def test_idle_keep_alive_connection_is_closed_at_the_keepalive_timeout() -
     assert 0.7 - 0.05 <= elapsed < 0.7 + _SWEEP + _SLACK
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an idle keep-alive connection gets an unsolicited 408 (the last request's URL"
-    " is still held), which races with the client's next request",
-)
 async def test_idle_keep_alive_connection_is_closed_silently() -> None:
     rest, _ = await _idle_after_one_request()
     assert rest == b""
