@@ -23,6 +23,7 @@ import orjson
 from proxy.accesslog import AccessLog
 from proxy.breaker import Breaker
 from proxy.metrics import Metrics, RouteMetrics
+from proxy.pathguard import is_suspicious, readings
 from proxy.shadowing import (
     SAFE_METHODS,
     RouteState,
@@ -36,7 +37,7 @@ from shadow.capture import MAX_BODY_BYTES as MAX_CAPTURE_BODY
 from shadow.capture import CaptureWriter
 
 if TYPE_CHECKING:
-    from proxy.routes import RouteTable
+    from proxy.routes import Route, RouteTable
     from proxy.settings import LimitsSettings
 
 __all__ = [
@@ -922,7 +923,10 @@ class ClientConnection(asyncio.Protocol):
         path = path_b.decode("latin-1")
         headers = self._headers
         state = plane.state
-        route = state.table.match(method, path, query_b.decode("latin-1"), headers)
+        query = query_b.decode("latin-1")
+        route = state.table.match(method, path, query, headers)
+        if is_suspicious(path):
+            _refuse_ambiguous(state.table, route, method, path, query, headers)
         entry = state.default if route is None else state.entries[route.index]
         plan = entry.primary if entry.kind == KIND_PRIMARY else entry.choose(headers)
 
@@ -1001,7 +1005,7 @@ class ClientConnection(asyncio.Protocol):
             ex.shadow = plane.hub.begin(plan.shadow, method, path, request_id, headers, head)
         cap = plane.capture
         if cap is not None and cap.wants(method, request_id):
-            ex.cap = _Capture(query_b.decode("latin-1"), headers)
+            ex.cap = _Capture(query, headers)
         self.reading = ex
         self.deadline = plane.loop.time() + plane.limits.body_timeout
         if self.current is None:
@@ -1185,6 +1189,20 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
             return True
         return False
+
+
+def _refuse_ambiguous(
+    table: RouteTable,
+    route: Route | None,
+    method: str,
+    path: str,
+    query: str,
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """Refuse a path that some backend would read as belonging to another route."""
+    for other in readings(path):
+        if table.match(method, other, query, headers) is not route:
+            raise _Refuse(400, "ambiguous_path", "the path reads as another route once normalised")
 
 
 class _Capture:
