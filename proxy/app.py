@@ -41,6 +41,7 @@ from shadow.store import Store
 __all__ = ["Proxy", "create_proxy"]
 
 DEFAULT_ROUTE = "_default"
+_ACCEPT_LINGER_S = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,14 +191,30 @@ class Proxy:
         """Stop accepting, let in-flight requests finish within `grace_s`, then close."""
         self.ready = False
         plane = self.plane
+        deadline = time.monotonic() + grace_s
+        if plane is not None and self._server is not None:
+            # Keep accepting a moment: connections already in the listen backlog would be
+            # reset by closing the listener now. Every response is sent with
+            # `Connection: close` while draining; accept until no new one came for a bit.
+            plane.draining = True
+            seen = plane.accepted
+            quiet_until = time.monotonic() + _ACCEPT_LINGER_S
+            while time.monotonic() < min(deadline, quiet_until):
+                await asyncio.sleep(0.02)
+                now = plane.loop.time()
+                for conn in list(plane.connections):
+                    conn.close_if_idle(now)
+                if plane.accepted != seen:
+                    seen = plane.accepted
+                    quiet_until = time.monotonic() + _ACCEPT_LINGER_S
         if self._server is not None:
             self._server.close()
         if plane is not None:
             plane.draining = True
-            deadline = time.monotonic() + grace_s
             while True:
+                now = plane.loop.time()
                 for conn in list(plane.connections):
-                    conn.close_if_idle()
+                    conn.close_if_idle(now)
                 if not plane.connections or time.monotonic() >= deadline:
                     break
                 await asyncio.sleep(0.02)

@@ -85,6 +85,7 @@ _VIA = b"via: 1.1 strangler\r\n"
 _REPLAY_LIMIT = 64 << 10
 _SWEEP_INTERVAL = 0.05  # the resolution of every timeout on the data plane
 _FLUSH_INTERVAL = 0.25
+_FRESH_GRACE_S = 0.5  # while draining, a new connection's time to send its request
 _PENDING_LIMIT = 1 << 20
 _REASONS = {
     400: b"Bad Request",
@@ -247,6 +248,7 @@ class DataPlane:
         self.limits = limits
         self.loop = loop
         self.connections: set[ClientConnection] = set()
+        self.accepted = 0
         self.draining = False
         self.in_flight = 0
         self._rid_prefix = os.urandom(6).hex()
@@ -747,6 +749,7 @@ class ClientConnection(asyncio.Protocol):
         "_headers",
         "_tunnel",
         "_url",
+        "born",
         "current",
         "deadline",
         "error_after",
@@ -761,6 +764,7 @@ class ClientConnection(asyncio.Protocol):
         "queue",
         "reading",
         "reading_paused_for",
+        "served",
         "transport",
         "write_paused",
     )
@@ -779,6 +783,8 @@ class ClientConnection(asyncio.Protocol):
         self.reading_paused_for: _Exchange | None = None
         self.write_paused = False
         self.feeding = False  # inside parser.feed_data
+        self.served = 0  # responses completed on this connection
+        self.born = plane.loop.time()
         self.error_after: bytes | None = None  # a 400 owed after the responses in flight
         self.deadline = 0.0
         self.head_bytes = 0
@@ -793,6 +799,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         plane = self.plane
         plane.connections.add(self)
+        plane.accepted += 1
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0]).encode()
@@ -1085,6 +1092,7 @@ class ClientConnection(asyncio.Protocol):
 
     def exchange_done(self, ex: _Exchange) -> None:
         """A response ended: start the next pipelined request, owe an error, or close."""
+        self.served += 1
         if self.current is ex:
             self.current = None
         if ex.close_after or self.plane.draining:
@@ -1183,9 +1191,16 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def close_if_idle(self) -> bool:
-        """Close a keep-alive connection with no request in progress; True if closed."""
-        if self.current is None and self.reading is None and self.transport is not None:
+    def close_if_idle(self, now: float) -> bool:
+        """Close a keep-alive connection between requests; True if closed.
+
+        A connection that has not sent its first request yet gets a moment to send it."""
+        if (
+            self.current is None
+            and self.reading is None
+            and self.transport is not None
+            and (self.served > 0 or now - self.born > _FRESH_GRACE_S)
+        ):
             self.transport.close()
             return True
         return False
