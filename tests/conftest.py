@@ -57,4 +57,3 @@ def sqlite_url(tmp_path: os.PathLike[str]) -> str:
 def port() -> int:
     """A free loopback TCP port."""
     return free_port()
-
