@@ -194,19 +194,15 @@ class Proxy:
         deadline = time.monotonic() + grace_s
         if plane is not None and self._server is not None:
             # Keep accepting a moment: connections already in the listen backlog would be
-            # reset by closing the listener now. Every response is sent with
-            # `Connection: close` while draining; accept until no new one came for a bit.
+            # reset by closing the listener now. While draining, every response carries
+            # `Connection: close`.
             plane.draining = True
-            seen = plane.accepted
-            quiet_until = time.monotonic() + _ACCEPT_LINGER_S
-            while time.monotonic() < min(deadline, quiet_until):
+            linger_until = min(deadline, time.monotonic() + _ACCEPT_LINGER_S)
+            while time.monotonic() < linger_until:
                 await asyncio.sleep(0.02)
                 now = plane.loop.time()
                 for conn in list(plane.connections):
                     conn.close_if_idle(now)
-                if plane.accepted != seen:
-                    seen = plane.accepted
-                    quiet_until = time.monotonic() + _ACCEPT_LINGER_S
         if self._server is not None:
             self._server.close()
         if plane is not None:

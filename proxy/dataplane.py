@@ -248,7 +248,6 @@ class DataPlane:
         self.limits = limits
         self.loop = loop
         self.connections: set[ClientConnection] = set()
-        self.accepted = 0
         self.draining = False
         self.in_flight = 0
         self._rid_prefix = os.urandom(6).hex()
@@ -799,7 +798,6 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         plane = self.plane
         plane.connections.add(self)
-        plane.accepted += 1
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0]).encode()
