@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
-__all__ = ["free_port", "wait_for", "wait_until"]
+__all__ = [
+    "free_port",
+    "start_serve",
+    "stop_process",
+    "wait_admin_ready",
+    "wait_for",
+    "wait_until",
+]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -37,3 +48,48 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(interval)
+
+
+async def start_serve(
+    config: Path, *args: str, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """`strangler serve --config CONFIG [ARGS]` as a real process of the venv's console script."""
+    return await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("strangler")),
+        "serve",
+        "--config",
+        str(config),
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 20.0) -> int:
+    """SIGTERM a process and wait for its exit code (SIGKILL after `timeout`)."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode
+
+
+async def wait_admin_ready(admin_port: int, timeout: float = 20.0) -> None:
+    """Poll `GET /-/ready` on the admin port until it answers 200."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+
+        async def ready() -> bool:
+            try:
+                async with s.get(f"http://127.0.0.1:{admin_port}/-/ready") as r:
+                    return r.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_for(ready, timeout=timeout)

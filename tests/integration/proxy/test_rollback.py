@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import sqlite3
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -14,7 +11,7 @@ import aiohttp
 from proxy.app import Proxy
 from proxy.dataplane import RouteEntry
 from tests.integration.proxy.shadow_support import Side, shadow_config, shadow_stack, start_app
-from tests.support import free_port, wait_for
+from tests.support import free_port, start_serve, stop_process, wait_admin_ready, wait_for
 
 CANARY_ALL = """
   - name: orders
@@ -133,26 +130,10 @@ async def test_two_workers_agree_on_a_rollback(tmp_path: Path) -> None:
     text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
     cfg = tmp_path / "routes.yaml"
     cfg.write_text(text)
-    proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).with_name("strangler")),
-        "serve",
-        "--config",
-        str(cfg),
-        "--workers",
-        "2",
-        stdout=asyncio.subprocess.DEVNULL,
-    )
+    proc = await start_serve(cfg, "--workers", "2")
     try:
+        await wait_admin_ready(admin)
         async with aiohttp.ClientSession() as s:
-
-            async def ready() -> bool:
-                try:
-                    async with s.get(f"http://127.0.0.1:{admin}/-/ready") as r:
-                        return r.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_for(ready, timeout=20)
             cand.fail_every = 2
             fresh = aiohttp.TCPConnector(force_close=True)
             async with aiohttp.ClientSession(connector=fresh) as spread:
@@ -188,7 +169,6 @@ async def test_two_workers_agree_on_a_rollback(tmp_path: Path) -> None:
                         assert r.status == 200
                 assert _served(cand) == before
     finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 20)
+        await stop_process(proc)
         for runner in runners:
             await runner.cleanup()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,24 +12,8 @@ import aiohttp
 import pytest
 
 from tests.integration.proxy.conftest import proxy_config
-from tests.support import free_port, wait_for
+from tests.support import free_port, start_serve, stop_process, wait_admin_ready, wait_for
 from tests.upstreams import EchoUpstream, Received
-
-
-async def _start_serve(config: Path, workers: int) -> tuple[asyncio.subprocess.Process, str, str]:
-    exe = Path(sys.executable).with_name("strangler")
-    proc = await asyncio.create_subprocess_exec(
-        str(exe),
-        "serve",
-        "--config",
-        str(config),
-        "--workers",
-        str(workers),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "STRANGLER_GRACE_S": "10"},
-    )
-    return proc, "", ""
 
 
 @pytest.fixture
@@ -44,27 +26,10 @@ async def served(
     text = text.replace("timeout: 1s", "timeout: 10s")
     cfg = tmp_path / "routes.yaml"
     cfg.write_text(text)
-    proc, _, _ = await _start_serve(cfg, 2)
-
-    async def ready() -> bool:
-        try:
-            async with (
-                aiohttp.ClientSession() as s,
-                s.get(f"http://127.0.0.1:{admin}/-/ready") as r,
-            ):
-                return r.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    await wait_for(ready, timeout=20)
+    proc = await start_serve(cfg, "--workers", "2", env={"STRANGLER_GRACE_S": "10"})
+    await wait_admin_ready(admin)
     yield proc, port, admin
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+    await stop_process(proc)
 
 
 def _prefix(rec: Received) -> bytes:
@@ -164,14 +129,7 @@ async def test_watch_reloads_a_changed_file_and_keeps_the_last_good_one(
     route = "routes:\n  - {name: NAME, match: {path: /echo/*}, mode: legacy}\n"
     cfg = tmp_path / "routes.yaml"
     cfg.write_text(text + route.replace("NAME", "first"))
-    proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).with_name("strangler")),
-        "serve",
-        "--config",
-        str(cfg),
-        "--watch",
-        stdout=asyncio.subprocess.DEVNULL,
-    )
+    proc = await start_serve(cfg, "--watch")
     try:
         async with aiohttp.ClientSession() as s:
 
@@ -194,8 +152,7 @@ async def test_watch_reloads_a_changed_file_and_keeps_the_last_good_one(
             await wait_for(rejected, timeout=10)
             assert await route_is("second")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert await stop_process(proc) == 0
 
 
 async def test_serve_runs_in_process_handlers_on_uvloop(
@@ -216,13 +173,7 @@ async def test_serve_runs_in_process_handlers_on_uvloop(
     text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
     cfg = tmp_path / "routes.yaml"
     cfg.write_text(text)
-    proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).with_name("strangler")),
-        "serve",
-        "--config",
-        str(cfg),
-        stdout=asyncio.subprocess.DEVNULL,
-    )
+    proc = await start_serve(cfg)
     try:
         async with aiohttp.ClientSession() as s:
 
@@ -236,5 +187,4 @@ async def test_serve_runs_in_process_handlers_on_uvloop(
 
             await wait_for(answered, timeout=20)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert await stop_process(proc) == 0
