@@ -866,21 +866,23 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
         self.transport = None
 
+    def _feeding_us(self) -> asyncio.Transport | None:
+        """The upstream transport whose bytes fill our write buffer (response or tunnel)."""
+        ex = self.current
+        up = ex.upstream if ex is not None else self._tunnel
+        return up.transport if up is not None else None
+
     def pause_writing(self) -> None:
         self.write_paused = True
-        ex = self.current
-        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
-            ex.upstream.transport.pause_reading()
-        elif self._tunnel is not None and self._tunnel.transport is not None:
-            self._tunnel.transport.pause_reading()
+        source = self._feeding_us()
+        if source is not None:
+            source.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        ex = self.current
-        if ex is not None and ex.upstream is not None and ex.upstream.transport is not None:
-            ex.upstream.transport.resume_reading()
-        elif self._tunnel is not None and self._tunnel.transport is not None:
-            self._tunnel.transport.resume_reading()
+        source = self._feeding_us()
+        if source is not None:
+            source.resume_reading()
 
     # httptools callbacks
     def on_message_begin(self) -> None:
