@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -64,6 +65,17 @@ def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
     return asyncio.run(_serve_one(settings, watch=watch, worker=False))
 
 
+def _settle_gc() -> None:
+    """Move everything built at start-up out of the collector's sight (gc.freeze).
+
+    Modules, the route table, the metrics registry and the store engine live for the whole
+    process; without this every full collection walks them again, a pause of several ms
+    that lands on whichever requests are in flight.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGTERM this worker when its supervisor dies (even by SIGKILL)."""
     try:
@@ -115,6 +127,7 @@ async def _serve_one(settings: Settings, *, watch: bool, worker: bool) -> int:
 
     proxy = create_proxy(settings, reuse_port=worker, admin=not worker)
     await proxy.start()
+    _settle_gc()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _stop_signals(loop, stop)

@@ -15,6 +15,7 @@ import logging
 import re
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Protocol
@@ -26,7 +27,7 @@ from proxy.holds import Hold, HoldBoard
 from proxy.metrics import Metrics
 from proxy.upstream import UpstreamConnection, UpstreamPool
 from shadow.compare import CompareRules
-from shadow.http_compare import HttpResponse
+from shadow.http_compare import COMPARED_HEADERS, HttpResponse
 from shadow.record import ComparisonRecord, RecordMode
 from shadow.recorder import Recorder
 from shadow.redact import Redactor
@@ -54,6 +55,13 @@ def bucket(key: bytes) -> int:
     return zlib.crc32(key) % 10000
 
 
+def _header_values(
+    headers: Sequence[tuple[bytes, bytes]], names: frozenset[bytes]
+) -> list[tuple[bytes, bytes]]:
+    """The (lower-cased name, stripped value) pairs of `headers` named in `names`, in order."""
+    return [(n.lower(), v.strip()) for n, v in headers if n.lower() in names]
+
+
 class _Holdable(Protocol):
     """The route entry a rollback holds on legacy (proxy.dataplane.RouteEntry)."""
 
@@ -64,7 +72,17 @@ class _Holdable(Protocol):
 class RouteState:
     """Mutable per-route shadow state shared by the plans of one route."""
 
-    __slots__ = ("by_outcome", "dropped", "entry", "in_flight", "mode", "paths", "route", "window")
+    __slots__ = (
+        "by_outcome",
+        "dropped",
+        "entry",
+        "in_flight",
+        "latency",
+        "mode",
+        "paths",
+        "route",
+        "window",
+    )
 
     def __init__(self, route: str, metrics: Metrics) -> None:
         self.route = route
@@ -75,6 +93,7 @@ class RouteState:
         self.by_outcome: dict[str, Counter] = {}
         self.dropped: dict[str, Counter] = {}
         self.paths: dict[str, Counter] = {}
+        self.latency = metrics.candidate_latency.labels(route)
 
 
 class ShadowPlan:
@@ -83,6 +102,7 @@ class ShadowPlan:
     __slots__ = (
         "baseline_pool",
         "breaker",
+        "compared_headers",
         "ignore_headers",
         "max_body",
         "max_concurrency",
@@ -129,6 +149,10 @@ class ShadowPlan:
         self.sample_key = sh.sample_key.encode() if sh.sample_key else None
         self.rules = rules
         self.ignore_headers = tuple(route.compare.ignore_headers)
+        ignored = {h.lower() for h in self.ignore_headers}
+        self.compared_headers = frozenset(
+            h.encode("latin-1") for h in COMPARED_HEADERS if h not in ignored
+        )
         self.path_template = route.match.path
         self.breaker = breaker
 
@@ -278,7 +302,6 @@ class ShadowCall:
     """One sampled request: tees the served response and runs the background legs."""
 
     __slots__ = (
-        "_timer",
         "baseline",
         "finished",
         "head",
@@ -326,7 +349,6 @@ class ShadowCall:
         self.finished = False
         self.sent = False
         self.started_at = perf_counter()
-        self._timer: asyncio.TimerHandle | None = None
 
     # fed by the data plane (request direction)
     def request_body(self, data: bytes) -> None:
@@ -344,13 +366,16 @@ class ShadowCall:
         self.sent = True
         body = b"".join(self.req_body)
         self.req_body = []
-        head = _STRIP_FRAMING.sub(b"", self.head)
+        head = self.head
+        lowered = head.lower()
+        if b"\ncontent-length:" in lowered or b"\ntransfer-encoding:" in lowered:
+            head = _STRIP_FRAMING.sub(b"", head)
         extra = b"content-length: %d\r\nx-strangler-shadow: 1\r\n" % len(body)
         if self.method not in SAFE_METHODS:
             extra += b"x-strangler-dry-run: 1\r\n"
         request = head[:-2] + extra + b"\r\n" + body
         head_only = self.method == "HEAD"
-        self._timer = self.hub.loop.call_later(self.plan.timeout, self._on_timeout)
+        self.hub.watch(self)
         if self.plan.baseline_pool is not None:
             self.baseline = _Leg(self, self.plan.baseline_pool)
             self.baseline.start(request, head_only)
@@ -389,8 +414,8 @@ class ShadowCall:
     def leg_done(self) -> None:
         self._maybe_complete()
 
-    def _on_timeout(self) -> None:
-        self._timer = None
+    def on_timeout(self) -> None:
+        """The plan's timeout passed (the hub's sweep calls this): abort the legs."""
         if self.finished:
             return
         if not self.leg.done:
@@ -410,6 +435,7 @@ class ShadowCall:
             _log.exception("shadow: comparison failed for %s", self.plan.route)
             self.hub.recorder.note_dropped(self.plan.route, "compare_error")
             self.hub.count_drop(self.plan.state, "compare_error")
+        self._release_bodies()
 
     def drop(self, reason: str) -> None:
         """Abandon this call and count it."""
@@ -421,12 +447,18 @@ class ShadowCall:
             self.baseline.abort(reason)
         self.hub.recorder.note_dropped(self.plan.route, reason)
         self.hub.count_drop(self.plan.state, reason)
+        self._release_bodies()
+
+    def _release_bodies(self) -> None:
+        # The hub's timeout queue may hold this call a little longer: keep it small.
+        self.served_body = []
+        self.req_body = []
+        self.leg.body = []
+        if self.baseline is not None:
+            self.baseline.body = []
 
     def _close(self) -> None:
         self.finished = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self.plan.state.in_flight -= 1
         self.hub.in_flight -= 1
 
@@ -465,6 +497,9 @@ class ShadowHub:
         self._lag_timer: asyncio.TimerHandle | None = None
         self._lag_expected = 0.0
         self._sync_timer: asyncio.TimerHandle | None = None
+        # Calls waiting for their legs, one FIFO per timeout value (so deadlines ascend),
+        # swept by the lag tick: no timer handle per shadowed request.
+        self._deadlines: dict[float, deque[tuple[float, ShadowCall]]] = {}
         self._synced: dict[str, tuple[int, int, int, dict[str, int]]] = {}
 
     # lifecycle
@@ -501,8 +536,28 @@ class ShadowHub:
         else:
             self.admit = min(1.0, self.admit + 0.05)
         self.shedding = self.lag > _LAG_SHED_S
+        self.expire(now)
         self._lag_expected = now + _LAG_INTERVAL
         self._lag_timer = self.loop.call_later(_LAG_INTERVAL, self._lag_tick)
+
+    def watch(self, call: ShadowCall) -> None:
+        """Time `call` out after its plan's timeout unless it finishes first."""
+        timeout = call.plan.timeout
+        queue = self._deadlines.get(timeout)
+        if queue is None:
+            queue = self._deadlines[timeout] = deque()
+        queue.append((self.loop.time() + timeout, call))
+
+    def expire(self, now: float) -> None:
+        """Time out the calls whose deadline has passed; forget the finished ones."""
+        for queue in self._deadlines.values():
+            while queue:
+                deadline, call = queue[0]
+                if not call.finished and deadline > now:
+                    break
+                queue.popleft()
+                if not call.finished:
+                    call.on_timeout()
 
     def _sync_tick(self) -> None:
         self.sync_counters()
@@ -616,13 +671,15 @@ class ShadowHub:
             call.hub.recorder.note_dropped(plan.route, "body_too_large")
             self.count_drop(plan.state, "body_too_large")
             return
+        leg = call.leg
+        if leg.error is None and leg.status == call.served_status and self._complete_equal(call):
+            return
         served = HttpResponse(
             call.served_status,
             [(n.decode("latin-1"), v.decode("latin-1")) for n, v in call.served_headers],
             b"".join(call.served_body),
         )
-        leg = call.leg
-        self.metrics.candidate_latency.labels(plan.route).observe(leg.ms / 1000.0)
+        plan.state.latency.observe(leg.ms / 1000.0)
         other = leg.response() if leg.error is None else None
         legacy: HttpResponse
         candidate: HttpResponse | None
@@ -666,6 +723,53 @@ class ShadowHub:
         )
         self._count(plan.state, verdict.outcome)
         self.observe(plan.state, verdict.outcome, legacy_ms, cand_ms)
+
+    def _complete_equal(self, call: ShadowCall) -> bool:
+        """The fast path: same status, same compared header bytes and same body bytes.
+
+        Such a pair is a match under any rules (equal bytes decode and compare equal), so it
+        is recorded without decoding headers or building responses. Anything else returns
+        False and takes the full comparison.
+        """
+        leg = call.leg
+        served = call.served_body
+        body = leg.body
+        if len(served) == 1 and len(body) == 1:
+            if served[0] != body[0]:
+                return False
+        elif b"".join(served) != b"".join(body):
+            return False
+        plan = call.plan
+        names = plan.compared_headers
+        if _header_values(call.served_headers, names) != _header_values(leg.headers, names):
+            return False
+        plan.state.latency.observe(leg.ms / 1000.0)
+        if plan.swapped:
+            legacy_ms, cand_ms = leg.ms, call.served_ms
+        else:
+            legacy_ms, cand_ms = call.served_ms, leg.ms
+            if plan.breaker is not None:
+                plan.breaker.success()
+        status = call.served_status
+        self.recorder.record(
+            ComparisonRecord(
+                route=plan.route,
+                outcome="match",
+                method=call.method,
+                path=plan.path_template,
+                request_path=self.redactor.redact_text(call.path),
+                status_primary=status,
+                status_candidate=status,
+                latency_primary_ms=round(legacy_ms, 3),
+                latency_candidate_ms=round(cand_ms, 3),
+                request_id=call.request_id,
+                mode=plan.record_mode,
+                config_version=self.config_version(),
+            )
+        )
+        self._count(plan.state, "match")
+        self.observe(plan.state, "match", legacy_ms, cand_ms)
+        return True
 
     def _count_paths(self, plan: ShadowPlan, verdict: Verdict) -> None:
         """Differing and noise paths as metrics (top paths per route, the rest as _other)."""

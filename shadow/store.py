@@ -149,6 +149,13 @@ route_changes = Table(
 
 SCHEMA_VERSION = max(m.version for m in migrations())
 _CHUNK_ROWS = 100
+_ROW_COLUMNS = tuple(c.name for c in comparisons.columns if c.name != "id")
+# The hot insert of SQLite rows skips SQLAlchemy's per-row bind processing: the values are
+# converted once here (time as the text the DateTime type stores) and handed to the driver.
+_SQLITE_INSERT = (
+    f"INSERT INTO comparisons ({', '.join(_ROW_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in _ROW_COLUMNS)})"
+)
 _RESERVE_IDS = text(
     "SELECT nextval(pg_get_serial_sequence('comparisons', 'id')) FROM generate_series(1, :n)"
 )
@@ -186,27 +193,47 @@ def _bytes(value: bytes | str | None) -> bytes | None:
 
 
 def _row(rec: ComparisonRecord) -> dict[str, Any]:
-    return {
-        "time": rec.time,
-        "route": rec.route,
-        "method": rec.method,
-        "path": rec.path,
-        "request_path": rec.request_path,
-        "status_primary": rec.status_primary,
-        "status_candidate": rec.status_candidate,
-        "latency_primary_ms": rec.latency_primary_ms,
-        "latency_candidate_ms": rec.latency_candidate_ms,
-        "outcome": rec.outcome,
-        "diff_count": len(rec.diff_paths),
-        "noise_count": len(rec.noise),
-        "diff_paths": orjson.dumps(list(rec.diff_paths)).decode(),
-        "primary_body": _bytes(rec.primary_body),
-        "candidate_body": _bytes(rec.candidate_body),
-        "request_id": rec.request_id,
-        "mode": rec.mode,
-        "config_version": rec.config_version,
-        "detail": rec.detail,
-    }
+    return dict(zip(_ROW_COLUMNS, _row_values(rec), strict=True))
+
+
+def _row_values(rec: ComparisonRecord) -> tuple[Any, ...]:
+    """The `comparisons` columns of `rec` (but `id`), in table order."""
+    diff_paths = rec.diff_paths
+    return (
+        rec.time,
+        rec.route,
+        rec.method,
+        rec.path,
+        rec.request_path,
+        rec.status_primary,
+        rec.status_candidate,
+        rec.latency_primary_ms,
+        rec.latency_candidate_ms,
+        rec.outcome,
+        len(diff_paths),
+        len(rec.noise),
+        orjson.dumps(list(diff_paths)).decode() if diff_paths else "[]",
+        _bytes(rec.primary_body),
+        _bytes(rec.candidate_body),
+        rec.request_id,
+        rec.mode,
+        rec.config_version,
+        rec.detail,
+    )
+
+
+def _sqlite_time(value: datetime) -> str:
+    """`value` as the naive-UTC text SQLAlchemy's SQLite DateTime stores and reads back."""
+    if value.tzinfo is UTC:
+        value = value.replace(tzinfo=None)
+    elif value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
+
+
+def _sqlite_row(rec: ComparisonRecord) -> tuple[Any, ...]:
+    values = _row_values(rec)
+    return (_sqlite_time(values[0]), *values[1:])
 
 
 def _path_rows(cid: int, rec: ComparisonRecord) -> list[dict[str, Any]]:
@@ -332,14 +359,18 @@ class Store:
             return 0
         try:
             async with self._engine.begin() as conn:
-                rows = [_row(r) for r in records]
                 if self.dialect == "sqlite":
                     # One executemany (RETURNING would cost a statement per row). The write
                     # lock is ours until commit, so the new rowids are the last len(rows).
-                    await _insert_chunked(conn, comparisons, rows)
+                    values = [_sqlite_row(r) for r in records]
+                    for start in range(0, len(values), _CHUNK_ROWS):
+                        await conn.exec_driver_sql(
+                            _SQLITE_INSERT, values[start : start + _CHUNK_ROWS]
+                        )
                     last = int(await conn.scalar(select(func.max(comparisons.c.id))) or 0)
-                    ids = list(range(last - len(rows) + 1, last + 1))
+                    ids = list(range(last - len(values) + 1, last + 1))
                 else:
+                    rows = [_row(r) for r in records]
                     # Reserve ids from the sequence in one round trip, then COPY: far cheaper
                     # (on the shared event loop too) than INSERT ... RETURNING.
                     ids = list((await conn.execute(_RESERVE_IDS, {"n": len(rows)})).scalars().all())

@@ -1,0 +1,147 @@
+"""The byte-equal fast path of `ShadowHub.complete` records what the full comparison would."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+
+import pytest
+
+from proxy.metrics import Metrics
+from proxy.settings import loads
+from proxy.shadowing import ShadowCall, ShadowHub, ShadowPlan
+from proxy.upstream import UpstreamPool
+from shadow.compare import CompareRules
+from shadow.record import ComparisonRecord
+from shadow.recorder import Recorder
+from shadow.redact import Redactor
+
+_CONFIG = """
+listen: 127.0.0.1:1
+backends:
+  legacy: {url: "http://127.0.0.1:2"}
+  orders: {url: "http://127.0.0.1:3"}
+default_backend: legacy
+routes:
+  - name: show
+    match: {path: "/orders/{id}"}
+    mode: shadow
+    candidate: orders
+"""
+
+Headers = list[tuple[bytes, bytes]]
+JSON: Headers = [(b"Content-Type", b"application/json"), (b"Date", b"Thu, 26 Nov 2026")]
+
+
+class _NoStore:
+    async def insert_batch(self, records: object) -> int:
+        return 0
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def _hub(loop: asyncio.AbstractEventLoop, *, fast: bool) -> tuple[ShadowHub, ShadowPlan]:
+    hub = ShadowHub(
+        Recorder(_NoStore()), Redactor(key=b"k"), Metrics(), loop, config_version=lambda: "v1"
+    )
+    if not fast:  # the full comparison only
+        hub._complete_equal = lambda call: False  # type: ignore[method-assign]
+    route = loads(_CONFIG).routes[0]
+    pool = UpstreamPool(
+        "orders",
+        "127.0.0.1",
+        3,
+        connect_timeout=1.0,
+        timeout=1.0,
+        max_connections=1,
+        idle_timeout=1.0,
+        loop=loop,
+    )
+    plan = ShadowPlan(
+        route,
+        hub.route_state(route.name),
+        target_pool=pool,
+        baseline_pool=None,
+        swapped=False,
+        record_mode="shadow",
+        percent=100.0,
+        rules=CompareRules(),
+        breaker=None,
+    )
+    return hub, plan
+
+
+def _complete(
+    hub: ShadowHub,
+    plan: ShadowPlan,
+    served: tuple[int, Headers, Sequence[bytes]],
+    candidate: tuple[int, Headers, Sequence[bytes]],
+) -> ComparisonRecord:
+    call = ShadowCall(hub, plan, "GET", "/orders/7?mail=ann@example.com", "rid-1", b"")
+    call.served_status, call.served_headers, body = served
+    call.served_body = list(body)
+    call.served_done = True
+    leg = call.leg
+    leg.status, leg.headers, cbody = candidate
+    leg.body = list(cbody)
+    leg.done = True
+    hub.complete(call)
+    records = list(hub.recorder._buf)
+    assert len(records) == 1
+    return records[0]
+
+
+CASES = {
+    "equal in one chunk": ((200, JSON, [b'{"a":1}']), (200, JSON, [b'{"a":1}'])),
+    "equal in other chunks": ((200, JSON, [b'{"a"', b":1}"]), (200, JSON, [b'{"a":1', b"}"])),
+    "ignored header differs": (
+        (200, JSON, [b"{}"]),
+        (200, [(b"content-type", b"application/json"), (b"Date", b"Fri")], [b"{}"]),
+    ),
+    "content-type case differs": (
+        (200, JSON, [b"{}"]),
+        (200, [(b"Content-Type", b"Application/JSON")], [b"{}"]),
+    ),
+    "body differs": ((200, JSON, [b'{"a":1}']), (200, JSON, [b'{"a":2}'])),
+    "same JSON, other bytes": ((200, JSON, [b'{"a": 1}']), (200, JSON, [b'{"a":1}'])),
+    "status differs": ((200, JSON, [b"{}"]), (404, JSON, [b"{}"])),
+    "location differs": (
+        (302, [(b"Location", b"/a")], [b""]),
+        (302, [(b"Location", b"/b")], [b""]),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fast_path_records_what_the_full_comparison_records(
+    loop: asyncio.AbstractEventLoop, case: str
+) -> None:
+    served, candidate = CASES[case]
+    hub, plan = _hub(loop, fast=True)
+    taken: list[bool] = []
+    equal = hub._complete_equal
+
+    def spy(call: ShadowCall) -> bool:
+        taken.append(equal(call))
+        return taken[-1]
+
+    hub._complete_equal = spy  # type: ignore[method-assign]
+    fast = _complete(hub, plan, served, candidate)
+    full = _complete(*_hub(loop, fast=False), served, candidate)
+    assert replace(fast, time=full.time) == full
+    assert "ann@example.com" not in fast.request_path
+    byte_equal = case in ("equal in one chunk", "equal in other chunks", "ignored header differs")
+    assert taken == ([True] if byte_equal else [False] if case != "status differs" else [])
+    assert fast.outcome == (
+        "mismatch"
+        if "differs" in case
+        and case != "ignored header differs"
+        and case != "content-type case differs"
+        else "match"
+    )
