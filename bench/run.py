@@ -7,7 +7,7 @@ slow spells of a few seconds that would otherwise land on one target only.
 
 Environment: BENCH_ROUNDS, BENCH_SLICE (seconds per slice), STRANGLER_BENCH_PG_URL,
 STRANGLER_BENCH_REPORT_ROWS. Flags: --quick, --profile [TARGET], --targets, --sections,
---no-sections, --no-pin.
+--no-sections, --no-pin, --no-halt-poll.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ class Settings:
     targets: tuple[str, ...]
     output: Path
     only_sections: tuple[str, ...] = ()  # empty: every section
+    halt_poll: bool = True
 
 
 def settings_from(argv: Sequence[str] | None, environ: dict[str, str]) -> Settings:
@@ -84,6 +85,11 @@ def settings_from(argv: Sequence[str] | None, environ: dict[str, str]) -> Settin
         help="py-spy TARGET (default strangler-1w) at 64 connections -> bench/profile.txt",
     )
     parser.add_argument("--no-pin", action="store_true", help="no CPU pinning (for comparison)")
+    parser.add_argument(
+        "--no-halt-poll",
+        action="store_true",
+        help="leave the guest halt-poll window as the machine has it (see README)",
+    )
     parser.add_argument("--targets", default="", help="comma-separated subset of target names")
     parser.add_argument("--no-sections", action="store_true", help="only the proxy table")
     parser.add_argument(
@@ -115,6 +121,7 @@ def settings_from(argv: Sequence[str] | None, environ: dict[str, str]) -> Settin
         targets=chosen,
         output=Path(args.output),
         only_sections=only,
+        halt_poll=not args.no_halt_poll,
     )
 
 
@@ -197,6 +204,42 @@ def _machine() -> Row:
         "loadavg": os.getloadavg(),
         "git_commit": commit,
     }
+
+
+HALT_POLL_PARAM = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+HALT_POLL_NS = 200_000  # the kernel's own default for the haltpoll cpuidle governor
+
+
+@contextlib.contextmanager
+def guest_halt_poll(wanted: bool, param: Path = HALT_POLL_PARAM) -> Iterator[str]:
+    """The KVM guest halt-poll window at the kernel default for the run, restored afterwards.
+
+    On a KVM guest with the haltpoll cpuidle driver, an idle vCPU polls up to this long
+    before it halts; at 0 (as some images ship) every wake-up of an idle vCPU is a VM exit
+    costing tens of microseconds, which lands on every proxied request at one connection
+    (each crosses CPUs four times) and on no direct one. Yields what applies, for the report.
+    """
+    try:
+        before = int(param.read_text().strip())
+    except (OSError, ValueError):
+        yield "guest halt polling: not applicable (no haltpoll cpuidle driver)"
+        return
+    if not wanted or before >= HALT_POLL_NS:
+        yield f"guest halt polling: {before // 1000} us (as the machine has it)"
+        return
+    try:
+        param.write_text(str(HALT_POLL_NS))
+    except OSError as exc:
+        yield f"guest halt polling: {before // 1000} us (cannot raise it: {exc.strerror})"
+        return
+    try:
+        yield (
+            f"guest halt polling: {HALT_POLL_NS // 1000} us for this run (kernel default;"
+            f" the machine's {before} us restored afterwards; --no-halt-poll keeps it)"
+        )
+    finally:
+        with contextlib.suppress(OSError):
+            param.write_text(str(before))
 
 
 @contextlib.contextmanager
@@ -290,7 +333,7 @@ def _rows(
 
 
 def _print_report(
-    settings: Settings, rows: list[Row], sections: dict[str, Row], env: BenchEnv
+    settings: Settings, rows: list[Row], sections: dict[str, Row], env: BenchEnv, idle: str
 ) -> list[Row]:
     """Print the proxy table, each section and the goal verdicts; return the goals as rows."""
     pinning = (
@@ -300,7 +343,7 @@ def _print_report(
     )
     print(
         f"\nproxy overhead: medians of {settings.rounds} rounds x {settings.slice_s}s slices;"
-        f" {pinning}; 1 KB JSON from nginx `return 200`"
+        f" {pinning}; 1 KB JSON from nginx `return 200`; {idle}"
     )
     print(format_table(rows, PROXY_COLUMNS))
     print(
@@ -336,6 +379,9 @@ def _bench(settings: Settings) -> int:
         os.sched_setaffinity(0, {load_cpu})
     machine = _machine()
     with contextlib.ExitStack() as stack:
+        idle = stack.enter_context(guest_halt_poll(settings.halt_poll))
+        machine["idle"] = idle
+        _log(idle)
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="strangler-bench-")))
         processes = stack.enter_context(ProcessSet())
         up_port = free_port()
@@ -368,7 +414,7 @@ def _bench(settings: Settings) -> int:
             if settings.sections
             else {}
         )
-        goals = _print_report(settings, rows, sections, env)
+        goals = _print_report(settings, rows, sections, env, idle)
         if profile_note:
             print(f"\n{profile_note}")
     machine["loadavg_after"] = os.getloadavg()
