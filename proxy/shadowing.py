@@ -44,10 +44,11 @@ _log = logging.getLogger("strangler.shadow")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _STRIP_FRAMING = re.compile(rb"(?im)^(?:content-length|transfer-encoding):[^\r\n]*\r\n")
 _TOP_PATHS = 20
-_LAG_INTERVAL = 0.05
+_LAG_INTERVAL = 0.02
 _LAG_SHED_S = 0.020
 _GLOBAL_BUDGET = 1024
-_MIN_ADMIT = 0.02
+_MIN_ADMIT = 0.01
+_ADMIT_GAIN = 1.0  # admit share added per tick per unit of CPU headroom under the budget
 
 
 def bucket(key: bytes) -> int:
@@ -73,6 +74,7 @@ class RouteState:
     """Mutable per-route shadow state shared by the plans of one route."""
 
     __slots__ = (
+        "_metrics",
         "by_outcome",
         "dropped",
         "entry",
@@ -80,6 +82,7 @@ class RouteState:
         "latency",
         "mode",
         "paths",
+        "pending_drops",
         "route",
         "window",
     )
@@ -94,6 +97,17 @@ class RouteState:
         self.dropped: dict[str, Counter] = {}
         self.paths: dict[str, Counter] = {}
         self.latency = metrics.candidate_latency.labels(route)
+        self.pending_drops: dict[str, int] = {}  # counted, not yet in the Prometheus counters
+        self._metrics = metrics
+
+    def flush_drops(self) -> None:
+        """Add the drops counted since the last flush to the Prometheus counters."""
+        pending, self.pending_drops = self.pending_drops, {}
+        for reason, n in pending.items():
+            c = self.dropped.get(reason)
+            if c is None:
+                c = self.dropped[reason] = self._metrics.shadow_dropped.labels(self.route, reason)
+            c.inc(n)
 
 
 class ShadowPlan:
@@ -519,9 +533,9 @@ class ShadowHub:
         self.sync_counters()
 
     def _lag_tick(self) -> None:
-        # Primary first: shadow copies share the CPU with user traffic. When this process
-        # nears its CPU budget (or the loop lags), admit fewer copies (multiplicative
-        # decrease), and more again once there is room (additive increase).
+        # Primary first: shadow copies share the CPU with user traffic. Every 20 ms: when
+        # this process is over its CPU budget (or the loop lags), admit half as many copies;
+        # under it, admit more in proportion to the headroom left.
         now = self.loop.time()
         lag = max(0.0, now - self._lag_expected)
         self.lag = 0.7 * self.lag + 0.3 * lag
@@ -530,11 +544,17 @@ class ShadowHub:
         if now > wall0:
             self.cpu = 0.5 * self.cpu + 0.5 * (cpu_now - cpu0) / (now - wall0)
         self._cpu_mark = (now, cpu_now)
-        over = self.lag > _LAG_SHED_S or (self.cpu_budget < 1.0 and self.cpu > self.cpu_budget)
-        if over:
-            self.admit = max(_MIN_ADMIT, self.admit * 0.7)
+        budget = self.cpu_budget
+        over = self.lag > _LAG_SHED_S or (budget < 1.0 and self.cpu > budget)
+        if over:  # halve at once: a burst must not find every copy admitted for long
+            self.admit = max(_MIN_ADMIT, self.admit * 0.5)
+        elif budget < 1.0:  # grow in step with the headroom left: fast when idle, fine near it
+            self.admit = min(1.0, self.admit + _ADMIT_GAIN * (budget - self.cpu))
         else:
             self.admit = min(1.0, self.admit + 0.05)
+        for state in self._states.values():
+            if state.pending_drops:
+                state.flush_drops()
         self.shedding = self.lag > _LAG_SHED_S
         self.expire(now)
         self._lag_expected = now + _LAG_INTERVAL
@@ -565,6 +585,9 @@ class ShadowHub:
 
     def sync_counters(self) -> None:
         """Publish the recorder's counters as Prometheus counters (works across workers)."""
+        for state in self._states.values():
+            if state.pending_drops:
+                state.flush_drops()
         m = self.metrics
         for route, c in self.recorder.counters().items():
             prev = self._synced.get(route, (0, 0, 0, {}))
@@ -644,9 +667,9 @@ class ShadowHub:
         elif self.shedding or self.in_flight >= _GLOBAL_BUDGET or not self._admitted():
             reason = "shed"
         if reason is not None:
-            self.recorder.note_started(plan.route)
-            self.recorder.note_dropped(plan.route, reason)
-            self.count_drop(state, reason)
+            self.recorder.note_shed(plan.route, reason)
+            pending = state.pending_drops
+            pending[reason] = pending.get(reason, 0) + 1
             return None
         self.recorder.note_started(plan.route)
         state.in_flight += 1
@@ -836,8 +859,6 @@ class ShadowHub:
         c.inc()
 
     def count_drop(self, state: RouteState, reason: str) -> None:
-        """Count a dropped shadow copy in the metrics."""
-        c = state.dropped.get(reason)
-        if c is None:
-            c = state.dropped[reason] = self.metrics.shadow_dropped.labels(state.route, reason)
-        c.inc()
+        """Count a dropped shadow copy in the metrics (published by the next tick, or stop)."""
+        pending = state.pending_drops
+        pending[reason] = pending.get(reason, 0) + 1
