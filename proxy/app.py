@@ -126,6 +126,7 @@ class Proxy:
             backlog=1024,
         )
         self.address = _sockname(self._server.sockets[0])
+        self.plane.pools = lambda: [be.pool for be in self._backends.values()]
         self.plane.start_sweeper()
 
     async def _start_recording(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import os
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, cast
@@ -256,6 +256,8 @@ class DataPlane:
         self._next_flush = 0.0
         metrics.in_flight_source = lambda: self.in_flight
         self.exchange_hook: Callable[[_Exchange], None] | None = None
+        # The upstream pools whose idle connections the sweep expires (set by the app).
+        self.pools: Callable[[], Iterable[UpstreamPool]] = tuple
 
     def protocol_factory(self) -> ClientConnection:
         """Make the protocol for one accepted connection."""
@@ -285,6 +287,8 @@ class DataPlane:
             self._next_flush = now + _FLUSH_INTERVAL
             if self.hub is not None:
                 self.hub.poll_holds(self.state.entries)
+        for pool in self.pools():
+            pool.expire_idle(now)
         for conn in list(self.connections):
             if conn.deadline and now >= conn.deadline:
                 conn.deadline_expired()

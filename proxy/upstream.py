@@ -47,12 +47,12 @@ class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to a backend; serves one exchange at a time."""
 
     __slots__ = (
-        "_idle_timer",
         "_tunnel",
         "exchange",
         "got_bytes",
         "head_only",
         "headers",
+        "idle_since",
         "keep_alive",
         "parser",
         "pool",
@@ -72,7 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason = b""
         self.keep_alive = True
         self.reused = False
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # loop time it went back to the pool (the sweep expires it)
         self._tunnel: asyncio.Transport | None = None
 
     # asyncio callbacks
@@ -120,9 +120,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.keep_alive = False
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
         if self._tunnel is not None:
             self._tunnel.close()
             self._tunnel = None
@@ -185,10 +182,6 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    def idle_expired(self) -> None:
-        self._idle_timer = None
-        self.pool.discard(self)
-
 
 class UpstreamPool:
     """Keep-alive connections to one backend, at most `max_connections` at once."""
@@ -239,9 +232,6 @@ class UpstreamPool:
             idle = self._idle
             while idle:
                 conn = idle.pop()
-                if conn._idle_timer is not None:
-                    conn._idle_timer.cancel()
-                    conn._idle_timer = None
                 if conn.transport is None or conn.transport.is_closing():
                     continue
                 conn.reused = True
@@ -302,8 +292,19 @@ class UpstreamPool:
             conn.got_bytes = False
             ex.attach(conn)
             return
-        conn._idle_timer = self._loop.call_later(self.idle_timeout, conn.idle_expired)
+        conn.idle_since = self._loop.time()
         self._idle.append(conn)
+
+    def expire_idle(self, now: float) -> None:
+        """Close connections idle for `idle_timeout` (the data plane's sweep calls this).
+
+        The idle list is a stack (the most recently used is reused first), so the ones that
+        have waited longest are at its bottom.
+        """
+        idle = self._idle
+        limit = now - self.idle_timeout
+        while idle and idle[0].idle_since <= limit:
+            self.discard(idle.pop(0))
 
     def discard(self, conn: UpstreamConnection) -> None:
         """Close a connection that must not be reused."""
