@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from shadow.migrations import migrations
 from shadow.record import ComparisonRecord, RouteChange
+from shadow.sqlite_writer import SqliteWriter, SqliteWriterError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -156,6 +157,11 @@ _SQLITE_INSERT = (
     f"INSERT INTO comparisons ({', '.join(_ROW_COLUMNS)})"
     f" VALUES ({', '.join('?' for _ in _ROW_COLUMNS)})"
 )
+_PATH_COLUMNS = ("comparison_id", "kind", "pattern", "route", "time", "example")
+_SQLITE_PATHS_INSERT = (
+    f"INSERT INTO comparison_paths ({', '.join(_PATH_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in _PATH_COLUMNS)})"
+)
 _RESERVE_IDS = text(
     "SELECT nextval(pg_get_serial_sequence('comparisons', 'id')) FROM generate_series(1, :n)"
 )
@@ -236,6 +242,13 @@ def _sqlite_row(rec: ComparisonRecord) -> tuple[Any, ...]:
     return (_sqlite_time(values[0]), *values[1:])
 
 
+def _sqlite_path_rows(cid: int, rec: ComparisonRecord) -> list[tuple[Any, ...]]:
+    return [
+        tuple(_sqlite_time(v) if k == "time" else v for k, v in row.items())
+        for row in _path_rows(cid, rec)
+    ]
+
+
 def _path_rows(cid: int, rec: ComparisonRecord) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for kind, patterns in (("diff", rec.diff_paths), ("noise", rec.noise)):
@@ -303,8 +316,12 @@ class Store:
         except (exc.ArgumentError, exc.NoSuchModuleError, exc.InvalidRequestError) as e:
             raise StoreError(f"bad store URL {mask_url(url)!r}: {e}", transient=False) from None
         self._url = parsed
+        self._writer: SqliteWriter | None = None
         if backend == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+            db = parsed.database or ""
+            if db and db != ":memory:" and not db.startswith("file:"):
+                self._writer = SqliteWriter(db)
 
     @classmethod
     async def open(cls, url: str, **kwargs: Any) -> Store:
@@ -357,6 +374,23 @@ class Store:
         """Write `records` (and their path rows) in one transaction; return how many."""
         if not records:
             return 0
+        if self._writer is not None:
+            try:
+                await self._writer.write(
+                    _SQLITE_INSERT,
+                    records,
+                    _sqlite_row,
+                    _SQLITE_PATHS_INSERT,
+                    lambda first: [
+                        p for i, r in enumerate(records) for p in _sqlite_path_rows(first + i, r)
+                    ],
+                )
+            except SqliteWriterError as e:
+                raise StoreError(
+                    f"cannot write {len(records)} comparisons at {self.url}: {e}",
+                    transient=e.transient,
+                ) from e
+            return len(records)
         try:
             async with self._engine.begin() as conn:
                 if self.dialect == "sqlite":
@@ -470,6 +504,8 @@ class Store:
 
     async def close(self) -> None:
         """Dispose of the engine and its pooled connections."""
+        if self._writer is not None:
+            await self._writer.close()
         await self._engine.dispose()
 
     async def __aenter__(self) -> Store:

@@ -1,0 +1,99 @@
+"""The embedded store's writer: chunks that yield to the loop, no waiting on a lock, clean
+rollback when cancelled."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from shadow.record import ComparisonRecord
+from shadow.store import Store, StoreError
+
+
+def _records(n: int, outcome: str = "match") -> list[ComparisonRecord]:
+    return [
+        ComparisonRecord(
+            route="r",
+            outcome=outcome,  # type: ignore[arg-type]
+            request_id=f"id-{i}",
+            diff_paths=("$.a",) if outcome == "mismatch" else (),
+        )
+        for i in range(n)
+    ]
+
+
+def _count(path: Path, table: str = "comparisons") -> int:
+    with sqlite3.connect(path) as db:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+async def test_a_batch_is_written_in_chunks_that_let_the_loop_run(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    async with Store(f"sqlite+aiosqlite:///{db}") as store:
+        assert store._writer is not None
+        store._writer.chunk_rows = 10
+        ran_between: list[int] = []
+        write = asyncio.ensure_future(store.insert_batch(_records(100, "mismatch")))
+        while not write.done():  # each turn of the loop sees how far the batch got
+            ran_between.append(_count(db))
+            await asyncio.sleep(0)
+        assert write.result() == 100
+        # Other callbacks ran while the batch was being written, and it committed once.
+        assert len(ran_between) >= 10
+        assert set(ran_between) == {0}
+        assert _count(db) == 100
+        assert _count(db, "comparison_paths") == 100
+
+
+async def test_a_locked_database_is_waited_for_without_blocking_the_loop(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    async with Store(f"sqlite+aiosqlite:///{db}") as store:
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another worker holds the write lock
+        write = asyncio.ensure_future(store.insert_batch(_records(5)))
+        turns = 0
+        while turns < 50:  # the loop keeps turning while the write waits
+            await asyncio.sleep(0.001)
+            turns += 1
+        assert not write.done()
+        other.execute("COMMIT")
+        other.close()
+        assert await asyncio.wait_for(write, 5) == 5
+        assert _count(db) == 5
+
+
+async def test_a_lock_held_too_long_is_a_transient_error(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    async with Store(f"sqlite+aiosqlite:///{db}") as store:
+        assert store._writer is not None
+        store._writer.busy_wait_s = 0.05
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreError) as caught:
+                await store.insert_batch(_records(3))
+            assert caught.value.transient
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert await store.insert_batch(_records(3)) == 3  # the writer is usable again
+
+
+async def test_a_cancelled_batch_leaves_nothing_behind(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    async with Store(f"sqlite+aiosqlite:///{db}") as store:
+        assert store._writer is not None
+        store._writer.chunk_rows = 5
+        write = asyncio.ensure_future(store.insert_batch(_records(100)))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a few chunks in, the transaction still open
+        assert not write.done()
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+        assert _count(db) == 0
+        assert await store.insert_batch(_records(7)) == 7
+        assert _count(db) == 7
