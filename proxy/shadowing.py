@@ -44,11 +44,11 @@ _log = logging.getLogger("strangler.shadow")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _STRIP_FRAMING = re.compile(rb"(?im)^(?:content-length|transfer-encoding):[^\r\n]*\r\n")
 _TOP_PATHS = 20
-_LAG_INTERVAL = 0.02
+_LAG_INTERVAL = 0.01
 _LAG_SHED_S = 0.020
 _GLOBAL_BUDGET = 1024
 _MIN_ADMIT = 0.01
-_ADMIT_GAIN = 1.0  # admit share added per tick per unit of CPU headroom under the budget
+_ADMIT_GAIN = 0.5  # admit share added per tick per unit of CPU headroom under the budget
 
 
 def bucket(key: bytes) -> int:
@@ -83,6 +83,7 @@ class RouteState:
         "mode",
         "paths",
         "pending_drops",
+        "pending_shed",
         "route",
         "window",
     )
@@ -98,11 +99,17 @@ class RouteState:
         self.paths: dict[str, Counter] = {}
         self.latency = metrics.candidate_latency.labels(route)
         self.pending_drops: dict[str, int] = {}  # counted, not yet in the Prometheus counters
+        self.pending_shed: dict[str, int] = {}  # copies never started, not yet counted at all
         self._metrics = metrics
 
-    def flush_drops(self) -> None:
-        """Add the drops counted since the last flush to the Prometheus counters."""
+    def flush_drops(self, recorder: Recorder) -> None:
+        """Count the drops since the last flush: shed ones with the recorder (started and
+        dropped together, so its balance holds), all of them in the Prometheus counters."""
         pending, self.pending_drops = self.pending_drops, {}
+        shed, self.pending_shed = self.pending_shed, {}
+        for reason, n in shed.items():
+            recorder.note_shed(self.route, reason, n)
+            pending[reason] = pending.get(reason, 0) + n
         for reason, n in pending.items():
             c = self.dropped.get(reason)
             if c is None:
@@ -533,9 +540,10 @@ class ShadowHub:
         self.sync_counters()
 
     def _lag_tick(self) -> None:
-        # Primary first: shadow copies share the CPU with user traffic. Every 20 ms: when
-        # this process is over its CPU budget (or the loop lags), admit half as many copies;
-        # under it, admit more in proportion to the headroom left.
+        # Primary first: shadow copies share the CPU with user traffic. Every 10 ms: when
+        # this process is over its CPU budget (or the loop lags), admit half as many copies
+        # (a quarter when the core is saturated); under it, admit more in proportion to the
+        # headroom left.
         now = self.loop.time()
         lag = max(0.0, now - self._lag_expected)
         self.lag = 0.7 * self.lag + 0.3 * lag
@@ -544,21 +552,25 @@ class ShadowHub:
         if now > wall0:
             self.cpu = 0.5 * self.cpu + 0.5 * (cpu_now - cpu0) / (now - wall0)
         self._cpu_mark = (now, cpu_now)
+        self._adjust_admission()
+        self.shedding = self.lag > _LAG_SHED_S
+        self.expire(now)
+        for state in self._states.values():
+            if state.pending_drops or state.pending_shed:
+                state.flush_drops(self.recorder)
+        self._lag_expected = now + _LAG_INTERVAL
+        self._lag_timer = self.loop.call_later(_LAG_INTERVAL, self._lag_tick)
+
+    def _adjust_admission(self) -> None:
+        """The admit share after one tick, from the smoothed CPU share and loop lag."""
         budget = self.cpu_budget
         over = self.lag > _LAG_SHED_S or (budget < 1.0 and self.cpu > budget)
-        if over:  # halve at once: a burst must not find every copy admitted for long
-            self.admit = max(_MIN_ADMIT, self.admit * 0.5)
+        if over:  # cut at once: a burst must not find every copy admitted for long
+            self.admit = max(_MIN_ADMIT, self.admit * (0.25 if self.cpu > 0.95 else 0.5))
         elif budget < 1.0:  # grow in step with the headroom left: fast when idle, fine near it
             self.admit = min(1.0, self.admit + _ADMIT_GAIN * (budget - self.cpu))
         else:
-            self.admit = min(1.0, self.admit + 0.05)
-        for state in self._states.values():
-            if state.pending_drops:
-                state.flush_drops()
-        self.shedding = self.lag > _LAG_SHED_S
-        self.expire(now)
-        self._lag_expected = now + _LAG_INTERVAL
-        self._lag_timer = self.loop.call_later(_LAG_INTERVAL, self._lag_tick)
+            self.admit = min(1.0, self.admit + 0.025)
 
     def watch(self, call: ShadowCall) -> None:
         """Time `call` out after its plan's timeout unless it finishes first."""
@@ -586,8 +598,8 @@ class ShadowHub:
     def sync_counters(self) -> None:
         """Publish the recorder's counters as Prometheus counters (works across workers)."""
         for state in self._states.values():
-            if state.pending_drops:
-                state.flush_drops()
+            if state.pending_drops or state.pending_shed:
+                state.flush_drops(self.recorder)
         m = self.metrics
         for route, c in self.recorder.counters().items():
             prev = self._synced.get(route, (0, 0, 0, {}))
@@ -664,27 +676,23 @@ class ShadowHub:
         reason = None
         if state.in_flight >= plan.max_concurrency:
             reason = "concurrency"
-        elif self.shedding or self.in_flight >= _GLOBAL_BUDGET or not self._admitted():
+        elif self.shedding or self.in_flight >= _GLOBAL_BUDGET:
             reason = "shed"
-        if reason is not None:
-            self.recorder.note_shed(plan.route, reason)
-            pending = state.pending_drops
-            pending[reason] = pending.get(reason, 0) + 1
+        elif self.admit < 1.0:  # spread admissions evenly at the admit share (no RNG)
+            acc = self._admit_acc + self.admit
+            if acc >= 1.0:
+                self._admit_acc = acc - 1.0
+            else:
+                self._admit_acc = acc
+                reason = "shed"
+        if reason is not None:  # counted in bulk by the next tick (see RouteState.flush_drops)
+            shed = state.pending_shed
+            shed[reason] = shed.get(reason, 0) + 1
             return None
         self.recorder.note_started(plan.route)
         state.in_flight += 1
         self.in_flight += 1
         return ShadowCall(self, plan, method, path, request_id, head)
-
-    def _admitted(self) -> bool:
-        """Spread admissions evenly at the current admit share (deterministic, no RNG)."""
-        if self.admit >= 1.0:
-            return True
-        self._admit_acc += self.admit
-        if self._admit_acc >= 1.0:
-            self._admit_acc -= 1.0
-            return True
-        return False
 
     # completion
     def complete(self, call: ShadowCall) -> None:

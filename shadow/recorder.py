@@ -113,11 +113,12 @@ class Recorder:
         counters = self._counters(route)
         counters.dropped[reason] = counters.dropped.get(reason, 0) + 1
 
-    def note_shed(self, route: str, reason: str) -> None:
-        """`note_started` and `note_dropped` at once: a copy dropped before it began."""
+    def note_shed(self, route: str, reason: str, n: int = 1) -> None:
+        """`note_started` and `note_dropped` at once, `n` times: copies dropped before they
+        began."""
         counters = self._counters(route)
-        counters.started += 1
-        counters.dropped[reason] = counters.dropped.get(reason, 0) + 1
+        counters.started += n
+        counters.dropped[reason] = counters.dropped.get(reason, 0) + n
 
     def record(self, rec: ComparisonRecord, *, started: bool = False) -> None:
         """Queue `rec` for writing, or drop and count it when the buffer is full; never raises.

@@ -3,35 +3,71 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
-from proxy.metrics import Metrics
-from proxy.shadowing import ShadowHub
-from shadow.recorder import Recorder
-from shadow.redact import Redactor
+import pytest
 
-
-class _NoStore:
-    async def insert_batch(self, records: object) -> int:
-        return 0
+from proxy.shadowing import ShadowHub, ShadowPlan
+from tests.unit.proxy.shadow_plans import hub_and_plan
 
 
-def _hub() -> ShadowHub:
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop = asyncio.new_event_loop()
-    hub = ShadowHub(
-        Recorder(_NoStore()), Redactor(key=b"k"), Metrics(), loop, config_version=lambda: "v"
-    )
+    yield loop
     loop.close()
-    return hub
 
 
-def test_admissions_are_spread_at_the_admit_share() -> None:
-    hub = _hub()
+def _admitted(hub: ShadowHub, plan: ShadowPlan, n: int) -> list[bool]:
+    out = []
+    for i in range(n):
+        call = hub.begin(plan, "GET", "/orders/1", f"rid-{i}", [], b"")
+        out.append(call is not None)
+        if call is not None:
+            call.drop("test")  # frees its in-flight slot
+    return out
+
+
+def test_admissions_are_spread_at_the_admit_share(loop: asyncio.AbstractEventLoop) -> None:
+    hub, plan = hub_and_plan(loop)
     hub.admit = 0.25
-    admitted = [hub._admitted() for _ in range(100)]
+    admitted = _admitted(hub, plan, 100)
     assert sum(admitted) == 25
     assert admitted[:8] == [False, False, False, True] * 2
 
 
-def test_full_admission_when_there_is_room() -> None:
-    hub = _hub()
-    assert all(hub._admitted() for _ in range(50))
+def test_full_admission_when_there_is_room(loop: asyncio.AbstractEventLoop) -> None:
+    hub, plan = hub_and_plan(loop)
+    assert all(_admitted(hub, plan, 50))
+
+
+def test_shed_copies_are_counted_started_and_dropped_at_the_next_flush(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    hub, plan = hub_and_plan(loop)
+    hub.admit = 0.5
+    _admitted(hub, plan, 10)
+    before = hub.recorder.counters().get("show")
+    assert before is None or before.dropped.get("shed", 0) == 0  # not yet counted
+    hub.sync_counters()
+    counters = hub.recorder.counters()["show"]
+    assert counters.dropped == {"shed": 5, "test": 5}
+    assert counters.started == 10
+    assert counters.balanced
+
+
+def test_over_budget_cuts_admission_and_headroom_restores_it(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    hub, _ = hub_and_plan(loop)
+    hub.cpu_budget = 0.85
+    hub.cpu = 1.0
+    hub._adjust_admission()
+    assert hub.admit == 0.25  # saturated: a quarter at once
+    hub.cpu = 0.9
+    hub._adjust_admission()
+    assert hub.admit == 0.125  # over budget: halved
+    hub.cpu = 0.45
+    for _ in range(10):
+        hub._adjust_admission()
+    assert hub.admit == 1.0  # back to full within 100 ms of headroom

@@ -8,35 +8,12 @@ from dataclasses import replace
 
 import pytest
 
-from proxy.metrics import Metrics
-from proxy.settings import loads
 from proxy.shadowing import ShadowCall, ShadowHub, ShadowPlan
-from proxy.upstream import UpstreamPool
-from shadow.compare import CompareRules
 from shadow.record import ComparisonRecord
-from shadow.recorder import Recorder
-from shadow.redact import Redactor
-
-_CONFIG = """
-listen: 127.0.0.1:1
-backends:
-  legacy: {url: "http://127.0.0.1:2"}
-  orders: {url: "http://127.0.0.1:3"}
-default_backend: legacy
-routes:
-  - name: show
-    match: {path: "/orders/{id}"}
-    mode: shadow
-    candidate: orders
-"""
+from tests.unit.proxy.shadow_plans import hub_and_plan
 
 Headers = list[tuple[bytes, bytes]]
 JSON: Headers = [(b"Content-Type", b"application/json"), (b"Date", b"Thu, 26 Nov 2026")]
-
-
-class _NoStore:
-    async def insert_batch(self, records: object) -> int:
-        return 0
 
 
 @pytest.fixture
@@ -47,33 +24,9 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 
 def _hub(loop: asyncio.AbstractEventLoop, *, fast: bool) -> tuple[ShadowHub, ShadowPlan]:
-    hub = ShadowHub(
-        Recorder(_NoStore()), Redactor(key=b"k"), Metrics(), loop, config_version=lambda: "v1"
-    )
+    hub, plan = hub_and_plan(loop)
     if not fast:  # the full comparison only
         hub._complete_equal = lambda call: False  # type: ignore[method-assign]
-    route = loads(_CONFIG).routes[0]
-    pool = UpstreamPool(
-        "orders",
-        "127.0.0.1",
-        3,
-        connect_timeout=1.0,
-        timeout=1.0,
-        max_connections=1,
-        idle_timeout=1.0,
-        loop=loop,
-    )
-    plan = ShadowPlan(
-        route,
-        hub.route_state(route.name),
-        target_pool=pool,
-        baseline_pool=None,
-        swapped=False,
-        record_mode="shadow",
-        percent=100.0,
-        rules=CompareRules(),
-        breaker=None,
-    )
     return hub, plan
 
 
