@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["STATUS_CLASSES", "Metrics", "RouteMetrics"]
+__all__ = ["STATUS_CLASSES", "HistogramBatch", "Metrics", "RouteMetrics"]
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _LATENCY_BUCKETS = (
@@ -28,20 +28,49 @@ _LATENCY_BUCKETS = (
 )
 
 
+class HistogramBatch:
+    """Observations of one Prometheus histogram child kept as plain ints, added in `flush`."""
+
+    __slots__ = ("_histogram", "bounds", "buckets", "dirty", "total")
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self.bounds: list[float] = list(histogram._upper_bounds)
+        self.buckets = [0] * len(self.bounds)
+        self.total = 0.0
+        self.dirty = False
+
+    def observe(self, seconds: float) -> None:
+        """Count one observation."""
+        self.buckets[bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+        self.dirty = True
+
+    def flush(self) -> None:
+        """Move what was observed since the last flush into the histogram."""
+        if not self.dirty:
+            return
+        self.dirty = False
+        buckets, self.buckets = self.buckets, [0] * len(self.buckets)
+        total, self.total = self.total, 0.0
+        hist_buckets = self._histogram._buckets
+        for i, n in enumerate(buckets):
+            if n:
+                hist_buckets[i].inc(n)
+        self._histogram._sum.inc(total)
+
+
 class RouteMetrics:
     """Counts of one (route, backend, mode), kept as plain ints on the request path and
     added to the pre-resolved Prometheus children in batches by `flush` (no lock, no
     `.labels()` per request)."""
 
-    __slots__ = ("_bounds", "_by_class", "_latency", "buckets", "classes", "dirty", "total")
+    __slots__ = ("_by_class", "classes", "dirty", "latency")
 
     def __init__(self, by_class: tuple[Counter, ...], latency: Histogram) -> None:
         self._by_class = by_class  # index = status // 100 - 1
-        self._latency = latency
-        self._bounds: list[float] = list(latency._upper_bounds)
+        self.latency = HistogramBatch(latency)
         self.classes = [0] * len(STATUS_CLASSES)
-        self.buckets = [0] * len(self._bounds)
-        self.total = 0.0
         self.dirty = False
 
     def observe(self, status: int, seconds: float) -> None:
@@ -49,8 +78,10 @@ class RouteMetrics:
         idx = status // 100 - 1
         if 0 <= idx < 5:
             self.classes[idx] += 1
-        self.buckets[bisect_left(self._bounds, seconds)] += 1
-        self.total += seconds
+        lat = self.latency  # HistogramBatch.observe, inlined: this runs for every request
+        lat.buckets[bisect_left(lat.bounds, seconds)] += 1
+        lat.total += seconds
+        lat.dirty = True
         self.dirty = True
 
     def flush(self) -> None:
@@ -59,16 +90,10 @@ class RouteMetrics:
             return
         self.dirty = False
         classes, self.classes = self.classes, [0] * len(self.classes)
-        buckets, self.buckets = self.buckets, [0] * len(self.buckets)
-        total, self.total = self.total, 0.0
         for counter, n in zip(self._by_class, classes, strict=True):
             if n:
                 counter.inc(n)
-        hist_buckets = self._latency._buckets
-        for i, n in enumerate(buckets):
-            if n:
-                hist_buckets[i].inc(n)
-        self._latency._sum.inc(total)
+        self.latency.flush()
 
 
 class Metrics:

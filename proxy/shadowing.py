@@ -24,7 +24,7 @@ from prometheus_client import Counter
 
 from proxy.breaker import Breaker
 from proxy.holds import Hold, HoldBoard
-from proxy.metrics import Metrics
+from proxy.metrics import HistogramBatch, Metrics
 from proxy.upstream import UpstreamConnection, UpstreamPool
 from shadow.compare import CompareRules
 from shadow.http_compare import COMPARED_HEADERS, HttpResponse
@@ -83,6 +83,7 @@ class RouteState:
         "mode",
         "paths",
         "pending_drops",
+        "pending_outcomes",
         "pending_shed",
         "route",
         "window",
@@ -97,14 +98,25 @@ class RouteState:
         self.by_outcome: dict[str, Counter] = {}
         self.dropped: dict[str, Counter] = {}
         self.paths: dict[str, Counter] = {}
-        self.latency = metrics.candidate_latency.labels(route)
+        self.latency = HistogramBatch(metrics.candidate_latency.labels(route))
+        self.pending_outcomes: dict[str, int] = {}  # not yet in the Prometheus counters
         self.pending_drops: dict[str, int] = {}  # counted, not yet in the Prometheus counters
         self.pending_shed: dict[str, int] = {}  # copies never started, not yet counted at all
         self._metrics = metrics
 
-    def flush_drops(self, recorder: Recorder) -> None:
-        """Count the drops since the last flush: shed ones with the recorder (started and
-        dropped together, so its balance holds), all of them in the Prometheus counters."""
+    def flush(self, recorder: Recorder) -> None:
+        """Publish what was counted since the last flush: outcomes, candidate latencies and
+        drops in the Prometheus metrics; shed copies also with the recorder (started and
+        dropped together, so its balance holds)."""
+        self.latency.flush()
+        outcomes, self.pending_outcomes = self.pending_outcomes, {}
+        for outcome, n in outcomes.items():
+            c = self.by_outcome.get(outcome)
+            if c is None:
+                c = self.by_outcome[outcome] = self._metrics.shadow_comparisons.labels(
+                    self.route, outcome
+                )
+            c.inc(n)
         pending, self.pending_drops = self.pending_drops, {}
         shed, self.pending_shed = self.pending_shed, {}
         for reason, n in shed.items():
@@ -556,8 +568,7 @@ class ShadowHub:
         self.shedding = self.lag > _LAG_SHED_S
         self.expire(now)
         for state in self._states.values():
-            if state.pending_drops or state.pending_shed:
-                state.flush_drops(self.recorder)
+            state.flush(self.recorder)
         self._lag_expected = now + _LAG_INTERVAL
         self._lag_timer = self.loop.call_later(_LAG_INTERVAL, self._lag_tick)
 
@@ -598,8 +609,7 @@ class ShadowHub:
     def sync_counters(self) -> None:
         """Publish the recorder's counters as Prometheus counters (works across workers)."""
         for state in self._states.values():
-            if state.pending_drops or state.pending_shed:
-                state.flush_drops(self.recorder)
+            state.flush(self.recorder)
         m = self.metrics
         for route, c in self.recorder.counters().items():
             prev = self._synced.get(route, (0, 0, 0, {}))
@@ -685,7 +695,7 @@ class ShadowHub:
             else:
                 self._admit_acc = acc
                 reason = "shed"
-        if reason is not None:  # counted in bulk by the next tick (see RouteState.flush_drops)
+        if reason is not None:  # counted in bulk by the next tick (RouteState.flush)
             shed = state.pending_shed
             shed[reason] = shed.get(reason, 0) + 1
             return None
@@ -859,12 +869,8 @@ class ShadowHub:
                     state.window.reset()
 
     def _count(self, state: RouteState, outcome: str) -> None:
-        c = state.by_outcome.get(outcome)
-        if c is None:
-            c = state.by_outcome[outcome] = self.metrics.shadow_comparisons.labels(
-                state.route, outcome
-            )
-        c.inc()
+        pending = state.pending_outcomes
+        pending[outcome] = pending.get(outcome, 0) + 1
 
     def count_drop(self, state: RouteState, reason: str) -> None:
         """Count a dropped shadow copy in the metrics (published by the next tick, or stop)."""

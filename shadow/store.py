@@ -382,7 +382,10 @@ class Store:
                     _sqlite_row,
                     _SQLITE_PATHS_INSERT,
                     lambda first: [
-                        p for i, r in enumerate(records) for p in _sqlite_path_rows(first + i, r)
+                        p
+                        for i, r in enumerate(records)
+                        if r.diff_paths or r.noise
+                        for p in _sqlite_path_rows(first + i, r)
                     ],
                 )
             except SqliteWriterError as e:

