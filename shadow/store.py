@@ -230,11 +230,22 @@ def _row_values(rec: ComparisonRecord) -> tuple[Any, ...]:
 
 def _sqlite_time(value: datetime) -> str:
     """`value` as the naive-UTC text SQLAlchemy's SQLite DateTime stores and reads back."""
-    if value.tzinfo is UTC:
-        value = value.replace(tzinfo=None)
-    elif value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value.isoformat(" ", "microseconds")
+    if value.tzinfo is UTC:  # the common case, with the second's text cached
+        second = (value.day, value.hour, value.minute, value.second, value.month, value.year)
+        prefix = _SECOND_TEXT.get(second)
+        if prefix is None:
+            _SECOND_TEXT.clear()  # only the current second or so is ever asked for
+            prefix = _SECOND_TEXT[second] = (
+                f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
+                f" {value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+            )
+        return f"{prefix}.{value.microsecond:06d}"
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+_SECOND_TEXT: dict[tuple[int, ...], str] = {}
 
 
 def _sqlite_row(rec: ComparisonRecord) -> tuple[Any, ...]:
