@@ -53,7 +53,7 @@ class SqliteWriter:
         self._db: sqlite3.Connection | None = None
         self._last_checkpoint = clock()
         self._checkpoint: asyncio.Future[None] | None = None
-        self._lock = asyncio.Lock()  # one transaction at a time on the one connection
+        self._lock = asyncio.Lock()
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
@@ -83,33 +83,23 @@ class SqliteWriter:
         The write lock is held from BEGIN IMMEDIATE to COMMIT, so the new rowids are the
         last len(rows) ones (INTEGER PRIMARY KEY allocates max(rowid) + 1).
         """
-        async with self._lock:
-            await self._write(rows_sql, items, row, paths_sql, path_rows)
-
-    async def _write(
-        self,
-        rows_sql: str,
-        items: Sequence[T],
-        row: Callable[[T], tuple[Any, ...]],
-        paths_sql: str,
-        path_rows: Callable[[int], Sequence[tuple[Any, ...]]],
-    ) -> None:
-        try:
-            db = self._connection()
-            await self._begin(db)
-        except sqlite3.Error as e:
-            raise _error(e) from e
-        try:
-            await self._insert(db, rows_sql, items, row)
-            last = int(db.execute("SELECT max(rowid) FROM comparisons").fetchone()[0] or 0)
-            await self._insert(db, paths_sql, path_rows(last - len(items) + 1), tuple)
-            db.execute("COMMIT")
-        except BaseException as e:  # cancelled too: never leave the transaction open
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            if isinstance(e, sqlite3.Error):
+        async with self._lock:  # one transaction at a time on the one connection
+            try:
+                db = self._connection()
+                await self._begin(db)
+            except sqlite3.Error as e:
                 raise _error(e) from e
-            raise
+            try:
+                await self._insert(db, rows_sql, items, row)
+                last = int(db.execute("SELECT max(rowid) FROM comparisons").fetchone()[0] or 0)
+                await self._insert(db, paths_sql, path_rows(last - len(items) + 1), tuple)
+                db.execute("COMMIT")
+            except BaseException as e:  # cancelled too: never leave the transaction open
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise _error(e) from e
+                raise
         self._maybe_checkpoint()
 
     async def _begin(self, db: sqlite3.Connection) -> None:
