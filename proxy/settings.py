@@ -26,6 +26,8 @@ from typing import Any, Literal
 import yaml
 
 from proxy.routes import parse_pattern
+from shadow.compare import parse_path
+from shadow.normalize import NORMALIZERS
 
 __all__ = [
     "MODES",
@@ -917,7 +919,10 @@ class _Builder:
     def compare(self, m: dict[str, object], path: JsonPath) -> CompareSettings:
         kw: dict[str, Any] = {}
         self._set(kw, "ignore_headers", _lower(self.strs(m, path, "ignore_headers")))
-        self._set(kw, "ignore_json_paths", self.strs(m, path, "ignore_json_paths"))
+        ignored = self.strs(m, path, "ignore_json_paths")
+        self._set(kw, "ignore_json_paths", ignored)
+        for i, text in enumerate(ignored or ()):
+            self.json_path(text, (*path, "ignore_json_paths", i), key=False)
         unordered = self.mapping(m, path, "unordered_arrays")
         if unordered is not None:
             kw["unordered_arrays"] = tuple(
@@ -930,14 +935,31 @@ class _Builder:
         if normalizers is not None:
             kw["normalizers"] = tuple((k, v) for k, v in normalizers.items() if isinstance(v, str))
             self.json_path_keys(normalizers, (*path, "normalizers"))
+            npath = (*path, "normalizers")
+            for k, v in normalizers.items():
+                if isinstance(v, str) and v not in NORMALIZERS:
+                    self.p.report(
+                        (*npath, k),
+                        f"{_where((*npath, k))}: unknown normalizer {v!r}"
+                        f" (known: {', '.join(sorted(NORMALIZERS))}){_suggest(v, NORMALIZERS)}",
+                    )
         return CompareSettings(**kw)
 
     def json_path_keys(self, m: dict[str, object], path: JsonPath) -> None:
         for k in m:
-            if not k.startswith("$"):
-                self.p.report(
-                    (*path, k), f"{_where(path)}: {k!r} is not a JSON path (start with $)", key=True
-                )
+            self.json_path(k, (*path, k), key=True)
+
+    def json_path(self, text: str, path: JsonPath, *, key: bool) -> None:
+        """Report `text` (at `path`) unless it is a JSON path the comparator can follow."""
+        if not text.startswith("$"):
+            where = _where(path[:-1]) if key else _where(path)
+            self.p.report(path, f"{where}: {text!r} is not a JSON path (start with $)", key=key)
+            return
+        try:
+            parse_path(text)
+        except ValueError as exc:
+            where = _where(path[:-1]) if key else _where(path)
+            self.p.report(path, f"{where}: {text!r} is not a JSON path: {exc}", key=key)
 
     def canary(self, m: dict[str, object], path: JsonPath) -> CanarySettings:
         kw: dict[str, Any] = {}

@@ -204,7 +204,8 @@ routes:
     backend: legacy
     mode: extracted
     shadow: {percent: 12.5, timeout: 250ms, writes: dry_run, sample_key: X-User}
-    compare: {ignore_headers: [ETag], unordered_arrays: {"$.tags": null}, normalizers: {"$.t": ms}}
+    compare: {ignore_headers: [ETag], unordered_arrays: {"$.tags": null},
+      normalizers: {"$.t": trim}}
     promotion: {steps: [10, 50], interval: 1m, auto: true}
 """
     )
@@ -221,7 +222,7 @@ routes:
     assert r.shadow.sample_key == "x-user"
     assert r.compare.ignore_headers == ("etag",)
     assert r.compare.unordered_arrays == (("$.tags", None),)
-    assert r.compare.normalizers == (("$.t", "ms"),)
+    assert r.compare.normalizers == (("$.t", "trim"),)
     assert (r.promotion.steps, r.promotion.interval, r.promotion.auto) == ((10.0, 50.0), 60.0, True)
 
 
@@ -560,3 +561,30 @@ def test_merged_values_are_reported_where_they_are_written() -> None:
 
 def test_routes_may_be_left_empty() -> None:
     assert loads(BASE + "routes:\n  # - name: later\n").routes == ()
+
+
+def test_compare_rules_the_comparator_cannot_follow_are_reported_with_positions() -> None:
+    text = """\
+listen: 127.0.0.1:8080
+backends:
+  legacy: {url: "http://127.0.0.1:8081"}
+  orders: {url: "http://127.0.0.1:8082"}
+default_backend: legacy
+routes:
+  - name: r
+    match: {path: /a}
+    candidate: orders
+    mode: shadow
+    compare:
+      ignore_json_paths: ["$.ok", "$.items[x"]
+      unordered_arrays: {"$.tags[": null}
+      normalizers: {"$.at": timestamp_secs, "$.n": decimal}
+"""
+    errors = errors_of(text)
+    assert len(errors) == 3, errors
+    by_line = {e.line: e for e in errors}
+    assert "'$.items[x' is not a JSON path" in by_line[12].message
+    assert "'$.tags[' is not a JSON path" in by_line[13].message
+    assert "unknown normalizer 'timestamp_secs'" in by_line[14].message
+    assert "did you mean 'timestamp_seconds'" in by_line[14].message
+    assert by_line[14].column == 29  # the value timestamp_secs
