@@ -68,13 +68,15 @@ def set_route_stage(text: str, route: str, *, mode: str, percent: float | None =
 
 
 def unified_diff(old: str, new: str, path: str) -> str:
-    """The change as a unified diff (empty when nothing changed)."""
+    """The change as a unified diff (empty when nothing changed), headed like git's:
+    `a/PATH` and `b/PATH`, with an absolute path's leading slash dropped as git does."""
+    name = path.lstrip("/")
     return "".join(
         difflib.unified_diff(
             old.splitlines(keepends=True),
             new.splitlines(keepends=True),
-            fromfile=f"a/{path}",
-            tofile=f"b/{path}",
+            fromfile=f"a/{name}",
+            tofile=f"b/{name}",
         )
     )
 

@@ -104,6 +104,16 @@ def test_missing_mode_and_canary_inserted_with_the_files_indent() -> None:
     assert (route.mode, route.canary.percent) == ("canary", 2.5)
 
 
+def test_diff_headers_name_the_file_like_git() -> None:
+    new = set_route_stage(CONFIG, "bare", mode="canary", percent=2.5)
+    for path, name in (
+        ("routes.yaml", "routes.yaml"),
+        ("/etc/strangler/routes.yaml", "etc/strangler/routes.yaml"),
+    ):
+        head = unified_diff(CONFIG, new, path).splitlines()[:2]
+        assert head == [f"--- a/{name}", f"+++ b/{name}"]
+
+
 def test_no_change_is_identity() -> None:
     assert set_route_stage(CONFIG, "quoted", mode="shadow", percent=5.0) == CONFIG
     assert unified_diff(CONFIG, CONFIG, "x") == ""
