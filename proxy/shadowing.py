@@ -47,7 +47,7 @@ _TOP_PATHS = 20
 _LAG_INTERVAL = 0.01
 _LAG_SHED_S = 0.020
 _GLOBAL_BUDGET = 1024
-_MIN_ADMIT = 0.01
+_MIN_ADMIT = 0.002  # a trickle of comparisons keeps flowing under sustained overload
 _ADMIT_GAIN = 0.5  # admit share added per tick per unit of CPU headroom under the budget
 
 
