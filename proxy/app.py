@@ -41,6 +41,7 @@ from shadow.store import Store
 __all__ = ["Proxy", "create_proxy"]
 
 DEFAULT_ROUTE = "_default"
+_SHADOW_SETTLE_S = 1.0
 _ACCEPT_LINGER_S = 0.2
 
 
@@ -229,6 +230,11 @@ class Proxy:
             await self._admin_runner.cleanup()
             self._admin_runner = None
         if self.hub is not None:
+            # Copies still waiting for the other side get a moment to finish (the hub's tick
+            # still times them out meanwhile); the rest are dropped and counted as `stopped`.
+            settle_until = min(deadline, time.monotonic() + _SHADOW_SETTLE_S)
+            while self.hub.in_flight and time.monotonic() < settle_until:
+                await asyncio.sleep(0.02)
             self.hub.stop()
         if self._audits:
             await asyncio.wait(set(self._audits), timeout=grace_s)

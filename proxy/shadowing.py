@@ -486,9 +486,12 @@ class ShadowCall:
         # The hub's timeout queue may hold this call a little longer: keep it small.
         self.served_body = []
         self.req_body = []
+        self.head = b""
         self.leg.body = []
+        self.leg.request = b""
         if self.baseline is not None:
             self.baseline.body = []
+            self.baseline.request = b""
 
     def _close(self) -> None:
         self.finished = True
@@ -544,7 +547,13 @@ class ShadowHub:
         self._sync_timer = self.loop.call_later(1.0, self._sync_tick)
 
     def stop(self) -> None:
-        """Stop the timers (and publish the final counters)."""
+        """Stop the timers, drop the copies still waiting for a leg (counted as `stopped`,
+        so every started copy stays accounted for), and publish the final counters."""
+        for queue in self._deadlines.values():
+            while queue:
+                _, call = queue.popleft()
+                if not call.finished:
+                    call.drop("stopped")
         for t in (self._lag_timer, self._sync_timer):
             if t is not None:
                 t.cancel()

@@ -8,22 +8,27 @@ connection of the loop's thread inserts a batch in chunks of `chunk_rows` rows a
 the loop between chunks, so one stall is bounded by a chunk (a fraction of a millisecond)
 rather than by a batch. Nothing here waits on a lock: another writer (a second worker,
 the audit log) makes BEGIN fail at once, and the batch is retried a few milliseconds later.
-Checkpoints, the only step that syncs to disk in WAL mode, run in a worker thread on a
-connection of their own, never on the loop.
+Checkpoints, the only step that syncs to disk in WAL mode, run once a second in a worker
+thread on a connection of their own (RESTART, so the WAL starts over even under steady
+writes), never on the loop. The file is opened read-write only (a missing store is an error,
+never a new empty file), and a file deleted or replaced since it was opened is reopened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 __all__ = ["SqliteWriter", "SqliteWriterError"]
 
 _CHECKPOINT_EVERY_S = 1.0
+_JOURNAL_SIZE_LIMIT = 64 << 20  # bytes a restarted WAL file is cut back to
 T = TypeVar("T")
 
 
@@ -51,23 +56,41 @@ class SqliteWriter:
         self.busy_wait_s = busy_wait_s
         self._clock = clock
         self._db: sqlite3.Connection | None = None
+        self._inode = 0  # of the file the connection opened: a replaced file is reopened
         self._last_checkpoint = clock()
         self._checkpoint: asyncio.Future[None] | None = None
         self._lock = asyncio.Lock()
 
     def _connection(self) -> sqlite3.Connection:
         if self._db is None:
-            # timeout=0: a locked database fails at once instead of blocking the loop.
-            db = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+            # mode=rw: never create a stray empty database where the store's file went
+            # missing. timeout=0: a locked database fails at once instead of blocking the loop.
+            db = sqlite3.connect(_uri(self.path), timeout=0, isolation_level=None, uri=True)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute("PRAGMA wal_autocheckpoint=0")  # see _maybe_checkpoint
-            except sqlite3.Error:
+                db.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
+                self._inode = os.stat(self.path).st_ino
+            except (sqlite3.Error, OSError):
                 db.close()
                 raise
             self._db = db
         return self._db
+
+    def _replaced(self) -> bool:
+        """Whether the file was deleted or swapped since the connection opened it."""
+        try:
+            return os.stat(self.path).st_ino != self._inode
+        except OSError:
+            return True
+
+    def _drop_connection(self) -> None:
+        """Forget the connection (the next write opens the file afresh)."""
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
 
     async def write(
         self,
@@ -85,9 +108,13 @@ class SqliteWriter:
         """
         async with self._lock:  # one transaction at a time on the one connection
             try:
+                if self._db is not None and self._replaced():
+                    self._drop_connection()  # write to what is there now, not to a ghost
                 db = self._connection()
                 await self._begin(db)
-            except sqlite3.Error as e:
+            except (sqlite3.Error, OSError) as e:
+                if not _locked(e):
+                    self._drop_connection()
                 raise _error(e) from e
             try:
                 await self._insert(db, rows_sql, items, row)
@@ -97,6 +124,10 @@ class SqliteWriter:
             except BaseException as e:  # cancelled too: never leave the transaction open
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
+                if db.in_transaction or isinstance(e, sqlite3.Error):
+                    # A transaction that would not end keeps the lock from every other
+                    # writer: close it. Any other error may mean a replaced or broken file.
+                    self._drop_connection()
                 if isinstance(e, sqlite3.Error):
                     raise _error(e) from e
                 raise
@@ -110,7 +141,7 @@ class SqliteWriter:
                 db.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as e:
-                if "locked" not in str(e) and "busy" not in str(e):
+                if not _locked(e):
                     raise
                 if self._clock() >= deadline:
                     raise
@@ -151,14 +182,26 @@ class SqliteWriter:
 
 
 def _checkpoint(path: str) -> None:
-    """Copy the WAL back into the database file (on a worker thread, its own connection)."""
+    """Copy the WAL back into the database file and restart it (on a worker thread, its own
+    connection). RESTART waits up to a second for writers to pause (they retry meanwhile):
+    a PASSIVE checkpoint under steady writes never lets the WAL start over, so it grows."""
     with (
         contextlib.suppress(sqlite3.Error),
-        contextlib.closing(sqlite3.connect(path, timeout=1)) as db,
+        contextlib.closing(sqlite3.connect(_uri(path), timeout=1, uri=True)) as db,
     ):
-        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        db.execute("PRAGMA wal_checkpoint(RESTART)")
 
 
-def _error(e: sqlite3.Error) -> SqliteWriterError:
-    transient = isinstance(e, sqlite3.OperationalError)  # locked, I/O, full disk, gone...
+def _uri(path: str) -> str:
+    return Path(path).absolute().as_uri() + "?mode=rw"
+
+
+def _locked(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def _error(e: sqlite3.Error | OSError) -> SqliteWriterError:
+    # locked, I/O, full disk, file gone...: worth retrying; a constraint or type error is not
+    transient = isinstance(e, sqlite3.OperationalError | OSError)
     return SqliteWriterError(str(e) or type(e).__name__, transient=transient)

@@ -97,3 +97,35 @@ async def test_a_cancelled_batch_leaves_nothing_behind(tmp_path: Path) -> None:
         assert _count(db) == 0
         assert await store.insert_batch(_records(7)) == 7
         assert _count(db) == 7
+
+
+async def test_a_replaced_file_is_reopened_and_a_missing_one_is_not_recreated(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "s.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    async with Store(url) as store:
+        assert await store.insert_batch(_records(3)) == 3
+        await store.engine.dispose()  # nothing else holds the old file open
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        with pytest.raises(StoreError) as caught:
+            await store.insert_batch(_records(2))  # the file is gone: not recorded
+        assert caught.value.transient
+        assert not db.exists()  # and no empty stray database was created in its place
+        await (await Store.open(url)).close()  # an operator restores a store at the path
+        assert await store.insert_batch(_records(4)) == 4
+        assert _count(db) == 4  # written to the file that is there now
+
+
+async def test_shutdown_accounts_for_copies_still_waiting(tmp_path: Path) -> None:
+    from tests.unit.proxy.shadow_plans import hub_and_plan
+
+    hub, plan = hub_and_plan(asyncio.get_running_loop())
+    call = hub.begin(plan, "GET", "/orders/1", "rid", [], b"GET /orders/1 HTTP/1.1\r\n\r\n")
+    assert call is not None
+    call.request_done()  # the copy is on its way to a candidate that will never answer
+    hub.stop()
+    counters = hub.recorder.counters()["show"]
+    assert counters.dropped == {"stopped": 1}
+    assert counters.balanced
