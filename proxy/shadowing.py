@@ -586,11 +586,12 @@ class ShadowHub:
         budget = self.cpu_budget
         over = self.lag > _LAG_SHED_S or (budget < 1.0 and self.cpu > budget)
         if over:  # cut at once: a burst must not find every copy admitted for long
-            self.admit = max(_MIN_ADMIT, self.admit * (0.25 if self.cpu > 0.95 else 0.5))
+            saturated = budget < 1.0 and self.cpu > 0.95
+            self.admit = max(_MIN_ADMIT, self.admit * (0.25 if saturated else 0.5))
         elif budget < 1.0:  # grow in step with the headroom left: fast when idle, fine near it
             self.admit = min(1.0, self.admit + _ADMIT_GAIN * (budget - self.cpu))
-        else:
-            self.admit = min(1.0, self.admit + 0.025)
+        else:  # lag only: back to full within 100 ms of a loop that keeps time
+            self.admit = min(1.0, self.admit + 0.1)
 
     def watch(self, call: ShadowCall) -> None:
         """Time `call` out after its plan's timeout unless it finishes first."""
