@@ -56,6 +56,9 @@ def bucket(key: bytes) -> int:
     return zlib.crc32(key) % 10000
 
 
+_MATCH = Verdict("match")
+
+
 def _header_values(
     headers: Sequence[tuple[bytes, bytes]], names: frozenset[bytes]
 ) -> list[tuple[bytes, bytes]]:
@@ -576,8 +579,7 @@ class ShadowHub:
         self._adjust_admission()
         self.shedding = self.lag > _LAG_SHED_S
         self.expire(now)
-        for state in self._states.values():
-            state.flush(self.recorder)
+        self._flush_states()
         self._lag_expected = now + _LAG_INTERVAL
         self._lag_timer = self.loop.call_later(_LAG_INTERVAL, self._lag_tick)
 
@@ -592,6 +594,10 @@ class ShadowHub:
             self.admit = min(1.0, self.admit + _ADMIT_GAIN * (budget - self.cpu))
         else:  # lag only: back to full within 100 ms of a loop that keeps time
             self.admit = min(1.0, self.admit + 0.1)
+
+    def _flush_states(self) -> None:
+        for state in self._states.values():
+            state.flush(self.recorder)
 
     def watch(self, call: ShadowCall) -> None:
         """Time `call` out after its plan's timeout unless it finishes first."""
@@ -618,8 +624,7 @@ class ShadowHub:
 
     def sync_counters(self) -> None:
         """Publish the recorder's counters as Prometheus counters (works across workers)."""
-        for state in self._states.values():
-            state.flush(self.recorder)
+        self._flush_states()
         m = self.metrics
         for route, c in self.recorder.counters().items():
             prev = self._synced.get(route, (0, 0, 0, {}))
@@ -723,32 +728,37 @@ class ShadowHub:
             self.count_drop(plan.state, "body_too_large")
             return
         leg = call.leg
-        if leg.error is None and leg.status == call.served_status and self._complete_equal(call):
-            return
-        served = HttpResponse(
-            call.served_status,
-            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in call.served_headers],
-            b"".join(call.served_body),
-        )
         plan.state.latency.observe(leg.ms / 1000.0)
-        other = leg.response() if leg.error is None else None
-        legacy: HttpResponse
-        candidate: HttpResponse | None
         if plan.swapped:
-            if other is None:  # the legacy leg failed: nothing to compare against
-                self.recorder.note_dropped(plan.route, "legacy_failed")
-                self.count_drop(plan.state, "legacy_failed")
-                return
-            legacy, candidate = other, served
             legacy_ms, cand_ms = leg.ms, call.served_ms
         else:
-            legacy, candidate = served, other
             legacy_ms, cand_ms = call.served_ms, leg.ms
-        base = call.baseline
-        baseline = base.response() if base is not None and base.error is None else None
-        verdict = judge(
-            legacy, candidate, leg.error, plan.rules, plan.ignore_headers, baseline=baseline
-        )
+        legacy: HttpResponse
+        candidate: HttpResponse | None
+        if leg.error is None and leg.status == call.served_status and self._complete_equal(call):
+            # Equal bytes: a match under any rules; only the status is needed for the record.
+            legacy = candidate = HttpResponse(call.served_status)
+            verdict = _MATCH
+        else:
+            served = HttpResponse(
+                call.served_status,
+                [(n.decode("latin-1"), v.decode("latin-1")) for n, v in call.served_headers],
+                b"".join(call.served_body),
+            )
+            other = leg.response() if leg.error is None else None
+            if plan.swapped:
+                if other is None:  # the legacy leg failed: nothing to compare against
+                    self.recorder.note_dropped(plan.route, "legacy_failed")
+                    self.count_drop(plan.state, "legacy_failed")
+                    return
+                legacy, candidate = other, served
+            else:
+                legacy, candidate = served, other
+            base = call.baseline
+            baseline = base.response() if base is not None and base.error is None else None
+            verdict = judge(
+                legacy, candidate, leg.error, plan.rules, plan.ignore_headers, baseline=baseline
+            )
         if not plan.swapped and plan.breaker is not None:
             if verdict.outcome in ("candidate_error", "candidate_timeout"):
                 plan.breaker.failure()
@@ -776,12 +786,8 @@ class ShadowHub:
         self.observe(plan.state, verdict.outcome, legacy_ms, cand_ms)
 
     def _complete_equal(self, call: ShadowCall) -> bool:
-        """The fast path: same status, same compared header bytes and same body bytes.
-
-        Such a pair is a match under any rules (equal bytes decode and compare equal), so it
-        is recorded without decoding headers or building responses. Anything else returns
-        False and takes the full comparison.
-        """
+        """Whether the fast path applies: same compared header bytes and same body bytes
+        (the caller checked the status), so the pair matches without being decoded."""
         leg = call.leg
         served = call.served_body
         body = leg.body
@@ -790,39 +796,10 @@ class ShadowHub:
                 return False
         elif b"".join(served) != b"".join(body):
             return False
-        plan = call.plan
-        names = plan.compared_headers
-        if call.served_headers != leg.headers and _header_values(
+        names = call.plan.compared_headers
+        return call.served_headers == leg.headers or _header_values(
             call.served_headers, names
-        ) != _header_values(leg.headers, names):
-            return False
-        plan.state.latency.observe(leg.ms / 1000.0)
-        if plan.swapped:
-            legacy_ms, cand_ms = leg.ms, call.served_ms
-        else:
-            legacy_ms, cand_ms = call.served_ms, leg.ms
-            if plan.breaker is not None:
-                plan.breaker.success()
-        status = call.served_status
-        self.recorder.record(
-            ComparisonRecord(
-                route=plan.route,
-                outcome="match",
-                method=call.method,
-                path=plan.path_template,
-                request_path=self.redactor.redact_text(call.path),
-                status_primary=status,
-                status_candidate=status,
-                latency_primary_ms=round(legacy_ms, 3),
-                latency_candidate_ms=round(cand_ms, 3),
-                request_id=call.request_id,
-                mode=plan.record_mode,
-                config_version=self.config_version(),
-            )
-        )
-        self._count(plan.state, "match")
-        self.observe(plan.state, "match", legacy_ms, cand_ms)
-        return True
+        ) == _header_values(leg.headers, names)
 
     def _count_paths(self, plan: ShadowPlan, verdict: Verdict) -> None:
         """Differing and noise paths as metrics (top paths per route, the rest as _other)."""
