@@ -23,6 +23,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import create_proxy
 from proxy.settings import loads
 from tests.integration.hostile.cases import CASES
+from tests.support import close_writer
 from tests.upstreams import EchoUpstream, read_response
 
 __all__ = ["Row", "main", "run"]
@@ -67,11 +68,7 @@ async def _ask(port: int, request: bytes, up: EchoUpstream) -> tuple[str, str]:
     except (OSError, TimeoutError) as exc:
         status = type(exc).__name__
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except OSError:
-            pass
+        await close_writer(writer)
     # a barrier: a valid request whose arrival means the case's bytes have landed
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /barrier HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.targets import free_port
+from tests.support import close_writer, stop_process
 from tests.upstreams import EchoUpstream, read_response
 
 __all__ = ["Sample", "main", "run"]
@@ -130,11 +130,7 @@ async def _client(
         except (OSError, TimeoutError):
             load.errors += 1
         finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except OSError:
-                pass
+            await close_writer(writer)
 
 
 async def run(seconds: float, interval: float, rate: float) -> list[Sample]:
@@ -175,12 +171,7 @@ async def run(seconds: float, interval: float, rate: float) -> list[Sample]:
             print(f"statuses: {dict(sorted(load.statuses.items()))}")
             print("shadow: " + await _shadow_counts(admin))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+            await stop_process(proc, 15)
             await legacy.close()
             await candidate.close()
     return samples

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -64,6 +65,14 @@ async def start_serve(
         stderr=asyncio.subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )
+
+
+async def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a client stream and wait until its socket is gone."""
+    writer.close()
+    # uvloop reports a peer that already reset as ENOTCONN (OSError), not ConnectionError
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 20.0) -> int:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import httptools
 import orjson
 
+from tests.support import close_writer
+
 __all__ = [
     "EchoUpstream",
     "RawResponse",
@@ -355,24 +357,23 @@ async def read_response(
     col = _RespCollector(head_only, skip_interim)
     parser = httptools.HttpResponseParser(col)
     col.parser = parser
-    if True:
-        while not col.done:
-            if head_only and col.headers_done:
-                break
-            try:
-                chunk = await reader.read(65536)
-            except ConnectionError:
-                chunk = b""
-            if not chunk:
-                break
-            try:
-                parser.feed_data(chunk)
-            except httptools.HttpParserUpgrade:
-                col.done = True
-                break
-        return RawResponse(
-            col.status, col.reason, col.headers, b"".join(col.body), col.done or head_only
-        )
+    while not col.done:
+        if head_only and col.headers_done:
+            break
+        try:
+            chunk = await reader.read(65536)
+        except ConnectionError:
+            chunk = b""
+        if not chunk:
+            break
+        try:
+            parser.feed_data(chunk)
+        except httptools.HttpParserUpgrade:
+            col.done = True
+            break
+    return RawResponse(
+        col.status, col.reason, col.headers, b"".join(col.body), col.done or head_only
+    )
 
 
 async def raw_exchange(
@@ -385,11 +386,7 @@ async def raw_exchange(
         await writer.drain()
         return await asyncio.wait_for(read_response(reader, head_only=head_only), 10)
     finally:
-        writer.close()
-        try:
-            await writer.wait_closed()
-        except ConnectionError:
-            pass
+        await close_writer(writer)
 
 
 class _MultiCollector:

@@ -20,9 +20,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.hostile.conftest import close_writer
 from tests.integration.proxy.conftest import proxy_config
-from tests.support import free_port, wait_for, wait_until
+from tests.support import close_writer, free_port, stop_process, wait_for, wait_until
 from tests.upstreams import EchoUpstream, RawResponse, Received, read_response
 
 
@@ -93,13 +92,7 @@ async def served(tmp_path: Path, upstream: EchoUpstream) -> AsyncIterator[_Serve
         await wait_for(ready, timeout=20)
         yield _Served(proc, port, admin, cfg, upstream.url)
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc, 15)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -122,11 +121,3 @@ async def bait() -> AsyncIterator[Bait]:
     server = await Bait().start()
     yield server
     await server.close()
-
-
-async def close_writer(writer: asyncio.StreamWriter) -> None:
-    """Close a client stream and wait until its socket is gone."""
-    writer.close()
-    # uvloop reports a peer that already reset as ENOTCONN (OSError), not ConnectionError
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
-from tests.integration.hostile.conftest import close_writer
 from tests.integration.proxy.conftest import proxy_config
+from tests.support import close_writer
 from tests.upstreams import EchoUpstream, _UpstreamProtocol, raw_exchange
 
 _METHODS = [b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"HEAD"]

@@ -8,7 +8,8 @@ import time
 
 import orjson
 
-from tests.integration.hostile.conftest import close_writer, hostile_stack
+from tests.integration.hostile.conftest import hostile_stack
+from tests.support import close_writer
 from tests.upstreams import read_response
 
 LIMITS = """

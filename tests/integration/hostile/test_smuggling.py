@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from tests.integration.hostile.cases import CASES, KNOWN_GAPS, HostileCase
-from tests.integration.hostile.conftest import Hostile, close_writer, hostile_stack
+from tests.integration.hostile.conftest import Hostile, hostile_stack
+from tests.support import close_writer
 from tests.upstreams import raw_exchange, read_response, read_responses
 
 
