@@ -40,6 +40,8 @@ from bench.wrk import WrkError
 
 __all__ = [
     "COMPARED_OUTCOMES",
+    "IN_LOOP",
+    "OFFLOAD",
     "ShadowCounts",
     "fetch_shadow_counts",
     "floor_exp_mean",
@@ -53,6 +55,8 @@ __all__ = [
 
 COMPARED_OUTCOMES = frozenset({"match", "mismatch", "candidate_error", "candidate_timeout"})
 _CONNECTIONS = 64
+IN_LOOP = "shadow 100%"
+OFFLOAD = "shadow 100% offload"
 _HALF = 0.5
 _PACED_SLICE_S = 2  # paced slices carry fewer requests; 2 s keeps p99 meaningful
 _CANARY_PERCENT = 50.0
@@ -75,8 +79,11 @@ def mode_config(
     `shadow` shadows 100 % of requests; `canary` serves `canary_percent` of X-User-Id keys
     from the candidate (the rest shadowed at 100 %, the project's default).
     """
-    if mode not in ("legacy", "shadow", "canary"):
+    if mode not in ("legacy", "shadow", "shadow-offload", "canary"):
         raise ValueError(f"unsupported bench mode {mode!r}")
+    limits = ""
+    if mode == "shadow-offload":  # shadow copies in the worker's SCHED_IDLE helper process
+        mode, limits = "shadow", "limits: {shadow_offload: true}\n"
     backend = (
         f'{{url: "{upstream_url}", timeout: 5s, connect_timeout: 500ms, max_connections: 200}}'
     )
@@ -94,6 +101,7 @@ def mode_config(
         f"  candidate: {backend}\n"
         "default_backend: legacy\n"
         f'store: {{url: "sqlite+aiosqlite:///{tmp}/{name}.db"}}\n'
+        f"{limits}"
         "routes:\n" + route
     )
 
@@ -322,38 +330,41 @@ def _alive(proxies: Sequence[_Proxy]) -> None:
             raise RuntimeError(f"{proxy.running.measured.label} died: {tail}")
 
 
-def _measure(env: BenchEnv, rounds: int, slice_s: int, legacy: _Proxy, shadow: _Proxy) -> list[Row]:
-    """Saturating rounds, then paced rounds at half the legacy capacity; rows for both."""
-    saturated = {"legacy": _Series(), "shadow": _Series()}
+def _measure(
+    env: BenchEnv, rounds: int, slice_s: int, legacy: _Proxy, shadows: Mapping[str, _Proxy]
+) -> list[Row]:
+    """Saturating rounds, then paced rounds at half the legacy capacity; rows for each."""
+    proxies = {"legacy": legacy, **shadows}
+    order = list(proxies.items())
+    saturated = {mode: _Series() for mode in proxies}
     for r in range(rounds):
-        order = [("legacy", legacy), ("shadow", shadow)]
-        for mode, proxy in order if r % 2 == 0 else order[::-1]:
+        for mode, proxy in order[r % len(order) :] + order[: r % len(order)]:
             try:
                 _slice(env, proxy, slice_s, None, saturated[mode])
             except WrkError as exc:
                 print(f"  shadow section: {mode} saturating slice failed: {exc}")
-        _alive([legacy, shadow])
+        _alive(list(proxies.values()))
     capacity = median(x.rps for x in saturated["legacy"].samples)
     if capacity is None:
         raise RuntimeError("no saturating legacy slice succeeded: capacity unknown")
     offered = _HALF * capacity
     script = env.tmp / "paced.lua"
     script.write_text(paced_script(offered, _CONNECTIONS))
-    paced = {"legacy": _Series(), "shadow": _Series()}
+    paced = {mode: _Series() for mode in proxies}
     for r in range(rounds):
-        order = [("legacy", legacy), ("shadow", shadow)]
-        for mode, proxy in order if r % 2 == 0 else order[::-1]:
+        for mode, proxy in order[r % len(order) :] + order[: r % len(order)]:
             try:
                 _slice(env, proxy, _PACED_SLICE_S, script, paced[mode])
             except WrkError as exc:
                 print(f"  shadow section: {mode} paced slice failed: {exc}")
-        _alive([legacy, shadow])
-    return [
-        _row("half", "legacy", offered, paced["legacy"], None),
-        _row("half", "shadow 100%", offered, paced["shadow"], paced["legacy"]),
-        _row("saturating", "legacy", None, saturated["legacy"], None),
-        _row("saturating", "shadow 100%", None, saturated["shadow"], saturated["legacy"]),
+        _alive(list(proxies.values()))
+    rows = [_row("half", "legacy", offered, paced["legacy"], None)]
+    rows += [_row("half", mode, offered, paced[mode], paced["legacy"]) for mode in shadows]
+    rows.append(_row("saturating", "legacy", None, saturated["legacy"], None))
+    rows += [
+        _row("saturating", mode, None, saturated[mode], saturated["legacy"]) for mode in shadows
     ]
+    return rows
 
 
 def run_section(ctx: SectionContext) -> SectionResult:
@@ -363,9 +374,12 @@ def run_section(ctx: SectionContext) -> SectionResult:
     try:
         legacy = _start(env, "shadow-bench-legacy", "legacy")
         started.append(legacy.running.measured)
-        shadow = _start(env, "shadow-bench-shadow", "shadow")
-        started.append(shadow.running.measured)
-        rows = _measure(env, ctx.rounds, ctx.slice_s, legacy, shadow)
+        shadows: dict[str, _Proxy] = {}
+        for mode, kind in ((IN_LOOP, "shadow"), (OFFLOAD, "shadow-offload")):
+            proxy = _start(env, f"shadow-bench-{kind}", kind)
+            started.append(proxy.running.measured)
+            shadows[mode] = proxy
+        rows = _measure(env, ctx.rounds, ctx.slice_s, legacy, shadows)
     finally:
         for proc in started:
             env.processes.stop(proc)

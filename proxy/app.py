@@ -26,6 +26,7 @@ from proxy.dataplane import (
 from proxy.handlers import start_handler_app
 from proxy.holds import Hold, HoldBoard
 from proxy.metrics import Metrics
+from proxy.offload import OffloadFeed
 from proxy.routes import Route, RouteTable
 from proxy.settings import BackendSettings, Settings
 from proxy.shadowing import ShadowHub, ShadowPlan
@@ -66,6 +67,7 @@ class Proxy:
         reuse_port: bool = False,
         admin: bool = True,
         data_plane: bool = True,
+        offload: bool = False,
     ) -> None:
         self.settings = settings
         self.access_log = (
@@ -75,6 +77,7 @@ class Proxy:
         self.reuse_port = reuse_port
         self.with_admin = admin
         self.with_data_plane = data_plane
+        self.offload = offload  # a `serve` worker: may run a shadow helper (limits.shadow_offload)
         self.plane: DataPlane | None = None
         self._backends: dict[str, _Backend] = {}
         self._server: asyncio.Server | None = None
@@ -151,6 +154,40 @@ class Proxy:
         )
         self.hub.cpu_budget = self.settings.limits.shadow_cpu_budget
         self.hub.start()
+        await self._ensure_offload(self.settings)
+
+    async def start_recording(self) -> None:
+        """Open the store, start the recorder and the shadow hub (a shadow helper's start)."""
+        await self._start_recording(asyncio.get_running_loop())
+
+    async def swap_backends(self, settings: Settings) -> dict[str, _Backend]:
+        """A shadow helper's (re)load: pools for the URL backends of `settings` (unchanged
+        ones kept), the replaced ones closed; `settings` becomes current."""
+        old = self._backends
+        backends = await self._build_backends(settings, old, urls_only=True)
+        self._backends, self.settings = backends, settings
+        for name, be in old.items():
+            if backends.get(name) is not be:
+                be.pool.close()
+        return backends
+
+    async def close_backends(self) -> None:
+        """Close every upstream pool and in-process app."""
+        for be in self._backends.values():
+            be.pool.close()
+            if be.runner is not None:
+                await be.runner.cleanup()
+        self._backends = {}
+
+    async def _ensure_offload(self, settings: Settings) -> None:
+        """Start the shadow helper when this worker may and the config asks for it."""
+        hub = self.hub
+        if hub is None or hub.feed is not None or not self.with_data_plane:
+            return
+        if self.offload and settings.limits.shadow_offload:
+            feed = OffloadFeed(hub, settings.path, asyncio.get_running_loop())
+            await feed.start()
+            hub.feed = feed
 
     def _capture_writer(self, settings: Settings) -> CaptureWriter | None:
         """A capture writer for the config's `capture:` block (one file per worker)."""
@@ -169,11 +206,14 @@ class Proxy:
                 return
             old = self._backends
             backends = await self._build_backends(settings, old)
+            await self._ensure_offload(settings)
             state = self._build_state(settings, backends)
             self.plane.state = state
             self.plane.limits = settings.limits
             if self.hub is not None:
                 self.hub.cpu_budget = settings.limits.shadow_cpu_budget
+                if self.hub.feed is not None:
+                    self.hub.feed.reload()
             if settings.capture != self.settings.capture:
                 old_capture = self.plane.capture
                 self.plane.capture = self._capture_writer(settings)
@@ -229,6 +269,9 @@ class Proxy:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
+        if self.hub is not None and self.hub.feed is not None:
+            # the helper finishes its copies and flushes its records before it exits
+            await self.hub.feed.close(max(1.0, deadline - time.monotonic()) + _SHADOW_SETTLE_S)
         if self.hub is not None:
             # Copies still waiting for the other side get a moment to finish (the hub's tick
             # still times them out meanwhile); the rest are dropped and counted as `stopped`.
@@ -242,11 +285,7 @@ class Proxy:
             await self.recorder.stop(grace_s)
             if self.hub is not None:
                 self.hub.sync_counters()
-        for be in self._backends.values():
-            be.pool.close()
-            if be.runner is not None:
-                await be.runner.cleanup()
-        self._backends = {}
+        await self.close_backends()
         if self.store is not None:
             await self.store.close()
             self.store = None
@@ -371,11 +410,13 @@ class Proxy:
         return counts
 
     async def _build_backends(
-        self, settings: Settings, old: dict[str, _Backend]
+        self, settings: Settings, old: dict[str, _Backend], *, urls_only: bool = False
     ) -> dict[str, _Backend]:
         loop = asyncio.get_running_loop()
         out: dict[str, _Backend] = {}
         for name, bs in settings.backends.items():
+            if urls_only and bs.handlers is not None:
+                continue  # a shadow helper: in-process candidates stay with the worker
             prev = old.get(name)
             if prev is not None and prev.settings == bs:
                 out[name] = prev
@@ -419,11 +460,60 @@ class Proxy:
         entries = [
             RouteEntry(route.name, plan(route.name, route.mode, route.primary))
             if route.mode == "legacy" or route.candidate is None or hub is None
-            else _candidate_entry(route, hub, backends, plan)
+            else _candidate_entry(
+                route,
+                hub,
+                backends,
+                plan,
+                offload=hub.feed is not None and offloadable(route, settings),
+            )
             for route in table.routes
         ]
         default = RouteEntry(DEFAULT_ROUTE, plan(DEFAULT_ROUTE, "legacy", settings.default_backend))
         return RoutingState(settings.version, table, tuple(entries), default)
+
+
+def offloadable(route: Route, settings: Settings) -> bool:
+    """Whether a shadow helper may run this route's copies: shadow mode, and every backend
+    the copies reach (the candidate; legacy too for a noise baseline) is a URL."""
+    if route.mode != "shadow" or route.candidate is None:
+        return False
+    backends = settings.backends
+    if backends[route.candidate].handlers is not None:
+        return False
+    return not route.settings.compare.noise_baseline or backends[route.primary].handlers is None
+
+
+def _shadow_plan(
+    route: Route, hub: ShadowHub, backends: dict[str, _Backend], *, swapped: bool
+) -> ShadowPlan:
+    """The background leg of `route` (toward the candidate, or toward legacy if swapped)."""
+    rs = route.settings
+    cand = route.candidate
+    assert cand is not None
+    pool_legacy = backends[route.primary].pool
+    return ShadowPlan(
+        rs,
+        hub.route_state(route.name),
+        target_pool=pool_legacy if swapped else backends[cand].pool,
+        baseline_pool=pool_legacy if rs.compare.noise_baseline and not swapped else None,
+        swapped=swapped,
+        record_mode=route.mode if route.mode != "legacy" else "shadow",
+        percent=rs.shadow.percent,
+        rules=CompareRules.from_settings(rs.compare),
+        breaker=hub.breaker(cand),
+    )
+
+
+def helper_plans(
+    settings: Settings, hub: ShadowHub, backends: dict[str, _Backend]
+) -> dict[str, ShadowPlan]:
+    """The plans a shadow helper runs: one per offloadable route, by route name."""
+    return {
+        route.name: _shadow_plan(route, hub, backends, swapped=False)
+        for route in RouteTable(settings).routes
+        if offloadable(route, settings)
+    }
 
 
 def _candidate_entry(
@@ -431,33 +521,24 @@ def _candidate_entry(
     hub: ShadowHub,
     backends: dict[str, _Backend],
     plan: Callable[..., RoutePlan],
+    *,
+    offload: bool = False,
 ) -> RouteEntry:
     """The plans of a shadow, canary or extracted route."""
     rs = route.settings
     mode = route.mode
     primary, cand = route.primary, route.candidate
     assert cand is not None
-    rules = CompareRules.from_settings(rs.compare)
     state = hub.route_state(route.name)
     breaker = hub.breaker(cand)
-    pool_legacy = backends[primary].pool
-    pool_cand = backends[cand].pool
 
     def shadow_plan(swapped: bool) -> ShadowPlan:
-        return ShadowPlan(
-            rs,
-            state,
-            target_pool=pool_legacy if swapped else pool_cand,
-            baseline_pool=pool_legacy if rs.compare.noise_baseline and not swapped else None,
-            swapped=swapped,
-            record_mode=mode if mode != "legacy" else "shadow",
-            percent=rs.shadow.percent,
-            rules=rules,
-            breaker=breaker,
-        )
+        return _shadow_plan(route, hub, backends, swapped=swapped)
 
     plain = plan(route.name, mode, primary)
-    forward = plan(route.name, mode, primary, shadow=shadow_plan(False))
+    forward_shadow = shadow_plan(False)
+    forward_shadow.offload = offload
+    forward = plan(route.name, mode, primary, shadow=forward_shadow)
     state.mode = mode
     if mode == "shadow":
         state.window = None

@@ -27,9 +27,9 @@ from proxy.pathguard import is_suspicious, readings
 from proxy.shadowing import (
     SAFE_METHODS,
     RouteState,
-    ShadowCall,
     ShadowHub,
     ShadowPlan,
+    ShadowTap,
     bucket,
 )
 from proxy.upstream import UpstreamConnection, UpstreamPool
@@ -364,7 +364,7 @@ class _Exchange:
         self.upgrade_req = False
         self.upgrading = False
         self.retried = False
-        self.shadow: ShadowCall | None = None
+        self.shadow: ShadowTap | None = None
         self.cap: _Capture | None = None
         self.done = False
         self.t0 = perf_counter()

@@ -60,7 +60,7 @@ def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
     if settings is None:
         return 2
     _install_uvloop()
-    if workers > 1:
+    if workers > 1 or settings.limits.shadow_offload:  # workers, each with a shadow helper
         return asyncio.run(_supervise(settings, workers, watch))
     return asyncio.run(_serve_one(settings, watch=watch, worker=False))
 
@@ -125,7 +125,7 @@ async def _watch_file(path: str, on_change: object, stop: asyncio.Event) -> None
 async def _serve_one(settings: Settings, *, watch: bool, worker: bool) -> int:
     from proxy.app import create_proxy
 
-    proxy = create_proxy(settings, reuse_port=worker, admin=not worker)
+    proxy = create_proxy(settings, reuse_port=worker, admin=not worker, offload=worker)
     await proxy.start()
     _settle_gc()
     loop = asyncio.get_running_loop()

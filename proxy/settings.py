@@ -234,6 +234,7 @@ class LimitsSettings:
     max_header_bytes: int = 64 << 10
     max_url_bytes: int = 8 << 10
     shadow_cpu_budget: float = 0.85  # share of a core above which shadow work is shed
+    shadow_offload: bool = False  # `serve`: shadow routes' copies run in a SCHED_IDLE helper
 
 
 @dataclass(frozen=True, slots=True)
@@ -811,6 +812,7 @@ class _Builder:
         for key in ("max_connections", "max_header_bytes", "max_url_bytes"):
             self._set(kw, key, self.int_(m, path, key))
         self._set(kw, "shadow_cpu_budget", self.num(m, path, "shadow_cpu_budget"))
+        self._set(kw, "shadow_offload", self.bool_(m, path, "shadow_offload"))
         return LimitsSettings(**kw)
 
     def capture(self, data: object) -> CaptureSettings | None:

@@ -35,9 +35,18 @@ from shadow.rollback import Breach, RollbackWindow
 from shadow.verdict import Verdict, build_record, judge
 
 if TYPE_CHECKING:
+    from proxy.offload import OffloadFeed
     from proxy.settings import RouteSettings
 
-__all__ = ["SAFE_METHODS", "RouteState", "ShadowCall", "ShadowHub", "ShadowPlan", "bucket"]
+__all__ = [
+    "SAFE_METHODS",
+    "RouteState",
+    "ShadowCall",
+    "ShadowHub",
+    "ShadowPlan",
+    "ShadowTap",
+    "bucket",
+]
 
 _log = logging.getLogger("strangler.shadow")
 
@@ -47,6 +56,7 @@ _TOP_PATHS = 20
 _LAG_INTERVAL = 0.01
 _LAG_SHED_S = 0.020
 _GLOBAL_BUDGET = 1024
+_STARVED_S = 0.1  # a helper's tick this late: its loop did not run, timeouts are not real
 _MIN_ADMIT = 0.002  # a trickle of comparisons keeps flowing under sustained overload
 _ADMIT_GAIN = 0.5  # admit share added per tick per unit of CPU headroom under the budget
 
@@ -71,6 +81,18 @@ class _Holdable(Protocol):
 
     name: str
     held: bool
+
+
+class ShadowTap(Protocol):
+    """What the data plane feeds while it serves a sampled request: a `ShadowCall`, or the
+    hand-off of that request to the worker's shadow helper process."""
+
+    def request_body(self, data: bytes) -> None: ...
+    def request_done(self) -> None: ...
+    def served_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def served_chunk(self, data: bytes) -> None: ...
+    def served_end(self, ok: bool) -> None: ...
+    def drop(self, reason: str) -> None: ...
 
 
 class RouteState:
@@ -142,9 +164,11 @@ class ShadowPlan:
         "ignore_headers",
         "max_body",
         "max_concurrency",
+        "offload",
         "path_template",
         "record_mode",
         "route",
+        "route_b",
         "rules",
         "safe_only",
         "sample_key",
@@ -171,6 +195,7 @@ class ShadowPlan:
     ) -> None:
         sh = route.shadow
         self.route = route.name
+        self.route_b = route.name.encode()
         self.state = state
         self.target_pool = target_pool
         self.baseline_pool = baseline_pool
@@ -191,6 +216,7 @@ class ShadowPlan:
         )
         self.path_template = route.match.path
         self.breaker = breaker
+        self.offload = False  # set when a shadow helper process runs this plan's copies
 
 
 class _Leg:
@@ -499,7 +525,10 @@ class ShadowCall:
     def _close(self) -> None:
         self.finished = True
         self.plan.state.in_flight -= 1
-        self.hub.in_flight -= 1
+        hub = self.hub
+        hub.in_flight -= 1
+        if hub.slot_freed is not None:
+            hub.slot_freed()
 
 
 class ShadowHub:
@@ -540,6 +569,10 @@ class ShadowHub:
         # swept by the lag tick: no timer handle per shadowed request.
         self._deadlines: dict[float, deque[tuple[float, ShadowCall]]] = {}
         self._synced: dict[str, tuple[int, int, int, dict[str, int]]] = {}
+        self.feed: OffloadFeed | None = None  # the data plane's link to its shadow helper
+        self.shed_on_lag = True  # off in a shadow helper, which runs at idle CPU priority
+        self.starved_at = -1e9  # loop time of the last tick that ran late (a helper only)
+        self.slot_freed: Callable[[], None] | None = None  # a copy ended (the helper's pump)
 
     # lifecycle
     def start(self) -> None:
@@ -571,13 +604,15 @@ class ShadowHub:
         now = self.loop.time()
         lag = max(0.0, now - self._lag_expected)
         self.lag = 0.7 * self.lag + 0.3 * lag
+        if lag > _STARVED_S and not self.shed_on_lag:
+            self.starved_at = now
         cpu_now = time.process_time()
         wall0, cpu0 = self._cpu_mark
         if now > wall0:
             self.cpu = 0.5 * self.cpu + 0.5 * (cpu_now - cpu0) / (now - wall0)
         self._cpu_mark = (now, cpu_now)
         self._adjust_admission()
-        self.shedding = self.lag > _LAG_SHED_S
+        self.shedding = self.shed_on_lag and self.lag > _LAG_SHED_S
         self.expire(now)
         self._flush_states()
         self._lag_expected = now + _LAG_INTERVAL
@@ -586,6 +621,8 @@ class ShadowHub:
     def _adjust_admission(self) -> None:
         """The admit share after one tick, from the smoothed CPU share and loop lag."""
         budget = self.cpu_budget
+        if not self.shed_on_lag:
+            return
         over = self.lag > _LAG_SHED_S or (budget < 1.0 and self.cpu > budget)
         if over:  # cut at once: a burst must not find every copy admitted for long
             saturated = budget < 1.0 and self.cpu > 0.95
@@ -615,7 +652,13 @@ class ShadowHub:
                 if not call.finished and deadline > now:
                     break
                 queue.popleft()
-                if not call.finished:
+                if call.finished:
+                    continue
+                if now - self.starved_at < call.plan.timeout:
+                    # A helper kept off the CPU by user traffic: the answer may be sitting
+                    # unread, so this is no evidence against the candidate.
+                    call.drop("starved")
+                else:
                     call.on_timeout()
 
     def _sync_tick(self) -> None:
@@ -667,7 +710,7 @@ class ShadowHub:
         request_id: str,
         headers: Sequence[tuple[bytes, bytes]],
         head: bytes,
-    ) -> ShadowCall | None:
+    ) -> ShadowTap | None:
         """Decide whether this request gets a background leg; cheap when it does not."""
         if plan.threshold < 10000:
             key = request_id.encode()
@@ -697,6 +740,9 @@ class ShadowHub:
                 )
                 self._count(plan.state, "skipped")
                 return None
+        feed = self.feed
+        if plan.offload and feed is not None:  # the helper process runs it (or it is shed)
+            return feed.call(plan, method, path, request_id, head)
         state = plan.state
         reason = None
         if state.in_flight >= plan.max_concurrency:
@@ -711,11 +757,17 @@ class ShadowHub:
                 self._admit_acc = acc
                 reason = "shed"
         if reason is not None:  # counted in bulk by the next tick (RouteState.flush)
-            shed = state.pending_shed
-            shed[reason] = shed.get(reason, 0) + 1
+            self.count_shed(state, reason)
             return None
+        return self.start_call(plan, method, path, request_id, head)
+
+    def start_call(
+        self, plan: ShadowPlan, method: str, path: str, request_id: str, head: bytes
+    ) -> ShadowCall:
+        """Start a copy that was sampled and admitted (by `begin`, or by the data plane's
+        worker when this hub runs in a shadow helper)."""
         self.recorder.note_started(plan.route)
-        state.in_flight += 1
+        plan.state.in_flight += 1
         self.in_flight += 1
         return ShadowCall(self, plan, method, path, request_id, head)
 
@@ -860,6 +912,12 @@ class ShadowHub:
     def _count(self, state: RouteState, outcome: str) -> None:
         pending = state.pending_outcomes
         pending[outcome] = pending.get(outcome, 0) + 1
+
+    def count_shed(self, state: RouteState, reason: str) -> None:
+        """Count a copy dropped before (or instead of) its legs: started and dropped at once,
+        published by the next tick."""
+        shed = state.pending_shed
+        shed[reason] = shed.get(reason, 0) + 1
 
     def count_drop(self, state: RouteState, reason: str) -> None:
         """Count a dropped shadow copy in the metrics (published by the next tick, or stop)."""

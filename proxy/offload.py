@@ -1,0 +1,387 @@
+"""Shadow offload: a data-plane worker hands its shadow copies to a helper process.
+
+With `limits.shadow_offload: true`, `strangler serve` gives each worker one helper process
+(`proxy.shadow_worker`) running at the kernel's idle CPU priority (SCHED_IDLE): it gets
+the CPU only when the worker has nothing to do, so user requests always come first and
+shadow work uses the headroom left, however much or little there is.
+
+The worker keeps sampling (same decisions as in-process) and tees the served response as
+usual; when the response has ended it writes one frame to a socket pair: the request head
+and body, the served status, headers and body, and how long the primary took. Frames of
+one loop iteration go out in one write. When the helper falls behind, the socket and then
+the worker's bounded write buffer fill, and further copies are shed and counted in the
+worker (`reason="shed"`); a helper that is down (it is restarted) sheds as
+`offload_down`. The helper calls the candidate, compares, records and counts exactly as the
+in-process path does; under a supervisor both processes' counters add up, so
+started = recorded + dropped + failed holds per route across them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from proxy.shadowing import ShadowHub, ShadowPlan
+
+__all__ = [
+    "Frame",
+    "OffloadCall",
+    "OffloadFeed",
+    "decode_frames",
+    "encode_frame",
+]
+
+_log = logging.getLogger("strangler.offload")
+
+# total length, status, too-large flag, primary ms, handed-off (monotonic), 8 field lengths
+_HEAD = struct.Struct("<IHBdd8I")
+_SIZE = struct.Struct("<I")
+_WRITE_HIGH = 1 << 20  # the worker's buffer toward the helper: past it, copies are shed
+_RESPAWN_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One shadow copy handed to the helper."""
+
+    route: str
+    method: str
+    path: str
+    request_id: str
+    head: bytes
+    body: bytes
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    served_body: bytes
+    served_ms: float
+    handed_off: float  # time.monotonic() in the worker (the same clock in every process)
+    too_large: bool
+
+
+def encode_frame(
+    route: bytes,
+    method: str,
+    path: str,
+    request_id: str,
+    head: bytes,
+    body: bytes,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    served_body: bytes,
+    served_ms: float,
+    too_large: bool,
+) -> bytes:
+    """One frame; header names cannot hold ':' and parsed values no CR or LF."""
+    hdrs = b"\r\n".join([n + b":" + v for n, v in headers])
+    parts = (
+        route,
+        method.encode(),
+        path.encode("utf-8", "surrogatepass"),
+        request_id.encode("utf-8", "surrogatepass"),
+        head,
+        body,
+        hdrs,
+        served_body,
+    )
+    size = _HEAD.size + sum(map(len, parts))
+    lens = [len(p) for p in parts]
+    return b"".join(
+        (
+            _HEAD.pack(size, status, too_large, served_ms, time.monotonic(), *lens),
+            *parts,
+        )
+    )
+
+
+def decode_frames(buf: bytearray) -> list[Frame]:
+    """The complete frames at the start of `buf`, removed from it."""
+    end = len(buf)
+    if end < _HEAD.size or end < _SIZE.unpack_from(buf)[0]:
+        return []  # not even one whole frame yet: no copy of a big frame's first pieces
+    data = bytes(buf)
+    pos = 0
+    out: list[Frame] = []
+    unpack = _HEAD.unpack_from
+    while end - pos >= _HEAD.size:
+        size, status, too_large, ms, handed, l0, l1, l2, l3, l4, l5, l6, l7 = unpack(data, pos)
+        if end - pos < size:
+            break
+        a = pos + _HEAD.size
+        b = a + l0
+        c = b + l1
+        d = c + l2
+        e = d + l3
+        f = e + l4
+        g = f + l5
+        h = g + l6
+        hdrs = data[g:h]
+        headers = [line.partition(b":")[::2] for line in hdrs.split(b"\r\n")] if hdrs else []
+        out.append(
+            Frame(
+                data[a:b].decode(),
+                data[b:c].decode(),
+                data[c:d].decode("utf-8", "surrogatepass"),
+                data[d:e].decode("utf-8", "surrogatepass"),
+                data[e:f],
+                data[f:g],
+                status,
+                headers,
+                data[h : h + l7],
+                ms,
+                handed,
+                bool(too_large),
+            )
+        )
+        pos += size
+    del buf[:pos]
+    return out
+
+
+class OffloadCall:
+    """A sampled request in a worker with a shadow helper: tee, then hand off one frame."""
+
+    __slots__ = (
+        "feed",
+        "finished",
+        "head",
+        "method",
+        "path",
+        "plan",
+        "req_body",
+        "req_size",
+        "request_id",
+        "sent",
+        "served_body",
+        "served_headers",
+        "served_size",
+        "served_status",
+        "served_too_large",
+        "started_at",
+    )
+
+    def __init__(
+        self,
+        feed: OffloadFeed,
+        plan: ShadowPlan,
+        method: str,
+        path: str,
+        request_id: str,
+        head: bytes,
+    ) -> None:
+        self.feed = feed
+        self.plan = plan
+        self.method = method
+        self.path = path
+        self.request_id = request_id
+        self.head = head
+        self.req_body: list[bytes] = []
+        self.req_size = 0
+        self.sent = False
+        self.finished = False
+        self.served_status = 0
+        self.served_headers: list[tuple[bytes, bytes]] = []
+        self.served_body: list[bytes] = []
+        self.served_size = 0
+        self.served_too_large = False
+        self.started_at = time.perf_counter()
+
+    def request_body(self, data: bytes) -> None:
+        self.req_size += len(data)
+        if self.req_size > self.plan.max_body:
+            self.drop("request_too_large")
+            return
+        self.req_body.append(data)
+
+    def request_done(self) -> None:
+        self.sent = True
+
+    def served_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.served_status = status
+        self.served_headers = headers
+
+    def served_chunk(self, data: bytes) -> None:
+        if self.served_too_large:
+            return
+        self.served_size += len(data)
+        if self.served_size > self.plan.max_body:
+            self.served_too_large = True
+            self.served_body = []
+            return
+        self.served_body.append(data)
+
+    def served_end(self, ok: bool) -> None:
+        if self.finished:
+            return
+        if not ok:
+            self.drop("primary_failed")
+        elif not self.sent:
+            self.drop("incomplete_request")
+        else:
+            self.finished = True
+            self.feed.send(self)
+
+    def drop(self, reason: str) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.req_body = self.served_body = []
+        self.feed.hub.count_shed(self.plan.state, reason)
+
+
+class _FeedProtocol(asyncio.Protocol):
+    def __init__(self, feed: OffloadFeed) -> None:
+        self.feed = feed
+
+    def pause_writing(self) -> None:
+        self.feed.paused = True
+
+    def resume_writing(self) -> None:
+        self.feed.paused = False
+
+    def data_received(self, data: bytes) -> None:  # the helper sends nothing
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.feed.lost(exc)
+
+
+class OffloadFeed:
+    """The worker's end: starts (and restarts) the helper and writes frames to it."""
+
+    def __init__(self, hub: ShadowHub, config_path: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.hub = hub
+        self.config_path = config_path
+        self.loop = loop
+        self.proc: asyncio.subprocess.Process | None = None
+        self.transport: asyncio.Transport | None = None
+        self.paused = False
+        self.closing = False
+        self.handed_off = 0
+        self._out: list[bytes] = []
+        self._scheduled = False
+        self._respawn: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        """Start the helper process and connect to it."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "proxy.shadow_worker",
+                "--config",
+                self.config_path,
+                "--fd",
+                str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        transport, _ = await self.loop.connect_accepted_socket(lambda: _FeedProtocol(self), ours)
+        transport.set_write_buffer_limits(high=_WRITE_HIGH)
+        self.transport = transport
+        self.paused = False
+
+    @property
+    def up(self) -> bool:
+        """Whether copies can be handed off now."""
+        return self.transport is not None
+
+    def call(
+        self, plan: ShadowPlan, method: str, path: str, request_id: str, head: bytes
+    ) -> OffloadCall | None:
+        """A tap for a sampled request, or None (counted as shed) when the helper cannot
+        take more now."""
+        if self.transport is None or self.paused:
+            self.hub.count_shed(plan.state, "offload_down" if self.transport is None else "shed")
+            return None
+        return OffloadCall(self, plan, method, path, request_id, head)
+
+    def send(self, call: OffloadCall) -> None:
+        """Queue the frame of a finished tap; frames of one loop iteration go in one write."""
+        if self.transport is None:
+            self.hub.count_shed(call.plan.state, "offload_down")
+            return
+        self._out.append(
+            encode_frame(
+                call.plan.route_b,
+                call.method,
+                call.path,
+                call.request_id,
+                call.head,
+                b"".join(call.req_body),
+                call.served_status,
+                call.served_headers,
+                b"".join(call.served_body),
+                (time.perf_counter() - call.started_at) * 1000.0,
+                call.served_too_large,
+            )
+        )
+        self.handed_off += 1
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        out, self._out = self._out, []
+        if out and self.transport is not None:
+            self.transport.write(b"".join(out))
+
+    def lost(self, exc: Exception | None) -> None:
+        """The helper's socket closed: shed until a new helper is up."""
+        self.transport = None
+        if self.closing:
+            return
+        _log.warning("shadow helper gone (%s); restarting it in %.0f s", exc, _RESPAWN_S)
+        self._respawn = self.loop.call_later(_RESPAWN_S, self._restart)
+
+    def _restart(self) -> None:
+        self._respawn = None
+        if self.closing:
+            return
+        task = self.loop.create_task(self.start())
+        task.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("shadow helper did not start: %s", task.exception())
+            self._respawn = self.loop.call_later(_RESPAWN_S, self._restart)
+
+    def reload(self) -> None:
+        """Ask the helper to load the config file again (after the worker did)."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGHUP)
+
+    async def close(self, timeout: float) -> None:
+        """Send what is queued, close the socket (the helper finishes its copies, flushes
+        its records and exits), and wait up to `timeout` for it to exit."""
+        self.closing = True
+        if self._respawn is not None:
+            self._respawn.cancel()
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            _log.warning("shadow helper still busy after %.1f s: terminating it", timeout)
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5.0)
+        self.proc = None

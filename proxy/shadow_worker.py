@@ -1,0 +1,224 @@
+"""The shadow helper process of one `strangler serve` worker (see `proxy.offload`).
+
+Started by the worker with one end of a socket pair; runs at SCHED_IDLE (the kernel gives
+it a CPU only when nothing else wants one), reads the frames the worker hands off, and runs
+each copy through the same `ShadowHub` as the in-process path: candidate call on the lean
+upstream pool, comparison, redaction, record, counters and metrics (Prometheus
+multiprocess mode, so the supervisor's `/-/metrics` adds them to the worker's).
+
+Frames wait in a bounded queue while a route is at its `max_concurrency`; a full queue
+stops reading, which fills the socket and makes the worker shed. A frame older than its
+route's shadow timeout when its turn comes is dropped as `stale`. SIGHUP reloads the config
+file; end of the socket (the worker stops) or SIGTERM: finish the copies in flight, flush
+the records, exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from time import perf_counter
+
+from proxy.app import Proxy, helper_plans
+from proxy.offload import Frame, decode_frames
+from proxy.settings import ConfigError, Settings, load
+from proxy.shadowing import ShadowHub, ShadowPlan
+
+__all__ = ["ShadowHelper", "main"]
+
+_log = logging.getLogger("strangler.shadow_worker")
+
+_QUEUE_MAX = 4096  # frames waiting for a slot; past it, reading pauses (the worker sheds)
+_GRACE_S = 5.0
+
+
+class _Intake(asyncio.Protocol):
+    def __init__(self, helper: ShadowHelper) -> None:
+        self.helper = helper
+        self.buf = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.helper.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self.helper.queue.extend(decode_frames(self.buf))
+        self.helper.pump()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.helper.ended.set()
+
+
+class ShadowHelper:
+    """Runs handed-off shadow copies: queue, per-route concurrency, the hub's legs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.proxy = Proxy(settings, admin=False, data_plane=False)
+        self.plans: dict[str, ShadowPlan] = {}
+        self.queue: deque[Frame] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.ended = asyncio.Event()
+        self._paused = False
+        self._pump_soon = False
+
+    @property
+    def hub(self) -> ShadowHub:
+        hub = self.proxy.hub
+        assert hub is not None
+        return hub
+
+    async def start(self, sock: socket.socket) -> None:
+        """Open the store, build the routes' plans and start reading frames."""
+        loop = asyncio.get_running_loop()
+        await self.proxy.start_recording()
+        hub = self.hub
+        hub.shed_on_lag = False  # the kernel puts user traffic first; the queue bounds us
+        hub.slot_freed = self._slot_freed
+        await self._build(self.proxy.settings)
+        await loop.connect_accepted_socket(lambda: _Intake(self), sock)
+
+    async def _build(self, settings: Settings) -> None:
+        backends = await self.proxy.swap_backends(settings)
+        self.plans = helper_plans(settings, self.hub, backends)
+
+    async def reload(self) -> None:
+        """Load the config file again; on any error keep the current one."""
+        try:
+            settings = load(self.proxy.settings.path)
+        except ConfigError as e:
+            _log.warning("shadow helper: reload rejected, keeping the old config: %s", e)
+            return
+        await self._build(settings)
+
+    def _slot_freed(self) -> None:
+        if not self._pump_soon and self.queue:
+            self._pump_soon = True
+            asyncio.get_running_loop().call_soon(self.pump)
+
+    def pump(self) -> None:
+        """Start the queued copies that have a free slot, oldest first."""
+        self._pump_soon = False
+        queue = self.queue
+        hub = self.hub
+        while queue:
+            frame = queue[0]
+            plan = self.plans.get(frame.route)
+            if plan is None:  # the route changed mode or went away in a reload
+                queue.popleft()
+                hub.count_shed(hub.route_state(frame.route), "reload")
+                continue
+            if plan.state.in_flight >= plan.max_concurrency:
+                break
+            queue.popleft()
+            if time.monotonic() - frame.handed_off > plan.timeout:
+                hub.count_shed(plan.state, "stale")
+                continue
+            self._start(plan, frame)
+        transport = self.transport
+        if transport is not None:
+            if not self._paused and len(queue) >= _QUEUE_MAX:
+                self._paused = True
+                transport.pause_reading()
+            elif self._paused and len(queue) <= _QUEUE_MAX // 2:
+                self._paused = False
+                transport.resume_reading()
+
+    def _start(self, plan: ShadowPlan, frame: Frame) -> None:
+        call = self.hub.start_call(plan, frame.method, frame.path, frame.request_id, frame.head)
+        call.started_at = perf_counter() - frame.served_ms / 1000.0  # served_ms as measured
+        if frame.body:
+            call.request_body(frame.body)
+            if call.finished:
+                return
+        call.request_done()
+        call.served_head(frame.status, frame.headers)
+        if frame.too_large:
+            call.served_too_large = True
+        elif frame.served_body:
+            call.served_chunk(frame.served_body)
+        call.served_end(True)
+
+    async def stop(self, grace_s: float) -> None:
+        """Finish what is queued and in flight within `grace_s`, then flush and close."""
+        deadline = time.monotonic() + grace_s
+        hub = self.hub
+        while (self.queue or hub.in_flight) and time.monotonic() < deadline:
+            self.pump()
+            await asyncio.sleep(0.02)
+        while self.queue:
+            frame = self.queue.popleft()
+            hub.count_shed(hub.route_state(frame.route), "stopped")
+        if self.transport is not None:
+            self.transport.close()
+        hub.stop()
+        proxy = self.proxy
+        if proxy.recorder is not None:
+            await proxy.recorder.stop(max(1.0, deadline - time.monotonic()))
+            hub.sync_counters()
+        await proxy.close_backends()
+        if proxy.store is not None:
+            await proxy.store.close()
+        proxy.metrics.flush()
+
+
+def _idle_priority() -> None:
+    """SCHED_IDLE: run only when no normal task wants this CPU (nice 19 where refused)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        with contextlib.suppress(OSError):
+            os.nice(19)
+
+
+async def _run(settings: Settings, fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    helper = ShadowHelper(settings)
+    await helper.start(sock)
+    loop = asyncio.get_running_loop()
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(helper.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, helper.ended.set)
+    await helper.ended.wait()
+    await helper.stop(_GRACE_S)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m proxy.shadow_worker --config PATH --fd N` (started by a worker)."""
+    parser = argparse.ArgumentParser(prog="strangler-shadow-helper")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    from proxy.serve import _die_with_parent, _install_uvloop
+
+    _die_with_parent()
+    _idle_priority()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    try:
+        settings = load(args.config)
+    except ConfigError as e:
+        print(f"strangler shadow helper: {e}", file=sys.stderr)
+        return 2
+    _install_uvloop()
+    return asyncio.run(_run(settings, args.fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

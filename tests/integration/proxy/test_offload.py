@@ -1,0 +1,220 @@
+"""`limits.shadow_offload`: `strangler serve` runs shadow copies in a SCHED_IDLE helper.
+
+A real process tree (supervisor, worker, the worker's helper) in front of loopback legacy
+and candidate apps whose prices differ, so every copy is a mismatch on `$.price`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.proxy.shadow_support import Side, shadow_config, start_app
+from tests.support import (
+    free_port,
+    start_serve,
+    stop_process,
+    wait_admin_ready,
+    wait_for,
+    wait_until,
+)
+
+ROUTE = """  - name: order-show
+    match: {path: /api/*}
+    mode: shadow
+    candidate: orders
+    shadow: {percent: 100, timeout: 5s}
+"""
+
+
+@dataclass
+class Served:
+    proc: asyncio.subprocess.Process
+    port: int
+    admin: int
+    config: Path
+    db: Path
+    legacy: Side
+    candidate: Side
+
+
+@dataclass
+class Counts:
+    started: float = 0.0
+    recorded: float = 0.0
+    failed: float = 0.0
+    dropped: dict[str, float] | None = None
+    outcomes: dict[str, float] | None = None
+
+    @property
+    def ended(self) -> float:
+        return self.recorded + self.failed + sum((self.dropped or {}).values())
+
+
+def _config(legacy: Side, candidate: Side, port: int, admin: int, db: Path, extra: str) -> str:
+    text = shadow_config(legacy, candidate, ROUTE + extra, f"sqlite+aiosqlite:///{db}")
+    text = text.replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}", 1)
+    text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
+    return text.replace("limits:\n", "limits:\n  shadow_offload: true\n", 1)
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    legacy, candidate = Side("legacy"), Side("candidate", price="13.00")
+    runners = [await start_app(legacy), await start_app(candidate)]
+    port, admin = free_port(), free_port()
+    db = tmp_path / "cmp.db"
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(_config(legacy, candidate, port, admin, db, ""))
+    proc = await start_serve(cfg)
+    try:
+        await wait_admin_ready(admin)
+        yield Served(proc, port, admin, cfg, db, legacy, candidate)
+    finally:
+        await stop_process(proc)
+        for r in runners:
+            await r.cleanup()
+
+
+async def _counts(s: aiohttp.ClientSession, admin: int) -> Counts:
+    async with s.get(f"http://127.0.0.1:{admin}/-/metrics") as r:
+        text = await r.text()
+    c = Counts(dropped={}, outcomes={})
+    assert c.dropped is not None and c.outcomes is not None
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("route") != "order-show" or not sample.name.endswith("_total"):
+                continue
+            name = sample.name.removesuffix("_total")
+            if name == "strangler_shadow_started":
+                c.started += sample.value
+            elif name == "strangler_shadow_recorded":
+                c.recorded += sample.value
+            elif name == "strangler_shadow_failed":
+                c.failed += sample.value
+            elif name == "strangler_shadow_dropped":
+                reason = sample.labels["reason"]
+                c.dropped[reason] = c.dropped.get(reason, 0.0) + sample.value
+            elif name == "strangler_shadow_comparisons":
+                outcome = sample.labels["outcome"]
+                c.outcomes[outcome] = c.outcomes.get(outcome, 0.0) + sample.value
+    return c
+
+
+async def _burst(s: aiohttp.ClientSession, port: int, first: int, n: int) -> list[str]:
+    sem = asyncio.Semaphore(8)
+
+    async def one(i: int) -> str:
+        async with sem, s.get(f"http://127.0.0.1:{port}/api/o{i}") as r:
+            assert r.status == 200
+            doc = await r.json()
+            return str(doc["price"])
+
+    return await asyncio.gather(*(one(i) for i in range(first, first + n)))
+
+
+async def _settled(s: aiohttp.ClientSession, admin: int, started: int) -> Counts:
+    """The counters once `started` copies were counted and every one of them ended."""
+    last = Counts()
+
+    async def done() -> bool:
+        nonlocal last
+        last = await _counts(s, admin)
+        return last.started >= started and last.ended == last.started
+
+    await wait_for(done, timeout=20, interval=0.1)
+    return last
+
+
+def _helpers() -> dict[int, str]:
+    """pid -> command line of every shadow helper process on this machine."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "proxy.shadow_worker" in cmd:
+            found[int(entry.name)] = cmd
+    return found
+
+
+def _ours(served: Served) -> list[int]:
+    return [pid for pid, cmd in _helpers().items() if str(served.config) in cmd]
+
+
+def _rows(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT outcome, count(*) FROM comparisons GROUP BY outcome"))
+
+
+async def test_copies_run_in_an_idle_helper_and_every_one_is_accounted_for(
+    served: Served,
+) -> None:
+    [helper] = _ours(served)
+    # it lowers its own priority first thing after start-up
+    await wait_until(lambda: os.sched_getscheduler(helper) == os.SCHED_IDLE, timeout=10)
+    n = 300
+    async with aiohttp.ClientSession() as s:
+        prices = await _burst(s, served.port, 0, n)
+        assert prices == ["12.50"] * n  # users get legacy's answer
+        c = await _settled(s, served.admin, n)
+    assert c.started == n
+    assert c.failed == 0
+    print(f"offload: started={c.started} recorded={c.recorded} dropped={c.dropped} {c.outcomes}")
+    assert c.outcomes is not None and c.outcomes.get("mismatch", 0) == c.recorded
+    assert c.recorded >= n // 2  # an idle test machine compares (nearly) all of them
+    assert await stop_process(served.proc) == 0
+    assert not _ours(served)  # the helper exits with its worker
+    assert _rows(served.db) == {"mismatch": int(c.recorded)}  # stored before it exited
+
+
+async def test_a_killed_helper_is_restarted_and_a_reload_reaches_it(served: Served) -> None:
+    [first] = _ours(served)
+    os.kill(first, signal.SIGKILL)
+    async with aiohttp.ClientSession() as s:
+        # users never notice: requests are served while the helper is away
+        assert await _burst(s, served.port, 0, 50) == ["12.50"] * 50
+
+        async def restarted() -> bool:
+            return len(_ours(served)) == 1 and _ours(served) != [first]
+
+        await wait_for(restarted, timeout=10, interval=0.05)
+        before = await _counts(s, served.admin)
+        await _burst(s, served.port, 50, 50)
+        after = await _settled(s, served.admin, int(before.started) + 50)
+        assert after.outcomes is not None and before.outcomes is not None
+        assert after.outcomes.get("mismatch", 0) > before.outcomes.get("mismatch", 0)
+
+        # ignore the price from now on: the helper compares with the new rules
+        served.config.write_text(
+            _config(
+                served.legacy,
+                served.candidate,
+                served.port,
+                served.admin,
+                served.db,
+                '    compare: {ignore_json_paths: ["$.price"]}\n',
+            )
+        )
+        served.proc.send_signal(signal.SIGHUP)
+
+        async def matching() -> bool:
+            mark = await _counts(s, served.admin)
+            await _burst(s, served.port, 1000, 10)
+            now = await _settled(s, served.admin, int(mark.started) + 10)
+            assert now.outcomes is not None
+            return now.outcomes.get("match", 0) > 0
+
+        await wait_for(matching, timeout=15, interval=0.1)
