@@ -130,7 +130,7 @@ class Proxy:
             backlog=1024,
         )
         self.address = _sockname(self._server.sockets[0])
-        self.plane.pools = lambda: [be.pool for be in self._backends.values()]
+        self.plane.pools = self.pools
         self.plane.start_sweeper()
 
     async def _start_recording(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -170,6 +170,10 @@ class Proxy:
             if backends.get(name) is not be:
                 be.pool.close()
         return backends
+
+    def pools(self) -> list[UpstreamPool]:
+        """The upstream pool of every backend."""
+        return [be.pool for be in self._backends.values()]
 
     async def close_backends(self) -> None:
         """Close every upstream pool and in-process app."""

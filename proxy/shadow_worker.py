@@ -39,6 +39,7 @@ _log = logging.getLogger("strangler.shadow_worker")
 
 _QUEUE_MAX = 4096  # frames waiting for a slot; past it, reading pauses (the worker sheds)
 _GRACE_S = 5.0
+_SWEEP_S = 1.0
 
 
 class _Intake(asyncio.Protocol):
@@ -69,6 +70,7 @@ class ShadowHelper:
         self.ended = asyncio.Event()
         self._paused = False
         self._pump_soon = False
+        self._sweeper: asyncio.TimerHandle | None = None
 
     @property
     def hub(self) -> ShadowHub:
@@ -85,6 +87,15 @@ class ShadowHelper:
         hub.slot_freed = self._slot_freed
         await self._build(self.proxy.settings)
         await loop.connect_accepted_socket(lambda: _Intake(self), sock)
+        self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
+
+    def _sweep(self) -> None:
+        # idle candidate connections expire as in a worker (whose data plane sweeps them)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for pool in self.proxy.pools():
+            pool.expire_idle(now)
+        self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
 
     async def _build(self, settings: Settings) -> None:
         backends = await self.proxy.swap_backends(settings)
@@ -159,6 +170,8 @@ class ShadowHelper:
             hub.count_shed(hub.route_state(frame.route), "stopped")
         if self.transport is not None:
             self.transport.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         hub.stop()
         proxy = self.proxy
         if proxy.recorder is not None:

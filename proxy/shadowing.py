@@ -780,6 +780,12 @@ class ShadowHub:
             self.count_drop(plan.state, "body_too_large")
             return
         leg = call.leg
+        if leg.error is not None and self.loop.time() - self.starved_at < leg.ms / 1000.0 + 0.05:
+            # a helper kept off the CPU while this leg waited: its connect or read may have
+            # timed out on our side only, which says nothing about the candidate
+            self.recorder.note_dropped(plan.route, "starved")
+            self.count_drop(plan.state, "starved")
+            return
         plan.state.latency.observe(leg.ms / 1000.0)
         if plan.swapped:
             legacy_ms, cand_ms = leg.ms, call.served_ms

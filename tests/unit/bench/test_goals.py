@@ -69,3 +69,20 @@ def test_format_shows_units_and_figure_only_goals() -> None:
         "  [met] issue 7: report: 1.400 s",
     ]
     assert Verdict(4, "x", 1.0, 2.0).as_json()["met"] is False
+
+
+def test_both_shadow_rows_get_the_issue_6_goals() -> None:
+    sections = _sections()
+    rows = sections["shadow"]["rows"]
+    assert isinstance(rows, list)
+    rows += [
+        {"phase": "half", "mode": "shadow 100% offload", "p50_x": 1.2, "p99_x": 0.8},
+        {"phase": "saturating", "mode": "shadow 100% offload", "rps_x": 1.0},
+    ]
+    rows[-2]["compared_pct"] = 85.0
+    shadow = [g for g in collect_goals(_ROWS, sections) if g.issue == 6][:-1]  # not comparator
+    assert [g.text.split(" primary")[0].split(":")[0] for g in shadow] == [
+        *["shadow 100%"] * 4,
+        *["shadow 100% offload"] * 4,
+    ]
+    assert [g.met for g in shadow[4:]] == [False, True, True, True]
