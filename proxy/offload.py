@@ -46,10 +46,10 @@ _HEAD = struct.Struct("<IHBdd8I")
 _SIZE = struct.Struct("<I")
 _WRITE_HIGH = 1 << 20  # the worker's buffer toward the helper: past it, copies are shed
 _RESPAWN_S = 1.0
-# Frames go out every 5 ms or 64 at a time: each write wakes the helper, and every switch
+# Frames go out every 10 ms or 128 at a time: each write wakes the helper, and every switch
 # to it and back costs the worker's core more than the frames themselves.
-_BATCH_S = 0.005
-_BATCH_FRAMES = 64
+_BATCH_S = 0.01
+_BATCH_FRAMES = 128
 
 
 class Frame(NamedTuple):

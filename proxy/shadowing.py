@@ -572,14 +572,15 @@ class ShadowHub:
         self.feed: OffloadFeed | None = None  # the data plane's link to its shadow helper
         self.shed_on_lag = True  # off in a shadow helper, which runs at idle CPU priority
         self.starved_at = -1e9  # loop time of the last tick that ran late (a helper only)
+        self.tick_s = _LAG_INTERVAL  # admission, timeouts, counters; a helper ticks slower
         self.slot_freed: Callable[[], None] | None = None  # a copy ended (the helper's pump)
 
     # lifecycle
     def start(self) -> None:
         """Start the event-loop lag monitor and the counter sync."""
         self._cpu_mark = (self.loop.time(), time.process_time())
-        self._lag_expected = self.loop.time() + _LAG_INTERVAL
-        self._lag_timer = self.loop.call_later(_LAG_INTERVAL, self._lag_tick)
+        self._lag_expected = self.loop.time() + self.tick_s
+        self._lag_timer = self.loop.call_later(self.tick_s, self._lag_tick)
         self._sync_timer = self.loop.call_later(1.0, self._sync_tick)
 
     def stop(self) -> None:
@@ -615,8 +616,8 @@ class ShadowHub:
         self.shedding = self.shed_on_lag and self.lag > _LAG_SHED_S
         self.expire(now)
         self._flush_states()
-        self._lag_expected = now + _LAG_INTERVAL
-        self._lag_timer = self.loop.call_later(_LAG_INTERVAL, self._lag_tick)
+        self._lag_expected = now + self.tick_s
+        self._lag_timer = self.loop.call_later(self.tick_s, self._lag_tick)
 
     def _adjust_admission(self) -> None:
         """The admit share after one tick, from the smoothed CPU share and loop lag."""
