@@ -44,6 +44,7 @@ __all__ = ["Proxy", "create_proxy"]
 DEFAULT_ROUTE = "_default"
 _SHADOW_SETTLE_S = 1.0
 _ACCEPT_LINGER_S = 0.2
+_GRACE_HELPER_S = 7.0  # a shadow helper turned off by a reload: finish, flush, exit
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,14 +185,22 @@ class Proxy:
         self._backends = {}
 
     async def _ensure_offload(self, settings: Settings) -> None:
-        """Start the shadow helper when this worker may and the config asks for it."""
+        """Start the shadow helper when this worker may and the config asks for it; stop
+        it when a reload turns it off (its copies in flight finish first)."""
         hub = self.hub
-        if hub is None or hub.feed is not None or not self.with_data_plane:
+        if hub is None or not self.with_data_plane:
+            return
+        if hub.feed is not None:
+            if not settings.limits.shadow_offload:
+                feed, hub.feed = hub.feed, None
+                await feed.close(_GRACE_HELPER_S)
             return
         if self.offload and settings.limits.shadow_offload:
-            feed = OffloadFeed(hub, settings.path, asyncio.get_running_loop())
-            await feed.start()
-            hub.feed = feed
+            feed = hub.feed = OffloadFeed(hub, settings.path, asyncio.get_running_loop())
+            try:
+                await feed.start()
+            except OSError as e:  # serve anyway: copies are shed until a helper starts
+                feed.lost(e)
 
     def _capture_writer(self, settings: Settings) -> CaptureWriter | None:
         """A capture writer for the config's `capture:` block (one file per worker)."""
@@ -478,14 +487,13 @@ class Proxy:
 
 
 def offloadable(route: Route, settings: Settings) -> bool:
-    """Whether a shadow helper may run this route's copies: shadow mode, and every backend
-    the copies reach (the candidate; legacy too for a noise baseline) is a URL."""
+    """Whether a shadow helper may run this route's copies: shadow mode, and both backends
+    are URLs (the helper reaches the candidate, and legacy for a noise baseline; in-process
+    apps stay with the worker)."""
     if route.mode != "shadow" or route.candidate is None:
         return False
     backends = settings.backends
-    if backends[route.candidate].handlers is not None:
-        return False
-    return not route.settings.compare.noise_baseline or backends[route.primary].handlers is None
+    return backends[route.candidate].handlers is None and backends[route.primary].handlers is None
 
 
 def _shadow_plan(

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import NamedTuple
 
-from proxy.shadowing import ShadowHub, ShadowPlan
+from proxy.shadowing import RouteState, ShadowHub, ShadowPlan
 
 __all__ = [
     "Frame",
@@ -46,10 +46,12 @@ _HEAD = struct.Struct("<IHBdd8I")
 _SIZE = struct.Struct("<I")
 _WRITE_HIGH = 1 << 20  # the worker's buffer toward the helper: past it, copies are shed
 _RESPAWN_S = 1.0
+_RESPAWN_MAX_S = 30.0
 # Frames go out every 10 ms or 128 at a time: each write wakes the helper, and every switch
 # to it and back costs the worker's core more than the frames themselves.
 _BATCH_S = 0.01
 _BATCH_FRAMES = 128
+_BATCH_BYTES = 256 << 10
 
 
 class Frame(NamedTuple):
@@ -82,8 +84,10 @@ def encode_frame(
     served_ms: float,
     too_large: bool,
 ) -> bytes:
-    """One frame; parsed header names and values hold no CR or LF."""
+    """One frame; ValueError if a header name or value holds CR LF (the separator)."""
     hdrs = b"\r\n".join([x for pair in headers for x in pair])
+    if headers and hdrs.count(b"\r\n") != 2 * len(headers) - 1:
+        raise ValueError("a response header holds CR LF")
     parts = (
         route,
         method.encode(),
@@ -214,7 +218,7 @@ class OffloadCall:
         self.served_headers = headers
 
     def served_chunk(self, data: bytes) -> None:
-        if self.served_too_large:
+        if self.served_too_large or self.finished:
             return
         self.served_size += len(data)
         if self.served_size > self.plan.max_body:
@@ -252,8 +256,8 @@ class _FeedProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.feed.paused = False
 
-    def data_received(self, data: bytes) -> None:  # the helper sends nothing
-        pass
+    def data_received(self, data: bytes) -> None:  # one byte: the helper is ready
+        self.feed.helper_ready()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.feed.lost(exc)
@@ -270,10 +274,16 @@ class OffloadFeed:
         self.transport: asyncio.Transport | None = None
         self.paused = False
         self.closing = False
+        self.ready = False  # the helper said it handles SIGHUP (a reload before: pending)
+        self.reload_pending = False
         self.handed_off = 0
         self._out: list[bytes] = []
+        self._out_states: list[RouteState] = []
+        self._out_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._respawn: asyncio.TimerHandle | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._backoff = _RESPAWN_S
 
     async def start(self) -> None:
         """Start the helper process and connect to it."""
@@ -290,18 +300,27 @@ class OffloadFeed:
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
+            ours.setblocking(False)
+            transport, _ = await self.loop.connect_accepted_socket(
+                lambda: _FeedProtocol(self), ours
+            )
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
-        ours.setblocking(False)
-        transport, _ = await self.loop.connect_accepted_socket(lambda: _FeedProtocol(self), ours)
         transport.set_write_buffer_limits(high=_WRITE_HIGH)
         self.transport = transport
         self.paused = False
+        self.ready = False
 
-    @property
-    def up(self) -> bool:
-        """Whether copies can be handed off now."""
-        return self.transport is not None
+    def helper_ready(self) -> None:
+        """The helper is up and handles SIGHUP: pass on a reload that came meanwhile."""
+        self.ready = True
+        self._backoff = _RESPAWN_S
+        if self.reload_pending:
+            self.reload_pending = False
+            self.reload()
 
     def call(
         self, plan: ShadowPlan, method: str, path: str, request_id: str, head: bytes
@@ -315,11 +334,12 @@ class OffloadFeed:
 
     def send(self, call: OffloadCall) -> None:
         """Queue the frame of a finished tap (written in batches, see `_BATCH_S`)."""
+        state = call.plan.state
         if self.transport is None:
-            self.hub.count_shed(call.plan.state, "offload_down")
+            self.hub.count_shed(state, "offload_down")
             return
-        self._out.append(
-            encode_frame(
+        try:
+            frame = encode_frame(
                 call.plan.route_b,
                 call.method,
                 call.path,
@@ -332,9 +352,16 @@ class OffloadFeed:
                 (time.perf_counter() - call.started_at) * 1000.0,
                 call.served_too_large,
             )
-        )
+        except (ValueError, struct.error) as e:  # never into the data plane: count it
+            _log.warning("shadow: cannot hand a copy of %s over: %s", state.route, e)
+            self.hub.count_shed(state, "unencodable")
+            return
+        self.hub.recorder.note_started(state.route)  # the helper counts how it ends
+        self._out.append(frame)
+        self._out_states.append(state)
+        self._out_bytes += len(frame)
         self.handed_off += 1
-        if len(self._out) >= _BATCH_FRAMES:
+        if len(self._out) >= _BATCH_FRAMES or self._out_bytes >= _BATCH_BYTES:
             self._flush()
         elif self._timer is None:
             self._timer = self.loop.call_later(_BATCH_S, self._flush)
@@ -343,42 +370,63 @@ class OffloadFeed:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        out, self._out = self._out, []
-        if out and self.transport is not None:
-            self.transport.write(b"".join(out))
+        out, states = self._out, self._out_states
+        self._out, self._out_states, self._out_bytes = [], [], 0
+        transport = self.transport
+        if not out:
+            return
+        if transport is None or transport.is_closing():  # the helper went away meanwhile
+            for state in states:
+                self.hub.drop_started(state, "offload_down")
+            return
+        transport.write(b"".join(out))
 
     def lost(self, exc: Exception | None) -> None:
-        """The helper's socket closed: shed until a new helper is up."""
+        """The helper's socket closed: count the frames not yet written, shed until a new
+        helper is up (restarted after 1 s, doubling up to 30 s while it keeps failing).
+        Frames already written to a helper that died are lost with it: counted as started
+        here and never ended, so the gap shows in the counters."""
         self.transport = None
+        self.ready = False
+        for state in self._out_states:
+            self.hub.drop_started(state, "offload_down")
+        self._out, self._out_states, self._out_bytes = [], [], 0
         if self.closing:
             return
-        _log.warning("shadow helper gone (%s); restarting it in %.0f s", exc, _RESPAWN_S)
-        self._respawn = self.loop.call_later(_RESPAWN_S, self._restart)
+        _log.warning("shadow helper gone (%s); restarting it in %.0f s", exc, self._backoff)
+        self._respawn = self.loop.call_later(self._backoff, self._restart)
+        self._backoff = min(self._backoff * 2, _RESPAWN_MAX_S)
 
     def _restart(self) -> None:
         self._respawn = None
         if self.closing:
             return
-        task = self.loop.create_task(self.start())
-        task.add_done_callback(self._started)
+        self._starting = self.loop.create_task(self.start())
+        self._starting.add_done_callback(self._started)
 
     def _started(self, task: asyncio.Task[None]) -> None:
+        self._starting = None
         if not task.cancelled() and task.exception() is not None:
-            _log.warning("shadow helper did not start: %s", task.exception())
-            self._respawn = self.loop.call_later(_RESPAWN_S, self._restart)
+            self.lost(task.exception())  # type: ignore[arg-type]
 
     def reload(self) -> None:
         """Ask the helper to load the config file again (after the worker did)."""
+        if not self.ready:  # still starting: it reads the file itself, or gets it when ready
+            self.reload_pending = True
+            return
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGHUP)
 
     async def close(self, timeout: float) -> None:
         """Send what is queued, close the socket (the helper finishes its copies, flushes
-        its records and exits), and wait up to `timeout` for it to exit."""
+        its records and exits), and wait up to `timeout` for it to exit (then kill it)."""
         self.closing = True
         if self._respawn is not None:
             self._respawn.cancel()
+        if self._starting is not None:
+            with contextlib.suppress(BaseException):
+                await self._starting
         self._flush()
         if self.transport is not None:
             self.transport.close()
@@ -388,9 +436,8 @@ class OffloadFeed:
         try:
             await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
-            _log.warning("shadow helper still busy after %.1f s: terminating it", timeout)
+            _log.warning("shadow helper still busy after %.1f s: killing it", timeout)
             with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 5.0)
+                proc.kill()
+            await proc.wait()
         self.proc = None

@@ -37,7 +37,9 @@ __all__ = ["ShadowHelper", "main"]
 
 _log = logging.getLogger("strangler.shadow_worker")
 
-_QUEUE_MAX = 4096  # frames waiting for a slot; past it, reading pauses (the worker sheds)
+# Frames waiting for a slot; past either bound, reading pauses (and the worker sheds).
+_QUEUE_MAX = 4096
+_QUEUE_MAX_BYTES = 64 << 20
 _GRACE_S = 5.0
 _SWEEP_S = 1.0
 # No admission to steer here: the hub's tick only times copies out and publishes counters,
@@ -55,8 +57,7 @@ class _Intake(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        self.helper.queue.extend(decode_frames(self.buf))
-        self.helper.pump()
+        self.helper.enqueue(decode_frames(self.buf))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.helper.ended.set()
@@ -68,7 +69,9 @@ class ShadowHelper:
     def __init__(self, settings: Settings) -> None:
         self.proxy = Proxy(settings, admin=False, data_plane=False)
         self.plans: dict[str, ShadowPlan] = {}
-        self.queue: deque[Frame] = deque()
+        self.queues: dict[str, deque[Frame]] = {}  # per route: one slow route blocks no other
+        self.queued = 0
+        self.queued_bytes = 0
         self.transport: asyncio.Transport | None = None
         self.ended = asyncio.Event()
         self._paused = False
@@ -93,6 +96,11 @@ class ShadowHelper:
         await loop.connect_accepted_socket(lambda: _Intake(self), sock)
         self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
 
+    def say_ready(self) -> None:
+        """Tell the worker this helper handles SIGHUP now (one byte on the socket)."""
+        if self.transport is not None:
+            self.transport.write(b"R")
+
     def _sweep(self) -> None:
         # idle candidate connections expire as in a worker (whose data plane sweeps them)
         loop = asyncio.get_running_loop()
@@ -115,40 +123,56 @@ class ShadowHelper:
         await self._build(settings)
 
     def _slot_freed(self) -> None:
-        if not self._pump_soon and self.queue:
+        if not self._pump_soon and self.queued:
             self._pump_soon = True
             asyncio.get_running_loop().call_soon(self.pump)
 
+    def enqueue(self, frames: list[Frame]) -> None:
+        """Queue frames by route, then start what has a free slot."""
+        queues = self.queues
+        for frame in frames:
+            queue = queues.get(frame.route)
+            if queue is None:
+                queue = queues[frame.route] = deque()
+            queue.append(frame)
+            self.queued_bytes += _size(frame)
+        self.queued += len(frames)
+        self.pump()
+
     def pump(self) -> None:
-        """Start the queued copies that have a free slot, oldest first."""
+        """Start the queued copies that have a free slot, oldest first in each route."""
         self._pump_soon = False
-        queue = self.queue
         hub = self.hub
-        while queue:
-            frame = queue[0]
-            plan = self.plans.get(frame.route)
-            if plan is None:  # the route changed mode or went away in a reload
+        now = time.monotonic()
+        for route, queue in self.queues.items():
+            plan = self.plans.get(route)
+            while queue:
+                frame = queue[0]
+                if plan is not None and plan.state.in_flight >= plan.max_concurrency:
+                    break
                 queue.popleft()
-                hub.count_shed(hub.route_state(frame.route), "reload")
-                continue
-            if plan.state.in_flight >= plan.max_concurrency:
-                break
-            queue.popleft()
-            if time.monotonic() - frame.handed_off > plan.timeout:
-                hub.count_shed(plan.state, "stale")
-                continue
-            self._start(plan, frame)
+                self.queued -= 1
+                self.queued_bytes -= _size(frame)
+                if plan is None:  # the route changed mode or went away in a reload
+                    hub.drop_started(hub.route_state(route), "reload")
+                elif now - frame.handed_off > plan.timeout:
+                    hub.drop_started(plan.state, "stale")
+                else:
+                    self._start(plan, frame)
         transport = self.transport
         if transport is not None:
-            if not self._paused and len(queue) >= _QUEUE_MAX:
+            full = self.queued >= _QUEUE_MAX or self.queued_bytes >= _QUEUE_MAX_BYTES
+            if not self._paused and full:
                 self._paused = True
                 transport.pause_reading()
-            elif self._paused and len(queue) <= _QUEUE_MAX // 2:
+            elif self._paused and self.queued <= _QUEUE_MAX // 2 and not full:
                 self._paused = False
                 transport.resume_reading()
 
     def _start(self, plan: ShadowPlan, frame: Frame) -> None:
-        call = self.hub.start_call(plan, frame.method, frame.path, frame.request_id, frame.head)
+        call = self.hub.start_call(
+            plan, frame.method, frame.path, frame.request_id, frame.head, counted=True
+        )
         call.started_at = perf_counter() - frame.served_ms / 1000.0  # served_ms as measured
         if frame.body:
             call.request_body(frame.body)
@@ -166,12 +190,14 @@ class ShadowHelper:
         """Finish what is queued and in flight within `grace_s`, then flush and close."""
         deadline = time.monotonic() + grace_s
         hub = self.hub
-        while (self.queue or hub.in_flight) and time.monotonic() < deadline:
+        while (self.queued or hub.in_flight) and time.monotonic() < deadline:
             self.pump()
             await asyncio.sleep(0.02)
-        while self.queue:
-            frame = self.queue.popleft()
-            hub.count_shed(hub.route_state(frame.route), "stopped")
+        for route, queue in self.queues.items():
+            for _ in queue:
+                hub.drop_started(hub.route_state(route), "stopped")
+            queue.clear()
+        self.queued = self.queued_bytes = 0
         if self.transport is not None:
             self.transport.close()
         if self._sweeper is not None:
@@ -185,6 +211,10 @@ class ShadowHelper:
         if proxy.store is not None:
             await proxy.store.close()
         proxy.metrics.flush()
+
+
+def _size(frame: Frame) -> int:
+    return len(frame.head) + len(frame.body) + len(frame.served_body)
 
 
 def _idle_priority() -> None:
@@ -210,8 +240,7 @@ async def _run(settings: Settings, fd: int) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, helper.ended.set)
+    helper.say_ready()  # the worker passes reloads on from now
     await helper.ended.wait()
     await helper.stop(_GRACE_S)
     return 0
@@ -225,6 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from proxy.serve import _die_with_parent, _install_uvloop
 
+    # Only the end of the socket stops a helper (its worker closed it, or died): a Ctrl-C or
+    # a service manager's SIGTERM to the whole group must not cut it off mid-drain.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     _die_with_parent()
     _idle_priority()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

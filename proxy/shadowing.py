@@ -763,11 +763,20 @@ class ShadowHub:
         return self.start_call(plan, method, path, request_id, head)
 
     def start_call(
-        self, plan: ShadowPlan, method: str, path: str, request_id: str, head: bytes
+        self,
+        plan: ShadowPlan,
+        method: str,
+        path: str,
+        request_id: str,
+        head: bytes,
+        *,
+        counted: bool = False,
     ) -> ShadowCall:
         """Start a copy that was sampled and admitted (by `begin`, or by the data plane's
-        worker when this hub runs in a shadow helper)."""
-        self.recorder.note_started(plan.route)
+        worker when this hub runs in a shadow helper: then it was `counted` as started
+        there, at hand-off)."""
+        if not counted:
+            self.recorder.note_started(plan.route)
         plan.state.in_flight += 1
         self.in_flight += 1
         return ShadowCall(self, plan, method, path, request_id, head)
@@ -925,6 +934,11 @@ class ShadowHub:
         published by the next tick."""
         shed = state.pending_shed
         shed[reason] = shed.get(reason, 0) + 1
+
+    def drop_started(self, state: RouteState, reason: str) -> None:
+        """A copy counted as started ends without a record."""
+        self.recorder.note_dropped(state.route, reason)
+        self.count_drop(state, reason)
 
     def count_drop(self, state: RouteState, reason: str) -> None:
         """Count a dropped shadow copy in the metrics (published by the next tick, or stop)."""

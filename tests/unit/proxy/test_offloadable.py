@@ -1,0 +1,42 @@
+"""Which routes a shadow helper may run: shadow mode with both backends reachable by URL."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.app import offloadable
+from proxy.routes import RouteTable
+from proxy.settings import loads
+
+CONFIG = """
+listen: 127.0.0.1:1
+backends:
+  legacy: {{{legacy}}}
+  orders: {{{orders}}}
+default_backend: legacy
+limits: {{shadow_offload: true}}
+routes:
+  - name: r
+    match: {{path: /api/*}}
+    mode: {mode}
+    candidate: orders
+    canary: {{percent: 5}}
+"""
+URL = 'url: "http://127.0.0.1:2"'
+APP = "handlers: extracted.app"
+
+
+@pytest.mark.parametrize(
+    ("mode", "legacy", "orders", "want"),
+    [
+        ("shadow", URL, URL, True),
+        ("shadow", APP, URL, False),  # the helper never starts in-process apps
+        ("shadow", URL, APP, False),
+        ("canary", URL, URL, False),  # its rollback window and breaker live in the worker
+        ("extracted", URL, URL, False),
+    ],
+)
+def test_offloadable(mode: str, legacy: str, orders: str, want: bool) -> None:
+    settings = loads(CONFIG.format(mode=mode, legacy=legacy, orders=orders))
+    [route] = RouteTable(settings).routes
+    assert offloadable(route, settings) is want
