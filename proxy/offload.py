@@ -29,7 +29,7 @@ import sys
 import time
 from typing import NamedTuple
 
-from proxy.shadowing import RouteState, ShadowHub, ShadowPlan
+from proxy.shadowing import RouteState, ShadowHub, ShadowPlan, Tee
 
 __all__ = [
     "Frame",
@@ -155,27 +155,10 @@ def decode_frames(buf: bytearray) -> list[Frame]:
     return out
 
 
-class OffloadCall:
+class OffloadCall(Tee):
     """A sampled request in a worker with a shadow helper: tee, then hand off one frame."""
 
-    __slots__ = (
-        "feed",
-        "finished",
-        "head",
-        "method",
-        "path",
-        "plan",
-        "req_body",
-        "req_size",
-        "request_id",
-        "sent",
-        "served_body",
-        "served_headers",
-        "served_size",
-        "served_status",
-        "served_too_large",
-        "started_at",
-    )
+    __slots__ = ("feed",)
 
     def __init__(
         self,
@@ -186,46 +169,11 @@ class OffloadCall:
         request_id: str,
         head: bytes,
     ) -> None:
+        super().__init__(plan, method, path, request_id, head)
         self.feed = feed
-        self.plan = plan
-        self.method = method
-        self.path = path
-        self.request_id = request_id
-        self.head = head
-        self.req_body: list[bytes] = []
-        self.req_size = 0
-        self.sent = False
-        self.finished = False
-        self.served_status = 0
-        self.served_headers: list[tuple[bytes, bytes]] = []
-        self.served_body: list[bytes] = []
-        self.served_size = 0
-        self.served_too_large = False
-        self.started_at = time.perf_counter()
-
-    def request_body(self, data: bytes) -> None:
-        self.req_size += len(data)
-        if self.req_size > self.plan.max_body:
-            self.drop("request_too_large")
-            return
-        self.req_body.append(data)
 
     def request_done(self) -> None:
         self.sent = True
-
-    def served_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.served_status = status
-        self.served_headers = headers
-
-    def served_chunk(self, data: bytes) -> None:
-        if self.served_too_large or self.finished:
-            return
-        self.served_size += len(data)
-        if self.served_size > self.plan.max_body:
-            self.served_too_large = True
-            self.served_body = []
-            return
-        self.served_body.append(data)
 
     def served_end(self, ok: bool) -> None:
         if self.finished:
@@ -242,7 +190,7 @@ class OffloadCall:
         if self.finished:
             return
         self.finished = True
-        self.req_body = self.served_body = []
+        self.req_body, self.served_body = [], []
         self.feed.hub.count_shed(self.plan.state, reason)
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "ShadowHub",
     "ShadowPlan",
     "ShadowTap",
+    "Tee",
     "bucket",
 ]
 
@@ -360,15 +361,13 @@ class _Leg:
         )
 
 
-class ShadowCall:
-    """One sampled request: tees the served response and runs the background legs."""
+class Tee:
+    """What every tap keeps of a sampled request while it is served: the request head and
+    body and the served status, headers and body, each capped at the plan's body limit."""
 
     __slots__ = (
-        "baseline",
         "finished",
         "head",
-        "hub",
-        "leg",
         "method",
         "path",
         "plan",
@@ -377,10 +376,7 @@ class ShadowCall:
         "request_id",
         "sent",
         "served_body",
-        "served_done",
-        "served_failed",
         "served_headers",
-        "served_ms",
         "served_size",
         "served_status",
         "served_too_large",
@@ -388,9 +384,8 @@ class ShadowCall:
     )
 
     def __init__(
-        self, hub: ShadowHub, plan: ShadowPlan, method: str, path: str, request_id: str, head: bytes
+        self, plan: ShadowPlan, method: str, path: str, request_id: str, head: bytes
     ) -> None:
-        self.hub = hub
         self.plan = plan
         self.method = method
         self.path = path
@@ -403,14 +398,13 @@ class ShadowCall:
         self.served_body: list[bytes] = []
         self.served_size = 0
         self.served_too_large = False
-        self.served_done = False
-        self.served_failed = False
-        self.served_ms = 0.0
-        self.leg = _Leg(self, plan.target_pool)
-        self.baseline: _Leg | None = None
         self.finished = False
         self.sent = False
         self.started_at = perf_counter()
+
+    def drop(self, reason: str) -> None:
+        """Abandon this copy and count it."""
+        raise NotImplementedError
 
     # fed by the data plane (request direction)
     def request_body(self, data: bytes) -> None:
@@ -420,6 +414,38 @@ class ShadowCall:
             self.drop("request_too_large")
             return
         self.req_body.append(data)
+
+    # fed by the data plane (served response direction)
+    def served_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.served_status = status
+        self.served_headers = headers
+
+    def served_chunk(self, data: bytes) -> None:
+        if self.served_too_large or self.finished:
+            return
+        self.served_size += len(data)
+        if self.served_size > self.plan.max_body:
+            self.served_too_large = True
+            self.served_body = []
+            return
+        self.served_body.append(data)
+
+
+class ShadowCall(Tee):
+    """One sampled request: tees the served response and runs the background legs."""
+
+    __slots__ = ("baseline", "hub", "leg", "served_done", "served_failed", "served_ms")
+
+    def __init__(
+        self, hub: ShadowHub, plan: ShadowPlan, method: str, path: str, request_id: str, head: bytes
+    ) -> None:
+        super().__init__(plan, method, path, request_id, head)
+        self.hub = hub
+        self.served_done = False
+        self.served_failed = False
+        self.served_ms = 0.0
+        self.leg = _Leg(self, plan.target_pool)
+        self.baseline: _Leg | None = None
 
     def request_done(self) -> None:
         """The whole request arrived: send the copies."""
@@ -442,21 +468,6 @@ class ShadowCall:
             self.baseline = _Leg(self, self.plan.baseline_pool)
             self.baseline.start(request, head_only)
         self.leg.start(request, head_only)
-
-    # fed by the data plane (served response direction)
-    def served_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.served_status = status
-        self.served_headers = headers
-
-    def served_chunk(self, data: bytes) -> None:
-        if self.served_too_large:
-            return
-        self.served_size += len(data)
-        if self.served_size > self.plan.max_body:
-            self.served_too_large = True
-            self.served_body = []
-            return
-        self.served_body.append(data)
 
     def served_end(self, ok: bool) -> None:
         """The served response ended (ok) or broke (not ok)."""
