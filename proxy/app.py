@@ -167,9 +167,7 @@ class Proxy:
         old = self._backends
         backends = await self._build_backends(settings, old, urls_only=True)
         self._backends, self.settings = backends, settings
-        for name, be in old.items():
-            if backends.get(name) is not be:
-                be.pool.close()
+        await _close_replaced(old, backends)
         return backends
 
     def pools(self) -> list[UpstreamPool]:
@@ -178,11 +176,8 @@ class Proxy:
 
     async def close_backends(self) -> None:
         """Close every upstream pool and in-process app."""
-        for be in self._backends.values():
-            be.pool.close()
-            if be.runner is not None:
-                await be.runner.cleanup()
-        self._backends = {}
+        old, self._backends = self._backends, {}
+        await _close_replaced(old, {})
 
     async def _ensure_offload(self, settings: Settings) -> None:
         """Start the shadow helper when this worker may and the config asks for it; stop
@@ -235,11 +230,7 @@ class Proxy:
             self.access_log.enabled = settings.access_log
             self._backends = backends
             self.settings = settings
-            for name, be in old.items():
-                if backends.get(name) is not be:
-                    be.pool.close()
-                    if be.runner is not None:
-                        await be.runner.cleanup()
+            await _close_replaced(old, backends)
             self.metrics.set_config_version(settings.version)
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -486,6 +477,15 @@ class Proxy:
         return RoutingState(settings.version, table, tuple(entries), default)
 
 
+async def _close_replaced(old: dict[str, _Backend], new: dict[str, _Backend]) -> None:
+    """Close the pools and in-process apps of `old` that `new` does not keep."""
+    for name, be in old.items():
+        if new.get(name) is not be:
+            be.pool.close()
+            if be.runner is not None:
+                await be.runner.cleanup()
+
+
 def offloadable(route: Route, settings: Settings) -> bool:
     """Whether a shadow helper may run this route's copies: shadow mode, and both backends
     are URLs (the helper reaches the candidate, and legacy for a noise baseline; in-process
@@ -497,7 +497,12 @@ def offloadable(route: Route, settings: Settings) -> bool:
 
 
 def _shadow_plan(
-    route: Route, hub: ShadowHub, backends: dict[str, _Backend], *, swapped: bool
+    route: Route,
+    hub: ShadowHub,
+    backends: dict[str, _Backend],
+    *,
+    swapped: bool,
+    rules: CompareRules | None = None,
 ) -> ShadowPlan:
     """The background leg of `route` (toward the candidate, or toward legacy if swapped)."""
     rs = route.settings
@@ -512,7 +517,7 @@ def _shadow_plan(
         swapped=swapped,
         record_mode=route.mode if route.mode != "legacy" else "shadow",
         percent=rs.shadow.percent,
-        rules=CompareRules.from_settings(rs.compare),
+        rules=rules if rules is not None else CompareRules.from_settings(rs.compare),
         breaker=hub.breaker(cand),
     )
 
@@ -544,8 +549,10 @@ def _candidate_entry(
     state = hub.route_state(route.name)
     breaker = hub.breaker(cand)
 
+    rules = CompareRules.from_settings(rs.compare)  # one per route, shared by both legs
+
     def shadow_plan(swapped: bool) -> ShadowPlan:
-        return _shadow_plan(route, hub, backends, swapped=swapped)
+        return _shadow_plan(route, hub, backends, swapped=swapped, rules=rules)
 
     plain = plan(route.name, mode, primary)
     forward_shadow = shadow_plan(False)

@@ -224,7 +224,6 @@ class OffloadFeed:
         self.closing = False
         self.ready = False  # the helper said it handles SIGHUP (a reload before: pending)
         self.reload_pending = False
-        self.handed_off = 0
         self._out: list[bytes] = []
         self._out_states: list[RouteState] = []
         self._out_bytes = 0
@@ -308,7 +307,6 @@ class OffloadFeed:
         self._out.append(frame)
         self._out_states.append(state)
         self._out_bytes += len(frame)
-        self.handed_off += 1
         if len(self._out) >= _BATCH_FRAMES or self._out_bytes >= _BATCH_BYTES:
             self._flush()
         elif self._timer is None:

@@ -357,20 +357,11 @@ async def read_response(
     col = _RespCollector(head_only, skip_interim)
     parser = httptools.HttpResponseParser(col)
     col.parser = parser
-    while not col.done:
-        if head_only and col.headers_done:
-            break
-        try:
-            chunk = await reader.read(65536)
-        except ConnectionError:
-            chunk = b""
-        if not chunk:
-            break
-        try:
-            parser.feed_data(chunk)
-        except httptools.HttpParserUpgrade:
-            col.done = True
-            break
+    stopped = await _feed(reader, parser, lambda: col.done or (head_only and col.headers_done))
+    if isinstance(stopped, httptools.HttpParserUpgrade):
+        col.done = True
+    elif stopped is not None:
+        raise stopped
     return RawResponse(
         col.status, col.reason, col.headers, b"".join(col.body), col.done or head_only
     )
@@ -428,15 +419,26 @@ async def read_responses(reader: asyncio.StreamReader, count: int) -> list[RawRe
     col = _MultiCollector()
     parser = httptools.HttpResponseParser(col)
     col.parser = parser
-    while len(col.done) < count:
+    await _feed(reader, parser, lambda: len(col.done) >= count)  # a parse error ends it too
+    return col.done[:count]
+
+
+async def _feed(
+    reader: asyncio.StreamReader,
+    parser: httptools.HttpResponseParser,
+    enough: Callable[[], bool],
+) -> Exception | None:
+    """Feed `parser` from `reader` until `enough()` or the stream ends; returns the parser
+    exception (error or upgrade) that stopped it, if any."""
+    while not enough():
         try:
             chunk = await reader.read(65536)
         except ConnectionError:
-            chunk = b""
+            return None
         if not chunk:
-            break
+            return None
         try:
             parser.feed_data(chunk)
-        except httptools.HttpParserError:
-            break
-    return col.done[:count]
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+            return e
+    return None
