@@ -462,8 +462,15 @@ class ShadowCall(Tee):
         if self.method not in SAFE_METHODS:
             extra += b"x-strangler-dry-run: 1\r\n"
         request = head[:-2] + extra + b"\r\n" + body
-        head_only = self.method == "HEAD"
         self.hub.watch(self)
+        # Primary first: the legs start once the loop has handled the I/O already waiting,
+        # so the user's request reaches its backend before its copy is even written.
+        self.hub.loop.call_soon(self._send, request)
+
+    def _send(self, request: bytes) -> None:
+        if self.finished:
+            return
+        head_only = self.method == "HEAD"
         if self.plan.baseline_pool is not None:
             self.baseline = _Leg(self, self.plan.baseline_pool)
             self.baseline.start(request, head_only)
