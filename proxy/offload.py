@@ -29,13 +29,18 @@ import sys
 import time
 from typing import NamedTuple
 
+import orjson
+
 from proxy.shadowing import RouteState, ShadowHub, ShadowPlan, Tee
 
 __all__ = [
+    "READY",
     "Frame",
     "OffloadCall",
     "OffloadFeed",
+    "decode_ack",
     "decode_frames",
+    "encode_ack",
     "encode_frame",
 ]
 
@@ -194,9 +199,33 @@ class OffloadCall(Tee):
         self.feed.hub.count_shed(self.plan.state, reason)
 
 
+READY = b"R\n"  # the helper to its worker: it handles SIGHUP now
+_ACK = b"A"  # then JSON {route: copies ended so far}, one line
+_LINE_MAX = 1 << 20
+
+
+def encode_ack(ended: dict[str, int]) -> bytes:
+    """The helper's line saying how many copies ended per route (as published)."""
+    return _ACK + orjson.dumps(ended) + b"\n"
+
+
+def decode_ack(line: bytes) -> dict[str, int] | None:
+    """The counts of an ack line (without its newline), or None if it is not one."""
+    if not line.startswith(_ACK):
+        return None
+    try:
+        data = orjson.loads(line[1:])
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
 class _FeedProtocol(asyncio.Protocol):
     def __init__(self, feed: OffloadFeed) -> None:
         self.feed = feed
+        self.buf = b""
 
     def pause_writing(self) -> None:
         self.feed.paused = True
@@ -204,8 +233,17 @@ class _FeedProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.feed.paused = False
 
-    def data_received(self, data: bytes) -> None:  # one byte: the helper is ready
-        self.feed.helper_ready()
+    def data_received(self, data: bytes) -> None:  # lines: READY, then acks
+        *lines, self.buf = (self.buf + data).split(b"\n")
+        if len(self.buf) > _LINE_MAX:  # not a line of ours: never let it grow
+            self.buf = b""
+        for line in lines:
+            if line + b"\n" == READY:
+                self.feed.helper_ready()
+            else:
+                ended = decode_ack(line)
+                if ended is not None:
+                    self.feed.acked = ended
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.feed.lost(exc)
@@ -231,6 +269,10 @@ class OffloadFeed:
         self._respawn: asyncio.TimerHandle | None = None
         self._starting: asyncio.Task[None] | None = None
         self._backoff = _RESPAWN_S
+        # Per route: frames written to the current helper, and how many of them it says
+        # ended (published); the difference is lost if the helper dies.
+        self.handed: dict[str, int] = {}
+        self.acked: dict[str, int] = {}
 
     async def start(self) -> None:
         """Start the helper process and connect to it."""
@@ -326,19 +368,29 @@ class OffloadFeed:
                 self.hub.drop_started(state, "offload_down")
             return
         transport.write(b"".join(out))
+        handed = self.handed
+        for state in states:
+            handed[state.route] = handed.get(state.route, 0) + 1
 
     def lost(self, exc: Exception | None) -> None:
         """The helper's socket closed: count the frames not yet written, shed until a new
         helper is up (restarted after 1 s, doubling up to 30 s while it keeps failing).
-        Frames already written to a helper that died are lost with it: counted as started
-        here and never ended, so the gap shows in the counters."""
+        Copies written to a helper that died and not acknowledged as ended are counted as
+        `offload_lost` (a helper that exits because this worker closed it ends them itself)."""
         self.transport = None
         self.ready = False
+        hub = self.hub
         for state in self._out_states:
-            self.hub.drop_started(state, "offload_down")
+            hub.drop_started(state, "offload_down")
         self._out, self._out_states, self._out_bytes = [], [], 0
+        handed, self.handed = self.handed, {}
+        acked, self.acked = self.acked, {}
         if self.closing:
             return
+        for route, n in handed.items():
+            state = hub.route_state(route)
+            for _ in range(n - acked.get(route, 0)):
+                hub.drop_started(state, "offload_lost")
         _log.warning("shadow helper gone (%s); restarting it in %.0f s", exc, self._backoff)
         self._respawn = self.loop.call_later(self._backoff, self._restart)
         self._backoff = min(self._backoff * 2, _RESPAWN_MAX_S)

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from time import perf_counter
 
 from proxy.app import Proxy, helper_plans
-from proxy.offload import Frame, decode_frames
+from proxy.offload import READY, Frame, decode_frames, encode_ack
 from proxy.settings import ConfigError, Settings, load
 from proxy.shadowing import ShadowHub, ShadowPlan
 
@@ -45,6 +45,9 @@ _SWEEP_S = 1.0
 # No admission to steer here: the hub's tick only times copies out and publishes counters,
 # and every wake-up of this process costs the worker's core a little.
 _TICK_S = 0.05
+# Counters are published (and acknowledged to the worker) this often: a helper that is
+# killed leaves at most this much of its work unpublished, counted by the worker as lost.
+_SYNC_S = 0.25
 
 
 class _Intake(asyncio.Protocol):
@@ -92,14 +95,27 @@ class ShadowHelper:
         hub.shed_on_lag = False  # the kernel puts user traffic first; the queue bounds us
         hub.tick_s = _TICK_S
         hub.slot_freed = self._slot_freed
+        hub.sync_s = _SYNC_S
+        hub.synced = self._ack
         await self._build(self.proxy.settings)
         await loop.connect_accepted_socket(lambda: _Intake(self), sock)
         self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
 
     def say_ready(self) -> None:
-        """Tell the worker this helper handles SIGHUP now (one byte on the socket)."""
+        """Tell the worker this helper handles SIGHUP now (one line on the socket)."""
         if self.transport is not None:
-            self.transport.write(b"R")
+            self.transport.write(READY)
+
+    def _ack(self) -> None:
+        """Tell the worker how many of its copies have ended, per route, as just published
+        in the metrics: if this process dies, the worker counts the rest as lost (and
+        nothing twice). Every copy here came from the worker, which counted it as started."""
+        recorder = self.proxy.recorder
+        transport = self.transport
+        if recorder is None or transport is None or transport.is_closing():
+            return
+        ended = {r: c.recorded + c.dropped_total + c.failed for r, c in recorder.counters().items()}
+        transport.write(encode_ack(ended))
 
     def _sweep(self) -> None:
         # idle candidate connections expire as in a worker (whose data plane sweeps them)

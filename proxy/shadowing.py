@@ -592,6 +592,8 @@ class ShadowHub:
         self.starved_at = -1e9  # loop time of the last tick that ran late (a helper only)
         self.tick_s = _LAG_INTERVAL  # admission, timeouts, counters; a helper ticks slower
         self.slot_freed: Callable[[], None] | None = None  # a copy ended (the helper's pump)
+        self.sync_s = 1.0  # how often counters are published (a helper publishes more often)
+        self.synced: Callable[[], None] | None = None  # after each publish (the helper's ack)
 
     # lifecycle
     def start(self) -> None:
@@ -599,7 +601,7 @@ class ShadowHub:
         self._cpu_mark = (self.loop.time(), time.process_time())
         self._lag_expected = self.loop.time() + self.tick_s
         self._lag_timer = self.loop.call_later(self.tick_s, self._lag_tick)
-        self._sync_timer = self.loop.call_later(1.0, self._sync_tick)
+        self._sync_timer = self.loop.call_later(self.sync_s, self._sync_tick)
 
     def stop(self) -> None:
         """Stop the timers, drop the copies still waiting for a leg (counted as `stopped`,
@@ -682,7 +684,7 @@ class ShadowHub:
 
     def _sync_tick(self) -> None:
         self.sync_counters()
-        self._sync_timer = self.loop.call_later(1.0, self._sync_tick)
+        self._sync_timer = self.loop.call_later(self.sync_s, self._sync_tick)
 
     def sync_counters(self) -> None:
         """Publish the recorder's counters as Prometheus counters (works across workers)."""
@@ -696,7 +698,12 @@ class ShadowHub:
                 m.shadow_recorded.labels(route).inc(c.recorded - prev[1])
             if c.failed > prev[2]:
                 m.shadow_failed.labels(route).inc(c.failed - prev[2])
-            self._synced[route] = (c.started, c.recorded, c.failed, dict(c.dropped))
+            for reason, n in c.refused.items():  # the other drops are counted where they happen
+                if n > prev[3].get(reason, 0):
+                    m.shadow_dropped.labels(route, reason).inc(n - prev[3].get(reason, 0))
+            self._synced[route] = (c.started, c.recorded, c.failed, c.refused)
+        if self.synced is not None:
+            self.synced()
 
     # building plans
     def route_state(self, route: str) -> RouteState:

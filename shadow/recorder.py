@@ -44,6 +44,9 @@ class RouteCounters:
     failed: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
+    # the part of `dropped` the recorder decided itself (a full buffer, a closed recorder),
+    # which only it can publish as metrics
+    refused: dict[str, int] = field(default_factory=dict)
 
     @property
     def dropped_total(self) -> int:
@@ -58,7 +61,12 @@ class RouteCounters:
     def copy(self) -> RouteCounters:
         """An independent snapshot."""
         return RouteCounters(
-            self.started, self.recorded, self.failed, dict(self.dropped), dict(self.outcomes)
+            self.started,
+            self.recorded,
+            self.failed,
+            dict(self.dropped),
+            dict(self.outcomes),
+            dict(self.refused),
         )
 
 
@@ -132,6 +140,7 @@ class Recorder:
             if self._closed or len(self._buf) + len(self._inflight) >= self._buffer_size:
                 reason = STOPPED if self._closed else BUFFER_FULL
                 counters.dropped[reason] = counters.dropped.get(reason, 0) + 1
+                counters.refused[reason] = counters.refused.get(reason, 0) + 1
                 return
             counters.outcomes[rec.outcome] = counters.outcomes.get(rec.outcome, 0) + 1
             self._buf.append(rec)

@@ -226,3 +226,26 @@ async def test_a_killed_helper_is_restarted_and_a_reload_reaches_it(served: Serv
 
         await wait_for(matching, timeout=15, interval=0.1)
     assert _ours(served) == [second]  # reloaded in place, not restarted
+
+
+async def test_copies_held_by_a_killed_helper_are_counted_as_lost(served: Served) -> None:
+    """started = recorded + dropped + failed holds even when the helper dies holding copies:
+    the worker counts what the helper never acknowledged as ended."""
+    [helper] = _ours(served)
+    served.legacy.release.set()  # users are answered at once; the candidate holds the copies
+    n = 20
+    async with aiohttp.ClientSession() as s:
+
+        async def one(i: int) -> str:
+            async with s.get(f"http://127.0.0.1:{served.port}/api/slow{i}") as r:
+                assert r.status == 200
+                return str((await r.json())["price"])
+
+        assert await asyncio.gather(*(one(i) for i in range(n))) == ["12.50"] * n
+        await wait_until(lambda: served.candidate.shadow_headers.count("1") == n, timeout=10)
+        os.kill(helper, signal.SIGKILL)
+        c = await _settled(s, served.admin, n)
+    served.candidate.release.set()
+    assert c.started == n
+    assert c.dropped == {"offload_lost": n}
+    assert c.recorded == 0 and c.failed == 0

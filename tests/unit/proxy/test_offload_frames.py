@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.offload import Frame, decode_frames, encode_frame
+from proxy.offload import Frame, decode_ack, decode_frames, encode_ack, encode_frame
 
 _name = st.binary(max_size=20).filter(lambda b: b"\r\n" not in b and not b.endswith(b"\r"))
 _value = st.binary(max_size=40).filter(lambda b: b"\r\n" not in b and not b.startswith(b"\n"))
@@ -68,3 +68,17 @@ def test_a_header_holding_the_separator_is_refused() -> None:
     # httptools never passes CR LF inside a parsed value; if one did, the frame would shift
     with pytest.raises(ValueError, match="CR LF"):
         encode_frame(b"r", "GET", "/", "id", b"", b"", 200, [(b"a", b"x\r\ny")], b"", 1.0, False)
+
+
+@given(st.dictionaries(st.text(), st.integers(min_value=0, max_value=1 << 62)))
+def test_acks_roundtrip_on_one_line(ended: dict[str, int]) -> None:
+    line = encode_ack(ended)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1  # route names are JSON-escaped
+    assert decode_ack(line[:-1]) == ended
+
+
+def test_lines_that_are_not_acks_are_ignored() -> None:
+    assert decode_ack(b"R") is None
+    assert decode_ack(b"A{not json") is None
+    assert decode_ack(b"A[1, 2]") is None
+    assert decode_ack(b'A{"r": true, "s": "3", "t": 4}') == {"t": 4}

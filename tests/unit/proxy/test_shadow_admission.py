@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-import pytest
 
 from proxy.shadowing import ShadowHub, ShadowPlan
 from tests.unit.proxy.shadow_plans import hub_and_plan
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 def _admitted(hub: ShadowHub, plan: ShadowPlan, n: int) -> list[bool]:

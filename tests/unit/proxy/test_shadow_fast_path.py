@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -14,13 +14,6 @@ from tests.unit.proxy.shadow_plans import hub_and_plan
 
 Headers = list[tuple[bytes, bytes]]
 JSON: Headers = [(b"Content-Type", b"application/json"), (b"Date", b"Thu, 26 Nov 2026")]
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 def _hub(loop: asyncio.AbstractEventLoop, *, fast: bool) -> tuple[ShadowHub, ShadowPlan]:

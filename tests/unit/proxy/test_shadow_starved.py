@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 
 from proxy.shadowing import ShadowCall, ShadowHub, ShadowPlan
 from tests.unit.proxy.shadow_plans import hub_and_plan
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 def _failed_call(hub: ShadowHub, plan: ShadowPlan, error: str) -> ShadowCall:
