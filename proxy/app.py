@@ -134,8 +134,13 @@ class Proxy:
         self.plane.pools = self.pools
         self.plane.start_sweeper()
 
-    async def _start_recording(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Open the comparison store (lazily: a store that is down must not stop the proxy)."""
+    async def _start_recording(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        configure: Callable[[ShadowHub], None] | None = None,
+    ) -> None:
+        """Open the comparison store (lazily: a store that is down must not stop the proxy);
+        `configure` adjusts the shadow hub before its timers start."""
         st = self.settings.store
         self.store = Store(st.url)
         sink = _LazyStore(self.store)
@@ -154,12 +159,15 @@ class Proxy:
             on_rollback=self._on_rollback,
         )
         self.hub.cpu_budget = self.settings.limits.shadow_cpu_budget
+        if configure is not None:
+            configure(self.hub)
         self.hub.start()
         await self._ensure_offload(self.settings)
 
-    async def start_recording(self) -> None:
-        """Open the store, start the recorder and the shadow hub (a shadow helper's start)."""
-        await self._start_recording(asyncio.get_running_loop())
+    async def start_recording(self, configure: Callable[[ShadowHub], None]) -> None:
+        """Open the store, start the recorder and the shadow hub, set up by `configure`
+        first (a shadow helper's start)."""
+        await self._start_recording(asyncio.get_running_loop(), configure)
 
     async def swap_backends(self, settings: Settings) -> dict[str, _Backend]:
         """A shadow helper's (re)load: pools for the URL backends of `settings` (unchanged

@@ -273,6 +273,7 @@ class OffloadFeed:
         # ended (published); the difference is lost if the helper dies.
         self.handed: dict[str, int] = {}
         self.acked: dict[str, int] = {}
+        self._gone = asyncio.Event()  # the current helper's socket closed
 
     async def start(self) -> None:
         """Start the helper process and connect to it."""
@@ -300,6 +301,7 @@ class OffloadFeed:
             theirs.close()
         transport.set_write_buffer_limits(high=_WRITE_HIGH)
         self.transport = transport
+        self._gone = asyncio.Event()
         self.paused = False
         self.ready = False
 
@@ -376,24 +378,29 @@ class OffloadFeed:
         """The helper's socket closed: count the frames not yet written, shed until a new
         helper is up (restarted after 1 s, doubling up to 30 s while it keeps failing).
         Copies written to a helper that died and not acknowledged as ended are counted as
-        `offload_lost` (a helper that exits because this worker closed it ends them itself)."""
+        `offload_lost` (when this worker is stopping, `close` settles them)."""
         self.transport = None
         self.ready = False
+        self._gone.set()
         hub = self.hub
         for state in self._out_states:
             hub.drop_started(state, "offload_down")
         self._out, self._out_states, self._out_bytes = [], [], 0
-        handed, self.handed = self.handed, {}
-        acked, self.acked = self.acked, {}
         if self.closing:
             return
-        for route, n in handed.items():
-            state = hub.route_state(route)
-            for _ in range(n - acked.get(route, 0)):
-                hub.drop_started(state, "offload_lost")
+        self._count_lost()
         _log.warning("shadow helper gone (%s); restarting it in %.0f s", exc, self._backoff)
         self._respawn = self.loop.call_later(self._backoff, self._restart)
         self._backoff = min(self._backoff * 2, _RESPAWN_MAX_S)
+
+    def _count_lost(self) -> None:
+        """Count the copies handed to the helper that is gone and never acknowledged."""
+        handed, self.handed = self.handed, {}
+        acked, self.acked = self.acked, {}
+        for route, n in handed.items():
+            state = self.hub.route_state(route)
+            for _ in range(n - acked.get(route, 0)):
+                self.hub.drop_started(state, "offload_lost")
 
     def _restart(self) -> None:
         self._respawn = None
@@ -417,8 +424,9 @@ class OffloadFeed:
                 self.proc.send_signal(signal.SIGHUP)
 
     async def close(self, timeout: float) -> None:
-        """Send what is queued, close the socket (the helper finishes its copies, flushes
-        its records and exits), and wait up to `timeout` for it to exit (then kill it)."""
+        """Send what is queued, half-close the socket (the helper finishes its copies,
+        flushes its records, says so and exits), and wait up to `timeout` for it to exit
+        (then kill it); what it never acknowledged as ended counts as `offload_lost`."""
         self.closing = True
         if self._respawn is not None:
             self._respawn.cancel()
@@ -426,8 +434,12 @@ class OffloadFeed:
             with contextlib.suppress(BaseException):
                 await self._starting
         self._flush()
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is not None:
+            if transport.can_write_eof():
+                transport.write_eof()  # its acks still come back until it exits
+            else:
+                transport.close()
         proc = self.proc
         if proc is None:
             return
@@ -439,3 +451,9 @@ class OffloadFeed:
                 proc.kill()
             await proc.wait()
         self.proc = None
+        if self.transport is not None:  # read its last acks before settling
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._gone.wait(), 1.0)
+            if self.transport is not None:
+                self.transport.close()
+        self._count_lost()

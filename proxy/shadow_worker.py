@@ -62,6 +62,11 @@ class _Intake(asyncio.Protocol):
         self.buf += data
         self.helper.enqueue(decode_frames(self.buf))
 
+    def eof_received(self) -> bool:
+        # The worker is stopping (it half-closed): finish, and keep telling it what ended.
+        self.helper.ended.set()
+        return True
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.helper.ended.set()
 
@@ -80,6 +85,7 @@ class ShadowHelper:
         self._paused = False
         self._pump_soon = False
         self._sweeper: asyncio.TimerHandle | None = None
+        self._acked: dict[str, int] = {}  # what the worker was last told
 
     @property
     def hub(self) -> ShadowHub:
@@ -90,16 +96,17 @@ class ShadowHelper:
     async def start(self, sock: socket.socket) -> None:
         """Open the store, build the routes' plans and start reading frames."""
         loop = asyncio.get_running_loop()
-        await self.proxy.start_recording()
-        hub = self.hub
-        hub.shed_on_lag = False  # the kernel puts user traffic first; the queue bounds us
-        hub.tick_s = _TICK_S
-        hub.slot_freed = self._slot_freed
-        hub.sync_s = _SYNC_S
-        hub.synced = self._ack
+        await self.proxy.start_recording(self._configure)
         await self._build(self.proxy.settings)
         await loop.connect_accepted_socket(lambda: _Intake(self), sock)
         self._sweeper = loop.call_later(_SWEEP_S, self._sweep)
+
+    def _configure(self, hub: ShadowHub) -> None:
+        hub.shed_on_lag = False  # the kernel puts user traffic first; the queue bounds us
+        hub.tick_s = _TICK_S
+        hub.sync_s = _SYNC_S
+        hub.slot_freed = self._slot_freed
+        hub.published = self._ack
 
     def say_ready(self) -> None:
         """Tell the worker this helper handles SIGHUP now (one line on the socket)."""
@@ -110,12 +117,13 @@ class ShadowHelper:
         """Tell the worker how many of its copies have ended, per route, as just published
         in the metrics: if this process dies, the worker counts the rest as lost (and
         nothing twice). Every copy here came from the worker, which counted it as started."""
-        recorder = self.proxy.recorder
         transport = self.transport
-        if recorder is None or transport is None or transport.is_closing():
+        if transport is None or transport.is_closing():
             return
-        ended = {r: c.recorded + c.dropped_total + c.failed for r, c in recorder.counters().items()}
-        transport.write(encode_ack(ended))
+        ended = self.hub.published_ends()
+        if ended != self._acked:
+            self._acked = ended
+            transport.write(encode_ack(ended))
 
     def _sweep(self) -> None:
         # idle candidate connections expire as in a worker (whose data plane sweeps them)
@@ -214,15 +222,17 @@ class ShadowHelper:
                 hub.drop_started(hub.route_state(route), "stopped")
             queue.clear()
         self.queued = self.queued_bytes = 0
-        if self.transport is not None:
-            self.transport.close()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()  # no new frames: the worker stopped sending
         if self._sweeper is not None:
             self._sweeper.cancel()
         hub.stop()
         proxy = self.proxy
         if proxy.recorder is not None:
             await proxy.recorder.stop(max(1.0, deadline - time.monotonic()))
-            hub.sync_counters()
+            hub.sync_counters()  # the last ack: every copy ended and published
+        if self.transport is not None:
+            self.transport.close()
         await proxy.close_backends()
         if proxy.store is not None:
             await proxy.store.close()

@@ -111,6 +111,7 @@ class RouteState:
         "pending_drops",
         "pending_outcomes",
         "pending_shed",
+        "published_drops",
         "route",
         "window",
     )
@@ -128,6 +129,7 @@ class RouteState:
         self.pending_outcomes: dict[str, int] = {}  # not yet in the Prometheus counters
         self.pending_drops: dict[str, int] = {}  # counted, not yet in the Prometheus counters
         self.pending_shed: dict[str, int] = {}  # copies never started, not yet counted at all
+        self.published_drops = 0  # drops of every reason in the Prometheus counters so far
         self._metrics = metrics
 
     def flush(self, recorder: Recorder) -> None:
@@ -153,6 +155,7 @@ class RouteState:
             if c is None:
                 c = self.dropped[reason] = self._metrics.shadow_dropped.labels(self.route, reason)
             c.inc(n)
+            self.published_drops += n
 
 
 class ShadowPlan:
@@ -468,7 +471,7 @@ class ShadowCall(Tee):
         self.hub.loop.call_soon(self._send, request)
 
     def _send(self, request: bytes) -> None:
-        if self.finished:
+        if self.finished or self.leg.done:  # dropped, or timed out, before this turn came
             return
         head_only = self.method == "HEAD"
         if self.plan.baseline_pool is not None:
@@ -593,7 +596,7 @@ class ShadowHub:
         self.tick_s = _LAG_INTERVAL  # admission, timeouts, counters; a helper ticks slower
         self.slot_freed: Callable[[], None] | None = None  # a copy ended (the helper's pump)
         self.sync_s = 1.0  # how often counters are published (a helper publishes more often)
-        self.synced: Callable[[], None] | None = None  # after each publish (the helper's ack)
+        self.published: Callable[[], None] | None = None  # after each publish (a helper acks)
 
     # lifecycle
     def start(self) -> None:
@@ -636,6 +639,8 @@ class ShadowHub:
         self.shedding = self.shed_on_lag and self.lag > _LAG_SHED_S
         self.expire(now)
         self._flush_states()
+        if self.published is not None:
+            self.published()
         self._lag_expected = now + self.tick_s
         self._lag_timer = self.loop.call_later(self.tick_s, self._lag_tick)
 
@@ -702,8 +707,19 @@ class ShadowHub:
                 if n > prev[3].get(reason, 0):
                     m.shadow_dropped.labels(route, reason).inc(n - prev[3].get(reason, 0))
             self._synced[route] = (c.started, c.recorded, c.failed, c.refused)
-        if self.synced is not None:
-            self.synced()
+        if self.published is not None:
+            self.published()
+
+    def published_ends(self) -> dict[str, int]:
+        """Per route, the copies whose end the Prometheus counters show so far: recorded,
+        failed, and dropped for any reason (as published, not as merely counted)."""
+        ends = {
+            route: recorded + failed + sum(refused.values())
+            for route, (_, recorded, failed, refused) in self._synced.items()
+        }
+        for route, state in self._states.items():
+            ends[route] = ends.get(route, 0) + state.published_drops
+        return ends
 
     # building plans
     def route_state(self, route: str) -> RouteState:

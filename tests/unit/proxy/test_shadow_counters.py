@@ -24,3 +24,27 @@ def test_drops_decided_by_the_recorder_reach_the_metrics_once(
         hub.sync_counters()
         assert value("strangler_shadow_dropped_total", labels) == 2
         assert value("strangler_shadow_started_total", {"route": plan.route}) == 3
+
+
+def test_a_helper_acknowledges_only_ends_the_metrics_already_show(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    """What a shadow helper tells its worker has ended must never run ahead of (or behind)
+    its published counters: the worker counts the rest as lost if the helper dies."""
+    hub, plan = hub_and_plan(loop)
+    acks: list[dict[str, int]] = []
+    hub.published = lambda: acks.append(hub.published_ends())
+    hub.drop_started(plan.state, "stale")  # counted, published by the next tick
+    assert hub.published_ends().get(plan.route, 0) == 0
+    hub._lag_tick()
+    assert acks[-1] == {plan.route: 1}
+    hub.recorder._counters(plan.route).recorded += 2  # as a finished batch write does
+    hub._lag_tick()
+    assert acks[-1] == {plan.route: 1}  # recorded rows are published by the sync
+    hub.sync_counters()
+    assert acks[-1] == {plan.route: 3}
+    value = hub.metrics.registry.get_sample_value
+    recorded = value("strangler_shadow_recorded_total", {"route": plan.route})
+    dropped = value("strangler_shadow_dropped_total", {"route": plan.route, "reason": "stale"})
+    assert (recorded, dropped) == (2, 1)
+    hub.stop()
