@@ -274,6 +274,7 @@ class OffloadFeed:
         self.handed: dict[str, int] = {}
         self.acked: dict[str, int] = {}
         self._gone = asyncio.Event()  # the current helper's socket closed
+        self._eof_sent = False  # we half-closed it: nothing more may be written
 
     async def start(self) -> None:
         """Start the helper process and connect to it."""
@@ -302,6 +303,7 @@ class OffloadFeed:
         transport.set_write_buffer_limits(high=_WRITE_HIGH)
         self.transport = transport
         self._gone = asyncio.Event()
+        self._eof_sent = False
         self.paused = False
         self.ready = False
 
@@ -318,15 +320,16 @@ class OffloadFeed:
     ) -> OffloadCall | None:
         """A tap for a sampled request, or None (counted as shed) when the helper cannot
         take more now."""
-        if self.transport is None or self.paused:
-            self.hub.count_shed(plan.state, "offload_down" if self.transport is None else "shed")
+        if self.transport is None or self.closing or self.paused:
+            down = self.transport is None or self.closing
+            self.hub.count_shed(plan.state, "offload_down" if down else "shed")
             return None
         return OffloadCall(self, plan, method, path, request_id, head)
 
     def send(self, call: OffloadCall) -> None:
         """Queue the frame of a finished tap (written in batches, see `_BATCH_S`)."""
         state = call.plan.state
-        if self.transport is None:
+        if self.transport is None or self.closing:  # a tap of before the stop ends here
             self.hub.count_shed(state, "offload_down")
             return
         try:
@@ -365,7 +368,7 @@ class OffloadFeed:
         transport = self.transport
         if not out:
             return
-        if transport is None or transport.is_closing():  # the helper went away meanwhile
+        if transport is None or transport.is_closing() or self._eof_sent:  # helper gone
             for state in states:
                 self.hub.drop_started(state, "offload_down")
             return
@@ -435,11 +438,18 @@ class OffloadFeed:
                 await self._starting
         self._flush()
         transport = self.transport
-        if transport is not None:
-            if transport.can_write_eof():
+        if transport is not None and not transport.is_closing():
+            self._eof_sent = True
+            try:
                 transport.write_eof()  # its acks still come back until it exits
-            else:
+            except (RuntimeError, OSError):
                 transport.close()
+        try:
+            await self._wait_exit(timeout)
+        finally:
+            self._count_lost()
+
+    async def _wait_exit(self, timeout: float) -> None:
         proc = self.proc
         if proc is None:
             return
@@ -456,4 +466,3 @@ class OffloadFeed:
                 await asyncio.wait_for(self._gone.wait(), 1.0)
             if self.transport is not None:
                 self.transport.close()
-        self._count_lost()
