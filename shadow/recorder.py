@@ -174,10 +174,13 @@ class Recorder:
         task, self._task = self._task, None
         if task is not None:
             done, _ = await asyncio.wait({task}, timeout=timeout)
-            if not done:
+            while not done:
+                # Cancel until it ends: Python 3.11's wait_for can swallow a cancellation
+                # that lands as the store call completes, and the writer would retry on.
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                done, _ = await asyncio.wait({task}, timeout=0.1)
+            if not task.cancelled() and task.exception() is not None:
+                _log.error("recorder: the writer failed", exc_info=task.exception())
         lost = list(self._inflight) + list(self._buf)
         self._inflight = []
         self._buf.clear()
