@@ -401,9 +401,9 @@ class OffloadFeed:
         handed, self.handed = self.handed, {}
         acked, self.acked = self.acked, {}
         for route, n in handed.items():
-            state = self.hub.route_state(route)
-            for _ in range(n - acked.get(route, 0)):
-                self.hub.drop_started(state, "offload_lost")
+            gone = n - acked.get(route, 0)
+            if gone > 0:
+                self.hub.drop_started(self.hub.route_state(route), "offload_lost", gone)
 
     def _restart(self) -> None:
         self._respawn = None

@@ -976,12 +976,13 @@ class ShadowHub:
         shed = state.pending_shed
         shed[reason] = shed.get(reason, 0) + 1
 
-    def drop_started(self, state: RouteState, reason: str) -> None:
-        """A copy counted as started ends without a record."""
-        self.recorder.note_dropped(state.route, reason)
-        self.count_drop(state, reason)
+    def drop_started(self, state: RouteState, reason: str, n: int = 1) -> None:
+        """A copy (`n` copies) counted as started ends without a record."""
+        self.recorder.note_dropped(state.route, reason, n)
+        self.count_drop(state, reason, n)
 
-    def count_drop(self, state: RouteState, reason: str) -> None:
-        """Count a dropped shadow copy in the metrics (published by the next tick, or stop)."""
+    def count_drop(self, state: RouteState, reason: str, n: int = 1) -> None:
+        """Count a dropped shadow copy (`n` of them) in the metrics (published by the next
+        tick, or stop)."""
         pending = state.pending_drops
-        pending[reason] = pending.get(reason, 0) + 1
+        pending[reason] = pending.get(reason, 0) + n

@@ -116,10 +116,10 @@ class Recorder:
         """Count a shadow comparison that has begun; it must end in `record` or `note_dropped`."""
         self._counters(route).started += 1
 
-    def note_dropped(self, route: str, reason: str) -> None:
-        """Count a started comparison abandoned before it produced a record."""
+    def note_dropped(self, route: str, reason: str, n: int = 1) -> None:
+        """Count a started comparison (`n` of them) abandoned before it produced a record."""
         counters = self._counters(route)
-        counters.dropped[reason] = counters.dropped.get(reason, 0) + 1
+        counters.dropped[reason] = counters.dropped.get(reason, 0) + n
 
     def note_shed(self, route: str, reason: str, n: int = 1) -> None:
         """`note_started` and `note_dropped` at once, `n` times: copies dropped before they
