@@ -30,6 +30,7 @@ from time import perf_counter
 
 from proxy.app import Proxy, helper_plans
 from proxy.offload import READY, Frame, decode_frames, encode_ack
+from proxy.serve import _die_with_parent, _install_uvloop, _settle_gc
 from proxy.settings import ConfigError, Settings, load
 from proxy.shadowing import ShadowHub, ShadowPlan
 
@@ -266,6 +267,7 @@ async def _run(settings: Settings, fd: int) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    _settle_gc()  # as in a worker: full collections skip what start-up built
     helper.say_ready()  # the worker passes reloads on from now
     await helper.ended.wait()
     await helper.stop(_GRACE_S)
@@ -278,8 +280,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--fd", type=int, required=True)
     args = parser.parse_args(argv)
-    from proxy.serve import _die_with_parent, _install_uvloop
-
     # Only the end of the socket stops a helper (its worker closed it, or died): a Ctrl-C or
     # a service manager's SIGTERM to the whole group must not cut it off mid-drain.
     for sig in (signal.SIGINT, signal.SIGTERM):

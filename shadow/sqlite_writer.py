@@ -27,6 +27,23 @@ from typing import Any, TypeVar
 
 __all__ = ["SqliteWriter", "SqliteWriterError"]
 
+
+def _null(value: None) -> None:
+    return value
+
+
+def _blob(value: bytes) -> bytes:
+    return value
+
+
+# sqlite3 binds int, float, str and bytearray as they are, but sends None and bytes through
+# its adapter protocol first: a registry miss, then two failed attribute lookups that each
+# format an AttributeError, thousands of instructions per NULL or blob of a stored row
+# (measured with callgrind). An identity adapter makes that one dict hit; it changes no
+# value, so nothing else in the process that uses sqlite3 sees a difference.
+sqlite3.register_adapter(type(None), _null)
+sqlite3.register_adapter(bytes, _blob)
+
 _CHECKPOINT_EVERY_S = 1.0
 _JOURNAL_SIZE_LIMIT = 64 << 20  # bytes a restarted WAL file is cut back to
 T = TypeVar("T")
