@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from collections.abc import Callable
 
@@ -141,7 +142,7 @@ class Metrics:
         )
         self.config_info = Gauge(
             "strangler_config_info",
-            "The config version in force (value 1).",
+            "1 for the config version in force (0 for earlier ones under --workers).",
             ["version"],
             registry=r,
             multiprocess_mode="liveall",
@@ -233,7 +234,13 @@ class Metrics:
 
     def set_config_version(self, version: str) -> None:
         """Point the info metric at the config version now in force."""
-        if self._config_version is not None and self._config_version != version:
-            self.config_info.remove(self._config_version)
+        old = self._config_version
+        if old is not None and old != version:
+            if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+                # Under --workers a sample lives in a file that `remove` cannot touch (it
+                # only warns): mark the old version as no longer in force instead.
+                self.config_info.labels(old).set(0)
+            else:
+                self.config_info.remove(old)
         self._config_version = version
         self.config_info.labels(version).set(1)

@@ -1,0 +1,42 @@
+"""The config-version info metric across reloads in Prometheus multiprocess mode (--workers)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+# prometheus-client picks its value class when it is imported, so multiprocess mode needs a
+# process of its own, started with PROMETHEUS_MULTIPROC_DIR set.
+_SCRIPT = """
+import warnings
+warnings.simplefilter("error", UserWarning)  # "Removal of labels ..." fails the run
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from proxy.metrics import Metrics
+
+metrics = Metrics()
+metrics.set_config_version("aaa")
+metrics.set_config_version("bbb")
+metrics.set_config_version("bbb")
+scrape = CollectorRegistry()
+multiprocess.MultiProcessCollector(scrape)
+print(generate_latest(scrape).decode())
+"""
+
+
+def test_a_reload_under_workers_keeps_one_version_at_one_without_a_warning(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT],
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        cwd=Path(__file__).resolve().parents[3],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [x for x in done.stdout.splitlines() if x.startswith("strangler_config_info{")]
+    values = {x.split('version="')[1].split('"')[0]: float(x.rsplit(" ", 1)[1]) for x in lines}
+    assert values == {"aaa": 0.0, "bbb": 1.0}, done.stdout
