@@ -1,17 +1,19 @@
-"""Run the extracted Order service standalone (`strangler extracted`)."""
+"""Run the extracted Order service standalone (`strangler extracted`), and the serve loop it
+shares with the reference legacy monolith (`legacy.server`)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from extracted.app import create_app
 from extracted.schema import create_schema
 
-__all__ = ["parse_listen", "run"]
+__all__ = ["parse_listen", "run", "run_app"]
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -22,32 +24,46 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def _serve(host: str, port: int, db_url: str) -> None:
+async def _serve(
+    host: str, port: int, prepare: Callable[[], Awaitable[web.Application]], banner: str
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await create_schema(db_url)
-    runner = web.AppRunner(create_app(db_url), access_log=None)
+    runner = web.AppRunner(await prepare(), access_log=None)
     await runner.setup()
     try:
         if stop.is_set():
             return
         await web.TCPSite(runner, host, port).start()
-        print(f"extracted order service listening on http://{host}:{port}", flush=True)
+        print(f"{banner} listening on http://{host}:{port}", flush=True)
         await stop.wait()
     finally:
         await runner.cleanup()
 
 
-def run(listen: str, db_url: str) -> int:
-    """Serve until SIGINT/SIGTERM; 0 on a clean stop, 2 on a bad address or start failure."""
+def run_app(
+    command: str, banner: str, listen: str, prepare: Callable[[], Awaitable[web.Application]]
+) -> int:
+    """Serve the app `prepare` builds on `listen` until SIGINT/SIGTERM; 0 on a clean stop, 2
+    on a bad address or start failure (said on stderr as `strangler COMMAND: ...`)."""
     try:
         host, port = parse_listen(listen)
-        asyncio.run(_serve(host, port, db_url))
+        asyncio.run(_serve(host, port, prepare, banner))
     except (ValueError, OSError) as exc:
-        print(f"strangler extracted: {exc}", file=sys.stderr)
+        print(f"strangler {command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         pass  # a second Ctrl-C before the handlers were installed: still a clean stop
     return 0
+
+
+def run(listen: str, db_url: str) -> int:
+    """Serve until SIGINT/SIGTERM; 0 on a clean stop, 2 on a bad address or start failure."""
+
+    async def prepare() -> web.Application:
+        await create_schema(db_url)
+        return create_app(db_url)
+
+    return run_app("extracted", "extracted order service", listen, prepare)
