@@ -143,10 +143,12 @@ class ProcessSet:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         discard_stdout: bool = False,
+        pass_fds: Sequence[int] = (),
     ) -> Started:
         """Start `argv` (pinned to `cpu` with taskset), stderr (and stdout) into `log`.
 
         `discard_stdout` sends stdout to /dev/null: for access logs, which would fill the disk.
+        `pass_fds` stay open in the child (a socket pair's end, say).
         """
         command = ["taskset", "-c", str(cpu), *argv] if cpu is not None else list(argv)
         out: IO[bytes] = log.open("ab")
@@ -159,6 +161,7 @@ class ProcessSet:
                 start_new_session=True,
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
+                pass_fds=tuple(pass_fds),
             )
         finally:
             out.close()

@@ -119,6 +119,13 @@ def _shadow_section(ctx: SectionContext) -> SectionResult:
     return run_section(ctx)
 
 
+def _helper_section(ctx: SectionContext) -> SectionResult:
+    """bench/helper_bench.py: one shadow helper's CPU per compared copy at full throttle."""
+    from bench.helper_bench import run_section
+
+    return run_section(ctx)
+
+
 def _route_lookup_section(ctx: SectionContext) -> SectionResult:
     """bench/routes_bench.py: RouteTable.match with 500 routes."""
     from bench.routes_bench import run_lookup
@@ -135,6 +142,7 @@ def _route_proxy_section(ctx: SectionContext) -> SectionResult:
 
 SECTIONS: list[Section] = [
     Section("shadow", "shadow mode at 100 % vs legacy mode (issue 6)", _shadow_section),
+    Section("helper", "shadow helper at full throttle (issue 6)", _helper_section),
     Section("routes_proxy", "proxy throughput with 500 vs 5 routes", _route_proxy_section),
     Section("routes", "route matching: RouteTable.match, ns per lookup", _route_lookup_section),
     Section("compare", "comparator vs deepdiff", _compare_section),

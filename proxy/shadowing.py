@@ -279,7 +279,7 @@ class _Leg:
         conn.send(self.request)
 
     def connect_failed(self, exc: BaseException) -> None:
-        self._end(f"connect failed: {exc or type(exc).__name__}")
+        self._end(f"connect failed: {str(exc) or type(exc).__name__}")
 
     def on_upstream_headers_complete(
         self,

@@ -63,3 +63,23 @@ def test_an_expired_call_is_starved_when_the_helper_was_off_cpu(
     hub.expire(now)
     assert call.finished
     assert _outcomes(hub, plan) == ({}, {"starved": 1})
+
+
+@pytest.mark.parametrize(
+    ("exc", "detail"),
+    [
+        (TimeoutError(), "connect failed: TimeoutError"),
+        (
+            ConnectionRefusedError(111, "Connection refused"),
+            "connect failed: [Errno 111] Connection refused",
+        ),
+    ],
+)
+def test_a_failed_connect_names_its_cause_even_without_a_message(
+    loop: asyncio.AbstractEventLoop, exc: OSError, detail: str
+) -> None:
+    hub, plan = hub_and_plan(loop)
+    call = hub.start_call(plan, "GET", "/orders/7", "rid", b"")
+    call.leg.connect_failed(exc)
+    assert call.leg.error == detail
+    hub.stop()
