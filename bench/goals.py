@@ -56,6 +56,7 @@ def _section_rows(sections: Mapping[str, Row], key: str) -> list[Row]:
 
 _IN_LOOP = "shadow 100%"  # the shadow section's modes (bench.shadow_bench.IN_LOOP, OFFLOAD)
 _OFFLOAD = "shadow 100% offload"
+_CONTROL = "legacy A/A"  # bench.shadow_bench.CONTROL
 
 
 def _find(rows: Sequence[Row], **want: object) -> Row | None:
@@ -65,7 +66,14 @@ def _find(rows: Sequence[Row], **want: object) -> Row | None:
 def _shadow_goals(sections: Mapping[str, Row]) -> list[Verdict]:
     rows = _section_rows(sections, "shadow")
     modes = [m for m in (_IN_LOOP, _OFFLOAD) if _find(rows, phase="half", mode=m) is not None]
-    return [v for mode in modes or [_IN_LOOP] for v in _shadow_mode_goals(rows, mode)]
+    verdicts = [v for mode in modes or [_IN_LOOP] for v in _shadow_mode_goals(rows, mode)]
+    control = _find(rows, phase="half", mode=_CONTROL)
+    if control is not None:  # a figure, no goal: how far two identical proxies differ here
+        verdicts += [
+            Verdict(6, f"{_CONTROL} (a second legacy proxy) {q} / legacy at half load", v, None)
+            for q, v in (("p50", _num(control, "p50_x")), ("p99", _num(control, "p99_x")))
+        ]
+    return verdicts
 
 
 def _shadow_mode_goals(rows: Sequence[Row], mode: str) -> list[Verdict]:

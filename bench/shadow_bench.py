@@ -40,6 +40,7 @@ from bench.wrk import WrkError
 
 __all__ = [
     "COMPARED_OUTCOMES",
+    "CONTROL",
     "IN_LOOP",
     "OFFLOAD",
     "ShadowCounts",
@@ -57,6 +58,7 @@ COMPARED_OUTCOMES = frozenset({"match", "mismatch", "candidate_error", "candidat
 _CONNECTIONS = 64
 IN_LOOP = "shadow 100%"
 OFFLOAD = "shadow 100% offload"
+CONTROL = "legacy A/A"  # a second legacy-mode proxy: its ratios are the run's noise floor
 _HALF = 0.5
 _PACED_SLICE_S = 2  # paced slices carry fewer requests; 2 s keeps p99 meaningful
 _CANARY_PERCENT = 50.0
@@ -287,9 +289,15 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _row(
-    phase: str, mode: str, offered: float | None, series: _Series, base: _Series | None
+    phase: str,
+    mode: str,
+    offered: float | None,
+    series: _Series,
+    base: _Series | None,
+    *,
+    shadow: bool = True,
 ) -> Row:
-    """A section row: medians, ratios to legacy and, for shadow, compared vs shed."""
+    """A section row: medians, ratios to legacy (`base`) and, for shadow, compared vs shed."""
     s = series.samples
     rps, p50, p99 = (median(getattr(x, k) for x in s) for k in ("rps", "p50_ms", "p99_ms"))
     row: Row = {"phase": phase, "mode": mode, "offered_rps": offered, "rps": rps}
@@ -300,7 +308,7 @@ def _row(
         row["p50_x"] = _ratio(p50, median(x.p50_ms for x in b))
         row["p99_x"] = _ratio(p99, median(x.p99_ms for x in b))
     row["cpu_us_req"] = median(x.cpu_us_per_req for x in s)
-    if base is not None:
+    if base is not None and shadow:
         counts = series.counts
         total = counts.compared + counts.shed
         row["compared"] = int(counts.compared)
@@ -331,10 +339,15 @@ def _alive(proxies: Sequence[_Proxy]) -> None:
 
 
 def _measure(
-    env: BenchEnv, rounds: int, slice_s: int, legacy: _Proxy, shadows: Mapping[str, _Proxy]
+    env: BenchEnv,
+    rounds: int,
+    slice_s: int,
+    legacy: _Proxy,
+    shadows: Mapping[str, _Proxy],
+    control: _Proxy,
 ) -> list[Row]:
     """Saturating rounds, then paced rounds at half the legacy capacity; rows for each."""
-    proxies = {"legacy": legacy, **shadows}
+    proxies = {"legacy": legacy, CONTROL: control, **shadows}
     order = list(proxies.items())
     saturated = {mode: _Series() for mode in proxies}
     for r in range(rounds):
@@ -358,12 +371,12 @@ def _measure(
             except WrkError as exc:
                 print(f"  shadow section: {mode} paced slice failed: {exc}")
         _alive(list(proxies.values()))
-    rows = [_row("half", "legacy", offered, paced["legacy"], None)]
-    rows += [_row("half", mode, offered, paced[mode], paced["legacy"]) for mode in shadows]
-    rows.append(_row("saturating", "legacy", None, saturated["legacy"], None))
-    rows += [
-        _row("saturating", mode, None, saturated[mode], saturated["legacy"]) for mode in shadows
-    ]
+    rows = []
+    for phase, series, load in (("half", paced, offered), ("saturating", saturated, None)):
+        base = series["legacy"]
+        rows.append(_row(phase, "legacy", load, base, None))
+        rows.append(_row(phase, CONTROL, load, series[CONTROL], base, shadow=False))
+        rows += [_row(phase, mode, load, series[mode], base) for mode in shadows]
     return rows
 
 
@@ -374,12 +387,14 @@ def run_section(ctx: SectionContext) -> SectionResult:
     try:
         legacy = _start(env, "shadow-bench-legacy", "legacy")
         started.append(legacy.running.measured)
+        control = _start(env, "shadow-bench-legacy-aa", "legacy")
+        started.append(control.running.measured)
         shadows: dict[str, _Proxy] = {}
         for mode, kind in ((IN_LOOP, "shadow"), (OFFLOAD, "shadow-offload")):
             proxy = _start(env, f"shadow-bench-{kind}", kind)
             started.append(proxy.running.measured)
             shadows[mode] = proxy
-        rows = _measure(env, ctx.rounds, ctx.slice_s, legacy, shadows)
+        rows = _measure(env, ctx.rounds, ctx.slice_s, legacy, shadows, control)
     finally:
         for proc in started:
             env.processes.stop(proc)
@@ -389,6 +404,8 @@ def run_section(ctx: SectionContext) -> SectionResult:
         " Both backends are the nginx upstream (copies compare equal); one worker each on the"
         f" proxy CPU; medians of {ctx.rounds} interleaved rounds ({ctx.slice_s}s saturating,"
         f" {_PACED_SLICE_S}s paced slices); *_x = shadow / legacy; compared_pct = compared /"
-        " (compared + shed), from /-/metrics deltas around each shadow slice"
+        " (compared + shed), from /-/metrics deltas around each shadow slice; legacy A/A = a"
+        " second legacy-mode proxy measured alike: its *_x show how far two identical proxies"
+        " differ in this run"
     )
     return SectionResult(rows=rows, note=note)

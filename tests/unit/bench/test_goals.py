@@ -86,3 +86,16 @@ def test_both_shadow_rows_get_the_issue_6_goals() -> None:
         *["shadow 100% offload"] * 4,
     ]
     assert [g.met for g in shadow[4:]] == [False, True, True, True]
+
+
+def test_the_a_a_control_is_shown_as_figures_not_goals() -> None:
+    sections = _sections()
+    rows = sections["shadow"]["rows"]
+    assert isinstance(rows, list)
+    rows.append({"phase": "half", "mode": "legacy A/A", "p50_x": 0.97, "p99_x": 1.21})
+    control = [g for g in collect_goals(_ROWS, sections) if "A/A" in g.text]
+    assert [(g.issue, g.value, g.limit, g.met) for g in control] == [
+        (6, 0.97, None, None),
+        (6, 1.21, None, None),
+    ]
+    assert "[figure] issue 6: legacy A/A" in format_goals(control)
