@@ -14,6 +14,7 @@ the helper's threads, from /proc schedstat), medians over the rounds.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import sqlite3
 import statistics
@@ -35,20 +36,22 @@ _ROUTE = "bench"
 _TIMEOUT_S = 120.0  # a round that takes longer than this is reported as failed
 
 
-def helper_config(tmp: Path, upstream_url: str, db: Path) -> str:
+def helper_config(upstream_url: str, db: Path) -> str:
     """A config whose one shadow route has the upstream as legacy and as candidate.
 
-    The shadow timeout is long: every frame is handed over at once, and a copy that waits
-    in the helper's queue longer than the timeout would be dropped as stale, not compared.
+    The timeouts are long: every frame is handed over at once, and a copy that waits in the
+    helper's queue longer than the shadow timeout would be dropped as stale, not compared; a
+    helper kept off the CPU (it runs at SCHED_IDLE) must not fail its candidate calls either.
     """
-    backend = f'{{url: "{upstream_url}", timeout: 5s, connect_timeout: 500ms}}'
+    backend = f"{{url: {json.dumps(upstream_url)}, timeout: 30s, connect_timeout: 5s}}"
+    store = json.dumps(f"sqlite+aiosqlite:///{db}")
     return (
         "listen: 127.0.0.1:0\n"
         "backends:\n"
         f"  legacy: {backend}\n"
         f"  candidate: {backend}\n"
         "default_backend: legacy\n"
-        f'store: {{url: "sqlite+aiosqlite:///{db}"}}\n'
+        f"store: {{url: {store}}}\n"
         "limits: {shadow_offload: true}\n"
         "routes:\n"
         f"  - name: {_ROUTE}\n"
@@ -97,6 +100,9 @@ def _round(env: BenchEnv, config: Path, frames: Sequence[bytes], n: int) -> dict
             cpu=env.proxy_cpu,
             pass_fds=(theirs.fileno(),),
         )
+    except BaseException:
+        ours.close()
+        raise
     finally:
         theirs.close()
     try:
@@ -160,7 +166,7 @@ def run_section(ctx: SectionContext) -> SectionResult:
     rounds = 1 if ctx.quick else 3
     db = env.tmp / "helper-bench.db"
     config = env.tmp / "helper-bench.yaml"
-    config.write_text(helper_config(env.tmp, env.upstream_url, db))
+    config.write_text(helper_config(env.upstream_url, db))
     frames = _frames(env.upstream_url, copies)
     results = [_round(env, config, frames, n) for n in range(rounds)]
     stored = _stored(db)

@@ -347,7 +347,11 @@ def _measure(
     control: _Proxy,
 ) -> list[Row]:
     """Saturating rounds, then paced rounds at half the legacy capacity; rows for each."""
-    proxies = {"legacy": legacy, CONTROL: control, **shadows}
+    # The control sits opposite legacy in the rotation (the farthest from it in time), so it
+    # shows at least the drift between slices that the shadow rows see.
+    modes = list(shadows)
+    proxies = {"legacy": legacy, **{m: shadows[m] for m in modes[:1]}, CONTROL: control}
+    proxies.update({m: shadows[m] for m in modes[1:]})
     order = list(proxies.items())
     saturated = {mode: _Series() for mode in proxies}
     for r in range(rounds):

@@ -49,11 +49,12 @@ def upstream() -> Iterator[str]:
 
 
 def test_helper_config_is_a_valid_offload_config(tmp_path: Path) -> None:
-    settings = loads(helper_config(tmp_path, "http://127.0.0.1:4321", tmp_path / "h.db"))
+    settings = loads(helper_config("http://127.0.0.1:4321", tmp_path / "h.db"))
     (route,) = settings.routes
     assert settings.limits.shadow_offload
     assert route.mode == "shadow" and route.candidate == "candidate"
     assert route.shadow.percent == 100.0
+    assert settings.store.url.endswith("/h.db")
 
 
 def test_every_copy_handed_over_is_compared_and_stored(tmp_path: Path, upstream: str) -> None:
