@@ -14,7 +14,6 @@ the helper's threads, from /proc schedstat), medians over the rounds.
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import sqlite3
 import statistics
@@ -27,38 +26,33 @@ from pathlib import Path
 
 from bench.procs import Started, cpu_delta_ns
 from bench.sections import SectionContext, SectionResult
+from bench.shadow_bench import mode_config
 from bench.targets import PATH, BenchEnv
 from proxy.offload import READY, decode_ack, encode_frame
 
 __all__ = ["helper_config", "run_section"]
 
-_ROUTE = "bench"
+_ROUTE = "bench"  # the route name mode_config gives
 _TIMEOUT_S = 120.0  # a round that takes longer than this is reported as failed
 
 
 def helper_config(upstream_url: str, db: Path) -> str:
-    """A config whose one shadow route has the upstream as legacy and as candidate.
+    """The shadow section's offload config, its store at `db`, with long timeouts.
 
-    The timeouts are long: every frame is handed over at once, and a copy that waits in the
-    helper's queue longer than the shadow timeout would be dropped as stale, not compared; a
-    helper kept off the CPU (it runs at SCHED_IDLE) must not fail its candidate calls either.
+    Every frame is handed over at once, and a copy that waits in the helper's queue longer
+    than the shadow timeout would be dropped as stale, not compared; a helper kept off the
+    CPU (it runs at SCHED_IDLE) must not fail its candidate calls either. It listens nowhere.
     """
-    backend = f"{{url: {json.dumps(upstream_url)}, timeout: 30s, connect_timeout: 5s}}"
-    store = json.dumps(f"sqlite+aiosqlite:///{db}")
-    return (
-        "listen: 127.0.0.1:0\n"
-        "backends:\n"
-        f"  legacy: {backend}\n"
-        f"  candidate: {backend}\n"
-        "default_backend: legacy\n"
-        f"store: {{url: {store}}}\n"
-        "limits: {shadow_offload: true}\n"
-        "routes:\n"
-        f"  - name: {_ROUTE}\n"
-        "    match: {path: /bench/*}\n"
-        "    mode: shadow\n"
-        "    candidate: candidate\n"
-        "    shadow: {percent: 100, timeout: 60s, max_concurrency: 64}\n"
+    return mode_config(
+        db.parent,
+        db.stem,
+        0,
+        0,
+        upstream_url,
+        "shadow-offload",
+        backend_timeout="30s",
+        connect_timeout="5s",
+        shadow_timeout="60s",
     )
 
 

@@ -15,6 +15,7 @@ Shadow copies compared vs shed come from the proxy's /-/metrics read around each
 from __future__ import annotations
 
 import http.client
+import json
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -75,6 +76,10 @@ def mode_config(
     upstream_url: str,
     mode: str,
     canary_percent: float = _CANARY_PERCENT,
+    *,
+    backend_timeout: str = "5s",
+    connect_timeout: str = "500ms",
+    shadow_timeout: str = "2s",
 ) -> str:
     """A strangler config whose `/bench/*` route runs in `mode` with the upstream as candidate.
 
@@ -87,12 +92,13 @@ def mode_config(
     if mode == "shadow-offload":  # shadow copies in the worker's SCHED_IDLE helper process
         mode, limits = "shadow", "limits: {shadow_offload: true}\n"
     backend = (
-        f'{{url: "{upstream_url}", timeout: 5s, connect_timeout: 500ms, max_connections: 200}}'
+        f"{{url: {json.dumps(upstream_url)}, timeout: {backend_timeout},"
+        f" connect_timeout: {connect_timeout}, max_connections: 200}}"
     )
     route = "  - name: bench\n    match: {path: /bench/*}\n" + f"    mode: {mode}\n"
     if mode != "legacy":
         route += "    candidate: candidate\n"
-        route += "    shadow: {percent: 100, timeout: 2s, max_concurrency: 64}\n"
+        route += f"    shadow: {{percent: 100, timeout: {shadow_timeout}, max_concurrency: 64}}\n"
     if mode == "canary":
         route += f"    canary: {{percent: {canary_percent:g}, sticky: {{header: X-User-Id}}}}\n"
     return (
@@ -102,7 +108,7 @@ def mode_config(
         f"  legacy: {backend}\n"
         f"  candidate: {backend}\n"
         "default_backend: legacy\n"
-        f'store: {{url: "sqlite+aiosqlite:///{tmp}/{name}.db"}}\n'
+        f"store: {{url: {json.dumps(f'sqlite+aiosqlite:///{tmp}/{name}.db')}}}\n"
         f"{limits}"
         "routes:\n" + route
     )
@@ -349,10 +355,9 @@ def _measure(
     """Saturating rounds, then paced rounds at half the legacy capacity; rows for each."""
     # The control sits opposite legacy in the rotation (the farthest from it in time), so it
     # shows at least the drift between slices that the shadow rows see.
-    modes = list(shadows)
-    proxies = {"legacy": legacy, **{m: shadows[m] for m in modes[:1]}, CONTROL: control}
-    proxies.update({m: shadows[m] for m in modes[1:]})
-    order = list(proxies.items())
+    others = list(shadows.items())
+    order = [("legacy", legacy), *others[:1], (CONTROL, control), *others[1:]]
+    proxies = dict(order)
     saturated = {mode: _Series() for mode in proxies}
     for r in range(rounds):
         for mode, proxy in order[r % len(order) :] + order[: r % len(order)]:
