@@ -74,6 +74,7 @@ class Frame(NamedTuple):
     served_ms: float
     handed_off: float  # time.monotonic() in the worker (the same clock in every process)
     too_large: bool
+    size: int = 0  # bytes on the wire (what the helper's queue bound counts)
 
 
 def encode_frame(
@@ -153,6 +154,7 @@ def decode_frames(buf: bytearray) -> list[Frame]:
                 ms,
                 handed,
                 bool(too_large),
+                size,
             )
         )
         pos += size

@@ -74,7 +74,21 @@ def _header_values(
     headers: Sequence[tuple[bytes, bytes]], names: frozenset[bytes]
 ) -> list[tuple[bytes, bytes]]:
     """The (lower-cased name, stripped value) pairs of `headers` named in `names`, in order."""
-    return [(n.lower(), v.strip()) for n, v in headers if n.lower() in names]
+    lowered = _LOWERED
+    out = []
+    for name, value in headers:
+        low = lowered.get(name)
+        if low is None:
+            low = name.lower()
+            if len(lowered) < _LOWERED_MAX:  # header names repeat: remember the usual ones
+                lowered[name] = low
+        if low in names:
+            out.append((low, value.strip()))
+    return out
+
+
+_LOWERED: dict[bytes, bytes] = {}
+_LOWERED_MAX = 256
 
 
 class _Holdable(Protocol):
@@ -467,10 +481,14 @@ class ShadowCall(Tee):
         if self.method not in SAFE_METHODS:
             extra += b"x-strangler-dry-run: 1\r\n"
         request = head[:-2] + extra + b"\r\n" + body
-        self.hub.watch(self)
-        # Primary first: the legs start once the loop has handled the I/O already waiting,
-        # so the user's request reaches its backend before its copy is even written.
-        self.hub.loop.call_soon(self._send, request)
+        hub = self.hub
+        hub.watch(self)
+        if hub.defer_legs:
+            # Primary first: the legs start once the loop has handled the I/O already
+            # waiting, so the user's request reaches its backend before its copy is written.
+            hub.loop.call_soon(self._send, request)
+        else:
+            self._send(request)
 
     def _send(self, request: bytes) -> None:
         if self.finished or self.leg.done:  # dropped, or timed out, before this turn came
@@ -594,6 +612,7 @@ class ShadowHub:
         self._synced: dict[str, tuple[int, int, int, dict[str, int]]] = {}
         self.feed: OffloadFeed | None = None  # the data plane's link to its shadow helper
         self.shed_on_lag = True  # off in a shadow helper, which runs at idle CPU priority
+        self.defer_legs = True  # a helper has no user request to put before its copies
         self.starved_at = -1e9  # loop time of the last tick that ran late (a helper only)
         self.tick_s = _LAG_INTERVAL  # admission, timeouts, counters; a helper ticks slower
         self.slot_freed: Callable[[], None] | None = None  # a copy ended (the helper's pump)

@@ -62,6 +62,12 @@ def _stored_body(redactor: Redactor, response: HttpResponse | None) -> bytes | N
     return body[:STORED_BODY_CAP]
 
 
+def _ms(value: float | None) -> float | None:
+    """A latency rounded to the microsecond (half up: `round` costs as much again as the
+    rest of a record's numbers)."""
+    return None if value is None else int(value * 1000.0 + 0.5) / 1000.0
+
+
 def build_record(
     redactor: Redactor,
     verdict: Verdict,
@@ -99,14 +105,14 @@ def build_record(
         request_path=redactor.redact_text(request_path),
         status_primary=legacy.status if legacy is not None else None,
         status_candidate=candidate.status if candidate is not None else None,
-        latency_primary_ms=round(legacy_ms, 3) if legacy_ms is not None else None,
-        latency_candidate_ms=round(candidate_ms, 3) if candidate_ms is not None else None,
+        latency_primary_ms=_ms(legacy_ms),
+        latency_candidate_ms=_ms(candidate_ms),
         diff_paths=diff_paths,
         diff_examples=examples,
         noise=tuple(sorted(verdict.noise)),
         primary_body=legacy_body,
         candidate_body=candidate_body,
-        detail=redactor.redact_text(verdict.detail),
+        detail=redactor.redact_text(verdict.detail) if verdict.detail else "",
         request_id=request_id,
         mode=mode,
         config_version=config_version,

@@ -49,6 +49,7 @@ def test_frames_survive_any_split(frames: list[dict[str, object]], step: int) ->
         assert got.served_body == want["served_body"]
         assert got.served_ms == want["served_ms"]
         assert got.too_large == want["too_large"]
+    assert [f.size for f in out] == [len(encode_frame(**f)) for f in frames]  # type: ignore[arg-type]
 
 
 def test_an_incomplete_frame_waits_for_the_rest() -> None:

@@ -48,13 +48,15 @@ def test_record_is_redacted_and_keeps_bodies_only_for_mismatches() -> None:
         request_path="/o/1?email=ann@example.com",
         legacy=legacy,
         candidate=cand,
-        legacy_ms=1.0,
-        candidate_ms=2.0,
+        legacy_ms=1.23449,
+        candidate_ms=2.0006,
         request_id="rid",
         mode="shadow",
         config_version="v",
     )
     assert rec.outcome == "mismatch" and rec.diff_paths == ("$.total",)
+    assert (rec.latency_primary_ms, rec.latency_candidate_ms) == (1.234, 2.001)  # to the us
+    assert rec.detail == ""
     assert b"ann@example.com" not in (rec.primary_body or b"")
     assert "ann@example.com" not in rec.request_path
     same = judge(legacy, legacy, None, CompareRules(), ())
@@ -74,3 +76,4 @@ def test_record_is_redacted_and_keeps_bodies_only_for_mismatches() -> None:
         config_version="v",
     )
     assert kept.primary_body is None and kept.candidate_body is None
+    assert kept.latency_primary_ms is None and kept.latency_candidate_ms is None
