@@ -87,6 +87,15 @@ def _header_values(
     return out
 
 
+def _status_only(status: int) -> HttpResponse:
+    """A response with just `status` (immutable, so one per status serves every record)."""
+    response = _STATUS_ONLY.get(status)
+    if response is None:
+        response = _STATUS_ONLY[status] = HttpResponse(status)
+    return response
+
+
+_STATUS_ONLY: dict[int, HttpResponse] = {}
 _LOWERED: dict[bytes, bytes] = {}
 _LOWERED_MAX = 256
 
@@ -867,7 +876,7 @@ class ShadowHub:
         candidate: HttpResponse | None
         if leg.error is None and leg.status == call.served_status and self._complete_equal(call):
             # Equal bytes: a match under any rules; only the status is needed for the record.
-            legacy = candidate = HttpResponse(call.served_status)
+            legacy = candidate = _status_only(call.served_status)
             verdict = _MATCH
         else:
             served = HttpResponse(
