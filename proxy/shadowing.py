@@ -258,6 +258,7 @@ class _Leg:
         "head_only",
         "headers",
         "interim",
+        "max_body",
         "ms",
         "pool",
         "reason",
@@ -269,7 +270,9 @@ class _Leg:
     )
 
     def __init__(self, call: ShadowCall, pool: UpstreamPool) -> None:
-        self.call = call
+        # None once the call has ended: no reference cycle is left for the collector
+        self.call: ShadowCall | None = call
+        self.max_body = call.plan.max_body
         self.pool = pool
         self.request = b""
         self.conn: UpstreamConnection | None = None
@@ -322,7 +325,7 @@ class _Leg:
         if self.too_large:
             return
         self.size += len(data)
-        if self.size > self.call.plan.max_body:
+        if self.size > self.max_body:
             self.too_large = True
             self.body = []
             if self.conn is not None:
@@ -377,7 +380,8 @@ class _Leg:
         self.done = True
         self.error = error
         self.ms = (perf_counter() - self.t0) * 1000.0
-        self.call.leg_done()
+        if self.call is not None:
+            self.call.leg_done()
 
     def response(self) -> HttpResponse:
         return HttpResponse(
@@ -562,15 +566,20 @@ class ShadowCall(Tee):
         self._release_bodies()
 
     def _release_bodies(self) -> None:
-        # The hub's timeout queue may hold this call a little longer: keep it small.
+        # The hub's timeout queue may hold this call a little longer: keep it small. The
+        # legs let go of the call, so reference counting frees both (no cycle for the
+        # collector to find: at thousands of copies a second that is its whole work).
         self.served_body = []
         self.req_body = []
         self.head = b""
-        self.leg.body = []
-        self.leg.request = b""
+        leg = self.leg
+        leg.body = []
+        leg.request = b""
+        leg.call = None
         if self.baseline is not None:
             self.baseline.body = []
             self.baseline.request = b""
+            self.baseline.call = None
 
     def _close(self) -> None:
         self.finished = True

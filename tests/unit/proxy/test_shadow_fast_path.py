@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -91,3 +92,26 @@ def test_fast_path_records_what_the_full_comparison_records(
         and case != "content-type case differs"
         else "match"
     )
+
+
+def test_an_ended_call_leaves_no_cycle_for_the_collector(loop: asyncio.AbstractEventLoop) -> None:
+    # A helper ends thousands of copies a second: reference counting must free each one
+    # (a call and its leg refer to each other until the call ends).
+    hub, plan = _hub(loop, fast=True)
+    gc.collect()
+    gc.disable()
+    try:
+        call = hub.start_call(plan, "GET", "/orders/7", "rid-1", b"GET / HTTP/1.1\r\n\r\n")
+        call.served_head(200, JSON)
+        call.served_chunk(b'{"a":1}')
+        leg = call.leg
+        leg.status, leg.headers, leg.body = 200, JSON, [b'{"a":1}']
+        call.sent = True
+        call.served_end(True)  # the leg has not ended yet: nothing recorded
+        assert not hub.recorder._buf
+        leg._end(None)
+        assert [r.outcome for r in hub.recorder._buf] == ["match"]
+        del call, leg
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
