@@ -201,7 +201,6 @@ class ShadowHelper:
         call = self.hub.start_call(
             plan, frame.method, frame.path, frame.request_id, frame.head, counted=True
         )
-        call.started_at = perf_counter() - frame.served_ms / 1000.0  # served_ms as measured
         if frame.body:
             call.request_body(frame.body)
             if call.finished:
@@ -212,6 +211,8 @@ class ShadowHelper:
             call.served_too_large = True
         elif frame.served_body:
             call.served_chunk(frame.served_body)
+        # served_ms as the worker measured it (not counting the legs just written)
+        call.started_at = perf_counter() - frame.served_ms / 1000.0
         call.served_end(True)
 
     async def stop(self, grace_s: float) -> None:

@@ -80,8 +80,9 @@ def _header_values(
         low = lowered.get(name)
         if low is None:
             low = name.lower()
-            if len(lowered) < _LOWERED_MAX:  # header names repeat: remember the usual ones
-                lowered[name] = low
+            if len(lowered) >= _LOWERED_MAX:  # names that never repeat: start again
+                lowered.clear()
+            lowered[name] = low
         if low in names:
             out.append((low, value.strip()))
     return out

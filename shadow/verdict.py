@@ -67,7 +67,8 @@ def _stored_body(redactor: Redactor, response: HttpResponse | None) -> bytes | N
 _SETTERS: Final = tuple(
     getattr(ComparisonRecord, name).__set__ for name in ComparisonRecord.__slots__
 )
-assert ComparisonRecord.__slots__ == (
+# build_record passes the values in this order: a change of fields must fail here, loudly
+_FIELD_ORDER: Final = (
     "route",
     "outcome",
     "time",
@@ -88,22 +89,25 @@ assert ComparisonRecord.__slots__ == (
     "mode",
     "config_version",
 )
+if ComparisonRecord.__slots__ != _FIELD_ORDER:
+    raise RuntimeError(f"ComparisonRecord fields changed: update build_record ({_FIELD_ORDER})")
 
 
 def _new_record(*values: Any) -> ComparisonRecord:
-    """`ComparisonRecord(...)` from values in field order, without the frozen dataclass's
-    `__init__` (half the cost of a matching copy's record in a shadow helper). The values
-    come from `build_record`'s typed arguments, so its checks would always pass."""
+    """A validated `ComparisonRecord` from values in field order, without the frozen __init__."""
+    # object.__setattr__ per field was half the cost of a matching copy's record
     rec: ComparisonRecord = object.__new__(ComparisonRecord)
     for set_field, value in zip(_SETTERS, values, strict=True):
         set_field(rec, value)
+    rec.__post_init__()
     return rec
 
 
 def _ms(value: float | None) -> float | None:
-    """A latency rounded to the microsecond (half up: `round` costs as much again as the
-    rest of a record's numbers)."""
-    return None if value is None else int(value * 1000.0 + 0.5) / 1000.0
+    """A latency in ms rounded to the microsecond, half up (`round` where that is not exact)."""
+    if value is not None and 0.0 <= value < 1e9:
+        return int(value * 1000.0 + 0.5) / 1000.0
+    return None if value is None else round(value, 3)  # negative, huge, nan, inf
 
 
 def build_record(

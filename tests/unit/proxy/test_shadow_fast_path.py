@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from proxy.shadowing import ShadowCall, ShadowHub, ShadowPlan
+from proxy.shadowing import ShadowCall, ShadowHub, ShadowPlan, _Leg
 from shadow.record import ComparisonRecord
 from tests.unit.proxy.shadow_plans import hub_and_plan
 
@@ -96,7 +96,7 @@ def test_fast_path_records_what_the_full_comparison_records(
 
 def test_an_ended_call_leaves_no_cycle_for_the_collector(loop: asyncio.AbstractEventLoop) -> None:
     # A helper ends thousands of copies a second: reference counting must free each one
-    # (a call and its leg refer to each other until the call ends).
+    # (a call and its legs refer to each other until the call ends).
     hub, plan = _hub(loop, fast=True)
     gc.collect()
     gc.disable()
@@ -105,13 +105,17 @@ def test_an_ended_call_leaves_no_cycle_for_the_collector(loop: asyncio.AbstractE
         call.served_head(200, JSON)
         call.served_chunk(b'{"a":1}')
         leg = call.leg
-        leg.status, leg.headers, leg.body = 200, JSON, [b'{"a":1}']
+        baseline = call.baseline = _Leg(call, plan.target_pool)  # a noise baseline too
+        for each in (leg, baseline):
+            each.status, each.headers, each.body = 200, JSON, [b'{"a":1}']
         call.sent = True
-        call.served_end(True)  # the leg has not ended yet: nothing recorded
-        assert not hub.recorder._buf
+        call.served_end(True)  # the legs have not ended yet: nothing recorded
         leg._end(None)
+        assert not hub.recorder._buf
+        baseline._end(None)
         assert [r.outcome for r in hub.recorder._buf] == ["match"]
-        del call, leg
+        assert leg.call is None and baseline.call is None
+        del call, leg, baseline, each
         assert gc.collect() == 0
     finally:
         gc.enable()

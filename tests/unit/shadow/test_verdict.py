@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import math
+from datetime import UTC
+
+import pytest
+
 from shadow.compare import CompareRules
 from shadow.http_compare import HttpResponse
+from shadow.record import ComparisonRecord
 from shadow.redact import Redactor
-from shadow.verdict import build_record, judge
+from shadow.verdict import Verdict, _ms, build_record, judge
 
 JSON = [("content-type", "application/json")]
 
@@ -77,3 +83,48 @@ def test_record_is_redacted_and_keeps_bodies_only_for_mismatches() -> None:
     )
     assert kept.primary_body is None and kept.candidate_body is None
     assert kept.latency_primary_ms is None and kept.latency_candidate_ms is None
+
+
+def test_stored_latencies_are_rounded_to_the_microsecond_like_round() -> None:
+    # the fast rounding path must store what round(x, 3) would, apart from exact halves
+    for ms in (0.0, 0.0004, 0.0006, 1.23449, 2.0006, 999.9996, 12345.6789):
+        assert _ms(ms) == round(ms, 3), ms
+    for odd in (-1.2345, 1e12 + 0.5):
+        assert _ms(odd) == round(odd, 3)
+    assert math.isnan(_ms(math.nan) or 0.0) and _ms(math.inf) == math.inf
+    assert _ms(None) is None
+
+
+def test_build_record_makes_the_record_the_dataclass_would() -> None:
+    red = Redactor(key=b"k")
+    legacy = _resp(200, b'{"a": 1}')
+    args = {
+        "route": "r",
+        "method": "GET",
+        "path_template": "/o",
+        "request_path": "/o",
+        "legacy": legacy,
+        "candidate": legacy,
+        "legacy_ms": 1.5,
+        "candidate_ms": 2.5,
+        "request_id": "rid",
+        "mode": "shadow",
+        "config_version": "v",
+    }
+    rec = build_record(red, judge(legacy, legacy, None, CompareRules(), ()), **args)  # type: ignore[arg-type]
+    assert rec == ComparisonRecord(
+        route="r",
+        outcome="match",
+        time=rec.time,
+        path="/o",
+        request_path="/o",
+        status_primary=200,
+        status_candidate=200,
+        latency_primary_ms=1.5,
+        latency_candidate_ms=2.5,
+        request_id="rid",
+        config_version="v",
+    )
+    assert rec.time.tzinfo is UTC
+    with pytest.raises(ValueError, match="unknown outcome"):  # still validated
+        build_record(red, Verdict("bogus"), **args)  # type: ignore[arg-type]
