@@ -7,7 +7,7 @@ own SQLite file in the bench's temp dir.
 
 The section runs its own legacy-mode and shadow-mode strangler (one worker each, on the
 proxy CPU) and measures, interleaved round by round:
-(b) saturating load: 64 connections unpaced; the legacy medians are also the capacity;
+(b) saturating load: 64 connections unpaced; both legacy-mode proxies give the capacity;
 (a) half load: 64 connections paced by a wrk Lua `delay()` at about 50 % of that capacity.
 Shadow copies compared vs shed come from the proxy's /-/metrics read around each slice.
 """
@@ -366,7 +366,9 @@ def _measure(
             except WrkError as exc:
                 print(f"  shadow section: {mode} saturating slice failed: {exc}")
         _alive(list(proxies.values()))
-    capacity = median(x.rps for x in saturated["legacy"].samples)
+    # Both legacy-mode proxies are the same thing: the capacity is the median of all their
+    # saturating slices (twice the samples of one; a single slow spell moves it less).
+    capacity = median(x.rps for m in ("legacy", CONTROL) for x in saturated[m].samples)
     if capacity is None:
         raise RuntimeError("no saturating legacy slice succeeded: capacity unknown")
     offered = _HALF * capacity
@@ -408,8 +410,9 @@ def run_section(ctx: SectionContext) -> SectionResult:
         for proc in started:
             env.processes.stop(proc)
     note = (
-        "64 conns; saturating = unpaced, its legacy req/s is the capacity; half = wrk paced by a"
-        " Lua delay() at 50% of that (offered_rps; closed loop, so a slower proxy gets fewer)."
+        "64 conns; saturating = unpaced, the median req/s of both legacy-mode proxies there is"
+        " the capacity; half = wrk paced by a Lua delay() at 50% of that (offered_rps; closed"
+        " loop, so a slower proxy gets fewer)."
         " Both backends are the nginx upstream (copies compare equal); one worker each on the"
         f" proxy CPU; medians of {ctx.rounds} interleaved rounds ({ctx.slice_s}s saturating,"
         f" {_PACED_SLICE_S}s paced slices); *_x = shadow / legacy; compared_pct = compared /"
