@@ -617,6 +617,7 @@ class ShadowHub:
         self.lag = 0.0
         self.cpu_budget = 0.85  # set from limits.shadow_cpu_budget
         self.cpu = 0.0  # smoothed share of a core this process used lately
+        self.cpu_tick = 0.0  # the share over the last tick alone (a burst shows at once)
         self.admit = 1.0  # share of sampled copies admitted (AIMD on CPU and lag)
         self._admit_acc = 0.0
         self._cpu_mark = (0.0, 0.0)
@@ -673,7 +674,8 @@ class ShadowHub:
         cpu_now = time.process_time()
         wall0, cpu0 = self._cpu_mark
         if now > wall0:
-            self.cpu = 0.5 * self.cpu + 0.5 * (cpu_now - cpu0) / (now - wall0)
+            self.cpu_tick = (cpu_now - cpu0) / (now - wall0)
+            self.cpu = 0.5 * self.cpu + 0.5 * self.cpu_tick
         self._cpu_mark = (now, cpu_now)
         self._adjust_admission()
         self.shedding = self.shed_on_lag and self.lag > _LAG_SHED_S
@@ -685,13 +687,16 @@ class ShadowHub:
         self._lag_timer = self.loop.call_later(self.tick_s, self._lag_tick)
 
     def _adjust_admission(self) -> None:
-        """The admit share after one tick, from the smoothed CPU share and loop lag."""
+        """The admit share after one tick, from the CPU share (smoothed and last) and loop lag."""
         budget = self.cpu_budget
         if not self.shed_on_lag:
             return
-        over = self.lag > _LAG_SHED_S or (budget < 1.0 and self.cpu > budget)
+        # Cuts follow the last tick too: load that jumps from idle to saturation would
+        # otherwise find every copy admitted for the three ticks the smoothing takes to rise.
+        cpu = max(self.cpu, self.cpu_tick)
+        over = self.lag > _LAG_SHED_S or (budget < 1.0 and cpu > budget)
         if over:  # cut at once: a burst must not find every copy admitted for long
-            saturated = budget < 1.0 and self.cpu > 0.95
+            saturated = budget < 1.0 and cpu > 0.95
             self.admit = max(_MIN_ADMIT, self.admit * (0.25 if saturated else 0.5))
         elif budget < 1.0:  # grow in step with the headroom left: fast when idle, fine near it
             self.admit = min(1.0, self.admit + _ADMIT_GAIN * (budget - self.cpu))

@@ -61,3 +61,15 @@ def test_over_budget_cuts_admission_and_headroom_restores_it(
     for _ in range(10):
         hub._adjust_admission()
     assert hub.admit == 1.0  # back to full within 100 ms of headroom
+
+
+def test_a_burst_from_idle_is_cut_on_its_first_tick(loop: asyncio.AbstractEventLoop) -> None:
+    # The smoothed share still says idle; the last tick alone says the core is saturated.
+    hub, _ = hub_and_plan(loop)
+    hub.cpu_budget = 0.85
+    hub.cpu, hub.cpu_tick = 0.5, 1.0
+    hub._adjust_admission()
+    assert hub.admit == 0.25
+    hub.cpu, hub.cpu_tick = 0.3, 0.3  # quiet again: growth follows the smoothed share
+    hub._adjust_admission()
+    assert hub.admit == 0.25 + 0.5 * (0.85 - 0.3)
