@@ -617,7 +617,7 @@ class ShadowHub:
         self.lag = 0.0
         self.cpu_budget = 0.85  # set from limits.shadow_cpu_budget
         self.cpu = 0.0  # smoothed share of a core this process used lately
-        self.cpu_tick = 0.0  # the share over the last tick alone (a burst shows at once)
+        self.cpu_jump = 0.0  # the last tick's share while load jumps from idle, else 0
         self.admit = 1.0  # share of sampled copies admitted (AIMD on CPU and lag)
         self._admit_acc = 0.0
         self._cpu_mark = (0.0, 0.0)
@@ -674,8 +674,14 @@ class ShadowHub:
         cpu_now = time.process_time()
         wall0, cpu0 = self._cpu_mark
         if now > wall0:
-            self.cpu_tick = (cpu_now - cpu0) / (now - wall0)
-            self.cpu = 0.5 * self.cpu + 0.5 * self.cpu_tick
+            tick = (cpu_now - cpu0) / (now - wall0)
+            # Load that jumps from idle would find every copy admitted for the three ticks
+            # the smoothed share takes to rise: after an idle spell, and for as long as the
+            # ticks since stay busy, each tick is judged on its own share.
+            budget = self.cpu_budget
+            jumping = self.cpu < 0.5 * budget or (self.cpu_jump > 0.0 and tick > budget)
+            self.cpu_jump = tick if jumping else 0.0
+            self.cpu = 0.5 * self.cpu + 0.5 * tick
         self._cpu_mark = (now, cpu_now)
         self._adjust_admission()
         self.shedding = self.shed_on_lag and self.lag > _LAG_SHED_S
@@ -687,13 +693,11 @@ class ShadowHub:
         self._lag_timer = self.loop.call_later(self.tick_s, self._lag_tick)
 
     def _adjust_admission(self) -> None:
-        """The admit share after one tick, from the CPU share (smoothed and last) and loop lag."""
+        """The admit share after one tick, from the smoothed CPU share (or a jump) and loop lag."""
         budget = self.cpu_budget
         if not self.shed_on_lag:
             return
-        # Cuts follow the last tick too: load that jumps from idle to saturation would
-        # otherwise find every copy admitted for the three ticks the smoothing takes to rise.
-        cpu = max(self.cpu, self.cpu_tick)
+        cpu = max(self.cpu, self.cpu_jump)  # steady load: judged on the smoothed share only
         over = self.lag > _LAG_SHED_S or (budget < 1.0 and cpu > budget)
         if over:  # cut at once: a burst must not find every copy admitted for long
             saturated = budget < 1.0 and cpu > 0.95
