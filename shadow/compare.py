@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import orjson
 
 from shadow.normalize import Normalizer, get_normalizer
+from shadow.slots import slot_setters
 
 if TYPE_CHECKING:
     from proxy.settings import CompareSettings
@@ -180,8 +181,7 @@ class Comparison:
         return Comparison(equal, kept, self.truncated), frozenset(removed)
 
 
-_set_fields = tuple(getattr(Difference, name).__set__ for name in Difference.__slots__)
-assert Difference.__slots__ == ("path", "kind", "primary", "candidate", "pattern")
+_set_fields = slot_setters(Difference, ("path", "kind", "primary", "candidate", "pattern"))
 
 
 def _difference(path: str, kind: DifferenceKind, a: Any, b: Any, pattern: str) -> Difference:

@@ -15,6 +15,7 @@ from shadow.http_compare import HttpResponse, compare_responses
 from shadow.noise import cancel_noise, response_noise_patterns
 from shadow.record import ComparisonRecord, DiffExample, Outcome, RecordMode
 from shadow.redact import Redactor
+from shadow.slots import slot_setters
 
 __all__ = ["STORED_BODY_CAP", "Verdict", "build_record", "judge"]
 
@@ -64,33 +65,31 @@ def _stored_body(redactor: Redactor, response: HttpResponse | None) -> bytes | N
     return body[:STORED_BODY_CAP]
 
 
-_SETTERS: Final = tuple(
-    getattr(ComparisonRecord, name).__set__ for name in ComparisonRecord.__slots__
+# build_record passes the values in this order
+_SETTERS: Final = slot_setters(
+    ComparisonRecord,
+    (
+        "route",
+        "outcome",
+        "time",
+        "method",
+        "path",
+        "request_path",
+        "status_primary",
+        "status_candidate",
+        "latency_primary_ms",
+        "latency_candidate_ms",
+        "diff_paths",
+        "diff_examples",
+        "noise",
+        "primary_body",
+        "candidate_body",
+        "detail",
+        "request_id",
+        "mode",
+        "config_version",
+    ),
 )
-# build_record passes the values in this order: a change of fields must fail here, loudly
-_FIELD_ORDER: Final = (
-    "route",
-    "outcome",
-    "time",
-    "method",
-    "path",
-    "request_path",
-    "status_primary",
-    "status_candidate",
-    "latency_primary_ms",
-    "latency_candidate_ms",
-    "diff_paths",
-    "diff_examples",
-    "noise",
-    "primary_body",
-    "candidate_body",
-    "detail",
-    "request_id",
-    "mode",
-    "config_version",
-)
-if ComparisonRecord.__slots__ != _FIELD_ORDER:
-    raise RuntimeError(f"ComparisonRecord fields changed: update build_record ({_FIELD_ORDER})")
 
 
 def _new_record(*values: Any) -> ComparisonRecord:
