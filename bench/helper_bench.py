@@ -156,7 +156,7 @@ def _stored(db: Path) -> dict[str, int]:
 def run_section(ctx: SectionContext) -> SectionResult:
     """Copies/s and CPU per copy of one shadow helper given all its copies at once."""
     env = ctx.env
-    copies = 3_000 if ctx.quick else 10_000
+    copies = 3_000 if ctx.quick else 20_000
     rounds = 1 if ctx.quick else 3
     db = env.tmp / "helper-bench.db"
     config = env.tmp / "helper-bench.yaml"

@@ -100,6 +100,10 @@ class ShadowHelper:
         """Open the store, build the routes' plans and start reading frames."""
         loop = asyncio.get_running_loop()
         await self.proxy.start_recording(self._configure)
+        if self.proxy.store is not None:
+            # No user request here to yield to: a batch written in chunks, one per loop
+            # turn, fell behind a helper at full speed (records dropped as buffer_full).
+            self.proxy.store.write_whole_batches()
         await self._build(self.proxy.settings)
         await loop.connect_accepted_socket(lambda: _Intake(self), sock)
         self._sweeper = loop.call_later(_SWEEP_S, self._sweep)

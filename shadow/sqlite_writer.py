@@ -6,8 +6,10 @@ which also take the GIL from the data plane at random moments. SQLite itself nee
 8 us per row. So the shadow path's rows go straight to the driver: a plain `sqlite3`
 connection of the loop's thread inserts a batch in chunks of `chunk_rows` rows and yields to
 the loop between chunks, so one stall is bounded by a chunk (a fraction of a millisecond)
-rather than by a batch. Nothing here waits on a lock: another writer (a second worker,
-the audit log) makes BEGIN fail at once, and the batch is retried a few milliseconds later.
+rather than by a batch. A process with no user traffic to yield to (a shadow helper) writes
+each batch at once (`chunk_rows = 0`): there, yielding only lets new copies outrun the writer.
+Nothing here waits on a lock: another writer (a second worker, the audit log) makes BEGIN
+fail at once, and the batch is retried a few milliseconds later.
 Checkpoints, the only step that syncs to disk in WAL mode, run once a second in a worker
 thread on a connection of their own (RESTART, so the WAL starts over even under steady
 writes), never on the loop. The file is opened read-write only (a missing store is an error,
@@ -172,7 +174,7 @@ class SqliteWriter:
         items: Sequence[T],
         row: Callable[[T], tuple[Any, ...]],
     ) -> None:
-        step = self.chunk_rows
+        step = self.chunk_rows or max(1, len(items))  # 0: the whole batch at once
         for start in range(0, len(items), step):
             if start:
                 await asyncio.sleep(0)  # let the data plane run between chunks

@@ -334,6 +334,16 @@ class Store:
             if db and db != ":memory:" and not db.startswith("file:"):
                 self._writer = SqliteWriter(db)
 
+    def write_whole_batches(self) -> None:
+        """SQLite: write each batch in one step instead of chunks that yield to the loop.
+
+        For a process that serves no user traffic (a shadow helper): there the chunks only
+        let the copies it runs outpace its writer until the recorder's buffer is full and
+        records of compared copies are dropped. PostgreSQL writes are not chunked anyway.
+        """
+        if self._writer is not None:
+            self._writer.chunk_rows = 0
+
     @classmethod
     async def open(cls, url: str, **kwargs: Any) -> Store:
         """A store whose schema is ready; closes the engine again if that fails."""

@@ -48,6 +48,29 @@ async def test_a_batch_is_written_in_chunks_that_let_the_loop_run(tmp_path: Path
         assert _count(db, "comparison_paths") == 100
 
 
+async def test_whole_batches_are_written_in_one_step(tmp_path: Path) -> None:
+    db = tmp_path / "s.db"
+    async with Store(f"sqlite+aiosqlite:///{db}") as store:
+        store.write_whole_batches()  # a shadow helper's store: no user traffic to yield to
+        turns = 0
+
+        async def count_turns() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        counter = asyncio.ensure_future(count_turns())
+        await asyncio.sleep(0)
+        before = turns
+        assert await store.insert_batch(_records(100, "mismatch")) == 100
+        counter.cancel()
+        # BEGIN, the rows, their paths and COMMIT without a chunk boundary in between
+        assert turns - before <= 1
+        assert _count(db) == 100
+        assert _count(db, "comparison_paths") == 100
+
+
 async def test_a_locked_database_is_waited_for_without_blocking_the_loop(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     async with Store(f"sqlite+aiosqlite:///{db}") as store:
