@@ -59,7 +59,10 @@ def helper_config(upstream_url: str, db: Path) -> str:
 def _frames(upstream_url: str, copies: int) -> list[bytes]:
     with urllib.request.urlopen(upstream_url + PATH, timeout=5) as response:
         body = response.read()
-        headers = [(k.encode(), v.encode()) for k, v in response.getheaders()]
+        # the served response as a worker hands it over: the backend's bytes, unparsed
+        raw = f"HTTP/1.1 {response.status} {response.reason}\r\n".encode()
+        raw += b"".join(f"{k}: {v}\r\n".encode() for k, v in response.getheaders())
+        raw += b"\r\n" + body
     frames = []
     for i in range(copies):
         rid = f"helper-bench-{i:08x}"
@@ -67,11 +70,7 @@ def _frames(upstream_url: str, copies: int) -> list[bytes]:
             f"GET {PATH} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-request-id: {rid}\r\n"
             "x-forwarded-for: 127.0.0.1\r\nx-forwarded-proto: http\r\nvia: 1.1 strangler\r\n\r\n"
         ).encode()
-        frames.append(
-            encode_frame(
-                _ROUTE.encode(), "GET", PATH, rid, head, b"", 200, headers, body, 0.5, False
-            )
-        )
+        frames.append(encode_frame(_ROUTE.encode(), rid, head, b"", raw, 0.5, False))
     return frames
 
 

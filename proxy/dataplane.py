@@ -405,6 +405,8 @@ class _Exchange:
             return
         self.upstream = conn
         conn.head_only = self.head_request
+        sh = self.shadow
+        conn.tee = sh if sh is not None and sh.tees_raw else None  # set or cleared
         if not self.client.feeding:
             # Inside the client's feed_data the tail of data_received flushes, once the
             # whole read parsed cleanly: nothing travels ahead of a parse error.
@@ -650,6 +652,7 @@ class _Exchange:
         # access log, shadow hand-off) is then off the user's latency.
         client.flush()
         if conn is not None:
+            conn.tee = None
             if self.request_complete:
                 self.plan.pool.release(conn)
             else:

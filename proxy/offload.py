@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import signal
 import socket
@@ -28,11 +27,13 @@ import struct
 import subprocess
 import sys
 import time
-from typing import NamedTuple
+from time import perf_counter
+from typing import ClassVar, NamedTuple
 
+import httptools
 import orjson
 
-from proxy.shadowing import RouteState, ShadowHub, ShadowPlan, Tee
+from proxy.shadowing import RouteState, ShadowHub, ShadowPlan
 
 __all__ = [
     "READY",
@@ -43,12 +44,14 @@ __all__ = [
     "decode_frames",
     "encode_ack",
     "encode_frame",
+    "frame_parts",
+    "served_response",
 ]
 
 _log = logging.getLogger("strangler.offload")
 
-# total length, status, too-large flag, primary ms, handed-off (monotonic), 8 field lengths
-_HEAD = struct.Struct("<IHBdd8I")
+# total length, too-large flag, primary ms, handed-off (monotonic), 5 field lengths
+_HEAD = struct.Struct("<IBdd5I")
 _SIZE = struct.Struct("<I")
 _WRITE_HIGH = 1 << 20  # the worker's buffer toward the helper: past it, copies are shed
 _RESPAWN_S = 1.0
@@ -58,69 +61,76 @@ _RESPAWN_MAX_S = 30.0
 _BATCH_S = 0.01
 _BATCH_FRAMES = 128
 _BATCH_BYTES = 256 << 10
+_RAW_ROOM = 64 << 10  # a response head and chunk framing, over twice the body limit
 
 
 class Frame(NamedTuple):
-    """One shadow copy handed to the helper (a tuple: cheap to build, one per copy)."""
+    """One shadow copy handed to the helper (a tuple: cheap to build, one per copy).
+
+    The worker sends what it already holds as bytes: the request head it forwarded (method
+    and path are read back from its request line) and the served response as it came from
+    the backend, unparsed (`served_response` reads status, headers and body from it).
+    """
 
     route: str
-    method: str
-    path: str
     request_id: str
     head: bytes
     body: bytes
-    status: int
-    headers: list[tuple[bytes, bytes]]
-    served_body: bytes
+    raw: bytes  # the served response's bytes from the backend: head, then body as framed
     served_ms: float
     handed_off: float  # time.monotonic() in the worker (the same clock in every process)
     too_large: bool
     size: int = 0  # bytes on the wire (what the helper's queue bound counts)
 
+    def request_line(self) -> tuple[str, str]:
+        """(method, path) from the forwarded head's request line, as the worker had them."""
+        head = self.head
+        line = head[: head.find(b"\r\n")]
+        raw_method, _, rest = line.partition(b" ")
+        target = rest.rpartition(b" ")[0]
+        method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
+        return method, target.partition(b"?")[0].decode("latin-1")
+
 
 def encode_frame(
     route: bytes,
-    method: str,
-    path: str,
     request_id: str,
     head: bytes,
     body: bytes,
-    status: int,
-    headers: list[tuple[bytes, bytes]],
-    served_body: bytes,
+    raw: bytes,
     served_ms: float,
     too_large: bool,
 ) -> bytes:
-    """One frame; ValueError if a header name or value holds CR LF (the separator)."""
-    # a worker encodes one frame per shadowed request, on its own CPU: C-level steps only
-    hdrs = b"\r\n".join(_chain(headers))
-    if headers and hdrs.count(b"\r\n") != 2 * len(headers) - 1:
-        raise ValueError("a response header holds CR LF")
-    parts = (
-        route,
-        _METHOD_BYTES.get(method) or method.encode(),
-        path.encode("utf-8", "surrogatepass"),
-        request_id.encode("utf-8", "surrogatepass"),
-        head,
-        body,
-        hdrs,
-        served_body,
-    )
-    lens = list(map(len, parts))
+    """One frame (tests and benches; a worker batches `frame_parts`)."""
     return b"".join(
-        (
-            _HEAD.pack(
-                _HEAD.size + sum(lens), status, too_large, served_ms, time.monotonic(), *lens
-            ),
-            *parts,
-        )
+        frame_parts(route, request_id, head, body, raw, served_ms, time.monotonic(), too_large)
     )
 
 
-_chain = itertools.chain.from_iterable
-_METHOD_BYTES = {
-    m: m.encode() for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
-}
+def frame_parts(
+    route: bytes,
+    request_id: str,
+    head: bytes,
+    body: bytes,
+    raw: bytes,
+    served_ms: float,
+    handed_off: float,
+    too_large: bool,
+) -> tuple[bytes, ...]:
+    """The pieces of one frame, in wire order (a worker joins a whole batch of them once).
+
+    A worker builds one per shadowed request on the user's CPU: no parsing, no copies.
+    """
+    rid = request_id.encode("utf-8", "surrogatepass")
+    lr, lq, lh, lb, lx = len(route), len(rid), len(head), len(body), len(raw)
+    size = _HEAD.size + lr + lq + lh + lb + lx
+    return (
+        _HEAD.pack(size, too_large, served_ms, handed_off, lr, lq, lh, lb, lx),
+        route, rid, head, body, raw,
+    )  # fmt: skip
+
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
 def decode_frames(buf: bytearray) -> list[Frame]:
@@ -133,7 +143,7 @@ def decode_frames(buf: bytearray) -> list[Frame]:
     out: list[Frame] = []
     unpack = _HEAD.unpack_from
     while end - pos >= _HEAD.size:
-        size, status, too_large, ms, handed, l0, l1, l2, l3, l4, l5, l6, l7 = unpack(data, pos)
+        size, too_large, ms, handed, l0, l1, l2, l3, l4 = unpack(data, pos)
         if end - pos < size:
             break
         a = pos + _HEAD.size
@@ -141,25 +151,13 @@ def decode_frames(buf: bytearray) -> list[Frame]:
         c = b + l1
         d = c + l2
         e = d + l3
-        f = e + l4
-        g = f + l5
-        h = g + l6
-        if l6:  # names and values alternate, one CRLF between each (a pair has one at least)
-            it = iter(data[g:h].split(b"\r\n"))
-            headers = list(zip(it, it, strict=False))
-        else:
-            headers = []
         out.append(
             Frame(
                 data[a:b].decode(),
-                data[b:c].decode(),
-                data[c:d].decode("utf-8", "surrogatepass"),
-                data[d:e].decode("utf-8", "surrogatepass"),
-                data[e:f],
-                data[f:g],
-                status,
-                headers,
-                data[h : h + l7],
+                data[b:c].decode("utf-8", "surrogatepass"),
+                data[c:d],
+                data[d:e],
+                data[e : e + l4],
                 ms,
                 handed,
                 bool(too_large),
@@ -171,25 +169,132 @@ def decode_frames(buf: bytearray) -> list[Frame]:
     return out
 
 
-class OffloadCall(Tee):
-    """A sampled request in a worker with a shadow helper: tee, then hand off one frame."""
+class _Stop(Exception):
+    """Ends the parse of a served response (the head of a HEAD answer is all there is)."""
 
-    __slots__ = ("feed",)
 
-    def __init__(
-        self,
-        feed: OffloadFeed,
-        plan: ShadowPlan,
-        method: str,
-        path: str,
-        request_id: str,
-        head: bytes,
-    ) -> None:
-        super().__init__(plan, method, path, request_id, head)
+class _Served:
+    """httptools callbacks collecting one final response (interim 1xx ones skipped)."""
+
+    __slots__ = ("body", "complete", "head_only", "headers", "parser", "status")
+
+    def __init__(self, head_only: bool) -> None:
+        self.head_only = head_only
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.complete = False
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            self.headers = []  # 100 Continue, 103 Early Hints: the final answer follows
+            return
+        self.status = status
+        if self.head_only:
+            self.complete = True
+            raise _Stop
+
+    def on_body(self, data: bytes) -> None:
+        if self.status:
+            self.body.append(data)
+
+    def on_message_complete(self) -> None:
+        if self.status:
+            self.complete = True
+            raise _Stop  # anything after the answer is not part of it
+
+
+def served_response(raw: bytes, head_only: bool) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Status, headers and (de-chunked) body of the served response a worker handed over.
+
+    The worker's own parser accepted these bytes and the response ended, so a body that
+    reads as unfinished here ended with the connection (no length, no chunks). ValueError
+    when there is no final response head in them.
+    """
+    served = _Served(head_only)
+    try:
+        served.parser.feed_data(raw)
+    except httptools.HttpParserError as e:
+        if not served.complete:
+            raise ValueError(f"unreadable served response: {e}") from None
+    if not served.status:
+        raise ValueError("no final response head in the served response")
+    return served.status, served.headers, b"".join(served.body)
+
+
+class OffloadCall:
+    """A sampled request in a worker with a shadow helper: the request body and the served
+    response's raw bytes (capped) while it is served, then one frame handed off.
+
+    Every shadowed request of a worker pays for this on the user's CPU, so it keeps
+    references only: the upstream connection passes it each read (`raw_chunk`) before
+    parsing, and the helper parses the response again at idle priority.
+    """
+
+    tees_raw: ClassVar[bool] = True
+
+    __slots__ = (
+        "feed",
+        "finished",
+        "head",
+        "plan",
+        "raw",
+        "raw_size",
+        "req_body",
+        "req_size",
+        "request_id",
+        "sent",
+        "started_at",
+        "too_large",
+    )
+
+    def __init__(self, feed: OffloadFeed, plan: ShadowPlan, request_id: str, head: bytes) -> None:
         self.feed = feed
+        self.plan = plan
+        self.request_id = request_id
+        self.head = head
+        self.req_body: list[bytes] = []
+        self.req_size = 0
+        self.raw: list[bytes] = []
+        self.raw_size = 0
+        self.too_large = False
+        self.finished = False
+        self.sent = False
+        self.started_at = perf_counter()
+
+    def request_body(self, data: bytes) -> None:
+        self.req_size += len(data)
+        if self.req_size > self.plan.max_body:
+            self.drop("request_too_large")
+            return
+        self.req_body.append(data)
 
     def request_done(self) -> None:
         self.sent = True
+
+    def served_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        pass  # in `raw`; the helper reads it
+
+    def served_chunk(self, data: bytes) -> None:
+        pass  # in `raw`, framing included; the helper de-chunks
+
+    def raw_chunk(self, data: bytes) -> None:
+        """A read from the upstream connection serving this request (head and body)."""
+        if self.too_large or self.finished:
+            return
+        self.raw_size += len(data)
+        # The body limit is checked exactly on the parsed body in the helper; here the raw
+        # bytes (head, chunk framing) only need a bound on what the worker holds.
+        if self.raw_size > _RAW_ROOM + 2 * self.plan.max_body:
+            self.too_large = True
+            self.raw = []
+            return
+        self.raw.append(data)
 
     def served_end(self, ok: bool) -> None:
         if self.finished:
@@ -206,7 +311,7 @@ class OffloadCall(Tee):
         if self.finished:
             return
         self.finished = True
-        self.req_body, self.served_body = [], []
+        self.req_body, self.raw = [], []
         self.feed.hub.count_shed(self.plan.state, reason)
 
 
@@ -335,37 +440,34 @@ class OffloadFeed:
             down = self.transport is None or self.closing
             self.hub.count_shed(plan.state, "offload_down" if down else "shed")
             return None
-        return OffloadCall(self, plan, method, path, request_id, head)
+        return OffloadCall(self, plan, request_id, head)
 
     def send(self, call: OffloadCall) -> None:
         """Queue the frame of a finished tap (written in batches, see `_BATCH_S`)."""
-        state = call.plan.state
+        plan = call.plan
         if self.transport is None or self.closing:  # a tap of before the stop ends here
-            self.hub.count_shed(state, "offload_down")
+            self.hub.count_shed(plan.state, "offload_down")
             return
         try:
-            frame = encode_frame(
-                call.plan.route_b,
-                call.method,
-                call.path,
+            parts = frame_parts(
+                plan.route_b,
                 call.request_id,
                 call.head,
                 b"".join(call.req_body),
-                call.served_status,
-                call.served_headers,
-                b"".join(call.served_body),
-                (time.perf_counter() - call.started_at) * 1000.0,
-                call.served_too_large,
+                b"".join(call.raw),  # one read (the usual case): no copy
+                (perf_counter() - call.started_at) * 1000.0,
+                time.monotonic(),
+                call.too_large,
             )
         except (ValueError, struct.error) as e:  # never into the data plane: count it
-            _log.warning("shadow: cannot hand a copy of %s over: %s", state.route, e)
-            self.hub.count_shed(state, "unencodable")
+            _log.warning("shadow: cannot hand a copy of %s over: %s", plan.route, e)
+            self.hub.count_shed(plan.state, "unencodable")
             return
-        self.hub.recorder.note_started(state.route)  # the helper counts how it ends
-        self._out.append(frame)
-        self._out_states.append(state)
-        self._out_bytes += len(frame)
-        if len(self._out) >= _BATCH_FRAMES or self._out_bytes >= _BATCH_BYTES:
+        self.hub.recorder.note_started(plan.route)  # the helper counts how it ends
+        self._out += parts
+        self._out_states.append(plan.state)
+        self._out_bytes += len(call.head) + call.req_size + call.raw_size  # about the frame
+        if len(self._out_states) >= _BATCH_FRAMES or self._out_bytes >= _BATCH_BYTES:
             self._flush()
         elif self._timer is None:
             self._timer = self.loop.call_later(_BATCH_S, self._flush)
@@ -377,7 +479,7 @@ class OffloadFeed:
         out, states = self._out, self._out_states
         self._out, self._out_states, self._out_bytes = [], [], 0
         transport = self.transport
-        if not out:
+        if not states:
             return
         if transport is None or transport.is_closing() or self._eof_sent:  # helper gone
             for state in states:

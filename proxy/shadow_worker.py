@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from time import perf_counter
 
 from proxy.app import Proxy, helper_plans
-from proxy.offload import READY, Frame, decode_frames, encode_ack
+from proxy.offload import READY, Frame, decode_frames, encode_ack, served_response
 from proxy.serve import _die_with_parent, _install_uvloop, _settle_gc
 from proxy.settings import ConfigError, Settings, load
 from proxy.shadowing import ShadowHub, ShadowPlan
@@ -202,19 +202,27 @@ class ShadowHelper:
                 transport.resume_reading()
 
     def _start(self, plan: ShadowPlan, frame: Frame) -> None:
-        call = self.hub.start_call(
-            plan, frame.method, frame.path, frame.request_id, frame.head, counted=True
-        )
+        method, path = frame.request_line()
+        status, served = 0, b""
+        headers: list[tuple[bytes, bytes]] = []
+        if not frame.too_large:
+            try:  # the worker hands the response over as the backend sent it
+                status, headers, served = served_response(frame.raw, method == "HEAD")
+            except ValueError as e:  # its parser took these bytes: not expected
+                _log.warning("shadow helper: copy of %s dropped: %s", plan.route, e)
+                self.hub.drop_started(plan.state, "unreadable")
+                return
+        call = self.hub.start_call(plan, method, path, frame.request_id, frame.head, counted=True)
         if frame.body:
             call.request_body(frame.body)
             if call.finished:
                 return
         call.request_done()
-        call.served_head(frame.status, frame.headers)
+        call.served_head(status, headers)
         if frame.too_large:
             call.served_too_large = True
-        elif frame.served_body:
-            call.served_chunk(frame.served_body)
+        elif served:
+            call.served_chunk(served)  # over the body limit: served_too_large, as in a worker
         # served_ms as the worker measured it (not counting the legs just written)
         call.started_at = perf_counter() - frame.served_ms / 1000.0
         call.served_end(True)

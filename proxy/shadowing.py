@@ -18,7 +18,7 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from time import perf_counter
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from prometheus_client import Counter
 
@@ -110,7 +110,10 @@ class _Holdable(Protocol):
 
 class ShadowTap(Protocol):
     """What the data plane feeds while it serves a sampled request: a `ShadowCall`, or the
-    hand-off of that request to the worker's shadow helper process."""
+    hand-off of that request to the worker's shadow helper process (which takes the served
+    response's raw reads from the upstream connection instead: `tees_raw`)."""
+
+    tees_raw: ClassVar[bool]
 
     def request_body(self, data: bytes) -> None: ...
     def request_done(self) -> None: ...
@@ -118,6 +121,7 @@ class ShadowTap(Protocol):
     def served_chunk(self, data: bytes) -> None: ...
     def served_end(self, ok: bool) -> None: ...
     def drop(self, reason: str) -> None: ...
+    def raw_chunk(self, data: bytes) -> None: ...
 
 
 class RouteState:
@@ -396,6 +400,8 @@ class Tee:
     """What every tap keeps of a sampled request while it is served: the request head and
     body and the served status, headers and body, each capped at the plan's body limit."""
 
+    tees_raw: ClassVar[bool] = False  # parsed pieces (served_head, served_chunk) suffice
+
     __slots__ = (
         "finished",
         "head",
@@ -450,6 +456,9 @@ class Tee:
     def served_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.served_status = status
         self.served_headers = headers
+
+    def raw_chunk(self, data: bytes) -> None:
+        """Not used: the data plane passes raw reads only to taps that `tees_raw`."""
 
     def served_chunk(self, data: bytes) -> None:
         if self.served_too_large or self.finished:

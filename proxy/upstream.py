@@ -15,7 +15,7 @@ from typing import Protocol, cast
 
 import httptools
 
-__all__ = ["Exchange", "UpstreamConnection", "UpstreamPool"]
+__all__ = ["Exchange", "RawTee", "UpstreamConnection", "UpstreamPool"]
 
 
 class Exchange(Protocol):
@@ -39,6 +39,12 @@ class Exchange(Protocol):
     def resume_client_reading(self) -> None: ...
 
 
+class RawTee(Protocol):
+    """Takes every read of the response an exchange is served, before it is parsed."""
+
+    def raw_chunk(self, data: bytes) -> None: ...
+
+
 class _HeadersDone(Exception):
     """Stops the parser after the head of a response that has no body (HEAD requests)."""
 
@@ -58,6 +64,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool",
         "reason",
         "reused",
+        "tee",
         "transport",
     )
 
@@ -73,6 +80,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = True
         self.reused = False
         self.idle_since = 0.0  # loop time it went back to the pool (the sweep expires it)
+        self.tee: RawTee | None = None  # set by the exchange it serves (a shadow hand-off)
         self._tunnel: asyncio.Transport | None = None
 
     # asyncio callbacks
@@ -96,6 +104,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.discard(self)
             return
         self.got_bytes = True
+        tee = self.tee
+        if tee is not None:
+            tee.raw_chunk(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import itertools
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -67,6 +69,21 @@ def _app(side: Side) -> web.Application:
             assert request.transport is not None
             request.transport.abort()
             return web.Response()
+        elif tail.startswith("chunked") and side.name == "legacy":
+            # no length: chunked on the wire, and gzip, written in two pieces
+            packed = gzip.compress(json.dumps(_doc(side, tail)).encode())
+            resp = web.StreamResponse(
+                headers={
+                    "Content-Type": "application/json; charset=utf-8",
+                    "Content-Encoding": "gzip",
+                }
+            )
+            await resp.prepare(request)
+            await resp.write(packed[:7])
+            await resp.write(packed[7:])
+            await resp.write_eof()
+            side.finished.append(tail)
+            return resp
         elif tail.startswith("garbage") and side.name == "candidate":
             resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
             await resp.prepare(request)

@@ -182,6 +182,33 @@ async def test_copies_run_in_an_idle_helper_and_every_one_is_accounted_for(
     assert _rows(served.db) == {"mismatch": int(c.recorded)}  # stored before it exited
 
 
+async def test_the_helper_reads_the_served_response_as_the_backend_sent_it(
+    served: Served,
+) -> None:
+    """The worker hands the legacy answer over unparsed: chunked, gzip, and HEAD answers
+    read back in the helper as they were served, so only the real difference is reported."""
+    n = 20
+    async with aiohttp.ClientSession() as s:
+        for i in range(n):  # legacy: chunked and gzip; the candidate: plain JSON
+            async with s.get(f"http://127.0.0.1:{served.port}/api/chunked{i}") as r:
+                assert r.status == 200
+                assert r.headers["Content-Encoding"] == "gzip"
+                assert (await r.json())["price"] == "12.50"  # aiohttp decodes it
+        for i in range(n):
+            async with s.head(f"http://127.0.0.1:{served.port}/api/h{i}") as r:
+                assert r.status == 200
+        c = await _settled(s, served.admin, 2 * n)
+    assert c.dropped == {} and c.failed == 0, c
+    assert c.outcomes == {"mismatch": n, "match": n}, c  # HEAD: status and headers agree
+    with sqlite3.connect(served.db) as conn:
+        gets = conn.execute(
+            "SELECT diff_paths FROM comparisons WHERE method = 'GET' AND outcome = 'mismatch'"
+        ).fetchall()
+        heads = conn.execute("SELECT outcome FROM comparisons WHERE method = 'HEAD'").fetchall()
+    assert gets == [('["$.price"]',)] * n  # the decoded bodies differ in the price only
+    assert heads == [("match",)] * n
+
+
 async def test_a_killed_helper_is_restarted_and_a_reload_reaches_it(served: Served) -> None:
     [first] = _ours(served)
     os.kill(first, signal.SIGKILL)
