@@ -652,7 +652,6 @@ class _Exchange:
         # access log, shadow hand-off) is then off the user's latency.
         client.flush()
         if conn is not None:
-            conn.tee = None
             if self.request_complete:
                 self.plan.pool.release(conn)
             else:

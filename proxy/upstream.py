@@ -288,6 +288,7 @@ class UpstreamPool:
         """Return a connection whose exchange finished cleanly."""
         conn.exchange = None
         conn.head_only = False
+        conn.tee = None  # no reads of the next exchange (or a shadow leg) go to this one's tap
         if (
             self._closed
             or not conn.keep_alive

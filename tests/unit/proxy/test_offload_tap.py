@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from proxy.offload import OffloadCall, OffloadFeed, decode_frames
+from proxy.upstream import UpstreamConnection
 from tests.unit.proxy.shadow_plans import hub_and_plan
 
 HEAD = b"GET /orders/7 HTTP/1.1\r\nhost: shop\r\nx-request-id: r-7\r\n\r\n"
@@ -73,3 +74,13 @@ def test_reads_after_a_drop_are_not_kept(loop: asyncio.AbstractEventLoop) -> Non
     call.served_end(True)
     feed._flush()
     assert pipe.data == b""  # a dropped copy never reaches the helper
+
+
+def test_a_connection_back_in_its_pool_tees_to_no_one(loop: asyncio.AbstractEventLoop) -> None:
+    # the next exchange (or a shadow leg) on it must not feed this request's tap
+    _, _, call = _feed(loop)
+    pool = call.plan.target_pool
+    conn = UpstreamConnection(pool)
+    conn.tee = call
+    pool.release(conn)
+    assert conn.tee is None
