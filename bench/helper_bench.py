@@ -59,7 +59,8 @@ def helper_config(upstream_url: str, db: Path) -> str:
 def _frames(upstream_url: str, copies: int) -> list[bytes]:
     with urllib.request.urlopen(upstream_url + PATH, timeout=5) as response:
         body = response.read()
-        # the served response as a worker hands it over: the backend's bytes, unparsed
+        # the served response as a worker hands it over, the backend's bytes rebuilt from
+        # what urllib read (nginx answers with a Content-Length, so nothing was de-chunked)
         raw = f"HTTP/1.1 {response.status} {response.reason}\r\n".encode()
         raw += b"".join(f"{k}: {v}\r\n".encode() for k, v in response.getheaders())
         raw += b"\r\n" + body

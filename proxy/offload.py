@@ -187,7 +187,8 @@ class _Served:
         self.parser = httptools.HttpResponseParser(self)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        if not self.status:  # after the final head: trailer fields, not headers
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -213,8 +214,9 @@ def served_response(raw: bytes, head_only: bool) -> tuple[int, list[tuple[bytes,
     """Status, headers and (de-chunked) body of the served response a worker handed over.
 
     The worker's own parser accepted these bytes and the response ended, so a body that
-    reads as unfinished here ended with the connection (no length, no chunks). ValueError
-    when there is no final response head in them.
+    reads as unfinished here ended with the connection, which only a response without a
+    length and without chunks may. ValueError when there is no final response head in
+    them, or a body is cut short of its framing.
     """
     served = _Served(head_only)
     try:
@@ -224,6 +226,10 @@ def served_response(raw: bytes, head_only: bool) -> tuple[int, list[tuple[bytes,
             raise ValueError(f"unreadable served response: {e}") from None
     if not served.status:
         raise ValueError("no final response head in the served response")
+    if not served.complete and any(
+        n.lower() in (b"content-length", b"transfer-encoding") for n, _ in served.headers
+    ):
+        raise ValueError("the served response is cut short of its framing")
     return served.status, served.headers, b"".join(served.body)
 
 

@@ -208,7 +208,7 @@ class ShadowHelper:
         if not frame.too_large:
             try:  # the worker hands the response over as the backend sent it
                 status, headers, served = served_response(frame.raw, method == "HEAD")
-            except ValueError as e:  # its parser took these bytes: not expected
+            except Exception as e:  # its parser took these bytes: not expected
                 _log.warning("shadow helper: copy of %s dropped: %s", plan.route, e)
                 self.hub.drop_started(plan.state, "unreadable")
                 return

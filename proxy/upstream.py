@@ -173,6 +173,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.on_upstream_body(data)
 
     def on_message_complete(self) -> None:
+        if self.headers:  # trailer fields of a chunked body: never the next response's
+            self.headers = []
         if self.exchange is not None:
             self.exchange.on_upstream_message_complete(self)
 

@@ -330,3 +330,25 @@ async def test_host_rewritten_per_backend_when_configured(upstream: EchoUpstream
     rec = upstream.received[-1]
     assert rec.header(b"host") == [b"legacy.internal"]
     assert rec.header(b"x-forwarded-host") == [b"shop.example"]
+
+
+async def test_trailers_of_a_response_never_reach_the_next_one(stack: Stack) -> None:
+    # a chunked answer with a trailer field, then another request on the same connection
+    def trailers(t: asyncio.Transport, rec: object) -> None:
+        t.write(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n"
+            b"2\r\nok\r\n0\r\nx-checksum: abc123\r\n\r\n"
+        )
+
+    stack.upstream.extra[b"/trailers"] = trailers
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(_req("GET", "/trailers"))
+    first = await asyncio.wait_for(read_response(reader), 5)
+    assert (first.status, first.body) == (200, b"ok")
+    connections = stack.upstream.connections
+    writer.write(_req("GET", "/echo"))
+    second = await asyncio.wait_for(read_response(reader), 5)
+    assert stack.upstream.connections == connections  # the same upstream connection, reused
+    assert second.status == 200
+    assert second.header(b"x-checksum") == []
+    writer.close()

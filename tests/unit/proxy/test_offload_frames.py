@@ -116,8 +116,35 @@ def test_interim_responses_are_skipped() -> None:
 
 
 def test_a_head_answer_has_no_body_whatever_its_length_says() -> None:
-    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 120\r\n\r\n"
-    assert served_response(raw, head_only=True) == (200, _headers(("Content-Length", "120")), b"")
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n"
+    assert served_response(raw, head_only=True) == (200, _headers(("Content-Length", "3")), b"")
+    # read as a GET's answer, the same bytes would be a body cut short
+    with pytest.raises(ValueError, match="cut short"):
+        served_response(raw, head_only=False)
+    # and what may follow a HEAD answer on the connection is not its body
+    assert served_response(raw + b"abc", head_only=True)[2] == b""
+
+
+def test_trailer_fields_are_not_headers() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"
+    raw += b"2\r\nok\r\n0\r\nX-Sum: 1f\r\n\r\n"
+    assert served_response(raw, head_only=False) == (
+        200,
+        _headers(("Transfer-Encoding", "chunked"), ("Trailer", "X-Sum")),
+        b"ok",
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+    ],
+)
+def test_a_body_cut_short_of_its_framing_is_an_error(raw: bytes) -> None:
+    with pytest.raises(ValueError, match="cut short"):
+        served_response(raw, head_only=False)
 
 
 def test_a_body_that_ended_with_the_connection_is_whole() -> None:
@@ -141,3 +168,10 @@ def test_acks_roundtrip_on_one_line(ended: dict[str, int]) -> None:
     line = encode_ack(ended)
     assert line.endswith(b"\n") and line.count(b"\n") == 1  # route names are JSON-escaped
     assert decode_ack(line[:-1]) == ended
+
+
+def test_lines_that_are_not_acks_are_ignored() -> None:
+    assert decode_ack(b"R") is None
+    assert decode_ack(b"A{not json") is None
+    assert decode_ack(b"A[1, 2]") is None
+    assert decode_ack(b'A{"r": true, "s": "3", "t": 4}') == {"t": 4}
