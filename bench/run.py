@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -180,6 +181,16 @@ def _version(argv: list[str]) -> str:
     return text.splitlines()[0] if text else "unavailable"
 
 
+_PACKAGES = ("aiohttp", "httptools", "uvloop", "orjson", "SQLAlchemy")
+
+
+def _package_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "missing"
+
+
 def _machine() -> Row:
     """Facts about the machine and tools, for comparing runs."""
     model = "unknown"
@@ -195,6 +206,8 @@ def _machine() -> Row:
         "cpu_count": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        # the minimal aiohttp proxy's speed moves with aiohttp's (the 4x goal's baseline)
+        "packages": {name: _package_version(name) for name in _PACKAGES},
         "nginx": _version([nginx, "-v"]) if nginx else "missing",
         "wrk": _version(["wrk", "-v"]),
         "py_spy": "available"
