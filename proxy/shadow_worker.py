@@ -203,26 +203,28 @@ class ShadowHelper:
 
     def _start(self, plan: ShadowPlan, frame: Frame) -> None:
         method, path = frame.request_line()
-        status, served = 0, b""
-        headers: list[tuple[bytes, bytes]] = []
-        if not frame.too_large:
-            try:  # the worker hands the response over as the backend sent it
-                status, headers, served = served_response(frame.raw, method == "HEAD")
-            except Exception as e:  # its parser took these bytes: not expected
-                _log.warning("shadow helper: copy of %s dropped: %s", plan.route, e)
-                self.hub.drop_started(plan.state, "unreadable")
-                return
-        call = self.hub.start_call(plan, method, path, frame.request_id, frame.head, counted=True)
+        hub = self.hub
+        if frame.too_large:  # known before any candidate call here: none is made
+            hub.drop_started(plan.state, "body_too_large")
+            return
+        try:  # the worker hands the response over as the backend sent it
+            status, headers, served = served_response(frame.raw, method == "HEAD")
+        except Exception as e:  # its parser took these bytes: not expected
+            _log.warning("shadow helper: copy of %s dropped: %s", plan.route, e)
+            hub.drop_started(plan.state, "unreadable")
+            return
+        if len(served) > plan.max_body:
+            hub.drop_started(plan.state, "body_too_large")
+            return
+        call = hub.start_call(plan, method, path, frame.request_id, frame.head, counted=True)
         if frame.body:
             call.request_body(frame.body)
             if call.finished:
                 return
         call.request_done()
         call.served_head(status, headers)
-        if frame.too_large:
-            call.served_too_large = True
-        elif served:
-            call.served_chunk(served)  # over the body limit: served_too_large, as in a worker
+        if served:
+            call.served_chunk(served)
         # served_ms as the worker measured it (not counting the legs just written)
         call.started_at = perf_counter() - frame.served_ms / 1000.0
         call.served_end(True)

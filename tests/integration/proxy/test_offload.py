@@ -209,6 +209,29 @@ async def test_the_helper_reads_the_served_response_as_the_backend_sent_it(
     assert heads == [("match",)] * n
 
 
+async def test_a_served_body_over_the_limit_is_dropped_before_any_candidate_call(
+    tmp_path: Path,
+) -> None:
+    legacy, candidate = Side("legacy"), Side("candidate", price="13.00")
+    runners = [await start_app(legacy), await start_app(candidate)]
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "routes.yaml"
+    text = _config(legacy, candidate, port, admin, tmp_path / "cmp.db", "")
+    cfg.write_text(text.replace("timeout: 5s}", "timeout: 5s, max_body_bytes: 16}", 1))
+    proc = await start_serve(cfg)
+    try:
+        await wait_admin_ready(admin)
+        async with aiohttp.ClientSession() as s:
+            assert await _burst(s, port, 0, 10) == ["12.50"] * 10  # users: legacy, whole
+            c = await _settled(s, admin, 10)
+    finally:
+        await stop_process(proc)
+        for r in runners:
+            await r.cleanup()
+    assert c.dropped == {"body_too_large": 10} and c.recorded == 0, c
+    assert candidate.shadow_headers.count("1") == 0  # the helper knew it before calling
+
+
 async def test_a_killed_helper_is_restarted_and_a_reload_reaches_it(served: Served) -> None:
     [first] = _ours(served)
     os.kill(first, signal.SIGKILL)
