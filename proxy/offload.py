@@ -33,7 +33,7 @@ from typing import ClassVar, NamedTuple
 import httptools
 import orjson
 
-from proxy.shadowing import RouteState, ShadowHub, ShadowPlan
+from proxy.shadowing import RequestTee, RouteState, ShadowHub, ShadowPlan
 
 __all__ = [
     "READY",
@@ -233,7 +233,7 @@ def served_response(raw: bytes, head_only: bool) -> tuple[int, list[tuple[bytes,
     return served.status, served.headers, b"".join(served.body)
 
 
-class OffloadCall:
+class OffloadCall(RequestTee):
     """A sampled request in a worker with a shadow helper: the request body and the served
     response's raw bytes (capped) while it is served, then one frame handed off.
 
@@ -244,27 +244,14 @@ class OffloadCall:
 
     tees_raw: ClassVar[bool] = True
 
-    __slots__ = (
-        "feed",
-        "finished",
-        "head",
-        "plan",
-        "raw",
-        "raw_size",
-        "req_body",
-        "req_size",
-        "request_id",
-        "sent",
-        "started_at",
-        "too_large",
-    )
+    __slots__ = ("feed", "raw", "raw_size", "started_at", "too_large")
 
     def __init__(self, feed: OffloadFeed, plan: ShadowPlan, request_id: str, head: bytes) -> None:
         self.feed = feed
         self.plan = plan
         self.request_id = request_id
         self.head = head
-        self.req_body: list[bytes] = []
+        self.req_body = []
         self.req_size = 0
         self.raw: list[bytes] = []
         self.raw_size = 0
@@ -272,16 +259,6 @@ class OffloadCall:
         self.finished = False
         self.sent = False
         self.started_at = perf_counter()
-
-    def request_body(self, data: bytes) -> None:
-        self.req_size += len(data)
-        if self.req_size > self.plan.max_body:
-            self.drop("request_too_large")
-            return
-        self.req_body.append(data)
-
-    def request_done(self) -> None:
-        self.sent = True
 
     def served_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         pass  # in `raw`; the helper reads it

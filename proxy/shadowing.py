@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SAFE_METHODS",
+    "RequestTee",
     "RouteState",
     "ShadowCall",
     "ShadowHub",
@@ -396,22 +397,48 @@ class _Leg:
         )
 
 
-class Tee:
-    """What every tap keeps of a sampled request while it is served: the request head and
-    body and the served status, headers and body, each capped at the plan's body limit."""
+class RequestTee:
+    """The request side every tap keeps while a sampled request is served: its head and its
+    body, capped at the plan's body limit. Subclasses set these fields in their own
+    `__init__` (no `super()` call on the per-request path)."""
+
+    __slots__ = ("finished", "head", "plan", "req_body", "req_size", "request_id", "sent")
+
+    plan: ShadowPlan
+    head: bytes
+    request_id: str
+    req_body: list[bytes]
+    req_size: int
+    finished: bool
+    sent: bool
+
+    def drop(self, reason: str) -> None:
+        """Abandon this copy and count it."""
+        raise NotImplementedError
+
+    # fed by the data plane (request direction)
+    def request_body(self, data: bytes) -> None:
+        """A piece of the (unframed) request body."""
+        self.req_size += len(data)
+        if self.req_size > self.plan.max_body:
+            self.drop("request_too_large")
+            return
+        self.req_body.append(data)
+
+    def request_done(self) -> None:
+        """The request was read whole (and forwarded)."""
+        self.sent = True
+
+
+class Tee(RequestTee):
+    """What an in-process tap keeps: the request (`RequestTee`) and the served status,
+    headers and body, capped at the plan's body limit."""
 
     tees_raw: ClassVar[bool] = False  # parsed pieces (served_head, served_chunk) suffice
 
     __slots__ = (
-        "finished",
-        "head",
         "method",
         "path",
-        "plan",
-        "req_body",
-        "req_size",
-        "request_id",
-        "sent",
         "served_body",
         "served_headers",
         "served_size",
@@ -428,7 +455,7 @@ class Tee:
         self.path = path
         self.request_id = request_id
         self.head = head
-        self.req_body: list[bytes] = []
+        self.req_body = []
         self.req_size = 0
         self.served_status = 0
         self.served_headers: list[tuple[bytes, bytes]] = []
@@ -438,19 +465,6 @@ class Tee:
         self.finished = False
         self.sent = False
         self.started_at = perf_counter()
-
-    def drop(self, reason: str) -> None:
-        """Abandon this copy and count it."""
-        raise NotImplementedError
-
-    # fed by the data plane (request direction)
-    def request_body(self, data: bytes) -> None:
-        """A piece of the (unframed) request body."""
-        self.req_size += len(data)
-        if self.req_size > self.plan.max_body:
-            self.drop("request_too_large")
-            return
-        self.req_body.append(data)
 
     # fed by the data plane (served response direction)
     def served_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
