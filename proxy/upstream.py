@@ -55,6 +55,7 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_tunnel",
         "exchange",
+        "feeding",
         "got_bytes",
         "head_only",
         "headers",
@@ -63,6 +64,7 @@ class UpstreamConnection(asyncio.Protocol):
         "parser",
         "pool",
         "reason",
+        "release_pending",
         "reused",
         "tee",
         "transport",
@@ -81,6 +83,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0  # loop time it went back to the pool (the sweep expires it)
         self.tee: RawTee | None = None  # set by the exchange it serves (a shadow hand-off)
+        # Inside feed_data a finished exchange's release waits for the rest of the read:
+        # bytes after its response must never reach the next exchange (see data_received).
+        self.feeding = False
+        self.release_pending = False
         self._tunnel: asyncio.Transport | None = None
 
     # asyncio callbacks
@@ -107,24 +113,42 @@ class UpstreamConnection(asyncio.Protocol):
         tee = self.tee
         if tee is not None:
             tee.raw_chunk(data)
+        # A response that ends inside this read releases the connection (the exchange's
+        # finish): that waits until the whole read is parsed, so a waiting request is never
+        # sent on a connection with bytes after the response nobody asked for (a wrong
+        # Content-Length, a smuggled response), nor answered with those bytes.
+        self.feeding = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            self.feeding = False
             ex.on_upstream_upgrade(self, data[exc.args[0] :])
         except httptools.HttpParserError as exc:
+            self.feeding = False
             if isinstance(exc.__context__, _HeadersDone):
                 self.parser = httptools.HttpResponseParser(self)
                 ex.on_upstream_message_complete(self)
                 ex.on_upstream_flush()
+                self._release_if_pending()
                 return
             # A broken response: close this connection (and free its pool slot) first.
+            ended = self.release_pending  # its exchange had its whole response already
+            self.release_pending = False
             self.keep_alive = False
             self.exchange = None
             if self.transport is not None:
                 self.transport.abort()
-            ex.on_upstream_lost(self, ConnectionError("invalid HTTP response from upstream"))
+            if not ended:
+                ex.on_upstream_lost(self, ConnectionError("invalid HTTP response from upstream"))
             return
+        self.feeding = False
         ex.on_upstream_flush()
+        self._release_if_pending()
+
+    def _release_if_pending(self) -> None:
+        if self.release_pending:
+            self.release_pending = False
+            self.pool.release(self)
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -149,6 +173,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.resume_client_reading()
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.exchange is None:  # a response after the one it was asked for: poisoned
+            self.keep_alive = False
+
     def on_status(self, reason: bytes) -> None:
         self.reason = reason
 
@@ -291,6 +319,9 @@ class UpstreamPool:
         conn.exchange = None
         conn.head_only = False
         conn.tee = None  # no reads of the next exchange (or a shadow leg) go to this one's tap
+        if conn.feeding:  # the rest of this read first (UpstreamConnection.data_received)
+            conn.release_pending = True
+            return
         if (
             self._closed
             or not conn.keep_alive

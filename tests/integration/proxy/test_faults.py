@@ -14,8 +14,8 @@ from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
 from tests.integration.proxy.conftest import Stack, proxy_config
-from tests.support import free_port
-from tests.upstreams import raw_exchange, read_response
+from tests.support import free_port, wait_until
+from tests.upstreams import EchoUpstream, raw_exchange, read_response
 
 GET = b"GET /%s HTTP/1.1\r\nHost: shop.example\r\n\r\n"
 
@@ -132,3 +132,34 @@ async def test_failed_connect_retried_once_for_idempotent_only(upstream: object)
         assert line.endswith(" 3.0")
     finally:
         await proxy.stop(1.0)
+
+
+async def test_bytes_after_a_response_never_become_the_next_users_response(
+    upstream: EchoUpstream,
+) -> None:
+    """An upstream that sends more than its response (a wrong Content-Length, a response
+    nobody asked for) poisons that connection: a request waiting for it must not be sent on
+    it, nor be answered with those bytes."""
+    held: list[asyncio.Transport] = []
+    upstream.extra[b"/overflow"] = lambda t, rec: held.append(t)
+    text = proxy_config(upstream.url).replace("max_connections: 50", "max_connections: 1")
+    proxy = create_proxy(loads(text, "t.yaml"), access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
+        port = proxy.address[1]
+        first = asyncio.ensure_future(raw_exchange(port, GET % b"overflow"))
+        await wait_until(lambda: bool(held), timeout=5)
+        second = asyncio.ensure_future(raw_exchange(port, GET % b"echo"))
+        pool = proxy.pools()[0]
+        await wait_until(lambda: len(pool._waiters) == 1, timeout=5)  # it waits for the one
+        held[0].write(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+            b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged"
+        )
+        a, b = await asyncio.wait_for(asyncio.gather(first, second), 5)
+    finally:
+        await proxy.stop(1.0)
+    assert (a.status, a.body) == (200, b"ok")
+    assert b.status == 200 and b.body != b"forged"
+    assert orjson.loads(b.body)["target"] == "/echo"  # its own answer, from the upstream
+    assert upstream.connections == 2  # sent on a new connection, not the poisoned one
