@@ -527,6 +527,9 @@ class _Exchange:
 
     def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
         """The backend switched protocols: tunnel raw bytes both ways from now on."""
+        if self.done:  # never a finished exchange's client (the connection is closed)
+            conn.abort()
+            return
         client = self.client
         client.flush()
         self.upstream = None

@@ -122,33 +122,51 @@ class UpstreamConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self.feeding = False
+            if self.exchange is not ex:  # a 101 after the response it was asked for
+                self._drop_poisoned()
+                return
             ex.on_upstream_upgrade(self, data[exc.args[0] :])
         except httptools.HttpParserError as exc:
             self.feeding = False
             if isinstance(exc.__context__, _HeadersDone):
+                if not data.endswith(b"\r\n\r\n"):
+                    self.keep_alive = False  # bytes after the head of a HEAD answer
                 self.parser = httptools.HttpResponseParser(self)
-                ex.on_upstream_message_complete(self)
-                ex.on_upstream_flush()
-                self._release_if_pending()
+                try:
+                    ex.on_upstream_message_complete(self)
+                    ex.on_upstream_flush()
+                finally:
+                    self._release_if_pending()
+                return
+            if self.exchange is not ex:  # bytes after the response it was asked for
+                self._drop_poisoned()
                 return
             # A broken response: close this connection (and free its pool slot) first.
-            ended = self.release_pending  # its exchange had its whole response already
-            self.release_pending = False
             self.keep_alive = False
             self.exchange = None
             if self.transport is not None:
                 self.transport.abort()
-            if not ended:
-                ex.on_upstream_lost(self, ConnectionError("invalid HTTP response from upstream"))
+            ex.on_upstream_lost(self, ConnectionError("invalid HTTP response from upstream"))
             return
         self.feeding = False
-        ex.on_upstream_flush()
-        self._release_if_pending()
+        try:
+            ex.on_upstream_flush()
+        finally:
+            self._release_if_pending()
 
     def _release_if_pending(self) -> None:
         if self.release_pending:
             self.release_pending = False
+            self.pool.pending -= 1
             self.pool.release(self)
+
+    def _drop_poisoned(self) -> None:
+        """Close a connection whose exchange already ended (its release was pending) and
+        which went on with bytes nobody asked for; nobody else is told."""
+        if self.release_pending:
+            self.release_pending = False
+            self.pool.pending -= 1
+        self.abort()
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
@@ -238,6 +256,7 @@ class UpstreamPool:
         "idle_timeout",
         "max_connections",
         "name",
+        "pending",
         "port",
         "timeout",
     )
@@ -265,6 +284,7 @@ class UpstreamPool:
         self._idle: list[UpstreamConnection] = []
         self._waiters: deque[Exchange] = deque()
         self.active = 0  # connections open or being opened
+        self.pending = 0  # connections released inside a read, not yet handed on
         self._closed = False
 
     def acquire(self, ex: Exchange, *, fresh: bool = False) -> None:
@@ -280,7 +300,9 @@ class UpstreamPool:
                 conn.got_bytes = False
                 ex.attach(conn)
                 return
-        if self.active >= self.max_connections and not fresh:
+        if (self.pending or self.active >= self.max_connections) and not fresh:
+            # a connection released inside a read (a pipelined request starts there) is
+            # handed over when that read is parsed, rather than a new one being opened
             self._waiters.append(ex)
             return
         self.active += 1
@@ -321,6 +343,7 @@ class UpstreamPool:
         conn.tee = None  # no reads of the next exchange (or a shadow leg) go to this one's tap
         if conn.feeding:  # the rest of this read first (UpstreamConnection.data_received)
             conn.release_pending = True
+            self.pending += 1
             return
         if (
             self._closed

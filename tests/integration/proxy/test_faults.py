@@ -134,8 +134,16 @@ async def test_failed_connect_retried_once_for_idempotent_only(upstream: object)
         await proxy.stop(1.0)
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged",  # a response nobody asked for
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: x\r\n\r\nforged",
+        b"forged",  # not HTTP at all
+    ],
+)
 async def test_bytes_after_a_response_never_become_the_next_users_response(
-    upstream: EchoUpstream,
+    upstream: EchoUpstream, extra: bytes
 ) -> None:
     """An upstream that sends more than its response (a wrong Content-Length, a response
     nobody asked for) poisons that connection: a request waiting for it must not be sent on
@@ -152,10 +160,7 @@ async def test_bytes_after_a_response_never_become_the_next_users_response(
         second = asyncio.ensure_future(raw_exchange(port, GET % b"echo"))
         pool = proxy.pools()[0]
         await wait_until(lambda: len(pool._waiters) == 1, timeout=5)  # it waits for the one
-        held[0].write(
-            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
-            b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged"
-        )
+        held[0].write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok" + extra)
         a, b = await asyncio.wait_for(asyncio.gather(first, second), 5)
     finally:
         await proxy.stop(1.0)
@@ -163,3 +168,19 @@ async def test_bytes_after_a_response_never_become_the_next_users_response(
     assert b.status == 200 and b.body != b"forged"
     assert orjson.loads(b.body)["target"] == "/echo"  # its own answer, from the upstream
     assert upstream.connections == 2  # sent on a new connection, not the poisoned one
+
+
+async def test_a_head_answer_with_a_body_closes_its_connection(stack: Stack) -> None:
+    def head_with_body(t: asyncio.Transport, rec: object) -> None:
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")  # a body HEAD never has
+
+    stack.upstream.extra[b"/headbody"] = head_with_body
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    writer.write(b"HEAD /headbody HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+    first = await asyncio.wait_for(read_response(reader, head_only=True), 5)
+    assert (first.status, first.body) == (200, b"")
+    writer.write(GET % b"echo")
+    second = await asyncio.wait_for(read_response(reader), 5)
+    assert orjson.loads(second.body)["target"] == "/echo"
+    assert stack.upstream.connections == 2  # never reused after bytes it was not asked for
+    writer.close()

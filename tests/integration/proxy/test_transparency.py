@@ -261,6 +261,7 @@ async def test_keep_alive_and_pipelining(stack: Stack) -> None:
         assert resp.status == 200
         targets.append(resp.json()["target"])  # type: ignore[index]
     assert targets == ["/echo?n=1", "/echo?n=2", "/echo?n=3"]
+    assert stack.upstream.connections == 1  # each next request waited for the same one
     writer.close()
 
 
