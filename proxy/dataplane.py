@@ -527,7 +527,7 @@ class _Exchange:
 
     def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
         """The backend switched protocols: tunnel raw bytes both ways from now on."""
-        if self.done:  # never a finished exchange's client (the connection is closed)
+        if self.done:  # defensive: upstream closes a connection that upgrades after its end
             conn.abort()
             return
         client = self.client

@@ -5,10 +5,13 @@ With `limits.shadow_offload: true`, `strangler serve` gives each worker one help
 the CPU only when the worker has nothing to do, so user requests always come first and
 shadow work uses the headroom left, however much or little there is.
 
-The worker keeps sampling (same decisions as in-process) and tees the served response as
-usual; when the response has ended it writes one frame to a socket pair: the request head
-and body, the served status, headers and body, and how long the primary took. Frames of
-one loop iteration go out in one write. When the helper falls behind, the socket and then
+The worker keeps sampling (same decisions as in-process) and keeps references to what it
+forwarded and was served: the request head and body, and the backend's response bytes as
+they were read, unparsed (capped). When the response has ended it queues one frame (those
+bytes, the request id and how long the primary took) for a socket pair; frames go out
+every 10 ms, 128 frames or 256 KiB in one write, and the helper reads method and path back
+from the head and status, headers and body from the response bytes. When the helper falls
+behind, the socket and then
 the worker's bounded write buffer fill, and further copies are shed and counted in the
 worker (`reason="shed"`); a helper that is down (it is restarted) sheds as
 `offload_down`. The helper calls the candidate, compares, records and counts exactly as the
@@ -414,9 +417,7 @@ class OffloadFeed:
             self.reload_pending = False
             self.reload()
 
-    def call(
-        self, plan: ShadowPlan, method: str, path: str, request_id: str, head: bytes
-    ) -> OffloadCall | None:
+    def call(self, plan: ShadowPlan, request_id: str, head: bytes) -> OffloadCall | None:
         """A tap for a sampled request, or None (counted as shed) when the helper cannot
         take more now."""
         if self.transport is None or self.closing or self.paused:

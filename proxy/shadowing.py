@@ -856,7 +856,7 @@ class ShadowHub:
                 return None
         feed = self.feed
         if plan.offload and feed is not None:  # the helper process runs it (or it is shed)
-            return feed.call(plan, method, path, request_id, head)
+            return feed.call(plan, request_id, head)
         state = plan.state
         reason = None
         if state.in_flight >= plan.max_concurrency:

@@ -300,7 +300,9 @@ class UpstreamPool:
                 conn.got_bytes = False
                 ex.attach(conn)
                 return
-        if (self.pending or self.active >= self.max_connections) and not fresh:
+        if (
+            (self.pending and not self._closed) or self.active >= self.max_connections
+        ) and not fresh:
             # a connection released inside a read (a pipelined request starts there) is
             # handed over when that read is parsed, rather than a new one being opened
             self._waiters.append(ex)
@@ -393,7 +395,9 @@ class UpstreamPool:
             self._wake_waiter()
 
     def _wake_waiter(self) -> None:
-        if self._waiters and self.active < self.max_connections and not self._closed:
+        # A closed pool (a reload replaced its backend) still serves the requests routed to
+        # it before: their connections close when they end (release on a closed pool).
+        if self._waiters and self.active < self.max_connections:
             self.acquire(self._waiters.popleft())
 
     def close(self) -> None:

@@ -184,3 +184,34 @@ async def test_a_head_answer_with_a_body_closes_its_connection(stack: Stack) -> 
     assert orjson.loads(second.body)["target"] == "/echo"
     assert stack.upstream.connections == 2  # never reused after bytes it was not asked for
     writer.close()
+
+
+async def test_requests_waiting_on_a_replaced_backend_are_still_served(
+    upstream: EchoUpstream,
+) -> None:
+    """A reload that replaces the backend closes its pool; requests already routed to it
+    and waiting for a connection are served by it, not left to time out."""
+    other = await EchoUpstream().start()
+    held: list[asyncio.Transport] = []
+    upstream.extra[b"/hold"] = lambda t, rec: held.append(t)
+    text = proxy_config(upstream.url).replace("max_connections: 50", "max_connections: 1")
+    proxy = create_proxy(loads(text, "t.yaml"), access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
+        port = proxy.address[1]
+        first = asyncio.ensure_future(raw_exchange(port, GET % b"hold"))
+        await wait_until(lambda: bool(held), timeout=5)
+        second = asyncio.ensure_future(raw_exchange(port, GET % b"echo"))
+        [pool] = proxy.pools()
+        await wait_until(lambda: len(pool._waiters) == 1, timeout=5)
+        await proxy.reload(loads(proxy_config(other.url), "t.yaml"))
+        assert pool._closed
+        held[0].write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+        a, b = await asyncio.wait_for(asyncio.gather(first, second), 3)
+    finally:
+        await proxy.stop(1.0)
+        await other.close()
+    assert (a.status, a.body) == (200, b"ok")
+    assert b.status == 200  # not a 504 after the backend's timeout (1 s)
+    assert orjson.loads(b.body)["target"] == "/echo"
+    assert upstream.connections == 2 and other.connections == 0  # where it was routed

@@ -29,7 +29,7 @@ def _feed(loop: asyncio.AbstractEventLoop) -> tuple[OffloadFeed, Pipe, OffloadCa
     feed = OffloadFeed(hub, "unused.yaml", loop)
     pipe = Pipe()
     feed.transport = pipe  # type: ignore[assignment]
-    call = feed.call(plan, "GET", "/orders/7", "r-7", HEAD)
+    call = feed.call(plan, "r-7", HEAD)
     assert call is not None
     return feed, pipe, call
 
