@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import orjson
 import pytest
@@ -15,7 +17,7 @@ from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
 from tests.integration.proxy.conftest import Stack, proxy_config
 from tests.support import free_port, wait_until
-from tests.upstreams import EchoUpstream, raw_exchange, read_response
+from tests.upstreams import EchoUpstream, RawResponse, raw_exchange, read_response
 
 GET = b"GET /%s HTTP/1.1\r\nHost: shop.example\r\n\r\n"
 
@@ -134,6 +136,36 @@ async def test_failed_connect_retried_once_for_idempotent_only(upstream: object)
         await proxy.stop(1.0)
 
 
+@dataclass
+class _Queued:
+    """A one-connection proxy: `GET /hold` has the connection (its answer is held back in
+    `held`), `GET /echo` waits in the pool for it."""
+
+    proxy: Proxy
+    held: asyncio.Transport
+    first: asyncio.Future[RawResponse]
+    second: asyncio.Future[RawResponse]
+
+
+@asynccontextmanager
+async def _queued_behind_one(upstream: EchoUpstream) -> AsyncIterator[_Queued]:
+    held: list[asyncio.Transport] = []
+    upstream.extra[b"/hold"] = lambda t, rec: held.append(t)
+    text = proxy_config(upstream.url).replace("max_connections: 50", "max_connections: 1")
+    proxy = create_proxy(loads(text, "t.yaml"), access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
+        port = proxy.address[1]
+        first = asyncio.ensure_future(raw_exchange(port, GET % b"hold"))
+        await wait_until(lambda: bool(held), timeout=5)
+        second = asyncio.ensure_future(raw_exchange(port, GET % b"echo"))
+        [pool] = proxy.pools()
+        await wait_until(lambda: len(pool._waiters) == 1, timeout=5)  # it waits for the one
+        yield _Queued(proxy, held[0], first, second)
+    finally:
+        await proxy.stop(1.0)
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -148,22 +180,9 @@ async def test_bytes_after_a_response_never_become_the_next_users_response(
     """An upstream that sends more than its response (a wrong Content-Length, a response
     nobody asked for) poisons that connection: a request waiting for it must not be sent on
     it, nor be answered with those bytes."""
-    held: list[asyncio.Transport] = []
-    upstream.extra[b"/overflow"] = lambda t, rec: held.append(t)
-    text = proxy_config(upstream.url).replace("max_connections: 50", "max_connections: 1")
-    proxy = create_proxy(loads(text, "t.yaml"), access_log=AccessLog(enabled=False))
-    await proxy.start()
-    try:
-        port = proxy.address[1]
-        first = asyncio.ensure_future(raw_exchange(port, GET % b"overflow"))
-        await wait_until(lambda: bool(held), timeout=5)
-        second = asyncio.ensure_future(raw_exchange(port, GET % b"echo"))
-        pool = proxy.pools()[0]
-        await wait_until(lambda: len(pool._waiters) == 1, timeout=5)  # it waits for the one
-        held[0].write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok" + extra)
-        a, b = await asyncio.wait_for(asyncio.gather(first, second), 5)
-    finally:
-        await proxy.stop(1.0)
+    async with _queued_behind_one(upstream) as q:
+        q.held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok" + extra)
+        a, b = await asyncio.wait_for(asyncio.gather(q.first, q.second), 5)
     assert (a.status, a.body) == (200, b"ok")
     assert b.status == 200 and b.body != b"forged"
     assert orjson.loads(b.body)["target"] == "/echo"  # its own answer, from the upstream
@@ -192,24 +211,14 @@ async def test_requests_waiting_on_a_replaced_backend_are_still_served(
     """A reload that replaces the backend closes its pool; requests already routed to it
     and waiting for a connection are served by it, not left to time out."""
     other = await EchoUpstream().start()
-    held: list[asyncio.Transport] = []
-    upstream.extra[b"/hold"] = lambda t, rec: held.append(t)
-    text = proxy_config(upstream.url).replace("max_connections: 50", "max_connections: 1")
-    proxy = create_proxy(loads(text, "t.yaml"), access_log=AccessLog(enabled=False))
-    await proxy.start()
     try:
-        port = proxy.address[1]
-        first = asyncio.ensure_future(raw_exchange(port, GET % b"hold"))
-        await wait_until(lambda: bool(held), timeout=5)
-        second = asyncio.ensure_future(raw_exchange(port, GET % b"echo"))
-        [pool] = proxy.pools()
-        await wait_until(lambda: len(pool._waiters) == 1, timeout=5)
-        await proxy.reload(loads(proxy_config(other.url), "t.yaml"))
-        assert pool._closed
-        held[0].write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
-        a, b = await asyncio.wait_for(asyncio.gather(first, second), 3)
+        async with _queued_behind_one(upstream) as q:
+            [pool] = q.proxy.pools()
+            await q.proxy.reload(loads(proxy_config(other.url), "t.yaml"))
+            assert pool._closed
+            q.held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            a, b = await asyncio.wait_for(asyncio.gather(q.first, q.second), 3)
     finally:
-        await proxy.stop(1.0)
         await other.close()
     assert (a.status, a.body) == (200, b"ok")
     assert b.status == 200  # not a 504 after the backend's timeout (1 s)
