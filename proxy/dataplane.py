@@ -527,9 +527,6 @@ class _Exchange:
 
     def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
         """The backend switched protocols: tunnel raw bytes both ways from now on."""
-        if self.done:  # defensive: upstream closes a connection that upgrades after its end
-            conn.abort()
-            return
         client = self.client
         client.flush()
         self.upstream = None

@@ -46,7 +46,6 @@ __all__ = [
     "ShadowHub",
     "ShadowPlan",
     "ShadowTap",
-    "Tee",
     "bucket",
 ]
 
@@ -430,17 +429,23 @@ class RequestTee:
         self.sent = True
 
 
-class Tee(RequestTee):
-    """What an in-process tap keeps: the request (`RequestTee`) and the served status,
-    headers and body, capped at the plan's body limit."""
+class ShadowCall(RequestTee):
+    """One sampled request: tees the served status, headers and body (capped at the plan's
+    body limit) as they are served, and runs the background legs."""
 
     tees_raw: ClassVar[bool] = False  # parsed pieces (served_head, served_chunk) suffice
 
     __slots__ = (
+        "baseline",
+        "hub",
+        "leg",
         "method",
         "path",
         "served_body",
+        "served_done",
+        "served_failed",
         "served_headers",
+        "served_ms",
         "served_size",
         "served_status",
         "served_too_large",
@@ -448,7 +453,7 @@ class Tee(RequestTee):
     )
 
     def __init__(
-        self, plan: ShadowPlan, method: str, path: str, request_id: str, head: bytes
+        self, hub: ShadowHub, plan: ShadowPlan, method: str, path: str, request_id: str, head: bytes
     ) -> None:
         self.plan = plan
         self.method = method
@@ -465,6 +470,12 @@ class Tee(RequestTee):
         self.finished = False
         self.sent = False
         self.started_at = perf_counter()
+        self.hub = hub
+        self.served_done = False
+        self.served_failed = False
+        self.served_ms = 0.0
+        self.leg = _Leg(self, plan.target_pool)
+        self.baseline: _Leg | None = None
 
     # fed by the data plane (served response direction)
     def served_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -483,23 +494,6 @@ class Tee(RequestTee):
             self.served_body = []
             return
         self.served_body.append(data)
-
-
-class ShadowCall(Tee):
-    """One sampled request: tees the served response and runs the background legs."""
-
-    __slots__ = ("baseline", "hub", "leg", "served_done", "served_failed", "served_ms")
-
-    def __init__(
-        self, hub: ShadowHub, plan: ShadowPlan, method: str, path: str, request_id: str, head: bytes
-    ) -> None:
-        super().__init__(plan, method, path, request_id, head)
-        self.hub = hub
-        self.served_done = False
-        self.served_failed = False
-        self.served_ms = 0.0
-        self.leg = _Leg(self, plan.target_pool)
-        self.baseline: _Leg | None = None
 
     def request_done(self) -> None:
         """The whole request arrived: send the copies."""

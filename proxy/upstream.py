@@ -154,18 +154,22 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             self._release_if_pending()
 
+    def _take_pending(self) -> bool:
+        """Whether a release waited for this read to end (no longer pending either way)."""
+        if not self.release_pending:
+            return False
+        self.release_pending = False
+        self.pool.pending -= 1
+        return True
+
     def _release_if_pending(self) -> None:
-        if self.release_pending:
-            self.release_pending = False
-            self.pool.pending -= 1
+        if self._take_pending():
             self.pool.release(self)
 
     def _drop_poisoned(self) -> None:
         """Close a connection whose exchange already ended (its release was pending) and
         which went on with bytes nobody asked for; nobody else is told."""
-        if self.release_pending:
-            self.release_pending = False
-            self.pool.pending -= 1
+        self._take_pending()
         self.abort()
 
     def eof_received(self) -> bool | None:
