@@ -48,6 +48,7 @@ async def build_report(
     since: datetime | None = None,
     until: datetime | None = None,
     routes: Sequence[str] = (),
+    expected: Sequence[str] = (),
     thresholds_by_route: Mapping[str, Thresholds] | None = None,
     default_thresholds: Thresholds | None = None,
     top_n: int = 10,
@@ -56,7 +57,9 @@ async def build_report(
 ) -> Report:
     """Aggregate the store's comparisons per route over [since, until) and judge each route.
 
-    Routes named in `routes` appear even without data (and then fail their sample minimum).
+    Routes named in `routes` (the only ones read when given) and the `expected` ones (routes
+    a config says are compared; within `routes` when that is given) appear even without
+    data, and then fail their sample minimum.
     """
     if isinstance(store, str):
         owned = await Store.open(store)
@@ -66,6 +69,7 @@ async def build_report(
                 since=since,
                 until=until,
                 routes=routes,
+                expected=expected,
                 thresholds_by_route=thresholds_by_route,
                 default_thresholds=default_thresholds,
                 top_n=top_n,
@@ -87,7 +91,9 @@ async def build_report(
         raise StoreError(f"cannot read the store at {store.url}: {' '.join(detail)}") from e
     reports = [
         _route_report(name, agg, by_route.get(name, default))
-        for name in sorted(set(agg.counts) | set(routes))
+        for name in sorted(
+            set(agg.counts) | set(routes) | {e for e in expected if not routes or e in routes}
+        )
     ]
     return Report(
         generated_at=now_,

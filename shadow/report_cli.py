@@ -65,9 +65,12 @@ def _thresholds(
     max_mismatch_rate: float | None,
     max_error_rate: float | None,
     max_p99_ratio: float | None,
-) -> tuple[dict[str, Thresholds], Thresholds]:
+) -> tuple[dict[str, Thresholds], Thresholds, list[str]]:
+    """Thresholds per configured route, the default ones, and the configured routes whose
+    requests are compared (judged even when the store holds nothing of them)."""
     default = Thresholds()
     per_route: dict[str, Thresholds] = {}
+    compared: list[str] = []
     if config_path is not None:
         from proxy.settings import ConfigError, load
 
@@ -78,6 +81,11 @@ def _thresholds(
         except NotImplementedError:
             raise UsageError(f"--config {config_path}: config loading is not available") from None
         per_route = {r.name: Thresholds.from_promotion(r.promotion) for r in settings.routes}
+        compared = [
+            r.name
+            for r in settings.routes
+            if r.mode != "legacy" and r.candidate is not None and r.shadow.percent > 0
+        ]
 
     def apply(t: Thresholds) -> Thresholds:
         return t.override(
@@ -88,7 +96,7 @@ def _thresholds(
         )
 
     try:
-        return {name: apply(t) for name, t in per_route.items()}, apply(default)
+        return {name: apply(t) for name, t in per_route.items()}, apply(default), compared
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -98,6 +106,7 @@ async def _build(
     since: datetime | None,
     until: datetime | None,
     routes: Sequence[str],
+    expected: Sequence[str],
     per_route: dict[str, Thresholds],
     default: Thresholds,
     now: datetime,
@@ -107,6 +116,7 @@ async def _build(
         since=since,
         until=until,
         routes=routes,
+        expected=expected,
         thresholds_by_route=per_route,
         default_thresholds=default,
         now=now,
@@ -142,10 +152,12 @@ def run_report(
         if start and end and start >= end:
             raise UsageError("--since must be before --until")
         _check_store_url(store_url)
-        per_route, default = _thresholds(
+        per_route, default, expected = _thresholds(
             config_path, min_samples, max_mismatch_rate, max_error_rate, max_p99_ratio
         )
-        report = asyncio.run(_build(store_url, start, end, routes, per_route, default, now))
+        report = asyncio.run(
+            _build(store_url, start, end, routes, expected, per_route, default, now)
+        )
         text = render(report, fmt)
         if output:
             with open(output, "w", encoding="utf-8") as fh:

@@ -130,6 +130,33 @@ def test_thresholds_come_from_each_routes_promotion_block(db_url: str, tmp_path:
     )
 
 
+def test_a_compared_route_of_the_config_without_data_fails_its_minimum(
+    db_url: str, tmp_path: Path
+) -> None:
+    # a shadowed route with nothing in the store is no evidence, not a pass; a legacy one
+    # (nothing compared) is not judged
+    path = _config(tmp_path, 0.05)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(
+            """  - name: order-cancel
+    match: {path: "/api/v1/orders/{order_id}/cancel", methods: [POST]}
+    candidate: orders
+    mode: shadow
+    shadow: {writes: dry_run}
+  - name: order-create
+    match: {path: /api/v1/orders, methods: [POST]}
+    candidate: orders
+"""
+        )
+    result = _report("--store", db_url, "--config", path)
+    assert result.exit_code == 1, result.output
+    assert "gate: FAIL (2/3)" in result.stdout
+    assert "order-cancel" in result.stdout and "order-create" not in result.stdout
+    # --route still picks the routes judged
+    only_list = _report("--store", db_url, "--config", path, "--route", LIST)
+    assert only_list.exit_code == 0 and "order-cancel" not in only_list.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
