@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,12 +13,39 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-__all__ = ["SQLITE_BUSY_TIMEOUT_MS", "create_engine", "is_unavailable", "transaction"]
+__all__ = [
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "check_db_url",
+    "create_engine",
+    "is_unavailable",
+    "transaction",
+]
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite writer waits for the write lock before the request fails with 503."""
 
 _WRITE_OPTION = "strangler_write"
+
+
+_DRIVERS = ("sqlite+aiosqlite", "postgresql+psycopg")
+
+
+def check_db_url(db_url: str) -> None:
+    """ValueError unless `db_url` names a database this project opens: SQLite (aiosqlite) in
+    an existing directory, or PostgreSQL (psycopg)."""
+    usage = "use sqlite+aiosqlite:///FILE or postgresql+psycopg://USER@HOST/DB"
+    try:
+        url = make_url(db_url)
+    except sa_exc.ArgumentError:
+        raise ValueError(f"the database URL is not a URL; {usage}") from None
+    if url.drivername not in _DRIVERS:
+        shown = url.render_as_string(hide_password=True)
+        raise ValueError(f"unsupported database URL {shown!r}; {usage}")
+    db = url.database
+    if url.drivername.startswith("sqlite") and db and db != ":memory:" and "mode=memory" not in db:
+        folder = os.path.dirname(os.path.abspath(db))
+        if not os.path.isdir(folder):
+            raise ValueError(f"no directory {folder!r} for the SQLite database {db!r}")
 
 
 def create_engine(db_url: str) -> AsyncEngine:
@@ -26,6 +54,7 @@ def create_engine(db_url: str) -> AsyncEngine:
     SQLite waits up to SQLITE_BUSY_TIMEOUT_MS for the write lock unless the URL sets
     `?timeout=SECONDS`; PostgreSQL pings pooled connections so a dead one is replaced.
     """
+    check_db_url(db_url)
     if db_url.startswith("sqlite"):
         engine = create_async_engine(db_url)
         # A `?timeout=SECONDS` in the URL is the driver's busy timeout; keep it if given.

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
 
 from extracted.app import create_app
 from extracted.schema import create_schema
@@ -47,12 +48,16 @@ def run_app(
     command: str, banner: str, listen: str, prepare: Callable[[], Awaitable[web.Application]]
 ) -> int:
     """Serve the app `prepare` builds on `listen` until SIGINT/SIGTERM; 0 on a clean stop, 2
-    on a bad address or start failure (said on stderr as `strangler COMMAND: ...`)."""
+    on a bad address, a database that cannot be opened or another start failure (said on
+    one line of stderr as `strangler COMMAND: ...`)."""
     try:
         host, port = parse_listen(listen)
         asyncio.run(_serve(host, port, prepare, banner))
-    except (ValueError, OSError) as exc:
-        print(f"strangler {command}: {exc}", file=sys.stderr)
+    except (ValueError, OSError, SQLAlchemyError) as exc:  # address, --db URL or database
+        detail = str(exc).strip().splitlines()
+        print(
+            f"strangler {command}: {detail[0] if detail else type(exc).__name__}", file=sys.stderr
+        )
         return 2
     except KeyboardInterrupt:
         pass  # a second Ctrl-C before the handlers were installed: still a clean stop

@@ -99,13 +99,20 @@ class Proxy:
         self.scrape_registry: CollectorRegistry | None = None  # multiprocess aggregation
 
     async def start(self) -> None:
-        """Bind the listeners; returns when the proxy is ready to serve."""
-        if self.with_data_plane:
-            await self._start_data_plane()
-        if self.with_admin:
-            from proxy.admin import start_admin
+        """Bind the listeners; returns when the proxy is ready to serve. On a failure (an
+        address in use, a store or handler app that cannot start) what was started is
+        stopped again before the error is raised."""
+        try:
+            if self.with_data_plane:
+                await self._start_data_plane()
+            if self.with_admin:
+                from proxy.admin import start_admin
 
-            self._admin_runner, self.admin_address = await start_admin(self)
+                self._admin_runner, self.admin_address = await start_admin(self)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.stop(0.0)
+            raise
         self.metrics.set_config_version(self.settings.version)
         self.ready = True
 

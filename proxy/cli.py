@@ -58,8 +58,9 @@ def explain(config_path: str, method: str, url_path: str) -> None:
 def legacy(listen: str, db_url: str, seed: int) -> None:
     """Run the reference legacy monolith."""
     from legacy.server import run
+    from shadow.store import normalize_url
 
-    sys.exit(run(listen, db_url, seed=seed))
+    sys.exit(run(listen, normalize_url(db_url), seed=seed))
 
 
 @main.command()
@@ -68,8 +69,9 @@ def legacy(listen: str, db_url: str, seed: int) -> None:
 def extracted(listen: str, db_url: str) -> None:
     """Run the extracted Order service standalone."""
     from extracted.server import run
+    from shadow.store import normalize_url
 
-    sys.exit(run(listen, db_url))
+    sys.exit(run(listen, normalize_url(db_url)))
 
 
 @main.command(context_settings={"ignore_unknown_options": False})

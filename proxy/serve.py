@@ -65,6 +65,15 @@ def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
     return asyncio.run(_serve_one(settings, watch=watch, worker=False))
 
 
+def _cannot_start(exc: BaseException) -> None:
+    """Say why the proxy did not start, on one line of stderr (no traceback)."""
+    detail = str(exc).strip().splitlines()
+    print(
+        f"strangler serve: cannot start: {detail[0] if detail else type(exc).__name__}",
+        file=sys.stderr,
+    )
+
+
 def _settle_gc() -> None:
     """Move everything built at start-up out of the collector's sight (gc.freeze).
 
@@ -126,7 +135,11 @@ async def _serve_one(settings: Settings, *, watch: bool, worker: bool) -> int:
     from proxy.app import create_proxy
 
     proxy = create_proxy(settings, reuse_port=worker, admin=not worker, offload=worker)
-    await proxy.start()
+    try:
+        await proxy.start()
+    except Exception as exc:  # an address in use, a store URL or handler app that fails
+        _cannot_start(exc)
+        return 2
     _settle_gc()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -236,8 +249,9 @@ async def _supervise_in(settings: Settings, count: int, watch: bool, mp_dir: str
             workers.stopping = True
             workers.signal_all(signal.SIGTERM)
             await workers.wait_all(5)
-            print("strangler: workers failed to start", file=sys.stderr)
-            return 1
+            codes = [p.returncode for p in workers.procs]
+            print("strangler serve: workers failed to start", file=sys.stderr)
+            return 2 if 2 in codes else 1  # 2: a worker said why (config, address, store)
         await asyncio.sleep(0.05)
 
     admin = create_proxy(settings, data_plane=False)
@@ -249,7 +263,14 @@ async def _supervise_in(settings: Settings, count: int, watch: bool, mp_dir: str
         workers.signal_all(signal.SIGHUP)
 
     admin.reload_hook = fan_out
-    await admin.start()
+    try:
+        await admin.start()
+    except Exception as exc:  # the admin address in use
+        _cannot_start(exc)
+        workers.stopping = True
+        workers.signal_all(signal.SIGTERM)
+        await workers.wait_all(_grace() + 5)
+        return 2
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     _stop_signals(loop, stop)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import importlib.util
 import json
 import math
 import re
@@ -329,6 +330,25 @@ _MAX_DEPTH = 64  # far beyond any real config; stops recursive aliases
 _MAX_NODES = 200_000  # stops alias bombs
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _URL = re.compile(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(?::([0-9]{1,5}))?/?")
+# what shadow.store.Store opens (the plain forms are given the async driver there)
+_STORE_SCHEMES = (
+    "sqlite:///",
+    "sqlite+aiosqlite:///",
+    "postgresql://",
+    "postgresql+psycopg://",
+    "postgres://",
+)
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` (a dotted path) can be found for import; its parent packages are
+    imported to know, the module itself is not run."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _SCALAR_TAGS = {
@@ -762,6 +782,12 @@ class _Builder:
             self.p.report(path, f"{_where(path)}: needs url or handlers", key=True)
         if url is not None:
             self.check_url(url, (*path, "url"))
+        if handlers is not None and not _importable(handlers):
+            self.p.report(
+                (*path, "handlers"),
+                f"{_where((*path, 'handlers'))}: no module named {handlers!r} to import"
+                " (a dotted module path whose create_app builds the aiohttp app)",
+            )
         if "db" in m and has_url and not has_handlers:
             self.p.report((*path, "db"), f"{_where(path)}: db applies to handlers backends only")
         self._set(kw, "url", url)
@@ -798,7 +824,16 @@ class _Builder:
     def store(self, m: dict[str, object]) -> StoreSettings:
         path: JsonPath = ("store",)
         kw: dict[str, Any] = {}
-        self._set(kw, "url", self.str_(m, path, "url"))
+        url = self.str_(m, path, "url")
+        if url is not None and not url.startswith(_STORE_SCHEMES):
+            from shadow.store import mask_url  # only here: it brings SQLAlchemy along
+
+            self.p.report(
+                (*path, "url"),
+                f"store.url: unsupported store URL {mask_url(url)!r}; use"
+                " sqlite+aiosqlite:///FILE or postgresql+psycopg://USER@HOST/DB",
+            )
+        self._set(kw, "url", url)
         self._set(kw, "redact_json_paths", self.strs(m, path, "redact_json_paths"))
         self._set(kw, "buffer_size", self.int_(m, path, "buffer_size"))
         self._set(kw, "batch_size", self.int_(m, path, "batch_size"))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from extracted.schema import create_schema
 from legacy.seed import seed_orders
@@ -97,6 +98,22 @@ async def test_bad_listen_address_exits_2(sqlite_url: str) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 2
     assert b"HOST:PORT" in err
+
+
+@pytest.mark.parametrize(
+    ("command", "db", "needle"),
+    [
+        ("extracted", "notaurl", b"the database URL is not a URL"),
+        ("legacy", "mysql://shop:pw@127.0.0.1/orders", b"unsupported database URL"),
+        ("legacy", "sqlite+aiosqlite:////nonexistent/dir/x.db", b"no directory '/nonexistent/dir'"),
+    ],
+)
+async def test_a_bad_db_url_exits_2_with_one_line(command: str, db: str, needle: bytes) -> None:
+    proc = await _start(command, "--listen", "127.0.0.1:0", "--db", db)
+    _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 2
+    assert err.startswith(f"strangler {command}: ".encode()) and needle in err, err
+    assert len(err.strip().splitlines()) == 1 and b"pw" not in err
 
 
 async def test_seed_is_deterministic_across_databases_and_only_fills_empty_ones(

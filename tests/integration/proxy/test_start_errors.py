@@ -1,0 +1,84 @@
+"""`strangler serve` that cannot start says why on one line and exits 2 (no traceback)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.proxy.conftest import proxy_config
+from tests.support import free_port
+from tests.upstreams import EchoUpstream
+
+
+@pytest.fixture
+def taken() -> Iterator[int]:
+    """A loopback port another process's socket listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+async def _serve(config: Path, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("strangler")),
+        "serve",
+        "--config",
+        str(config),
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+def _config(tmp_path: Path, upstream: EchoUpstream, port: int, admin: int) -> Path:
+    text = proxy_config(upstream.url).replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}", 1)
+    text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(text)
+    return cfg
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+async def test_a_listen_address_in_use_exits_2_with_one_line(
+    tmp_path: Path, upstream: EchoUpstream, taken: int, workers: list[str]
+) -> None:
+    code, err = await _serve(_config(tmp_path, upstream, taken, free_port()), *workers)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert "strangler serve: cannot start: " in err and str(taken) in err, err
+
+
+async def test_an_admin_address_in_use_exits_2_with_one_line(
+    tmp_path: Path, upstream: EchoUpstream, taken: int
+) -> None:
+    code, err = await _serve(_config(tmp_path, upstream, free_port(), taken))
+    assert code == 2, err
+    assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err
+    assert err.startswith("strangler serve: cannot start: ") and str(taken) in err, err
+
+
+async def test_a_handlers_module_without_create_app_exits_2_with_one_line(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    cfg = _config(tmp_path, upstream, free_port(), free_port())
+    text = cfg.read_text().replace("backends:\n", "backends:\n  inproc: {handlers: json}\n", 1)
+    cfg.write_text(text)
+    code, err = await _serve(cfg)
+    assert code == 2, err
+    assert (
+        err.strip() == "strangler serve: cannot start: module 'json' has no attribute 'create_app'"
+    )
