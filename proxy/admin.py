@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
 import re
@@ -28,11 +29,49 @@ def redact_secrets(text: str) -> str:
     return _SECRET_PARAM.sub(r"\1=***", _PASSWORD_IN_URL.sub(r"\1***@", text))
 
 
-_redact_url = redact_secrets
+def _plain(value: object) -> Any:
+    """Settings as JSON-able data: dataclasses as objects, tuples as lists, every string
+    with its secrets masked."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, str):
+        return redact_secrets(value)
+    return value
 
 
 def redacted_config(settings: Settings) -> dict[str, Any]:
-    """The effective config as JSON-able data, with secrets (store passwords) masked."""
+    """The effective config (every key, defaults filled in) as JSON-able data, with secrets
+    (passwords in URLs and query strings) masked. Durations are in seconds. Each route also
+    carries `path`, `methods`, `shadow_percent` and `canary_percent` at its top level."""
+    backends = {}
+    for name, b in settings.backends.items():
+        backends[name] = _plain(b)
+        del backends[name]["name"]
+    routes = []
+    for r in settings.routes:
+        route = _plain(r)
+        # the YAML's shapes where the model's differ
+        route["match"].update(headers=dict(r.match.headers), query=dict(r.match.query))
+        route["compare"].update(
+            unordered_arrays=dict(r.compare.unordered_arrays),
+            normalizers=dict(r.compare.normalizers),
+        )
+        sticky = {"header": r.canary.sticky_header, "cookie": r.canary.sticky_cookie}
+        route["canary"] = {
+            "percent": r.canary.percent,
+            "sticky": {k: v for k, v in sticky.items() if v is not None} or None,
+        }
+        route.update(
+            path=r.match.path,
+            methods=list(r.match.methods) if r.match.methods else None,
+            shadow_percent=r.shadow.percent,
+            canary_percent=r.canary.percent,
+        )
+        routes.append(route)
     return {
         "version": settings.version,
         "path": os.path.basename(settings.path),
@@ -42,32 +81,12 @@ def redacted_config(settings: Settings) -> dict[str, Any]:
             "token_env": settings.admin.token_env,
         },
         "default_backend": settings.default_backend,
-        "backends": {
-            name: {
-                "url": _redact_url(b.url) if b.url else None,
-                "handlers": b.handlers,
-                "timeout": b.timeout,
-                "connect_timeout": b.connect_timeout,
-                "max_connections": b.max_connections,
-            }
-            for name, b in settings.backends.items()
-        },
-        "store": {
-            "url": _redact_url(settings.store.url),
-            "redact_json_paths": list(settings.store.redact_json_paths),
-        },
-        "routes": [
-            {
-                "name": r.name,
-                "path": r.match.path,
-                "methods": list(r.match.methods) if r.match.methods else None,
-                "mode": r.mode,
-                "candidate": r.candidate,
-                "shadow_percent": r.shadow.percent,
-                "canary_percent": r.canary.percent,
-            }
-            for r in settings.routes
-        ],
+        "backends": backends,
+        "store": _plain(settings.store),
+        "limits": _plain(settings.limits),
+        "capture": _plain(settings.capture),
+        "access_log": settings.access_log,
+        "routes": routes,
     }
 
 
