@@ -93,11 +93,11 @@ def status(route: str | None, config_path: str, store_url: str | None, as_json: 
 
 
 @click.command()
-@click.argument("route")
+@click.argument("route", required=False)
 @_common
 @_changing
 def advance(
-    route: str,
+    route: str | None,
     config_path: str,
     store_url: str | None,
     do_apply: bool,
@@ -113,12 +113,12 @@ def advance(
 
 
 @click.command()
-@click.argument("route")
+@click.argument("route", required=False)
 @_common
 @_changing
 @click.option("--force", is_flag=True, help="Promote even when a gate fails.")
 def promote(
-    route: str,
+    route: str | None,
     config_path: str,
     store_url: str | None,
     do_apply: bool,
@@ -135,14 +135,14 @@ def promote(
 
 
 @click.command()
-@click.argument("route")
+@click.argument("route", required=False)
 @_common
 @_changing
 @click.option(
     "--to", "to", default="shadow", show_default=True, type=click.Choice(["shadow", "legacy"])
 )
 def rollback(
-    route: str,
+    route: str | None,
     config_path: str,
     store_url: str | None,
     do_apply: bool,
@@ -320,7 +320,7 @@ async def _status(route: str | None, config_path: str, store_url: str | None, as
 
 async def _change(
     action: Action,
-    route: str,
+    route: str | None,
     config_path: str,
     store_url: str | None,
     do_apply: bool,
@@ -330,6 +330,12 @@ async def _change(
     to: Mode,
 ) -> int:
     settings = load_config(config_path)
+    if route is None:  # one route per change: a step of every route at once is not a step
+        known = ", ".join(r.name for r in settings.routes) or "none"
+        raise MigrateError(
+            f"{action} changes one route: name it (routes in {settings.path}: {known});"
+            " `strangler migrate watch` advances every route with promotion.auto"
+        )
     find_route(settings, route)
     token = _token(settings, reload_url)
     store = await _open_store(settings, store_url)

@@ -109,7 +109,9 @@ routes:
         assert len(latencies) == n
         assert latencies[-1] < 1.0  # nobody waited for the stalled candidate
         assert peak_shadow <= 4
-        assert c.dropped.get("concurrency", 0) >= n - 4 * 2
+        # past the stalled four, copies are dropped at the concurrency bound, or shed first
+        # when the loop lags (a busy machine): dropped and counted either way
+        assert c.dropped.get("concurrency", 0) + c.dropped.get("shed", 0) >= n - 4 * 2
         assert c.recorded >= 1
         assert rss1 - rss0 < 50 * 1024
     finally:

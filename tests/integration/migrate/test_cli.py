@@ -59,6 +59,15 @@ def test_bad_route_name_exits_2_listing_known_routes(tmp_path: Path, store: str)
         assert "known routes: order-show, order-list, order-create" in result.stderr
 
 
+def test_a_change_without_a_route_exits_2_naming_the_routes(tmp_path: Path, store: str) -> None:
+    config = write_config(tmp_path)
+    for command in ("advance", "promote", "rollback"):
+        result = migrate(command, "--config", config, "--store", store, "--apply")
+        _one_line_error(result, f"{command} changes one route: name it")
+        assert "order-show, order-list, order-create" in result.stderr
+    assert changes(store) == []
+
+
 def test_usage_errors_exit_2_in_one_line(tmp_path: Path, store: str) -> None:
     config = write_config(tmp_path)
     _one_line_error(
