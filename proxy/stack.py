@@ -46,11 +46,13 @@ class StackError(Exception):
 
 
 def demo_template() -> Path:
-    """The demo config shipped with the source tree (`config/demo.yaml`)."""
-    path = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
-    if not path.is_file():
-        raise StackError(f"demo config not found at {path}: run from a strangler source checkout")
-    return path
+    """The demo config: `config/demo.yaml` of a source checkout, else the copy installed
+    with the package (`proxy/demo.yaml`, kept identical by a test)."""
+    here = Path(__file__).resolve().parent
+    for path in (here.parent / "config" / "demo.yaml", here / "demo.yaml"):
+        if path.is_file():
+            return path
+    raise StackError(f"demo config not found beside {here}: reinstall strangler")
 
 
 def sqlite_url(path: Path) -> str:

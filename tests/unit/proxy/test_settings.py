@@ -387,6 +387,12 @@ def test_schema_copy_in_config_is_identical_to_the_packaged_one() -> None:
     assert schema() == json.loads(packaged.read_text(encoding="utf-8"))
 
 
+def test_demo_config_copy_in_the_package_is_identical() -> None:
+    # `strangler demo` from an installed package reads proxy/demo.yaml
+    packaged = ROOT / "proxy" / "demo.yaml"
+    assert (ROOT / "config" / "demo.yaml").read_bytes() == packaged.read_bytes()
+
+
 def test_schema_is_valid_draft_2020_12_and_closed() -> None:
     from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
 
