@@ -27,12 +27,13 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 _WRITE_OPTION = "strangler_write"
 
 
-_DRIVERS = ("sqlite+aiosqlite", "postgresql+psycopg")
+_DRIVERS = ("sqlite+aiosqlite", "postgresql+psycopg", "postgresql+psycopg_async")
 
 
 def check_db_url(db_url: str) -> None:
-    """ValueError unless `db_url` names a database this project opens: SQLite (aiosqlite) in
-    an existing directory, or PostgreSQL (psycopg)."""
+    """ValueError unless `db_url` names a database this project opens: SQLite (aiosqlite),
+    a file path in an existing directory (a `file:` URI or memory is left to SQLite), or
+    PostgreSQL (psycopg)."""
     usage = "use sqlite+aiosqlite:///FILE or postgresql+psycopg://USER@HOST/DB"
     try:
         url = make_url(db_url)
@@ -42,7 +43,12 @@ def check_db_url(db_url: str) -> None:
         shown = url.render_as_string(hide_password=True)
         raise ValueError(f"unsupported database URL {shown!r}; {usage}")
     db = url.database
-    if url.drivername.startswith("sqlite") and db and db != ":memory:" and "mode=memory" not in db:
+    if (
+        url.drivername.startswith("sqlite")
+        and db
+        and db != ":memory:"
+        and not db.startswith("file:")
+    ):
         folder = os.path.dirname(os.path.abspath(db))
         if not os.path.isdir(folder):
             raise ValueError(f"no directory {folder!r} for the SQLite database {db!r}")

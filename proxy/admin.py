@@ -21,6 +21,8 @@ __all__ = ["PROXY_KEY", "redact_secrets", "redacted_config", "start_admin"]
 
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy")
 _PASSWORD_IN_URL = re.compile(r"(://[^/:@\s'\"]*:)[^@/\s'\"]*@")
+# header and query names whose values are credentials (matched values are shown otherwise)
+_SECRET_NAME = re.compile(r"(?i)auth|cookie|token|secret|pass|pwd|key|session|signature|cred")
 _SECRET_PARAM = re.compile(r"(?i)\b((?:ssl)?password|pass|passwd|pwd|token|secret)=([^&\s'\"]*)")
 
 
@@ -43,6 +45,12 @@ def _plain(value: object) -> Any:
     return value
 
 
+def _masked(pairs: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """Header or query matches: the value of a secret-looking name masked, the others
+    with their secrets masked."""
+    return {k: "***" if _SECRET_NAME.search(k) else redact_secrets(v) for k, v in pairs}
+
+
 def redacted_config(settings: Settings) -> dict[str, Any]:
     """The effective config (every key, defaults filled in) as JSON-able data, with secrets
     (passwords in URLs and query strings) masked. Durations are in seconds. Each route also
@@ -55,7 +63,7 @@ def redacted_config(settings: Settings) -> dict[str, Any]:
     for r in settings.routes:
         route = _plain(r)
         # the YAML's shapes where the model's differ
-        route["match"].update(headers=dict(r.match.headers), query=dict(r.match.query))
+        route["match"].update(headers=_masked(r.match.headers), query=_masked(r.match.query))
         route["compare"].update(
             unordered_arrays=dict(r.compare.unordered_arrays),
             normalizers=dict(r.compare.normalizers),
@@ -226,7 +234,11 @@ async def start_admin(proxy: Proxy) -> tuple[web.AppRunner, tuple[str, int]]:
     await runner.setup()
     admin = proxy.settings.admin
     site = web.TCPSite(runner, admin.host, admin.port)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     server = site._server
     assert server is not None
     sock: socket.socket = server.sockets[0]  # type: ignore[attr-defined]

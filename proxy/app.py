@@ -442,7 +442,13 @@ class Proxy:
                 continue
             runner: web.AppRunner | None = None
             if bs.handlers is not None:
-                runner, host, port = await start_handler_app(bs)
+                try:
+                    runner, host, port = await start_handler_app(bs)
+                except BaseException:
+                    # a failed start or reload: the apps started for it so far are closed
+                    # (those it kept from `old` go on serving)
+                    await _close_replaced({n: b for n, b in out.items() if old.get(n) is not b}, {})
+                    raise
             else:
                 host, port = bs.host, bs.port
             pool = UpstreamPool(

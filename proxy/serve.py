@@ -66,12 +66,14 @@ def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
 
 
 def _cannot_start(exc: BaseException) -> None:
-    """Say why the proxy did not start, on one line of stderr (no traceback)."""
+    """Say why the proxy did not start, on one line of stderr (no traceback). An error of
+    the system (an address in use) or of the store is said as it is; any other one (an
+    in-process handler app's) is named by its type, so a bug there is told from a setting."""
     detail = str(exc).strip().splitlines()
-    print(
-        f"strangler serve: cannot start: {detail[0] if detail else type(exc).__name__}",
-        file=sys.stderr,
-    )
+    text = detail[0] if detail else ""
+    if not isinstance(exc, OSError) and type(exc).__name__ != "StoreError":
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    print(f"strangler serve: cannot start: {text}", file=sys.stderr)
 
 
 def _settle_gc() -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
-import importlib.util
 import json
 import math
 import re
@@ -332,21 +331,13 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _URL = re.compile(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(?::([0-9]{1,5}))?/?")
 # what shadow.store.Store opens (the plain forms are given the async driver there)
 _STORE_SCHEMES = (
-    "sqlite:///",
-    "sqlite+aiosqlite:///",
+    "sqlite://",  # also in memory (no path)
+    "sqlite+aiosqlite://",
     "postgresql://",
     "postgresql+psycopg://",
+    "postgresql+psycopg_async://",
     "postgres://",
 )
-
-
-def _importable(module: str) -> bool:
-    """Whether `module` (a dotted path) can be found for import; its parent packages are
-    imported to know, the module itself is not run."""
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -782,12 +773,6 @@ class _Builder:
             self.p.report(path, f"{_where(path)}: needs url or handlers", key=True)
         if url is not None:
             self.check_url(url, (*path, "url"))
-        if handlers is not None and not _importable(handlers):
-            self.p.report(
-                (*path, "handlers"),
-                f"{_where((*path, 'handlers'))}: no module named {handlers!r} to import"
-                " (a dotted module path whose create_app builds the aiohttp app)",
-            )
         if "db" in m and has_url and not has_handlers:
             self.p.report((*path, "db"), f"{_where(path)}: db applies to handlers backends only")
         self._set(kw, "url", url)

@@ -28,7 +28,7 @@ from proxy.metrics import HistogramBatch, Metrics
 from proxy.upstream import UpstreamConnection, UpstreamPool
 from shadow.compare import CompareRules
 from shadow.http_compare import COMPARED_HEADERS, HttpResponse
-from shadow.record import ComparisonRecord, RecordMode
+from shadow.record import SAFE_METHODS, ComparisonRecord, RecordMode
 from shadow.recorder import Recorder
 from shadow.redact import Redactor
 from shadow.rollback import Breach, RollbackWindow
@@ -51,7 +51,6 @@ __all__ = [
 
 _log = logging.getLogger("strangler.shadow")
 
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _STRIP_FRAMING = re.compile(rb"(?im)^(?:content-length|transfer-encoding):[^\r\n]*\r\n")
 _TOP_PATHS = 20
 _LAG_INTERVAL = 0.01

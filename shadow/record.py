@@ -9,12 +9,16 @@ from typing import Any, Literal, get_args
 __all__ = [
     "MODES",
     "OUTCOMES",
+    "SAFE_METHODS",
     "ComparisonRecord",
     "DiffExample",
     "Outcome",
     "RecordMode",
     "RouteChange",
 ]
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods a copy may be sent with as they are (RFC 9110 9.2.1); others only as a dry run."""
 
 Outcome = Literal["match", "mismatch", "candidate_error", "candidate_timeout", "dropped", "skipped"]
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)

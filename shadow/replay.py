@@ -42,7 +42,7 @@ from proxy.routes import Route, RouteTable
 from proxy.settings import Settings
 from shadow.compare import CompareRules
 from shadow.http_compare import HttpResponse
-from shadow.record import Outcome
+from shadow.record import SAFE_METHODS, Outcome
 from shadow.recorder import Recorder
 from shadow.redact import Redactor
 from shadow.store import Store
@@ -62,7 +62,6 @@ __all__ = [
 
 _log = logging.getLogger("strangler.replay")
 
-SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 DRY_RUN_HEADER: Final = "X-Strangler-Dry-Run"
 _REPLAY_HEADER: Final = "X-Strangler-Replay"
 _HOP_BY_HOP: Final = frozenset(

@@ -8,12 +8,17 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import make_url
 
+from shadow.record import SAFE_METHODS
 from shadow.report import Report, Thresholds, build_report
 from shadow.report_format import FORMATS, render
 from shadow.store import StoreError, mask_url, normalize_url
+
+if TYPE_CHECKING:
+    from proxy.settings import RouteSettings
 
 __all__ = ["UsageError", "parse_when", "run_report"]
 
@@ -59,6 +64,18 @@ def _check_store_url(url: str) -> None:
         )
 
 
+def _compared(route: RouteSettings) -> bool:
+    """Whether the proxy compares some of the route's requests while it is being migrated
+    (shadow or canary, a candidate, a sampled share, and a method it may copy), so that no
+    comparison in the window is no evidence. A fully extracted route has no gate left (as
+    in `strangler migrate`)."""
+    if route.mode not in ("shadow", "canary") or route.candidate is None:
+        return False
+    methods = route.match.methods
+    copied = not methods or route.shadow.writes == "dry_run" or not SAFE_METHODS.isdisjoint(methods)
+    return route.shadow.percent > 0 and copied
+
+
 def _thresholds(
     config_path: str | None,
     min_samples: int | None,
@@ -81,11 +98,7 @@ def _thresholds(
         except NotImplementedError:
             raise UsageError(f"--config {config_path}: config loading is not available") from None
         per_route = {r.name: Thresholds.from_promotion(r.promotion) for r in settings.routes}
-        compared = [
-            r.name
-            for r in settings.routes
-            if r.mode != "legacy" and r.candidate is not None and r.shadow.percent > 0
-        ]
+        compared = [r.name for r in settings.routes if _compared(r)]
 
     def apply(t: Thresholds) -> Thresholds:
         return t.override(

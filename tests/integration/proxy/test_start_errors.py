@@ -9,7 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+import proxy.app as app_module
+from proxy.accesslog import AccessLog
+from proxy.app import create_proxy
+from proxy.handlers import start_handler_app
+from proxy.settings import BackendSettings, loads
 from tests.integration.proxy.conftest import proxy_config
 from tests.support import free_port
 from tests.upstreams import EchoUpstream
@@ -79,6 +85,32 @@ async def test_a_handlers_module_without_create_app_exits_2_with_one_line(
     cfg.write_text(text)
     code, err = await _serve(cfg)
     assert code == 2, err
-    assert (
-        err.strip() == "strangler serve: cannot start: module 'json' has no attribute 'create_app'"
+    missing = "module 'json' has no attribute 'create_app'"
+    assert err.strip() == f"strangler serve: cannot start: AttributeError: {missing}"
+
+
+async def test_apps_started_before_a_failing_one_are_closed(
+    tmp_path: Path, upstream: EchoUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[web.AppRunner] = []
+    real = start_handler_app
+
+    async def recording(bs: BackendSettings) -> tuple[web.AppRunner, str, int]:
+        runner, host, port = await real(bs)
+        started.append(runner)
+        return runner, host, port
+
+    monkeypatch.setattr(app_module, "start_handler_app", recording)
+    db = f"sqlite+aiosqlite:///{tmp_path / 'orders.db'}"
+    text = _config(tmp_path, upstream, 0, 0).read_text()
+    text = text.replace(
+        "backends:\n",
+        f"backends:\n  orders: {{handlers: extracted.app, db: '{db}'}}\n"
+        "  broken: {handlers: json}\n",
+        1,
     )
+    proxy = create_proxy(loads(text, "t.yaml"), access_log=AccessLog(enabled=False))
+    with pytest.raises(AttributeError):
+        await proxy.start()
+    [orders] = started  # the first app started, then the second failed
+    assert not orders.sites  # and the first was cleaned up: no listener left behind

@@ -133,8 +133,9 @@ def test_thresholds_come_from_each_routes_promotion_block(db_url: str, tmp_path:
 def test_a_compared_route_of_the_config_without_data_fails_its_minimum(
     db_url: str, tmp_path: Path
 ) -> None:
-    # a shadowed route with nothing in the store is no evidence, not a pass; a legacy one
-    # (nothing compared) is not judged
+    # a shadowed route with nothing in the store is no evidence, not a pass; routes whose
+    # requests are never compared (legacy mode, writes skipped) or that have no gate left
+    # (extracted, as in migrate) are not judged
     path = _config(tmp_path, 0.05)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(
@@ -146,12 +147,21 @@ def test_a_compared_route_of_the_config_without_data_fails_its_minimum(
   - name: order-create
     match: {path: /api/v1/orders, methods: [POST]}
     candidate: orders
+  - name: order-ship
+    match: {path: "/api/v1/orders/{order_id}/ship", methods: [POST]}
+    candidate: orders
+    mode: shadow
+  - name: order-events
+    match: {path: "/api/v1/orders/{order_id}/events"}
+    candidate: orders
+    mode: extracted
 """
         )
     result = _report("--store", db_url, "--config", path)
     assert result.exit_code == 1, result.output
     assert "gate: FAIL (2/3)" in result.stdout
-    assert "order-cancel" in result.stdout and "order-create" not in result.stdout
+    assert "order-cancel" in result.stdout.split()  # judged routes appear as words
+    assert not {"order-create", "order-ship", "order-events"} & set(result.stdout.split())
     # --route still picks the routes judged
     only_list = _report("--store", db_url, "--config", path, "--route", LIST)
     assert only_list.exit_code == 0 and "order-cancel" not in only_list.stdout

@@ -20,8 +20,8 @@ routes:
     match:
       path: /api/v1/orders/{order_id}
       methods: [GET]
-      headers: {x-client: reporting}
-      query: {expand: events}
+      headers: {x-client: reporting, authorization: "Bearer sekrit", x-note: "token=sekrit"}
+      query: {expand: events, api_key: sekrit}
     candidate: orders
     mode: canary
     canary: {percent: 5, sticky: {header: X-User-Id}}
@@ -37,15 +37,19 @@ routes:
 def test_every_section_of_the_file_is_shown_with_secrets_masked() -> None:
     cfg = redacted_config(loads(TEXT, "t.yaml"))
     text = repr(cfg)
-    assert "hunter2" not in text and "s3cret" not in text
+    assert "hunter2" not in text and "s3cret" not in text and "sekrit" not in text
     assert cfg["backends"]["orders"]["db"] == "postgresql+psycopg://app:***@127.0.0.1/orders"
     assert cfg["backends"]["legacy"]["idle_timeout"] == 10.0
     assert cfg["backends"]["legacy"]["host_header"] == "shop.example"
     assert cfg["limits"]["shadow_offload"] is True and cfg["limits"]["body_timeout"] == 5.0
     assert cfg["capture"]["percent"] == 5.0 and cfg["access_log"] is False
     [route] = cfg["routes"]
-    assert route["match"]["headers"] == {"x-client": "reporting"}
-    assert route["match"]["query"] == {"expand": "events"}
+    assert route["match"]["headers"] == {
+        "x-client": "reporting",
+        "authorization": "***",
+        "x-note": "token=***",
+    }
+    assert route["match"]["query"] == {"expand": "events", "api_key": "***"}
     assert route["canary"] == {"percent": 5.0, "sticky": {"header": "x-user-id"}}
     assert route["shadow"]["writes"] == "dry_run" and route["shadow"]["timeout"] == 1.0
     assert route["compare"]["unordered_arrays"] == {"$.items": "id"}

@@ -312,8 +312,6 @@ def route(extra: str = "", path: str = "/a") -> str:
         (BASE + "store: {redact_json_paths: [email]}\n", "email", "JSON path"),
         (BASE + "store: {url: 'mysql://u@h/db'}\n", "'mysql", "unsupported store URL"),
         (BASE + "store: {url: strangler.db}\n", "strangler.db", "postgresql+psycopg://"),
-        (BASE.replace("extracted.app", "no_such_pkg.app"), "no_such", "no module named"),
-        (BASE.replace("extracted.app", "extracted.nothing"), "extracted.n", "no module named"),
         (BASE + "access_log: 'yes'\n", "'yes'", "true or false"),
         (route("    mode: shadow\n"), "shadow", "needs a candidate"),
         (route("    candidate: orders\n    mode: canary\n"), "canary", "needs canary.percent"),
