@@ -52,9 +52,13 @@ async def wait_for(
 
 
 async def start_serve(
-    config: Path, *args: str, env: dict[str, str] | None = None
+    config: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    stderr: int = asyncio.subprocess.DEVNULL,
 ) -> asyncio.subprocess.Process:
-    """`strangler serve --config CONFIG [ARGS]` as a real process of the venv's console script."""
+    """`strangler serve --config CONFIG [ARGS]` as a real process of the venv's console script
+    (`stderr=asyncio.subprocess.PIPE` to read what it says)."""
     return await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("strangler")),
         "serve",
@@ -62,7 +66,7 @@ async def start_serve(
         str(config),
         *args,
         stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=stderr,
         env={**os.environ, **(env or {})},
     )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from proxy.app import create_proxy
 from proxy.handlers import start_handler_app
 from proxy.settings import BackendSettings, loads
 from tests.integration.proxy.conftest import proxy_config
-from tests.support import free_port
+from tests.support import free_port, start_serve
 from tests.upstreams import EchoUpstream
 
 
@@ -31,15 +30,7 @@ def taken() -> Iterator[int]:
 
 
 async def _serve(config: Path, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).with_name("strangler")),
-        "serve",
-        "--config",
-        str(config),
-        *args,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_serve(config, *args, stderr=asyncio.subprocess.PIPE)
     try:
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
