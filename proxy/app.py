@@ -530,6 +530,8 @@ def _shadow_plan(
     cand = route.candidate
     assert cand is not None
     pool_legacy = backends[route.primary].pool
+    legacy_host = backends[route.primary].settings.host_header
+    cand_host = backends[cand].settings.host_header
     return ShadowPlan(
         rs,
         hub.route_state(route.name),
@@ -540,6 +542,8 @@ def _shadow_plan(
         percent=rs.shadow.percent,
         rules=rules if rules is not None else CompareRules.from_settings(rs.compare),
         breaker=hub.breaker(cand),
+        served_host=cand_host if swapped else legacy_host,
+        target_host=legacy_host if swapped else cand_host,
     )
 
 

@@ -18,6 +18,7 @@ class Breaker:
         "_clock",
         "_opened_at",
         "_outcomes",
+        "_probe_at",
         "_probing",
         "consecutive",
         "failures_in_window",
@@ -54,6 +55,7 @@ class Breaker:
         self.state = CLOSED
         self._opened_at = 0.0
         self._probing = False
+        self._probe_at = 0.0
         self.on_change = on_change
 
     def allow(self) -> bool:
@@ -64,10 +66,20 @@ class Breaker:
             if self._clock() - self._opened_at < self.open_s:
                 return False
             self._set(HALF_OPEN)
-        if self._probing:
+        now = self._clock()
+        if self._probing and now - self._probe_at < self.open_s:
             return False
+        # One probe at a time; a probe that never reports (its request refused, dropped
+        # unanswered, upgraded) gives its turn to the next one after `open_s`.
         self._probing = True
+        self._probe_at = now
         return True
+
+    def abandon(self) -> None:
+        """A request ended without a verdict on the backend (the client left): a probe's
+        turn goes to the next request."""
+        if self.state == HALF_OPEN:
+            self._probing = False
 
     def success(self) -> None:
         """Count a healthy answer."""

@@ -31,6 +31,7 @@ from proxy.shadowing import (
     ShadowPlan,
     ShadowTap,
     bucket,
+    with_host,
 )
 from proxy.upstream import UpstreamConnection, UpstreamPool
 from shadow.capture import MAX_BODY_BYTES as MAX_CAPTURE_BODY
@@ -307,6 +308,7 @@ class _Exchange:
         "chunked_req",
         "chunked_resp",
         "client",
+        "client_host",
         "close_after",
         "close_delimited",
         "done",
@@ -364,6 +366,7 @@ class _Exchange:
         self.upgrade_req = False
         self.upgrading = False
         self.retried = False
+        self.client_host: bytes | None = None  # kept when the head carries an override
         self.shadow: ShadowTap | None = None
         self.cap: _Capture | None = None
         self.done = False
@@ -400,8 +403,11 @@ class _Exchange:
 
     def attach(self, conn: UpstreamConnection) -> None:
         """The pool found us a connection."""
-        if self.done:
-            self.plan.pool.release(conn) if not conn.got_bytes else self.plan.pool.discard(conn)
+        pool = conn.pool
+        if self.done or pool is not self.plan.pool or self.upstream is not None:
+            # Ended, or fallen back to legacy while this candidate connect was under way:
+            # the connection goes back to its own pool, never to the one serving now.
+            pool.release(conn) if not conn.got_bytes else pool.discard(conn)
             return
         self.upstream = conn
         conn.head_only = self.head_request
@@ -414,9 +420,10 @@ class _Exchange:
         if self.client.reading_paused_for is self:
             self.client.resume_reading()
 
-    def connect_failed(self, exc: BaseException) -> None:
-        """No connection could be opened."""
-        if self.done:
+    def connect_failed(self, exc: BaseException, pool: UpstreamPool | None = None) -> None:
+        """No connection could be opened (by `pool`: a connect of a backend this request
+        has since fallen back from is no concern of it any more)."""
+        if self.done or (pool is not None and pool is not self.plan.pool) or self.resp_started:
             return
         kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
         self.client.plane.metrics.upstream_errors.labels(self.backend, kind).inc()
@@ -630,7 +637,14 @@ class _Exchange:
             self.shadow = None
         self.plan = fb
         self.backend = fb.backend
-        self.up_buf = list(self.replay)
+        self.retried = False  # legacy gets its own retry of a stale or refused connection
+        replay = self.replay
+        if fb.host_header != plan.host_header:  # legacy's Host, not the candidate's
+            head = replay[0]
+            host = fb.host_header if fb.host_header is not None else self.client_host
+            replay[0] = with_host(head, host or b"")
+            self.replay_size += len(replay[0]) - len(head)
+        self.up_buf = list(replay)
         self.up_size = self.replay_size
         self.last_activity = self.client.plane.loop.time()
         fb.pool.acquire(self)
@@ -670,7 +684,11 @@ class _Exchange:
             sh.served_end(error is None and self.request_complete)
         plan = self.plan
         br = plan.breaker
-        if br is not None:
+        if br is not None and error == "client_disconnected":
+            # The user left (or sent something unreadable): no verdict on the candidate,
+            # neither for its breaker nor for the route's rollback window.
+            br.abandon()
+        elif br is not None:
             failed = error is not None or self.status >= 500
             if failed:
                 br.failure()
@@ -1016,6 +1034,8 @@ class ClientConnection(asyncio.Protocol):
 
         head = b"".join(parts)
         ex = _Exchange(self, plan, method, path, head, request_id)
+        if host_override is not None:
+            ex.client_host = host  # what a fallback without an override sends instead
         ex.chunked_req = self._chunked
         if plan.shadow is not None and plane.hub is not None:
             ex.shadow = plane.hub.begin(plan.shadow, method, path, request_id, headers, head)

@@ -47,6 +47,8 @@ __all__ = [
     "ShadowPlan",
     "ShadowTap",
     "bucket",
+    "client_host",
+    "with_host",
 ]
 
 _log = logging.getLogger("strangler.shadow")
@@ -185,6 +187,29 @@ class RouteState:
             self.published_drops += n
 
 
+def client_host(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """The Host the client sent (empty without one)."""
+    for name, value in headers:
+        if name.lower() == b"host":
+            return value
+    return b""
+
+
+def with_host(head: bytes, host: bytes) -> bytes:
+    """A request head (or a whole request) with its Host field set to `host` (removed when
+    `host` is empty: a request that came without one)."""
+    end = head.find(b"\r\n\r\n")
+    lines = head[: end if end >= 0 else len(head)].split(b"\r\n")
+    for i in range(1, len(lines)):
+        name, sep, _ = lines[i].partition(b":")
+        if sep and name.strip().lower() == b"host":
+            del lines[i]
+            break
+    if host:
+        lines.insert(1, b"host: " + host)
+    return b"\r\n".join(lines) + (head[end:] if end >= 0 else b"")
+
+
 class ShadowPlan:
     """How one route's requests are shadowed in one direction; built once per config."""
 
@@ -198,6 +223,7 @@ class ShadowPlan:
         "offload",
         "path_template",
         "record_mode",
+        "rehost",
         "route",
         "route_b",
         "rules",
@@ -205,6 +231,7 @@ class ShadowPlan:
         "sample_key",
         "state",
         "swapped",
+        "target_host",
         "target_pool",
         "threshold",
         "timeout",
@@ -223,6 +250,8 @@ class ShadowPlan:
         percent: float,
         rules: CompareRules,
         breaker: Breaker | None,
+        served_host: str | None = None,
+        target_host: str | None = None,
     ) -> None:
         sh = route.shadow
         self.route = route.name
@@ -248,6 +277,11 @@ class ShadowPlan:
         self.path_template = route.match.path
         self.breaker = breaker
         self.offload = False  # set when a shadow helper process runs this plan's copies
+        # The forwarded head carries the serving backend's `host_header` (or the client's
+        # Host); a copy carries the target backend's (or the client's Host, as the spec
+        # asks), so it is rewritten only when the two backends differ in this.
+        self.rehost = served_host != target_host
+        self.target_host = target_host.encode("latin-1") if target_host else None
 
 
 class _Leg:
@@ -308,7 +342,7 @@ class _Leg:
         conn.head_only = self.head_only
         conn.send(self.request)
 
-    def connect_failed(self, exc: BaseException) -> None:
+    def connect_failed(self, exc: BaseException, pool: UpstreamPool | None = None) -> None:
         self._end(f"connect failed: {str(exc) or type(exc).__name__}")
 
     def on_upstream_headers_complete(
@@ -847,6 +881,8 @@ class ShadowHub:
                 )
                 self._count(plan.state, "skipped")
                 return None
+        if plan.rehost:
+            head = with_host(head, plan.target_host or client_host(headers))
         feed = self.feed
         if plan.offload and feed is not None:  # the helper process runs it (or it is shed)
             return feed.call(plan, request_id, head)

@@ -22,7 +22,7 @@ class Exchange(Protocol):
     """What an upstream connection reports to (implemented by the data plane's exchange)."""
 
     def attach(self, conn: UpstreamConnection) -> None: ...
-    def connect_failed(self, exc: BaseException) -> None: ...
+    def connect_failed(self, exc: BaseException, pool: UpstreamPool | None = None) -> None: ...
     def on_upstream_headers_complete(
         self,
         status: int,
@@ -331,13 +331,13 @@ class UpstreamPool:
             )
         except (OSError, TimeoutError) as exc:
             self.active -= 1
-            ex.connect_failed(exc)
+            ex.connect_failed(exc, self)
             self._wake_waiter()
             return
         if conn.transport is None or conn.transport.is_closing():
             # Closed by the backend before this task resumed (uvloop can run
             # connection_lost first); the pool slot was already freed in `forget`.
-            ex.connect_failed(ConnectionResetError("closed by the backend at connect"))
+            ex.connect_failed(ConnectionResetError("closed by the backend at connect"), self)
             return
         conn.exchange = ex
         ex.attach(conn)

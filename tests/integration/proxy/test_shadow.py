@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import sqlite3
+import struct
 from pathlib import Path
 
 import aiohttp
@@ -271,6 +273,31 @@ async def test_failing_candidate_falls_back_inline_and_opens_breaker(tmp_path: P
         status, _ = await _get(port, "/api/o9")
         assert status == 200
         assert len(candidate.seen) == seen  # while open, the candidate gets nothing
+
+
+async def test_users_who_leave_never_count_against_the_candidate(tmp_path: Path) -> None:
+    # clients that reset while a slow (healthy) candidate works are no verdict on it: the
+    # breaker stays closed and the route's rollback window sees no error (found in review)
+    store = f"sqlite+aiosqlite:///{tmp_path / 'gone.db'}"
+    async with shadow_stack(EXTRACTED_ROUTE, store) as (proxy, legacy, candidate):
+        legacy.release.set()
+        port = proxy.address[1]
+        assert proxy.hub is not None and proxy.plane is not None
+        for i in range(6):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET /api/slow{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+            await writer.drain()
+            await wait_until(lambda i=i: f"/api/slow{i}" in candidate.seen)  # type: ignore[misc]
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # RST
+            await wait_until(lambda: proxy.plane is not None and proxy.plane.in_flight == 0)
+        breaker = proxy.hub.breakers["orders"]
+        assert (breaker.state, breaker.consecutive, breaker.failures_in_window) == (0, 0, 0)
+        candidate.release.set()
+        status, body = await _get(port, "/api/o1")
+        assert status == 200 and body  # still served by the candidate
+        assert proxy.hub.board.read() == {}  # no automatic rollback
 
 
 def _served(candidate: Side) -> list[str]:

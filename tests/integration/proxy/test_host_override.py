@@ -1,0 +1,99 @@
+"""`host_header` of one backend never reaches another: fallbacks and shadow copies carry the
+Host of the backend they go to, or the client's (found in review: a fallback to legacy and
+a copy sent the serving backend's override)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from proxy.accesslog import AccessLog
+from proxy.app import Proxy, create_proxy
+from proxy.settings import loads
+from tests.support import wait_until
+from tests.upstreams import EchoUpstream, raw_exchange
+
+
+def _config(legacy: EchoUpstream, cand: EchoUpstream, mode: str, legacy_host: str) -> str:
+    db = os.path.join(tempfile.gettempdir(), f"strangler-test-{uuid.uuid4().hex[:12]}.db")
+    legacy_extra = f"\n    host_header: {legacy_host}" if legacy_host else ""
+    return f"""
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0}}
+backends:
+  legacy:
+    url: {legacy.url}
+    timeout: 2s{legacy_extra}
+  orders:
+    url: {cand.url}
+    timeout: 2s
+    host_header: orders.internal
+default_backend: legacy
+store: {{url: "sqlite+aiosqlite:///{db}"}}
+access_log: false
+routes:
+  - name: orders
+    match: {{path: /api/*}}
+    mode: {mode}
+    candidate: orders
+    shadow: {{percent: 100, timeout: 1s}}
+"""
+
+
+@pytest.fixture
+async def sides() -> AsyncIterator[tuple[EchoUpstream, EchoUpstream]]:
+    legacy, cand = await EchoUpstream().start(), await EchoUpstream().start()
+    yield legacy, cand
+    await legacy.close()
+    await cand.close()
+
+
+async def _proxy(text: str) -> Proxy:
+    proxy = create_proxy(loads(text, "t.yaml"), access_log=AccessLog(enabled=False))
+    await proxy.start()
+    return proxy
+
+
+def _hosts(side: EchoUpstream, target: bytes) -> list[list[bytes]]:
+    return [r.header(b"host") for r in side.received if r.target == target]
+
+
+@pytest.mark.parametrize("legacy_host", ["legacy.internal", ""])
+async def test_a_fallback_to_legacy_carries_legacys_host(
+    sides: tuple[EchoUpstream, EchoUpstream], legacy_host: str
+) -> None:
+    legacy, cand = sides
+    cand.extra[b"/api/x"] = lambda t, rec: t.abort()  # fails before any response byte
+    proxy = await _proxy(_config(legacy, cand, "extracted", legacy_host))
+    try:
+        got = await raw_exchange(
+            proxy.address[1], b"GET /api/x HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+        )
+        assert got.status == 200  # legacy answered in-line
+        assert _hosts(cand, b"/api/x")[0] == [b"orders.internal"]
+        served = [h for h in _hosts(legacy, b"/api/x")]
+        assert served[0] == [legacy_host.encode() or b"shop.example"]
+    finally:
+        await proxy.stop(0.5)
+
+
+@pytest.mark.parametrize("legacy_host", ["legacy.internal", ""])
+async def test_shadow_copies_carry_the_host_of_the_backend_they_go_to(
+    sides: tuple[EchoUpstream, EchoUpstream], legacy_host: str
+) -> None:
+    legacy, cand = sides
+    proxy = await _proxy(_config(legacy, cand, "shadow", legacy_host))
+    try:
+        got = await raw_exchange(
+            proxy.address[1], b"GET /api/o1 HTTP/1.1\r\nHost: shop.example\r\n\r\n"
+        )
+        assert got.status == 200
+        await wait_until(lambda: bool(_hosts(cand, b"/api/o1")))
+        assert _hosts(legacy, b"/api/o1") == [[legacy_host.encode() or b"shop.example"]]
+        assert _hosts(cand, b"/api/o1") == [[b"orders.internal"]]
+    finally:
+        await proxy.stop(0.5)
