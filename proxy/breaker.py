@@ -76,7 +76,7 @@ class Breaker:
         return True
 
     def abandon(self) -> None:
-        """A request ended without a verdict on the backend (the client left): a probe's
+        """A request ended without a verdict on the backend (the client's fault): a probe's
         turn goes to the next request."""
         if self.state == HALF_OPEN:
             self._probing = False

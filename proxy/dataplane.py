@@ -684,9 +684,13 @@ class _Exchange:
             sh.served_end(error is None and self.request_complete)
         plan = self.plan
         br = plan.breaker
-        if br is not None and error == "client_disconnected":
-            # The user left (or sent something unreadable): no verdict on the candidate,
-            # neither for its breaker nor for the route's rollback window.
+        if br is not None and (
+            error in _CLIENT_FAULTS or (error == "client_disconnected" and self.resp_started)
+        ):
+            # The client broke its request, or left once the candidate was answering: no
+            # verdict on the candidate for its breaker or the route's rollback window. A
+            # client that gave up waiting for a response head counts against it (a hung
+            # candidate is seen that way first).
             br.abandon()
         elif br is not None:
             failed = error is not None or self.status >= 500
@@ -720,8 +724,9 @@ class _Exchange:
         if hook is not None:
             hook(self)
 
-    def client_gone(self) -> None:
-        """The client disconnected: cancel the upstream request."""
+    def client_gone(self, why: str = "client_disconnected") -> None:
+        """The client disconnected (or broke the request, `why` says): cancel the upstream
+        request."""
         if self.done:
             return
         up = self.upstream
@@ -732,7 +737,11 @@ class _Exchange:
             self.plan.pool.cancel_wait(self)
         if self.status == 0:
             self.status = 499
-        self._end("client_disconnected")
+        self._end(why)
+
+
+# How a client can end an exchange by its own fault (a bad request, a body too slow)
+_CLIENT_FAULTS = frozenset({"client_timeout", "bad_request"})
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -1174,7 +1183,7 @@ class ClientConnection(asyncio.Protocol):
             plane.metrics.client_errors.labels("timeout").inc()
             if self.current is None or (self.current is self.reading and self.current.status == 0):
                 if self.current is not None:
-                    self.current.client_gone()
+                    self.current.client_gone("client_timeout")
                     self.current = None
                 self._reply_error(408, "request_timeout", "request not received in time")
                 return
@@ -1209,7 +1218,7 @@ class ClientConnection(asyncio.Protocol):
             if cur.resp_started:
                 self.abort()
                 return
-            cur.client_gone()
+            cur.client_gone("bad_request")
             self.current = None
         self._reply_error(status, code, message)
 

@@ -329,6 +329,9 @@ _MAX_DEPTH = 64  # far beyond any real config; stops recursive aliases
 _MAX_NODES = 200_000  # stops alias bombs
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _URL = re.compile(r"http://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(?::([0-9]{1,5}))?/?")
+# a Host field value this proxy may send: reg-name or IP literal, optional port (no spaces,
+# no control characters, ASCII only: it goes on the wire as it is)
+_HOST_VALUE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(:[0-9]{1,5})?")
 # what shadow.store.Store opens (the plain forms are given the async driver there)
 _STORE_SCHEMES = (
     "sqlite://",  # also in memory (no path)
@@ -780,7 +783,14 @@ class _Builder:
         for key in ("timeout", "connect_timeout", "idle_timeout"):
             self._set(kw, key, self.duration(m, path, key))
         self._set(kw, "max_connections", self.int_(m, path, "max_connections"))
-        self._set(kw, "host_header", self.str_(m, path, "host_header"))
+        host_header = self.str_(m, path, "host_header")
+        if host_header is not None and not _HOST_VALUE.fullmatch(host_header):
+            self.p.report(
+                (*path, "host_header"),
+                f"{_where((*path, 'host_header'))}: {host_header!r} is not a host name"
+                " (letters, digits, '.', '-', '_' and an optional :port, in ASCII)",
+            )
+        self._set(kw, "host_header", host_header)
         self._set(kw, "db", self.str_(m, path, "db"))
         return BackendSettings(**kw)
 

@@ -229,6 +229,7 @@ class ShadowPlan:
         "rules",
         "safe_only",
         "sample_key",
+        "served_host",
         "state",
         "swapped",
         "target_host",
@@ -279,9 +280,10 @@ class ShadowPlan:
         self.offload = False  # set when a shadow helper process runs this plan's copies
         # The forwarded head carries the serving backend's `host_header` (or the client's
         # Host); a copy carries the target backend's (or the client's Host, as the spec
-        # asks), so it is rewritten only when the two backends differ in this.
+        # asks), a noise baseline the served one: rewritten only when the backends differ.
         self.rehost = served_host != target_host
-        self.target_host = target_host.encode("latin-1") if target_host else None
+        self.target_host = target_host.encode() if target_host else None
+        self.served_host = served_host.encode() if served_host and self.rehost else None
 
 
 class _Leg:
@@ -558,9 +560,13 @@ class ShadowCall(RequestTee):
         if self.finished or self.leg.done:  # dropped, or timed out, before this turn came
             return
         head_only = self.method == "HEAD"
-        if self.plan.baseline_pool is not None:
-            self.baseline = _Leg(self, self.plan.baseline_pool)
-            self.baseline.start(request, head_only)
+        plan = self.plan
+        if plan.baseline_pool is not None:  # legacy again: the Host the user's request had
+            self.baseline = _Leg(self, plan.baseline_pool)
+            served = with_host(request, plan.served_host) if plan.served_host else request
+            self.baseline.start(served, head_only)
+        if plan.target_host is not None and plan.rehost:
+            request = with_host(request, plan.target_host)
         self.leg.start(request, head_only)
 
     def served_end(self, ok: bool) -> None:
@@ -881,8 +887,10 @@ class ShadowHub:
                 )
                 self._count(plan.state, "skipped")
                 return None
-        if plan.rehost:
-            head = with_host(head, plan.target_host or client_host(headers))
+        if plan.rehost and plan.target_host is None:
+            # the client's Host for the copy (the served head has the serving backend's);
+            # a leg sets its backend's `host_header` itself (`ShadowCall._send`)
+            head = with_host(head, client_host(headers))
         feed = self.feed
         if plan.offload and feed is not None:  # the helper process runs it (or it is shed)
             return feed.call(plan, request_id, head)

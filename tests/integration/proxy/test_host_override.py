@@ -18,7 +18,9 @@ from tests.support import wait_until
 from tests.upstreams import EchoUpstream, raw_exchange
 
 
-def _config(legacy: EchoUpstream, cand: EchoUpstream, mode: str, legacy_host: str) -> str:
+def _config(
+    legacy: EchoUpstream, cand: EchoUpstream, mode: str, legacy_host: str, baseline: bool = False
+) -> str:
     db = os.path.join(tempfile.gettempdir(), f"strangler-test-{uuid.uuid4().hex[:12]}.db")
     legacy_extra = f"\n    host_header: {legacy_host}" if legacy_host else ""
     return f"""
@@ -41,6 +43,7 @@ routes:
     mode: {mode}
     candidate: orders
     shadow: {{percent: 100, timeout: 1s}}
+    compare: {{noise_baseline: {"true" if baseline else "false"}}}
 """
 
 
@@ -81,19 +84,25 @@ async def test_a_fallback_to_legacy_carries_legacys_host(
         await proxy.stop(0.5)
 
 
+@pytest.mark.parametrize("baseline", [False, True])
 @pytest.mark.parametrize("legacy_host", ["legacy.internal", ""])
 async def test_shadow_copies_carry_the_host_of_the_backend_they_go_to(
-    sides: tuple[EchoUpstream, EchoUpstream], legacy_host: str
+    sides: tuple[EchoUpstream, EchoUpstream], legacy_host: str, baseline: bool
 ) -> None:
+    # a noise baseline goes to legacy again, with the Host of the user's request
     legacy, cand = sides
-    proxy = await _proxy(_config(legacy, cand, "shadow", legacy_host))
+    proxy = await _proxy(_config(legacy, cand, "shadow", legacy_host, baseline))
     try:
         got = await raw_exchange(
             proxy.address[1], b"GET /api/o1 HTTP/1.1\r\nHost: shop.example\r\n\r\n"
         )
         assert got.status == 200
-        await wait_until(lambda: bool(_hosts(cand, b"/api/o1")))
-        assert _hosts(legacy, b"/api/o1") == [[legacy_host.encode() or b"shop.example"]]
+        legs = 2 if baseline else 1
+        await wait_until(
+            lambda: bool(_hosts(cand, b"/api/o1")) and len(_hosts(legacy, b"/api/o1")) == legs
+        )
+        served = [legacy_host.encode() or b"shop.example"]
+        assert _hosts(legacy, b"/api/o1") == [served] * legs
         assert _hosts(cand, b"/api/o1") == [[b"orders.internal"]]
     finally:
         await proxy.stop(0.5)

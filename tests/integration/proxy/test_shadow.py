@@ -7,15 +7,24 @@ import io
 import socket
 import sqlite3
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from proxy.accesslog import AccessLog
-from proxy.app import Proxy
+from proxy.app import Proxy, create_proxy
+from proxy.settings import loads
 from shadow.recorder import RouteCounters
-from tests.integration.proxy.shadow_support import CARD, EMAIL, Side, shadow_stack
+from tests.integration.proxy.shadow_support import (
+    CARD,
+    EMAIL,
+    Side,
+    shadow_config,
+    shadow_stack,
+    start_app,
+)
 from tests.support import wait_until
 
 SHADOW_ROUTE = """
@@ -275,29 +284,56 @@ async def test_failing_candidate_falls_back_inline_and_opens_breaker(tmp_path: P
         assert len(candidate.seen) == seen  # while open, the candidate gets nothing
 
 
-async def test_users_who_leave_never_count_against_the_candidate(tmp_path: Path) -> None:
-    # clients that reset while a slow (healthy) candidate works are no verdict on it: the
-    # breaker stays closed and the route's rollback window sees no error (found in review)
+async def _reset_while_waiting(port: int, request: bytes, seen: Callable[[], bool]) -> None:
+    """Send `request`, wait until the candidate has it, then reset the connection."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    await wait_until(seen)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()  # RST
+
+
+async def test_clients_at_fault_are_no_verdict_and_users_who_give_up_are(tmp_path: Path) -> None:
+    # found in review: a client's broken or too-slow request counted as a candidate failure
+    # (five of them opened the breaker), while a user who gives up waiting for a response
+    # head is how a hung candidate shows first, so that one still counts
+    legacy, candidate = Side("legacy"), Side("candidate")
+    runners = [await start_app(legacy), await start_app(candidate)]
     store = f"sqlite+aiosqlite:///{tmp_path / 'gone.db'}"
-    async with shadow_stack(EXTRACTED_ROUTE, store) as (proxy, legacy, candidate):
+    text = shadow_config(legacy, candidate, EXTRACTED_ROUTE, store)
+    text = text.replace("limits:\n", "limits:\n  body_timeout: 200ms\n", 1)
+    proxy = create_proxy(loads(text, "gone.yaml"), access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
         legacy.release.set()
         port = proxy.address[1]
         assert proxy.hub is not None and proxy.plane is not None
-        for i in range(6):
+        plane = proxy.plane
+        breaker = proxy.hub.breakers["orders"]
+        for i in range(6):  # a body that stops coming: 408 from the proxy, not the candidate
             _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(f"GET /api/slow{i} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
+            writer.write(
+                f"POST /api/slow{i} HTTP/1.1\r\nHost: a\r\ncontent-length: 9\r\n\r\n{{}}".encode()
+            )
             await writer.drain()
             await wait_until(lambda i=i: f"/api/slow{i}" in candidate.seen)  # type: ignore[misc]
-            sock = writer.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            writer.transport.abort()  # RST
-            await wait_until(lambda: proxy.plane is not None and proxy.plane.in_flight == 0)
-        breaker = proxy.hub.breakers["orders"]
-        assert (breaker.state, breaker.consecutive, breaker.failures_in_window) == (0, 0, 0)
+            await wait_until(lambda: plane.in_flight == 0)
+            writer.close()
+        assert (breaker.state, breaker.failures_in_window) == (0, 0)
+        assert proxy.hub.board.read() == {}  # no automatic rollback either
+        for i in range(5):  # users who give up on a candidate that does not answer
+            path = f"/api/slow-gone{i}"
+            request = f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
+            await _reset_while_waiting(port, request, lambda p=path: p in candidate.seen)  # type: ignore[misc]
+            await wait_until(lambda: plane.in_flight == 0)
+        assert breaker.state == 1  # open: the next users go to legacy
+    finally:
         candidate.release.set()
-        status, body = await _get(port, "/api/o1")
-        assert status == 200 and body  # still served by the candidate
-        assert proxy.hub.board.read() == {}  # no automatic rollback
+        await proxy.stop(2.0)
+        for r in runners:
+            await r.cleanup()
 
 
 def _served(candidate: Side) -> list[str]:

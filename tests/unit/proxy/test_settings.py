@@ -311,6 +311,8 @@ def route(extra: str = "", path: str = "/a") -> str:
         (BASE + "admin: {token_env: 'a b'}\n", "'a b'", "environment variable"),
         (BASE + "store: {redact_json_paths: [email]}\n", "email", "JSON path"),
         (BASE + "store: {url: 'mysql://u@h/db'}\n", "'mysql", "unsupported store URL"),
+        (BASE.replace("app", "app\n    host_header: 'a b'"), "'a b'", "not a host name"),
+        (BASE.replace("app", 'app\n    host_header: "a\\r\\nx: y"'), '"a', "not a host name"),
         (BASE + "store: {url: strangler.db}\n", "strangler.db", "postgresql+psycopg://"),
         (BASE + "access_log: 'yes'\n", "'yes'", "true or false"),
         (route("    mode: shadow\n"), "shadow", "needs a candidate"),
