@@ -684,13 +684,7 @@ class _Exchange:
             sh.served_end(error is None and self.request_complete)
         plan = self.plan
         br = plan.breaker
-        if br is not None and (
-            error in _CLIENT_FAULTS or (error == "client_disconnected" and self.resp_started)
-        ):
-            # The client broke its request, or left once the candidate was answering: no
-            # verdict on the candidate for its breaker or the route's rollback window. A
-            # client that gave up waiting for a response head counts against it (a hung
-            # candidate is seen that way first).
+        if br is not None and error is not None and self._no_verdict(error):
             br.abandon()
         elif br is not None:
             failed = error is not None or self.status >= 500
@@ -704,6 +698,21 @@ class _Exchange:
                 ms = (perf_counter() - self.t0) * 1000.0
                 hub.observe(st, "candidate_error" if failed else "ok", None, ms)
         self._account(self.status, error)
+
+    def _no_verdict(self, error: str | None) -> bool:
+        """Whether this end says nothing about the backend (for its breaker and the route's
+        rollback window): the client broke its request (bad, or its body too slow) or left
+        while still sending it or once the answer had started. Not when the proxy was
+        holding the client back for this request (the backend stopped reading its body),
+        and not when a user gave up waiting for a response head (a hung candidate shows
+        that way first)."""
+        if self.client.reading_paused_for is self:
+            return False
+        if error in _CLIENT_FAULTS:
+            return True
+        return error == "client_disconnected" and (
+            self.resp_started or not self.request_complete
+        )
 
     def _account(self, status: int, error: str | None) -> None:
         plane = self.client.plane

@@ -1,0 +1,150 @@
+"""What a client's way of ending a request tells the candidate's breaker (found in reviews).
+
+A candidate that stops reading an upload holds the user back: the body deadline that then
+fires is the candidate's failure, not the user's. A user who cancels their own upload to a
+healthy candidate is no verdict on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from proxy.accesslog import AccessLog
+from proxy.app import Proxy, create_proxy
+from proxy.settings import loads
+from tests.support import wait_until
+from tests.upstreams import EchoUpstream
+
+
+class _Stall(asyncio.Protocol):
+    """Reads a request's first bytes, then stops reading (a stuck upload)."""
+
+    def __init__(self, transports: list[asyncio.Transport]) -> None:
+        self.transports = transports
+        self.got = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.transports.append(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.got += len(data)
+        if self.got > 1000:
+            self.transport.pause_reading()
+
+
+def _config(legacy: str, candidate: str, body_timeout: str) -> str:
+    db = os.path.join(tempfile.gettempdir(), f"strangler-test-{uuid.uuid4().hex[:12]}.db")
+    return f"""
+listen: 127.0.0.1:0
+admin: {{listen: 127.0.0.1:0}}
+backends:
+  legacy: {{url: "{legacy}", timeout: 5s}}
+  orders: {{url: "{candidate}", timeout: 5s}}
+default_backend: legacy
+store: {{url: "sqlite+aiosqlite:///{db}"}}
+access_log: false
+limits: {{body_timeout: {body_timeout}}}
+routes:
+  - name: orders
+    match: {{path: /api/*}}
+    mode: extracted
+    candidate: orders
+    shadow: {{percent: 0}}
+"""
+
+
+@pytest.fixture
+async def legacy() -> AsyncIterator[EchoUpstream]:
+    up = await EchoUpstream().start()
+    yield up
+    await up.close()
+
+
+async def _proxy(text: str) -> Proxy:
+    proxy = create_proxy(loads(text, "t.yaml"), access_log=AccessLog(enabled=False))
+    await proxy.start()
+    return proxy
+
+
+async def _stuck_upload(port: int, path: str) -> bytes:
+    """A 16 MiB POST the backend stops reading; the status line the client gets."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    total = 16 << 20
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: a\r\ncontent-length: {total}\r\n\r\n".encode())
+
+    async def pump() -> None:
+        chunk = b"x" * (256 << 10)
+        for _ in range(total // len(chunk)):
+            writer.write(chunk)
+            await writer.drain()
+
+    sending = asyncio.create_task(pump())
+    try:
+        return await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        sending.cancel()
+        writer.transport.abort()
+
+
+async def test_a_candidate_that_stops_reading_uploads_opens_its_breaker(
+    legacy: EchoUpstream,
+) -> None:
+    loop = asyncio.get_running_loop()
+    transports: list[asyncio.Transport] = []
+    server = await loop.create_server(lambda: _Stall(transports), "127.0.0.1", 0)
+    port_c = server.sockets[0].getsockname()[1]
+    proxy = await _proxy(_config(legacy.url, f"http://127.0.0.1:{port_c}", "300ms"))
+    try:
+        assert proxy.hub is not None and proxy.plane is not None
+        plane, breaker = proxy.plane, proxy.hub.breakers["orders"]
+        for i in range(5):
+            line = await _stuck_upload(proxy.address[1], f"/api/up{i}")
+            assert line.startswith(b"HTTP/1.1 408")
+            await wait_until(lambda: plane.in_flight == 0)
+        assert breaker.state == 1  # open: the candidate held five users back
+    finally:
+        await proxy.stop(0.5)
+        for t in transports:
+            t.abort()
+        server.close()
+
+
+async def _cancel_upload(port: int, path: str, seen: Callable[[], bool]) -> None:
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"POST {path} HTTP/1.1\r\nHost: a\r\ncontent-length: 100000\r\n\r\n"
+    writer.write(head.encode() + b"x" * 1000)
+    await writer.drain()
+    await wait_until(seen)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()  # RST
+
+
+async def test_users_cancelling_their_uploads_are_no_verdict(legacy: EchoUpstream) -> None:
+    candidate = await EchoUpstream().start()
+    proxy = await _proxy(_config(legacy.url, candidate.url, "30s"))
+    try:
+        assert proxy.hub is not None and proxy.plane is not None
+        plane, breaker = proxy.plane, proxy.hub.breakers["orders"]
+        for i in range(5):
+            target = f"/api/cancel{i}".encode()
+            await _cancel_upload(
+                proxy.address[1],
+                target.decode(),
+                lambda t=target: any(r.target == t for r in candidate.received),  # type: ignore[misc]
+            )
+            await wait_until(lambda: plane.in_flight == 0)
+        assert (breaker.state, breaker.consecutive, breaker.failures_in_window) == (0, 0, 0)
+    finally:
+        await proxy.stop(0.5)
+        await candidate.close()
