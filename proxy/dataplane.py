@@ -710,9 +710,7 @@ class _Exchange:
             return False
         if error in _CLIENT_FAULTS:
             return True
-        return error == "client_disconnected" and (
-            self.resp_started or not self.request_complete
-        )
+        return error == "client_disconnected" and (self.resp_started or not self.request_complete)
 
     def _account(self, status: int, error: str | None) -> None:
         plane = self.client.plane
