@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -69,6 +70,18 @@ async def start_serve(
         stderr=stderr,
         env={**os.environ, **(env or {})},
     )
+
+
+async def reset_while_waiting(port: int, request: bytes, seen: Callable[[], bool]) -> None:
+    """Send `request` to 127.0.0.1:`port`, wait until `seen()` (the backend has it), then
+    reset the connection (RST, as a client that gives up abruptly)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    await wait_until(seen)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 async def close_writer(writer: asyncio.StreamWriter) -> None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import struct
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,7 +18,7 @@ import pytest
 from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
-from tests.support import wait_until
+from tests.support import reset_while_waiting, wait_until
 from tests.upstreams import EchoUpstream
 
 
@@ -120,14 +118,8 @@ async def test_a_candidate_that_stops_reading_uploads_opens_its_breaker(
 
 
 async def _cancel_upload(port: int, path: str, seen: Callable[[], bool]) -> None:
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
     head = f"POST {path} HTTP/1.1\r\nHost: a\r\ncontent-length: 100000\r\n\r\n"
-    writer.write(head.encode() + b"x" * 1000)
-    await writer.drain()
-    await wait_until(seen)
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()  # RST
+    await reset_while_waiting(port, head.encode() + b"x" * 1000, seen)
 
 
 async def test_users_cancelling_their_uploads_are_no_verdict(legacy: EchoUpstream) -> None:

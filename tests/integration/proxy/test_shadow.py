@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
 import sqlite3
-import struct
-from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -25,7 +22,7 @@ from tests.integration.proxy.shadow_support import (
     shadow_stack,
     start_app,
 )
-from tests.support import wait_until
+from tests.support import reset_while_waiting, wait_until
 
 SHADOW_ROUTE = """
   - name: orders
@@ -284,17 +281,6 @@ async def test_failing_candidate_falls_back_inline_and_opens_breaker(tmp_path: P
         assert len(candidate.seen) == seen  # while open, the candidate gets nothing
 
 
-async def _reset_while_waiting(port: int, request: bytes, seen: Callable[[], bool]) -> None:
-    """Send `request`, wait until the candidate has it, then reset the connection."""
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
-    await writer.drain()
-    await wait_until(seen)
-    sock = writer.get_extra_info("socket")
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()  # RST
-
-
 async def test_clients_at_fault_are_no_verdict_and_users_who_give_up_are(tmp_path: Path) -> None:
     # found in review: a client's broken or too-slow request counted as a candidate failure
     # (five of them opened the breaker), while a user who gives up waiting for a response
@@ -326,7 +312,7 @@ async def test_clients_at_fault_are_no_verdict_and_users_who_give_up_are(tmp_pat
         for i in range(5):  # users who give up on a candidate that does not answer
             path = f"/api/slow-gone{i}"
             request = f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\n".encode()
-            await _reset_while_waiting(port, request, lambda p=path: p in candidate.seen)  # type: ignore[misc]
+            await reset_while_waiting(port, request, lambda p=path: p in candidate.seen)  # type: ignore[misc]
             await wait_until(lambda: plane.in_flight == 0)
         assert breaker.state == 1  # open: the next users go to legacy
     finally:
