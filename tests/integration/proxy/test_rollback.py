@@ -11,7 +11,14 @@ import aiohttp
 from proxy.app import Proxy
 from proxy.dataplane import RouteEntry
 from tests.integration.proxy.shadow_support import Side, shadow_config, shadow_stack, start_app
-from tests.support import free_port, start_serve, stop_process, wait_admin_ready, wait_for
+from tests.support import (
+    free_port,
+    start_serve,
+    stop_process,
+    wait_admin_ready,
+    wait_for,
+    wait_until,
+)
 
 CANARY_ALL = """
   - name: orders
@@ -98,7 +105,8 @@ async def test_operator_clear_restores_the_candidate(tmp_path: Path) -> None:
                         f"http://127.0.0.1:{port}/api/o{i}", headers={"X-User-Id": f"u{i}"}
                     ) as r:
                         await r.read()
-                assert _entry(proxy).held
+                # the window also hears from background copies, which may still be ending
+                await wait_until(lambda: _entry(proxy).held, timeout=10)
                 async with s.post(f"{admin}/-/routes/orders/clear") as r:
                     assert r.status == 401
                 async with s.post(
