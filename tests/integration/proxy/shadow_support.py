@@ -17,6 +17,7 @@ from aiohttp import web
 from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
+from tests.support import wait_until
 
 __all__ = ["Side", "shadow_stack", "start_app"]
 
@@ -154,6 +155,14 @@ async def shadow_stack(
     proxy = create_proxy(settings, access_log=log or AccessLog(enabled=False))
     await proxy.start()
     try:
+        # Start-up work can make the loop lag for a moment, and a lagging loop sheds copies
+        # (primary first): tests that count single copies start once admission is full.
+        hub = proxy.hub
+        if hub is not None:
+            ticked = hub.loop.time() + hub.tick_s  # a tick after start-up has judged the lag
+            await wait_until(
+                lambda: hub._lag_expected > ticked and not hub.shedding and hub.admit >= 1.0
+            )
         yield proxy, legacy, candidate
     finally:
         legacy.release.set()
