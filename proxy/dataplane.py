@@ -334,6 +334,8 @@ class _Exchange:
         "upstream",
     )
 
+    client_host: bytes  # set only when the head carries an override (off the hot path)
+
     def __init__(
         self,
         client: ClientConnection,
@@ -366,7 +368,6 @@ class _Exchange:
         self.upgrade_req = False
         self.upgrading = False
         self.retried = False
-        self.client_host: bytes | None = None  # kept when the head carries an override
         self.shadow: ShadowTap | None = None
         self.cap: _Capture | None = None
         self.done = False
@@ -641,8 +642,10 @@ class _Exchange:
         replay = self.replay
         if fb.host_header != plan.host_header:  # legacy's Host, not the candidate's
             head = replay[0]
-            host = fb.host_header if fb.host_header is not None else self.client_host
-            replay[0] = with_host(head, host or b"")
+            host = fb.host_header
+            if host is None:  # the client's, dropped from the head for the override
+                host = getattr(self, "client_host", b"")
+            replay[0] = with_host(head, host)
             self.replay_size += len(replay[0]) - len(head)
         self.up_buf = list(replay)
         self.up_size = self.replay_size
