@@ -631,6 +631,10 @@ class _LazyStore:
         await self.ensure()
         return await self.store.insert_batch(records)
 
+    async def insert_drops(self, drops: Sequence[tuple[str, str, int]]) -> None:
+        await self.ensure()
+        await self.store.insert_drops(drops)
+
 
 def _sockname(sock: socket.socket) -> tuple[str, int]:
     name = sock.getsockname()

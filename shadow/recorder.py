@@ -5,6 +5,10 @@
 Each route's counters keep `started = recorded + dropped + failed` once the writer is idle:
 every started shadow ends as a stored row (recorded), a drop (counted by reason, before
 or instead of a row) or a row the store never took (failed).
+
+Drops are stored too, added up: about once a second (and when the recorder stops) the
+writer adds one (route, reason, copies) row per reason with what was dropped since its
+last such row, so reports can show them without a row per shed copy.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class RecordSink(Protocol):
     """Where batches go: `shadow.store.Store`, or a fake in unit tests."""
 
     async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int: ...
+
+    async def insert_drops(self, drops: Sequence[tuple[str, str, int]]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -84,6 +90,7 @@ class Recorder:
         backoff_max: float = 5.0,
         write_timeout: float = 30.0,
         linger: float = 0.1,
+        drops_every: float = 1.0,
     ) -> None:
         if buffer_size < 1 or batch_size < 1:
             raise ValueError("buffer_size and batch_size must be positive")
@@ -109,6 +116,9 @@ class Recorder:
         self._last_error = ""
         self._batches = 0
         self._retries = 0
+        self._drops_every = drops_every
+        self._drops_at = -1e18  # clock time of the last attempt to store drop counts
+        self._drops_stored: dict[tuple[str, str], int] = {}
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -167,6 +177,7 @@ class Recorder:
 
         Whatever is still unwritten afterwards is counted as failed.
         """
+        started = time.monotonic()
         self._closed = True
         self._stopping.set()
         self._wake.set()
@@ -186,6 +197,8 @@ class Recorder:
         self._buf.clear()
         for rec in lost:
             self._counters(rec.route).failed += 1
+        if task is not None:  # the last drop counts, within what is left of the timeout
+            await self._store_drops(max(0.1, timeout - (time.monotonic() - started)))
         self._idle.set()
 
     async def flush(self, timeout: float = 5.0) -> bool:
@@ -240,12 +253,15 @@ class Recorder:
 
     async def _run(self) -> None:
         while True:
+            if self._clock() - self._drops_at >= self._drops_every:
+                await self._store_drops(self._write_timeout)
             if not self._buf:
                 self._idle.set()
                 if self._stopping.is_set():
                     return
                 self._wake.clear()
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):  # wake up for the drop counts too
+                    await asyncio.wait_for(self._wake.wait(), self._drops_every)
                 continue
             if (
                 len(self._buf) < self._batch_size
@@ -289,6 +305,53 @@ class Recorder:
             for rec in batch:
                 self._counters(rec.route).recorded += 1
             return
+
+    async def _store_drops(self, timeout: float) -> None:
+        """Store what was dropped since the last stored counts (one row per route and
+        reason); on failure nothing is marked stored, so the next attempt carries it."""
+        self._drops_at = self._clock()
+        rows = []
+        for route, counters in self._routes.items():
+            for reason, n in counters.dropped.items():
+                more = n - self._drops_stored.get((route, reason), 0)
+                if more > 0:
+                    rows.append((route, reason, more))
+        if not rows:
+            return
+        try:
+            await asyncio.wait_for(self._store.insert_drops(rows), timeout)
+        except asyncio.CancelledError:
+            raise
+        except StoreError as e:
+            if e.transient:  # carried to the next attempt
+                self._note_failure(e)
+                return
+            # about some row's data (a route name longer than the column): the others go in
+            rows = await self._drops_one_by_one(rows)
+        except Exception as e:  # the store is down, or too slow: carried to the next attempt
+            self._note_failure(e)
+            return
+        else:
+            self._down_since = None
+        for route, reason, more in rows:
+            key = (route, reason)
+            self._drops_stored[key] = self._drops_stored.get(key, 0) + more
+
+    async def _drops_one_by_one(
+        self, rows: list[tuple[str, str, int]]
+    ) -> list[tuple[str, str, int]]:
+        """The rows settled: stored, or refused for good (counted as stored, and logged)."""
+        settled = []
+        for row in rows:
+            try:
+                await self._store.insert_drops([row])
+            except StoreError as e:
+                if e.transient:
+                    self._note_failure(e)
+                    continue  # tried again with the next counts
+                _log.warning("recorder: drop counts of route %r not storable: %s", row[0], e)
+            settled.append(row)
+        return settled
 
     async def _write_one_by_one(self, batch: list[ComparisonRecord]) -> None:
         # A permanent error is about some record's data: isolate it instead of retrying forever.

@@ -1,6 +1,8 @@
 """The report's SQL: every aggregate per route, on SQLite and PostgreSQL.
 
-Counting is one GROUP BY scan (route, outcome, time bucket); paths come from the
+Counting is one GROUP BY scan (route, outcome, time bucket), plus the stored drop counts
+(`shadow_drops`, outcome `dropped`: shadow copies that ended without a comparison row);
+paths come from the
 `comparison_paths` table; latency percentiles are exact (PostgreSQL's percentile_cont
 semantics) but computed from a log-scale histogram plus a ranking of a few bins on
 PostgreSQL, and from window functions on SQLite. Only aggregates reach Python.
@@ -32,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shadow.record import DiffExample
 from shadow.report_model import Bucket, Latency, NoiseStat
-from shadow.store import Store, comparison_paths, comparisons
+from shadow.store import Store, comparison_paths, comparisons, shadow_drops
 
 __all__ = ["Aggregates", "RouteCounts", "TopPath", "Window", "read_aggregates"]
 
@@ -283,6 +285,11 @@ class _Queries:
                 cell = buckets.setdefault(route, {}).setdefault(int(b), [0, 0])
                 cell[0] += int(n)
                 cell[1] += int(n) if outcome == "mismatch" else 0
+        d = shadow_drops
+        drops = select(d.c.route, func.sum(d.c.copies)).where(self._window(d)).group_by(d.c.route)
+        for route, n in await self._conn.execute(drops):
+            c = counts.setdefault(route, RouteCounts())
+            c.outcomes["dropped"] = c.outcomes.get("dropped", 0) + int(n or 0)
         for route, c in counts.items():
             await self._describe(route, c)
         series = {

@@ -53,6 +53,7 @@ __all__ = [
     "metadata",
     "normalize_url",
     "route_changes",
+    "shadow_drops",
 ]
 
 
@@ -130,6 +131,19 @@ comparison_paths = Table(
     Column("example", Text),  # JSON DiffExample, redacted by the recorder's caller
     Index("ix_comparison_paths_route_time", "route", "time"),
     Index("ix_comparison_paths_time", "time"),
+)
+
+# Shadow copies that ended without a comparison row, added up per write: (route, reason,
+# how many since the writing process's last row). The report's `dropped` is their sum.
+shadow_drops = Table(
+    "shadow_drops",
+    metadata,
+    Column("time", _UtcDateTime(), nullable=False),
+    Column("route", String(200), nullable=False),
+    Column("reason", String(40), nullable=False),
+    Column("copies", BigInteger, nullable=False),
+    Index("ix_shadow_drops_route_time", "route", "time"),
+    Index("ix_shadow_drops_time", "time"),
 )
 
 route_changes = Table(
@@ -446,6 +460,20 @@ class Store:
             raise StoreError(f"cannot write comparisons to {self.url}: {e}") from e
         return len(records)
 
+    async def insert_drops(self, drops: Sequence[tuple[str, str, int]]) -> None:
+        """Add (route, reason, count) rows of dropped shadow copies, stamped now."""
+        if not drops:
+            return
+        now = datetime.now(UTC)
+        rows = [{"time": now, "route": r, "reason": why, "copies": n} for r, why, n in drops]
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(insert(shadow_drops), rows)
+        except exc.SQLAlchemyError as e:
+            raise self._error(f"cannot write {len(rows)} drop counts", e) from e
+        except OSError as e:
+            raise StoreError(f"cannot write drop counts to {self.url}: {e}") from e
+
     async def count(self, route: str | None = None) -> int:
         """How many comparisons are stored (for one route, or all)."""
         query = select(func.count()).select_from(comparisons)
@@ -455,10 +483,12 @@ class Store:
             return int(await conn.scalar(query) or 0)
 
     async def delete_before(self, cutoff: datetime) -> int:
-        """Delete comparisons (and their path rows) older than `cutoff`; return how many."""
+        """Delete comparisons (their path rows and the drop counts too) older than `cutoff`;
+        return how many comparisons."""
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(delete(comparison_paths).where(comparison_paths.c.time < cutoff))
+                await conn.execute(delete(shadow_drops).where(shadow_drops.c.time < cutoff))
                 result = await conn.execute(delete(comparisons).where(comparisons.c.time < cutoff))
         except exc.SQLAlchemyError as e:
             raise self._error("cannot delete old comparisons", e) from e

@@ -14,6 +14,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
 from shadow.recorder import RouteCounters
+from shadow.report import build_report
 from tests.integration.proxy.shadow_support import (
     CARD,
     EMAIL,
@@ -188,6 +189,25 @@ async def test_stored_data_and_logs_hold_no_personal_data(tmp_path: Path) -> Non
     for secret in (EMAIL, CARD, "4111111111111111", "Ann"):
         assert secret not in dump, secret
         assert secret not in logs, secret
+
+
+async def test_dropped_copies_reach_the_store_and_the_report(tmp_path: Path) -> None:
+    db = tmp_path / "d.db"
+    route = SHADOW_ROUTE.replace("max_concurrency: 64", "max_concurrency: 1")
+    async with shadow_stack(route, f"sqlite+aiosqlite:///{db}") as (proxy, legacy, _):
+        legacy.release.set()  # the candidate hangs: the first copy holds the only slot
+        port = proxy.address[1]
+        for i in range(5):
+            assert (await _get(port, f"/api/slow/{i}"))[0] == 200
+        await wait_until(lambda: _ended(proxy, 5), timeout=10)
+        c = _counters(proxy)
+        assert c.dropped == {"concurrency": 4} and c.outcomes == {"candidate_timeout": 1}, c
+    rows = sqlite3.connect(db).execute(
+        "SELECT route, reason, sum(copies) FROM shadow_drops GROUP BY route, reason"
+    )
+    assert list(rows) == [("orders", "concurrency", 4)]
+    report = await build_report(f"sqlite+aiosqlite:///{db}")
+    assert [(r.route, r.dropped, r.candidate_timeouts) for r in report.routes] == [("orders", 4, 1)]
 
 
 CANARY_ROUTE = """

@@ -10,12 +10,13 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from shadow.record import ComparisonRecord
 from shadow.recorder import Recorder, RouteCounters
-from shadow.store import Store
-from tests.support import free_port, wait_until
+from shadow.store import Store, shadow_drops
+from tests.support import free_port, wait_for, wait_until
 
 ROUTES = ("order-show", "order-list", "order-create")
 
@@ -299,6 +300,9 @@ class _StuckThenWorking:
         self.written.extend(records)
         return len(records)
 
+    async def insert_drops(self, drops: Sequence[tuple[str, str, int]]) -> None:
+        pass
+
 
 async def test_a_write_that_never_returns_is_timed_out_and_retried() -> None:
     sink = _StuckThenWorking()
@@ -310,3 +314,67 @@ async def test_a_write_that_never_returns_is_timed_out_and_retried() -> None:
     assert sink.calls == 2 and len(sink.written) == 30
     assert recorder.retries == 1
     assert _totals(recorder.counters()) == (30, 30, 0, 0)
+
+
+async def _stored_drops(store: Store) -> dict[tuple[str, str], int]:
+    query = select(shadow_drops.c.route, shadow_drops.c.reason, func.sum(shadow_drops.c.copies))
+    async with store.engine.connect() as conn:
+        rows = await conn.execute(query.group_by(shadow_drops.c.route, shadow_drops.c.reason))
+    return {(route, reason): int(n) for route, reason, n in rows}
+
+
+async def _stored_is(store: Store, want: dict[tuple[str, str], int]) -> bool:
+    return await _stored_drops(store) == want
+
+
+def _counted_drops(recorder: Recorder) -> dict[tuple[str, str], int]:
+    return {
+        (route, reason): n
+        for route, c in recorder.counters().items()
+        for reason, n in c.dropped.items()
+    }
+
+
+async def test_drop_counts_are_stored_once_each(store_url: str) -> None:
+    store = await Store.open(store_url)
+    recorder = Recorder(store, buffer_size=10, batch_size=5, drops_every=0.05)
+    await recorder.start()
+    try:
+        recorder.note_shed("order-show", "shed", 5)
+        recorder.note_started("order-list")
+        recorder.note_dropped("order-list", "timeout")
+        want = {("order-show", "shed"): 5, ("order-list", "timeout"): 1}
+        await wait_for(lambda: _stored_is(store, want))
+        recorder.note_shed("order-show", "shed", 2)  # only the new ones are added
+        _feed(recorder, 0, 30)  # 20 of them find the buffer full
+        await recorder.stop(5)
+        assert await _stored_drops(store) == _counted_drops(recorder)
+        assert _counted_drops(recorder)[("order-show", "shed")] == 7
+        assert sum(_counted_drops(recorder).values()) == 7 + 1 + 20
+    finally:
+        await store.close()
+    _assert_balanced(recorder)
+
+
+async def test_drop_counts_wait_for_a_store_that_is_down(pg_url: str) -> None:
+    direct = await Store.open(pg_url)
+    port = free_port()
+    relay_url, target = _via(pg_url, port)
+    relay = Forwarder(port, target)
+    store = Store(relay_url, connect_timeout=1)
+    recorder = Recorder(store, buffer_size=10, batch_size=5, drops_every=0.05)
+    await recorder.start()
+    try:
+        recorder.note_shed("order-show", "shed", 3)
+        await wait_until(lambda: recorder.store_down_for is not None, timeout=10)
+        recorder.note_shed("order-show", "concurrency", 4)
+        await relay.start()
+        want = {("order-show", "shed"): 3, ("order-show", "concurrency"): 4}
+        await wait_for(lambda: _stored_is(direct, want), timeout=10)
+        await wait_until(lambda: recorder.store_down_for is None)
+    finally:
+        await recorder.stop(5)
+        await relay.stop()
+        await store.close()
+    assert await _stored_drops(direct) == want  # nothing twice
+    await direct.close()

@@ -104,6 +104,20 @@ async def test_window_and_route_filters(store: Store) -> None:
     assert sum(b.samples for b in show.series) == show.samples
 
 
+async def test_stored_drop_counts_are_the_dropped_column(store: Store) -> None:
+    await store.insert_drops([(SHOW, "shed", 40), (SHOW, "concurrency", 2)])
+    await store.insert_drops([(SHOW, "shed", 1), ("order-cancel", "timeout", 7)])
+    report = await build_report(store, default_thresholds=LENIENT)
+    by_name = {r.route: r for r in report.routes}
+    assert by_name[SHOW].dropped == 2 + 43  # the synthetic rows and the counts
+    assert by_name[SHOW].samples == 978  # drops are not samples
+    cancel = by_name["order-cancel"]  # a route whose every copy was dropped is there too
+    assert (cancel.dropped, cancel.samples, cancel.passed) == (7, 0, False)
+    # stamped when written (now), so a window that ends before then leaves them out
+    before = await build_report(store, until=BASE + timedelta(days=1), routes=[SHOW])
+    assert before.routes[0].dropped == 2
+
+
 async def test_a_named_route_without_data_fails_its_minimum(store: Store) -> None:
     report: Report = await build_report(store, routes=[LIST, "ghost"], default_thresholds=LENIENT)
     assert [r.route for r in report.routes] == ["ghost", LIST]

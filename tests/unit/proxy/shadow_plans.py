@@ -32,6 +32,9 @@ class NoStore:
     async def insert_batch(self, records: object) -> int:
         return 0
 
+    async def insert_drops(self, drops: object) -> None:
+        pass
+
 
 def hub_and_plan(loop: asyncio.AbstractEventLoop) -> tuple[ShadowHub, ShadowPlan]:
     """A hub with an in-memory recorder and the plan of the config's `show` route."""
