@@ -1193,6 +1193,7 @@ class ClientConnection(asyncio.Protocol):
             plane.metrics.client_errors.labels("timeout").inc()
             if self.current is None or (self.current is self.reading and self.current.status == 0):
                 if self.current is not None:
+                    self.current.status = 408  # what the client is told (logged so, not 499)
                     self.current.client_gone("client_timeout")
                     self.current = None
                 self._reply_error(408, "request_timeout", "request not received in time")

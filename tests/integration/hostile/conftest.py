@@ -67,14 +67,17 @@ routes:
 
 
 @asynccontextmanager
-async def hostile_stack(extra: str = "", log: BinaryIO | None = None) -> AsyncIterator[Hostile]:
-    """A proxy with routes to two recording upstreams and `extra` top-level YAML."""
+async def hostile_stack(
+    extra: str = "", log: BinaryIO | None = None, *, access: bool = False
+) -> AsyncIterator[Hostile]:
+    """A proxy with routes to two recording upstreams and `extra` top-level YAML; `log`
+    gets its events (and, with `access`, its access log lines too)."""
     legacy = await EchoUpstream().start()
     orders = await EchoUpstream().start()
     try:
         proxy = create_proxy(
             loads(hostile_config(legacy.url, orders.url, extra), "hostile.yaml"),
-            access_log=AccessLog(log, enabled=False),
+            access_log=AccessLog(log, enabled=access),
         )
         await proxy.start()
         try:

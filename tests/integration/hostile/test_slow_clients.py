@@ -70,7 +70,8 @@ async def test_a_silent_connection_is_closed_at_the_header_timeout() -> None:
 
 
 async def test_a_stalled_body_times_out_and_the_upstream_leg_is_cut() -> None:
-    async with hostile_stack(LIMITS) as h:
+    log = io.BytesIO()
+    async with hostile_stack(LIMITS, log=log, access=True) as h:
         reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
         writer.write(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
         await asyncio.wait_for(h.legacy.got_request.wait(), 5)
@@ -82,6 +83,9 @@ async def test_a_stalled_body_times_out_and_the_upstream_leg_is_cut() -> None:
         assert elapsed < 0.5 + _SWEEP + _SLACK
         await asyncio.wait_for(h.legacy.lost.wait(), 5)
         assert [(r.target, r.complete) for r in h.legacy.received] == [(b"/upload", False)]
+    # logged with the status the client was sent
+    [line] = [e for e in map(orjson.loads, log.getvalue().splitlines()) if e.get("path")]
+    assert (line["path"], line["status"], line["error"]) == ("/upload", 408, "client_timeout")
 
 
 async def _idle_after_one_request() -> tuple[bytes, float]:
