@@ -107,6 +107,15 @@ def _via(pg_url: str, port: int) -> tuple[str, tuple[str, int]]:
     return url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False), target
 
 
+async def _behind_relay(pg_url: str) -> tuple[Store, Forwarder, Store]:
+    """A store opened directly (schema ready), a relay to PostgreSQL not started yet, and a
+    store whose every connection goes through that relay."""
+    direct = await Store.open(pg_url)
+    port = free_port()
+    relay_url, target = _via(pg_url, port)
+    return direct, Forwarder(port, target), Store(relay_url, connect_timeout=2)
+
+
 async def test_everything_recorded_on_a_healthy_store(sqlite_url: str) -> None:
     store = await Store.open(sqlite_url)
     recorder = Recorder(store, buffer_size=5000, batch_size=200)
@@ -144,11 +153,8 @@ async def test_a_full_buffer_drops_and_counts(sqlite_url: str) -> None:
 
 
 async def test_store_down_at_start_then_up_keeps_what_fits(pg_url: str) -> None:
-    direct = await Store.open(pg_url)  # the schema exists; the recorder's path to it does not
-    port = free_port()
-    relay_url, target = _via(pg_url, port)
-    relay = Forwarder(port, target)
-    store = Store(relay_url, connect_timeout=2)
+    # the schema exists; the recorder's path to it does not (the relay is not started)
+    direct, relay, store = await _behind_relay(pg_url)
     recorder = Recorder(store, buffer_size=500, batch_size=100, backoff_max=0.2)
     await recorder.start()
     try:
@@ -171,12 +177,8 @@ async def test_store_down_at_start_then_up_keeps_what_fits(pg_url: str) -> None:
 
 
 async def test_connections_cut_mid_run_lose_nothing_the_buffer_holds(pg_url: str) -> None:
-    direct = await Store.open(pg_url)
-    port = free_port()
-    relay_url, target = _via(pg_url, port)
-    relay = Forwarder(port, target)
+    direct, relay, store = await _behind_relay(pg_url)
     await relay.start()
-    store = Store(relay_url, connect_timeout=2)
     recorder = Recorder(store, buffer_size=5000, batch_size=100, backoff_max=0.2)
     await recorder.start()
     try:
@@ -357,11 +359,7 @@ async def test_drop_counts_are_stored_once_each(store_url: str) -> None:
 
 
 async def test_drop_counts_wait_for_a_store_that_is_down(pg_url: str) -> None:
-    direct = await Store.open(pg_url)
-    port = free_port()
-    relay_url, target = _via(pg_url, port)
-    relay = Forwarder(port, target)
-    store = Store(relay_url, connect_timeout=1)
+    direct, relay, store = await _behind_relay(pg_url)
     recorder = Recorder(store, buffer_size=10, batch_size=5, drops_every=0.05)
     await recorder.start()
     try:
