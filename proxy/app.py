@@ -631,9 +631,11 @@ class _LazyStore:
         await self.ensure()
         return await self.store.insert_batch(records)
 
-    async def insert_drops(self, drops: Sequence[tuple[str, str, int]]) -> None:
+    async def insert_drops(
+        self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
+    ) -> None:
         await self.ensure()
-        await self.store.insert_drops(drops)
+        await self.store.insert_drops(writer, seq, drops)
 
 
 def _sockname(sock: socket.socket) -> tuple[str, int]:

@@ -1229,6 +1229,7 @@ class ClientConnection(asyncio.Protocol):
             if cur.resp_started:
                 self.abort()
                 return
+            cur.status = status  # what the client is told (logged so, not 499)
             cur.client_gone("bad_request")
             self.current = None
         self._reply_error(status, code, message)

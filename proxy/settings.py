@@ -623,6 +623,8 @@ def _schema_message(kind: str, sub: dict[str, Any], value: object, fallback: str
         return f"{value} is above the maximum of {sub['maximum']}"
     if kind == "exclusiveMinimum":
         return f"{value} must be greater than {sub['exclusiveMinimum']}"
+    if kind == "maxLength" and isinstance(value, str):
+        return f"{len(value)} characters, more than the {sub['maxLength']} allowed"
     if kind in ("minItems", "minLength") and sub.get(kind) == 1:
         return "must not be empty"
     if kind in ("minProperties", "maxProperties"):

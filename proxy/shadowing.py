@@ -1001,7 +1001,10 @@ class ShadowHub:
             )
         )
         self._count(plan.state, verdict.outcome)
-        self.observe(plan.state, verdict.outcome, legacy_ms, cand_ms)
+        try:  # recorded: a failure from here on must not count this copy again as a drop
+            self.observe(plan.state, verdict.outcome, legacy_ms, cand_ms)
+        except Exception:
+            _log.exception("shadow: the rollback check failed for %s", plan.route)
 
     def _complete_equal(self, call: ShadowCall) -> bool:
         """Whether the fast path applies: same compared header bytes and same body bytes

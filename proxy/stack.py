@@ -248,7 +248,8 @@ class Stack:
                     stored = await store.count()
                 except Exception:  # the schema may not exist before the first batch
                     stored = 0
-                if settled and stored >= written and (recorder is None or not recorder.buffered):
+                idle = recorder is None or not (recorder.buffered or recorder.drops_unstored)
+                if settled and stored >= written and idle:
                     return stored
                 if time.monotonic() > deadline:
                     raise StackError(

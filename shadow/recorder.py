@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,9 @@ class RecordSink(Protocol):
 
     async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int: ...
 
-    async def insert_drops(self, drops: Sequence[tuple[str, str, int]]) -> None: ...
+    async def insert_drops(
+        self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
+    ) -> None: ...
 
 
 @dataclass(slots=True)
@@ -118,7 +121,12 @@ class Recorder:
         self._retries = 0
         self._drops_every = drops_every
         self._drops_at = -1e18  # clock time of the last attempt to store drop counts
-        self._drops_stored: dict[tuple[str, str], int] = {}
+        # Drop counts in the store: per (route, reason), how many a batch has claimed; the
+        # batch not yet confirmed (sent again, under its number, until it is).
+        self._drops_claimed: dict[tuple[str, str], int] = {}
+        self._drops_pending: list[tuple[str, str, int]] = []
+        self._drops_seq = 0
+        self._writer_id = uuid.uuid4().hex
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -198,7 +206,7 @@ class Recorder:
         for rec in lost:
             self._counters(rec.route).failed += 1
         if task is not None:  # the last drop counts, within what is left of the timeout
-            await self._store_drops(max(0.1, timeout - (time.monotonic() - started)))
+            await self._store_drops(max(0.1, timeout - (time.monotonic() - started)), all_=True)
         self._idle.set()
 
     async def flush(self, timeout: float = 5.0) -> bool:
@@ -222,6 +230,16 @@ class Recorder:
     def buffered(self) -> int:
         """Records waiting in memory (queued plus the batch being written)."""
         return len(self._buf) + len(self._inflight)
+
+    @property
+    def drops_unstored(self) -> int:
+        """Dropped copies whose counts are not confirmed in the store yet."""
+        unclaimed = sum(
+            n - self._drops_claimed.get((route, reason), 0)
+            for route, counters in self._routes.items()
+            for reason, n in counters.dropped.items()
+        )
+        return unclaimed + sum(n for _, _, n in self._drops_pending)
 
     @property
     def in_flight(self) -> int:
@@ -306,52 +324,41 @@ class Recorder:
                 self._counters(rec.route).recorded += 1
             return
 
-    async def _store_drops(self, timeout: float) -> None:
-        """Store what was dropped since the last stored counts (one row per route and
-        reason); on failure nothing is marked stored, so the next attempt carries it."""
+    async def _store_drops(self, timeout: float, *, all_: bool = False) -> None:
+        """Store what was dropped since the last batch of counts (one row per route and
+        reason), or send the batch still unconfirmed again (same number: stored at most once).
+        Never raises: a failed batch waits for the next attempt. `all_`: also what was
+        dropped while an unconfirmed batch was resent (when stopping)."""
         self._drops_at = self._clock()
-        rows = []
-        for route, counters in self._routes.items():
-            for reason, n in counters.dropped.items():
-                more = n - self._drops_stored.get((route, reason), 0)
-                if more > 0:
-                    rows.append((route, reason, more))
-        if not rows:
-            return
-        try:
-            await asyncio.wait_for(self._store.insert_drops(rows), timeout)
-        except asyncio.CancelledError:
-            raise
-        except StoreError as e:
-            if e.transient:  # carried to the next attempt
+        while True:
+            resent = bool(self._drops_pending)
+            if not resent:
+                rows = []
+                for route, counters in self._routes.items():
+                    for reason, n in counters.dropped.items():
+                        key = (route, reason)
+                        more = n - self._drops_claimed.get(key, 0)
+                        if more > 0:
+                            rows.append((route, reason, more))
+                            self._drops_claimed[key] = n
+                if not rows:
+                    return
+                self._drops_seq += 1
+                self._drops_pending = rows
+            try:
+                await asyncio.wait_for(
+                    self._store.insert_drops(self._writer_id, self._drops_seq, self._drops_pending),
+                    timeout,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the store is down, slow or refusing: kept for next time
                 self._note_failure(e)
                 return
-            # about some row's data (a route name longer than the column): the others go in
-            rows = await self._drops_one_by_one(rows)
-        except Exception as e:  # the store is down, or too slow: carried to the next attempt
-            self._note_failure(e)
-            return
-        else:
             self._down_since = None
-        for route, reason, more in rows:
-            key = (route, reason)
-            self._drops_stored[key] = self._drops_stored.get(key, 0) + more
-
-    async def _drops_one_by_one(
-        self, rows: list[tuple[str, str, int]]
-    ) -> list[tuple[str, str, int]]:
-        """The rows settled: stored, or refused for good (counted as stored, and logged)."""
-        settled = []
-        for row in rows:
-            try:
-                await self._store.insert_drops([row])
-            except StoreError as e:
-                if e.transient:
-                    self._note_failure(e)
-                    continue  # tried again with the next counts
-                _log.warning("recorder: drop counts of route %r not storable: %s", row[0], e)
-            settled.append(row)
-        return settled
+            self._drops_pending = []
+            if not (all_ and resent):
+                return
 
     async def _write_one_by_one(self, batch: list[ComparisonRecord]) -> None:
         # A permanent error is about some record's data: isolate it instead of retrying forever.

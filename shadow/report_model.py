@@ -154,7 +154,7 @@ class RouteReport:
 
     @property
     def total(self) -> int:
-        """Every stored comparison of the route in the window."""
+        """Every copy of the route in the window: its stored comparisons and drop counts."""
         return self.samples + self.errors + self.skipped + self.dropped
 
     @property

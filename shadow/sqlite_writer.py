@@ -23,7 +23,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -125,6 +125,23 @@ class SqliteWriter:
         The write lock is held from BEGIN IMMEDIATE to COMMIT, so the new rowids are the
         last len(rows) ones (INTEGER PRIMARY KEY allocates max(rowid) + 1).
         """
+
+        async def body(db: sqlite3.Connection) -> None:
+            await self._insert(db, rows_sql, items, row)
+            last = int(db.execute("SELECT max(rowid) FROM comparisons").fetchone()[0] or 0)
+            await self._insert(db, paths_sql, path_rows(last - len(items) + 1), tuple)
+
+        await self._transaction(body)
+
+    async def insert(self, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert `rows` with `sql` in one transaction (a few rows: not chunked)."""
+
+        async def body(db: sqlite3.Connection) -> None:
+            db.executemany(sql, rows)
+
+        await self._transaction(body)
+
+    async def _transaction(self, body: Callable[[sqlite3.Connection], Awaitable[None]]) -> None:
         async with self._lock:  # one transaction at a time on the one connection
             try:
                 if self._db is not None and self._replaced():
@@ -136,9 +153,7 @@ class SqliteWriter:
                     self._drop_connection()
                 raise _error(e) from e
             try:
-                await self._insert(db, rows_sql, items, row)
-                last = int(db.execute("SELECT max(rowid) FROM comparisons").fetchone()[0] or 0)
-                await self._insert(db, paths_sql, path_rows(last - len(items) + 1), tuple)
+                await body(db)
                 db.execute("COMMIT")
             except BaseException as e:  # cancelled too: never leave the transaction open
                 with contextlib.suppress(sqlite3.Error):

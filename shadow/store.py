@@ -36,6 +36,8 @@ from sqlalchemy import (
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -134,7 +136,9 @@ comparison_paths = Table(
 )
 
 # Shadow copies that ended without a comparison row, added up per write: (route, reason,
-# how many since the writing process's last row). The report's `dropped` is their sum.
+# how many since the writing recorder's previous batch). The report's `dropped` is their
+# sum. A recorder numbers its batches (writer, seq) and resends one until it is confirmed:
+# the unique key makes a resent batch that had committed after all change nothing.
 shadow_drops = Table(
     "shadow_drops",
     metadata,
@@ -142,8 +146,11 @@ shadow_drops = Table(
     Column("route", String(200), nullable=False),
     Column("reason", String(40), nullable=False),
     Column("copies", BigInteger, nullable=False),
+    Column("writer", String(32), nullable=False),
+    Column("seq", BigInteger, nullable=False),
     Index("ix_shadow_drops_route_time", "route", "time"),
     Index("ix_shadow_drops_time", "time"),
+    Index("ux_shadow_drops_batch", "writer", "seq", "route", "reason", unique=True),
 )
 
 route_changes = Table(
@@ -175,6 +182,11 @@ _PATH_COLUMNS = ("comparison_id", "kind", "pattern", "route", "time", "example")
 _SQLITE_PATHS_INSERT = (
     f"INSERT INTO comparison_paths ({', '.join(_PATH_COLUMNS)})"
     f" VALUES ({', '.join('?' for _ in _PATH_COLUMNS)})"
+)
+_DROP_COLUMNS = ("time", "route", "reason", "copies", "writer", "seq")
+_SQLITE_DROPS_INSERT = (
+    f"INSERT OR IGNORE INTO shadow_drops ({', '.join(_DROP_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in _DROP_COLUMNS)})"
 )
 _RESERVE_IDS = text(
     "SELECT nextval(pg_get_serial_sequence('comparisons', 'id')) FROM generate_series(1, :n)"
@@ -460,15 +472,33 @@ class Store:
             raise StoreError(f"cannot write comparisons to {self.url}: {e}") from e
         return len(records)
 
-    async def insert_drops(self, drops: Sequence[tuple[str, str, int]]) -> None:
-        """Add (route, reason, count) rows of dropped shadow copies, stamped now."""
+    async def insert_drops(
+        self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
+    ) -> None:
+        """Add batch `seq` of `writer`: (route, reason, copies) rows of dropped shadow
+        copies, stamped now. A batch already stored (sent again after a lost answer) is
+        left as it is."""
         if not drops:
             return
         now = datetime.now(UTC)
-        rows = [{"time": now, "route": r, "reason": why, "copies": n} for r, why, n in drops]
+        if self._writer is not None:  # the file the comparisons go to, without waiting
+            values = [(_sqlite_time(now), r, why, n, writer, seq) for r, why, n in drops]
+            try:
+                await self._writer.insert(_SQLITE_DROPS_INSERT, values)
+            except SqliteWriterError as e:
+                raise StoreError(
+                    f"cannot write {len(values)} drop counts at {self.url}: {e}",
+                    transient=e.transient,
+                ) from e
+            return
+        rows = [
+            {"time": now, "route": r, "reason": why, "copies": n, "writer": writer, "seq": seq}
+            for r, why, n in drops
+        ]
+        upsert = pg_insert if self.dialect == "postgresql" else sqlite_insert
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(insert(shadow_drops), rows)
+                await conn.execute(upsert(shadow_drops).on_conflict_do_nothing(), rows)
         except exc.SQLAlchemyError as e:
             raise self._error(f"cannot write {len(rows)} drop counts", e) from e
         except OSError as e:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
+import orjson
 import pytest
 
 from tests.integration.hostile.cases import CASES, KNOWN_GAPS, HostileCase
@@ -101,3 +103,16 @@ async def test_configured_limits_apply(limits: str, request_bytes: bytes, status
         resp = await raw_exchange(h.port, request_bytes)
         assert resp.status == status
         assert len(h.legacy.received) == (1 if status == 200 else 0)
+
+
+async def test_a_body_found_malformed_is_logged_with_the_400_the_client_got() -> None:
+    log = io.BytesIO()
+    async with hostile_stack(log=log, access=True) as h:
+        await h.warm()
+        request = b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        resp = await raw_exchange(h.port, request + b"zz\r\nabc\r\n0\r\n\r\n")
+        assert resp.status == 400
+    lines = [e for e in map(orjson.loads, log.getvalue().splitlines()) if e.get("path")]
+    assert [(e["path"], e["status"], e.get("error")) for e in lines if e["method"] == "POST"] == [
+        ("/upload", 400, "bad_request")
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -302,7 +303,9 @@ class _StuckThenWorking:
         self.written.extend(records)
         return len(records)
 
-    async def insert_drops(self, drops: Sequence[tuple[str, str, int]]) -> None:
+    async def insert_drops(
+        self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
+    ) -> None:
         pass
 
 
@@ -376,3 +379,81 @@ async def test_drop_counts_wait_for_a_store_that_is_down(pg_url: str) -> None:
         await store.close()
     assert await _stored_drops(direct) == want  # nothing twice
     await direct.close()
+
+
+class _AnswerLost:
+    """A store whose first drop batch commits but whose answer never arrives (a timeout, a
+    cut connection after COMMIT): the recorder sends the batch again."""
+
+    def __init__(self, store: Store, *, hang: bool) -> None:
+        self.store = store
+        self.hang = hang
+        self.calls: list[int] = []
+
+    async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
+        return await self.store.insert_batch(records)
+
+    async def insert_drops(
+        self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
+    ) -> None:
+        self.calls.append(seq)
+        await self.store.insert_drops(writer, seq, drops)
+        if len(self.calls) == 1:
+            if self.hang:
+                await asyncio.Event().wait()
+            raise OSError("connection reset after commit")
+
+
+@pytest.mark.parametrize("hang", [False, True])
+async def test_a_drop_batch_whose_answer_was_lost_is_stored_once(
+    store_url: str, hang: bool
+) -> None:
+    store = await Store.open(store_url)
+    sink = _AnswerLost(store, hang=hang)
+    recorder = Recorder(sink, buffer_size=10, batch_size=5, drops_every=0.05, write_timeout=0.2)
+    await recorder.start()
+    try:
+        recorder.note_shed("order-show", "shed", 5)
+        await wait_until(lambda: len(sink.calls) >= 2, timeout=10)
+        recorder.note_shed("order-show", "shed", 2)
+        await recorder.stop(5)
+        assert sink.calls[:2] == [1, 1]  # the same batch, under the same number
+        assert await _stored_drops(store) == {("order-show", "shed"): 7}
+        assert recorder.drops_unstored == 0
+    finally:
+        await store.close()
+
+
+class _BrokenDrops:
+    """A sink whose drop counts fail with a bug's exception, or never answer."""
+
+    def __init__(self, hang: bool) -> None:
+        self.hang = hang
+        self.written = 0
+
+    async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
+        self.written += len(records)
+        return len(records)
+
+    async def insert_drops(
+        self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
+    ) -> None:
+        if self.hang:
+            await asyncio.Event().wait()
+        raise RuntimeError("a bug in the sink")
+
+
+@pytest.mark.parametrize("hang", [False, True])
+async def test_drop_counts_that_fail_never_stop_the_writer_nor_hang_stop(hang: bool) -> None:
+    sink = _BrokenDrops(hang)
+    recorder = Recorder(sink, buffer_size=100, batch_size=10, drops_every=0.05, write_timeout=0.2)
+    await recorder.start()
+    recorder.note_shed("order-show", "shed", 3)
+    await wait_until(lambda: recorder.last_error != "", timeout=10)
+    _feed(recorder, 0, 20)  # comparisons are still written
+    assert await recorder.flush(10)
+    started = time.monotonic()
+    await recorder.stop(1.0)
+    assert time.monotonic() - started < 3.0
+    assert sink.written == 20 and recorder.drops_unstored == 3
+    _assert_balanced(recorder)

@@ -105,8 +105,9 @@ async def test_window_and_route_filters(store: Store) -> None:
 
 
 async def test_stored_drop_counts_are_the_dropped_column(store: Store) -> None:
-    await store.insert_drops([(SHOW, "shed", 40), (SHOW, "concurrency", 2)])
-    await store.insert_drops([(SHOW, "shed", 1), ("order-cancel", "timeout", 7)])
+    await store.insert_drops("w1", 1, [(SHOW, "shed", 40), (SHOW, "concurrency", 2)])
+    await store.insert_drops("w1", 2, [(SHOW, "shed", 1), ("order-cancel", "timeout", 7)])
+    await store.insert_drops("w1", 2, [(SHOW, "shed", 1)])  # a batch sent again: no change
     report = await build_report(store, default_thresholds=LENIENT)
     by_name = {r.route: r for r in report.routes}
     assert by_name[SHOW].dropped == 2 + 43  # the synthetic rows and the counts

@@ -108,7 +108,7 @@ async def test_a_version_1_store_is_migrated_on_start_and_keeps_its_rows(pg_url:
     async with Store(pg_url) as store:
         await store.init()
         assert await store.schema_version() == SCHEMA_VERSION == 2
-        await store.insert_drops([("order-show", "shed", 3)])
+        await store.insert_drops("w", 1, [("order-show", "shed", 3)])
         assert await store.count() == 1
         async with store.engine.connect() as conn:
             assert (await conn.execute(select(shadow_drops.c.copies))).scalars().all() == [3]

@@ -32,7 +32,7 @@ class NoStore:
     async def insert_batch(self, records: object) -> int:
         return 0
 
-    async def insert_drops(self, drops: object) -> None:
+    async def insert_drops(self, writer: str, seq: int, drops: object) -> None:
         pass
 
 

@@ -314,6 +314,11 @@ def route(extra: str = "", path: str = "/a") -> str:
         (BASE.replace("app", "app\n    host_header: 'a b'"), "'a b'", "not a valid host name"),
         (BASE.replace("app", 'app\n    host_header: "a\\r\\nx: y"'), '"a', "not a valid host name"),
         (BASE + "store: {url: strangler.db}\n", "strangler.db", "postgresql+psycopg://"),
+        (
+            BASE + f"routes:\n  - name: {'r' * 201}\n    match: {{path: /x}}\n",
+            "r" * 201,
+            "201 characters, more than the 200 allowed",
+        ),
         (BASE + "access_log: 'yes'\n", "'yes'", "true or false"),
         (route("    mode: shadow\n"), "shadow", "needs a candidate"),
         (route("    candidate: orders\n    mode: canary\n"), "canary", "needs canary.percent"),

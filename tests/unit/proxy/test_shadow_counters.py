@@ -48,3 +48,24 @@ def test_a_helper_acknowledges_only_ends_the_metrics_already_show(
     dropped = value("strangler_shadow_dropped_total", {"route": plan.route, "reason": "stale"})
     assert (recorded, dropped) == (2, 1)
     hub.stop()
+
+
+def test_a_failing_rollback_check_after_the_record_counts_the_copy_once(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    hub, plan = hub_and_plan(loop)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("the hold board is not writable")
+
+    hub.observe = broken  # type: ignore[method-assign, assignment]
+    hub.recorder.note_started(plan.route)
+    call = hub.start_call(plan, "GET", "/orders/7", "rid-1", b"GET /orders/7 HTTP/1.1\r\n\r\n")
+    call.served_head(200, [])
+    call.served_chunk(b"{}")
+    call.sent = True
+    leg = call.leg
+    leg.status, leg.body, leg.done = 200, [b"{}"], True
+    call.served_end(True)
+    counters = hub.recorder.counters()[plan.route]
+    assert counters.outcomes == {"match": 1} and counters.dropped == {}
