@@ -6,7 +6,7 @@ from collections import deque
 from collections.abc import Callable
 from time import monotonic
 
-__all__ = ["Breaker"]
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "Breaker"]
 
 CLOSED, OPEN, HALF_OPEN = 0, 1, 2
 
@@ -76,8 +76,9 @@ class Breaker:
         return True
 
     def abandon(self) -> None:
-        """A request ended without a verdict on the backend (the client's fault): a probe's
-        turn goes to the next request."""
+        """The probe ended without a verdict on the backend (the client's fault): its turn
+        goes to the next request. Only the probe's own end may call this (the data plane
+        marks the request `allow` admitted while half-open)."""
         if self.state == HALF_OPEN:
             self._probing = False
 

@@ -21,7 +21,7 @@ import httptools
 import orjson
 
 from proxy.accesslog import AccessLog
-from proxy.breaker import Breaker
+from proxy.breaker import HALF_OPEN, Breaker
 from proxy.metrics import Metrics, RouteMetrics
 from proxy.pathguard import is_suspicious, readings
 from proxy.shadowing import (
@@ -309,6 +309,7 @@ class _Exchange:
         "chunked_resp",
         "client",
         "client_host",
+        "probe",
         "close_after",
         "close_delimited",
         "done",
@@ -335,6 +336,7 @@ class _Exchange:
     )
 
     client_host: bytes  # set only when the head carries an override (off the hot path)
+    probe: bool  # set only on a half-open breaker's probe (read off the hot path)
 
     def __init__(
         self,
@@ -688,7 +690,8 @@ class _Exchange:
         plan = self.plan
         br = plan.breaker
         if br is not None and error is not None and self._no_verdict(error):
-            br.abandon()
+            if getattr(self, "probe", False):  # an earlier request never holds the turn
+                br.abandon()
         elif br is not None:
             failed = error is not None or self.status >= 500
             if failed:
@@ -748,6 +751,14 @@ class _Exchange:
         if self.status == 0:
             self.status = 499
         self._end(why)
+
+
+def _discard(ex: _Exchange) -> None:
+    """A pipelined request never started (its client left): its shadow copy ends too."""
+    ex.done = True
+    if ex.shadow is not None:
+        ex.shadow.served_end(False)  # counted, as for a request whose client left mid-way
+        ex.shadow = None
 
 
 # How a client can end an exchange by its own fault (a bad request, a body too slow)
@@ -896,6 +907,14 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # Half-close: finish the response in flight, then close.
         self.keep_alive = False
+        cut = self.reading
+        if cut is not None:  # a request whose body stopped short can never complete
+            self.reading = None
+            if cut is self.current:
+                return False  # closed: connection_lost ends it as a client gone
+            if cut in self.queue:
+                self.queue.remove(cut)
+                _discard(cut)
         return self.current is not None or bool(self.queue)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -908,7 +927,7 @@ class ClientConnection(asyncio.Protocol):
         if ex is not None:
             ex.client_gone()
         for queued in self.queue:
-            queued.done = True
+            _discard(queued)
         self.queue.clear()
         self.transport = None
 
@@ -1055,6 +1074,9 @@ class ClientConnection(asyncio.Protocol):
         ex = _Exchange(self, plan, method, path, head, request_id)
         if host_override is not None:
             ex.client_host = host  # what a fallback without an override sends instead
+        br = plan.breaker
+        if br is not None and br.state == HALF_OPEN:  # admitted half-open: the probe
+            ex.probe = True
         ex.chunked_req = self._chunked
         if plan.shadow is not None and plane.hub is not None:
             ex.shadow = plane.hub.begin(plan.shadow, method, path, request_id, headers, head)

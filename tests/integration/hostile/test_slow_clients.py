@@ -88,6 +88,35 @@ async def test_a_stalled_body_times_out_and_the_upstream_leg_is_cut() -> None:
     assert (line["path"], line["status"], line["error"]) == ("/upload", 408, "client_timeout")
 
 
+async def test_a_client_that_half_closes_mid_body_ends_its_exchange_at_once() -> None:
+    """A body cut short by the client's FIN can never complete: the exchange ends then (as
+    a client gone), not at the body deadline, and the backend's connection is cut."""
+    log = io.BytesIO()
+    async with hostile_stack(
+        LIMITS.replace("body_timeout: 500ms", "body_timeout: 30s"), log=log, access=True
+    ) as h:
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc")
+        await asyncio.wait_for(h.legacy.got_request.wait(), 5)
+        writer.write_eof()
+        assert await _eof_within(reader, 3) == b""  # closed, nothing sent
+        await asyncio.wait_for(h.legacy.lost.wait(), 5)
+        plane = h.proxy.plane
+        assert plane is not None and plane.in_flight == 0
+        await close_writer(writer)
+        # a whole request before the FIN is still answered (half-close)
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        writer.write(b"GET /whole HTTP/1.1\r\nHost: a\r\n\r\n")
+        writer.write_eof()
+        assert (await _eof_within(reader, 3)).startswith(b"HTTP/1.1 200 ")
+        await close_writer(writer)
+    lines = [e for e in map(orjson.loads, log.getvalue().splitlines()) if e.get("path")]
+    assert [(e["path"], e["status"], e.get("error")) for e in lines] == [
+        ("/upload", 499, "client_disconnected"),
+        ("/whole", 200, None),
+    ]
+
+
 async def _idle_after_one_request() -> tuple[bytes, float]:
     async with hostile_stack(LIMITS) as h:
         reader, writer = await asyncio.open_connection("127.0.0.1", h.port)

@@ -17,6 +17,7 @@ import pytest
 
 from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
+from proxy.breaker import HALF_OPEN
 from proxy.settings import loads
 from tests.support import reset_while_waiting, wait_until
 from tests.upstreams import EchoUpstream
@@ -137,6 +138,42 @@ async def test_users_cancelling_their_uploads_are_no_verdict(legacy: EchoUpstrea
             )
             await wait_until(lambda: plane.in_flight == 0)
         assert (breaker.state, breaker.consecutive, breaker.failures_in_window) == (0, 0, 0)
+    finally:
+        await proxy.stop(0.5)
+        await candidate.close()
+
+
+async def test_a_request_from_before_the_breaker_opened_never_frees_the_probe_turn(
+    legacy: EchoUpstream,
+) -> None:
+    candidate = await EchoUpstream().start()
+    candidate.extra[b"/api/hang"] = lambda t, rec: None  # the probe is never answered
+    proxy = await _proxy(_config(legacy.url, candidate.url, "30s"))
+    port = proxy.address[1]
+    try:
+        assert proxy.hub is not None and proxy.plane is not None
+        plane, breaker = proxy.plane, proxy.hub.breakers["orders"]
+        # an upload admitted while the breaker is closed, still being sent
+        head = b"POST /api/upload HTTP/1.1\r\nHost: a\r\ncontent-length: 100000\r\n\r\n"
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        up_writer.write(head + b"x" * 1000)
+        await wait_until(lambda: any(r.target == b"/api/upload" for r in candidate.received))
+        breaker._open()  # the breaker opens, and its open time passes
+        breaker._opened_at -= breaker.open_s
+        probe_reader, probe_writer = await asyncio.open_connection("127.0.0.1", port)
+        probe_writer.write(b"GET /api/hang HTTP/1.1\r\nHost: a\r\n\r\n")
+        await wait_until(lambda: any(r.target == b"/api/hang" for r in candidate.received))
+        assert breaker.state == HALF_OPEN
+        up_writer.transport.abort()  # the user cancels the upload: no verdict
+        await wait_until(lambda: plane.in_flight == 1)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /api/next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert (await asyncio.wait_for(reader.read(), 5)).startswith(b"HTTP/1.1 200")
+        writer.close()
+        # served by legacy: the probe's turn was still taken
+        assert [r.target for r in legacy.received] == [b"/api/next"]
+        assert not any(r.target == b"/api/next" for r in candidate.received)
+        probe_writer.transport.abort()
     finally:
         await proxy.stop(0.5)
         await candidate.close()

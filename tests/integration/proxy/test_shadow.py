@@ -210,6 +210,31 @@ async def test_dropped_copies_reach_the_store_and_the_report(tmp_path: Path) -> 
     assert [(r.route, r.dropped, r.candidate_timeouts) for r in report.routes] == [("orders", 4, 1)]
 
 
+async def test_a_pipelined_request_whose_client_left_ends_its_copy(tmp_path: Path) -> None:
+    """A request queued behind a slow one when its client goes: its copy is counted as
+    ended, and the route's concurrency slot is free again (it leaked, for good, before)."""
+    async with shadow_stack(SHADOW_ROUTE, f"sqlite+aiosqlite:///{tmp_path / 'q.db'}") as (
+        proxy,
+        legacy,
+        candidate,
+    ):
+        candidate.release.set()
+        hub = proxy.hub
+        assert hub is not None and proxy.plane is not None
+        _, writer = await asyncio.open_connection("127.0.0.1", proxy.address[1])
+        writer.write(
+            b"GET /api/slow/1 HTTP/1.1\r\nHost: a\r\n\r\nGET /api/o2 HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        await wait_until(lambda: "/api/slow/1" in legacy.seen)
+        await wait_until(lambda: _counters(proxy).started == 2)  # the queued one's copy too
+        writer.transport.abort()
+        plane = proxy.plane
+        await wait_until(lambda: plane.in_flight == 0 and hub.in_flight == 0, timeout=10)
+        c = _counters(proxy)
+        assert c.balanced and c.dropped == {"primary_failed": 2}, c
+        assert hub.route_state("orders").in_flight == 0
+
+
 CANARY_ROUTE = """
   - name: orders
     match: {path: /api/*}
