@@ -127,7 +127,9 @@ async def _body(request: web.Request, *, required: bool) -> dict[str, Any]:
 
 
 def _dry_run(request: web.Request) -> bool:
-    return request.headers.get(DRY_RUN_HEADER, "").strip() == "1"
+    # Any of the fields says so: the proxy appends its own after whatever came before it, so
+    # reading only the first would let an earlier one turn a dry run into a real write.
+    return any(v.strip() == "1" for v in request.headers.getall(DRY_RUN_HEADER, ()))
 
 
 def _etag() -> str:

@@ -52,9 +52,12 @@ __all__ = [
     "RoutingState",
 ]
 
-# RFC 9110 7.6.1 hop-by-hop fields, plus the proxy headers we set ourselves.
+# RFC 9110 7.6.1 hop-by-hop fields, plus the proxy headers we set ourselves: a client's
+# X-Strangler-Dry-Run placed before the copy's own made a candidate commit a dry-run write.
 _REQ_DROP = frozenset(
     {
+        b"x-strangler-dry-run",
+        b"x-strangler-shadow",
         b"connection",
         b"keep-alive",
         b"proxy-connection",
@@ -309,7 +312,6 @@ class _Exchange:
         "chunked_resp",
         "client",
         "client_host",
-        "probe",
         "close_after",
         "close_delimited",
         "done",
@@ -319,6 +321,7 @@ class _Exchange:
         "method",
         "path",
         "plan",
+        "probe",
         "replay",
         "replay_size",
         "request_complete",

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
 
 from extracted.app import DRY_RUN_HEADER
 from tests.integration.orders.harness import (
@@ -103,3 +104,19 @@ async def test_the_monolith_ignores_the_dry_run_header(
     headers = {"Idempotency-Key": "k", **DRY}
     assert (await client.post("/api/v1/orders", json=new_order(), headers=headers)).status == 201
     assert len((await dump_tables(sqlite_url))["orders"]) == 1
+
+
+async def test_any_dry_run_field_makes_a_dry_run(
+    aiohttp_client: MakeClient, sqlite_url: str
+) -> None:
+    """Whatever came before it, a field saying 1 is a dry run: reading only the first one let
+    an earlier `0` turn a copy's dry run into a real write."""
+    client = await make_client(aiohttp_client, "extracted", sqlite_url, FakeClock())
+    order_id = await _prepare(client, "k", ("ship", "deliver", "dispute"))
+    before = await dump_tables(sqlite_url)
+    fields = CIMultiDict([(DRY_RUN_HEADER, "0"), (DRY_RUN_HEADER, "1")])
+    refund = await client.post(
+        f"/api/v1/orders/{order_id}/refund", json={"amount": "5.00"}, headers=fields
+    )
+    assert refund.status == 200
+    assert await dump_tables(sqlite_url) == before

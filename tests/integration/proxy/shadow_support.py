@@ -34,6 +34,7 @@ class Side:
     seen: list[str] = field(default_factory=list)  # request paths (with query)
     keys: list[str] = field(default_factory=list)  # X-User-Id of each request
     shadow_headers: list[str] = field(default_factory=list)
+    dry_runs: list[list[str]] = field(default_factory=list)  # X-Strangler-Dry-Run fields
     release: asyncio.Event = field(default_factory=asyncio.Event)
     finished: list[str] = field(default_factory=list)
     price: str = "12.50"
@@ -56,6 +57,7 @@ def _app(side: Side) -> web.Application:
         side.seen.append(request.path_qs)
         side.keys.append(request.headers.get("X-User-Id", ""))
         side.shadow_headers.append(request.headers.get("X-Strangler-Shadow", ""))
+        side.dry_runs.append(request.headers.getall("X-Strangler-Dry-Run", []))
         await request.read()
         tail = request.match_info["tail"]
         if side.fail_every and not request.headers.get("X-Strangler-Shadow"):

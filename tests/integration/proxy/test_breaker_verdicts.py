@@ -155,12 +155,12 @@ async def test_a_request_from_before_the_breaker_opened_never_frees_the_probe_tu
         plane, breaker = proxy.plane, proxy.hub.breakers["orders"]
         # an upload admitted while the breaker is closed, still being sent
         head = b"POST /api/upload HTTP/1.1\r\nHost: a\r\ncontent-length: 100000\r\n\r\n"
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        _, up_writer = await asyncio.open_connection("127.0.0.1", port)
         up_writer.write(head + b"x" * 1000)
         await wait_until(lambda: any(r.target == b"/api/upload" for r in candidate.received))
         breaker._open()  # the breaker opens, and its open time passes
         breaker._opened_at -= breaker.open_s
-        probe_reader, probe_writer = await asyncio.open_connection("127.0.0.1", port)
+        _, probe_writer = await asyncio.open_connection("127.0.0.1", port)
         probe_writer.write(b"GET /api/hang HTTP/1.1\r\nHost: a\r\n\r\n")
         await wait_until(lambda: any(r.target == b"/api/hang" for r in candidate.received))
         assert breaker.state == HALF_OPEN

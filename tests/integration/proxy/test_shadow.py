@@ -125,6 +125,28 @@ async def test_writes_are_skipped_and_never_reach_the_candidate(tmp_path: Path) 
         assert legacy.seen == ["/api/o1/ship"]
 
 
+async def test_clients_cannot_set_the_proxys_own_shadow_headers(tmp_path: Path) -> None:
+    """A client's X-Strangler-Dry-Run: 0 placed before the copy's own made the candidate
+    commit a dry-run write (a refund applied twice, with the monolith's): never forwarded."""
+    route = SHADOW_ROUTE.replace("writes: skip", "writes: dry_run")
+    async with shadow_stack(route, f"sqlite+aiosqlite:///{tmp_path / 'h.db'}") as (
+        proxy,
+        legacy,
+        candidate,
+    ):
+        legacy.release.set()
+        candidate.release.set()
+        headers = {"X-Strangler-Dry-Run": "0", "X-Strangler-Shadow": "1"}
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"http://127.0.0.1:{proxy.address[1]}/api/r1", data=b"{}", headers=headers) as r,
+        ):
+            assert r.status == 200
+        await wait_until(lambda: _ended(proxy, 1), timeout=10)
+        assert (legacy.dry_runs, legacy.shadow_headers) == ([[]], [""])
+        assert (candidate.dry_runs, candidate.shadow_headers) == ([["1"]], ["1"])
+
+
 async def test_noise_baseline_turns_random_fields_into_noise(tmp_path: Path) -> None:
     routes_noisy = SHADOW_ROUTE + "      noise_baseline: true\n"
     for baseline, expected in ((False, "mismatch"), (True, "match")):
