@@ -561,7 +561,8 @@ class ShadowCall(RequestTee):
             return
         head_only = self.method == "HEAD"
         plan = self.plan
-        if plan.baseline_pool is not None:  # legacy again: the Host the user's request had
+        if plan.baseline_pool is not None and self.method in SAFE_METHODS:
+            # legacy again (never a write): the Host the user's request had
             self.baseline = _Leg(self, plan.baseline_pool)
             served = with_host(request, plan.served_host) if plan.served_host else request
             self.baseline.start(served, head_only)

@@ -125,10 +125,14 @@ async def test_writes_are_skipped_and_never_reach_the_candidate(tmp_path: Path) 
         assert legacy.seen == ["/api/o1/ship"]
 
 
-async def test_clients_cannot_set_the_proxys_own_shadow_headers(tmp_path: Path) -> None:
+async def test_a_write_is_copied_to_the_candidate_alone_with_the_proxys_headers(
+    tmp_path: Path,
+) -> None:
     """A client's X-Strangler-Dry-Run: 0 placed before the copy's own made the candidate
-    commit a dry-run write (a refund applied twice, with the monolith's): never forwarded."""
+    commit a dry-run write (a refund applied twice, with the monolith's): never forwarded.
+    And a noise baseline asks legacy again for safe requests only (a POST went twice)."""
     route = SHADOW_ROUTE.replace("writes: skip", "writes: dry_run")
+    route += "      noise_baseline: true\n"
     async with shadow_stack(route, f"sqlite+aiosqlite:///{tmp_path / 'h.db'}") as (
         proxy,
         legacy,
