@@ -183,8 +183,8 @@ class RouteEntry:
         if self.sticky_header is not None:
             want = self.sticky_header
             for name, value in headers:
-                if name.lower() == want:
-                    return value
+                if name.lower() == want:  # an empty key is no key (stays on legacy)
+                    return value.strip() or None
             return None
         if self.sticky_cookie is not None:
             prefix = self.sticky_cookie + b"="
@@ -193,7 +193,7 @@ class RouteEntry:
                     for part in value.split(b";"):
                         part = part.strip()
                         if part.startswith(prefix):
-                            return part[len(prefix) :]
+                            return part[len(prefix) :] or None
         return None
 
 
