@@ -756,12 +756,16 @@ class _Exchange:
         self._end(why)
 
 
-def _discard(ex: _Exchange) -> None:
-    """A pipelined request never started (its client left): its shadow copy ends too."""
+def _discard(ex: _Exchange, why: str = "primary_failed") -> None:
+    """A pipelined request that will never start (its client left, or it was refused): its
+    shadow copy ends (counted as `why`), and a half-open breaker's probe turn passes on."""
     ex.done = True
     if ex.shadow is not None:
-        ex.shadow.served_end(False)  # counted, as for a request whose client left mid-way
+        ex.shadow.drop(why)
         ex.shadow = None
+    br = ex.plan.breaker
+    if br is not None and getattr(ex, "probe", False):
+        br.abandon()
 
 
 # How a client can end an exchange by its own fault (a bad request, a body too slow)
@@ -1035,21 +1039,27 @@ class ClientConnection(asyncio.Protocol):
             elif lname == b"x-request-id":
                 rid = value
             parts += (name, b": ", value, b"\r\n")
-        if hosts > 1 or (hosts == 0 and self.http11):
-            # RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one before it
-            raise _Refuse(400, "bad_request", "a request needs exactly one Host header")
-        if te is not None:
-            if not self.http11:
-                # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing
-                raise _Refuse(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request")
-            codings = [c.strip() for c in te.lower().split(b",")]
-            if codings[-1] != b"chunked":
-                # RFC 9112 6.1: chunked not last -> the body length is unknown
-                raise _Refuse(400, "bad_request", "chunked must be the final transfer coding")
-            if len(codings) > 1:
-                raise _Refuse(
-                    501, "not_implemented", "only the chunked transfer coding is supported"
-                )
+        try:
+            if hosts > 1 or (hosts == 0 and self.http11):
+                # RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one before it
+                raise _Refuse(400, "bad_request", "a request needs exactly one Host header")
+            if te is not None:
+                if not self.http11:
+                    # RFC 9112 6.1: Transfer-Encoding in HTTP/1.0 means faulty framing
+                    raise _Refuse(400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request")
+                codings = [c.strip() for c in te.lower().split(b",")]
+                if codings[-1] != b"chunked":
+                    # RFC 9112 6.1: chunked not last -> the body length is unknown
+                    raise _Refuse(400, "bad_request", "chunked must be the final transfer coding")
+                if len(codings) > 1:
+                    raise _Refuse(
+                        501, "not_implemented", "only the chunked transfer coding is supported"
+                    )
+        except _Refuse:
+            br = plan.breaker
+            if br is not None and br.state == HALF_OPEN:  # this request had the probe's turn
+                br.abandon()
+            raise
         if conn_tokens is not None and conn_tokens.lower() not in _PLAIN_CONNECTION:
             _drop_connection_named(parts, conn_tokens, start=4)
         if host_override is not None:
@@ -1242,10 +1252,7 @@ class ClientConnection(asyncio.Protocol):
             if bad is not None:
                 if bad in self.queue:
                     self.queue.remove(bad)
-                bad.done = True
-                if bad.shadow is not None:
-                    bad.shadow.drop("bad_request")
-                    bad.shadow = None
+                _discard(bad, "bad_request")
             body = _error_body(status, code, message, "strangler", "")
             self.error_after = _simple_response(status, body, close=True)
             self._stop_reading()

@@ -17,10 +17,10 @@ import pytest
 
 from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
-from proxy.breaker import HALF_OPEN
+from proxy.breaker import CLOSED, HALF_OPEN
 from proxy.settings import loads
 from tests.support import reset_while_waiting, wait_until
-from tests.upstreams import EchoUpstream
+from tests.upstreams import EchoUpstream, raw_exchange
 
 
 class _Stall(asyncio.Protocol):
@@ -174,6 +174,29 @@ async def test_a_request_from_before_the_breaker_opened_never_frees_the_probe_tu
         assert [r.target for r in legacy.received] == [b"/api/next"]
         assert not any(r.target == b"/api/next" for r in candidate.received)
         probe_writer.transport.abort()
+    finally:
+        await proxy.stop(0.5)
+        await candidate.close()
+
+
+async def test_a_refused_request_gives_the_probe_turn_back(legacy: EchoUpstream) -> None:
+    """A request refused after the route chose the candidate (two Host headers) never
+    reaches it: the half-open breaker's probe turn goes to the next request (it was kept
+    for `open_s`, so one bad request every few seconds kept a healthy candidate off)."""
+    candidate = await EchoUpstream().start()
+    proxy = await _proxy(_config(legacy.url, candidate.url, "30s"))
+    port = proxy.address[1]
+    try:
+        assert proxy.hub is not None
+        breaker = proxy.hub.breakers["orders"]
+        breaker._open()  # open, and its open time has passed
+        breaker._opened_at -= breaker.open_s
+        bad = b"GET /api/bad HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+        assert (await raw_exchange(port, bad)).status == 400
+        good = await raw_exchange(port, b"GET /api/good HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert good.status == 200
+        assert [r.target for r in candidate.received] == [b"/api/good"]
+        assert breaker.state == CLOSED  # the probe answered
     finally:
         await proxy.stop(0.5)
         await candidate.close()
