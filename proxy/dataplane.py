@@ -316,7 +316,9 @@ class _Exchange:
         "close_delimited",
         "done",
         "head_request",
+        "http11",
         "interim",
+        "keep_alive",
         "last_activity",
         "method",
         "path",
@@ -363,6 +365,9 @@ class _Exchange:
         self.upstream: UpstreamConnection | None = None
         self.chunked_req = False
         self.head_request = method == "HEAD"
+        # this request's own version and keep-alive (pipelined ones may differ)
+        self.http11 = client.http11
+        self.keep_alive = client.keep_alive
         self.request_complete = False
         self.status = 0
         self.resp_started = False
@@ -461,8 +466,11 @@ class _Exchange:
     ) -> None:
         client = self.client
         if status < 200 and status != 101:
-            # Interim response (100 Continue, 103 Early Hints): relay it as it came.
+            # Interim response (100 Continue, 103 Early Hints): relay it as it came, to an
+            # HTTP/1.1 client only (RFC 9110 15.2: 1.0 would read it as the answer).
             self.interim = True
+            if not self.http11:
+                return
             parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
             for name, value in headers:
                 parts += (name, b": ", value, b"\r\n")
@@ -498,7 +506,7 @@ class _Exchange:
             out.append(_VIA + b"\r\n")
             return
         no_body = self.head_request or status in (204, 304)
-        http11 = client.http11
+        http11 = self.http11
         if not no_body and not has_length:
             # The body ends at the upstream's close unless it is chunked.
             self.close_delimited = not upstream_chunked
@@ -507,7 +515,7 @@ class _Exchange:
                 out.append(b"transfer-encoding: chunked\r\n")
             else:
                 self.close_after = True
-        if not client.keep_alive or client.plane.draining or self.close_after:
+        if not self.keep_alive or client.last_answer() or client.plane.draining or self.close_after:
             self.close_after = True
             out.append(b"connection: close\r\n")
         elif not http11:
@@ -608,7 +616,12 @@ class _Exchange:
         if self._fall_back():
             return
         client = self.client
-        close = not self.request_complete or not client.keep_alive or client.plane.draining
+        close = (
+            not self.request_complete
+            or not self.keep_alive
+            or client.last_answer()
+            or client.plane.draining
+        )
         body = _error_body(status, code, message, self.backend, self.request_id)
         client.out.append(
             _simple_response(
@@ -1172,6 +1185,11 @@ class ClientConnection(asyncio.Protocol):
         if out and self.transport is not None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
         self.out = []
+
+    def last_answer(self) -> bool:
+        """Whether the response being sent is the connection's last: no request after it
+        is queued and none will be read (one asked to close, or the client sent EOF)."""
+        return not self.keep_alive and not self.queue
 
     def exchange_done(self, ex: _Exchange) -> None:
         """A response ended: start the next pipelined request, owe an error, or close."""

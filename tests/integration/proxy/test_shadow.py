@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import sqlite3
+import struct
 from pathlib import Path
 
 import aiohttp
@@ -253,9 +255,11 @@ async def test_a_pipelined_request_whose_client_left_ends_its_copy(tmp_path: Pat
         )
         await wait_until(lambda: "/api/slow/1" in legacy.seen)
         await wait_until(lambda: _counters(proxy).started == 2)  # the queued one's copy too
+        sock = writer.get_extra_info("socket")  # the client resets: gone, not half-closed
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
         plane = proxy.plane
-        await wait_until(lambda: plane.in_flight == 0 and hub.in_flight == 0, timeout=10)
+        await wait_until(lambda: plane.in_flight == 0 and _ended(proxy, 2), timeout=10)
         c = _counters(proxy)
         assert c.balanced and c.dropped == {"primary_failed": 2}, c
         assert hub.route_state("orders").in_flight == 0
