@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 
 from extracted.contract import ContractError, meta, parse_command, parse_new_order
-from extracted.db import create_engine, is_unavailable
+from extracted.db import OUTCOME_UNKNOWN, OutcomeUnknown, create_engine, is_unavailable
 from extracted.domain import (
     Action,
     DisputeWindowClosed,
@@ -95,6 +95,8 @@ async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse
         if exc.status == 404:
             return _error(404, "not_found", "no such resource")
         raise
+    except OutcomeUnknown:
+        return _error(500, "outcome_unknown", OUTCOME_UNKNOWN)
     except Exception as exc:
         if is_unavailable(exc):
             return _error(503, "unavailable", "the order database is unavailable; retry later")

@@ -14,7 +14,9 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 __all__ = [
+    "OUTCOME_UNKNOWN",
     "SQLITE_BUSY_TIMEOUT_MS",
+    "OutcomeUnknown",
     "check_db_url",
     "create_engine",
     "is_unavailable",
@@ -25,6 +27,19 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite writer waits for the write lock before the request fails with 503."""
 
 _WRITE_OPTION = "strangler_write"
+
+
+OUTCOME_UNKNOWN = (
+    "the database did not confirm the change: it may have been applied;"
+    " read the order before trying again"
+)
+"""The message of a 500 `outcome_unknown` answer (both Order apps)."""
+
+
+class OutcomeUnknown(Exception):
+    """PostgreSQL did not confirm a COMMIT (the connection broke while it was sent or
+    answered): the change may be applied or not. Never "retry later" (a retried refund
+    would be applied twice): the caller reads the order first."""
 
 
 _DRIVERS = ("sqlite+aiosqlite", "postgresql+psycopg", "postgresql+psycopg_async")
@@ -107,8 +122,15 @@ async def transaction(
             raise
         if rollback:
             await trans.rollback()
-        else:
+            return
+        try:
             await trans.commit()
+        except sa_exc.DBAPIError as exc:
+            # SQLite either commits or reports that it did not; a PostgreSQL connection that
+            # breaks around COMMIT leaves the outcome unknown (the server may have it).
+            if conn.dialect.name == "postgresql" and is_unavailable(exc):
+                raise OutcomeUnknown(str(exc.orig or exc)) from exc
+            raise
 
 
 def is_unavailable(exc: BaseException) -> bool:

@@ -159,6 +159,7 @@ class OrderService:
             )
             updated = await repo.get(order_id)
             assert updated is not None
+            await self._checkpoint("transition.done", conn)
             return render_order(updated, self.rounding)
 
     async def get(self, order_id: int) -> dict[str, Any]:

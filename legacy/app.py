@@ -16,7 +16,7 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from extracted.db import create_engine, is_unavailable, transaction
+from extracted.db import OUTCOME_UNKNOWN, OutcomeUnknown, create_engine, is_unavailable, transaction
 
 __all__ = ["ENGINE", "buyer_protection_fee", "create_app"]
 
@@ -118,6 +118,9 @@ async def _failures(request: web.Request, handler: _Handler) -> web.StreamRespon
         if exc.status == 404:
             return _reply(404, {"error": {"code": "not_found", "message": "no such resource"}})
         raise
+    except OutcomeUnknown:
+        doc = {"error": {"code": "outcome_unknown", "message": OUTCOME_UNKNOWN}}
+        return _reply(500, doc)
     except Exception as exc:
         if is_unavailable(exc):
             doc = {

@@ -82,6 +82,28 @@ async def test_terminated_backend_during_transition_is_503_without_partial_state
     assert [e["type"] for e in events["items"]] == ["created", "shipped"]
 
 
+async def test_a_commit_the_database_never_confirmed_is_outcome_unknown_not_retry(
+    aiohttp_client: MakeClient, pg_url: str
+) -> None:
+    """The connection breaks once every statement ran: the COMMIT may or may not have landed
+    (here it did not), so the answer must not invite a blind retry (a retried refund whose
+    first COMMIT landed was applied twice): 500 outcome_unknown, no Retry-After."""
+    pause = PauseAt("transition.done")
+    client = await make_client(aiohttp_client, "extracted", pg_url, FakeClock(), checkpoint=pause)
+    created = await client.post(
+        "/api/v1/orders", json=new_order(), headers={"Idempotency-Key": "k"}
+    )
+    order_id = (await created.json())["id"]
+    before = await dump_tables(pg_url)
+
+    call = asyncio.ensure_future(client.post(f"/api/v1/orders/{order_id}/ship", json={}))
+    await _kill_backend_while_paused(pause)
+    resp = await asyncio.wait_for(call, 10)
+    assert resp.status == 500 and "Retry-After" not in resp.headers
+    assert (await resp.json())["error"]["code"] == "outcome_unknown"
+    assert await dump_tables(pg_url) == before  # the order tells what happened
+
+
 async def test_terminated_backend_during_create_is_503_without_partial_state(
     aiohttp_client: MakeClient, pg_url: str
 ) -> None:
