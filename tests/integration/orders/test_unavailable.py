@@ -60,19 +60,28 @@ async def _assert_unavailable(call: asyncio.Task[ClientResponse]) -> None:
     assert (await resp.json())["error"]["code"] == "unavailable"
 
 
-async def test_terminated_backend_during_transition_is_503_without_partial_state(
-    aiohttp_client: MakeClient, pg_url: str
-) -> None:
-    pause = PauseAt("transition.saved")
+async def _ship_killed_at(
+    stage: str, aiohttp_client: MakeClient, pg_url: str
+) -> tuple[Client, int, Any, asyncio.Task[ClientResponse]]:
+    """A new order, the tables, and its ship call whose backend is killed at `stage`."""
+    pause = PauseAt(stage)
     client = await make_client(aiohttp_client, "extracted", pg_url, FakeClock(), checkpoint=pause)
     created = await client.post(
         "/api/v1/orders", json=new_order(), headers={"Idempotency-Key": "k"}
     )
     order_id = (await created.json())["id"]
     before = await dump_tables(pg_url)
-
     call = asyncio.ensure_future(client.post(f"/api/v1/orders/{order_id}/ship", json={}))
     await _kill_backend_while_paused(pause)
+    return client, order_id, before, call
+
+
+async def test_terminated_backend_during_transition_is_503_without_partial_state(
+    aiohttp_client: MakeClient, pg_url: str
+) -> None:
+    client, order_id, before, call = await _ship_killed_at(
+        "transition.saved", aiohttp_client, pg_url
+    )
     await _assert_unavailable(call)
 
     assert await dump_tables(pg_url) == before
@@ -88,16 +97,7 @@ async def test_a_commit_the_database_never_confirmed_is_outcome_unknown_not_retr
     """The connection breaks once every statement ran: the COMMIT may or may not have landed
     (here it did not), so the answer must not invite a blind retry (a retried refund whose
     first COMMIT landed was applied twice): 500 outcome_unknown, no Retry-After."""
-    pause = PauseAt("transition.done")
-    client = await make_client(aiohttp_client, "extracted", pg_url, FakeClock(), checkpoint=pause)
-    created = await client.post(
-        "/api/v1/orders", json=new_order(), headers={"Idempotency-Key": "k"}
-    )
-    order_id = (await created.json())["id"]
-    before = await dump_tables(pg_url)
-
-    call = asyncio.ensure_future(client.post(f"/api/v1/orders/{order_id}/ship", json={}))
-    await _kill_backend_while_paused(pause)
+    _, _, before, call = await _ship_killed_at("transition.done", aiohttp_client, pg_url)
     resp = await asyncio.wait_for(call, 10)
     assert resp.status == 500 and "Retry-After" not in resp.headers
     assert (await resp.json())["error"]["code"] == "outcome_unknown"
