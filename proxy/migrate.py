@@ -121,8 +121,9 @@ class Plan:
 
     @property
     def passed(self) -> bool:
-        """Whether the change may be applied without --force."""
-        return self.verdict is None or self.verdict.passed
+        """Whether the change may be applied without --force: no gate applies, or it passed
+        on some evidence (with `min_samples: 0`, no comparison at all is no pass either)."""
+        return self.verdict is None or (self.verdict.passed and not self.evidence.empty)
 
     def audit_evidence(self, *, forced: bool) -> dict[str, Any]:
         """The evidence JSON stored with the audit record."""
@@ -362,6 +363,7 @@ async def _watch_route(
         return WatchResult(route.name, "skipped", "nothing to advance")
     if not plan.passed:
         reasons = "; ".join(r.message for r in plan.verdict.reasons) if plan.verdict else ""
+        reasons = reasons or "no evidence: 0 comparisons"
         return WatchResult(route.name, "refused", f"{plan.current} -> {plan.target}: {reasons}")
     change = await apply_plan(plan, store, actor=actor, kind="auto_advance")
     return WatchResult(route.name, "advanced", f"{plan.current} -> {plan.target}", change)

@@ -98,3 +98,21 @@ def test_a_second_controller_is_refused(tmp_path: Path, store: str) -> None:
     assert "another `strangler migrate watch` already controls" in result.stderr
     after = migrate("watch", "--config", config, "--store", store, "--once")
     assert after.exit_code == 0, after.output
+
+
+def test_min_samples_0_still_needs_some_evidence(tmp_path: Path, store: str) -> None:
+    """`min_samples: 0` relaxes the count, not the need for evidence: with no comparison at
+    all neither watch nor advance moves the route (both did, up to extracted)."""
+    config = write_config(
+        tmp_path,
+        CONFIG.replace(", interval: 1h", "").replace("min_samples: 100, ", "min_samples: 0, "),
+    )
+    result = migrate("watch", "--config", config, "--store", store, "--once")
+    assert result.exit_code == 0, result.output
+    assert "order-list: refused: canary 25% -> canary 50%: no evidence" in result.stdout
+    advance = migrate("advance", AUTO, "--config", config, "--store", store, "--apply")
+    assert advance.exit_code == 1, advance.output
+    assert _stage(config, AUTO) == ("canary", 25.0) and changes(store) == []
+    evidence(store, AUTO, matches=1)
+    migrate("watch", "--config", config, "--store", store, "--once")
+    assert _stage(config, AUTO) == ("canary", 50.0)
