@@ -1000,6 +1000,8 @@ class ClientConnection(asyncio.Protocol):
         self.http11 = parser.get_http_version() == "1.1"
         self.keep_alive = parser.should_keep_alive() and self.keep_alive
         url = self._url
+        if url.find(b"#") >= 0:  # RFC 9112 3.2: never in a target; backends cut the path there
+            raise _Refuse(400, "bad_request", "a request target cannot carry a fragment (#)")
         if url[:1] == b"/":
             path_b, _, query_b = url.partition(b"?")
             target = url

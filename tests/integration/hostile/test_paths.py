@@ -145,3 +145,11 @@ async def test_confusing_path_is_refused_or_routed_as_every_backend_reads_it(
     path = raw.decode("latin-1").split("?", 1)[0]
     readings = {view(path): _backend(hostile, view(path)) for view in _VIEWS}
     assert set(readings.values()) == {upstream}, f"{upstream} got {raw!r}, read as {readings}"
+
+
+@pytest.mark.parametrize("target", ["/api/v1/items/7#x", "/static#/../api/v1/items/7", "/a?b#c"])
+async def test_a_fragment_in_the_target_is_refused(hostile: Hostile, target: str) -> None:
+    """A backend ends the path at `#` (aiohttp read /api/v1/orders#x as /api/v1/orders) while
+    routing saw the whole target: another route's backend could get it."""
+    status, got = await _send(hostile, target)
+    assert (status, got) == (400, [])
