@@ -49,10 +49,12 @@ def judge(
         return Verdict("candidate_error", detail=f"candidate answered {candidate.status}")
     comparison = compare_responses(legacy, candidate, rules, ignore_headers=ignore_headers)
     noise: frozenset[str] = frozenset()
-    if baseline is not None and not comparison.equal:
-        comparison, noise = cancel_noise(
-            comparison, response_noise_patterns(legacy, baseline, rules)
-        )
+    if baseline is not None and baseline.status == legacy.status and not comparison.equal:
+        patterns = response_noise_patterns(legacy, baseline, rules)
+        # A second answer unlike the first as a whole (an error page, another type) says
+        # nothing about single fields: it would cancel every difference ("$" covers all).
+        if "$" not in patterns:
+            comparison, noise = cancel_noise(comparison, patterns)
     return Verdict("match" if comparison.equal else "mismatch", comparison, noise)
 
 

@@ -40,6 +40,21 @@ def test_noise_baseline_cancels_paths_that_differ_between_legacy_answers() -> No
     assert verdict.noise == frozenset({"$.t"})
 
 
+@pytest.mark.parametrize(
+    "again",
+    [
+        HttpResponse(503, [("content-type", "text/html")], b"<h1>busy</h1>"),
+        _resp(200, b"[1, 2]"),  # another type at the root
+    ],
+)
+def test_a_baseline_unlike_the_first_answer_cancels_nothing(again: HttpResponse) -> None:
+    """A legacy hiccup on the second call cancelled every difference ($ and status): a
+    candidate answering 404 to a 200 was recorded as a match."""
+    legacy = _resp(200, b'{"a": 1}')
+    verdict = judge(legacy, _resp(404, b'{"error": "x"}'), None, CompareRules(), (), baseline=again)
+    assert verdict.outcome == "mismatch" and verdict.noise == frozenset()
+
+
 def test_record_is_redacted_and_keeps_bodies_only_for_mismatches() -> None:
     red = Redactor(key=b"k")
     legacy = _resp(200, b'{"email": "ann@example.com", "total": "1.00"}')
