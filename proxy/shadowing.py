@@ -389,7 +389,18 @@ class _Leg:
 
     def on_upstream_lost(self, conn: UpstreamConnection, exc: BaseException | None) -> None:
         self.conn = None
+        if exc is None and self._delimited_by_close():
+            self._end(None)  # the body ends with the connection (RFC 9112 6.3 rule 8)
+            return
         self._end(f"connection lost: {exc}" if exc else "connection closed")
+
+    def _delimited_by_close(self) -> bool:
+        """Whether the final answer came without a length or chunks, so a clean close of
+        the connection is its end and not a cut."""
+        if self.status < 200 or self.head_only or self.status in (204, 304):
+            return False
+        framing = (b"content-length", b"transfer-encoding")
+        return not any(name.lower() in framing for name, _ in self.headers)
 
     def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
         self.conn = None

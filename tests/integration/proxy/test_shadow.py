@@ -416,3 +416,49 @@ def _full_dump(db: Path) -> str:
                 else:
                     out.append(str(value))
     return "\n".join(out)
+
+
+async def test_an_answer_that_ends_with_its_connection_is_compared(tmp_path: Path) -> None:
+    """No Content-Length, no chunks, then close: valid HTTP/1.1 framing. The copy's answer
+    read as `candidate_error` (connection closed) and opened the candidate's breaker."""
+    loop = asyncio.get_running_loop()
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n{}"
+
+    class _CloseDelimited(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            if b"\r\n\r\n" in data:
+                self.transport.write(answer)
+                self.transport.close()
+
+    servers = [await loop.create_server(_CloseDelimited, "127.0.0.1", 0) for _ in range(2)]
+    legacy_url, candidate_url = (
+        f"http://127.0.0.1:{s.sockets[0].getsockname()[1]}" for s in servers
+    )
+    config = f"""
+listen: 127.0.0.1:0
+backends:
+  legacy: {{url: "{legacy_url}"}}
+  orders: {{url: "{candidate_url}"}}
+default_backend: legacy
+store: {{url: "sqlite+aiosqlite:///{tmp_path / "c.db"}"}}
+routes:
+{SHADOW_ROUTE}"""
+    proxy = create_proxy(loads(config, "c.yaml"), access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
+        hub = proxy.hub
+        assert hub is not None  # start-up lag sheds copies: start once admission is full
+        ticked = hub.loop.time() + hub.tick_s
+        await wait_until(lambda: hub._lag_expected > ticked and hub.admit >= 1.0)
+        for i in range(3):
+            assert await _get(proxy.address[1], f"/api/o{i}") == (200, b"{}")
+        await wait_until(lambda: _ended(proxy, 3), timeout=10)
+        assert _counters(proxy).outcomes == {"match": 3}, _counters(proxy)
+    finally:
+        await proxy.stop(1.0)
+        for s in servers:
+            s.close()
