@@ -181,6 +181,10 @@ class Proxy:
         ones kept), the replaced ones closed; `settings` becomes current."""
         old = self._backends
         backends = await self._build_backends(settings, old, urls_only=True)
+        redaction = settings.store.redact_json_paths
+        if redaction != self.settings.store.redact_json_paths and self.hub is not None:
+            self.redactor = Redactor.from_env(redaction)
+            self.hub.redactor = self.redactor
         self._backends, self.settings = backends, settings
         await _close_replaced(old, backends)
         return backends
@@ -237,7 +241,13 @@ class Proxy:
                 self.hub.cpu_budget = settings.limits.shadow_cpu_budget
                 if self.hub.feed is not None:
                     self.hub.feed.reload()
-            if settings.capture != self.settings.capture:
+            redaction = settings.store.redact_json_paths
+            if redaction != self.settings.store.redact_json_paths and self.hub is not None:
+                self.redactor = Redactor.from_env(redaction)  # stored and captured alike
+                self.hub.redactor = self.redactor
+            if settings.capture != self.settings.capture or redaction != (
+                self.settings.store.redact_json_paths
+            ):
                 old_capture = self.plane.capture
                 self.plane.capture = self._capture_writer(settings)
                 if old_capture is not None:
@@ -315,6 +325,14 @@ class Proxy:
         from proxy.admin import reload_settings
 
         settings, errors = await reload_settings(path or self.settings.path)
+        if settings is not None:
+            fixed = restart_only_changes(self.settings, settings)
+            if fixed:  # never half-applied: /-/config would show what does not run
+                errors = [
+                    f"{settings.path}: {', '.join(fixed)} changed; that takes a restart"
+                    " (the running config is kept)"
+                ]
+                settings = None
         if settings is None:
             self.metrics.reloads.labels("error").inc()
             self.last_reload_error = "; ".join(errors)
@@ -636,6 +654,19 @@ class _LazyStore:
     ) -> None:
         await self.ensure()
         await self.store.insert_drops(writer, seq, drops)
+
+
+def restart_only_changes(old: Settings, new: Settings) -> list[str]:
+    """The settings a running proxy cannot take over by a reload (listeners, the store and
+    its buffer) that differ between `old` and `new`."""
+    pairs = {
+        "listen": ((old.host, old.port), (new.host, new.port)),
+        "admin.listen": ((old.admin.host, old.admin.port), (new.admin.host, new.admin.port)),
+        "store.url": (old.store.url, new.store.url),
+        "store.buffer_size": (old.store.buffer_size, new.store.buffer_size),
+        "store.batch_size": (old.store.batch_size, new.store.batch_size),
+    }
+    return [key for key, (a, b) in pairs.items() if a != b]
 
 
 def _sockname(sock: socket.socket) -> tuple[str, int]:

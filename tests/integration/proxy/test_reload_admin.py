@@ -184,3 +184,39 @@ async def test_inflight_request_finishes_on_old_table(
         assert resp.status == 200
         assert await resp.read() == b"held"
         resp.release()
+
+
+async def test_a_reload_that_needs_a_restart_is_refused_whole(admin_stack: _AdminStack) -> None:
+    """A new store URL (or listener) cannot take effect in a running proxy: the reload was
+    accepted and /-/config showed it while comparisons kept going to the old store."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    text = admin_stack.path.read_text()
+    kept = admin_stack.proxy.settings.version
+    admin_stack.path.write_text(text.replace("/test", "/other") + "  # and another route\n")
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(admin_stack.url("/-/reload"), headers=auth) as r,
+    ):
+        assert r.status == 422
+        assert "store.url changed; that takes a restart" in (await r.text())
+    assert admin_stack.proxy.settings.version == kept
+
+
+async def test_a_reload_applies_new_redaction_paths(tmp_path: Path, upstream: EchoUpstream) -> None:
+    path = tmp_path / "routes.yaml"
+    path.write_text(proxy_config(upstream.url, store_url=f"sqlite+aiosqlite:///{tmp_path}/s.db"))
+    proxy = create_proxy(load(str(path)), access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
+        assert proxy.redactor is not None and proxy.hub is not None
+        doc = b'{"buyer": {"name": "Ann"}}'
+        assert b"Ann" in proxy.hub.redactor.redact_body(doc, "application/json", None)
+        text = path.read_text().replace(
+            "store:\n", 'store:\n  redact_json_paths: ["$.buyer.name"]\n', 1
+        )
+        path.write_text(text)
+        ok, errors = await proxy.reload_from_file()
+        assert ok, errors
+        assert b"Ann" not in proxy.hub.redactor.redact_body(doc, "application/json", None)
+    finally:
+        await proxy.stop(1.0)
