@@ -49,6 +49,7 @@ async def build_report(
     until: datetime | None = None,
     routes: Sequence[str] = (),
     expected: Sequence[str] = (),
+    skip: Sequence[str] = (),
     thresholds_by_route: Mapping[str, Thresholds] | None = None,
     default_thresholds: Thresholds | None = None,
     top_n: int = 10,
@@ -59,7 +60,8 @@ async def build_report(
 
     Routes named in `routes` (the only ones read when given) and the `expected` ones (routes
     a config says are compared; within `routes` when that is given) appear even without
-    data, and then fail their sample minimum.
+    data, and then fail their sample minimum; `skip` names routes left out (a config's
+    routes that are not compared), whatever the store holds of them.
     """
     if isinstance(store, str):
         owned = await Store.open(store)
@@ -70,6 +72,7 @@ async def build_report(
                 until=until,
                 routes=routes,
                 expected=expected,
+                skip=skip,
                 thresholds_by_route=thresholds_by_route,
                 default_thresholds=default_thresholds,
                 top_n=top_n,
@@ -92,7 +95,8 @@ async def build_report(
     reports = [
         _route_report(name, agg, by_route.get(name, default))
         for name in sorted(
-            set(agg.counts) | set(routes) | {e for e in expected if not routes or e in routes}
+            (set(agg.counts) | set(routes) | {e for e in expected if not routes or e in routes})
+            - set(skip)
         )
     ]
     return Report(

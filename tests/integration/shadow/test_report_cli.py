@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from proxy.cli import main
+from shadow.record import ComparisonRecord
 from shadow.report import report_schema
 from shadow.store import Store
 from tests.integration.shadow.synthetic import LIST, SHOW, synthetic
@@ -167,12 +168,49 @@ def test_a_compared_route_of_the_config_without_data_fails_its_minimum(
     assert only_list.exit_code == 0 and "order-cancel" not in only_list.stdout
 
 
+def test_routes_the_config_does_not_compare_are_not_judged_whatever_is_stored(
+    tmp_path: Path,
+) -> None:
+    """Skipped writes and an extracted route's verification leave rows in the store: the
+    routes came back into the gate (and failed it) as soon as they had any."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
+
+    async def populate() -> None:
+        async with Store(url) as store:
+            await store.insert_batch(synthetic())
+            await store.insert_batch(
+                [ComparisonRecord(route="order-ship", outcome="skipped") for _ in range(5)]
+                + [ComparisonRecord(route="order-events", outcome="match") for _ in range(3)]
+            )
+
+    asyncio.run(populate())
+    path = _config(tmp_path, 0.05)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(
+            """  - name: order-ship
+    match: {path: "/api/v1/orders/{order_id}/ship", methods: [POST]}
+    candidate: orders
+    mode: shadow
+  - name: order-events
+    match: {path: "/api/v1/orders/{order_id}/events"}
+    candidate: orders
+    mode: extracted
+"""
+        )
+    result = _report("--store", url, "--config", path)
+    assert result.exit_code == 0, result.output
+    assert not {"order-ship", "order-events"} & set(result.stdout.split())
+    named = _report("--store", url, "--config", path, "--route", "order-ship")
+    assert named.exit_code == 1 and "order-ship" in named.stdout.split()
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
         (["--since", "yesterday"], "--since 'yesterday'"),
         (["--until", "soon"], "--until 'soon'"),
         (["--since", "1h", "--until", "2h"], "--since must be before --until"),
+        (["--since", "3000000d"], "--since '3000000d': reaches before the year 1"),
         (["--max-mismatch-rate", "2"], "max_mismatch_rate must be between 0 and 1"),
         (["--min-samples", "-1"], "min_samples must be >= 0"),
         (["--config", "/nonexistent/routes.yaml"], "cannot read config"),
