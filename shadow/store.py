@@ -88,6 +88,7 @@ class _UtcDateTime(TypeDecorator[datetime]):
 _Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER keys only
 
 metadata = MetaData()
+_REQUEST_ID_MAX = 128  # a client's X-Request-Id may be longer: stored cut to this
 
 comparisons = Table(
     "comparisons",
@@ -108,7 +109,7 @@ comparisons = Table(
     Column("diff_paths", Text, nullable=False),  # JSON list, for display; aggregate the table below
     Column("primary_body", LargeBinary),
     Column("candidate_body", LargeBinary),
-    Column("request_id", String(128), nullable=False),
+    Column("request_id", String(_REQUEST_ID_MAX), nullable=False),
     Column("mode", String(16), nullable=False),
     Column("config_version", String(64), nullable=False),
     Column("detail", Text, nullable=False),
@@ -247,7 +248,7 @@ def _row_values(rec: ComparisonRecord) -> tuple[Any, ...]:
         orjson.dumps(list(diff_paths)).decode() if diff_paths else "[]",
         _bytes(rec.primary_body),
         _bytes(rec.candidate_body),
-        rec.request_id,
+        rec.request_id[:_REQUEST_ID_MAX],  # a client's X-Request-Id may be any length
         rec.mode,
         rec.config_version,
         rec.detail,

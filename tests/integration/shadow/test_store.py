@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -122,6 +123,15 @@ async def test_concurrent_starts_migrate_once(pg_url: str) -> None:
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_a_long_client_request_id_is_stored_cut_to_its_column(store_url: str) -> None:
+    """On PostgreSQL a 200-character X-Request-Id made its comparison unstorable."""
+    async with Store(store_url) as store:
+        assert await store.insert_batch([replace(_mismatch(), request_id="r" * 200)]) == 1
+        async with store.engine.connect() as conn:
+            stored = await conn.scalar(select(comparisons.c.request_id))
+    assert stored == "r" * 128
 
 
 async def test_insert_batch_round_trips_rows_and_path_rows(store_url: str) -> None:
