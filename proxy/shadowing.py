@@ -1074,10 +1074,11 @@ class ShadowHub:
         if self.on_rollback is not None:
             self.on_rollback(state.route, state.mode, breach)
 
-    def poll_holds(self, entries: Sequence[_Holdable]) -> None:
-        """Apply the holds in force (set by any worker, cleared by an operator)."""
+    def poll_holds(self, entries: Sequence[_Holdable], version: str | None = None) -> None:
+        """Apply the holds in force (set by any worker, cleared by an operator) for the
+        current config, or for `version` (a config being swapped in)."""
         holds = self.board.read()
-        version = self.config_version()
+        version = version or self.config_version()
         for entry in entries:
             state = self._states.get(entry.name)
             if state is None or state.window is None:

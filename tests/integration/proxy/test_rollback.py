@@ -107,6 +107,8 @@ async def test_operator_clear_restores_the_candidate(tmp_path: Path) -> None:
                         await r.read()
                 # the window also hears from background copies, which may still be ending
                 await wait_until(lambda: _entry(proxy).held, timeout=10)
+                await proxy.reload(proxy.settings)  # the same config: held from the start
+                assert _entry(proxy).held
                 async with s.post(f"{admin}/-/routes/orders/clear") as r:
                     assert r.status == 401
                 async with s.post(
