@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from proxy.holds import STATE_DIR_ENV
@@ -54,8 +55,26 @@ def _load_or_report(path: str) -> Settings | None:
         return None
 
 
+_EARLY_HUP: list[bool] = []  # a SIGHUP came before the loop's handler was installed
+
+
+def _hold_early_hup() -> None:
+    """From the first line on, a SIGHUP is noted, not fatal (its default): the reload runs
+    once the proxy is up (`_hup_handler`). It killed a proxy still starting (exit 129)."""
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: _EARLY_HUP.append(True))
+
+
+def _hup_handler(loop: asyncio.AbstractEventLoop, on_hup: Callable[[], None]) -> None:
+    """Reload on SIGHUP from now on, and now if one came during start-up."""
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    if _EARLY_HUP:
+        _EARLY_HUP.clear()
+        on_hup()
+
+
 def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
     """Run until SIGTERM/SIGINT; exit code 0, or 2 on a config error."""
+    _hold_early_hup()
     settings = _load_or_report(config_path)
     if settings is None:
         return 2
@@ -100,6 +119,7 @@ def _die_with_parent() -> None:
 
 def run_worker(config_path: str) -> int:
     """Entry point of one worker process started by the supervisor."""
+    _hold_early_hup()
     _die_with_parent()
     settings = _load_or_report(config_path)
     if settings is None:
@@ -153,7 +173,7 @@ async def _serve_one(settings: Settings, *, watch: bool, worker: bool) -> int:
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    _hup_handler(loop, on_hup)
     if worker:
         ready_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if ready_dir:
@@ -283,7 +303,7 @@ async def _supervise_in(settings: Settings, count: int, watch: bool, mp_dir: str
         reloads.add(task)
         task.add_done_callback(reloads.discard)
 
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    _hup_handler(loop, on_hup)
     host, port = settings.host, settings.port
     ahost, aport = admin.admin_address
     admin.access_log.event(
