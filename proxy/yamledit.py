@@ -50,7 +50,7 @@ def set_route_stage(text: str, route: str, *, mode: str, percent: float | None =
     if "mode" in node:
         if node.get("mode") != mode:
             splices.append(_replace_scalar(text, lines, node, "mode", mode, flow=False))
-        anchor_line = node.lc.value("mode")[0]
+        anchor_line = _position(node, "mode")[0]
     else:
         anchor_line = node.lc.value("name")[0]
         at = lines.after(anchor_line)
@@ -83,9 +83,10 @@ def unified_diff(old: str, new: str, path: str) -> str:
 
 def write_atomic(path: str, text: str) -> None:
     """Replace the file at `path` with `text` in one rename, keeping its permission bits."""
-    directory = os.path.dirname(os.path.abspath(path))
+    target = os.path.realpath(path)  # a symlinked config is written where it points
+    directory = os.path.dirname(target)
     try:
-        mode = os.stat(path).st_mode & 0o7777
+        mode = os.stat(target).st_mode & 0o7777
     except FileNotFoundError:
         mode = 0o644
     fd, tmp = tempfile.mkstemp(prefix=".strangler-", suffix=".yaml.tmp", dir=directory)
@@ -95,7 +96,7 @@ def write_atomic(path: str, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -176,10 +177,21 @@ def _scalar_end(text: str, start: int, *, flow: bool) -> int:
     return end
 
 
+def _position(node: CommentedMap, key: str) -> tuple[int, int]:
+    """Where `key`'s value is written in this mapping itself (line, column)."""
+    try:
+        line, column = node.lc.value(key)
+    except KeyError:  # inherited through a merge key: written somewhere shared
+        raise YamlEditError(
+            f"{key} of route {node.get('name')!r} comes from a merge key (<<); edit it by hand"
+        ) from None
+    return int(line), int(column)
+
+
 def _replace_scalar(
     text: str, lines: _LineIndex, node: CommentedMap, key: str, value: str, *, flow: bool
 ) -> _Splice:
-    line, column = node.lc.value(key)
+    line, column = _position(node, key)
     start = lines.offset(line, column)
     end = _scalar_end(text, start, flow=flow)
     old = text[start:end]

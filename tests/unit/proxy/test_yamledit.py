@@ -161,3 +161,28 @@ def test_crlf_line_endings_kept() -> None:
     assert "    mode: legacy\r\n" in set_route_stage(plain, "block", mode="legacy")
     inserted = set_route_stage(text, "bare", mode="canary", percent=1)
     assert inserted.count("\n") == inserted.count("\r\n") == text.count("\r\n") + 3
+
+
+def test_write_atomic_writes_through_a_symlink(tmp_path: Path) -> None:
+    """A deployment links its live config to a checkout: the checkout's file changes and the
+    link stays (it was replaced by a regular file, the checkout left behind)."""
+    real = tmp_path / "repo" / "routes.yaml"
+    real.parent.mkdir()
+    real.write_text("a: 1\n")
+    link = tmp_path / "live.yaml"
+    link.symlink_to(real)
+    write_atomic(str(link), "a: 2\n")
+    assert link.is_symlink() and real.read_text() == "a: 2\n"
+
+
+def test_a_mode_from_a_merge_key_is_refused_with_a_reason() -> None:
+    text = """\
+base: &base
+  mode: shadow
+routes:
+  - <<: *base
+    name: r
+    match: {path: /x}
+"""
+    with pytest.raises(YamlEditError, match="mode of route 'r' comes from a merge key"):
+        set_route_stage(text, "r", mode="legacy")
