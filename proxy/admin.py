@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["PROXY_KEY", "redact_secrets", "redacted_config", "start_admin"]
 
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy")
-_PASSWORD_IN_URL = re.compile(r"(://[^/:@\s'\"]*:)[^@/\s'\"]*@")
+_PASSWORD_IN_URL = re.compile(r"(://[^/:@\s'\"]*:)[^@\s'\"]*@")  # a password may hold "/"
 # header and query names whose values are credentials (matched values are shown otherwise)
 _SECRET_NAME = re.compile(r"(?i)auth|cookie|token|secret|pass|pwd|key|session|signature|cred")
 _SECRET_PARAM = re.compile(r"(?i)\b((?:ssl)?password|pass|passwd|pwd|token|secret)=([^&\s'\"]*)")

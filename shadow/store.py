@@ -192,7 +192,9 @@ _SQLITE_DROPS_INSERT = (
 _RESERVE_IDS = text(
     "SELECT nextval(pg_get_serial_sequence('comparisons', 'id')) FROM generate_series(1, :n)"
 )
-_PASSWORD = re.compile(r"(//[^:/@]*:)[^@/]*@")
+# a password may hold "/" (base64), so it runs to the "@"; and one given as a query parameter
+_PASSWORD = re.compile(r"(//[^:/@\s]*:)[^@\s]*@")
+_SECRET_PARAM = re.compile(r"(?i)\b((?:ssl)?password|passwd|pwd|token|secret)=([^&\s'\"]*)")
 _MIGRATION_LOCK = 0x5354524E  # pg advisory lock id, so concurrent starts migrate once
 _TRANSIENT = (
     exc.OperationalError,
@@ -206,7 +208,7 @@ _TRANSIENT = (
 
 def mask_url(url: str) -> str:
     """`url` with any password replaced by `***`, for messages."""
-    return _PASSWORD.sub(r"\1***@", url)
+    return _SECRET_PARAM.sub(r"\1=***", _PASSWORD.sub(r"\1***@", url))
 
 
 def normalize_url(url: str) -> str:
@@ -394,8 +396,8 @@ class Store:
 
     @property
     def url(self) -> str:
-        """The store URL with any password hidden."""
-        return self._url.render_as_string(hide_password=True)
+        """The store URL with any password hidden (in its user part or its query)."""
+        return mask_url(self._url.render_as_string(hide_password=True))
 
     async def init(self) -> None:
         """Create (SQLite) or migrate (PostgreSQL) the schema."""
