@@ -831,7 +831,10 @@ class _Builder:
                 " sqlite+aiosqlite:///FILE or postgresql+psycopg://USER@HOST/DB",
             )
         self._set(kw, "url", url)
-        self._set(kw, "redact_json_paths", self.strs(m, path, "redact_json_paths"))
+        redacted = self.strs(m, path, "redact_json_paths")
+        self._set(kw, "redact_json_paths", redacted)
+        for i, text in enumerate(redacted or ()):  # checked as start-up would (exit 2 there)
+            self.json_path(text, (*path, "redact_json_paths", i), key=False)
         self._set(kw, "buffer_size", self.int_(m, path, "buffer_size"))
         self._set(kw, "batch_size", self.int_(m, path, "batch_size"))
         return StoreSettings(**kw)

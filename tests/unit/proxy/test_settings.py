@@ -310,6 +310,7 @@ def route(extra: str = "", path: str = "/a") -> str:
         (BASE + "listen: '[::1]:70000'\n", "'[::1]", "out of range"),
         (BASE + "admin: {token_env: 'a b'}\n", "'a b'", "environment variable"),
         (BASE + "store: {redact_json_paths: [email]}\n", "email", "JSON path"),
+        (BASE + "store: {redact_json_paths: [$..email]}\n", "$..email", "is not a JSON path"),
         (BASE + "store: {url: 'mysql://u@h/db'}\n", "'mysql", "unsupported store URL"),
         (BASE.replace("app", "app\n    host_header: 'a b'"), "'a b'", "not a valid host name"),
         (BASE.replace("app", 'app\n    host_header: "a\\r\\nx: y"'), '"a', "not a valid host name"),
