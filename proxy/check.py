@@ -127,8 +127,11 @@ def _explain(
         elif canary.sticky_cookie:
             key = f"cookie {canary.sticky_cookie}"
         else:
-            key = "request id (not sticky)"
-        out(f"canary:     {canary.percent:g}% of keys served by the candidate, keyed by {key}")
+            key = None
+        if key is None:  # every request stays on legacy (docs/config.md)
+            out("canary:     no sticky key set: every request is served by the primary")
+        else:
+            out(f"canary:     {canary.percent:g}% of keys served by the candidate, keyed by {key}")
         out(f"shadow:     for the rest, {shadowing}")
     else:
         out("serves:     candidate; safe requests verified against the primary in the background")

@@ -139,3 +139,17 @@ def test_explain_header_and_query_matchers(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     assert "skipped:    order-show-internal" in out and "needs header" in out
     assert "route:      order-show (" in out
+
+
+def test_explain_a_canary_without_a_sticky_key_says_the_primary_serves(tmp_path: Path) -> None:
+    """Without `sticky` every request stays on legacy; explain said the share went by request
+    id, so a canary step looked live while it served nobody from the candidate."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "backends:\n  legacy: {url: 'http://127.0.0.1:8081'}\n  orders: {url: 'http://127.0.0.1:8082'}\n"
+        "default_backend: legacy\nroutes:\n  - name: r\n    match: {path: /x}\n"
+        "    mode: canary\n    candidate: orders\n    canary: {percent: 50}\n"
+    )
+    code, out = cli("explain", "--config", str(config), "GET", "/x")
+    assert code == 0, out
+    assert "no sticky key set: every request is served by the primary" in out
