@@ -235,6 +235,7 @@ class Proxy:
             backends = await self._build_backends(settings, old)
             await self._ensure_offload(settings)
             state = self._build_state(settings, backends)
+            self.board.prune(settings.version)
             if self.hub is not None:  # a hold of this very config holds from the first request
                 self.hub.poll_holds(state.entries, settings.version)
             self.plane.state = state

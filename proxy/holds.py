@@ -69,6 +69,13 @@ class HoldBoard:
                 had = True
         return had
 
+    def prune(self, version: str) -> None:
+        """Forget the holds of other config versions: a hold lasts until the config changes,
+        and one left behind came back when a later file had the same bytes again."""
+        for route, hold in self.read().items():
+            if hold.version != version:
+                self.clear(route)
+
     def read(self) -> dict[str, Hold]:
         """Every hold in force (from the shared directory when there is one)."""
         if self.dir is None:

@@ -10,6 +10,7 @@ import aiohttp
 
 from proxy.app import Proxy
 from proxy.dataplane import RouteEntry
+from proxy.settings import loads
 from tests.integration.proxy.shadow_support import Side, shadow_config, shadow_stack, start_app
 from tests.support import (
     free_port,
@@ -182,3 +183,30 @@ async def test_two_workers_agree_on_a_rollback(tmp_path: Path) -> None:
         await stop_process(proc)
         for runner in runners:
             await runner.cleanup()
+
+
+async def test_a_hold_ends_with_its_config_even_if_the_file_comes_back(tmp_path: Path) -> None:
+    """A hold lasts until the config changes. Left on the board, it came back when a later
+    file had the same bytes again (rollback, fix, advance: the route served nobody)."""
+    async with shadow_stack(CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'h.db'}") as (
+        proxy,
+        legacy,
+        cand,
+    ):
+        legacy.release.set()
+        cand.release.set()
+        cand.fail_every = 2
+        port = proxy.address[1]
+        async with aiohttp.ClientSession() as s:
+            for i in range(120):
+                async with s.get(
+                    f"http://127.0.0.1:{port}/api/o{i}", headers={"X-User-Id": f"u{i}"}
+                ) as r:
+                    await r.read()
+        await wait_until(lambda: _entry(proxy).held, timeout=10)
+        held = proxy.settings
+        other = loads(held.source + "# another version\n", held.path)
+        await proxy.reload(other)
+        assert not _entry(proxy).held
+        await proxy.reload(held)  # the same bytes as when the hold was set
+        assert not _entry(proxy).held and proxy.board.read() == {}
