@@ -18,6 +18,7 @@ import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
+from urllib.parse import unquote
 
 import orjson
 
@@ -197,6 +198,12 @@ class Redactor:
     def redact_text(self, text: str) -> str:
         """`text` with e-mail addresses, card numbers and IBANs replaced by tokens."""
         try:
+            if "%" in text:  # a path's ann%40example.com: found (and stored) decoded
+                decoded = unquote(text)
+                if decoded != text:
+                    redacted = self._redact_text(decoded)
+                    if redacted != decoded:
+                        return redacted
             return self._redact_text(text)
         except Exception:  # never leak on a detector bug: hide the whole text instead
             return self.token(text)

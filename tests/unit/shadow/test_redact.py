@@ -225,3 +225,18 @@ def test_credentials_in_log_lines(redactor: Redactor, line: str, secret: str) ->
 def test_log_lines_without_secrets_are_unchanged(redactor: Redactor) -> None:
     for line in ("GET /api/v1/orders/7 200 12.5ms", "cookie jar is empty", "token=abc"):
         assert redactor.redact_text(line) == line
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("/api/users/ann.buyer%40example.com/orders", "ann.buyer"),
+        ("/api/cards/4111%201111%201111%201111", "4111"),
+    ],
+)
+def test_percent_encoded_personal_data_is_redacted(
+    redactor: Redactor, text: str, secret: str
+) -> None:
+    out = redactor.redact_text(text)
+    assert secret not in out and "REDACTED:" in out
+    assert redactor.redact_text("/api/v1/orders/42%2C43") == "/api/v1/orders/42%2C43"
