@@ -1042,13 +1042,15 @@ class ShadowHub:
             for pattern in comparison.patterns:
                 counter = state.paths.get(pattern)
                 if counter is None:
-                    label = pattern if len(state.paths) < _TOP_PATHS else "_other"
+                    # labels are public (/-/metrics has no token): no personal data in keys
+                    shown = self.redactor.redact_text(pattern)
+                    label = shown if len(state.paths) < _TOP_PATHS else "_other"
                     counter = self.metrics.shadow_diff_paths.labels(plan.route, label)
                     if label != "_other":
                         state.paths[pattern] = counter
                 counter.inc()
         for pattern in verdict.noise:
-            self.metrics.shadow_noise.labels(plan.route, pattern).inc()
+            self.metrics.shadow_noise.labels(plan.route, self.redactor.redact_text(pattern)).inc()
 
     # automatic rollback
     def observe(

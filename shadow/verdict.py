@@ -133,9 +133,11 @@ def build_record(
     examples: tuple[DiffExample, ...] = ()
     legacy_body = candidate_body = None
     if comparison is not None and not comparison.equal:
-        diff_paths = comparison.patterns
+        # a JSON object's keys may be personal data too (balances by e-mail): in paths
+        text = redactor.redact_text
+        diff_paths = tuple(text(p) for p in comparison.patterns)
         examples = tuple(
-            DiffExample(d.pattern, d.path, d.primary, d.candidate)
+            DiffExample(text(d.pattern), text(d.path), d.primary, d.candidate)
             for d in (redactor.redact_difference(x) for x in comparison.examples)
         )
         legacy_body = _stored_body(redactor, legacy)
@@ -153,7 +155,7 @@ def build_record(
         _ms(candidate_ms),
         diff_paths,
         examples,
-        tuple(sorted(verdict.noise)) if verdict.noise else (),
+        tuple(sorted(redactor.redact_text(p) for p in verdict.noise)) if verdict.noise else (),
         legacy_body,
         candidate_body,
         redactor.redact_text(verdict.detail) if verdict.detail else "",

@@ -143,3 +143,30 @@ def test_build_record_makes_the_record_the_dataclass_would() -> None:
     assert rec.time.tzinfo is UTC
     with pytest.raises(ValueError, match="unknown outcome"):  # still validated
         build_record(red, Verdict("bogus"), **args)  # type: ignore[arg-type]
+
+
+def test_personal_data_in_object_keys_is_redacted_in_paths() -> None:
+    """Balances keyed by e-mail: the stored bodies had the keys redacted, the differing paths
+    (stored, reported and used as metric labels) did not."""
+    redactor = Redactor(key=b"k")
+    legacy = _resp(200, b'{"balances": {"ann.buyer@example.com": 10}}')
+    candidate = _resp(200, b'{"balances": {"ann.buyer@example.com": 11}}')
+    verdict = judge(legacy, candidate, None, CompareRules(), ())
+    record = build_record(
+        redactor,
+        verdict,
+        route="r",
+        method="GET",
+        path_template="/x",
+        request_path="/x",
+        legacy=legacy,
+        candidate=candidate,
+        legacy_ms=1.0,
+        candidate_ms=1.0,
+        request_id="id",
+        mode="shadow",
+        config_version="v",
+    )
+    shown = [*record.diff_paths, *(e.pattern for e in record.diff_examples)]
+    shown += [e.path for e in record.diff_examples]
+    assert shown and all("ann.buyer" not in p and "REDACTED:" in p for p in shown)
