@@ -156,6 +156,7 @@ class Proxy:
         self.recorder = Recorder(sink, buffer_size=st.buffer_size, batch_size=st.batch_size)
         await self.recorder.start()
         self.redactor = Redactor.from_env(st.redact_json_paths)
+        self.access_log.redact = self.redactor.redact_text
         self.hub = ShadowHub(
             self.recorder,
             self.redactor,
@@ -248,6 +249,7 @@ class Proxy:
             if redaction != self.settings.store.redact_json_paths and self.hub is not None:
                 self.redactor = Redactor.from_env(redaction)  # stored and captured alike
                 self.hub.redactor = self.redactor
+                self.access_log.redact = self.redactor.redact_text
             if settings.capture != self.settings.capture or redaction != (
                 self.settings.store.redact_json_paths
             ):

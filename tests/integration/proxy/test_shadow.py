@@ -10,6 +10,7 @@ import struct
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
 from proxy.accesslog import AccessLog
@@ -462,3 +463,19 @@ routes:
         await proxy.stop(1.0)
         for s in servers:
             s.close()
+
+
+async def test_the_access_log_shows_no_personal_data_in_paths(tmp_path: Path) -> None:
+    log = io.BytesIO()
+    store = f"sqlite+aiosqlite:///{tmp_path / 'a.db'}"
+    async with shadow_stack(SHADOW_ROUTE, store, log=AccessLog(log)) as (proxy, legacy, cand):
+        legacy.release.set()
+        cand.release.set()
+        port = proxy.address[1]
+        for path in (f"/api/{EMAIL}", "/api/ann%40example.com", "/api/4111111111111111", "/api/42"):
+            assert (await _get(port, path))[0] == 200
+        proxy.access_log.flush()
+    paths = [e["path"] for e in map(orjson.loads, log.getvalue().splitlines()) if "path" in e]
+    assert len(paths) == 4 and paths[3] == "/api/42"
+    for secret in (EMAIL, "ann%40", "4111111111111111"):
+        assert not any(secret in p for p in paths), paths
