@@ -95,19 +95,9 @@ async def test_operator_clear_restores_the_candidate(tmp_path: Path) -> None:
             legacy,
             cand,
         ):
-            legacy.release.set()
-            cand.release.set()
-            cand.fail_every = 2
-            port = proxy.address[1]
+            await _fail_until_held(proxy, legacy, cand)
             admin = f"http://127.0.0.1:{proxy.admin_address[1]}"
             async with aiohttp.ClientSession() as s:
-                for i in range(120):
-                    async with s.get(
-                        f"http://127.0.0.1:{port}/api/o{i}", headers={"X-User-Id": f"u{i}"}
-                    ) as r:
-                        await r.read()
-                # the window also hears from background copies, which may still be ending
-                await wait_until(lambda: _entry(proxy).held, timeout=10)
                 await proxy.reload(proxy.settings)  # the same config: held from the start
                 assert _entry(proxy).held
                 async with s.post(f"{admin}/-/routes/orders/clear") as r:
@@ -123,6 +113,22 @@ async def test_operator_clear_restores_the_candidate(tmp_path: Path) -> None:
         sqlite3.connect(tmp_path / "c.db").execute("SELECT kind, to_mode FROM route_changes")
     )
     assert rows == [("auto_rollback", "legacy"), ("clear", "canary")]
+
+
+async def _fail_until_held(proxy: Proxy, legacy: Side, cand: Side) -> None:
+    """A candidate failing every other request, until the route is held on legacy."""
+    legacy.release.set()
+    cand.release.set()
+    cand.fail_every = 2
+    port = proxy.address[1]
+    async with aiohttp.ClientSession() as s:
+        for i in range(120):
+            async with s.get(
+                f"http://127.0.0.1:{port}/api/o{i}", headers={"X-User-Id": f"u{i}"}
+            ) as r:
+                await r.read()
+    # the window also hears from background copies, which may still be ending
+    await wait_until(lambda: _entry(proxy).held, timeout=10)
 
 
 def _entry(proxy: Proxy) -> RouteEntry:
@@ -193,17 +199,7 @@ async def test_a_hold_ends_with_its_config_even_if_the_file_comes_back(tmp_path:
         legacy,
         cand,
     ):
-        legacy.release.set()
-        cand.release.set()
-        cand.fail_every = 2
-        port = proxy.address[1]
-        async with aiohttp.ClientSession() as s:
-            for i in range(120):
-                async with s.get(
-                    f"http://127.0.0.1:{port}/api/o{i}", headers={"X-User-Id": f"u{i}"}
-                ) as r:
-                    await r.read()
-        await wait_until(lambda: _entry(proxy).held, timeout=10)
+        await _fail_until_held(proxy, legacy, cand)
         held = proxy.settings
         other = loads(held.source + "# another version\n", held.path)
         await proxy.reload(other)

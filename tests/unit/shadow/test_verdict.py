@@ -20,6 +20,31 @@ def _resp(status: int, body: bytes) -> HttpResponse:
     return HttpResponse(status, JSON, body)
 
 
+def _record(
+    redactor: Redactor,
+    legacy: HttpResponse,
+    candidate: HttpResponse,
+    request_path: str,
+    ms: tuple[float, float],
+) -> ComparisonRecord:
+    """The record of one comparison of `legacy` with `candidate` (default rules)."""
+    return build_record(
+        redactor,
+        judge(legacy, candidate, None, CompareRules(), ()),
+        route="r",
+        method="GET",
+        path_template="/o/{id}",
+        request_path=request_path,
+        legacy=legacy,
+        candidate=candidate,
+        legacy_ms=ms[0],
+        candidate_ms=ms[1],
+        request_id="rid",
+        mode="shadow",
+        config_version="v",
+    )
+
+
 def test_outcomes() -> None:
     rules = CompareRules()
     legacy = _resp(200, b'{"a": 1, "t": "x"}')
@@ -59,22 +84,7 @@ def test_record_is_redacted_and_keeps_bodies_only_for_mismatches() -> None:
     red = Redactor(key=b"k")
     legacy = _resp(200, b'{"email": "ann@example.com", "total": "1.00"}')
     cand = _resp(200, b'{"email": "ann@example.com", "total": "1.01"}')
-    verdict = judge(legacy, cand, None, CompareRules(), ())
-    rec = build_record(
-        red,
-        verdict,
-        route="r",
-        method="GET",
-        path_template="/o/{id}",
-        request_path="/o/1?email=ann@example.com",
-        legacy=legacy,
-        candidate=cand,
-        legacy_ms=1.23449,
-        candidate_ms=2.0006,
-        request_id="rid",
-        mode="shadow",
-        config_version="v",
-    )
+    rec = _record(red, legacy, cand, "/o/1?email=ann@example.com", (1.23449, 2.0006))
     assert rec.outcome == "mismatch" and rec.diff_paths == ("$.total",)
     assert (rec.latency_primary_ms, rec.latency_candidate_ms) == (1.234, 2.001)  # to the us
     assert rec.detail == ""
@@ -151,22 +161,7 @@ def test_personal_data_in_object_keys_is_redacted_in_paths() -> None:
     redactor = Redactor(key=b"k")
     legacy = _resp(200, b'{"balances": {"ann.buyer@example.com": 10}}')
     candidate = _resp(200, b'{"balances": {"ann.buyer@example.com": 11}}')
-    verdict = judge(legacy, candidate, None, CompareRules(), ())
-    record = build_record(
-        redactor,
-        verdict,
-        route="r",
-        method="GET",
-        path_template="/x",
-        request_path="/x",
-        legacy=legacy,
-        candidate=candidate,
-        legacy_ms=1.0,
-        candidate_ms=1.0,
-        request_id="id",
-        mode="shadow",
-        config_version="v",
-    )
+    record = _record(redactor, legacy, candidate, "/x", (1.0, 1.0))
     shown = [*record.diff_paths, *(e.pattern for e in record.diff_examples)]
     shown += [e.path for e in record.diff_examples]
     assert shown and all("ann.buyer" not in p and "REDACTED:" in p for p in shown)
