@@ -113,6 +113,7 @@ class Plan:
     last_change: RouteChange | None
     old_text: str
     new_text: str
+    keyless: bool = False  # the route has no canary.sticky key: a canary step serves nobody
 
     @property
     def diff(self) -> str:
@@ -213,6 +214,7 @@ async def plan_change(
         last_change=last,
         old_text=settings.source,
         new_text=new_text,
+        keyless=not (route.canary.sticky_header or route.canary.sticky_cookie),
     )
 
 

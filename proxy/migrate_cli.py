@@ -371,6 +371,13 @@ def _show_plan(plan: Plan) -> None:
         click.echo(f"{plan.route}: nothing to {plan.action}: already {where}")
         return
     click.echo(f"{plan.route}: {plan.current} -> {plan.target} ({plan.action})")
+    if plan.target.mode == "canary" and plan.keyless:
+        click.echo(
+            f"warning: {plan.route} has no canary.sticky key (header or cookie): at a canary"
+            " step every request is still served by legacy, so the candidate first serves"
+            " users when the route is extracted",
+            err=True,
+        )
     click.echo(
         f"evidence since {_since_text(plan.evidence.since)} ({_last_text(plan.last_change)}):"
     )

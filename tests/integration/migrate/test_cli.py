@@ -226,3 +226,14 @@ def test_postgresql_store(tmp_path: Path, pg_url: str) -> None:
     assert _route(config) == ("canary", 1.0)
     [change] = changes(pg_url, SHOW)
     assert change.to_mode == "canary" and change.evidence["evidence"]["mismatches"] == 1
+
+
+def test_a_canary_step_without_a_sticky_key_is_flagged(tmp_path: Path, store: str) -> None:
+    """Without a key every request stays on legacy: the steps look live and serve nobody."""
+    config = write_config(tmp_path)
+    evidence(store, "order-list", matches=300)
+    keyless = migrate("advance", "order-list", "--config", config, "--store", store)
+    assert "warning: order-list has no canary.sticky key" in keyless.stderr
+    evidence(store, SHOW, matches=300)
+    keyed = migrate("advance", SHOW, "--config", config, "--store", store)
+    assert "warning" not in keyed.stderr, keyed.stderr
