@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.settings import ConfigError, Settings, load
+from shadow.redact import mask_secrets
 
 if TYPE_CHECKING:
     from proxy.app import Proxy
@@ -20,15 +21,9 @@ if TYPE_CHECKING:
 __all__ = ["PROXY_KEY", "redact_secrets", "redacted_config", "start_admin"]
 
 PROXY_KEY: web.AppKey[Proxy] = web.AppKey("proxy")
-_PASSWORD_IN_URL = re.compile(r"(://[^/:@\s'\"]*:)[^@\s'\"]*@")  # a password may hold "/"
 # header and query names whose values are credentials (matched values are shown otherwise)
 _SECRET_NAME = re.compile(r"(?i)auth|cookie|token|secret|pass|pwd|key|session|signature|cred")
-_SECRET_PARAM = re.compile(r"(?i)\b((?:ssl)?password|pass|passwd|pwd|token|secret)=([^&\s'\"]*)")
-
-
-def redact_secrets(text: str) -> str:
-    """`text` with passwords in URLs and secret-looking query parameters masked."""
-    return _SECRET_PARAM.sub(r"\1=***", _PASSWORD_IN_URL.sub(r"\1***@", text))
+redact_secrets = mask_secrets  # passwords in URLs and secret query parameters masked
 
 
 def _plain(value: object) -> Any:

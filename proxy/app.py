@@ -182,10 +182,7 @@ class Proxy:
         ones kept), the replaced ones closed; `settings` becomes current."""
         old = self._backends
         backends = await self._build_backends(settings, old, urls_only=True)
-        redaction = settings.store.redact_json_paths
-        if redaction != self.settings.store.redact_json_paths and self.hub is not None:
-            self.redactor = Redactor.from_env(redaction)
-            self.hub.redactor = self.redactor
+        self._apply_redaction(settings)
         self._backends, self.settings = backends, settings
         await _close_replaced(old, backends)
         return backends
@@ -217,6 +214,16 @@ class Proxy:
             except OSError as e:  # serve anyway: copies are shed until a helper starts
                 feed.lost(e)
 
+    def _apply_redaction(self, settings: Settings) -> bool:
+        """Take `settings`' redacted JSON paths into the redactor of records, captures and
+        the access log; whether they changed."""
+        paths = settings.store.redact_json_paths
+        if paths == self.settings.store.redact_json_paths or self.hub is None:
+            return False
+        self.redactor = self.hub.redactor = Redactor.from_env(paths)
+        self.access_log.redact = self.redactor.redact_text
+        return True
+
     def _capture_writer(self, settings: Settings) -> CaptureWriter | None:
         """A capture writer for the config's `capture:` block (one file per worker)."""
         cs = settings.capture
@@ -245,14 +252,8 @@ class Proxy:
                 self.hub.cpu_budget = settings.limits.shadow_cpu_budget
                 if self.hub.feed is not None:
                     self.hub.feed.reload()
-            redaction = settings.store.redact_json_paths
-            if redaction != self.settings.store.redact_json_paths and self.hub is not None:
-                self.redactor = Redactor.from_env(redaction)  # stored and captured alike
-                self.hub.redactor = self.redactor
-                self.access_log.redact = self.redactor.redact_text
-            if settings.capture != self.settings.capture or redaction != (
-                self.settings.store.redact_json_paths
-            ):
+            redacting = self._apply_redaction(settings)
+            if settings.capture != self.settings.capture or redacting:
                 old_capture = self.plane.capture
                 self.plane.capture = self._capture_writer(settings)
                 if old_capture is not None:

@@ -753,9 +753,9 @@ class _Exchange:
         if hook is not None:
             hook(self)
 
-    def client_gone(self, why: str = "client_disconnected") -> None:
-        """The client disconnected (or broke the request, `why` says): cancel the upstream
-        request."""
+    def client_gone(self, why: str = "client_disconnected", status: int = 499) -> None:
+        """The client disconnected (or broke the request, `why` says, and was told `status`):
+        cancel the upstream request."""
         if self.done:
             return
         up = self.upstream
@@ -765,7 +765,7 @@ class _Exchange:
         else:
             self.plan.pool.cancel_wait(self)
         if self.status == 0:
-            self.status = 499
+            self.status = status  # logged as what the client was told
         self._end(why)
 
 
@@ -1054,6 +1054,8 @@ class ClientConnection(asyncio.Protocol):
             elif lname == b"x-request-id":
                 rid = value
             parts += (name, b": ", value, b"\r\n")
+        br = plan.breaker
+        probe = br if br is not None and br.state == HALF_OPEN else None  # admitted to probe
         try:
             if hosts > 1 or (hosts == 0 and self.http11):
                 # RFC 9112 3.2: exactly one Host in HTTP/1.1, at most one before it
@@ -1071,9 +1073,8 @@ class ClientConnection(asyncio.Protocol):
                         501, "not_implemented", "only the chunked transfer coding is supported"
                     )
         except _Refuse:
-            br = plan.breaker
-            if br is not None and br.state == HALF_OPEN:  # this request had the probe's turn
-                br.abandon()
+            if probe is not None:  # refused: the probe's turn goes to the next request
+                probe.abandon()
             raise
         if conn_tokens is not None and conn_tokens.lower() not in _PLAIN_CONNECTION:
             _drop_connection_named(parts, conn_tokens, start=4)
@@ -1102,8 +1103,7 @@ class ClientConnection(asyncio.Protocol):
         ex = _Exchange(self, plan, method, path, head, request_id)
         if host_override is not None:
             ex.client_host = host  # what a fallback without an override sends instead
-        br = plan.breaker
-        if br is not None and br.state == HALF_OPEN:  # admitted half-open: the probe
+        if probe is not None:
             ex.probe = True
         ex.chunked_req = self._chunked
         if plan.shadow is not None and plane.hub is not None:
@@ -1248,8 +1248,7 @@ class ClientConnection(asyncio.Protocol):
             plane.metrics.client_errors.labels("timeout").inc()
             if self.current is None or (self.current is self.reading and self.current.status == 0):
                 if self.current is not None:
-                    self.current.status = 408  # what the client is told (logged so, not 499)
-                    self.current.client_gone("client_timeout")
+                    self.current.client_gone("client_timeout", 408)
                     self.current = None
                 self._reply_error(408, "request_timeout", "request not received in time")
                 return
@@ -1281,8 +1280,7 @@ class ClientConnection(asyncio.Protocol):
             if cur.resp_started:
                 self.abort()
                 return
-            cur.status = status  # what the client is told (logged so, not 499)
-            cur.client_gone("bad_request")
+            cur.client_gone("bad_request", status)
             self.current = None
         self._reply_error(status, code, message)
 

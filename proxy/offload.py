@@ -36,7 +36,7 @@ from typing import ClassVar, NamedTuple
 import httptools
 import orjson
 
-from proxy.shadowing import RequestTee, RouteState, ShadowHub, ShadowPlan
+from proxy.shadowing import RequestTee, RouteState, ShadowHub, ShadowPlan, has_framing
 
 __all__ = [
     "READY",
@@ -229,9 +229,7 @@ def served_response(raw: bytes, head_only: bool) -> tuple[int, list[tuple[bytes,
             raise ValueError(f"unreadable served response: {e}") from None
     if not served.status:
         raise ValueError("no final response head in the served response")
-    if not served.complete and any(
-        n.lower() in (b"content-length", b"transfer-encoding") for n, _ in served.headers
-    ):
+    if not served.complete and has_framing(served.headers):
         raise ValueError("the served response is cut short of its framing")
     return served.status, served.headers, b"".join(served.body)
 

@@ -28,6 +28,7 @@ import yaml
 from proxy.routes import parse_pattern
 from shadow.compare import parse_path
 from shadow.normalize import NORMALIZERS
+from shadow.redact import mask_secrets
 
 __all__ = [
     "MODES",
@@ -823,11 +824,9 @@ class _Builder:
         kw: dict[str, Any] = {}
         url = self.str_(m, path, "url")
         if url is not None and not url.startswith(_STORE_SCHEMES):
-            from shadow.store import mask_url  # only here: it brings SQLAlchemy along
-
             self.p.report(
                 (*path, "url"),
-                f"store.url: unsupported store URL {mask_url(url)!r}; use"
+                f"store.url: unsupported store URL {mask_secrets(url)!r}; use"
                 " sqlite+aiosqlite:///FILE or postgresql+psycopg://USER@HOST/DB",
             )
         self._set(kw, "url", url)

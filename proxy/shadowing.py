@@ -48,6 +48,7 @@ __all__ = [
     "ShadowTap",
     "bucket",
     "client_host",
+    "has_framing",
     "with_host",
 ]
 
@@ -185,6 +186,15 @@ class RouteState:
                 c = self.dropped[reason] = self._metrics.shadow_dropped.labels(self.route, reason)
             c.inc(n)
             self.published_drops += n
+
+
+def has_framing(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether a response head says where its body ends (a length, or chunks); without,
+    the body ends with the connection."""
+    return any(name.lower() in _FRAMING for name, _ in headers)
+
+
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 def client_host(headers: Sequence[tuple[bytes, bytes]]) -> bytes:
@@ -399,8 +409,7 @@ class _Leg:
         the connection is its end and not a cut."""
         if self.status < 200 or self.head_only or self.status in (204, 304):
             return False
-        framing = (b"content-length", b"transfer-encoding")
-        return not any(name.lower() in framing for name, _ in self.headers)
+        return not has_framing(self.headers)
 
     def on_upstream_upgrade(self, conn: UpstreamConnection, rest: bytes) -> None:
         self.conn = None

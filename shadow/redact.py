@@ -25,13 +25,24 @@ import orjson
 from shadow.compare import Difference, parse_path
 from shadow.http_compare import BodyDecodeError, decode_body, parse_json_body
 
-__all__ = ["KEY_ENV", "PREFIX", "SECRET_HEADERS", "Redactor"]
+__all__ = ["KEY_ENV", "PREFIX", "SECRET_HEADERS", "Redactor", "mask_secrets"]
 
 KEY_ENV: Final = "STRANGLER_REDACT_KEY"
 PREFIX: Final = "REDACTED:"
 SECRET_HEADERS: Final = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
 )
+
+# Passwords in URLs (one may hold "/", as base64 does: it runs to the "@") and in
+# secret-looking query parameters: masked in messages, /-/config and the dashboard.
+_PASSWORD_IN_URL = re.compile(r"(://[^/:@\s'\"]*:)[^@\s'\"]*@")
+_SECRET_PARAM = re.compile(r"(?i)\b((?:ssl)?password|pass|passwd|pwd|token|secret)=([^&\s'\"]*)")
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with passwords in URLs and secret-looking query parameters replaced by `***`."""
+    return _SECRET_PARAM.sub(r"\1=***", _PASSWORD_IN_URL.sub(r"\1***@", text))
+
 
 _TRIGGER = re.compile(r"[@0-9]|bearer|basic|authorization|cookie|api-key", re.IGNORECASE)
 # Credentials quoted in log lines: `Authorization: Bearer x`, `('cookie', 'sid=1')`, ...

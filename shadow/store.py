@@ -7,7 +7,6 @@ connection's default schema (the first of its `search_path`), never a hard-coded
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -43,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from shadow.migrations import migrations
 from shadow.record import ComparisonRecord, RouteChange
+from shadow.redact import mask_secrets
 from shadow.sqlite_writer import SqliteWriter, SqliteWriterError
 
 __all__ = [
@@ -192,9 +192,6 @@ _SQLITE_DROPS_INSERT = (
 _RESERVE_IDS = text(
     "SELECT nextval(pg_get_serial_sequence('comparisons', 'id')) FROM generate_series(1, :n)"
 )
-# a password may hold "/" (base64), so it runs to the "@"; and one given as a query parameter
-_PASSWORD = re.compile(r"(//[^:/@\s]*:)[^@\s]*@")
-_SECRET_PARAM = re.compile(r"(?i)\b((?:ssl)?password|passwd|pwd|token|secret)=([^&\s'\"]*)")
 _MIGRATION_LOCK = 0x5354524E  # pg advisory lock id, so concurrent starts migrate once
 _TRANSIENT = (
     exc.OperationalError,
@@ -207,8 +204,8 @@ _TRANSIENT = (
 
 
 def mask_url(url: str) -> str:
-    """`url` with any password replaced by `***`, for messages."""
-    return _SECRET_PARAM.sub(r"\1=***", _PASSWORD.sub(r"\1***@", url))
+    """`url` with any password (in its user part or its query) replaced by `***`."""
+    return mask_secrets(url)
 
 
 def normalize_url(url: str) -> str:
