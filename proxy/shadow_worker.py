@@ -100,6 +100,11 @@ class ShadowHelper:
         """Open the store, build the routes' plans and start reading frames."""
         loop = asyncio.get_running_loop()
         await self.proxy.start_recording(self._configure)
+        recorder = self.proxy.recorder
+        if recorder is not None:
+            # Acknowledge stored copies at once: if this process dies after a commit, the
+            # worker must not count them as lost as well (rows and counters would differ).
+            recorder.on_stored = self.hub.sync_counters
         if self.proxy.store is not None:
             # No user request here to yield to: a batch written in chunks, one per loop
             # turn, fell behind a helper at full speed (records dropped as buffer_full).

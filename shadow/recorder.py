@@ -127,6 +127,9 @@ class Recorder:
         self._drops_pending: list[tuple[str, str, int]] = []
         self._drops_seq = 0
         self._writer_id = uuid.uuid4().hex
+        # Called after each batch the store confirmed (a shadow helper publishes and
+        # acknowledges at once, so a kill right after a commit counts nothing twice).
+        self.on_stored: Callable[[], None] | None = None
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -322,7 +325,15 @@ class Recorder:
             self._batches += 1
             for rec in batch:
                 self._counters(rec.route).recorded += 1
+            self._stored()
             return
+
+    def _stored(self) -> None:
+        if self.on_stored is not None:
+            try:
+                self.on_stored()
+            except Exception:  # the writer goes on whatever a listener does
+                _log.exception("recorder: on_stored failed")
 
     async def _store_drops(self, timeout: float, *, all_: bool = False) -> None:
         """Store what was dropped since the last batch of counts (one row per route and
@@ -370,6 +381,7 @@ class Recorder:
                 self._counters(rec.route).failed += 1
             else:
                 self._counters(rec.route).recorded += 1
+        self._stored()
 
     def _note_failure(self, e: BaseException) -> None:
         if self._down_since is None:

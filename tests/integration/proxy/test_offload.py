@@ -300,3 +300,22 @@ async def test_copies_held_by_a_killed_helper_are_counted_as_lost(served: Served
     assert c.started == n
     assert c.dropped == {"offload_lost": n}
     assert c.recorded == 0 and c.failed == 0
+
+
+async def test_copies_stored_just_before_the_helper_dies_are_not_counted_as_lost(
+    served: Served,
+) -> None:
+    """The helper acknowledges a batch as soon as it is stored: a kill right after the
+    commit must not count stored comparisons as `offload_lost` too (rows != counters)."""
+    served.legacy.release.set()
+    served.candidate.release.set()
+    [helper] = _ours(served)
+    n = 20
+    async with aiohttp.ClientSession() as s:
+        assert await _burst(s, served.port, 0, n) == ["12.50"] * n
+        await wait_until(lambda: sum(_rows(served.db).values()) == n, timeout=10, interval=0.002)
+        os.kill(helper, signal.SIGKILL)
+        c = await _settled(s, served.admin, n)
+    assert sum(_rows(served.db).values()) == n
+    assert c.started == n and c.recorded == n, c
+    assert not c.dropped, c
