@@ -934,11 +934,18 @@ class _Builder:
         raw = self.mapping(m, path, key)
         if raw is None:
             return None
-        return tuple(
-            (k, str(v))
-            for k, v in raw.items()
-            if isinstance(v, str | int) and not isinstance(v, bool)
-        )
+        pairs: list[tuple[str, str]] = []
+        for k, v in raw.items():
+            if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)):
+                pairs.append((k, str(v)))
+            elif (*path, key, k) not in self.p.bad:  # 1.0 passes the schema as an integer
+                where = _where((*path, key, k))
+                self.p.report(
+                    (*path, key, k),
+                    f"{where}: expected a string or an integer, got {_describe(v)}"
+                    " (quote it if you meant text)",
+                )
+        return tuple(pairs)
 
     def shadow(self, m: dict[str, object], path: JsonPath) -> ShadowSettings:
         kw: dict[str, Any] = {}

@@ -84,6 +84,25 @@ def one_error(text: str) -> ConfigIssue:
     return errors[0]
 
 
+@pytest.mark.parametrize(
+    ("value", "described"),
+    [("1.0", "the number 1.0"), ("2.5", "the number 2.5"), ("true", "true"), ("null", "null")],
+)
+@pytest.mark.parametrize("key", ["query", "headers"])
+def test_a_match_value_other_than_a_string_or_an_integer_is_an_error(
+    key: str, value: str, described: str
+) -> None:
+    """`query: {page: 1.0}` passed the schema (1.0 is an integer there) and the loader
+    dropped it, so the route matched without the constraint."""
+    text = BASE + f"routes:\n  - name: r\n    match: {{path: /a, {key}: {{X-Page: {value}}}}}\n"
+    issue = one_error(text)
+    column = text.splitlines()[8].index(value) + 1
+    assert (issue.line, issue.column) == (9, column), str(issue)
+    assert f"routes[0].match.{key}.X-Page: expected a string or an integer, got {described}" in (
+        issue.message
+    )
+
+
 # --- durations and addresses ---------------------------------------------------------------
 
 
