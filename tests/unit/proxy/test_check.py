@@ -81,6 +81,61 @@ def test_missing_file_exits_2(tmp_path: Path) -> None:
     assert out.startswith(f"{tmp_path / 'nope.yaml'}:1:1: cannot read config")
 
 
+SPEC_BACKENDS = """\
+backends:
+  legacy:
+    url: http://127.0.0.1:8081
+  orders:
+    handlers: {handlers}
+default_backend: legacy
+routes:
+  - {{name: show, match: {{path: "/api/v1/orders/{{order_id}}"}}, candidate: orders}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("handlers", "message"),
+    [
+        (  # the spec's own example: `serve` failed with TypeError, missing db_url
+            "extracted.app",
+            "backends.orders.handlers: extracted.app.create_app(db_url) needs a database URL:"
+            " set backends.orders.db",
+        ),
+        (
+            "extracted.app\n    db: sqlite+aiosqlite:///x.db\n    timeout: 1s",
+            None,
+        ),
+        ("json", "backends.orders.handlers: module 'json' has no create_app"),
+        ("nosuchmod_xyz", "backends.orders.handlers: no module named 'nosuchmod_xyz'"),
+    ],
+)
+def test_check_calls_a_handlers_factory_as_serve_will(
+    tmp_path: Path, handlers: str, message: str | None
+) -> None:
+    f = tmp_path / "routes.yaml"
+    f.write_text(SPEC_BACKENDS.format(handlers=handlers), encoding="utf-8")
+    code, out = cli("check", "--config", str(f))
+    if message is None:
+        assert code == 0 and ": ok (1 routes" in out, out
+        return
+    assert code == 2, out
+    assert out == f"{f}:5:15: {message}\n"
+
+
+def test_a_factory_that_takes_no_database_is_not_given_one(tmp_path: Path) -> None:
+    f = tmp_path / "routes.yaml"
+    text = SPEC_BACKENDS.format(handlers="tests.unit.proxy.test_check\n    db: sqlite:///x.db")
+    f.write_text(text, encoding="utf-8")
+    code, out = cli("check", "--config", str(f))
+    assert code == 2
+    assert "tests.unit.proxy.test_check.create_app() takes no database URL: remove" in out
+
+
+def create_app() -> object:
+    """A handlers factory without parameters (for the test above)."""
+    return object()
+
+
 def test_explain_a_canary_route() -> None:
     code, out = cli("explain", "--config", str(DEMO), "get", "/api/v1/orders/42")
     assert code == 0
