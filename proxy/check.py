@@ -14,6 +14,7 @@ import click
 import yaml
 
 from proxy.handlers import factory_problem
+from proxy.pathguard import ambiguous_reading
 from proxy.routes import Route, RouteTable
 from proxy.settings import BackendSettings, ConfigError, ConfigIssue, Settings, load
 
@@ -117,6 +118,18 @@ def _explain(
 ) -> None:
     out = click.echo
     out(f"request:    {method} {path}{'?' + query if query else ''}")
+    reading = ambiguous_reading(path, lambda p: table.match(method, p, query, headers))
+    if reading is not None:  # the data plane's path guard (proxy.dataplane)
+        raw, read = (
+            r.name if r is not None else "no route (the default backend)"
+            for r in (table.match(method, p, query, headers) for p in (path, reading))
+        )
+        out(
+            f"refused:    400 ambiguous_path: the raw path goes to {raw}, but read as {reading}"
+            f" (as some backends normalise it) to {read}; the proxy answers 400 and forwards"
+            " nothing"
+        )
+        return
     winner: Route | None = None
     for route in table.path_matches(path):
         if route.accepts(method, query, headers):

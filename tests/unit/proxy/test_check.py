@@ -149,6 +149,50 @@ def test_explain_a_canary_route() -> None:
     assert "100% of requests" in out
 
 
+@pytest.mark.parametrize(
+    ("url_path", "reading"),
+    [
+        ("/api/v1/orders/%2e%2e", "/api/v1/"),
+        ("/api/v1/orders/x/../42", "/api/v1/orders/42"),
+        ("//api/v1/orders/1", "/api/v1/orders/1"),
+        ("/api/v1/orders%2F1", "/api/v1/orders/1"),
+    ],
+)
+def test_explain_says_the_proxy_refuses_an_ambiguous_path(url_path: str, reading: str) -> None:
+    """explain named a route for paths the data plane answers with 400 ambiguous_path."""
+    code, out = cli("explain", "--config", str(DEMO), "GET", url_path)
+    assert code == 0
+    assert "refused:    400 ambiguous_path" in out, out
+    assert f"read as {reading} " in out, out
+    assert "route:" not in out and "backend:" not in out
+
+
+def test_explain_refuses_exactly_what_the_data_plane_refuses() -> None:
+    from proxy.dataplane import _Refuse, _refuse_ambiguous
+    from proxy.pathguard import ambiguous_reading
+    from proxy.routes import RouteTable
+    from proxy.settings import load
+    from tests.integration.hostile.test_paths import HOSTILE, PLAIN
+
+    table = RouteTable(load(str(DEMO)))
+    paths = [t.partition("?")[0] for t, _ in HOSTILE + PLAIN] + ["//", "/api/v1/orders/%2e%2e"]
+    for path in paths:
+        route = table.match("GET", path, "", [])
+        try:
+            _refuse_ambiguous(table, route, "GET", path, "", [])
+            refused = False
+        except _Refuse:
+            refused = True
+        reading = ambiguous_reading(path, lambda p: table.match("GET", p, "", []))
+        assert refused == (reading is not None), path
+
+
+def test_explain_routes_a_suspicious_path_every_reading_agrees_on() -> None:
+    code, out = cli("explain", "--config", str(DEMO), "GET", "/api/v1/orders/%34%32")
+    assert code == 0 and "refused" not in out
+    assert "route:      order-show" in out
+
+
 def test_explain_shadow_extracted_and_legacy_routes() -> None:
     _, shadow = cli("explain", "--config", str(DEMO), "GET", "/api/v1/orders?status=paid")
     assert "route:      order-list" in shadow and "50% of requests (by request id)" in shadow
