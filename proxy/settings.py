@@ -532,6 +532,8 @@ class _Parser:
                 continue
             sub = error.schema if isinstance(error.schema, dict) else {}
             kind = error.validator
+            if (kind, sub.get("title")) in _SAID_BY_THE_BUILDER:
+                continue
             where = _where(path)
             value = error.instance
             if kind == "additionalProperties" and isinstance(value, dict):
@@ -553,6 +555,20 @@ class _Parser:
             if kind not in ("minProperties", "maxProperties"):
                 self.bad.add(path)
             self.report(path, f"{where}: {_schema_message(kind, sub, value, error.message)}")
+
+
+# Schema rules (for editors) that the builder checks again in better words (the port out of
+# range, "must be greater than 0", a masked store URL): the schema's generic message is
+# left out so each problem is said once, by the builder.
+_SAID_BY_THE_BUILDER = frozenset(
+    {
+        ("pattern", "duration"),
+        ("pattern", "address (host:port)"),
+        ("pattern", "path pattern"),
+        ("pattern", "store URL"),
+        ("oneOf", "backend"),
+    }
+)
 
 
 @functools.cache
