@@ -11,9 +11,12 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import click
+import yaml
 
+from proxy.handlers import factory_problem
+from proxy.pathguard import ambiguous_reading
 from proxy.routes import Route, RouteTable
-from proxy.settings import BackendSettings, ConfigError, Settings, load
+from proxy.settings import BackendSettings, ConfigError, ConfigIssue, Settings, load
 
 __all__ = ["format_duration", "run_check", "run_explain"]
 
@@ -25,6 +28,11 @@ def run_check(path: str) -> int:
     """Validate the config at `path`; print every problem (exit 2) or a summary (exit 0)."""
     settings = _load(path)
     if settings is None:
+        return CONFIG_ERROR
+    issues = _guarded(lambda: _handler_issues(path, settings))
+    if issues:
+        for issue in issues:
+            click.echo(str(issue))
         return CONFIG_ERROR
     click.echo(f"{path}: ok ({len(settings.routes)} routes, version {settings.version})")
     return OK
@@ -62,6 +70,34 @@ def _load(path: str) -> Settings | None:
         return None
 
 
+def _handler_issues(path: str, settings: Settings) -> list[ConfigIssue]:
+    """The `handlers:` backends whose factory `serve` could not call, at their `handlers` line
+    (`serve` calls `create_app(db)` when `db` is set, else `create_app()`)."""
+    issues: list[ConfigIssue] = []
+    for name, bs in settings.backends.items():
+        problem = factory_problem(bs) if bs.handlers is not None else None
+        if problem is not None:
+            line, column = _position(path, ("backends", name, "handlers"))
+            issues.append(ConfigIssue(path, line, column, f"backends.{name}.handlers: {problem}"))
+    return issues
+
+
+def _position(path: str, keys: tuple[str, ...]) -> tuple[int, int]:
+    """Line and column of the value at `keys` in the (valid) YAML file; the nearest mapping
+    found on the way when a key is not written there (merged in with `<<`)."""
+    with open(path, encoding="utf-8") as fh:
+        node: yaml.Node | None = yaml.compose(fh, Loader=yaml.SafeLoader)
+    mark = node.start_mark if node is not None else None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        node = next((v for k, v in node.value if getattr(k, "value", None) == key), None)
+        if node is None:
+            break
+        mark = node.start_mark
+    return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
+
+
 def _guarded(fn: Callable[[], _T]) -> _T:
     try:
         return fn()
@@ -82,6 +118,18 @@ def _explain(
 ) -> None:
     out = click.echo
     out(f"request:    {method} {path}{'?' + query if query else ''}")
+    reading = ambiguous_reading(path, lambda p: table.match(method, p, query, headers))
+    if reading is not None:  # the data plane's path guard (proxy.dataplane)
+        raw, read = (
+            r.name if r is not None else "no route (the default backend)"
+            for r in (table.match(method, p, query, headers) for p in (path, reading))
+        )
+        out(
+            f"refused:    400 ambiguous_path: the raw path goes to {raw}, but read as {reading}"
+            f" (as some backends normalise it) to {read}; the proxy answers 400 and forwards"
+            " nothing"
+        )
+        return
     winner: Route | None = None
     for route in table.path_matches(path):
         if route.accepts(method, query, headers):

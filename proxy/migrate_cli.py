@@ -360,9 +360,22 @@ async def _change(
         f" audit #{change.id} by {change.actor}"
     )
     if reload_url is not None and token is not None:
-        version = await reload_proxy(reload_url, token)
+        done = f"{plan.route}: applied ({plan.current} -> {plan.target})"
+        written = f"written to {plan.config_path} (audit #{change.id})"
+        version = await _reload(reload_url, token, f"{done} and {written}")
         click.echo(f"reloaded: {reload_target(reload_url)} (config version {version or '?'})")
     return _OK
+
+
+async def _reload(reload_url: str, token: str, done: str) -> str:
+    """POST the reload after a change was written; a failure says the change stands."""
+    try:
+        return await reload_proxy(reload_url, token)
+    except MigrateError as e:
+        raise MigrateError(
+            f"{done}, but the reload failed: {e}; the proxy runs the previous config until it"
+            " reloads (POST /-/reload or SIGHUP): do not apply it again"
+        ) from None
 
 
 def _show_plan(plan: Plan) -> None:
@@ -436,6 +449,8 @@ async def _watch_pass(
     results = await watch_pass(config_path, store, actor=actor)
     for r in results:
         click.echo(f"{datetime.now(UTC):%H:%M:%S} {r.route}: {r.outcome}: {r.message}")
-    if reload_url and token and any(r.outcome == "advanced" for r in results):
-        version = await reload_proxy(reload_url, token)
+    advanced = [r.route for r in results if r.outcome == "advanced"]
+    if reload_url and token and advanced:
+        done = f"{', '.join(advanced)}: advanced and written to {config_path}"
+        version = await _reload(reload_url, token, done)
         click.echo(f"reloaded: {reload_target(reload_url)} ({version or '?'})")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote
 
-__all__ = ["is_suspicious", "readings"]
+__all__ = ["ambiguous_reading", "is_suspicious", "readings"]
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9\-._~]")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -78,3 +79,12 @@ def readings(path: str) -> set[str]:
     if not path.startswith("/"):
         return set()
     return {read(path) for read in _READINGS} - {path}
+
+
+def ambiguous_reading(path: str, match: Callable[[str], Any]) -> str | None:
+    """A reading of `path` that `match` (path -> route) sends elsewhere than the raw
+    spelling, or None. The data plane refuses such a request: 400 `ambiguous_path`."""
+    if not is_suspicious(path):
+        return None
+    route = match(path)
+    return next((other for other in sorted(readings(path)) if match(other) is not route), None)

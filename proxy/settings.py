@@ -532,6 +532,8 @@ class _Parser:
                 continue
             sub = error.schema if isinstance(error.schema, dict) else {}
             kind = error.validator
+            if (kind, sub.get("title")) in _SAID_BY_THE_BUILDER:
+                continue
             where = _where(path)
             value = error.instance
             if kind == "additionalProperties" and isinstance(value, dict):
@@ -553,6 +555,20 @@ class _Parser:
             if kind not in ("minProperties", "maxProperties"):
                 self.bad.add(path)
             self.report(path, f"{where}: {_schema_message(kind, sub, value, error.message)}")
+
+
+# Schema rules (for editors) that the builder checks again in better words (the port out of
+# range, "must be greater than 0", a masked store URL): the schema's generic message is
+# left out so each problem is said once, by the builder.
+_SAID_BY_THE_BUILDER = frozenset(
+    {
+        ("pattern", "duration"),
+        ("pattern", "address (host:port)"),
+        ("pattern", "path pattern"),
+        ("pattern", "store URL"),
+        ("oneOf", "backend"),
+    }
+)
 
 
 @functools.cache
@@ -934,11 +950,18 @@ class _Builder:
         raw = self.mapping(m, path, key)
         if raw is None:
             return None
-        return tuple(
-            (k, str(v))
-            for k, v in raw.items()
-            if isinstance(v, str | int) and not isinstance(v, bool)
-        )
+        pairs: list[tuple[str, str]] = []
+        for k, v in raw.items():
+            if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)):
+                pairs.append((k, str(v)))
+            elif (*path, key, k) not in self.p.bad:  # 1.0 passes the schema as an integer
+                where = _where((*path, key, k))
+                self.p.report(
+                    (*path, key, k),
+                    f"{where}: expected a string or an integer, got {_describe(v)}"
+                    " (quote it if you meant text)",
+                )
+        return tuple(pairs)
 
     def shadow(self, m: dict[str, object], path: JsonPath) -> ShadowSettings:
         kw: dict[str, Any] = {}

@@ -52,6 +52,7 @@ __all__ = [
     "DRY_RUN_HEADER",
     "SAFE_METHODS",
     "Captured",
+    "HandlerAppError",
     "ReplaySummary",
     "TrafficError",
     "iter_traffic",
@@ -89,6 +90,20 @@ class TrafficError(Exception):
         self.line = line
         self.message = message
         super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
+
+
+class HandlerAppError(Exception):
+    """A `handlers:` backend whose app cannot be imported, built or served."""
+
+    def __init__(self, backend: str, handlers: str, cause: BaseException) -> None:
+        self.backend = backend
+        self.handlers = handlers
+        detail = (str(cause).strip().splitlines() or [""])[0]
+        kind = type(cause).__name__
+        super().__init__(
+            f"backend {backend!r}: cannot start handlers app {handlers!r}: "
+            + (f"{kind}: {detail}" if detail else kind)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,7 +515,8 @@ async def replay(
     """Replay a traffic file through the compare pipeline into the store (mode `replay`).
 
     `store_url` None: the config's `store.url`. `progress(done, total)` is called after each
-    line. Raises `TrafficError` (before sending anything) and `shadow.store.StoreError`.
+    line. Raises `TrafficError` (before sending anything), `HandlerAppError` and
+    `shadow.store.StoreError`.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
@@ -517,7 +533,10 @@ async def replay(
         for name in _needed_backends(settings):
             bs = settings.backends[name]
             if bs.handlers is not None:
-                runner, host, port = await start_handler_app(bs)
+                try:
+                    runner, host, port = await start_handler_app(bs)
+                except Exception as exc:  # the app's own code: import, factory, bind
+                    raise HandlerAppError(name, bs.handlers, exc) from exc
                 bases[name] = URL(f"http://{host}:{port}")
                 runners.append(runner)
             else:

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from proxy.settings import ConfigError, Settings, load
-from shadow.replay import ReplaySummary, TrafficError, replay
+from shadow.replay import HandlerAppError, ReplaySummary, TrafficError, replay
 from shadow.report import Report, Thresholds, build_report
 from shadow.report_format import FORMATS, render
 from shadow.store import StoreError, mask_url
@@ -151,7 +151,7 @@ def run_replay(
     progress = Progress(progress_stream or sys.stderr)
     try:
         summary, report = asyncio.run(_run(traffic, settings, url, concurrency, progress))
-    except TrafficError as exc:
+    except (TrafficError, HandlerAppError) as exc:
         return _error(str(exc))
     except StoreError as exc:
         return _error(f"store {mask_url(url)}: {exc}")

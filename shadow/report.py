@@ -149,6 +149,8 @@ def _judge(r: RouteReport) -> tuple[str, ...]:
     reasons: list[str] = []
     if r.samples < t.min_samples:
         reasons.append(f"{r.samples} compared samples, below the minimum of {t.min_samples}")
+    elif r.empty:
+        reasons.append("no evidence: no comparison of the route in this window")
     rate = r.mismatch_rate
     if rate is not None and rate > t.max_mismatch_rate:
         reasons.append(f"mismatch rate {_pct(rate)} above the maximum {_pct(t.max_mismatch_rate)}")

@@ -180,9 +180,18 @@ class RouteReport:
         return c / p if p and c is not None else None
 
     @property
+    def empty(self) -> bool:
+        """No evidence: no comparison of the route stored in the window (drop counts aside).
+
+        A dry-run write that replay records as `skipped` is a candidate answer, so it counts.
+        """
+        return self.samples + self.errors + self.skipped == 0
+
+    @property
     def passed(self) -> bool:
-        """Whether the route meets every threshold."""
-        return not self.reasons
+        """Whether the route meets every threshold on some evidence (with `min_samples: 0`,
+        no comparison at all is no pass either, as in `strangler migrate`)."""
+        return not self.reasons and not self.empty
 
     def to_json(self) -> dict[str, Any]:
         """The route's part of the versioned JSON document (`shadow/report.schema.json`)."""

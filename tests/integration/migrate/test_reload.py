@@ -96,6 +96,14 @@ async def test_wrong_token_fails_after_writing(tmp_path: Path, admin: _Admin) ->
     assert admin.calls == ["Bearer wrong"]  # a 401 is not retried
     assert "HTTP 401" in result.stderr and "Traceback" not in result.output
     assert len(await asyncio.to_thread(changes, store)) == 1  # the change itself stands
+    # it said only "reload failed", as if nothing had happened: the change was applied,
+    # written and audited, and only the proxy has not picked it up
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("strangler migrate: error: order-list: applied (canary"), line
+    assert f"written to {config} (audit #1)" in line, line
+    assert "but the reload failed: reload at" in line and "HTTP 401" in line, line
+    assert "do not apply it again" in line, line
+    assert next(r for r in load(config).routes if r.name == "order-list").mode == "shadow"
 
 
 async def test_missing_token_refuses_before_writing(tmp_path: Path, admin: _Admin) -> None:

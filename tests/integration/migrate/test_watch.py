@@ -116,3 +116,19 @@ def test_min_samples_0_still_needs_some_evidence(tmp_path: Path, store: str) -> 
     evidence(store, AUTO, matches=1)
     migrate("watch", "--config", config, "--store", store, "--once")
     assert _stage(config, AUTO) == ("canary", 50.0)
+
+
+def test_once_with_a_failing_reload_says_the_step_was_taken(tmp_path: Path, store: str) -> None:
+    from tests.support import free_port
+
+    config = write_config(tmp_path)
+    evidence(store, AUTO, matches=300)
+    result = migrate(
+        *("watch", "--config", config, "--store", store, "--once"),
+        *("--reload-url", f"http://127.0.0.1:{free_port()}"),
+        env={"STRANGLER_TEST_ADMIN_TOKEN": "t"},
+    )
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert f"order-list: advanced and written to {config}, but the reload failed" in line
+    assert _stage(config, AUTO) == ("canary", 50.0) and len(changes(store)) == 1

@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import orjson
+import pytest
 from click.testing import CliRunner, Result
 
 from proxy.cli import main
@@ -76,6 +77,32 @@ def test_bad_store_url_exits_2(tmp_path: Path) -> None:
     write_traffic(traffic, 1)
     result = _replay(str(traffic), "--config", str(config), "--store", "mysql://u@h/db")
     _one_error_line(result, "unsupported store URL")
+
+
+@pytest.mark.parametrize(
+    ("handlers", "needle"),
+    [
+        (
+            "handlers: nosuchmod_xyz",
+            "backend 'orders': cannot start handlers app 'nosuchmod_xyz': ModuleNotFoundError:",
+        ),
+        (  # a factory that needs `db` and was given none
+            "handlers: tests.integration.replay.stack",
+            "cannot start handlers app 'tests.integration.replay.stack': TypeError: ",
+        ),
+    ],
+)
+def test_a_handlers_app_that_cannot_start_exits_2(
+    tmp_path: Path, handlers: str, needle: str
+) -> None:
+    """It printed a traceback and exited 1."""
+    text = config_text(_closed_stack(), f"sqlite:///{tmp_path}/s.db")
+    text = re.sub(r"(  orders:\n    )url: \S+", rf"\g<1>{handlers}", text)
+    assert handlers in text
+    traffic = tmp_path / "traffic.jsonl"
+    write_traffic(traffic, 2)
+    result = _replay(str(traffic), "--config", str(_config(tmp_path, text)))
+    _one_error_line(result, needle)
 
 
 def test_nothing_to_compare_exits_1(tmp_path: Path) -> None:

@@ -285,3 +285,17 @@ def test_markdown_and_html_render_from_the_store(db_url: str) -> None:
     assert html.exit_code == 0
     assert html.stdout.startswith("<!DOCTYPE html>") and "<svg" in html.stdout
     assert html.stdout.count("<polyline") == 2 and "<script" not in html.stdout
+
+
+def test_a_route_with_nothing_stored_fails_even_with_min_samples_0(db_url: str) -> None:
+    """A mistyped --route name printed a PASS row with 0 samples and exited 0."""
+    result = _report("--store", db_url, "--route", "order-shwo", "--min-samples", "0")
+    assert result.exit_code == 1, result.output
+    assert "no evidence: no comparison of the route in this window" in result.stdout
+    assert "gate: FAIL (0/1)" in result.stdout
+    as_json = orjson.loads(
+        _report(
+            "--store", db_url, "--route", "nosuch", "--min-samples", "0", "--format", "json"
+        ).stdout
+    )
+    assert as_json["passed"] is False and as_json["routes"][0]["passed"] is False

@@ -81,6 +81,61 @@ def test_missing_file_exits_2(tmp_path: Path) -> None:
     assert out.startswith(f"{tmp_path / 'nope.yaml'}:1:1: cannot read config")
 
 
+SPEC_BACKENDS = """\
+backends:
+  legacy:
+    url: http://127.0.0.1:8081
+  orders:
+    handlers: {handlers}
+default_backend: legacy
+routes:
+  - {{name: show, match: {{path: "/api/v1/orders/{{order_id}}"}}, candidate: orders}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("handlers", "message"),
+    [
+        (  # the spec's own example: `serve` failed with TypeError, missing db_url
+            "extracted.app",
+            "backends.orders.handlers: extracted.app.create_app(db_url) needs a database URL:"
+            " set backends.orders.db",
+        ),
+        (
+            "extracted.app\n    db: sqlite+aiosqlite:///x.db\n    timeout: 1s",
+            None,
+        ),
+        ("json", "backends.orders.handlers: module 'json' has no create_app"),
+        ("nosuchmod_xyz", "backends.orders.handlers: no module named 'nosuchmod_xyz'"),
+    ],
+)
+def test_check_calls_a_handlers_factory_as_serve_will(
+    tmp_path: Path, handlers: str, message: str | None
+) -> None:
+    f = tmp_path / "routes.yaml"
+    f.write_text(SPEC_BACKENDS.format(handlers=handlers), encoding="utf-8")
+    code, out = cli("check", "--config", str(f))
+    if message is None:
+        assert code == 0 and ": ok (1 routes" in out, out
+        return
+    assert code == 2, out
+    assert out == f"{f}:5:15: {message}\n"
+
+
+def test_a_factory_that_takes_no_database_is_not_given_one(tmp_path: Path) -> None:
+    f = tmp_path / "routes.yaml"
+    text = SPEC_BACKENDS.format(handlers="tests.unit.proxy.test_check\n    db: sqlite:///x.db")
+    f.write_text(text, encoding="utf-8")
+    code, out = cli("check", "--config", str(f))
+    assert code == 2
+    assert "tests.unit.proxy.test_check.create_app() takes no database URL: remove" in out
+
+
+def create_app() -> object:
+    """A handlers factory without parameters (for the test above)."""
+    return object()
+
+
 def test_explain_a_canary_route() -> None:
     code, out = cli("explain", "--config", str(DEMO), "get", "/api/v1/orders/42")
     assert code == 0
@@ -92,6 +147,50 @@ def test_explain_a_canary_route() -> None:
     assert "candidate:  orders (in-process handlers extracted.app" in out
     assert "5% of keys served by the candidate, keyed by header x-user-id" in out
     assert "100% of requests" in out
+
+
+@pytest.mark.parametrize(
+    ("url_path", "reading"),
+    [
+        ("/api/v1/orders/%2e%2e", "/api/v1/"),
+        ("/api/v1/orders/x/../42", "/api/v1/orders/42"),
+        ("//api/v1/orders/1", "/api/v1/orders/1"),
+        ("/api/v1/orders%2F1", "/api/v1/orders/1"),
+    ],
+)
+def test_explain_says_the_proxy_refuses_an_ambiguous_path(url_path: str, reading: str) -> None:
+    """explain named a route for paths the data plane answers with 400 ambiguous_path."""
+    code, out = cli("explain", "--config", str(DEMO), "GET", url_path)
+    assert code == 0
+    assert "refused:    400 ambiguous_path" in out, out
+    assert f"read as {reading} " in out, out
+    assert "route:" not in out and "backend:" not in out
+
+
+def test_explain_refuses_exactly_what_the_data_plane_refuses() -> None:
+    from proxy.dataplane import _Refuse, _refuse_ambiguous
+    from proxy.pathguard import ambiguous_reading
+    from proxy.routes import RouteTable
+    from proxy.settings import load
+    from tests.integration.hostile.test_paths import HOSTILE, PLAIN
+
+    table = RouteTable(load(str(DEMO)))
+    paths = [t.partition("?")[0] for t, _ in HOSTILE + PLAIN] + ["//", "/api/v1/orders/%2e%2e"]
+    for path in paths:
+        route = table.match("GET", path, "", [])
+        try:
+            _refuse_ambiguous(table, route, "GET", path, "", [])
+            refused = False
+        except _Refuse:
+            refused = True
+        reading = ambiguous_reading(path, lambda p: table.match("GET", p, "", []))
+        assert refused == (reading is not None), path
+
+
+def test_explain_routes_a_suspicious_path_every_reading_agrees_on() -> None:
+    code, out = cli("explain", "--config", str(DEMO), "GET", "/api/v1/orders/%34%32")
+    assert code == 0 and "refused" not in out
+    assert "route:      order-show" in out
 
 
 def test_explain_shadow_extracted_and_legacy_routes() -> None:

@@ -84,6 +84,25 @@ def one_error(text: str) -> ConfigIssue:
     return errors[0]
 
 
+@pytest.mark.parametrize(
+    ("value", "described"),
+    [("1.0", "the number 1.0"), ("2.5", "the number 2.5"), ("true", "true"), ("null", "null")],
+)
+@pytest.mark.parametrize("key", ["query", "headers"])
+def test_a_match_value_other_than_a_string_or_an_integer_is_an_error(
+    key: str, value: str, described: str
+) -> None:
+    """`query: {page: 1.0}` passed the schema (1.0 is an integer there) and the loader
+    dropped it, so the route matched without the constraint."""
+    text = BASE + f"routes:\n  - name: r\n    match: {{path: /a, {key}: {{X-Page: {value}}}}}\n"
+    issue = one_error(text)
+    column = text.splitlines()[8].index(value) + 1
+    assert (issue.line, issue.column) == (9, column), str(issue)
+    assert f"routes[0].match.{key}.X-Page: expected a string or an integer, got {described}" in (
+        issue.message
+    )
+
+
 # --- durations and addresses ---------------------------------------------------------------
 
 
@@ -426,6 +445,60 @@ def test_demo_config_validates_against_the_schema_alone() -> None:
 
     data = yaml.safe_load(DEMO.read_text(encoding="utf-8"))
     assert list(Draft202012Validator(schema()).iter_errors(data)) == []
+
+
+_ROUTE = "routes:\n  - {name: r, match: {path: /a}}\n"
+
+
+def _schema_errors(text: str) -> list[str]:
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped,unused-ignore]
+
+    return [e.message for e in Draft202012Validator(schema()).iter_errors(yaml.safe_load(text))]
+
+
+# (config text, what the loader says): the published schema was looser than the loader on
+# each of these, so an editor showed no problem in a file `strangler check` refuses
+LOADER_AND_SCHEMA_REJECT = [
+    (BASE + "listen: 127.0.0.1:70000\n", "listen: port 70000 is out of range 0..65535"),
+    (BASE + "admin: {listen: '[::1]:99999'}\n", "admin.listen: port 99999 is out of range"),
+    (BASE.replace("app", "app\n    timeout: 0s"), "timeout: must be greater than 0"),
+    (BASE + "limits: {header_timeout: 0.0ms}\n", "header_timeout: must be greater than 0"),
+    (
+        BASE + "routes:\n  - {name: r, match: {path: /a}, shadow: {timeout: 0m}}\n",
+        "routes[0].shadow.timeout: must be greater than 0",
+    ),
+    (
+        BASE + "routes:\n  - {name: r, match: {path: api/v1}}\n",
+        "routes[0].match.path: path 'api/v1' must start with /",
+    ),
+    (BASE.replace("    handlers: extracted.app\n", "    timeout: 1s\n"), "needs url or handlers"),
+    (BASE.replace("app", "app\n    url: http://h:1"), "set either url or handlers, not both"),
+    (BASE + "store: {url: 'mysql://u@h/db'}\n", "store.url: unsupported store URL"),
+    (BASE + "store: {url: strangler.db}\n", "store.url: unsupported store URL"),
+]
+
+
+@pytest.mark.parametrize(("text", "needle"), LOADER_AND_SCHEMA_REJECT)
+def test_the_schema_rejects_what_the_loader_rejects(text: str, needle: str) -> None:
+    assert _schema_errors(text), "the published schema accepts it"
+    messages = [e.message for e in errors_of(text)]
+    assert len(messages) == 1 and needle in messages[0], messages  # the loader's own words
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "listen: 127.0.0.1:65535\nadmin: {listen: '[::1]:0'}\n",
+        "limits: {header_timeout: 0.5ms, body_timeout: 1s}\n",
+        "store: {url: 'sqlite:///x.db'}\n",
+        "store: {url: 'postgresql+psycopg_async://u@h/db'}\n",
+        "store: {url: 'postgres://u@h/db'}\n",
+    ],
+)
+def test_the_schema_accepts_what_the_loader_accepts(extra: str) -> None:
+    text = BASE + extra + _ROUTE
+    assert _schema_errors(text) == []
+    loads(text, "f.yaml")
 
 
 # --- fuzzing -------------------------------------------------------------------------------

@@ -108,7 +108,20 @@ def test_gate_names_each_failed_threshold() -> None:
 def test_gate_without_samples_fails_only_on_the_minimum() -> None:
     r = _judged(thresholds=Thresholds(min_samples=1))
     assert r.reasons == ("0 compared samples, below the minimum of 1",)
-    assert _judged(thresholds=Thresholds(min_samples=0)).passed
+
+
+def test_min_samples_0_relaxes_the_count_not_the_need_for_evidence() -> None:
+    """A route with nothing stored (a mistyped --route) passed with --min-samples 0, while an
+    empty report failed: no evidence fails either way, as in `strangler migrate`."""
+    none = _judged(thresholds=Thresholds(min_samples=0))
+    assert not none.passed
+    assert none.reasons == ("no evidence: no comparison of the route in this window",)
+    dropped = _judged(dropped=7, thresholds=Thresholds(min_samples=0))
+    assert not dropped.passed  # the candidate was never called
+    # a candidate answer is evidence: an error, or a dry-run write replay records as skipped
+    assert _judged(skipped=1, thresholds=Thresholds(min_samples=0)).passed
+    assert not _judged(candidate_errors=1, thresholds=Thresholds(min_samples=0)).passed
+    assert _judged(matches=1, thresholds=Thresholds(min_samples=0)).passed
 
 
 def test_p99_ratio_is_skipped_when_disabled_or_unknown() -> None:
