@@ -82,6 +82,10 @@ _RESP_DROP = frozenset(
     }
 )
 _CONN_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Never removed because a Connection header names them: the message's framing and its
+# Host are end-to-end, and without them a body would reach the backend (or the client) as
+# the start of a next message (request smuggling, responses handed to the wrong user).
+_CONN_NEVER_NAMES = frozenset({b"content-length", b"transfer-encoding", b"host"})
 _PLAIN_CONNECTION = _CONN_STANDARD_TOKENS  # a Connection header naming no other header
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
@@ -796,11 +800,9 @@ def _describe(exc: BaseException | None) -> str:
 
 def _drop_connection_named(out: list[bytes], tokens: bytes, start: int) -> None:
     """Remove header lines named in a Connection header (RFC 9110 7.6.1) from `out`."""
-    names = {
-        t.strip().lower()
-        for t in tokens.split(b",")
-        if t.strip().lower() not in _CONN_STANDARD_TOKENS
-    }
+    names = {t.strip().lower() for t in tokens.split(b",")}
+    names -= _CONN_STANDARD_TOKENS
+    names -= _CONN_NEVER_NAMES
     if not names:
         return
     # `out` holds groups of (name, b": ", value, b"\r\n") after position `start`.
