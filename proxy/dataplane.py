@@ -1175,7 +1175,9 @@ class ClientConnection(asyncio.Protocol):
     def resume_reading(self) -> None:
         """Read from the client again."""
         self.reading_paused_for = None
-        if self.transport is not None and self.keep_alive:
+        # A closing client's reads stay stopped once its last request is in, never while
+        # its body is still coming (an upload paused mid-body would hang until 408).
+        if self.transport is not None and (self.keep_alive or self.reading is not None):
             self.transport.resume_reading()
 
     def _stop_reading(self) -> None:
