@@ -224,7 +224,11 @@ def _error_body(status: int, code: str, message: str, backend: str, request_id: 
     )
 
 
-def _simple_response(status: int, body: bytes, *, close: bool, extra: bytes = b"") -> bytes:
+def _simple_response(
+    status: int, body: bytes, *, close: bool, extra: bytes = b"", head_request: bool = False
+) -> bytes:
+    """A whole error response; the answer to a HEAD has the headers of the body, never it
+    (RFC 9110 9.3.2: on a kept-alive connection it would be read as the next response)."""
     head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
         status,
         _REASONS.get(status, b"Error"),
@@ -232,7 +236,7 @@ def _simple_response(status: int, body: bytes, *, close: bool, extra: bytes = b"
     )
     if close:
         head += b"connection: close\r\n"
-    return head + extra + _VIA + b"\r\n" + body
+    return head + extra + _VIA + (b"\r\n" if head_request else b"\r\n" + body)
 
 
 class DataPlane:
@@ -629,7 +633,11 @@ class _Exchange:
         body = _error_body(status, code, message, self.backend, self.request_id)
         client.out.append(
             _simple_response(
-                status, body, close=close, extra=b"x-request-id: %s\r\n" % self.request_id.encode()
+                status,
+                body,
+                close=close,
+                extra=b"x-request-id: %s\r\n" % self.request_id.encode(),
+                head_request=self.head_request,
             )
         )
         self.close_after = close
@@ -1251,10 +1259,14 @@ class ClientConnection(asyncio.Protocol):
             plane = self.plane
             plane.metrics.client_errors.labels("timeout").inc()
             if self.current is None or (self.current is self.reading and self.current.status == 0):
+                head_request = False
                 if self.current is not None:
+                    head_request = self.current.head_request
                     self.current.client_gone("client_timeout", 408)
                     self.current = None
-                self._reply_error(408, "request_timeout", "request not received in time")
+                self._reply_error(
+                    408, "request_timeout", "request not received in time", head_request
+                )
                 return
         if self.current is None and self.transport is not None:
             self.transport.close()
@@ -1267,6 +1279,10 @@ class ClientConnection(asyncio.Protocol):
             status, code, message = 400, "bad_request", f"malformed request: {exc}"
         self.plane.metrics.client_errors.labels(code).inc()
         bad = self.reading
+        if bad is not None:
+            head_request = bad.head_request
+        else:  # refused from a callback, once the request line was parsed
+            head_request = refusal is not None and self.parser.get_method() == b"HEAD"
         self.reading = None
         cur = self.current
         if cur is not None and cur is not bad:
@@ -1277,7 +1293,7 @@ class ClientConnection(asyncio.Protocol):
                     self.queue.remove(bad)
                 _discard(bad, "bad_request")
             body = _error_body(status, code, message, "strangler", "")
-            self.error_after = _simple_response(status, body, close=True)
+            self.error_after = _simple_response(status, body, close=True, head_request=head_request)
             self._stop_reading()
             return
         if cur is not None:
@@ -1286,11 +1302,13 @@ class ClientConnection(asyncio.Protocol):
                 return
             cur.client_gone("bad_request", status)
             self.current = None
-        self._reply_error(status, code, message)
+        self._reply_error(status, code, message, head_request)
 
-    def _reply_error(self, status: int, code: str, message: str) -> None:
+    def _reply_error(
+        self, status: int, code: str, message: str, head_request: bool = False
+    ) -> None:
         body = _error_body(status, code, message, "strangler", "")
-        self.out = [_simple_response(status, body, close=True)]
+        self.out = [_simple_response(status, body, close=True, head_request=head_request)]
         self.flush()
         if self.transport is not None:
             self.transport.close()

@@ -224,3 +224,43 @@ async def test_requests_waiting_on_a_replaced_backend_are_still_served(
     assert b.status == 200  # not a 504 after the backend's timeout (1 s)
     assert orjson.loads(b.body)["target"] == "/echo"
     assert upstream.connections == 2 and other.connections == 0  # where it was routed
+
+
+async def _head_then_get(port: int, head_path: bytes, get_path: bytes) -> tuple[bytes, bytes]:
+    """HEAD then GET on one kept-alive connection: the raw head of the HEAD's answer and
+    the first line of what follows it (the GET's answer, if nothing came in between)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"HEAD /%s HTTP/1.1\r\nHost: shop.example\r\n\r\n" % head_path)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.write(GET % get_path)
+        after = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    return head, after
+
+
+async def test_a_head_answered_502_by_the_proxy_has_no_body(down_proxy: Proxy) -> None:
+    # The JSON error body once followed the head of a HEAD answer on a kept-alive
+    # connection: the client read it as the start of its next response.
+    head, after = await _head_then_get(down_proxy.address[1], b"echo", b"echo")
+    assert head.startswith(b"HTTP/1.1 502 ") and b"\r\ncontent-length: " in head
+    assert after.startswith(b"HTTP/1.1 502 ")
+
+
+async def test_a_head_answered_504_by_the_proxy_has_no_body(stack: Stack) -> None:
+    head, after = await _head_then_get(stack.port, b"hang", b"echo")
+    assert head.startswith(b"HTTP/1.1 504 ")
+    assert after.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_head_refused_by_the_proxy_has_no_body(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        writer.write(b"HEAD /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        async with asyncio.timeout(5):
+            answer = await reader.read()  # everything until the proxy closes
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"\r\ncontent-length: " in answer
+    assert answer.endswith(b"\r\n\r\n")
