@@ -1134,8 +1134,9 @@ class ClientConnection(asyncio.Protocol):
         if ex is None:
             return
         plane = self.plane
-        self.deadline = plane.loop.time() + plane.limits.body_timeout
-        ex.last_activity = self.deadline
+        now = plane.loop.time()
+        self.deadline = now + plane.limits.body_timeout
+        ex.last_activity = now
         if ex.chunked_req:
             ex.send_body(b"%x\r\n%s\r\n" % (len(body), body))
         else:

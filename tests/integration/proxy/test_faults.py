@@ -264,3 +264,15 @@ async def test_a_head_refused_by_the_proxy_has_no_body(stack: Stack) -> None:
         writer.close()
     assert answer.startswith(b"HTTP/1.1 400 ") and b"\r\ncontent-length: " in answer
     assert answer.endswith(b"\r\n\r\n")
+
+
+async def test_a_hung_backend_gives_504_at_timeout_after_a_request_body(stack: Stack) -> None:
+    # Each body read once set the upstream's last activity to the body deadline (30 s
+    # ahead): a request with a body got its 504 after timeout + body_timeout.
+    start = time.monotonic()
+    resp = await raw_exchange(
+        stack.port, b"POST /hang HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 4\r\n\r\nbody"
+    )
+    elapsed = time.monotonic() - start
+    assert resp.status == 504
+    assert 0.9 <= elapsed < 2.0  # backend timeout is 1s
