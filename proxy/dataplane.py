@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ _SWEEP_INTERVAL = 0.05  # the resolution of every timeout on the data plane
 _FLUSH_INTERVAL = 0.25
 _FRESH_GRACE_S = 0.5  # while draining, a new connection's time to send its request
 _PENDING_LIMIT = 1 << 20
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 _REASONS = {
     400: b"Bad Request",
     405: b"Method Not Allowed",
@@ -575,7 +577,8 @@ class _Exchange:
             return
         self.upstream = None
         if self.resp_started:
-            if self.close_delimited:
+            if self.close_delimited and exc is None:
+                # A clean close ends such a body; an error (a reset) cuts it: aborted below.
                 if self.chunked_resp:
                     self.client.out.append(b"0\r\n\r\n")
                 self._finish(None)
@@ -1250,8 +1253,16 @@ class ClientConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Close the client connection abruptly (a truncated response must not look whole)."""
         self.out = []
-        if self.transport is not None:
-            self.transport.abort()
+        transport = self.transport
+        if transport is not None:
+            # A reset, not a FIN: a body delimited by the close would otherwise look whole.
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+            transport.abort()
 
     def deadline_expired(self) -> None:
         """A header, body or idle deadline passed."""
