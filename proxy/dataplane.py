@@ -108,6 +108,7 @@ _REASONS = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
@@ -673,11 +674,13 @@ class _Exchange:
         self.backend = fb.backend
         self.retried = False  # legacy gets its own retry of a stale or refused connection
         replay = self.replay
-        if fb.host_header != plan.host_header:  # legacy's Host, not the candidate's
+        client_host = getattr(self, "client_host", None)
+        if fb.host_header != plan.host_header or client_host == b"":
+            # legacy's Host, not the candidate's
             head = replay[0]
             host = fb.host_header
             if host is None:  # the client's, dropped from the head for the override
-                host = getattr(self, "client_host", b"")
+                host = client_host or _authority(fb.pool)  # or legacy's, when it sent none
             replay[0] = with_host(head, host)
             self.replay_size += len(replay[0]) - len(head)
         self.up_buf = list(replay)
@@ -798,6 +801,12 @@ def _discard(ex: _Exchange, why: str = "primary_failed") -> None:
 
 # How a client can end an exchange by its own fault (a bad request, a body too slow)
 _CLIENT_FAULTS = frozenset({"client_timeout", "bad_request"})
+
+
+def _authority(pool: UpstreamPool) -> bytes:
+    """The Host of a request to `pool`'s backend when the client sent none."""
+    host = pool.host.encode()
+    return b"[%s]:%d" % (host, pool.port) if b":" in host else b"%s:%d" % (host, pool.port)
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -1010,7 +1019,11 @@ class ClientConnection(asyncio.Protocol):
         method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
         if method == "CONNECT":
             raise _Refuse(405, "method_not_allowed", "CONNECT is not supported")
-        self.http11 = parser.get_http_version() == "1.1"
+        version = parser.get_http_version()
+        self.http11 = version == "1.1"
+        if not self.http11 and version != "1.0":
+            # forwarded as HTTP/1.1 it would change protocol on the way (0.9, 2.0, ...)
+            raise _Refuse(505, "version_not_supported", f"HTTP/{version} is not supported")
         self.keep_alive = parser.should_keep_alive() and self.keep_alive
         url = self._url
         if url.find(b"#") >= 0:  # RFC 9112 3.2: never in a target; backends cut the path there
@@ -1093,6 +1106,8 @@ class ClientConnection(asyncio.Protocol):
             _drop_connection_named(parts, conn_tokens, start=4)
         if host_override is not None:
             parts += (b"host: ", host_override, b"\r\n")
+        elif hosts == 0:  # HTTP/1.0 without Host: forwarded as 1.1, it needs one
+            parts += (b"host: ", _authority(plan.pool), b"\r\n")
         if rid is None:
             request_id = plane.new_request_id()
             parts += (b"x-request-id: ", request_id.encode(), b"\r\n")
@@ -1114,13 +1129,16 @@ class ClientConnection(asyncio.Protocol):
 
         head = b"".join(parts)
         ex = _Exchange(self, plan, method, path, head, request_id)
-        if host_override is not None:
+        if host_override is not None or hosts == 0:
             ex.client_host = host  # what a fallback without an override sends instead
         if probe is not None:
             ex.probe = True
         ex.chunked_req = self._chunked
         if plan.shadow is not None and plane.hub is not None:
-            ex.shadow = plane.hub.begin(plan.shadow, method, path, request_id, headers, head)
+            sh_head = head
+            if hosts == 0:  # the Host made up above is the serving backend's, not the copy's
+                sh_head = with_host(head, _authority(plan.shadow.target_pool))
+            ex.shadow = plane.hub.begin(plan.shadow, method, path, request_id, headers, sh_head)
         cap = plane.capture
         if cap is not None and cap.wants(method, request_id):
             ex.cap = _Capture(query, headers)
