@@ -129,8 +129,9 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.feeding = False
             if isinstance(exc.__context__, _HeadersDone):
-                if not data.endswith(b"\r\n\r\n"):
-                    self.keep_alive = False  # bytes after the head of a HEAD answer
+                # Never reused after a HEAD: a backend that sends a body anyway may send
+                # it in a later read, which would reach the next request sent on it.
+                self.keep_alive = False
                 self.parser = httptools.HttpResponseParser(self)
                 try:
                     ex.on_upstream_message_complete(self)

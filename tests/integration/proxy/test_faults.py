@@ -276,3 +276,32 @@ async def test_a_hung_backend_gives_504_at_timeout_after_a_request_body(stack: S
     elapsed = time.monotonic() - start
     assert resp.status == 504
     assert 0.9 <= elapsed < 2.0  # backend timeout is 1s
+
+
+async def test_a_head_answer_body_sent_late_never_reaches_the_next_request(stack: Stack) -> None:
+    # A backend that sends a body after its answer to a HEAD (in a later read than the
+    # head) once had that connection pooled: the next request sent on it got those bytes.
+    headed: set[asyncio.Transport] = set()
+
+    def head_then_late_body(t: asyncio.Transport, rec: object) -> None:
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 45\r\n\r\n")
+        headed.add(t)
+
+    def next_answer(t: asyncio.Transport, rec: object) -> None:
+        if t in headed:  # the HEAD's body comes now, ahead of this answer
+            t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged")
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nreal")
+
+    stack.upstream.extra[b"/headlate"] = head_then_late_body
+    stack.upstream.extra[b"/next"] = next_answer
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        writer.write(b"HEAD /headlate HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        first = await asyncio.wait_for(read_response(reader, head_only=True), 5)
+        assert (first.status, first.body) == (200, b"")
+        writer.write(GET % b"next")
+        second = await asyncio.wait_for(read_response(reader), 5)
+    finally:
+        writer.close()
+    assert (second.status, second.body) == (200, b"real")
+    assert stack.upstream.connections == 2  # a connection that answered a HEAD is not reused
