@@ -493,15 +493,16 @@ class _Exchange:
         if self.shadow is not None:
             self.shadow.served_head(status, headers)
         out = client.out
+        mark = len(out)  # where this response's head starts (after any interim one)
         out.append(b"HTTP/1.1 %d %s\r\n" % (status, reason))
-        upstream_chunked = False
+        te: bytes | None = None
         has_length = False
         conn_tokens: bytes | None = None
         for name, value in headers:
             lname = name.lower()
             if lname in _RESP_DROP:
                 if lname == b"transfer-encoding":
-                    upstream_chunked = True
+                    te = value if te is None else te + b"," + value
                 elif lname == b"connection":
                     conn_tokens = value if conn_tokens is None else conn_tokens + b"," + value
                 if status == 101 and lname in (b"upgrade", b"connection"):
@@ -511,7 +512,7 @@ class _Exchange:
                 has_length = True
             out += (name, b": ", value, b"\r\n")
         if conn_tokens is not None and conn_tokens.lower() not in _PLAIN_CONNECTION:
-            _drop_connection_named(out, conn_tokens, start=1)
+            _drop_connection_named(out, conn_tokens, start=mark + 1)
         if status == 101:
             self.upgrading = True
             out.append(_VIA + b"\r\n")
@@ -519,13 +520,32 @@ class _Exchange:
         no_body = self.head_request or status in (204, 304)
         http11 = self.http11
         if not no_body and not has_length:
-            # The body ends at the upstream's close unless it is chunked.
-            self.close_delimited = not upstream_chunked
-            if http11:
+            if te is not None and te.lower() != b"chunked":
+                coding = _coded_framing(te, http11)
+                if coding is None:
+                    del out[mark:]
+                    self.status = 0
+                    self.resp_started = False
+                    self._fail(
+                        502,
+                        "bad_gateway",
+                        f"backend {self.backend!r} sent a transfer coding ({te.decode('latin-1')})"
+                        " this client cannot receive",
+                    )
+                    return
+                # Kept: the body's bytes stay coded (RFC 9112 6.1), only rechunked; without
+                # a final chunked the body ends at the upstream's close (RFC 9112 6.3).
+                self.close_delimited = not te.lower().rstrip().endswith(b"chunked")
                 self.chunked_resp = True
-                out.append(b"transfer-encoding: chunked\r\n")
+                out.append(coding)
             else:
-                self.close_after = True
+                # The body ends at the upstream's close unless it is chunked.
+                self.close_delimited = te is None
+                if http11:
+                    self.chunked_resp = True
+                    out.append(b"transfer-encoding: chunked\r\n")
+                else:
+                    self.close_after = True
         if not self.keep_alive or client.last_answer() or client.plane.draining or self.close_after:
             self.close_after = True
             out.append(b"connection: close\r\n")
@@ -801,6 +821,18 @@ def _discard(ex: _Exchange, why: str = "primary_failed") -> None:
 
 # How a client can end an exchange by its own fault (a bad request, a body too slow)
 _CLIENT_FAULTS = frozenset({"client_timeout", "bad_request"})
+
+
+def _coded_framing(te: bytes, http11: bool) -> bytes | None:
+    """The Transfer-Encoding line that forwards a response's codings other than chunked,
+    rechunked by us; None when they cannot be forwarded (an HTTP/1.0 client, RFC 9112 6.1;
+    chunked anywhere but last)."""
+    codings = [c.strip() for c in te.lower().split(b",") if c.strip()]
+    if codings and codings[-1] == b"chunked":
+        codings.pop()
+    if not http11 or not codings or b"chunked" in codings:
+        return None
+    return b"transfer-encoding: %s, chunked\r\n" % b", ".join(codings)
 
 
 def _authority(pool: UpstreamPool) -> bytes:

@@ -285,6 +285,36 @@ async def test_close_delimited_response_becomes_chunked(stack: Stack) -> None:
     assert resp.complete and resp.body == b"until close"
 
 
+_CODED = {
+    # a transfer coding before chunked; a coding alone: the body ends at the close
+    b"/te-gzip-chunked": b"transfer-encoding: gzip, chunked\r\n\r\n4\r\nGZIP\r\n0\r\n\r\n",
+    b"/te-gzip": b"transfer-encoding: gzip\r\n\r\nGZIP",
+}
+
+
+@pytest.mark.parametrize("path", list(_CODED))
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+async def test_transfer_codings_other_than_chunked_are_kept(
+    stack: Stack, path: bytes, version: str
+) -> None:
+    # The codings were dropped with the chunked framing: the client got gzip bytes
+    # labelled as plain ones. An HTTP/1.0 client cannot take a transfer coding: 502.
+    def coded(t: asyncio.Transport, rec: Received) -> None:
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n" + _CODED[path])
+        if path == b"/te-gzip":
+            t.close()
+
+    stack.upstream.extra[path] = coded
+    request = _req("GET", path.decode()).replace(b"HTTP/1.1", version.encode(), 1)
+    resp = await raw_exchange(stack.port, request)
+    if version == "HTTP/1.0":
+        assert resp.status == 502 and resp.complete
+        return
+    assert resp.status == 200 and resp.complete
+    assert resp.header(b"transfer-encoding") == [b"gzip, chunked"]
+    assert resp.body == b"GZIP"
+
+
 def _rss_kb() -> int:
     with open(f"/proc/{os.getpid()}/status") as fh:
         for line in fh:
