@@ -627,7 +627,18 @@ class _Exchange:
         """Called by the data plane's sweeper: fail an exchange idle past its timeout."""
         if self.done or now - self.last_activity < self.plan.pool.timeout:
             return
-        self.client.plane.metrics.upstream_errors.labels(self.backend, "timeout").inc()
+        client = self.client
+        if client.write_paused:
+            # The client is not reading (so neither are we, from the backend): no backend
+            # timeout, a healthy response is not cut for it. A client stalled past the
+            # body timeout is cut as the slow one.
+            limits = client.plane.limits
+            if now - self.last_activity < limits.body_timeout:
+                return
+            client.plane.metrics.client_errors.labels("timeout").inc()
+            self._abort("client_timeout")
+            return
+        client.plane.metrics.upstream_errors.labels(self.backend, "timeout").inc()
         if self.resp_started:
             self._abort("timeout")
         else:
