@@ -896,6 +896,7 @@ class ClientConnection(asyncio.Protocol):
         "error_after",
         "feeding",
         "head_bytes",
+        "held",
         "http11",
         "keep_alive",
         "out",
@@ -929,6 +930,7 @@ class ClientConnection(asyncio.Protocol):
         self.error_after: bytes | None = None  # a 400 owed after the responses in flight
         self.deadline = 0.0
         self.head_bytes = 0
+        self.held = b""  # bytes after an upgrade request, until the backend answers it
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunked = False
@@ -965,16 +967,17 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            ex = self.reading
-            rest = data[exc.args[0] :]
+            # The upgrade request was the last one parsed (its message may be complete).
+            ex = self.reading or (self.queue[-1] if self.queue else self.current)
             if ex is not None:
                 ex.request_complete = True
                 ex.upgrade_req = True
                 if ex.shadow is not None:
                     ex.shadow.drop("upgrade")
                     ex.shadow = None
-                if rest:
-                    ex.send_body(rest)
+                # What follows is the new protocol's if the backend switches (sent into
+                # the tunnel), the next request's if it declines (parsed then): held.
+                self.held = data[exc.args[0] :]
                 self.reading = None
             self._stop_reading()
         except httptools.HttpParserError as exc:
@@ -1296,8 +1299,19 @@ class ClientConnection(asyncio.Protocol):
         elif self.reading is None:
             plane = self.plane
             self.deadline = plane.loop.time() + plane.limits.keepalive_timeout
-        if self.reading_paused_for is ex:
+        if ex.upgrade_req:
+            self._upgrade_declined()
+        elif self.reading_paused_for is ex:
             self.resume_reading()
+
+    def _upgrade_declined(self) -> None:
+        """An upgrade answered without a switch: HTTP/1.1 again, from the bytes held."""
+        self.parser = httptools.HttpRequestParser(self)  # the old one stopped at the upgrade
+        held, self.held = self.held, b""
+        if self.transport is not None:
+            self.transport.resume_reading()  # data comes in a later callback: held first
+        if held:
+            self.data_received(held)
 
     def _close(self) -> None:
         if self.transport is not None:
@@ -1308,6 +1322,9 @@ class ClientConnection(asyncio.Protocol):
         self._tunnel = conn
         self.current = None
         self.deadline = 0.0
+        held, self.held = self.held, b""
+        if held:  # sent with the upgrade request: the new protocol's first bytes
+            conn.send(held)
         if self.transport is not None:
             self.transport.resume_reading()
 

@@ -280,6 +280,87 @@ async def test_upgrade_tunnels_raw_bytes(stack: Stack) -> None:
     writer.close()
 
 
+async def test_bytes_sent_right_after_an_upgrade_request_reach_the_tunnel(stack: Stack) -> None:
+    # Bytes in the same read as the upgrade request (a client need not wait for the 101)
+    # were lost; only those sent after the tunnel opened went through.
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: Upgrade\r\n"
+            b"Upgrade: echo\r\n\r\nEARLY-FRAME"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert await asyncio.wait_for(reader.readexactly(11), 5) == b"EARLY-FRAME"
+        writer.write(b"LATER-FRAME")
+        assert await asyncio.wait_for(reader.readexactly(11), 5) == b"LATER-FRAME"
+    finally:
+        writer.close()
+
+
+class _Declining:
+    """A backend that answers every request, upgrade or not, with 200 and its path."""
+
+    def __init__(self) -> None:
+        self.targets: list[bytes] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> _Declining:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                target = head.split(b" ", 2)[1]
+                self.targets.append(target)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(target), target)
+                )
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+_H2C = b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+_H2C += b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["after-answer", "pipelined"])
+async def test_a_declined_upgrade_leaves_the_connection_usable(together: bool) -> None:
+    # A backend that declines an upgrade (answers 200, not 101) left the client connection
+    # dead: its next request was never read, and the connection was reset.
+    backend = await _Declining().start()
+    settings = loads(proxy_config(f"http://127.0.0.1:{backend.port}"), "t.yaml")
+    proxy = create_proxy(settings, access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
+        reader, writer = await asyncio.open_connection(*proxy.address)
+        try:
+            second = b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n"
+            writer.write(_H2C + second if together else _H2C)
+            first = await asyncio.wait_for(read_response(reader), 5)
+            if not together:
+                writer.write(second)
+            after = await asyncio.wait_for(read_response(reader), 5)
+        finally:
+            writer.close()
+        assert (first.status, first.body) == (200, b"/a")
+        assert (after.status, after.body) == (200, b"/b")
+        assert backend.targets == [b"/a", b"/b"]
+    finally:
+        await proxy.stop(1.0)
+        await backend.close()
+
+
 async def test_close_delimited_response_becomes_chunked(stack: Stack) -> None:
     resp = await raw_exchange(stack.port, _req("GET", "/close-delimited"))
     assert resp.complete and resp.body == b"until close"
