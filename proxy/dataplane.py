@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -82,6 +83,10 @@ _RESP_DROP = frozenset(
     }
 )
 _CONN_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
+# Never removed because a Connection header names them: the message's framing and its
+# Host are end-to-end, and without them a body would reach the backend (or the client) as
+# the start of a next message (request smuggling, responses handed to the wrong user).
+_CONN_NEVER_NAMES = frozenset({b"content-length", b"transfer-encoding", b"host"})
 _PLAIN_CONNECTION = _CONN_STANDARD_TOKENS  # a Connection header naming no other header
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
@@ -91,6 +96,7 @@ _SWEEP_INTERVAL = 0.05  # the resolution of every timeout on the data plane
 _FLUSH_INTERVAL = 0.25
 _FRESH_GRACE_S = 0.5  # while draining, a new connection's time to send its request
 _PENDING_LIMIT = 1 << 20
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 _REASONS = {
     400: b"Bad Request",
     405: b"Method Not Allowed",
@@ -102,6 +108,7 @@ _REASONS = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
@@ -220,7 +227,11 @@ def _error_body(status: int, code: str, message: str, backend: str, request_id: 
     )
 
 
-def _simple_response(status: int, body: bytes, *, close: bool, extra: bytes = b"") -> bytes:
+def _simple_response(
+    status: int, body: bytes, *, close: bool, extra: bytes = b"", head_request: bool = False
+) -> bytes:
+    """A whole error response; the answer to a HEAD has the headers of the body, never it
+    (RFC 9110 9.3.2: on a kept-alive connection it would be read as the next response)."""
     head = b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % (
         status,
         _REASONS.get(status, b"Error"),
@@ -228,7 +239,7 @@ def _simple_response(status: int, body: bytes, *, close: bool, extra: bytes = b"
     )
     if close:
         head += b"connection: close\r\n"
-    return head + extra + _VIA + b"\r\n" + body
+    return head + extra + _VIA + (b"\r\n" if head_request else b"\r\n" + body)
 
 
 class DataPlane:
@@ -482,15 +493,16 @@ class _Exchange:
         if self.shadow is not None:
             self.shadow.served_head(status, headers)
         out = client.out
+        mark = len(out)  # where this response's head starts (after any interim one)
         out.append(b"HTTP/1.1 %d %s\r\n" % (status, reason))
-        upstream_chunked = False
+        te: bytes | None = None
         has_length = False
         conn_tokens: bytes | None = None
         for name, value in headers:
             lname = name.lower()
             if lname in _RESP_DROP:
                 if lname == b"transfer-encoding":
-                    upstream_chunked = True
+                    te = value if te is None else te + b"," + value
                 elif lname == b"connection":
                     conn_tokens = value if conn_tokens is None else conn_tokens + b"," + value
                 if status == 101 and lname in (b"upgrade", b"connection"):
@@ -500,7 +512,7 @@ class _Exchange:
                 has_length = True
             out += (name, b": ", value, b"\r\n")
         if conn_tokens is not None and conn_tokens.lower() not in _PLAIN_CONNECTION:
-            _drop_connection_named(out, conn_tokens, start=1)
+            _drop_connection_named(out, conn_tokens, start=mark + 1)
         if status == 101:
             self.upgrading = True
             out.append(_VIA + b"\r\n")
@@ -508,13 +520,32 @@ class _Exchange:
         no_body = self.head_request or status in (204, 304)
         http11 = self.http11
         if not no_body and not has_length:
-            # The body ends at the upstream's close unless it is chunked.
-            self.close_delimited = not upstream_chunked
-            if http11:
+            if te is not None and te.lower() != b"chunked":
+                coding = _coded_framing(te, http11)
+                if coding is None:
+                    del out[mark:]
+                    self.status = 0
+                    self.resp_started = False
+                    self._fail(
+                        502,
+                        "bad_gateway",
+                        f"backend {self.backend!r} sent a transfer coding ({te.decode('latin-1')})"
+                        " this client cannot receive",
+                    )
+                    return
+                # Kept: the body's bytes stay coded (RFC 9112 6.1), only rechunked; without
+                # a final chunked the body ends at the upstream's close (RFC 9112 6.3).
+                self.close_delimited = not te.lower().rstrip().endswith(b"chunked")
                 self.chunked_resp = True
-                out.append(b"transfer-encoding: chunked\r\n")
+                out.append(coding)
             else:
-                self.close_after = True
+                # The body ends at the upstream's close unless it is chunked.
+                self.close_delimited = te is None
+                if http11:
+                    self.chunked_resp = True
+                    out.append(b"transfer-encoding: chunked\r\n")
+                else:
+                    self.close_after = True
         if not self.keep_alive or client.last_answer() or client.plane.draining or self.close_after:
             self.close_after = True
             out.append(b"connection: close\r\n")
@@ -567,7 +598,8 @@ class _Exchange:
             return
         self.upstream = None
         if self.resp_started:
-            if self.close_delimited:
+            if self.close_delimited and exc is None:
+                # A clean close ends such a body; an error (a reset) cuts it: aborted below.
                 if self.chunked_resp:
                     self.client.out.append(b"0\r\n\r\n")
                 self._finish(None)
@@ -595,7 +627,18 @@ class _Exchange:
         """Called by the data plane's sweeper: fail an exchange idle past its timeout."""
         if self.done or now - self.last_activity < self.plan.pool.timeout:
             return
-        self.client.plane.metrics.upstream_errors.labels(self.backend, "timeout").inc()
+        client = self.client
+        if client.write_paused:
+            # The client is not reading (so neither are we, from the backend): no backend
+            # timeout, a healthy response is not cut for it. A client stalled past the
+            # body timeout is cut as the slow one.
+            limits = client.plane.limits
+            if now - self.last_activity < limits.body_timeout:
+                return
+            client.plane.metrics.client_errors.labels("timeout").inc()
+            self._abort("client_timeout")
+            return
+        client.plane.metrics.upstream_errors.labels(self.backend, "timeout").inc()
         if self.resp_started:
             self._abort("timeout")
         else:
@@ -625,7 +668,11 @@ class _Exchange:
         body = _error_body(status, code, message, self.backend, self.request_id)
         client.out.append(
             _simple_response(
-                status, body, close=close, extra=b"x-request-id: %s\r\n" % self.request_id.encode()
+                status,
+                body,
+                close=close,
+                extra=b"x-request-id: %s\r\n" % self.request_id.encode(),
+                head_request=self.head_request,
             )
         )
         self.close_after = close
@@ -658,11 +705,13 @@ class _Exchange:
         self.backend = fb.backend
         self.retried = False  # legacy gets its own retry of a stale or refused connection
         replay = self.replay
-        if fb.host_header != plan.host_header:  # legacy's Host, not the candidate's
+        client_host = getattr(self, "client_host", None)
+        if fb.host_header != plan.host_header or client_host == b"":
+            # legacy's Host, not the candidate's
             head = replay[0]
             host = fb.host_header
             if host is None:  # the client's, dropped from the head for the override
-                host = getattr(self, "client_host", b"")
+                host = client_host or _authority(fb.pool)  # or legacy's, when it sent none
             replay[0] = with_host(head, host)
             self.replay_size += len(replay[0]) - len(head)
         self.up_buf = list(replay)
@@ -785,6 +834,24 @@ def _discard(ex: _Exchange, why: str = "primary_failed") -> None:
 _CLIENT_FAULTS = frozenset({"client_timeout", "bad_request"})
 
 
+def _coded_framing(te: bytes, http11: bool) -> bytes | None:
+    """The Transfer-Encoding line that forwards a response's codings other than chunked,
+    rechunked by us; None when they cannot be forwarded (an HTTP/1.0 client, RFC 9112 6.1;
+    chunked anywhere but last)."""
+    codings = [c.strip() for c in te.lower().split(b",") if c.strip()]
+    if codings and codings[-1] == b"chunked":
+        codings.pop()
+    if not http11 or not codings or b"chunked" in codings:
+        return None
+    return b"transfer-encoding: %s, chunked\r\n" % b", ".join(codings)
+
+
+def _authority(pool: UpstreamPool) -> bytes:
+    """The Host of a request to `pool`'s backend when the client sent none."""
+    host = pool.host.encode()
+    return b"[%s]:%d" % (host, pool.port) if b":" in host else b"%s:%d" % (host, pool.port)
+
+
 def _describe(exc: BaseException | None) -> str:
     if exc is None:
         return "connection closed"
@@ -796,11 +863,9 @@ def _describe(exc: BaseException | None) -> str:
 
 def _drop_connection_named(out: list[bytes], tokens: bytes, start: int) -> None:
     """Remove header lines named in a Connection header (RFC 9110 7.6.1) from `out`."""
-    names = {
-        t.strip().lower()
-        for t in tokens.split(b",")
-        if t.strip().lower() not in _CONN_STANDARD_TOKENS
-    }
+    names = {t.strip().lower() for t in tokens.split(b",")}
+    names -= _CONN_STANDARD_TOKENS
+    names -= _CONN_NEVER_NAMES
     if not names:
         return
     # `out` holds groups of (name, b": ", value, b"\r\n") after position `start`.
@@ -831,6 +896,7 @@ class ClientConnection(asyncio.Protocol):
         "error_after",
         "feeding",
         "head_bytes",
+        "held",
         "http11",
         "keep_alive",
         "out",
@@ -864,6 +930,7 @@ class ClientConnection(asyncio.Protocol):
         self.error_after: bytes | None = None  # a 400 owed after the responses in flight
         self.deadline = 0.0
         self.head_bytes = 0
+        self.held = b""  # bytes after an upgrade request, until the backend answers it
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunked = False
@@ -900,16 +967,17 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            ex = self.reading
-            rest = data[exc.args[0] :]
+            # The upgrade request was the last one parsed (its message may be complete).
+            ex = self.reading or (self.queue[-1] if self.queue else self.current)
             if ex is not None:
                 ex.request_complete = True
                 ex.upgrade_req = True
                 if ex.shadow is not None:
                     ex.shadow.drop("upgrade")
                     ex.shadow = None
-                if rest:
-                    ex.send_body(rest)
+                # What follows is the new protocol's if the backend switches (sent into
+                # the tunnel), the next request's if it declines (parsed then): held.
+                self.held = data[exc.args[0] :]
                 self.reading = None
             self._stop_reading()
         except httptools.HttpParserError as exc:
@@ -925,6 +993,12 @@ class ClientConnection(asyncio.Protocol):
             ex.flush_up()
 
     def eof_received(self) -> bool | None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            # Passed on, our side kept open: the backend may answer at the end of the stream
+            # (its close ends the tunnel, UpstreamConnection.connection_lost).
+            tunnel.half_close()
+            return True
         # Half-close: finish the response in flight, then close.
         self.keep_alive = False
         cut = self.reading
@@ -997,7 +1071,11 @@ class ClientConnection(asyncio.Protocol):
         method = _METHODS.get(raw_method) or raw_method.decode("ascii", "replace")
         if method == "CONNECT":
             raise _Refuse(405, "method_not_allowed", "CONNECT is not supported")
-        self.http11 = parser.get_http_version() == "1.1"
+        version = parser.get_http_version()
+        self.http11 = version == "1.1"
+        if not self.http11 and version != "1.0":
+            # forwarded as HTTP/1.1 it would change protocol on the way (0.9, 2.0, ...)
+            raise _Refuse(505, "version_not_supported", f"HTTP/{version} is not supported")
         self.keep_alive = parser.should_keep_alive() and self.keep_alive
         url = self._url
         if url.find(b"#") >= 0:  # RFC 9112 3.2: never in a target; backends cut the path there
@@ -1080,6 +1158,8 @@ class ClientConnection(asyncio.Protocol):
             _drop_connection_named(parts, conn_tokens, start=4)
         if host_override is not None:
             parts += (b"host: ", host_override, b"\r\n")
+        elif hosts == 0:  # HTTP/1.0 without Host: forwarded as 1.1, it needs one
+            parts += (b"host: ", _authority(plan.pool), b"\r\n")
         if rid is None:
             request_id = plane.new_request_id()
             parts += (b"x-request-id: ", request_id.encode(), b"\r\n")
@@ -1101,13 +1181,16 @@ class ClientConnection(asyncio.Protocol):
 
         head = b"".join(parts)
         ex = _Exchange(self, plan, method, path, head, request_id)
-        if host_override is not None:
+        if host_override is not None or hosts == 0:
             ex.client_host = host  # what a fallback without an override sends instead
         if probe is not None:
             ex.probe = True
         ex.chunked_req = self._chunked
         if plan.shadow is not None and plane.hub is not None:
-            ex.shadow = plane.hub.begin(plan.shadow, method, path, request_id, headers, head)
+            sh_head = head
+            if hosts == 0:  # the Host made up above is the serving backend's, not the copy's
+                sh_head = with_host(head, _authority(plan.shadow.target_pool))
+            ex.shadow = plane.hub.begin(plan.shadow, method, path, request_id, headers, sh_head)
         cap = plane.capture
         if cap is not None and cap.wants(method, request_id):
             ex.cap = _Capture(query, headers)
@@ -1124,8 +1207,9 @@ class ClientConnection(asyncio.Protocol):
         if ex is None:
             return
         plane = self.plane
-        self.deadline = plane.loop.time() + plane.limits.body_timeout
-        ex.last_activity = self.deadline
+        now = plane.loop.time()
+        self.deadline = now + plane.limits.body_timeout
+        ex.last_activity = now
         if ex.chunked_req:
             ex.send_body(b"%x\r\n%s\r\n" % (len(body), body))
         else:
@@ -1173,7 +1257,9 @@ class ClientConnection(asyncio.Protocol):
     def resume_reading(self) -> None:
         """Read from the client again."""
         self.reading_paused_for = None
-        if self.transport is not None and self.keep_alive:
+        # A closing client's reads stay stopped once its last request is in, never while
+        # its body is still coming (an upload paused mid-body would hang until 408).
+        if self.transport is not None and (self.keep_alive or self.reading is not None):
             self.transport.resume_reading()
 
     def _stop_reading(self) -> None:
@@ -1219,8 +1305,19 @@ class ClientConnection(asyncio.Protocol):
         elif self.reading is None:
             plane = self.plane
             self.deadline = plane.loop.time() + plane.limits.keepalive_timeout
-        if self.reading_paused_for is ex:
+        if ex.upgrade_req:
+            self._upgrade_declined()
+        elif self.reading_paused_for is ex:
             self.resume_reading()
+
+    def _upgrade_declined(self) -> None:
+        """An upgrade answered without a switch: HTTP/1.1 again, from the bytes held."""
+        self.parser = httptools.HttpRequestParser(self)  # the old one stopped at the upgrade
+        held, self.held = self.held, b""
+        if self.transport is not None:
+            self.transport.resume_reading()  # data comes in a later callback: held first
+        if held:
+            self.data_received(held)
 
     def _close(self) -> None:
         if self.transport is not None:
@@ -1231,14 +1328,25 @@ class ClientConnection(asyncio.Protocol):
         self._tunnel = conn
         self.current = None
         self.deadline = 0.0
+        held, self.held = self.held, b""
+        if held:  # sent with the upgrade request: the new protocol's first bytes
+            conn.send(held)
         if self.transport is not None:
             self.transport.resume_reading()
 
     def abort(self) -> None:
         """Close the client connection abruptly (a truncated response must not look whole)."""
         self.out = []
-        if self.transport is not None:
-            self.transport.abort()
+        transport = self.transport
+        if transport is not None:
+            # A reset, not a FIN: a body delimited by the close would otherwise look whole.
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+                except OSError:
+                    pass
+            transport.abort()
 
     def deadline_expired(self) -> None:
         """A header, body or idle deadline passed."""
@@ -1247,10 +1355,14 @@ class ClientConnection(asyncio.Protocol):
             plane = self.plane
             plane.metrics.client_errors.labels("timeout").inc()
             if self.current is None or (self.current is self.reading and self.current.status == 0):
+                head_request = False
                 if self.current is not None:
+                    head_request = self.current.head_request
                     self.current.client_gone("client_timeout", 408)
                     self.current = None
-                self._reply_error(408, "request_timeout", "request not received in time")
+                self._reply_error(
+                    408, "request_timeout", "request not received in time", head_request
+                )
                 return
         if self.current is None and self.transport is not None:
             self.transport.close()
@@ -1263,6 +1375,10 @@ class ClientConnection(asyncio.Protocol):
             status, code, message = 400, "bad_request", f"malformed request: {exc}"
         self.plane.metrics.client_errors.labels(code).inc()
         bad = self.reading
+        if bad is not None:
+            head_request = bad.head_request
+        else:  # refused from a callback, once the request line was parsed
+            head_request = refusal is not None and self.parser.get_method() == b"HEAD"
         self.reading = None
         cur = self.current
         if cur is not None and cur is not bad:
@@ -1273,7 +1389,7 @@ class ClientConnection(asyncio.Protocol):
                     self.queue.remove(bad)
                 _discard(bad, "bad_request")
             body = _error_body(status, code, message, "strangler", "")
-            self.error_after = _simple_response(status, body, close=True)
+            self.error_after = _simple_response(status, body, close=True, head_request=head_request)
             self._stop_reading()
             return
         if cur is not None:
@@ -1282,11 +1398,13 @@ class ClientConnection(asyncio.Protocol):
                 return
             cur.client_gone("bad_request", status)
             self.current = None
-        self._reply_error(status, code, message)
+        self._reply_error(status, code, message, head_request)
 
-    def _reply_error(self, status: int, code: str, message: str) -> None:
+    def _reply_error(
+        self, status: int, code: str, message: str, head_request: bool = False
+    ) -> None:
         body = _error_body(status, code, message, "strangler", "")
-        self.out = [_simple_response(status, body, close=True)]
+        self.out = [_simple_response(status, body, close=True, head_request=head_request)]
         self.flush()
         if self.transport is not None:
             self.transport.close()

@@ -129,8 +129,9 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.feeding = False
             if isinstance(exc.__context__, _HeadersDone):
-                if not data.endswith(b"\r\n\r\n"):
-                    self.keep_alive = False  # bytes after the head of a HEAD answer
+                # Never reused after a HEAD: a backend that sends a body anyway may send
+                # it in a later read, which would reach the next request sent on it.
+                self.keep_alive = False
                 self.parser = httptools.HttpResponseParser(self)
                 try:
                     ex.on_upstream_message_complete(self)
@@ -238,6 +239,12 @@ class UpstreamConnection(asyncio.Protocol):
         """After a 101: move raw bytes from this connection to `peer`."""
         self._tunnel = peer
         self.exchange = None
+
+    def half_close(self) -> None:
+        """In a tunnel: the client will send nothing more (its FIN, passed on)."""
+        t = self.transport
+        if t is not None and not t.is_closing() and t.can_write_eof():
+            t.write_eof()
 
     def abort(self) -> None:
         """Drop the connection at once (the client went away or the exchange failed)."""

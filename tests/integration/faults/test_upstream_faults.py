@@ -8,6 +8,8 @@ let an exception escape a callback, on the asyncio loop and on uvloop (what `ser
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import cast
@@ -128,3 +130,64 @@ def test_broken_backend_gives_prompt_502_and_frees_the_pool(loop_kind: str, faul
     assert good[2] < 0.35
     assert active <= 1
     assert errors == []
+
+
+def _cut_close_delimited(loop_kind: str, version: bytes) -> tuple[bytes, bool]:
+    """A body delimited by the backend's close, cut by a reset once the client got its
+    first bytes: what the client got, and whether its connection was reset."""
+    loop = _LOOPS[loop_kind]()
+
+    async def scenario() -> tuple[bytes, bool]:
+        held: list[asyncio.StreamWriter] = []
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\npartial")
+            held.append(writer)
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        proxy = create_proxy(
+            loads(proxy_config(f"http://127.0.0.1:{port}"), "cut.yaml"),
+            access_log=AccessLog(enabled=False),
+        )
+        await proxy.start()
+        try:
+            reader, writer = await asyncio.open_connection(*proxy.address)
+            writer.write(b"GET /cut %s\r\nHost: a\r\n\r\n" % version)
+            got, reset = b"", False
+            async with asyncio.timeout(5):
+                while b"partial" not in got:
+                    got += await reader.read(65536)
+                sock = held[0].get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                held[0].transport.abort()  # RST: the body is cut, not ended
+                try:  # until the end, or the last chunk (a kept-alive connection stays)
+                    while not got.endswith(b"0\r\n\r\n") and (chunk := await reader.read(65536)):
+                        got += chunk
+                except ConnectionResetError:
+                    reset = True
+            writer.close()
+        finally:
+            await proxy.stop(1.0)
+            server.close()
+            await server.wait_closed()
+        return got, reset
+
+    try:
+        return loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("version", [b"HTTP/1.1", b"HTTP/1.0"])
+def test_a_close_delimited_body_cut_by_a_reset_is_never_delivered_whole(
+    loop_kind: str, version: bytes
+) -> None:
+    # The reset once ended the body like a clean close: an HTTP/1.1 client got the last
+    # chunk, an HTTP/1.0 one a clean close, and both took a truncated body for the whole.
+    got, reset = _cut_close_delimited(loop_kind, version)
+    assert b"partial" in got
+    assert not got.endswith(b"0\r\n\r\n")
+    assert reset  # the client sees a broken connection

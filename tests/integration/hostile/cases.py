@@ -220,6 +220,20 @@ CASES: tuple[HostileCase, ...] = (
         "two Host headers (RFC 9112 3.2): which one routes, which one logs?",
     ),
     HostileCase(
+        "http09",
+        "protocol",
+        b"GET /echo HTTP/0.9\r\n" + _H + b"\r\n",
+        505,
+        "an HTTP/0.9 request line: forwarded as HTTP/1.1, it changed protocol on the way",
+    ),
+    HostileCase(
+        "http20",
+        "protocol",
+        b"GET /echo HTTP/2.0\r\n" + _H + b"\r\n",
+        505,
+        "an HTTP/2.0 request line over HTTP/1 framing: no such protocol",
+    ),
+    HostileCase(
         "connect",
         "protocol",
         b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n",

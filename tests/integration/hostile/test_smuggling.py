@@ -116,3 +116,48 @@ async def test_a_body_found_malformed_is_logged_with_the_400_the_client_got() ->
     assert [(e["path"], e["status"], e.get("error")) for e in lines if e["method"] == "POST"] == [
         ("/upload", 400, "bad_request")
     ]
+
+
+_SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize("named", [b"Content-Length", b"Host", b"close, content-length, host"])
+async def test_connection_header_never_removes_framing_or_host(
+    hostile: Hostile, named: bytes
+) -> None:
+    # Connection: Content-Length once left the body unframed: the backend read it as a
+    # second request on the pooled connection and its answer went to the next user.
+    await hostile.warm()
+    request = (
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nConnection: %s\r\nContent-Length: %d\r\n\r\n%s"
+        % (named, len(_SMUGGLED), _SMUGGLED)
+    )
+    resp = await raw_exchange(hostile.port, request)
+    assert resp.status == 200
+    assert orjson.loads(resp.body)["body_len"] == len(_SMUGGLED)
+    rec = hostile.legacy.received[-1]
+    assert rec.target == b"/echo" and rec.complete
+    assert rec.header(b"content-length") == [b"%d" % len(_SMUGGLED)]
+    assert rec.header(b"host") == [b"a"]
+    await hostile.barrier()
+    assert b"/smuggled" not in [r.target for r in hostile.legacy.received]
+
+
+async def test_a_response_connection_header_never_removes_its_content_length(
+    hostile: Hostile,
+) -> None:
+    def answer(t: asyncio.Transport, rec: object) -> None:
+        t.write(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Content-Length\r\n"
+            b"Content-Length: 5\r\n\r\nfirst"
+        )
+
+    hostile.legacy.extra[b"/named"] = answer
+    reader, writer = await asyncio.open_connection("127.0.0.1", hostile.port)
+    try:
+        writer.write(b"GET /named HTTP/1.1\r\nHost: a\r\n\r\nGET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+        first, second = await asyncio.wait_for(read_responses(reader, 2), 5)
+    finally:
+        await close_writer(writer)
+    assert first.header(b"content-length") == [b"5"] and first.body == b"first"
+    assert second.status == 200 and orjson.loads(second.body)["target"] == "/echo"

@@ -224,3 +224,84 @@ async def test_requests_waiting_on_a_replaced_backend_are_still_served(
     assert b.status == 200  # not a 504 after the backend's timeout (1 s)
     assert orjson.loads(b.body)["target"] == "/echo"
     assert upstream.connections == 2 and other.connections == 0  # where it was routed
+
+
+async def _head_then_get(port: int, head_path: bytes, get_path: bytes) -> tuple[bytes, bytes]:
+    """HEAD then GET on one kept-alive connection: the raw head of the HEAD's answer and
+    the first line of what follows it (the GET's answer, if nothing came in between)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"HEAD /%s HTTP/1.1\r\nHost: shop.example\r\n\r\n" % head_path)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.write(GET % get_path)
+        after = await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+    return head, after
+
+
+async def test_a_head_answered_502_by_the_proxy_has_no_body(down_proxy: Proxy) -> None:
+    # The JSON error body once followed the head of a HEAD answer on a kept-alive
+    # connection: the client read it as the start of its next response.
+    head, after = await _head_then_get(down_proxy.address[1], b"echo", b"echo")
+    assert head.startswith(b"HTTP/1.1 502 ") and b"\r\ncontent-length: " in head
+    assert after.startswith(b"HTTP/1.1 502 ")
+
+
+async def test_a_head_answered_504_by_the_proxy_has_no_body(stack: Stack) -> None:
+    head, after = await _head_then_get(stack.port, b"hang", b"echo")
+    assert head.startswith(b"HTTP/1.1 504 ")
+    assert after.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_head_refused_by_the_proxy_has_no_body(stack: Stack) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        writer.write(b"HEAD /echo HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        async with asyncio.timeout(5):
+            answer = await reader.read()  # everything until the proxy closes
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"\r\ncontent-length: " in answer
+    assert answer.endswith(b"\r\n\r\n")
+
+
+async def test_a_hung_backend_gives_504_at_timeout_after_a_request_body(stack: Stack) -> None:
+    # Each body read once set the upstream's last activity to the body deadline (30 s
+    # ahead): a request with a body got its 504 after timeout + body_timeout.
+    start = time.monotonic()
+    resp = await raw_exchange(
+        stack.port, b"POST /hang HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 4\r\n\r\nbody"
+    )
+    elapsed = time.monotonic() - start
+    assert resp.status == 504
+    assert 0.9 <= elapsed < 2.0  # backend timeout is 1s
+
+
+async def test_a_head_answer_body_sent_late_never_reaches_the_next_request(stack: Stack) -> None:
+    # A backend that sends a body after its answer to a HEAD (in a later read than the
+    # head) once had that connection pooled: the next request sent on it got those bytes.
+    headed: set[asyncio.Transport] = set()
+
+    def head_then_late_body(t: asyncio.Transport, rec: object) -> None:
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 45\r\n\r\n")
+        headed.add(t)
+
+    def next_answer(t: asyncio.Transport, rec: object) -> None:
+        if t in headed:  # the HEAD's body comes now, ahead of this answer
+            t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nforged")
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nreal")
+
+    stack.upstream.extra[b"/headlate"] = head_then_late_body
+    stack.upstream.extra[b"/next"] = next_answer
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        writer.write(b"HEAD /headlate HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        first = await asyncio.wait_for(read_response(reader, head_only=True), 5)
+        assert (first.status, first.body) == (200, b"")
+        writer.write(GET % b"next")
+        second = await asyncio.wait_for(read_response(reader), 5)
+    finally:
+        writer.close()
+    assert (second.status, second.body) == (200, b"real")
+    assert stack.upstream.connections == 2  # a connection that answered a HEAD is not reused

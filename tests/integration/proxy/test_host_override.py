@@ -106,3 +106,26 @@ async def test_shadow_copies_carry_the_host_of_the_backend_they_go_to(
         assert _hosts(cand, b"/api/o1") == [[b"orders.internal"]]
     finally:
         await proxy.stop(0.5)
+
+
+async def test_an_http10_request_without_host_gets_the_host_of_the_backend_it_goes_to(
+    sides: tuple[EchoUpstream, EchoUpstream],
+) -> None:
+    # HTTP/1.0 allows a request without Host; it was forwarded as HTTP/1.1 without one,
+    # which backends refuse (400). A fallback must not carry the candidate's either.
+    legacy, cand = sides
+    cand.extra[b"/api/x"] = lambda t, rec: t.abort()  # fails before any response byte
+    text = _config(legacy, cand, "extracted", "").replace("    host_header: orders.internal\n", "")
+    proxy = await _proxy(text)
+    try:
+        plain = await raw_exchange(proxy.address[1], b"GET /plain HTTP/1.0\r\n\r\n")
+        assert plain.status == 200
+        assert _hosts(legacy, b"/plain") == [[b"127.0.0.1:%d" % legacy.port]]
+        fell_back = await raw_exchange(proxy.address[1], b"GET /api/x HTTP/1.0\r\n\r\n")
+        assert fell_back.status == 200  # legacy answered in-line
+        assert _hosts(cand, b"/api/x") == [[b"127.0.0.1:%d" % cand.port]]
+        # legacy's own, on the fallback and on the verification copy (if it went out first)
+        assert _hosts(legacy, b"/api/x")
+        assert all(h == [b"127.0.0.1:%d" % legacy.port] for h in _hosts(legacy, b"/api/x"))
+    finally:
+        await proxy.stop(0.5)

@@ -280,9 +280,157 @@ async def test_upgrade_tunnels_raw_bytes(stack: Stack) -> None:
     writer.close()
 
 
+async def test_bytes_sent_right_after_an_upgrade_request_reach_the_tunnel(stack: Stack) -> None:
+    # Bytes in the same read as the upgrade request (a client need not wait for the 101)
+    # were lost; only those sent after the tunnel opened went through.
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: Upgrade\r\n"
+            b"Upgrade: echo\r\n\r\nEARLY-FRAME"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert await asyncio.wait_for(reader.readexactly(11), 5) == b"EARLY-FRAME"
+        writer.write(b"LATER-FRAME")
+        assert await asyncio.wait_for(reader.readexactly(11), 5) == b"LATER-FRAME"
+    finally:
+        writer.close()
+
+
+async def test_a_tunnel_half_closed_by_the_client_still_brings_the_reply() -> None:
+    # The client's FIN in a tunnel closed both sides at once: a backend answering at the
+    # end of the client's stream (as it may once it reads EOF) lost its reply.
+    async def at_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n"
+        )
+        got = await reader.read()  # everything until the client's half-close
+        writer.write(b"reply-to:" + got)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(at_eof, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = loads(proxy_config(f"http://127.0.0.1:{port}"), "t.yaml")
+    proxy = create_proxy(settings, access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
+        reader, writer = await asyncio.open_connection(*proxy.address)
+        try:
+            writer.write(b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 101")
+            writer.write(b"last-message")
+            writer.write_eof()
+            async with asyncio.timeout(5):
+                rest = await reader.read()  # until the proxy closes
+        finally:
+            writer.close()
+        assert rest == b"reply-to:last-message"
+    finally:
+        await proxy.stop(1.0)
+        server.close()
+        await server.wait_closed()
+
+
+class _Declining:
+    """A backend that answers every request, upgrade or not, with 200 and its path."""
+
+    def __init__(self) -> None:
+        self.targets: list[bytes] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> _Declining:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                target = head.split(b" ", 2)[1]
+                self.targets.append(target)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(target), target)
+                )
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+_H2C = b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+_H2C += b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["after-answer", "pipelined"])
+async def test_a_declined_upgrade_leaves_the_connection_usable(together: bool) -> None:
+    # A backend that declines an upgrade (answers 200, not 101) left the client connection
+    # dead: its next request was never read, and the connection was reset.
+    backend = await _Declining().start()
+    settings = loads(proxy_config(f"http://127.0.0.1:{backend.port}"), "t.yaml")
+    proxy = create_proxy(settings, access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
+        reader, writer = await asyncio.open_connection(*proxy.address)
+        try:
+            second = b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n"
+            writer.write(_H2C + second if together else _H2C)
+            first = await asyncio.wait_for(read_response(reader), 5)
+            if not together:
+                writer.write(second)
+            after = await asyncio.wait_for(read_response(reader), 5)
+        finally:
+            writer.close()
+        assert (first.status, first.body) == (200, b"/a")
+        assert (after.status, after.body) == (200, b"/b")
+        assert backend.targets == [b"/a", b"/b"]
+    finally:
+        await proxy.stop(1.0)
+        await backend.close()
+
+
 async def test_close_delimited_response_becomes_chunked(stack: Stack) -> None:
     resp = await raw_exchange(stack.port, _req("GET", "/close-delimited"))
     assert resp.complete and resp.body == b"until close"
+
+
+_CODED = {
+    # a transfer coding before chunked; a coding alone: the body ends at the close
+    b"/te-gzip-chunked": b"transfer-encoding: gzip, chunked\r\n\r\n4\r\nGZIP\r\n0\r\n\r\n",
+    b"/te-gzip": b"transfer-encoding: gzip\r\n\r\nGZIP",
+}
+
+
+@pytest.mark.parametrize("path", list(_CODED))
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.0"])
+async def test_transfer_codings_other_than_chunked_are_kept(
+    stack: Stack, path: bytes, version: str
+) -> None:
+    # The codings were dropped with the chunked framing: the client got gzip bytes
+    # labelled as plain ones. An HTTP/1.0 client cannot take a transfer coding: 502.
+    def coded(t: asyncio.Transport, rec: Received) -> None:
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n" + _CODED[path])
+        if path == b"/te-gzip":
+            t.close()
+
+    stack.upstream.extra[path] = coded
+    request = _req("GET", path.decode()).replace(b"HTTP/1.1", version.encode(), 1)
+    resp = await raw_exchange(stack.port, request)
+    if version == "HTTP/1.0":
+        assert resp.status == 502 and resp.complete
+        return
+    assert resp.status == 200 and resp.complete
+    assert resp.header(b"transfer-encoding") == [b"gzip, chunked"]
+    assert resp.body == b"GZIP"
 
 
 def _rss_kb() -> int:

@@ -1,0 +1,164 @@
+"""Flow control: reads paused on one side resume when the other side drains."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from prometheus_client import generate_latest
+
+from proxy.accesslog import AccessLog
+from proxy.app import Proxy, create_proxy
+from proxy.settings import loads
+from tests.integration.proxy.conftest import Stack, proxy_config
+from tests.support import close_writer, wait_until
+from tests.upstreams import EchoUpstream, Received, read_response
+
+
+class GatedUpload:
+    """A backend that reads a request head, then waits for `go` before reading its body,
+    and answers with the number of body bytes it got."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> GatedUpload:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            await self.go.wait()
+            body = await reader.readexactly(length)
+            answer = b"%d" % len(body)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(answer), answer))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            await close_writer(writer)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@asynccontextmanager
+async def _proxy_to(port: int, extra: str = "") -> AsyncIterator[Proxy]:
+    settings = loads(proxy_config(f"http://127.0.0.1:{port}", extra), "flow.yaml")
+    proxy = create_proxy(settings, access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop(1.0)
+
+
+def _reads_paused(proxy: Proxy) -> bool:
+    plane = proxy.plane
+    assert plane is not None
+    return any(c.reading_paused_for is not None for c in plane.connections)
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"POST /up HTTP/1.0\r\n", b"POST /up HTTP/1.1\r\nConnection: close\r\n"],
+    ids=["http10", "connection-close"],
+)
+async def test_an_upload_paused_mid_body_resumes_for_a_closing_client(
+    request_line: bytes,
+) -> None:
+    # A client that will close after this request once had its reads paused (the backend
+    # was slow to read) and never resumed: the upload hung, then got 408.
+    size = 32 << 20  # more than the loopback buffers between proxy and backend hold
+    backend = await GatedUpload().start()
+    try:
+        async with _proxy_to(backend.port, "limits:\n  body_timeout: 3s\n") as proxy:
+            reader, writer = await asyncio.open_connection(*proxy.address)
+            writer.write(request_line + b"Host: a\r\nContent-Length: %d\r\n\r\n" % size)
+            writer.write(b"u" * size)
+            try:
+                await wait_until(lambda: _reads_paused(proxy), timeout=10)
+                backend.go.set()
+                resp = await asyncio.wait_for(read_response(reader), 15)
+            finally:
+                await close_writer(writer)
+            assert resp.status == 200
+            assert resp.body == b"%d" % size
+    finally:
+        await backend.close()
+
+
+async def test_a_client_reading_slowly_still_gets_the_whole_response(stack: Stack) -> None:
+    # The backend timeout (1 s) once ran while the client's reads were paused: a healthy
+    # response was cut, and counted as a backend timeout (a breaker failure).
+    size = 32 << 20  # more than the loopback buffers between proxy and client hold
+
+    def big(t: asyncio.Transport, rec: Received) -> None:
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"y" * size)
+
+    stack.upstream.extra[b"/big"] = big
+    plane = stack.proxy.plane
+    assert plane is not None
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", stack.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        await wait_until(lambda: any(c.write_paused for c in plane.connections), timeout=10)
+        await asyncio.sleep(1.5)  # the scenario itself: the client reads nothing for 1.5 s
+        resp = await asyncio.wait_for(read_response(reader), 20)
+    finally:
+        await close_writer(writer)
+    assert resp.complete and len(resp.body) == size
+    text = generate_latest(stack.proxy.metrics_registry()).decode()
+    assert not [ln for ln in text.splitlines() if ln.startswith("strangler_upstream_errors")]
+
+
+async def test_a_client_that_stops_reading_is_cut_at_the_body_timeout(
+    upstream: EchoUpstream,
+) -> None:
+    # The bound that replaces the backend timeout while the client is not reading: the
+    # stalled client is cut as the slow one, never counted against the backend.
+    size = 32 << 20
+
+    def big(t: asyncio.Transport, rec: Received) -> None:
+        t.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"y" * size)
+
+    upstream.extra[b"/big"] = big
+    async with _proxy_to(upstream.port, "limits:\n  body_timeout: 2s\n") as proxy:
+        plane = proxy.plane
+        assert plane is not None
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, proxy.address)
+        _, writer = await asyncio.open_connection(sock=sock)
+        try:
+            writer.write(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+            await wait_until(lambda: any(c.write_paused for c in plane.connections), timeout=10)
+            start = time.monotonic()
+            await wait_until(lambda: not plane.connections, timeout=10)
+            elapsed = time.monotonic() - start
+        finally:
+            await close_writer(writer)
+        text = generate_latest(proxy.metrics_registry()).decode()
+    assert 1.5 < elapsed < 4.0  # body_timeout 2 s, not the backend's 1 s
+    assert 'strangler_client_errors_total{kind="timeout"} 1.0' in text
+    assert not [ln for ln in text.splitlines() if ln.startswith("strangler_upstream_errors")]
