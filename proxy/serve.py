@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -246,7 +247,31 @@ class _Workers:
                 proc.wait()
 
 
+def _probe_listen(host: str, port: int) -> None:
+    """Raise OSError if anything holds `host:port`. The workers bind it with SO_REUSEPORT,
+    which would share the port with another running instance; this bind does not."""
+    if port == 0:
+        return
+    for family, kind, proto, _, addr in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no user
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                reason = (exc.strerror or str(exc)).lower()
+                raise OSError(
+                    exc.errno, f"error while attempting to bind on address {addr!r}: {reason}"
+                ) from None
+
+
 async def _supervise(settings: Settings, count: int, watch: bool) -> int:
+    try:
+        _probe_listen(settings.host, settings.port)
+    except OSError as exc:
+        _cannot_start(exc)
+        return 2
     mp_dir = tempfile.mkdtemp(prefix="strangler-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
     os.environ[STATE_DIR_ENV] = mp_dir  # rollback holds shared by the workers

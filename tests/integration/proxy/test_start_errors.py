@@ -16,7 +16,7 @@ from proxy.app import create_proxy
 from proxy.handlers import start_handler_app
 from proxy.settings import BackendSettings, loads
 from tests.integration.proxy.conftest import proxy_config
-from tests.support import free_port, start_serve
+from tests.support import free_port, start_serve, stop_process, wait_admin_ready
 from tests.upstreams import EchoUpstream
 
 
@@ -29,10 +29,10 @@ def taken() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-async def _serve(config: Path, *args: str) -> tuple[int, str]:
+async def _serve(config: Path, *args: str, timeout: float = 60) -> tuple[int, str]:
     proc = await start_serve(config, *args, stderr=asyncio.subprocess.PIPE)
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout)
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -105,3 +105,27 @@ async def test_apps_started_before_a_failing_one_are_closed(
         await proxy.start()
     [orders] = started  # the first app started, then the second failed
     assert not orders.sites  # and the first was cleaned up: no listener left behind
+
+
+async def test_a_second_workers_instance_on_a_served_port_exits_2(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    """Its workers (SO_REUSEPORT) would share the port with the first instance's and split
+    the users between two proxies; it must fail as a single process does."""
+    port = free_port()
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    admin = free_port()
+    first = await start_serve(_config(first_dir, upstream, port, admin), "--workers", "2")
+    try:
+        await wait_admin_ready(admin)
+        code, err = await _serve(
+            _config(second_dir, upstream, port, free_port()), "--workers", "2", timeout=20
+        )
+        assert code == 2, err
+        assert "Traceback" not in err
+        assert "strangler serve: cannot start: " in err and str(port) in err, err
+        assert first.returncode is None
+    finally:
+        assert await stop_process(first) == 0
