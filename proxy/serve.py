@@ -74,10 +74,17 @@ def _hup_handler(loop: asyncio.AbstractEventLoop, on_hup: Callable[[], None]) ->
 
 
 def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
-    """Run until SIGTERM/SIGINT; exit code 0, or 2 on a config error."""
+    """Run until SIGTERM/SIGINT; exit code 0, or 2 on a config error or a failed start."""
     _hold_early_hup()
     settings = _load_or_report(config_path)
     if settings is None:
+        return 2
+    if workers > 1 and settings.port == 0:
+        print(
+            f"strangler serve: cannot start: listen {settings.host}:0 would give each of the"
+            f" {workers} workers its own random port; set a port for --workers",
+            file=sys.stderr,
+        )
         return 2
     _install_uvloop()
     if workers > 1 or settings.limits.shadow_offload:  # workers, each with a shadow helper

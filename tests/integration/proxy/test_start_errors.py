@@ -129,3 +129,15 @@ async def test_a_second_workers_instance_on_a_served_port_exits_2(
         assert first.returncode is None
     finally:
         assert await stop_process(first) == 0
+
+
+async def test_port_0_with_workers_exits_2_with_one_line(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    """Each worker would bind its own random port: no single address served them all."""
+    code, err = await _serve(
+        _config(tmp_path, upstream, 0, free_port()), "--workers", "2", timeout=20
+    )
+    assert code == 2, err
+    assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err
+    assert err.startswith("strangler serve: cannot start: listen 127.0.0.1:0 "), err
