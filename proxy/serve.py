@@ -61,8 +61,11 @@ _EARLY_HUP: list[bool] = []  # a SIGHUP came before the loop's handler was insta
 
 def _hold_early_hup() -> None:
     """From the first line on, a SIGHUP is noted, not fatal (its default): the reload runs
-    once the proxy is up (`_hup_handler`). It killed a proxy still starting (exit 129)."""
+    once the proxy is up (`_hup_handler`). It killed a proxy still starting (exit 129).
+    A worker is spawned with SIGHUP blocked (`_Workers.spawn`); one that came before this
+    line is delivered now, to the handler."""
     signal.signal(signal.SIGHUP, lambda _signum, _frame: _EARLY_HUP.append(True))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 def _hup_handler(loop: asyncio.AbstractEventLoop, on_hup: Callable[[], None]) -> None:
@@ -217,11 +220,17 @@ class _Workers:
         self.restarts = 0
 
     def spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "proxy.worker", self.config_path],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-        )
+        """Start a worker with SIGHUP blocked (the mask is inherited): a reload fanned out
+        while it imports stays pending until its handler is in (`_hold_early_hup`)."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "proxy.worker", self.config_path],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def start(self) -> None:
         self.procs = [self.spawn() for _ in range(self.count)]

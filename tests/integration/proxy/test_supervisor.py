@@ -1,0 +1,99 @@
+"""The `strangler serve --workers N` supervisor keeping its workers: respawns, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration.proxy.conftest import proxy_config
+from tests.support import child_pids, free_port, start_serve, stop_process, wait_admin_ready
+from tests.upstreams import EchoUpstream
+
+
+@dataclass
+class _Served:
+    proc: asyncio.subprocess.Process
+    port: int
+    admin: int
+    config: Path
+
+
+def _config(tmp_path: Path, upstream: EchoUpstream, port: int, admin: int) -> Path:
+    text = proxy_config(upstream.url).replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}", 1)
+    text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(text)
+    return cfg
+
+
+@pytest.fixture
+async def served(tmp_path: Path, upstream: EchoUpstream) -> AsyncIterator[_Served]:
+    port, admin = free_port(), free_port()
+    cfg = _config(tmp_path, upstream, port, admin)
+    proc = await start_serve(cfg, "--workers", "2", env={"STRANGLER_GRACE_S": "2"})
+    try:
+        await wait_admin_ready(admin)
+        yield _Served(proc, port, admin, cfg)
+    finally:
+        await stop_process(proc)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _metrics_dir(worker: int) -> Path:
+    """The supervisor's multiprocess directory, where a ready worker leaves `ready-PID`."""
+    for item in Path(f"/proc/{worker}/environ").read_bytes().split(b"\0"):
+        if item.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
+            return Path(item.split(b"=", 1)[1].decode())
+    raise AssertionError(f"worker {worker} has no PROMETHEUS_MULTIPROC_DIR")
+
+
+async def _workers(sup: int, n: int, timeout: float = 20) -> list[int]:
+    found: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = child_pids(sup)
+        if len(found) == n:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"workers of {sup}: {found}")
+
+
+async def _respawned(sup: int, old: list[int], timeout: float = 20) -> int:
+    """The pid of a worker the supervisor started after `old` (polled every 5 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = set(child_pids(sup)) - set(old)
+        if new:
+            return min(new)
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"no new worker of {sup} besides {old}")
+
+
+async def test_a_reload_while_a_worker_restarts_does_not_kill_it(served: _Served) -> None:
+    """A SIGHUP fanned out to a worker still importing killed it (the default action)."""
+    sup = served.proc.pid
+    old = await _workers(sup, 2)
+    ready_dir = _metrics_dir(old[1])
+    os.kill(old[0], signal.SIGKILL)
+    fresh = await _respawned(sup, old)
+    os.kill(sup, signal.SIGHUP)  # a reload while `fresh` is starting
+    deadline = time.monotonic() + 20
+    while _alive(fresh) and not (ready_dir / f"ready-{fresh}").exists():
+        assert time.monotonic() < deadline, "the new worker never got ready"
+        await asyncio.sleep(0.02)
+    assert _alive(fresh), "the reload killed the worker that was starting"
+    assert served.proc.returncode is None
