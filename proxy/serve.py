@@ -117,21 +117,10 @@ def _settle_gc() -> None:
     gc.freeze()
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this worker when its supervisor dies (even by SIGKILL)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def run_worker(config_path: str) -> int:
-    """Entry point of one worker process started by the supervisor."""
+    """Entry point of one worker process started by the supervisor (`proxy.worker`, which
+    ties it to the supervisor first)."""
     _hold_early_hup()
-    _die_with_parent()
     settings = _load_or_report(config_path)
     if settings is None:
         return 2
@@ -225,7 +214,7 @@ class _Workers:
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "proxy.worker", self.config_path],
+                [sys.executable, "-m", "proxy.worker", self.config_path, str(os.getpid())],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
             )

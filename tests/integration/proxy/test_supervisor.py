@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -97,3 +98,24 @@ async def test_a_reload_while_a_worker_restarts_does_not_kill_it(served: _Served
         await asyncio.sleep(0.02)
     assert _alive(fresh), "the reload killed the worker that was starting"
     assert served.proc.returncode is None
+
+
+async def test_a_worker_starting_when_the_supervisor_dies_exits(served: _Served) -> None:
+    """It asked for SIGTERM on its parent's death only after its imports: a supervisor
+    killed before that left it serving the port forever, an orphan."""
+    sup = served.proc.pid
+    old = await _workers(sup, 2)
+    ready_dir = _metrics_dir(old[1])
+    os.kill(old[0], signal.SIGKILL)
+    fresh = await _respawned(sup, old)
+    os.kill(sup, signal.SIGKILL)  # while `fresh` is starting
+    try:
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in (fresh, old[1])):
+            assert time.monotonic() < deadline, f"orphans: {fresh}, {old[1]}"
+            await asyncio.sleep(0.02)
+    finally:
+        for pid in (fresh, old[1]):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(ready_dir, ignore_errors=True)  # the supervisor had no time to
