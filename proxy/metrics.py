@@ -140,6 +140,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.worker_restarts = Counter(
+            "strangler_worker_restarts",
+            "Workers that died and were restarted by the supervisor (serve --workers).",
+            registry=r,
+        )
         self.config_info = Gauge(
             "strangler_config_info",
             "1 for the config version in force (0 for earlier ones under --workers).",

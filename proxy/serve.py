@@ -197,8 +197,13 @@ async def _serve_one(settings: Settings, *, watch: bool, worker: bool) -> int:
     return 0
 
 
+_BACKOFF_MIN_S = 1.0  # a dead worker's first restart; doubled per quick death
+_BACKOFF_MAX_S = 30.0
+_HEALTHY_S = 60.0  # a worker that lived this long died of something new: back to the minimum
+
+
 class _Workers:
-    """The supervisor's worker processes."""
+    """The supervisor's worker processes, one per slot."""
 
     def __init__(self, config_path: str, count: int, env: dict[str, str]) -> None:
         self.config_path = config_path
@@ -207,6 +212,10 @@ class _Workers:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.stopping = False
         self.restarts = 0
+        self.on_restart: Callable[[], None] | None = None  # counts into the admin's metrics
+        self._started: list[float] = []  # per slot: when its process was started
+        self._quick_deaths: list[int] = []  # per slot: deaths in a row before _HEALTHY_S
+        self._due: list[float | None] = []  # per slot: when a dead one is started again
 
     def spawn(self) -> subprocess.Popen[bytes]:
         """Start a worker with SIGHUP blocked (the mask is inherited): a reload fanned out
@@ -223,18 +232,42 @@ class _Workers:
 
     def start(self) -> None:
         self.procs = [self.spawn() for _ in range(self.count)]
+        self._started = [time.monotonic()] * self.count
+        self._quick_deaths = [0] * self.count
+        self._due = [None] * self.count
 
     def reap(self) -> None:
-        """Replace workers that died (unless we are stopping)."""
+        """Restart workers that died (unless we are stopping), after a per-slot backoff:
+        a worker that cannot start (a bad file on disk, a handler that does not import)
+        is retried after 1 s, 2 s, 4 s ... at most 30 s, not in a tight loop."""
         from prometheus_client import multiprocess
 
+        now = time.monotonic()
         for i, proc in enumerate(self.procs):
-            if proc.poll() is not None and not self.stopping:
+            if self.stopping or proc.poll() is None:
+                continue
+            due = self._due[i]
+            if due is None:  # just died
                 multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
                 self.restarts += 1
-                line = {"event": "worker_restarted", "pid": proc.pid, "code": proc.returncode}
+                if self.on_restart is not None:
+                    self.on_restart()
+                if now - self._started[i] >= _HEALTHY_S:
+                    self._quick_deaths[i] = 0
+                delay = min(_BACKOFF_MAX_S, _BACKOFF_MIN_S * 2 ** self._quick_deaths[i])
+                self._quick_deaths[i] += 1
+                due = self._due[i] = now + delay
+                line = {
+                    "event": "worker_restarted",
+                    "pid": proc.pid,
+                    "code": proc.returncode,
+                    "restart_in_s": delay,
+                }
                 print(json.dumps(line), flush=True)
+            if now >= due:
                 self.procs[i] = self.spawn()
+                self._started[i] = now
+                self._due[i] = None
 
     def signal_all(self, sig: int) -> None:
         for proc in self.procs:
@@ -315,6 +348,7 @@ async def _supervise_in(settings: Settings, count: int, watch: bool, mp_dir: str
         workers.signal_all(signal.SIGHUP)
 
     admin.reload_hook = fan_out
+    workers.on_restart = admin.metrics.worker_restarts.inc
     try:
         await admin.start()
     except Exception as exc:  # the admin address in use

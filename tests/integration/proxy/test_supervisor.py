@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.integration.proxy.conftest import proxy_config
@@ -119,3 +120,38 @@ async def test_a_worker_starting_when_the_supervisor_dies_exits(served: _Served)
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(ready_dir, ignore_errors=True)  # the supervisor had no time to
+
+
+async def test_a_worker_that_cannot_start_is_restarted_with_backoff(served: _Served) -> None:
+    """A worker dying at start (here: the file on disk became invalid) was restarted every
+    ~0.8 s, forever; restarts now back off (1 s, 2 s, 4 s ...) and are counted."""
+    sup = served.proc.pid
+    old = await _workers(sup, 2)
+    ready_dir = _metrics_dir(old[1])
+    good = served.config.read_text()
+    served.config.write_text(good + "unknown_key: 1\n")
+    os.kill(old[0], signal.SIGKILL)
+    started: set[int] = set()
+    window = time.monotonic() + 6
+    while time.monotonic() < window:  # count the workers started in 6 s
+        started |= set(child_pids(sup)) - set(old)
+        await asyncio.sleep(0.01)
+    assert 1 <= len(started) <= 3, f"{len(started)} workers started in 6 s"
+    served.config.write_text(good)
+    deadline = time.monotonic() + 20
+    while not any(
+        (ready_dir / f"ready-{pid}").exists() for pid in child_pids(sup) if pid != old[1]
+    ):
+        assert time.monotonic() < deadline, "no worker came back once the file was fixed"
+        await asyncio.sleep(0.05)
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{served.admin}/-/metrics") as r,
+    ):
+        text = await r.text()
+    [restarts] = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("strangler_worker_restarts_total ")
+    ]
+    assert restarts >= len(started)  # each died, and maybe the one after the window
