@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,3 +142,26 @@ async def test_port_0_with_workers_exits_2_with_one_line(
     assert code == 2, err
     assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err
     assert err.startswith("strangler serve: cannot start: listen 127.0.0.1:0 "), err
+
+
+async def test_workers_that_die_at_start_exit_2(tmp_path: Path, upstream: EchoUpstream) -> None:
+    """A worker gone during start-up without its own 2 (here a handler module that exits
+    at import) is a failed start, not a failed gate (1)."""
+    (tmp_path / "exits_at_import.py").write_text("import sys\n\nsys.exit(3)\n")
+    cfg = _config(tmp_path, upstream, free_port(), free_port())
+    text = cfg.read_text().replace(
+        "backends:\n", "backends:\n  inproc: {handlers: exits_at_import}\n", 1
+    )
+    cfg.write_text(text)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    proc = await start_serve(
+        cfg, "--workers", "2", env={"PYTHONPATH": path}, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 2, err.decode()
+    assert "strangler serve: workers failed to start" in err.decode()
