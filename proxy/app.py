@@ -90,6 +90,7 @@ class Proxy:
         self.ready = False
         self.last_reload_error: str | None = None
         self.reload_hook: Callable[[], Awaitable[None]] | None = None  # supervisor fan-out
+        self.unready: Callable[[], str | None] | None = None  # supervisor: why workers are not
         self.store: Store | None = None
         self.recorder: Recorder | None = None
         self.redactor: Redactor | None = None

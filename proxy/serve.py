@@ -205,10 +205,11 @@ _HEALTHY_S = 60.0  # a worker that lived this long died of something new: back t
 class _Workers:
     """The supervisor's worker processes, one per slot."""
 
-    def __init__(self, config_path: str, count: int, env: dict[str, str]) -> None:
+    def __init__(self, config_path: str, count: int, env: dict[str, str], ready_dir: str) -> None:
         self.config_path = config_path
         self.count = count
         self.env = env
+        self.ready_dir = Path(ready_dir)  # a worker that is up leaves `ready-PID` there
         self.procs: list[subprocess.Popen[bytes]] = []
         self.stopping = False
         self.restarts = 0
@@ -249,6 +250,7 @@ class _Workers:
             due = self._due[i]
             if due is None:  # just died
                 multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+                self._ready_file(proc).unlink(missing_ok=True)
                 self.restarts += 1
                 if self.on_restart is not None:
                     self.on_restart()
@@ -268,6 +270,16 @@ class _Workers:
                 self.procs[i] = self.spawn()
                 self._started[i] = now
                 self._due[i] = None
+
+    def _ready_file(self, proc: subprocess.Popen[bytes]) -> Path:
+        return self.ready_dir / f"{_READY_PREFIX}{proc.pid}"
+
+    def unready(self) -> str | None:
+        """None when every slot's worker runs and is up, else why not (for /-/ready)."""
+        down = sum(
+            1 for p in self.procs if p.poll() is not None or not self._ready_file(p).exists()
+        )
+        return f"{down} of {self.count} workers not ready" if down else None
 
     def signal_all(self, sig: int) -> None:
         for proc in self.procs:
@@ -326,10 +338,10 @@ async def _supervise_in(settings: Settings, count: int, watch: bool, mp_dir: str
     from proxy.app import create_proxy
 
     env = dict(os.environ)
-    workers = _Workers(settings.path, count, env)
+    workers = _Workers(settings.path, count, env, mp_dir)
     workers.start()
     deadline = time.monotonic() + 30
-    while len(list(Path(mp_dir).glob(f"{_READY_PREFIX}*"))) < count:
+    while workers.unready():
         if time.monotonic() > deadline or any(p.poll() is not None for p in workers.procs):
             workers.stopping = True
             workers.signal_all(signal.SIGTERM)
@@ -348,6 +360,7 @@ async def _supervise_in(settings: Settings, count: int, watch: bool, mp_dir: str
 
     admin.reload_hook = fan_out
     workers.on_restart = admin.metrics.worker_restarts.inc
+    admin.unready = workers.unready
     try:
         await admin.start()
     except Exception as exc:  # the admin address in use

@@ -15,7 +15,14 @@ import aiohttp
 import pytest
 
 from tests.integration.proxy.conftest import proxy_config
-from tests.support import child_pids, free_port, start_serve, stop_process, wait_admin_ready
+from tests.support import (
+    child_pids,
+    free_port,
+    start_serve,
+    stop_process,
+    wait_admin_ready,
+    wait_for,
+)
 from tests.upstreams import EchoUpstream
 
 
@@ -155,3 +162,32 @@ async def test_a_worker_that_cannot_start_is_restarted_with_backoff(served: _Ser
         if line.startswith("strangler_worker_restarts_total ")
     ]
     assert restarts >= len(started)  # each died, and maybe the one after the window
+
+
+async def test_ready_only_while_every_worker_is_up(served: _Served) -> None:
+    """The supervisor said ready with workers dead (even all of them)."""
+    sup = served.proc.pid
+    old = await _workers(sup, 2)
+    good = served.config.read_text()
+    served.config.write_text(good + "unknown_key: 1\n")  # the replacement cannot start
+    os.kill(old[0], signal.SIGKILL)
+    url = f"http://127.0.0.1:{served.admin}/-/ready"
+    async with aiohttp.ClientSession() as s:
+
+        async def answer() -> tuple[int, dict[str, str]]:
+            async with s.get(url) as r:
+                return r.status, await r.json()
+
+        async def not_ready() -> bool:
+            return (await answer())[0] == 503
+
+        await wait_for(not_ready, timeout=5)
+        status, body = await answer()
+        assert status == 503
+        assert body == {"status": "not ready", "detail": "1 of 2 workers not ready"}
+        served.config.write_text(good)
+
+        async def ready() -> bool:
+            return (await answer())[0] == 200
+
+        await wait_for(ready, timeout=30)
