@@ -206,14 +206,14 @@ class Metrics:
             "Circuit breaker state per candidate backend (0 closed, 1 open, 2 half-open).",
             ["backend"],
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",  # a dead process's value leaves the scrape
         )
         self.auto_rollback = Gauge(
             "strangler_auto_rollback",
             "1 while a route is held on legacy by an automatic rollback.",
             ["route"],
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",  # a dead process's value leaves the scrape
         )
         self._config_version: str | None = None
         self._routes: dict[tuple[str, str, str], RouteMetrics] = {}
