@@ -317,6 +317,8 @@ def _probe_listen(host: str, port: int) -> None:
 
 
 async def _supervise(settings: Settings, count: int, watch: bool) -> int:
+    stop = asyncio.Event()  # from the start: a SIGTERM while workers start stops them too
+    _stop_signals(asyncio.get_running_loop(), stop)
     try:
         _probe_listen(settings.host, settings.port)
     except OSError as exc:
@@ -326,12 +328,14 @@ async def _supervise(settings: Settings, count: int, watch: bool) -> int:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
     os.environ[STATE_DIR_ENV] = mp_dir  # rollback holds shared by the workers
     try:
-        return await _supervise_in(settings, count, watch, mp_dir)
+        return await _supervise_in(settings, count, watch, mp_dir, stop)
     finally:
         shutil.rmtree(mp_dir, ignore_errors=True)
 
 
-async def _supervise_in(settings: Settings, count: int, watch: bool, mp_dir: str) -> int:
+async def _supervise_in(
+    settings: Settings, count: int, watch: bool, mp_dir: str, stop: asyncio.Event
+) -> int:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -342,13 +346,19 @@ async def _supervise_in(settings: Settings, count: int, watch: bool, mp_dir: str
     workers.start()
     deadline = time.monotonic() + 30
     while workers.unready():
+        if stop.is_set():  # stopped before the workers were up: a stop, not a failure
+            workers.stopping = True
+            workers.signal_all(signal.SIGTERM)
+            await workers.wait_all(_grace() + 5)
+            return 0
         if time.monotonic() > deadline or any(p.poll() is not None for p in workers.procs):
             workers.stopping = True
             workers.signal_all(signal.SIGTERM)
             await workers.wait_all(5)
             print("strangler serve: workers failed to start", file=sys.stderr)
             return 2  # a failed start, whatever the workers exited with (1 is a failed gate)
-        await asyncio.sleep(0.05)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
 
     admin = create_proxy(settings, data_plane=False)
     registry = CollectorRegistry()
@@ -370,8 +380,6 @@ async def _supervise_in(settings: Settings, count: int, watch: bool, mp_dir: str
         await workers.wait_all(_grace() + 5)
         return 2
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    _stop_signals(loop, stop)
     reloads: set[asyncio.Task[tuple[bool, list[str]]]] = set()
 
     def on_hup() -> None:

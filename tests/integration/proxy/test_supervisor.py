@@ -191,3 +191,35 @@ async def test_ready_only_while_every_worker_is_up(served: _Served) -> None:
             return (await answer())[0] == 200
 
         await wait_for(ready, timeout=30)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_while_workers_start_cleans_up(
+    tmp_path: Path, upstream: EchoUpstream, sig: signal.Signals
+) -> None:
+    """A SIGTERM or SIGINT while the workers started (up to 30 s) killed the supervisor
+    outright: no worker stopped by it, the metrics directory left behind."""
+    go = tmp_path / "go"
+    (tmp_path / "slow_start.py").write_text(
+        "import os, time\n\n"
+        "deadline = time.monotonic() + 30\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+    )
+    cfg = _config(tmp_path, upstream, free_port(), free_port())
+    text = cfg.read_text().replace(
+        "backends:\n", "backends:\n  inproc: {handlers: slow_start}\n", 1
+    )
+    cfg.write_text(text)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    proc = await start_serve(cfg, "--workers", "2", env={"PYTHONPATH": path})
+    try:
+        workers = await _workers(proc.pid, 2)
+        ready_dir = _metrics_dir(workers[0])
+        proc.send_signal(sig)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        assert not ready_dir.exists()
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        go.touch()  # let any worker left finish its imports and take the SIGTERM
+        await stop_process(proc)
