@@ -39,6 +39,17 @@ def _grace() -> float:
         return 10.0
 
 
+_EXIT_MARGIN_S = 2.0  # past a worker's stop: killing a stuck helper, the interpreter's exit
+
+
+def _worker_stop_s() -> float:
+    """How long the supervisor waits for SIGTERMed workers before it SIGKILLs them: their
+    `Proxy.stop(grace)` returns within grace + STOP_OVERRUN_S."""
+    from proxy.app import STOP_OVERRUN_S
+
+    return _grace() + STOP_OVERRUN_S + _EXIT_MARGIN_S
+
+
 def _install_uvloop() -> None:
     try:
         import uvloop
@@ -349,7 +360,7 @@ async def _supervise_in(
         if stop.is_set():  # stopped before the workers were up: a stop, not a failure
             workers.stopping = True
             workers.signal_all(signal.SIGTERM)
-            await workers.wait_all(_grace() + 5)
+            await workers.wait_all(_worker_stop_s())
             return 0
         if time.monotonic() > deadline or any(p.poll() is not None for p in workers.procs):
             workers.stopping = True
@@ -377,7 +388,7 @@ async def _supervise_in(
         _cannot_start(exc)
         workers.stopping = True
         workers.signal_all(signal.SIGTERM)
-        await workers.wait_all(_grace() + 5)
+        await workers.wait_all(_worker_stop_s())
         return 2
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[tuple[bool, list[str]]]] = set()
@@ -409,6 +420,6 @@ async def _supervise_in(
     if watcher is not None:
         await watcher
     workers.signal_all(signal.SIGTERM)
-    await workers.wait_all(_grace() + 5)
+    await workers.wait_all(_worker_stop_s())
     await admin.stop(1.0)
     return 0
