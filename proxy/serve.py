@@ -3,7 +3,8 @@
 Signals: SIGHUP reloads (validated whole; a bad file keeps the old config), SIGTERM and
 SIGINT stop accepting, drain in-flight requests within the grace period, then exit.
 With `--workers N` the supervisor runs the admin listener, aggregates the workers'
-metrics (Prometheus multiprocess mode), fans reloads out and restarts dead workers.
+metrics (Prometheus multiprocess mode), fans reloads out and restarts dead workers
+(with a per-worker backoff); it is ready while every worker is.
 """
 
 from __future__ import annotations
