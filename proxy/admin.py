@@ -123,9 +123,11 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _ready(request: web.Request) -> web.Response:
     proxy = request.app[PROXY_KEY]
-    if proxy.ready:
+    detail = proxy.unready() if proxy.unready is not None else None
+    if proxy.ready and detail is None:
         return web.json_response({"status": "ready", "config_version": proxy.settings.version})
-    return web.json_response({"status": "not ready"}, status=503)
+    body = {"status": "not ready"} if detail is None else {"status": "not ready", "detail": detail}
+    return web.json_response(body, status=503)
 
 
 async def _metrics(request: web.Request) -> web.Response:

@@ -39,11 +39,15 @@ from shadow.redact import Redactor
 from shadow.rollback import Breach, RollbackWindow
 from shadow.store import Store
 
-__all__ = ["Proxy", "create_proxy"]
+__all__ = ["STOP_OVERRUN_S", "Proxy", "create_proxy"]
 
 DEFAULT_ROUTE = "_default"
 _SHADOW_SETTLE_S = 1.0
 _ACCEPT_LINGER_S = 0.2
+# Proxy.stop(grace_s) returns within grace_s + this: after the grace, what is left to flush
+# (the shadow helper, rollback audits, buffered records) gets at least a short floor each.
+STOP_OVERRUN_S = 4.0
+_FLUSH_FLOOR_S = 1.0
 _GRACE_HELPER_S = 7.0  # a shadow helper turned off by a reload: finish, flush, exit
 
 
@@ -90,6 +94,7 @@ class Proxy:
         self.ready = False
         self.last_reload_error: str | None = None
         self.reload_hook: Callable[[], Awaitable[None]] | None = None  # supervisor fan-out
+        self.unready: Callable[[], str | None] | None = None  # supervisor: why workers are not
         self.store: Store | None = None
         self.recorder: Recorder | None = None
         self.redactor: Redactor | None = None
@@ -265,10 +270,18 @@ class Proxy:
             self.metrics.set_config_version(settings.version)
 
     async def stop(self, grace_s: float = 5.0) -> None:
-        """Stop accepting, let in-flight requests finish within `grace_s`, then close."""
+        """Stop accepting, let in-flight requests finish within `grace_s`, then close; all
+        phases share one deadline, so this returns within `grace_s + STOP_OVERRUN_S`."""
         self.ready = False
         plane = self.plane
         deadline = time.monotonic() + grace_s
+        end = deadline + STOP_OVERRUN_S
+
+        def left(floor: float) -> float:
+            """What is left of the grace for a phase, at least `floor` while `end` allows."""
+            now = time.monotonic()
+            return max(0.0, min(end - now, max(floor, deadline - now)))
+
         if plane is not None and self._server is not None:
             # Keep accepting a moment: connections already in the listen backlog would be
             # reset by closing the listener now. While draining, every response carries
@@ -306,7 +319,7 @@ class Proxy:
             self._admin_runner = None
         if self.hub is not None and self.hub.feed is not None:
             # the helper finishes its copies and flushes its records before it exits
-            await self.hub.feed.close(max(1.0, deadline - time.monotonic()) + _SHADOW_SETTLE_S)
+            await self.hub.feed.close(left(_FLUSH_FLOOR_S + _SHADOW_SETTLE_S))
         if self.hub is not None:
             # Copies still waiting for the other side get a moment to finish (the hub's tick
             # still times them out meanwhile); the rest are dropped and counted as `stopped`.
@@ -315,9 +328,9 @@ class Proxy:
                 await asyncio.sleep(0.02)
             self.hub.stop()
         if self._audits:
-            await asyncio.wait(set(self._audits), timeout=grace_s)
+            await asyncio.wait(set(self._audits), timeout=left(_FLUSH_FLOOR_S))
         if self.recorder is not None:
-            await self.recorder.stop(grace_s)
+            await self.recorder.stop(left(_FLUSH_FLOOR_S))
             if self.hub is not None:
                 self.hub.sync_counters()
         await self.close_backends()

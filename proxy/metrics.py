@@ -140,6 +140,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.worker_restarts = Counter(
+            "strangler_worker_restarts",
+            "Workers that died and were restarted by the supervisor (serve --workers).",
+            registry=r,
+        )
         self.config_info = Gauge(
             "strangler_config_info",
             "1 for the config version in force (0 for earlier ones under --workers).",
@@ -201,14 +206,14 @@ class Metrics:
             "Circuit breaker state per candidate backend (0 closed, 1 open, 2 half-open).",
             ["backend"],
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",  # a dead process's value leaves the scrape
         )
         self.auto_rollback = Gauge(
             "strangler_auto_rollback",
             "1 while a route is held on legacy by an automatic rollback.",
             ["route"],
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",  # a dead process's value leaves the scrape
         )
         self._config_version: str | None = None
         self._routes: dict[tuple[str, str, str], RouteMetrics] = {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import struct
@@ -52,6 +53,16 @@ __all__ = [
 ]
 
 _log = logging.getLogger("strangler.offload")
+
+
+def _forget_metrics(pid: int) -> None:
+    """Drop the live gauges of a helper that is gone (its breaker states, in flight) from
+    the supervisor's multiprocess scrape; its counters stay counted."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
 
 # total length, too-large flag, primary ms, handed-off (monotonic), 5 field lengths
 _HEAD = struct.Struct("<IBdd5I")
@@ -378,6 +389,9 @@ class OffloadFeed:
 
     async def start(self) -> None:
         """Start the helper process and connect to it."""
+        if self.proc is not None:  # the helper before this one is gone
+            _forget_metrics(self.proc.pid)
+            self.proc = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.proc = await asyncio.create_subprocess_exec(
@@ -555,6 +569,7 @@ class OffloadFeed:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
+        _forget_metrics(proc.pid)
         self.proc = None
         if self.transport is not None:  # read its last acks before settling
             with contextlib.suppress(TimeoutError):

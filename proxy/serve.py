@@ -3,7 +3,8 @@
 Signals: SIGHUP reloads (validated whole; a bad file keeps the old config), SIGTERM and
 SIGINT stop accepting, drain in-flight requests within the grace period, then exit.
 With `--workers N` the supervisor runs the admin listener, aggregates the workers'
-metrics (Prometheus multiprocess mode), fans reloads out and restarts dead workers.
+metrics (Prometheus multiprocess mode), fans reloads out and restarts dead workers
+(with a per-worker backoff); it is ready while every worker is.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +38,17 @@ def _grace() -> float:
         return float(os.environ.get(_GRACE_ENV, "10"))
     except ValueError:
         return 10.0
+
+
+_EXIT_MARGIN_S = 2.0  # past a worker's stop: killing a stuck helper, the interpreter's exit
+
+
+def _worker_stop_s() -> float:
+    """How long the supervisor waits for SIGTERMed workers before it SIGKILLs them: their
+    `Proxy.stop(grace)` returns within grace + STOP_OVERRUN_S."""
+    from proxy.app import STOP_OVERRUN_S
+
+    return _grace() + STOP_OVERRUN_S + _EXIT_MARGIN_S
 
 
 def _install_uvloop() -> None:
@@ -60,8 +73,11 @@ _EARLY_HUP: list[bool] = []  # a SIGHUP came before the loop's handler was insta
 
 def _hold_early_hup() -> None:
     """From the first line on, a SIGHUP is noted, not fatal (its default): the reload runs
-    once the proxy is up (`_hup_handler`). It killed a proxy still starting (exit 129)."""
+    once the proxy is up (`_hup_handler`). It killed a proxy still starting (exit 129).
+    A worker is spawned with SIGHUP blocked (`_Workers.spawn`); one that came before this
+    line is delivered now, to the handler."""
     signal.signal(signal.SIGHUP, lambda _signum, _frame: _EARLY_HUP.append(True))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 def _hup_handler(loop: asyncio.AbstractEventLoop, on_hup: Callable[[], None]) -> None:
@@ -73,10 +89,17 @@ def _hup_handler(loop: asyncio.AbstractEventLoop, on_hup: Callable[[], None]) ->
 
 
 def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
-    """Run until SIGTERM/SIGINT; exit code 0, or 2 on a config error."""
+    """Run until SIGTERM/SIGINT; exit code 0, or 2 on a config error or a failed start."""
     _hold_early_hup()
     settings = _load_or_report(config_path)
     if settings is None:
+        return 2
+    if workers > 1 and settings.port == 0:
+        print(
+            f"strangler serve: cannot start: listen {settings.host}:0 would give each of the"
+            f" {workers} workers its own random port; set a port for --workers",
+            file=sys.stderr,
+        )
         return 2
     _install_uvloop()
     if workers > 1 or settings.limits.shadow_offload:  # workers, each with a shadow helper
@@ -106,21 +129,10 @@ def _settle_gc() -> None:
     gc.freeze()
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this worker when its supervisor dies (even by SIGKILL)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def run_worker(config_path: str) -> int:
-    """Entry point of one worker process started by the supervisor."""
+    """Entry point of one worker process started by the supervisor (`proxy.worker`, which
+    ties it to the supervisor first)."""
     _hold_early_hup()
-    _die_with_parent()
     settings = _load_or_report(config_path)
     if settings is None:
         return 2
@@ -197,38 +209,89 @@ async def _serve_one(settings: Settings, *, watch: bool, worker: bool) -> int:
     return 0
 
 
-class _Workers:
-    """The supervisor's worker processes."""
+_BACKOFF_MIN_S = 1.0  # a dead worker's first restart; doubled per quick death
+_BACKOFF_MAX_S = 30.0
+_HEALTHY_S = 60.0  # a worker that lived this long died of something new: back to the minimum
 
-    def __init__(self, config_path: str, count: int, env: dict[str, str]) -> None:
+
+class _Workers:
+    """The supervisor's worker processes, one per slot."""
+
+    def __init__(self, config_path: str, count: int, env: dict[str, str], ready_dir: str) -> None:
         self.config_path = config_path
         self.count = count
         self.env = env
+        self.ready_dir = Path(ready_dir)  # a worker that is up leaves `ready-PID` there
         self.procs: list[subprocess.Popen[bytes]] = []
         self.stopping = False
         self.restarts = 0
+        self.on_restart: Callable[[], None] | None = None  # counts into the admin's metrics
+        self._started: list[float] = []  # per slot: when its process was started
+        self._quick_deaths: list[int] = []  # per slot: deaths in a row before _HEALTHY_S
+        self._due: list[float | None] = []  # per slot: when a dead one is started again
 
     def spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "proxy.worker", self.config_path],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-        )
+        """Start a worker with SIGHUP blocked (the mask is inherited): a reload fanned out
+        while it imports stays pending until its handler is in (`_hold_early_hup`)."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-m", "proxy.worker", self.config_path, str(os.getpid())],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def start(self) -> None:
         self.procs = [self.spawn() for _ in range(self.count)]
+        self._started = [time.monotonic()] * self.count
+        self._quick_deaths = [0] * self.count
+        self._due = [None] * self.count
 
     def reap(self) -> None:
-        """Replace workers that died (unless we are stopping)."""
+        """Restart workers that died (unless we are stopping), after a per-slot backoff:
+        a worker that cannot start (a bad file on disk, a handler that does not import)
+        is retried after 1 s, 2 s, 4 s ... at most 30 s, not in a tight loop."""
         from prometheus_client import multiprocess
 
+        now = time.monotonic()
         for i, proc in enumerate(self.procs):
-            if proc.poll() is not None and not self.stopping:
+            if self.stopping or proc.poll() is None:
+                continue
+            due = self._due[i]
+            if due is None:  # just died
                 multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+                self._ready_file(proc).unlink(missing_ok=True)
                 self.restarts += 1
-                line = {"event": "worker_restarted", "pid": proc.pid, "code": proc.returncode}
+                if self.on_restart is not None:
+                    self.on_restart()
+                if now - self._started[i] >= _HEALTHY_S:
+                    self._quick_deaths[i] = 0
+                delay = min(_BACKOFF_MAX_S, _BACKOFF_MIN_S * 2 ** self._quick_deaths[i])
+                self._quick_deaths[i] += 1
+                due = self._due[i] = now + delay
+                line = {
+                    "event": "worker_restarted",
+                    "pid": proc.pid,
+                    "code": proc.returncode,
+                    "restart_in_s": delay,
+                }
                 print(json.dumps(line), flush=True)
+            if now >= due:
                 self.procs[i] = self.spawn()
+                self._started[i] = now
+                self._due[i] = None
+
+    def _ready_file(self, proc: subprocess.Popen[bytes]) -> Path:
+        return self.ready_dir / f"{_READY_PREFIX}{proc.pid}"
+
+    def unready(self) -> str | None:
+        """None when every slot's worker runs and is up, else why not (for /-/ready)."""
+        down = sum(
+            1 for p in self.procs if p.poll() is not None or not self._ready_file(p).exists()
+        )
+        return f"{down} of {self.count} workers not ready" if down else None
 
     def signal_all(self, sig: int) -> None:
         for proc in self.procs:
@@ -246,35 +309,68 @@ class _Workers:
                 proc.wait()
 
 
+def _probe_listen(host: str, port: int) -> None:
+    """Raise OSError if anything holds `host:port`. The workers bind it with SO_REUSEPORT,
+    which would share the port with another running instance; this bind does not."""
+    if port == 0:
+        return
+    for family, kind, proto, _, addr in socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    ):
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no user
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                reason = (exc.strerror or str(exc)).lower()
+                raise OSError(
+                    exc.errno, f"error while attempting to bind on address {addr!r}: {reason}"
+                ) from None
+
+
 async def _supervise(settings: Settings, count: int, watch: bool) -> int:
+    stop = asyncio.Event()  # from the start: a SIGTERM while workers start stops them too
+    _stop_signals(asyncio.get_running_loop(), stop)
+    try:
+        _probe_listen(settings.host, settings.port)
+    except OSError as exc:
+        _cannot_start(exc)
+        return 2
     mp_dir = tempfile.mkdtemp(prefix="strangler-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = mp_dir
     os.environ[STATE_DIR_ENV] = mp_dir  # rollback holds shared by the workers
     try:
-        return await _supervise_in(settings, count, watch, mp_dir)
+        return await _supervise_in(settings, count, watch, mp_dir, stop)
     finally:
         shutil.rmtree(mp_dir, ignore_errors=True)
 
 
-async def _supervise_in(settings: Settings, count: int, watch: bool, mp_dir: str) -> int:
+async def _supervise_in(
+    settings: Settings, count: int, watch: bool, mp_dir: str, stop: asyncio.Event
+) -> int:
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     from proxy.app import create_proxy
 
     env = dict(os.environ)
-    workers = _Workers(settings.path, count, env)
+    workers = _Workers(settings.path, count, env, mp_dir)
     workers.start()
     deadline = time.monotonic() + 30
-    while len(list(Path(mp_dir).glob(f"{_READY_PREFIX}*"))) < count:
+    while workers.unready():
+        if stop.is_set():  # stopped before the workers were up: a stop, not a failure
+            workers.stopping = True
+            workers.signal_all(signal.SIGTERM)
+            await workers.wait_all(_worker_stop_s())
+            return 0
         if time.monotonic() > deadline or any(p.poll() is not None for p in workers.procs):
             workers.stopping = True
             workers.signal_all(signal.SIGTERM)
             await workers.wait_all(5)
-            codes = [p.returncode for p in workers.procs]
             print("strangler serve: workers failed to start", file=sys.stderr)
-            return 2 if 2 in codes else 1  # 2: a worker said why (config, address, store)
-        await asyncio.sleep(0.05)
+            return 2  # a failed start, whatever the workers exited with (1 is a failed gate)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
 
     admin = create_proxy(settings, data_plane=False)
     registry = CollectorRegistry()
@@ -285,17 +381,17 @@ async def _supervise_in(settings: Settings, count: int, watch: bool, mp_dir: str
         workers.signal_all(signal.SIGHUP)
 
     admin.reload_hook = fan_out
+    workers.on_restart = admin.metrics.worker_restarts.inc
+    admin.unready = workers.unready
     try:
         await admin.start()
     except Exception as exc:  # the admin address in use
         _cannot_start(exc)
         workers.stopping = True
         workers.signal_all(signal.SIGTERM)
-        await workers.wait_all(_grace() + 5)
+        await workers.wait_all(_worker_stop_s())
         return 2
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    _stop_signals(loop, stop)
     reloads: set[asyncio.Task[tuple[bool, list[str]]]] = set()
 
     def on_hup() -> None:
@@ -325,6 +421,6 @@ async def _supervise_in(settings: Settings, count: int, watch: bool, mp_dir: str
     if watcher is not None:
         await watcher
     workers.signal_all(signal.SIGTERM)
-    await workers.wait_all(_grace() + 5)
+    await workers.wait_all(_worker_stop_s())
     await admin.stop(1.0)
     return 0

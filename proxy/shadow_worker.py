@@ -30,8 +30,9 @@ from collections.abc import Sequence
 from time import perf_counter
 
 from proxy.app import Proxy, helper_plans
+from proxy.lifeline import tie_to_parent
 from proxy.offload import READY, Frame, decode_frames, encode_ack, served_response
-from proxy.serve import _die_with_parent, _install_uvloop, _settle_gc
+from proxy.serve import _install_uvloop, _settle_gc
 from proxy.settings import ConfigError, Settings, load
 from proxy.shadowing import ShadowHub, ShadowPlan
 
@@ -307,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # a service manager's SIGTERM to the whole group must not cut it off mid-drain.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    _die_with_parent()
+    tie_to_parent()
     _idle_priority()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from tests.integration.proxy.conftest import proxy_config
-from tests.support import close_writer, free_port, stop_process, wait_for, wait_until
+from tests.support import child_pids, close_writer, free_port, stop_process, wait_for, wait_until
 from tests.upstreams import EchoUpstream, RawResponse, Received, read_response
 
 
@@ -40,22 +40,6 @@ class _Tally:
     failed: list[str] = field(default_factory=list)
     refused: int = 0
     retried: int = 0
-
-
-def _children(pid: int) -> list[int]:
-    """Live child pids of `pid` (the supervisor's workers)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry))
-    return sorted(out)
 
 
 @pytest.fixture
@@ -221,7 +205,7 @@ async def _wait_workers(pid: int, n: int, without: int | None = None) -> list[in
     found: list[int] = []
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        found = [p for p in _children(pid) if p != without]
+        found = [p for p in child_pids(pid) if p != without]
         if len(found) == n:
             return found
         await asyncio.sleep(0.05)

@@ -331,3 +331,14 @@ async def test_copies_stored_just_before_the_helper_dies_are_not_counted_as_lost
     stored = sum(_rows(served.db).values())
     assert c.started == n and c.recorded == stored, (stored, c)
     assert c.dropped is not None and c.dropped.get("offload_lost", 0) == n - stored, (stored, c)
+
+
+async def test_gauges_of_a_killed_helper_leave_the_metrics(served: Served) -> None:
+    """The live gauges of a helper that died were scraped forever (its breaker state too)."""
+    [first] = _ours(served)
+    environ = Path(f"/proc/{first}/environ").read_bytes().split(b"\0")
+    [mp] = [e.split(b"=", 1)[1].decode() for e in environ if e.startswith(b"PROMETHEUS_MULTI")]
+    await wait_until(lambda: bool(list(Path(mp).glob(f"gauge_live*_{first}.db"))), timeout=20)
+    os.kill(first, signal.SIGKILL)
+    await wait_until(lambda: len(_ours(served)) == 1 and _ours(served) != [first], timeout=10)
+    await wait_until(lambda: not list(Path(mp).glob(f"gauge_live*_{first}.db")), timeout=10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from proxy.app import create_proxy
 from proxy.handlers import start_handler_app
 from proxy.settings import BackendSettings, loads
 from tests.integration.proxy.conftest import proxy_config
-from tests.support import free_port, start_serve
+from tests.support import free_port, start_serve, stop_process, wait_admin_ready
 from tests.upstreams import EchoUpstream
 
 
@@ -29,10 +30,10 @@ def taken() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-async def _serve(config: Path, *args: str) -> tuple[int, str]:
+async def _serve(config: Path, *args: str, timeout: float = 60) -> tuple[int, str]:
     proc = await start_serve(config, *args, stderr=asyncio.subprocess.PIPE)
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        _, err = await asyncio.wait_for(proc.communicate(), timeout)
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -105,3 +106,62 @@ async def test_apps_started_before_a_failing_one_are_closed(
         await proxy.start()
     [orders] = started  # the first app started, then the second failed
     assert not orders.sites  # and the first was cleaned up: no listener left behind
+
+
+async def test_a_second_workers_instance_on_a_served_port_exits_2(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    """Its workers (SO_REUSEPORT) would share the port with the first instance's and split
+    the users between two proxies; it must fail as a single process does."""
+    port = free_port()
+    first_dir, second_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    admin = free_port()
+    first = await start_serve(_config(first_dir, upstream, port, admin), "--workers", "2")
+    try:
+        await wait_admin_ready(admin)
+        code, err = await _serve(
+            _config(second_dir, upstream, port, free_port()), "--workers", "2", timeout=20
+        )
+        assert code == 2, err
+        assert "Traceback" not in err
+        assert "strangler serve: cannot start: " in err and str(port) in err, err
+        assert first.returncode is None
+    finally:
+        assert await stop_process(first) == 0
+
+
+async def test_port_0_with_workers_exits_2_with_one_line(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    """Each worker would bind its own random port: no single address served them all."""
+    code, err = await _serve(
+        _config(tmp_path, upstream, 0, free_port()), "--workers", "2", timeout=20
+    )
+    assert code == 2, err
+    assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err
+    assert err.startswith("strangler serve: cannot start: listen 127.0.0.1:0 "), err
+
+
+async def test_workers_that_die_at_start_exit_2(tmp_path: Path, upstream: EchoUpstream) -> None:
+    """A worker gone during start-up without its own 2 (here a handler module that exits
+    at import) is a failed start, not a failed gate (1)."""
+    (tmp_path / "exits_at_import.py").write_text("import sys\n\nsys.exit(3)\n")
+    cfg = _config(tmp_path, upstream, free_port(), free_port())
+    text = cfg.read_text().replace(
+        "backends:\n", "backends:\n  inproc: {handlers: exits_at_import}\n", 1
+    )
+    cfg.write_text(text)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    proc = await start_serve(
+        cfg, "--workers", "2", env={"PYTHONPATH": path}, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 2, err.decode()
+    assert "strangler serve: workers failed to start" in err.decode()

@@ -40,3 +40,53 @@ def test_a_reload_under_workers_keeps_one_version_at_one_without_a_warning(
     lines = [x for x in done.stdout.splitlines() if x.startswith("strangler_config_info{")]
     values = {x.split('version="')[1].split('"')[0]: float(x.rsplit(" ", 1)[1]) for x in lines}
     assert values == {"aaa": 0.0, "bbb": 1.0}, done.stdout
+
+
+_SEES_AN_OPEN_BREAKER = """
+from proxy.metrics import Metrics
+
+metrics = Metrics()
+metrics.breaker_state.labels("orders").set(1)
+metrics.auto_rollback.labels("order-show").set(1)
+"""
+
+_SCRAPE_AFTER_ITS_DEATH = """
+import sys
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+multiprocess.mark_process_dead(int(sys.argv[1]))
+scrape = CollectorRegistry()
+multiprocess.MultiProcessCollector(scrape)
+print(generate_latest(scrape).decode())
+"""
+
+
+def test_gauges_of_a_dead_worker_leave_the_scrape(tmp_path: Path) -> None:
+    """A breaker that a worker (or helper) saw open stayed at 1 after it died (max mode)."""
+
+    def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+            cwd=Path(__file__).resolve().parents[3],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _SEES_AN_OPEN_BREAKER],
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert worker.wait(60) == 0
+    text = run(_SCRAPE_AFTER_ITS_DEATH, str(worker.pid)).stdout
+    held = [
+        line
+        for line in text.splitlines()
+        if line.startswith(("strangler_breaker_state{", "strangler_auto_rollback{"))
+    ]
+    assert held == [], text

@@ -1,0 +1,225 @@
+"""The `strangler serve --workers N` supervisor keeping its workers: respawns, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.integration.proxy.conftest import proxy_config
+from tests.support import (
+    child_pids,
+    free_port,
+    start_serve,
+    stop_process,
+    wait_admin_ready,
+    wait_for,
+)
+from tests.upstreams import EchoUpstream
+
+
+@dataclass
+class _Served:
+    proc: asyncio.subprocess.Process
+    port: int
+    admin: int
+    config: Path
+
+
+def _config(tmp_path: Path, upstream: EchoUpstream, port: int, admin: int) -> Path:
+    text = proxy_config(upstream.url).replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}", 1)
+    text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(text)
+    return cfg
+
+
+@pytest.fixture
+async def served(tmp_path: Path, upstream: EchoUpstream) -> AsyncIterator[_Served]:
+    port, admin = free_port(), free_port()
+    cfg = _config(tmp_path, upstream, port, admin)
+    proc = await start_serve(cfg, "--workers", "2", env={"STRANGLER_GRACE_S": "2"})
+    try:
+        await wait_admin_ready(admin)
+        yield _Served(proc, port, admin, cfg)
+    finally:
+        await stop_process(proc)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _metrics_dir(worker: int) -> Path:
+    """The supervisor's multiprocess directory, where a ready worker leaves `ready-PID`."""
+    for item in Path(f"/proc/{worker}/environ").read_bytes().split(b"\0"):
+        if item.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
+            return Path(item.split(b"=", 1)[1].decode())
+    raise AssertionError(f"worker {worker} has no PROMETHEUS_MULTIPROC_DIR")
+
+
+async def _workers(sup: int, n: int, timeout: float = 20) -> list[int]:
+    found: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = child_pids(sup)
+        if len(found) == n:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"workers of {sup}: {found}")
+
+
+async def _respawned(sup: int, old: list[int], timeout: float = 20) -> int:
+    """The pid of a worker the supervisor started after `old` (polled every 5 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        new = set(child_pids(sup)) - set(old)
+        if new:
+            return min(new)
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"no new worker of {sup} besides {old}")
+
+
+async def test_a_reload_while_a_worker_restarts_does_not_kill_it(served: _Served) -> None:
+    """A SIGHUP fanned out to a worker still importing killed it (the default action)."""
+    sup = served.proc.pid
+    old = await _workers(sup, 2)
+    ready_dir = _metrics_dir(old[1])
+    os.kill(old[0], signal.SIGKILL)
+    fresh = await _respawned(sup, old)
+    os.kill(sup, signal.SIGHUP)  # a reload while `fresh` is starting
+    deadline = time.monotonic() + 20
+    while _alive(fresh) and not (ready_dir / f"ready-{fresh}").exists():
+        assert time.monotonic() < deadline, "the new worker never got ready"
+        await asyncio.sleep(0.02)
+    assert _alive(fresh), "the reload killed the worker that was starting"
+    assert served.proc.returncode is None
+
+
+async def test_a_worker_starting_when_the_supervisor_dies_exits(served: _Served) -> None:
+    """It asked for SIGTERM on its parent's death only after its imports: a supervisor
+    killed before that left it serving the port forever, an orphan."""
+    sup = served.proc.pid
+    old = await _workers(sup, 2)
+    ready_dir = _metrics_dir(old[1])
+    os.kill(old[0], signal.SIGKILL)
+    fresh = await _respawned(sup, old)
+    os.kill(sup, signal.SIGKILL)  # while `fresh` is starting
+    try:
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in (fresh, old[1])):
+            assert time.monotonic() < deadline, f"orphans: {fresh}, {old[1]}"
+            await asyncio.sleep(0.02)
+    finally:
+        for pid in (fresh, old[1]):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(ready_dir, ignore_errors=True)  # the supervisor had no time to
+
+
+async def test_a_worker_that_cannot_start_is_restarted_with_backoff(served: _Served) -> None:
+    """A worker dying at start (here: the file on disk became invalid) was restarted every
+    ~0.8 s, forever; restarts now back off (1 s, 2 s, 4 s ...) and are counted."""
+    sup = served.proc.pid
+    old = await _workers(sup, 2)
+    ready_dir = _metrics_dir(old[1])
+    good = served.config.read_text()
+    served.config.write_text(good + "unknown_key: 1\n")
+    os.kill(old[0], signal.SIGKILL)
+    started: set[int] = set()
+    window = time.monotonic() + 6
+    while time.monotonic() < window:  # count the workers started in 6 s
+        started |= set(child_pids(sup)) - set(old)
+        await asyncio.sleep(0.01)
+    assert 1 <= len(started) <= 3, f"{len(started)} workers started in 6 s"
+    served.config.write_text(good)
+    deadline = time.monotonic() + 20
+    while not any(
+        (ready_dir / f"ready-{pid}").exists() for pid in child_pids(sup) if pid != old[1]
+    ):
+        assert time.monotonic() < deadline, "no worker came back once the file was fixed"
+        await asyncio.sleep(0.05)
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"http://127.0.0.1:{served.admin}/-/metrics") as r,
+    ):
+        text = await r.text()
+    [restarts] = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("strangler_worker_restarts_total ")
+    ]
+    assert restarts >= len(started)  # each died, and maybe the one after the window
+
+
+async def test_ready_only_while_every_worker_is_up(served: _Served) -> None:
+    """The supervisor said ready with workers dead (even all of them)."""
+    sup = served.proc.pid
+    old = await _workers(sup, 2)
+    good = served.config.read_text()
+    served.config.write_text(good + "unknown_key: 1\n")  # the replacement cannot start
+    os.kill(old[0], signal.SIGKILL)
+    url = f"http://127.0.0.1:{served.admin}/-/ready"
+    async with aiohttp.ClientSession() as s:
+
+        async def answer() -> tuple[int, dict[str, str]]:
+            async with s.get(url) as r:
+                return r.status, await r.json()
+
+        async def not_ready() -> bool:
+            return (await answer())[0] == 503
+
+        await wait_for(not_ready, timeout=5)
+        status, body = await answer()
+        assert status == 503
+        assert body == {"status": "not ready", "detail": "1 of 2 workers not ready"}
+        served.config.write_text(good)
+
+        async def ready() -> bool:
+            return (await answer())[0] == 200
+
+        await wait_for(ready, timeout=30)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_stop_while_workers_start_cleans_up(
+    tmp_path: Path, upstream: EchoUpstream, sig: signal.Signals
+) -> None:
+    """A SIGTERM or SIGINT while the workers started (up to 30 s) killed the supervisor
+    outright: no worker stopped by it, the metrics directory left behind."""
+    go = tmp_path / "go"
+    (tmp_path / "slow_start.py").write_text(
+        "import os, time\n\n"
+        "deadline = time.monotonic() + 30\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+    )
+    cfg = _config(tmp_path, upstream, free_port(), free_port())
+    text = cfg.read_text().replace(
+        "backends:\n", "backends:\n  inproc: {handlers: slow_start}\n", 1
+    )
+    cfg.write_text(text)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    proc = await start_serve(cfg, "--workers", "2", env={"PYTHONPATH": path})
+    try:
+        workers = await _workers(proc.pid, 2)
+        ready_dir = _metrics_dir(workers[0])
+        proc.send_signal(sig)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+        assert not ready_dir.exists()
+        assert not any(_alive(pid) for pid in workers)
+    finally:
+        go.touch()  # let any worker left finish its imports and take the SIGTERM
+        await stop_process(proc)
