@@ -32,13 +32,16 @@ from extracted.service import (
     request_hash,
 )
 
-__all__ = ["DRY_RUN_HEADER", "FEE_ROUNDING_ENV", "SERVICE", "create_app"]
+__all__ = ["DRY_RUN_HEADER", "FEE_ROUNDING_ENV", "IDEMPOTENCY_HEADER", "SERVICE", "create_app"]
 
 FEE_ROUNDING_ENV = "STRANGLER_ORDERS_FEE_ROUNDING"
 """Environment variable choosing the fee rounding when create_app gets none: legacy | half_even."""
 
 DRY_RUN_HEADER = "X-Strangler-Dry-Run"
 """A write carrying this header with value 1 is fully handled, then rolled back."""
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+"""Required on create; optional on transitions, where a retry with it is never applied twice."""
 
 SERVICE = web.AppKey("orders_service", OrderService)
 """The app's Order service (set while the app runs)."""
@@ -148,9 +151,12 @@ def _int_param(request: web.Request, name: str, default: int | None) -> int | No
     return int(raw)
 
 
+_MAX_KEY = 200
+
+
 async def _create(request: web.Request) -> web.Response:
-    key = request.headers.get("Idempotency-Key", "").strip()
-    if not key or len(key) > 200:
+    key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
+    if not key or len(key) > _MAX_KEY:
         raise _BadRequest("missing_idempotency_key", "an Idempotency-Key header is required")
     body = await _body(request, required=True)
     new = parse_new_order(body)
@@ -191,15 +197,37 @@ async def _events(request: web.Request) -> web.Response:
     return _json(200, {"items": timeline, "meta": meta()})
 
 
+def _transition_key(request: web.Request) -> str | None:
+    # Optional on transitions (the legacy contract has none); sent, it must be usable.
+    raw = request.headers.get(IDEMPOTENCY_HEADER)
+    if raw is None:
+        return None
+    key = raw.strip()
+    if not key or len(key) > _MAX_KEY:
+        raise _BadRequest(
+            "invalid_idempotency_key",
+            f"Idempotency-Key must be 1 to {_MAX_KEY} characters when sent",
+        )
+    return key
+
+
 async def _act(request: web.Request) -> web.Response:
     order_id = _order_id(request)
     try:
         action = Action(request.match_info["action"])
     except ValueError:
         return _error(404, "not_found", "no such resource")
-    command = parse_command(action, await _body(request, required=False))
+    key = _transition_key(request)
+    body = await _body(request, required=False)
+    command = parse_command(action, body)
+    fingerprint = "" if key is None else request_hash({"action": action.value, "body": body})
     doc = await request.app[SERVICE].transition(
-        order_id, action, command, dry_run=_dry_run(request)
+        order_id,
+        action,
+        command,
+        key=key,
+        fingerprint=fingerprint,
+        dry_run=_dry_run(request),
     )
     return _json(200, {**doc, "meta": meta()})
 

@@ -13,7 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from extracted.domain import OrderState, Pricing, Status
 from extracted.records import Address, EventRecord, ItemRecord, NewOrder, OrderRecord
-from extracted.schema import idempotency_keys, order_events, order_items, orders
+from extracted.schema import (
+    idempotency_keys,
+    order_events,
+    order_items,
+    orders,
+    transition_keys,
+)
 
 __all__ = ["IdempotencyRecord", "OrderFilter", "OrderRepository"]
 
@@ -228,6 +234,34 @@ class OrderRepository:
             update(idempotency_keys)
             .where(idempotency_keys.c.buyer_id == buyer_id, idempotency_keys.c.key == key)
             .values(order_id=order_id, response_status=status, response_body=body)
+        )
+
+    async def transition_key(self, order_id: int, key: str) -> IdempotencyRecord | None:
+        """The stored answer of a transition sent with `key` on the order, if any."""
+        row = (
+            await self.conn.execute(
+                select(transition_keys).where(
+                    transition_keys.c.order_id == order_id, transition_keys.c.key == key
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        return IdempotencyRecord(row.request_hash, row.response_status, row.response_body)
+
+    async def store_transition_key(
+        self, order_id: int, key: str, request_hash: str, status: int, body: str, now_ms: int
+    ) -> None:
+        """Remember a transition's answer under its key (same transaction as the change)."""
+        await self.conn.execute(
+            transition_keys.insert().values(
+                order_id=order_id,
+                key=key,
+                request_hash=request_hash,
+                response_status=status,
+                response_body=body,
+                created_at_ms=now_ms,
+            )
         )
 
     async def _with_items(self, rows: Sequence[Row[Any]]) -> list[OrderRecord]:

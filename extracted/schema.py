@@ -22,6 +22,7 @@ __all__ = [
     "order_events",
     "order_items",
     "orders",
+    "transition_keys",
 ]
 
 metadata = MetaData()
@@ -91,6 +92,22 @@ idempotency_keys = Table(
     Column("response_body", Text, nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
     UniqueConstraint("buyer_id", "key", name="uq_idempotency_buyer_key"),
+)
+
+# Idempotency keys of transitions (ship ... refund), scoped to their order. Only the extracted
+# service writes them; the monolith ignores the header (create_schema adds the table to an
+# existing database).
+transition_keys = Table(
+    "transition_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("order_id", Integer, ForeignKey("orders.id"), nullable=False),
+    Column("key", String(200), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("response_status", Integer, nullable=False),
+    Column("response_body", Text, nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+    UniqueConstraint("order_id", "key", name="uq_transition_order_key"),
 )
 
 

@@ -53,7 +53,8 @@ class OrderNotFound(ServiceError):
 
 
 class IdempotencyKeyReused(ServiceError):
-    """The idempotency key was already used by this buyer for a different request."""
+    """The idempotency key was already used (by this buyer, or on this order) for a different
+    request."""
 
     status = 422
     code = "idempotency_key_reused"
@@ -131,14 +132,34 @@ class OrderService:
             return 201, body
 
     async def transition(
-        self, order_id: int, action: Action, command: dict[str, Any], *, dry_run: bool = False
+        self,
+        order_id: int,
+        action: Action,
+        command: dict[str, Any],
+        *,
+        key: str | None = None,
+        fingerprint: str = "",
+        dry_run: bool = False,
     ) -> dict[str, Any]:
-        """Apply one action to an order exactly once, recording its event in the same commit."""
+        """Apply one action to an order exactly once, recording its event in the same commit.
+
+        With an idempotency `key` (and the request's `fingerprint`) the answer is stored with
+        the change; a later request with that key on the order gets the stored answer if it is
+        the same request, else IdempotencyKeyReused, and is never applied again.
+        """
         async with transaction(self.engine, write=True, rollback=dry_run) as conn:
             repo = OrderRepository(conn)
+            # The order's row lock (SQLite: the write lock) serializes requests with one key.
             order = await repo.get(order_id, for_update=True)
             if order is None:
                 raise OrderNotFound(order_id)
+            if key is not None:
+                held = await repo.transition_key(order_id, key)
+                if held is not None:
+                    if held.request_hash != fingerprint or held.response_body is None:
+                        raise IdempotencyKeyReused()
+                    replay: dict[str, Any] = orjson.loads(held.response_body)
+                    return replay
             state = OrderState(
                 Status(order.status), order.total, order.refunded, order.delivered_at_ms
             )
@@ -159,8 +180,12 @@ class OrderService:
             )
             updated = await repo.get(order_id)
             assert updated is not None
+            body = render_order(updated, self.rounding)
+            if key is not None:
+                stored = orjson.dumps(body).decode()
+                await repo.store_transition_key(order_id, key, fingerprint, 200, stored, now)
             await self._checkpoint("transition.done", conn)
-            return render_order(updated, self.rounding)
+            return body
 
     async def get(self, order_id: int) -> dict[str, Any]:
         """One order as the API shows it."""
