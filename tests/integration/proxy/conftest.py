@@ -7,6 +7,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,15 @@ store:
 access_log: false
 {extra}
 """
+
+
+def write_served_config(tmp_path: Path, upstream_url: str, port: int, admin: int) -> Path:
+    """`proxy_config` on the given data and admin ports, written to tmp_path/routes.yaml."""
+    text = proxy_config(upstream_url).replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}", 1)
+    text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(text)
+    return cfg
 
 
 @dataclass

@@ -16,7 +16,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import create_proxy
 from proxy.handlers import start_handler_app
 from proxy.settings import BackendSettings, loads
-from tests.integration.proxy.conftest import proxy_config
+from tests.integration.proxy.conftest import write_served_config
 from tests.support import free_port, start_serve, stop_process, wait_admin_ready
 from tests.upstreams import EchoUpstream
 
@@ -43,11 +43,7 @@ async def _serve(config: Path, *args: str, timeout: float = 60) -> tuple[int, st
 
 
 def _config(tmp_path: Path, upstream: EchoUpstream, port: int, admin: int) -> Path:
-    text = proxy_config(upstream.url).replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}", 1)
-    text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
-    cfg = tmp_path / "routes.yaml"
-    cfg.write_text(text)
-    return cfg
+    return write_served_config(tmp_path, upstream.url, port, admin)
 
 
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]])

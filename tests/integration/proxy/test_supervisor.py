@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.integration.proxy.conftest import proxy_config
+from tests.integration.proxy.conftest import write_served_config
 from tests.support import (
     child_pids,
     free_port,
@@ -35,11 +35,7 @@ class _Served:
 
 
 def _config(tmp_path: Path, upstream: EchoUpstream, port: int, admin: int) -> Path:
-    text = proxy_config(upstream.url).replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}", 1)
-    text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
-    cfg = tmp_path / "routes.yaml"
-    cfg.write_text(text)
-    return cfg
+    return write_served_config(tmp_path, upstream.url, port, admin)
 
 
 @pytest.fixture
