@@ -257,6 +257,8 @@ class Redactor:
         except ValueError:  # `status`, `headers.x`: outside the body, detectors only
             return ()
         for segment in segments:
+            if any(node.hit for node in nodes):
+                break  # `at` lies inside a value redacted whole: so is everything below it
             nodes = _step(nodes, segment)
             if not nodes:
                 break

@@ -191,6 +191,20 @@ def test_values_found_deeper_in_a_body_are_redacted_as_in_place(redactor: Redact
     assert redactor.redact_json("a@b.io", at="headers.location") == redactor.token("a@b.io")
 
 
+def test_values_below_a_redacted_path_are_redacted(redactor: Redactor) -> None:
+    # `$.shipping_address` is redacted whole, so a difference at one of its fields (where
+    # the walk reports it) must not show that field's value in clear.
+    assert redactor.redact_json("1 Main St", at="$.shipping_address.street") == redactor.token(
+        "1 Main St"
+    )
+    assert redactor.redact_json("x", at="$.items[0].note.text") == redactor.token("x")
+    result = compare(
+        {"shipping_address": {"city": "Oslo"}}, {"shipping_address": {"city": "Bergen"}}
+    )
+    (diff,) = [redactor.redact_difference(d) for d in result.differences]
+    assert (diff.primary, diff.candidate) == (redactor.token("Oslo"), redactor.token("Bergen"))
+
+
 def test_differences_are_redacted(redactor: Redactor) -> None:
     result = compare({"buyer": {"email": "p"}, "n": "a@b.io"}, {"buyer": {"email": "c"}, "n": 1})
     redacted = [redactor.redact_difference(d) for d in result.differences]
