@@ -167,10 +167,20 @@ def _json_or_not(body: bytes, content_type: str | None) -> Any:
         return _NOT_JSON
 
 
+def _codings(response: HttpResponse) -> list[str]:
+    """The content-codings applied to `response`'s body, in order (identity left out)."""
+    value = response.header("content-encoding")
+    if not value:
+        return []
+    return [c for c in (c.strip().lower() for c in value.split(",")) if c and c != "identity"]
+
+
 def _compare_bodies(
     primary: HttpResponse, candidate: HttpResponse, rules: CompareRules
 ) -> Comparison:
-    if primary.body == candidate.body:
+    # Equal bytes are equal bodies only under the same codings: gzip bytes sent without
+    # `Content-Encoding: gzip` are not the body they encode.
+    if primary.body == candidate.body and _codings(primary) == _codings(candidate):
         return Comparison(True)
     body_a, body_b = _decoded(primary), _decoded(candidate)
     if body_a is None or body_b is None:

@@ -108,6 +108,17 @@ def test_content_encodings_are_decoded_on_either_side(encoding: str, encode: obj
     assert _paths(packed, HttpResponse(200, [_JSON], other)) == ["$.id"]
 
 
+@pytest.mark.parametrize("other", [None, "identity", "deflate"])
+def test_equal_bytes_under_other_content_encodings_differ(other: str | None) -> None:
+    # A client decodes the gzip side and takes the other as it is: not the same body.
+    body = gzip.compress(orjson.dumps(_DOC))
+    packed = HttpResponse(200, [_JSON, ("Content-Encoding", "gzip")], body)
+    headers = [_JSON] if other is None else [_JSON, ("Content-Encoding", other)]
+    assert _paths(packed, HttpResponse(200, headers, body)) == ["$"]
+    same = HttpResponse(200, [_JSON, ("content-encoding", " GZIP")], body)
+    assert compare_responses(packed, same).equal
+
+
 def test_brotli_bodies_are_decoded() -> None:
     brotli = pytest.importorskip("brotli")
     body = orjson.dumps(_DOC)
