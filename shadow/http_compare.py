@@ -42,6 +42,7 @@ COMPARED_HEADERS: Final = ("content-type", "location", "cache-control")
 MAX_DECODED_BYTES: Final = 64 << 20  # a decompression bomb stops here
 _NOT_JSON: Final[Any] = object()
 _LONG_DIGITS: Final = re.compile(rb"[0-9]{20}")
+_GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
 _JSON_STARTS: Final = frozenset(bytes([c]) for c in b'{["-0123456789tfn')
 
 
@@ -65,11 +66,27 @@ class HttpResponse:
 
 
 def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
-    decoder = zlib.decompressobj(wbits)
-    out = decoder.decompress(data, limit + 1)
-    if len(out) > limit or decoder.unconsumed_tail:
-        raise BodyDecodeError(f"decoded body exceeds {limit} bytes")
-    return out + decoder.flush()
+    """`data` inflated whole: a cut stream or bytes after its end are an error, as they are
+    to a client; gzip may hold several members (RFC 1952), each decoded in turn."""
+    if not data:  # a 204 or a HEAD answer may keep its Content-Encoding
+        return data
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        decoder = zlib.decompressobj(wbits)
+        out = decoder.decompress(data, limit - size + 1)
+        tail = b"" if decoder.unconsumed_tail else decoder.flush()
+        size += len(out) + len(tail)
+        if size > limit or decoder.unconsumed_tail:
+            raise BodyDecodeError(f"decoded body exceeds {limit} bytes")
+        parts += (out, tail)
+        if not decoder.eof:
+            raise BodyDecodeError("truncated body: the stream does not end")
+        data = decoder.unused_data
+        if not data:
+            return b"".join(parts)
+        if wbits != _GZIP_WBITS:
+            raise BodyDecodeError(f"{len(data)} bytes after the end of the stream")
 
 
 def decode_body(body: bytes, content_encoding: str | None, limit: int = MAX_DECODED_BYTES) -> bytes:
@@ -80,7 +97,7 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int = MAX_DECO
     for coding in reversed(codings):
         try:
             if coding in ("gzip", "x-gzip"):
-                body = _inflate(body, 16 + zlib.MAX_WBITS, limit)
+                body = _inflate(body, _GZIP_WBITS, limit)
             elif coding == "deflate":
                 try:
                     body = _inflate(body, zlib.MAX_WBITS, limit)

@@ -136,6 +136,35 @@ def test_undecodable_bodies_differ_without_raising() -> None:
     assert not compare_responses(unknown, good).equal
 
 
+@pytest.mark.parametrize(
+    ("encoding", "encoded"),
+    [
+        ("gzip", gzip.compress(orjson.dumps(_DOC))[:-8]),  # no CRC and length trailer
+        ("gzip", gzip.compress(orjson.dumps(_DOC))[:-1]),
+        ("deflate", zlib.compress(orjson.dumps(_DOC))[:-4]),  # no Adler-32
+        ("deflate", zlib.compress(orjson.dumps(_DOC))[2:-6]),  # raw, cut before the end
+        ("gzip", gzip.compress(orjson.dumps(_DOC)) + b"junk after the stream"),
+        ("deflate", zlib.compress(orjson.dumps(_DOC)) + b"junk"),
+    ],
+    ids=["gzip-no-trailer", "gzip-cut", "zlib-no-adler", "raw-cut", "gzip-junk", "zlib-junk"],
+)
+def test_truncated_or_padded_encoded_bodies_are_undecodable(encoding: str, encoded: bytes) -> None:
+    # A client fails on these ("unexpected end of file"): never a match for a whole body.
+    with pytest.raises(BodyDecodeError):
+        decode_body(encoded, encoding)
+    cut = HttpResponse(200, [_JSON, ("Content-Encoding", encoding)], encoded)
+    assert _paths(_json(_DOC), cut) == ["$"]
+
+
+def test_gzip_members_are_all_decoded() -> None:
+    body = orjson.dumps(_DOC)
+    members = gzip.compress(body[:10]) + gzip.compress(body[10:])
+    assert decode_body(members, "gzip") == body
+    packed = HttpResponse(200, [_JSON, ("Content-Encoding", "gzip")], members)
+    assert compare_responses(_json(_DOC), packed).equal
+    assert decode_body(b"", "gzip") == b""  # a 204 or a HEAD answer keeps the header
+
+
 def test_decode_body_caps_the_decoded_size() -> None:
     bomb = gzip.compress(b"\0" * 1_000_000)
     assert len(decode_body(bomb, "gzip")) == 1_000_000
