@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import chain, repeat, zip_longest
+from math import ulp
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
@@ -308,7 +308,6 @@ _DEFAULT_RULES: Final = CompareRules()
 _MISSING: Final[Any] = object()
 _FAST_DEPTH: Final = 64  # deeper subtrees are walked; C equality would hit the recursion limit
 _SORT_KEYS: Final = orjson.OPT_SORT_KEYS
-_SLACK: Final = 4 * sys.float_info.epsilon
 
 _OBJ, _ARR, _STR, _NUM, _BOOL, _NULL, _OTHER = range(7)
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
@@ -390,19 +389,26 @@ def _numbers_equal(a: Any, b: Any, tolerance: float) -> bool:
         if a != a and b != b:  # both NaN
             return True
         if tolerance:
-            if type(a) is Decimal or type(b) is Decimal:
-                return bool(
-                    abs(
-                        Decimal(repr(a) if type(a) is float else a)
-                        - Decimal(repr(b) if type(b) is float else b)
-                    )
-                    <= Decimal(repr(tolerance))
-                )
-            # The slack absorbs binary rounding: 100.01 - 100 is 0.010000000000005116.
-            return bool(abs(a - b) <= tolerance + _SLACK * max(abs(a), abs(b)))
-    except Exception:  # huge ints against floats, Decimal NaN: exact equality already failed
+            # In decimal, as the numbers are written: in binary 100.01 - 100 is
+            # 0.010000000000005116, and a slack relative to the size of the numbers let
+            # large ids and timestamps that differ by units pass as equal.
+            if type(a) is float and type(b) is float:
+                # Binary is off from decimal by under this: decide in binary when clear.
+                gap = abs(a - b)
+                margin = ulp(a) + ulp(b) + ulp(gap) + ulp(tolerance)
+                if gap > tolerance + margin:
+                    return False
+                if gap < tolerance - margin:
+                    return True
+            return bool(abs(_exact(a) - _exact(b)) <= _exact(tolerance))
+    except Exception:  # infinities, Decimal NaN: exact equality already failed
         return False
     return False
+
+
+def _exact(number: Any) -> Decimal:
+    """`number` as a Decimal: a float by its shortest repr (the digits JSON carried)."""
+    return Decimal(repr(number)) if type(number) is float else Decimal(number)
 
 
 def _leaf_equal(a: Any, b: Any) -> bool:

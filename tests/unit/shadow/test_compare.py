@@ -238,6 +238,22 @@ def test_numeric_tolerance() -> None:
         CompareRules(numeric_tolerance=math.nan)
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (1844674407370955000, 1844674407370955999),  # ids: a slack relative to size hid these
+        (10**17, 10**17 + 50),
+        (1_700_000_000_000_001, 1_700_000_000_000_002),  # microsecond timestamps
+        (1e20, 1.0000000000000002e20),  # adjacent doubles, 16384 apart
+        (1e16, 1e16 + 2.0),
+    ],
+)
+def test_numeric_tolerance_is_absolute_at_any_magnitude(first: float, second: float) -> None:
+    rules = CompareRules(numeric_tolerance=0.01)
+    assert _found(compare({"id": first}, {"id": second}, rules)) == [("$.id", "changed")]
+    assert compare({"p": 1e20 + 0.0}, {"p": 100000000000000000000}, rules).equal
+
+
 def test_timestamp_seconds_normalizer() -> None:
     rules = CompareRules(
         normalizers={"$.at": "timestamp_seconds", "$.events[*].at": "timestamp_seconds"}
