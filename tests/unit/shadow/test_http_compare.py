@@ -14,6 +14,7 @@ from shadow.http_compare import (
     HttpResponse,
     compare_responses,
     decode_body,
+    parse_json_body,
 )
 
 _JSON = ("Content-Type", "application/json")
@@ -191,3 +192,11 @@ def test_integers_past_64_bits_keep_their_precision() -> None:
     primary = HttpResponse(200, [_JSON], b'{"n": 123456789012345678901234567890}')
     candidate = HttpResponse(200, [_JSON], b'{"n": 123456789012345678901234567891}')
     assert _paths(primary, candidate) == ["$.n"]
+
+
+def test_negative_integers_past_64_bits_keep_their_precision() -> None:
+    # 19 digits below -2**63: orjson reads them as floats, which made these two equal
+    primary = HttpResponse(200, [_JSON], b'{"n": -9223372036854775809}')
+    candidate = HttpResponse(200, [_JSON], b'{"n": -9223372036854775810}')
+    assert _paths(primary, candidate) == ["$.n"]
+    assert parse_json_body(b"[-9999999999999999999]") == [-9999999999999999999]
