@@ -1,8 +1,9 @@
 """HTTP-level comparison: status, chosen headers and bodies of two responses (pure).
 
 Bodies are decoded from any `Content-Encoding` (gzip, deflate, and br when the `brotli`
-module is importable), then compared structurally when both sides are JSON and by bytes
-otherwise. Identical body bytes are equal without being parsed.
+module is importable), then compared structurally when both sides are JSON (a JSON media
+type, or no Content-Type and a body that parses) and by bytes otherwise. Identical body
+bytes under the same codings are equal without being parsed.
 """
 
 from __future__ import annotations
@@ -179,8 +180,12 @@ def _decoded(response: HttpResponse) -> bytes | None:
 
 
 def _json_or_not(body: bytes, content_type: str | None) -> Any:
-    first = body.lstrip()[:1]
-    if not first or (first not in _JSON_STARTS and "json" not in (content_type or "").lower()):
+    media = content_type.partition(";")[0].strip().lower() if content_type else ""
+    if media:
+        # Only a JSON media type is compared structurally: a text/plain "42" is not "42.0".
+        if "json" not in media:
+            return _NOT_JSON
+    elif body.lstrip()[:1] not in _JSON_STARTS:  # unlabelled: JSON if it looks like it
         return _NOT_JSON
     try:
         return parse_json_body(body)

@@ -79,6 +79,23 @@ def test_json_detected_without_a_json_content_type() -> None:
     assert _paths(primary, candidate) == ["$[1]"]
 
 
+@pytest.mark.parametrize(
+    ("first", "second"), [(b"42", b"42.0"), (b"[1, 2]", b"[1,2]"), (b"true", b"true\n")]
+)
+@pytest.mark.parametrize("media_type", ["text/plain", "text/csv; charset=utf-8", "text/html"])
+def test_bodies_of_other_media_types_compare_as_bytes_even_if_they_parse_as_json(
+    first: bytes, second: bytes, media_type: str
+) -> None:
+    # A client of a text/plain "42" reads text: "42.0" is another answer.
+    header = ("Content-Type", media_type)
+    assert _paths(HttpResponse(200, [header], first), HttpResponse(200, [header], second)) == ["$"]
+    # JSON media types, and bodies that do not say, still compare structurally
+    for headers in ([_JSON], [("content-type", "application/problem+json")], []):
+        assert compare_responses(
+            HttpResponse(200, headers, first), HttpResponse(200, headers, second)
+        ).equal
+
+
 def test_other_bodies_compare_as_bytes() -> None:
     primary = HttpResponse(200, [("content-type", "text/html")], b"<p>a</p>")
     candidate = HttpResponse(200, [("content-type", "text/html")], b"<p>b</p>")
