@@ -162,15 +162,22 @@ class Comparison:
             first.setdefault(diff.pattern, diff)
         return tuple(first.values())
 
-    def without(self, patterns: Iterable[str]) -> tuple[Comparison, frozenset[str]]:
-        """This comparison minus differences at (or under) `patterns`, and the patterns dropped."""
+    def without(
+        self, patterns: Iterable[str], presence: Iterable[str] = ()
+    ) -> tuple[Comparison, frozenset[str]]:
+        """This comparison minus differences at (or under) `patterns`, and minus `added` or
+        `removed` ones exactly at `presence` (where only being there varies, not what is
+        inside), and the patterns dropped."""
         drop = frozenset(patterns)
-        if not drop or not self.differences:
+        there = frozenset(presence) - drop
+        if not (drop or there) or not self.differences:
             return self, frozenset()
         kept: list[Difference] = []
         removed: set[str] = set()
         for diff in self.differences:
-            hit = _covering_pattern(diff.pattern, drop)
+            hit = _covering_pattern(diff.pattern, drop) if drop else None
+            if hit is None and diff.kind in ("added", "removed") and diff.pattern in there:
+                hit = diff.pattern
             if hit is None:
                 kept.append(diff)
             else:

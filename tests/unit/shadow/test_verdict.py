@@ -80,6 +80,29 @@ def test_a_baseline_unlike_the_first_answer_cancels_nothing(again: HttpResponse)
     assert verdict.outcome == "mismatch" and verdict.noise == frozenset()
 
 
+def test_a_noisy_array_length_cancels_presence_only_not_the_fields_of_elements() -> None:
+    """A list that grew between the two legacy calls made `$.items[*]` noise, which
+    cancelled every difference inside every element: a wrong price was a match."""
+    legacy = _resp(200, b'{"items": [{"id": 1, "price": 5}]}')
+    again = _resp(200, b'{"items": [{"id": 1, "price": 5}, {"id": 2, "price": 6}]}')
+    wrong = _resp(200, b'{"items": [{"id": 1, "price": 7}]}')
+    verdict = judge(legacy, wrong, None, CompareRules(), (), baseline=again)
+    assert verdict.outcome == "mismatch"
+    assert verdict.comparison is not None
+    assert [d.path for d in verdict.comparison.differences] == ["$.items[0].price"]
+    # an element more or fewer is what the baseline showed to be noise
+    longer = _resp(200, b'{"items": [{"id": 1, "price": 5}, {"id": 3, "price": 1}]}')
+    verdict = judge(legacy, longer, None, CompareRules(), (), baseline=again)
+    assert verdict.outcome == "match" and verdict.noise == frozenset({"$.items[*]"})
+    # a member present in one legacy answer only: its presence is noise, not its content
+    legacy = _resp(200, b'{"a": 1, "debug": {"host": "a"}}')
+    again = _resp(200, b'{"a": 1}')
+    other = _resp(200, b'{"a": 1, "debug": {"host": "b"}}')
+    verdict = judge(legacy, other, None, CompareRules(), (), baseline=again)
+    assert verdict.outcome == "mismatch"
+    assert judge(legacy, again, None, CompareRules(), (), baseline=again).outcome == "match"
+
+
 def test_record_is_redacted_and_keeps_bodies_only_for_mismatches() -> None:
     red = Redactor(key=b"k")
     legacy = _resp(200, b'{"email": "ann@example.com", "total": "1.00"}')
