@@ -52,9 +52,11 @@ _SECRET_FIELD = re.compile(
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"\b(?:bearer|basic)\s+([A-Za-z0-9._~+/=\-]{6,})", re.IGNORECASE)
+# Any letters (jörg@, ann@exämple.com), an apostrophe inside the local part (o'brien@),
+# and no length cap on it: a cap or a narrower class left part of an address in clear.
 _EMAIL = re.compile(
-    r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]{1,64}@"
-    r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62})(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,63}"
+    r"(?<![\w.%+\-])[\w.%+\-]+(?:'[\w.%+\-]+)*@"
+    r"[^\W_][\w\-]{0,62}(?:\.[\w\-]{1,63})*\.[^\W\d_]{2,63}"
 )
 _DIGIT_RUN = re.compile(r"(?<![0-9])[0-9]+(?:[ \-][0-9]+)*")
 _DIGIT_GROUP = re.compile(r"[0-9]+")
