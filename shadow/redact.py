@@ -60,7 +60,7 @@ _EMAIL = re.compile(
 )
 _DIGIT_RUN = re.compile(r"(?<![0-9])[0-9]+(?:[ \-][0-9]+)*")
 _DIGIT_GROUP = re.compile(r"[0-9]+")
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,32}")
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?:[ \-]?[A-Za-z0-9]){11,32}")
 
 
 _DOUBLED: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # Luhn: 2d, minus 9 when over 9
@@ -85,7 +85,7 @@ def _iban_end(raw: str) -> int:
     best = -1
     for index in range(4, len(raw)):
         char = raw[index]
-        if char == " ":
+        if char == " " or char == "-":  # printed in groups: DE89 3704 ..., DE89-3704-...
             continue
         value = int(char, 36)
         remainder = (remainder * (100 if value > 9 else 10) + value) % 97
@@ -138,7 +138,8 @@ def _iban_spans(text: str) -> list[tuple[int, int, str]]:
         if end < 0:
             pos = match.start() + 1
             continue
-        spans.append((match.start(), match.start() + end, raw[:end].replace(" ", "").upper()))
+        canonical = raw[:end].replace(" ", "").replace("-", "").upper()
+        spans.append((match.start(), match.start() + end, canonical))
         pos = match.start() + end
 
 

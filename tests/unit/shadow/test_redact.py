@@ -92,6 +92,8 @@ def test_numbers_failing_luhn_or_length_are_kept(redactor: Redactor, text: str) 
         ("DE89 3704 0044 0532 0130 00", _IBAN),
         ("pay to GB82WEST12345698765432 today", "GB82WEST12345698765432"),
         ("gb82 west 1234 5698 7654 32", "GB82WEST12345698765432"),
+        ("DE89-3704-0044-0532-0130-00", _IBAN),  # stored in clear: dashes were not read
+        ("iban: GB82-WEST-1234-5698-7654-32.", "GB82WEST12345698765432"),
     ],
 )
 def test_ibans_passing_mod97_are_redacted(redactor: Redactor, text: str, iban: str) -> None:
