@@ -445,42 +445,57 @@ def _match_unordered(
     a: list[Any], b: list[Any], key: str | None
 ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
     """Pairs (primary index, candidate index), unmatched primary and candidate indexes."""
-    if key is not None:
-        keyed_a = [_canonical(x[key]) if type(x) is dict and key in x else _MISSING for x in a]
-        keyed_b = [_canonical(x[key]) if type(x) is dict and key in x else _MISSING for x in b]
-    else:
-        keyed_a = [_canonical(x) for x in a]
-        keyed_b = [_canonical(x) for x in b]
-    slots: dict[Any, deque[int]] = {}
-    for j, k in enumerate(keyed_b):
-        if k is not _MISSING:
-            slots.setdefault(k, deque()).append(j)
+    if key is None:
+        return _match_groups(list(range(len(a))), list(range(len(b))), a, b)
+    groups_a: dict[Any, list[int]] = {}
+    groups_b: dict[Any, list[int]] = {}
+    for items, groups in ((a, groups_a), (b, groups_b)):
+        for index, x in enumerate(items):
+            k = _canonical(x[key]) if type(x) is dict and key in x else _MISSING
+            groups.setdefault(k, []).append(index)
     pairs: list[tuple[int, int]] = []
-    left_a: list[int] = []
-    used = [False] * len(b)
-    for i, k in enumerate(keyed_a):
-        queue = slots.get(k) if k is not _MISSING else None
+    only_a: list[int] = []
+    for k, left in groups_a.items():
+        right = groups_b.pop(k, [])
+        if len(left) == 1 and len(right) == 1:
+            pairs.append((left[0], right[0]))
+            continue
+        # A key shared by several elements, or none: equal elements pair first, then the
+        # rest in order, so that near-equal elements still show field-level differences.
+        paired, rest_a, rest_b = _match_groups(left, right, a, b)
+        pairs += paired
+        only_a += rest_a
+        groups_b[k] = rest_b
+    only_b = [j for right in groups_b.values() for j in right]
+    pairs.sort()
+    only_a.sort()
+    only_b.sort()
+    return pairs, only_a, only_b
+
+
+def _match_groups(
+    left: list[int], right: list[int], a: list[Any], b: list[Any]
+) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """Elements `left` of `a` paired with elements `right` of `b`: equal values first, then
+    the leftovers in order; and the unpaired ones of each side."""
+    slots: dict[Any, deque[int]] = {}
+    for j in right:
+        slots.setdefault(_canonical(b[j]), deque()).append(j)
+    pairs: list[tuple[int, int]] = []
+    rest_a: list[int] = []
+    used: set[int] = set()
+    for i in left:
+        queue = slots.get(_canonical(a[i]))
         if queue:
             j = queue.popleft()
-            used[j] = True
+            used.add(j)
             pairs.append((i, j))
         else:
-            left_a.append(i)
-    left_b = [j for j in range(len(b)) if not used[j]]
-    # Leftovers without a key (or, by value, that matched nothing exactly) pair up in order
-    # so that near-equal elements still show field-level differences.
-    pool_a = left_a if key is None else [i for i in left_a if keyed_a[i] is _MISSING]
-    pool_b = left_b if key is None else [j for j in left_b if keyed_b[j] is _MISSING]
-    for i, j in zip(pool_a, pool_b, strict=False):
-        pairs.append((i, j))
-    paired_a = {i for i, _ in pairs}
-    paired_b = {j for _, j in pairs}
-    pairs.sort()
-    return (
-        pairs,
-        [i for i in left_a if i not in paired_a],
-        [j for j in left_b if j not in paired_b],
-    )
+            rest_a.append(i)
+    rest_b = [j for j in right if j not in used]
+    paired = min(len(rest_a), len(rest_b))
+    pairs += zip(rest_a[:paired], rest_b[:paired], strict=True)
+    return pairs, rest_a[paired:], rest_b[paired:]
 
 
 def _unordered_entries(a: Any, b: Any, key: str | None) -> list[tuple[str | int, Any, Any]]:

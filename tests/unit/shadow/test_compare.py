@@ -211,6 +211,19 @@ def test_unordered_array_keyed_with_duplicates_and_keyless_elements() -> None:
     assert not compare(primary, [{"tags": [{"k": True, "v": 1}]}], rules).equal
 
 
+def test_unordered_array_keyed_pairs_equal_elements_first_among_duplicates() -> None:
+    """Elements sharing a key, or without one, were paired in order: the same multiset in
+    another order differed (a false alarm), and a real difference showed twice."""
+    rules = CompareRules(unordered_arrays={"$.items": "id"})
+    primary = {"items": [{"id": 1, "v": 1}, {"id": 1, "v": 2}, {"v": 3}, "s"]}
+    candidate = {"items": ["s", {"id": 1, "v": 2}, {"v": 3}, {"id": 1, "v": 1}]}
+    assert compare(primary, candidate, rules).equal
+    changed = {"items": ["s", {"id": 1, "v": 2}, {"v": 3}, {"id": 1, "v": 9}]}
+    assert _found(compare(primary, changed, rules)) == [("$.items[0].v", "changed")]
+    longer = {"items": [{"id": 1, "v": 2}, {"id": 1, "v": 1}, {"id": 1, "v": 5}, {"v": 3}, "s"]}
+    assert _found(compare(primary, longer, rules)) == [("$.items[2]", "added")]
+
+
 def test_unordered_array_by_value() -> None:
     rules = CompareRules(unordered_arrays=[("$.tags", None)])
     assert compare(
