@@ -153,8 +153,15 @@ def _diff(path: str, a: Any, b: Any) -> Difference:
     return Difference(path, kind, a, b, path)
 
 
+_UTF8_CHARSETS: Final = frozenset({"charset=utf-8", 'charset="utf-8"'})
+
+
 def _media_type(value: str) -> str:
-    return ";".join(part.strip() for part in value.lower().split(";"))
+    media, *params = (part.strip() for part in value.lower().split(";"))
+    kept = ["=".join(x.strip() for x in p.split("=", 1)) for p in params if p]
+    if "json" in media:  # JSON is UTF-8 and has no charset (RFC 8259): utf-8 says nothing
+        kept = [p for p in kept if p not in _UTF8_CHARSETS]
+    return ";".join((media, *kept))
 
 
 def _compare_headers(

@@ -61,6 +61,20 @@ def test_content_type_parameters_are_compared_loosely_but_media_types_strictly()
     assert _paths(loose, text) == ["headers.content-type"]
 
 
+@pytest.mark.parametrize("other", ["application/json", "application/problem+json"])
+def test_a_utf8_charset_on_json_is_the_default_spelled_out(other: str) -> None:
+    # JSON has no charset parameter and is UTF-8 (RFC 8259): frameworks differ in adding
+    # it, so an extracted service flagged every response.
+    plain = HttpResponse(200, [("content-type", other)], b"{}")
+    spelled = HttpResponse(200, [("content-type", f"{other}; charset=UTF-8")], b"{}")
+    assert compare_responses(plain, spelled).equal
+    latin = HttpResponse(200, [("content-type", f"{other}; charset=iso-8859-1")], b"{}")
+    assert _paths(plain, latin) == ["headers.content-type"]
+    text = HttpResponse(200, [("content-type", "text/plain")], b"x")
+    text_utf8 = HttpResponse(200, [("content-type", "text/plain; charset=utf-8")], b"x")
+    assert _paths(text, text_utf8) == ["headers.content-type"]  # not for other types
+
+
 def test_json_bodies_compare_structurally_with_rules() -> None:
     primary = HttpResponse(200, [_JSON], b'{"id": 7,  "items": [{"sku":"a","price":1.5}]}')
     candidate = HttpResponse(200, [_JSON], b'{"items":[{"price":1.5,"sku":"a"}],"id":7}')
