@@ -164,6 +164,16 @@ def _media_type(value: str) -> str:
     return ";".join((media, *kept))
 
 
+def _directives(value: str) -> list[str]:
+    """Cache-Control directives in a canonical order, names in lower case (RFC 9111 5.2)."""
+    found = []
+    for part in value.split(","):
+        name, eq, arg = part.strip().partition("=")
+        if name:
+            found.append(f"{name.strip().lower()}{eq}{arg.strip()}")
+    return sorted(found)
+
+
 def _compare_headers(
     primary: HttpResponse, candidate: HttpResponse, names: Iterable[str]
 ) -> list[Difference]:
@@ -172,6 +182,8 @@ def _compare_headers(
         a, b = primary.header(name), candidate.header(name)
         if name == "content-type" and a is not None and b is not None:
             same = _media_type(a) == _media_type(b)
+        elif name == "cache-control" and a is not None and b is not None:
+            same = a == b or _directives(a) == _directives(b)
         else:
             same = a == b
         if not same:

@@ -75,6 +75,16 @@ def test_a_utf8_charset_on_json_is_the_default_spelled_out(other: str) -> None:
     assert _paths(text, text_utf8) == ["headers.content-type"]  # not for other types
 
 
+def test_cache_control_compares_its_directives_in_any_order_and_case() -> None:
+    def cached(value: str) -> HttpResponse:
+        return HttpResponse(200, [_JSON, ("Cache-Control", value)], b"{}")
+
+    assert compare_responses(cached("no-cache, no-store"), cached("no-store,no-cache")).equal
+    assert compare_responses(cached("Private, Max-Age=60"), cached("max-age=60, private")).equal
+    assert _paths(cached("max-age=60"), cached("max-age=61")) == ["headers.cache-control"]
+    assert _paths(cached("private"), cached("public")) == ["headers.cache-control"]
+
+
 def test_json_bodies_compare_structurally_with_rules() -> None:
     primary = HttpResponse(200, [_JSON], b'{"id": 7,  "items": [{"sku":"a","price":1.5}]}')
     candidate = HttpResponse(200, [_JSON], b'{"items":[{"price":1.5,"sku":"a"}],"id":7}')
