@@ -165,9 +165,9 @@ class Comparison:
     def without(
         self, patterns: Iterable[str], presence: Iterable[str] = ()
     ) -> tuple[Comparison, frozenset[str]]:
-        """This comparison minus differences at (or under) `patterns`, and minus `added` or
-        `removed` ones exactly at `presence` (where only being there varies, not what is
-        inside), and the patterns dropped."""
+        """This comparison minus differences at (or under) `patterns`, and minus those
+        exactly at `presence` (where a value's presence or shape varies, not what is inside
+        it), and the patterns dropped."""
         drop = frozenset(patterns)
         there = frozenset(presence) - drop
         if not (drop or there) or not self.differences:
@@ -176,7 +176,7 @@ class Comparison:
         removed: set[str] = set()
         for diff in self.differences:
             hit = _covering_pattern(diff.pattern, drop) if drop else None
-            if hit is None and diff.kind in ("added", "removed") and diff.pattern in there:
+            if hit is None and diff.pattern in there:
                 hit = diff.pattern
             if hit is None:
                 kept.append(diff)

@@ -31,8 +31,8 @@ def noise_patterns(
 def cancel_noise(
     comparison: Comparison, noise: Iterable[str], presence: Iterable[str] = ()
 ) -> tuple[Comparison, frozenset[str]]:
-    """`comparison` without differences at or under a noise pattern, nor elements or
-    members added or removed at a `presence` pattern, and the patterns hit."""
+    """`comparison` without differences at or under a noise pattern, nor exactly at a
+    `presence` pattern, and the patterns hit."""
     return comparison.without(noise, presence)
 
 
@@ -48,14 +48,22 @@ def response_noise(
     first_legacy: HttpResponse, second_legacy: HttpResponse, rules: CompareRules | None = None
 ) -> tuple[frozenset[str], frozenset[str]]:
     """The noise of two legacy responses for `cancel_noise`: patterns whose values vary,
-    and patterns where only an element's or member's presence varies (a list one longer
-    says nothing about the fields of its elements, so it must not cancel them)."""
+    and patterns where only a value's presence or shape varies. A list one longer, or a
+    `null` for an object, says nothing about the fields inside: they must not be cancelled.
+    """
     result = compare_responses(first_legacy, second_legacy, rules)
     values: set[str] = set()
     presence: set[str] = set()
     for diff in result.differences:
-        if diff.kind in ("added", "removed") and diff.path.startswith("$"):
+        if diff.path.startswith("$") and (
+            diff.kind in ("added", "removed")
+            or (diff.kind == "type" and _container(diff.primary, diff.candidate))
+        ):
             presence.add(diff.pattern)
         else:
             values.add(diff.pattern)
     return frozenset(values), frozenset(presence - values)
+
+
+def _container(*values: Any) -> bool:
+    return any(isinstance(v, dict | list) for v in values)

@@ -53,7 +53,7 @@ def judge(
         patterns, presence = response_noise(legacy, baseline, rules)
         # A second answer unlike the first as a whole (an error page, another type) says
         # nothing about single fields: it would cancel every difference ("$" covers all).
-        if "$" not in patterns:
+        if "$" not in patterns and "$" not in presence:
             comparison, noise = cancel_noise(comparison, patterns, presence)
     return Verdict("match" if comparison.equal else "mismatch", comparison, noise)
 

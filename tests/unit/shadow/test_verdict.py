@@ -78,6 +78,8 @@ def test_a_baseline_unlike_the_first_answer_cancels_nothing(again: HttpResponse)
     legacy = _resp(200, b'{"a": 1}')
     verdict = judge(legacy, _resp(404, b'{"error": "x"}'), None, CompareRules(), (), baseline=again)
     assert verdict.outcome == "mismatch" and verdict.noise == frozenset()
+    verdict = judge(legacy, _resp(200, b"[5]"), None, CompareRules(), (), baseline=again)
+    assert verdict.outcome == "mismatch" and verdict.noise == frozenset()
 
 
 def test_a_noisy_array_length_cancels_presence_only_not_the_fields_of_elements() -> None:
@@ -101,6 +103,28 @@ def test_a_noisy_array_length_cancels_presence_only_not_the_fields_of_elements()
     verdict = judge(legacy, other, None, CompareRules(), (), baseline=again)
     assert verdict.outcome == "mismatch"
     assert judge(legacy, again, None, CompareRules(), (), baseline=again).outcome == "match"
+
+
+def test_a_value_null_in_one_legacy_answer_cancels_only_its_shape() -> None:
+    """`{"data": null}` from one legacy call made `$.data` noise, which cancelled every
+    difference inside the candidate's `data` object: a wrong total was a match."""
+    legacy = _resp(200, b'{"data": {"total": 5, "n": 1}}')
+    again = _resp(200, b'{"data": null}')
+    wrong = _resp(200, b'{"data": {"total": 7, "n": 1}}')
+    verdict = judge(legacy, wrong, None, CompareRules(), (), baseline=again)
+    assert verdict.outcome == "mismatch"
+    assert verdict.comparison is not None
+    assert [d.path for d in verdict.comparison.differences] == ["$.data.total"]
+    # null, or any other shape, at `$.data` is what the baseline showed to vary
+    for other in (b'{"data": null}', b'{"data": []}', b"{}"):
+        verdict = judge(legacy, _resp(200, other), None, CompareRules(), (), baseline=again)
+        assert verdict.outcome == "match" and verdict.noise == frozenset({"$.data"})
+    # a scalar whose type varies is a noisy value like any other
+    legacy, again = _resp(200, b'{"v": 1}'), _resp(200, b'{"v": "1"}')
+    assert (
+        judge(legacy, _resp(200, b'{"v": 2}'), None, CompareRules(), (), baseline=again).outcome
+        == "match"
+    )
 
 
 def test_record_is_redacted_and_keeps_bodies_only_for_mismatches() -> None:
