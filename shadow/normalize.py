@@ -21,9 +21,11 @@ Normalizer = Callable[[Any], Any]
 
 
 def timestamp_seconds(value: Any) -> Any:
-    """ISO 8601 timestamps truncated to whole seconds, aware ones in UTC (`Z` == `+00:00`)."""
+    """ISO 8601 date-times truncated to whole seconds, aware ones in UTC (`Z` == `+00:00`)."""
     if type(value) is str:
         text = value.strip()
+        if len(text) <= 10:  # a date (2024-05-01, 20240501, 2024-W18-3): not a date-time
+            return value
         if text[-1:] in ("Z", "z"):
             text = text[:-1] + "+00:00"
         try:

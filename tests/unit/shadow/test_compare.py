@@ -305,6 +305,15 @@ def test_timestamp_seconds_normalizer() -> None:
     assert _found(compare({"at": "soon"}, {"at": "later"}, rules)) == [("$.at", "changed")]
 
 
+@pytest.mark.parametrize("date", ["2024-05-01", "20240501", "2024-W18-3"])
+def test_timestamp_seconds_keeps_a_date_apart_from_a_date_time(date: str) -> None:
+    # A date read as its midnight matched a date-time: a client reading dates breaks.
+    rules = CompareRules(normalizers={"$.at": "timestamp_seconds"})
+    midnight = {"at": "2024-05-01T00:00:00"}
+    assert _found(compare({"at": date}, midnight, rules)) == [("$.at", "changed")]
+    assert compare({"at": date}, {"at": date}, rules).equal
+
+
 def test_decimal_normalizer() -> None:
     rules = CompareRules(normalizers={"$.total": "decimal", "$.items[*].price": "decimal"})
     assert compare({"total": "12.50"}, {"total": 12.5}, rules).equal
