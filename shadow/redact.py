@@ -347,7 +347,8 @@ class Redactor:
             try:
                 value = parse_json_body(body)
             except ValueError:
-                pass
+                if self._root:  # values at redacted paths cannot be found: hide it all
+                    return f"{PREFIX}unparseable JSON {len(body)} bytes".encode()
             else:
                 redacted = self.redact_json(value)
                 try:
@@ -356,7 +357,8 @@ class Redactor:
                     pass
                 try:
                     return json.dumps(redacted, separators=(",", ":")).encode()
-                except (ValueError, RecursionError):  # too deep even for json: text below
-                    pass
+                except (ValueError, RecursionError):  # too deep even for json
+                    if self._root:  # the text below would show values at redacted paths
+                        return f"{PREFIX}unserialisable JSON {len(body)} bytes".encode()
         text = body.decode("utf-8", "surrogateescape")
         return self.redact_text(text).encode("utf-8", "surrogateescape")

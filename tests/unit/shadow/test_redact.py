@@ -175,6 +175,26 @@ def test_bodies(redactor: Redactor) -> None:
     assert b"bob@example.com" not in broken
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"shipping_address": "1 Main St", "n": 1', "application/json"),  # cut short
+        (b'{"shipping_address": "1 Main St"} trailing', "application/json"),
+        (b'{"shipping_address": "1 Main St",}', None),  # looks like JSON, does not parse
+    ],
+)
+def test_json_that_does_not_parse_hides_values_at_redacted_paths(
+    redactor: Redactor, body: bytes, content_type: str | None
+) -> None:
+    # A broken JSON body is the kind a mismatch stores: text detectors alone let the value
+    # at a configured path through.
+    out = redactor.redact_body(body, content_type)
+    assert b"Main St" not in out
+    assert out.startswith(b"REDACTED:")
+    # without configured paths the text detectors are all there is to apply
+    assert Redactor(key=b"k").redact_body(body, content_type) == body
+
+
 @pytest.mark.parametrize("as_dict", [False, True])
 def test_ten_thousand_levels(redactor: Redactor, as_dict: bool) -> None:
     value: Any = "bob@example.com"
