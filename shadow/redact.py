@@ -58,7 +58,7 @@ _EMAIL = re.compile(
     r"(?<![\w.%+\-])[\w.%+\-]+(?:'[\w.%+\-]+)*@"
     r"[^\W_][\w\-]{0,62}(?:\.[\w\-]{1,63})*\.[^\W\d_]{2,63}"
 )
-_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9]+(?:[ \-][0-9]+)*")
+_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9]+(?:[ \-+][0-9]+)*")  # "+": a space in a query
 _DIGIT_GROUP = re.compile(r"[0-9]+")
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?:[ \-]?[A-Za-z0-9]){11,32}")
 
@@ -101,7 +101,7 @@ def _card_spans(text: str) -> list[tuple[int, int, str]]:
     spans = []
     for run in _DIGIT_RUN.finditer(text):
         found = run.group()
-        if len(found) - found.count(" ") - found.count("-") < 13:
+        if len(found) - found.count(" ") - found.count("-") - found.count("+") < 13:
             continue  # too few digits for a card: most numbers in text end here
         groups = [(m.start(), m.end(), m.group()) for m in _DIGIT_GROUP.finditer(found)]
         base = run.start()
