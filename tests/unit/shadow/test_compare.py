@@ -328,6 +328,16 @@ def test_decimal_normalizer() -> None:
     assert compare(Decimal("1.5"), 1.5).equal
 
 
+@pytest.mark.parametrize("text", ["1_000", " 1000", "1000\n", "+1000", "1000.", "01000"])
+def test_decimal_normalizer_reads_only_json_style_decimal_strings(text: str) -> None:
+    # Python's Decimal reads "1_000", padding and "+": a client's decimal parser does not
+    rules = CompareRules(normalizers={"$.total": "decimal"})
+    assert _found(compare({"total": text}, {"total": 1000}, rules)) == [("$.total", "type")]
+    assert compare({"total": "1000.0"}, {"total": 1000}, rules).equal
+    assert compare({"total": "-0.50"}, {"total": -0.5}, rules).equal
+    assert compare({"total": "1e3"}, {"total": 1000}, rules).equal  # a JSON number's form
+
+
 def test_string_normalizers() -> None:
     rules = CompareRules(normalizers=[("$.code", "lowercase"), ("$.name", "trim")])
     assert compare({"code": "ABC", "name": " x\n"}, {"code": "abc", "name": "x"}, rules).equal
