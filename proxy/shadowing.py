@@ -901,7 +901,7 @@ class ShadowHub:
                         outcome="skipped",
                         method=method,
                         path=plan.path_template,
-                        request_path=self.redactor.redact_text(path),
+                        request_path=self.redactor.redact_url(path),
                         request_id=request_id,
                         mode=plan.record_mode,
                         config_version=self.config_version(),

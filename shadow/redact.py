@@ -306,12 +306,22 @@ class Redactor:
         return holder[0]
 
     def redact_difference(self, difference: Difference) -> Difference:
-        """`difference` with both values redacted as they would be in place in the body."""
+        """`difference` with both values redacted as they would be in place in the body
+        (a header's also with secrets in URLs masked: a Location may carry a token)."""
+        path = difference.path
+        primary, candidate = difference.primary, difference.candidate
+        if not path.startswith("$"):
+            primary = mask_secrets(primary) if type(primary) is str else primary
+            candidate = mask_secrets(candidate) if type(candidate) is str else candidate
         return replace(
             difference,
-            primary=self.redact_json(difference.primary, difference.path),
-            candidate=self.redact_json(difference.candidate, difference.path),
+            primary=self.redact_json(primary, path),
+            candidate=self.redact_json(candidate, path),
         )
+
+    def redact_url(self, url: str) -> str:
+        """A request path or URL with secrets masked and personal data tokenised."""
+        return self.redact_text(mask_secrets(url))
 
     def redact_headers(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Header pairs with credential values tokenised and the rest text-redacted."""

@@ -148,7 +148,7 @@ def build_record(
         datetime.now(UTC),
         method,
         path_template,
-        redactor.redact_text(request_path),
+        redactor.redact_url(request_path),
         legacy.status if legacy is not None else None,
         candidate.status if candidate is not None else None,
         _ms(legacy_ms),

@@ -127,6 +127,20 @@ def test_a_value_null_in_one_legacy_answer_cancels_only_its_shape() -> None:
     )
 
 
+def test_secrets_in_a_stored_request_path_or_location_are_masked() -> None:
+    """A reset token or password in the query was stored as sent: the detectors look for
+    personal data only, so the store (and the reports) showed a working credential."""
+    red = Redactor(key=b"k")
+    legacy = HttpResponse(302, [("Location", "/login?token=s3cr3t-legacy")])
+    candidate = HttpResponse(302, [("Location", "/login?token=s3cr3t-candidate")])
+    rec = _record(red, legacy, candidate, "/reset?token=s3cr3t-path&password=hunter2", (1, 1))
+    stored = repr(rec)
+    for secret in ("s3cr3t-legacy", "s3cr3t-candidate", "s3cr3t-path", "hunter2"):
+        assert secret not in stored
+    assert rec.request_path == "/reset?token=***&password=***"
+    assert [e.path for e in rec.diff_examples] == ["headers.location"]
+
+
 def test_record_is_redacted_and_keeps_bodies_only_for_mismatches() -> None:
     red = Redactor(key=b"k")
     legacy = _resp(200, b'{"email": "ann@example.com", "total": "1.00"}')
