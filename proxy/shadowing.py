@@ -282,9 +282,11 @@ class ShadowPlan:
         self.rules = rules
         self.ignore_headers = tuple(route.compare.ignore_headers)
         ignored = {h.lower() for h in self.ignore_headers}
+        # content-encoding too, ignored or not: the same bytes under other codings are
+        # other bodies
         self.compared_headers = frozenset(
             h.encode("latin-1") for h in COMPARED_HEADERS if h not in ignored
-        )
+        ) | {b"content-encoding"}
         self.path_template = route.match.path
         self.breaker = breaker
         self.offload = False  # set when a shadow helper process runs this plan's copies
@@ -899,7 +901,7 @@ class ShadowHub:
                         outcome="skipped",
                         method=method,
                         path=plan.path_template,
-                        request_path=self.redactor.redact_text(path),
+                        request_path=self.redactor.redact_url(path),
                         request_id=request_id,
                         mode=plan.record_mode,
                         config_version=self.config_version(),

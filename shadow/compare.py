@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import chain, repeat, zip_longest
+from math import ulp
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
@@ -162,15 +162,22 @@ class Comparison:
             first.setdefault(diff.pattern, diff)
         return tuple(first.values())
 
-    def without(self, patterns: Iterable[str]) -> tuple[Comparison, frozenset[str]]:
-        """This comparison minus differences at (or under) `patterns`, and the patterns dropped."""
+    def without(
+        self, patterns: Iterable[str], presence: Iterable[str] = ()
+    ) -> tuple[Comparison, frozenset[str]]:
+        """This comparison minus differences at (or under) `patterns`, and minus those
+        exactly at `presence` (where a value's presence or shape varies, not what is inside
+        it), and the patterns dropped."""
         drop = frozenset(patterns)
-        if not drop or not self.differences:
+        there = frozenset(presence) - drop
+        if not (drop or there) or not self.differences:
             return self, frozenset()
         kept: list[Difference] = []
         removed: set[str] = set()
         for diff in self.differences:
-            hit = _covering_pattern(diff.pattern, drop)
+            hit = _covering_pattern(diff.pattern, drop) if drop else None
+            if hit is None and diff.pattern in there:
+                hit = diff.pattern
             if hit is None:
                 kept.append(diff)
             else:
@@ -308,7 +315,6 @@ _DEFAULT_RULES: Final = CompareRules()
 _MISSING: Final[Any] = object()
 _FAST_DEPTH: Final = 64  # deeper subtrees are walked; C equality would hit the recursion limit
 _SORT_KEYS: Final = orjson.OPT_SORT_KEYS
-_SLACK: Final = 4 * sys.float_info.epsilon
 
 _OBJ, _ARR, _STR, _NUM, _BOOL, _NULL, _OTHER = range(7)
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
@@ -390,19 +396,26 @@ def _numbers_equal(a: Any, b: Any, tolerance: float) -> bool:
         if a != a and b != b:  # both NaN
             return True
         if tolerance:
-            if type(a) is Decimal or type(b) is Decimal:
-                return bool(
-                    abs(
-                        Decimal(repr(a) if type(a) is float else a)
-                        - Decimal(repr(b) if type(b) is float else b)
-                    )
-                    <= Decimal(repr(tolerance))
-                )
-            # The slack absorbs binary rounding: 100.01 - 100 is 0.010000000000005116.
-            return bool(abs(a - b) <= tolerance + _SLACK * max(abs(a), abs(b)))
-    except Exception:  # huge ints against floats, Decimal NaN: exact equality already failed
+            # In decimal, as the numbers are written: in binary 100.01 - 100 is
+            # 0.010000000000005116, and a slack relative to the size of the numbers let
+            # large ids and timestamps that differ by units pass as equal.
+            if type(a) is float and type(b) is float:
+                # Binary is off from decimal by under this: decide in binary when clear.
+                gap = abs(a - b)
+                margin = ulp(a) + ulp(b) + ulp(gap) + ulp(tolerance)
+                if gap > tolerance + margin:
+                    return False
+                if gap < tolerance - margin:
+                    return True
+            return bool(abs(_exact(a) - _exact(b)) <= _exact(tolerance))
+    except Exception:  # infinities, Decimal NaN: exact equality already failed
         return False
     return False
+
+
+def _exact(number: Any) -> Decimal:
+    """`number` as a Decimal: a float by its shortest repr (the digits JSON carried)."""
+    return Decimal(repr(number)) if type(number) is float else Decimal(number)
 
 
 def _leaf_equal(a: Any, b: Any) -> bool:
@@ -428,51 +441,85 @@ def _canonical(value: Any) -> Any:
         return ("id", id(value))
 
 
+_Same = Callable[[int, int], bool]  # whether a[i] and b[j] are equal under the rules
+_LOOSE_PAIRS: Final = 4096  # leftover pairs tried under the rules, at most, per array
+
+
 def _match_unordered(
-    a: list[Any], b: list[Any], key: str | None
+    a: list[Any], b: list[Any], key: str | None, same: _Same | None = None
 ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
     """Pairs (primary index, candidate index), unmatched primary and candidate indexes."""
-    if key is not None:
-        keyed_a = [_canonical(x[key]) if type(x) is dict and key in x else _MISSING for x in a]
-        keyed_b = [_canonical(x[key]) if type(x) is dict and key in x else _MISSING for x in b]
-    else:
-        keyed_a = [_canonical(x) for x in a]
-        keyed_b = [_canonical(x) for x in b]
-    slots: dict[Any, deque[int]] = {}
-    for j, k in enumerate(keyed_b):
-        if k is not _MISSING:
-            slots.setdefault(k, deque()).append(j)
+    if key is None:
+        return _match_groups(list(range(len(a))), list(range(len(b))), a, b, same)
+    groups_a: dict[Any, list[int]] = {}
+    groups_b: dict[Any, list[int]] = {}
+    for items, groups in ((a, groups_a), (b, groups_b)):
+        for index, x in enumerate(items):
+            k = _canonical(x[key]) if type(x) is dict and key in x else _MISSING
+            groups.setdefault(k, []).append(index)
     pairs: list[tuple[int, int]] = []
-    left_a: list[int] = []
-    used = [False] * len(b)
-    for i, k in enumerate(keyed_a):
-        queue = slots.get(k) if k is not _MISSING else None
+    only_a: list[int] = []
+    for k, left in groups_a.items():
+        right = groups_b.pop(k, [])
+        if len(left) == 1 and len(right) == 1:
+            pairs.append((left[0], right[0]))
+            continue
+        # A key shared by several elements, or none: equal elements pair first, then the
+        # rest in order, so that near-equal elements still show field-level differences.
+        paired, rest_a, rest_b = _match_groups(left, right, a, b, same)
+        pairs += paired
+        only_a += rest_a
+        groups_b[k] = rest_b
+    only_b = [j for right in groups_b.values() for j in right]
+    pairs.sort()
+    only_a.sort()
+    only_b.sort()
+    return pairs, only_a, only_b
+
+
+def _match_groups(
+    left: list[int], right: list[int], a: list[Any], b: list[Any], same: _Same | None
+) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """Elements `left` of `a` paired with elements `right` of `b`: equal values first, then
+    values equal under the rules inside (`same`), then the leftovers in order; and the
+    unpaired ones of each side."""
+    slots: dict[Any, deque[int]] = {}
+    for j in right:
+        slots.setdefault(_canonical(b[j]), deque()).append(j)
+    pairs: list[tuple[int, int]] = []
+    rest_a: list[int] = []
+    used: set[int] = set()
+    for i in left:
+        queue = slots.get(_canonical(a[i]))
         if queue:
             j = queue.popleft()
-            used[j] = True
+            used.add(j)
             pairs.append((i, j))
         else:
-            left_a.append(i)
-    left_b = [j for j in range(len(b)) if not used[j]]
-    # Leftovers without a key (or, by value, that matched nothing exactly) pair up in order
-    # so that near-equal elements still show field-level differences.
-    pool_a = left_a if key is None else [i for i in left_a if keyed_a[i] is _MISSING]
-    pool_b = left_b if key is None else [j for j in left_b if keyed_b[j] is _MISSING]
-    for i, j in zip(pool_a, pool_b, strict=False):
-        pairs.append((i, j))
-    paired_a = {i for i, _ in pairs}
-    paired_b = {j for _, j in pairs}
-    pairs.sort()
-    return (
-        pairs,
-        [i for i in left_a if i not in paired_a],
-        [j for j in left_b if j not in paired_b],
-    )
+            rest_a.append(i)
+    rest_b = [j for j in right if j not in used]
+    if same is not None and rest_a and rest_b and len(rest_a) * len(rest_b) <= _LOOSE_PAIRS:
+        # ignored, normalised or tolerated fields inside: exact values may never meet
+        unmatched = []
+        for i in rest_a:
+            for position, j in enumerate(rest_b):
+                if same(i, j):
+                    pairs.append((i, j))
+                    del rest_b[position]
+                    break
+            else:
+                unmatched.append(i)
+        rest_a = unmatched
+    paired = min(len(rest_a), len(rest_b))
+    pairs += zip(rest_a[:paired], rest_b[:paired], strict=True)
+    return pairs, rest_a[paired:], rest_b[paired:]
 
 
-def _unordered_entries(a: Any, b: Any, key: str | None) -> list[tuple[str | int, Any, Any]]:
+def _unordered_entries(
+    a: Any, b: Any, key: str | None, same: _Same | None = None
+) -> list[tuple[str | int, Any, Any]]:
     """Entries (index, primary, candidate) of two arrays compared as a (keyed) multiset."""
-    pairs, only_a, only_b = _match_unordered(list(a), list(b), key)
+    pairs, only_a, only_b = _match_unordered(list(a), list(b), key, same)
     entries: list[tuple[str | int, Any, Any]] = [(i, a[i], b[j]) for i, j in pairs]
     entries += [(i, a[i], _MISSING) for i in only_a]
     entries.sort(key=lambda entry: entry[0])
@@ -521,6 +568,17 @@ def _merge(nodes: tuple[_Node, ...]) -> tuple[bool, tuple[Normalizer, ...], _Nod
     return ignore, normalizers, unordered
 
 
+def _same_under(a: list[Any], b: list[Any], nodes: tuple[_Node, ...], rules: CompareRules) -> _Same:
+    """Whether element i of `a` equals element j of `b` under the rules at element i."""
+
+    def same(i: int, j: int) -> bool:
+        step = _step(nodes, i)
+        result = _walk(a[i], b[j], rules, False, step, 1)
+        return result is not None and result.equal
+
+    return same
+
+
 def compare(primary: Any, candidate: Any, rules: CompareRules = _DEFAULT_RULES) -> Comparison:
     """Compare two decoded JSON values under `rules`; never raises."""
     result = _walk(primary, candidate, rules, True)
@@ -530,12 +588,21 @@ def compare(primary: Any, candidate: Any, rules: CompareRules = _DEFAULT_RULES) 
     return result
 
 
-def _walk(primary: Any, candidate: Any, rules: CompareRules, defer: bool) -> Comparison | None:
+def _walk(
+    primary: Any,
+    candidate: Any,
+    rules: CompareRules,
+    defer: bool,
+    root: tuple[_Node, ...] | None = None,
+    stop_at: int | None = None,
+) -> Comparison | None:
     """The walk. With `defer`, `==`-equal subtrees are skipped at once and checked together
-    at the end (None if that check fails); otherwise they are checked per container."""
+    at the end (None if that check fails); otherwise they are checked per container.
+    `root` is the rules at the values (default: the top of `rules`); `stop_at` caps the
+    differences below `rules.max_differences`."""
     deferred_a: list[Any] = []
     deferred_b: list[Any] = []
-    limit = rules.max_differences
+    limit = rules.max_differences if stop_at is None else stop_at
     tolerance = rules.numeric_tolerance
     diffs: list[Difference] = []
     truncated = False
@@ -544,7 +611,8 @@ def _walk(primary: Any, candidate: Any, rules: CompareRules, defer: bool) -> Com
         concrete, pattern = _render(path)
         diffs.append(_difference(concrete, kind, a, b, pattern))
 
-    stack: list[_Frame] = [(primary, candidate, None, rules._root, 0, True)]
+    start = rules._root if root is None else root
+    stack: list[_Frame] = [(primary, candidate, None, start, 0, True)]
     pop = stack.pop
     classes = _CLASSES
     scalars = _SCALARS
@@ -594,7 +662,10 @@ def _walk(primary: Any, candidate: Any, rules: CompareRules, defer: bool) -> Com
                     extra = [(key, _MISSING, y) for key, y in b.items() if key not in a]
                     entries = chain(entries, extra)
             elif unordered is not None:
-                entries = _unordered_entries(a, b, unordered.unordered_key)
+                loose = None
+                if tolerance or any(n.children or n.wild for n in nodes):
+                    loose = _same_under(a, b, nodes, rules)
+                entries = _unordered_entries(a, b, unordered.unordered_key, loose)
             elif len(a) == len(b):
                 entries = zip(range(len(a)), a, b, strict=True)
             else:

@@ -1,8 +1,9 @@
 """HTTP-level comparison: status, chosen headers and bodies of two responses (pure).
 
 Bodies are decoded from any `Content-Encoding` (gzip, deflate, and br when the `brotli`
-module is importable), then compared structurally when both sides are JSON and by bytes
-otherwise. Identical body bytes are equal without being parsed.
+module is importable), then compared structurally when both sides are JSON (a JSON media
+type, or no Content-Type and a body that parses) and by bytes otherwise. Identical body
+bytes under the same codings are equal without being parsed.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import re
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -41,7 +41,12 @@ except ImportError:  # optional: br bodies then compare as raw bytes
 COMPARED_HEADERS: Final = ("content-type", "location", "cache-control")
 MAX_DECODED_BYTES: Final = 64 << 20  # a decompression bomb stops here
 _NOT_JSON: Final[Any] = object()
-_LONG_DIGITS: Final = re.compile(rb"[0-9]{20}")
+# Integers orjson would read as floats: past u64 (20 digits) or below i64 (minus and 19
+# digits), found after mapping every digit to "0" (ten times faster than a regex).
+_DIGITS_AS_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
+_LONG_POSITIVE: Final = b"0" * 20
+_LONG_NEGATIVE: Final = b"-" + b"0" * 19
+_GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
 _JSON_STARTS: Final = frozenset(bytes([c]) for c in b'{["-0123456789tfn')
 
 
@@ -65,11 +70,27 @@ class HttpResponse:
 
 
 def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
-    decoder = zlib.decompressobj(wbits)
-    out = decoder.decompress(data, limit + 1)
-    if len(out) > limit or decoder.unconsumed_tail:
-        raise BodyDecodeError(f"decoded body exceeds {limit} bytes")
-    return out + decoder.flush()
+    """`data` inflated whole: a cut stream or bytes after its end are an error, as they are
+    to a client; gzip may hold several members (RFC 1952), each decoded in turn."""
+    if not data:  # a 204 or a HEAD answer may keep its Content-Encoding
+        return data
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        decoder = zlib.decompressobj(wbits)
+        out = decoder.decompress(data, limit - size + 1)
+        tail = b"" if decoder.unconsumed_tail else decoder.flush()
+        size += len(out) + len(tail)
+        if size > limit or decoder.unconsumed_tail:
+            raise BodyDecodeError(f"decoded body exceeds {limit} bytes")
+        parts += (out, tail)
+        if not decoder.eof:
+            raise BodyDecodeError("truncated body: the stream does not end")
+        data = decoder.unused_data
+        if not data:
+            return b"".join(parts)
+        if wbits != _GZIP_WBITS:
+            raise BodyDecodeError(f"{len(data)} bytes after the end of the stream")
 
 
 def decode_body(body: bytes, content_encoding: str | None, limit: int = MAX_DECODED_BYTES) -> bytes:
@@ -80,7 +101,7 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int = MAX_DECO
     for coding in reversed(codings):
         try:
             if coding in ("gzip", "x-gzip"):
-                body = _inflate(body, 16 + zlib.MAX_WBITS, limit)
+                body = _inflate(body, _GZIP_WBITS, limit)
             elif coding == "deflate":
                 try:
                     body = _inflate(body, zlib.MAX_WBITS, limit)
@@ -109,7 +130,8 @@ def _float_or_decimal(text: str) -> float | Decimal:
 
 def parse_json_body(body: bytes) -> Any:
     """The decoded JSON value of `body`, or raise `ValueError` if it is not JSON."""
-    if not _LONG_DIGITS.search(body):  # orjson reads integers past 64 bits as floats
+    digits = body.translate(_DIGITS_AS_ZERO)
+    if _LONG_POSITIVE not in digits and _LONG_NEGATIVE not in digits:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -131,8 +153,25 @@ def _diff(path: str, a: Any, b: Any) -> Difference:
     return Difference(path, kind, a, b, path)
 
 
+_UTF8_CHARSETS: Final = frozenset({"charset=utf-8", 'charset="utf-8"'})
+
+
 def _media_type(value: str) -> str:
-    return ";".join(part.strip() for part in value.lower().split(";"))
+    media, *params = (part.strip() for part in value.lower().split(";"))
+    kept = ["=".join(x.strip() for x in p.split("=", 1)) for p in params if p]
+    if "json" in media:  # JSON is UTF-8 and has no charset (RFC 8259): utf-8 says nothing
+        kept = [p for p in kept if p not in _UTF8_CHARSETS]
+    return ";".join((media, *kept))
+
+
+def _directives(value: str) -> list[str]:
+    """Cache-Control directives in a canonical order, names in lower case (RFC 9111 5.2)."""
+    found = []
+    for part in value.split(","):
+        name, eq, arg = part.strip().partition("=")
+        if name:
+            found.append(f"{name.strip().lower()}{eq}{arg.strip()}")
+    return sorted(found)
 
 
 def _compare_headers(
@@ -143,6 +182,8 @@ def _compare_headers(
         a, b = primary.header(name), candidate.header(name)
         if name == "content-type" and a is not None and b is not None:
             same = _media_type(a) == _media_type(b)
+        elif name == "cache-control" and a is not None and b is not None:
+            same = a == b or _directives(a) == _directives(b)
         else:
             same = a == b
         if not same:
@@ -158,8 +199,12 @@ def _decoded(response: HttpResponse) -> bytes | None:
 
 
 def _json_or_not(body: bytes, content_type: str | None) -> Any:
-    first = body.lstrip()[:1]
-    if not first or (first not in _JSON_STARTS and "json" not in (content_type or "").lower()):
+    media = content_type.partition(";")[0].strip().lower() if content_type else ""
+    if media:
+        # Only a JSON media type is compared structurally: a text/plain "42" is not "42.0".
+        if "json" not in media:
+            return _NOT_JSON
+    elif body.lstrip()[:1] not in _JSON_STARTS:  # unlabelled: JSON if it looks like it
         return _NOT_JSON
     try:
         return parse_json_body(body)
@@ -167,10 +212,20 @@ def _json_or_not(body: bytes, content_type: str | None) -> Any:
         return _NOT_JSON
 
 
+def _codings(response: HttpResponse) -> list[str]:
+    """The content-codings applied to `response`'s body, in order (identity left out)."""
+    value = response.header("content-encoding")
+    if not value:
+        return []
+    return [c for c in (c.strip().lower() for c in value.split(",")) if c and c != "identity"]
+
+
 def _compare_bodies(
     primary: HttpResponse, candidate: HttpResponse, rules: CompareRules
 ) -> Comparison:
-    if primary.body == candidate.body:
+    # Equal bytes are equal bodies only under the same codings: gzip bytes sent without
+    # `Content-Encoding: gzip` are not the body they encode.
+    if primary.body == candidate.body and _codings(primary) == _codings(candidate):
         return Comparison(True)
     body_a, body_b = _decoded(primary), _decoded(candidate)
     if body_a is None or body_b is None:

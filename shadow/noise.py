@@ -13,7 +13,7 @@ from typing import Any
 from shadow.compare import CompareRules, Comparison, compare
 from shadow.http_compare import HttpResponse, compare_responses
 
-__all__ = ["cancel_noise", "noise_patterns", "response_noise_patterns"]
+__all__ = ["cancel_noise", "noise_patterns", "response_noise", "response_noise_patterns"]
 
 
 def noise_patterns(
@@ -28,9 +28,12 @@ def noise_patterns(
     return frozenset(d.pattern for d in result.differences)
 
 
-def cancel_noise(comparison: Comparison, noise: Iterable[str]) -> tuple[Comparison, frozenset[str]]:
-    """`comparison` without differences at or under a noise pattern, and the patterns hit."""
-    return comparison.without(noise)
+def cancel_noise(
+    comparison: Comparison, noise: Iterable[str], presence: Iterable[str] = ()
+) -> tuple[Comparison, frozenset[str]]:
+    """`comparison` without differences at or under a noise pattern, nor exactly at a
+    `presence` pattern, and the patterns hit."""
+    return comparison.without(noise, presence)
 
 
 def response_noise_patterns(
@@ -39,3 +42,28 @@ def response_noise_patterns(
     """Like `noise_patterns`, for two whole legacy responses (status, headers, body)."""
     result = compare_responses(first_legacy, second_legacy, rules)
     return frozenset(d.pattern for d in result.differences)
+
+
+def response_noise(
+    first_legacy: HttpResponse, second_legacy: HttpResponse, rules: CompareRules | None = None
+) -> tuple[frozenset[str], frozenset[str]]:
+    """The noise of two legacy responses for `cancel_noise`: patterns whose values vary,
+    and patterns where only a value's presence or shape varies. A list one longer, or a
+    `null` for an object, says nothing about the fields inside: they must not be cancelled.
+    """
+    result = compare_responses(first_legacy, second_legacy, rules)
+    values: set[str] = set()
+    presence: set[str] = set()
+    for diff in result.differences:
+        if diff.path.startswith("$") and (
+            diff.kind in ("added", "removed")
+            or (diff.kind == "type" and _container(diff.primary, diff.candidate))
+        ):
+            presence.add(diff.pattern)
+        else:
+            values.add(diff.pattern)
+    return frozenset(values), frozenset(presence - values)
+
+
+def _container(*values: Any) -> bool:
+    return any(isinstance(v, dict | list) for v in values)

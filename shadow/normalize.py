@@ -7,6 +7,7 @@ and it never raises.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -21,9 +22,11 @@ Normalizer = Callable[[Any], Any]
 
 
 def timestamp_seconds(value: Any) -> Any:
-    """ISO 8601 timestamps truncated to whole seconds, aware ones in UTC (`Z` == `+00:00`)."""
+    """ISO 8601 date-times truncated to whole seconds, aware ones in UTC (`Z` == `+00:00`)."""
     if type(value) is str:
         text = value.strip()
+        if len(text) <= 10:  # a date (2024-05-01, 20240501, 2024-W18-3): not a date-time
+            return value
         if text[-1:] in ("Z", "z"):
             text = text[:-1] + "+00:00"
         try:
@@ -41,11 +44,17 @@ def timestamp_seconds(value: Any) -> Any:
     return value
 
 
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+\-]?[0-9]+)?")
+
+
 def decimal(value: Any) -> Any:
-    """Decimal strings and numbers as one exact `Decimal` (`"12.50"` == `12.5`)."""
+    """Decimal strings (written as JSON numbers) and numbers as one exact `Decimal`
+    (`"12.50"` == `12.5`)."""
     try:
         if type(value) is str:
-            result = Decimal(value.strip())
+            if not _JSON_NUMBER.fullmatch(value):  # Decimal also reads "1_000", " 1", "+1"
+                return value
+            result = Decimal(value)
         elif type(value) is float:
             result = Decimal(repr(value))
         elif type(value) is int:

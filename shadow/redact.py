@@ -52,13 +52,15 @@ _SECRET_FIELD = re.compile(
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"\b(?:bearer|basic)\s+([A-Za-z0-9._~+/=\-]{6,})", re.IGNORECASE)
+# Any letters (jörg@, ann@exämple.com), an apostrophe inside the local part (o'brien@),
+# and no length cap on it: a cap or a narrower class left part of an address in clear.
 _EMAIL = re.compile(
-    r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]{1,64}@"
-    r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,62})(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,63}"
+    r"(?<![\w.%+\-])[\w.%+\-]+(?:'[\w.%+\-]+)*@"
+    r"[^\W_][\w\-]{0,62}(?:\.[\w\-]{1,63})*\.[^\W\d_]{2,63}"
 )
-_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9]+(?:[ \-][0-9]+)*")
+_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9]+(?:[ \-+][0-9]+)*")  # "+": a space in a query
 _DIGIT_GROUP = re.compile(r"[0-9]+")
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11,32}")
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?:[ \-]?[A-Za-z0-9]){11,32}")
 
 
 _DOUBLED: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # Luhn: 2d, minus 9 when over 9
@@ -83,7 +85,7 @@ def _iban_end(raw: str) -> int:
     best = -1
     for index in range(4, len(raw)):
         char = raw[index]
-        if char == " ":
+        if char == " " or char == "-":  # printed in groups: DE89 3704 ..., DE89-3704-...
             continue
         value = int(char, 36)
         remainder = (remainder * (100 if value > 9 else 10) + value) % 97
@@ -99,7 +101,7 @@ def _card_spans(text: str) -> list[tuple[int, int, str]]:
     spans = []
     for run in _DIGIT_RUN.finditer(text):
         found = run.group()
-        if len(found) - found.count(" ") - found.count("-") < 13:
+        if len(found) - found.count(" ") - found.count("-") - found.count("+") < 13:
             continue  # too few digits for a card: most numbers in text end here
         groups = [(m.start(), m.end(), m.group()) for m in _DIGIT_GROUP.finditer(found)]
         base = run.start()
@@ -136,7 +138,8 @@ def _iban_spans(text: str) -> list[tuple[int, int, str]]:
         if end < 0:
             pos = match.start() + 1
             continue
-        spans.append((match.start(), match.start() + end, raw[:end].replace(" ", "").upper()))
+        canonical = raw[:end].replace(" ", "").replace("-", "").upper()
+        spans.append((match.start(), match.start() + end, canonical))
         pos = match.start() + end
 
 
@@ -257,6 +260,8 @@ class Redactor:
         except ValueError:  # `status`, `headers.x`: outside the body, detectors only
             return ()
         for segment in segments:
+            if any(node.hit for node in nodes):
+                break  # `at` lies inside a value redacted whole: so is everything below it
             nodes = _step(nodes, segment)
             if not nodes:
                 break
@@ -301,12 +306,22 @@ class Redactor:
         return holder[0]
 
     def redact_difference(self, difference: Difference) -> Difference:
-        """`difference` with both values redacted as they would be in place in the body."""
+        """`difference` with both values redacted as they would be in place in the body
+        (a header's also with secrets in URLs masked: a Location may carry a token)."""
+        path = difference.path
+        primary, candidate = difference.primary, difference.candidate
+        if not path.startswith("$"):
+            primary = mask_secrets(primary) if type(primary) is str else primary
+            candidate = mask_secrets(candidate) if type(candidate) is str else candidate
         return replace(
             difference,
-            primary=self.redact_json(difference.primary, difference.path),
-            candidate=self.redact_json(difference.candidate, difference.path),
+            primary=self.redact_json(primary, path),
+            candidate=self.redact_json(candidate, path),
         )
+
+    def redact_url(self, url: str) -> str:
+        """A request path or URL with secrets masked and personal data tokenised."""
+        return self.redact_text(mask_secrets(url))
 
     def redact_headers(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Header pairs with credential values tokenised and the rest text-redacted."""
@@ -342,7 +357,8 @@ class Redactor:
             try:
                 value = parse_json_body(body)
             except ValueError:
-                pass
+                if self._root:  # values at redacted paths cannot be found: hide it all
+                    return f"{PREFIX}unparseable JSON {len(body)} bytes".encode()
             else:
                 redacted = self.redact_json(value)
                 try:
@@ -351,7 +367,8 @@ class Redactor:
                     pass
                 try:
                     return json.dumps(redacted, separators=(",", ":")).encode()
-                except (ValueError, RecursionError):  # too deep even for json: text below
-                    pass
+                except (ValueError, RecursionError):  # too deep even for json
+                    if self._root:  # the text below would show values at redacted paths
+                        return f"{PREFIX}unserialisable JSON {len(body)} bytes".encode()
         text = body.decode("utf-8", "surrogateescape")
         return self.redact_text(text).encode("utf-8", "surrogateescape")

@@ -12,7 +12,7 @@ from typing import Any, Final
 
 from shadow.compare import CompareRules, Comparison
 from shadow.http_compare import HttpResponse, compare_responses
-from shadow.noise import cancel_noise, response_noise_patterns
+from shadow.noise import cancel_noise, response_noise
 from shadow.record import ComparisonRecord, DiffExample, Outcome, RecordMode
 from shadow.redact import Redactor
 from shadow.slots import slot_setters
@@ -50,11 +50,11 @@ def judge(
     comparison = compare_responses(legacy, candidate, rules, ignore_headers=ignore_headers)
     noise: frozenset[str] = frozenset()
     if baseline is not None and baseline.status == legacy.status and not comparison.equal:
-        patterns = response_noise_patterns(legacy, baseline, rules)
+        patterns, presence = response_noise(legacy, baseline, rules)
         # A second answer unlike the first as a whole (an error page, another type) says
         # nothing about single fields: it would cancel every difference ("$" covers all).
-        if "$" not in patterns:
-            comparison, noise = cancel_noise(comparison, patterns)
+        if "$" not in patterns and "$" not in presence:
+            comparison, noise = cancel_noise(comparison, patterns, presence)
     return Verdict("match" if comparison.equal else "mismatch", comparison, noise)
 
 
@@ -148,7 +148,7 @@ def build_record(
         datetime.now(UTC),
         method,
         path_template,
-        redactor.redact_text(request_path),
+        redactor.redact_url(request_path),
         legacy.status if legacy is not None else None,
         candidate.status if candidate is not None else None,
         _ms(legacy_ms),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import gzip
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -61,6 +62,11 @@ CASES = {
     "location differs": (
         (302, [(b"Location", b"/a")], [b""]),
         (302, [(b"Location", b"/b")], [b""]),
+    ),
+    # the same bytes say one thing gzip-encoded and another as they are
+    "content-encoding differs": (
+        (200, [*JSON, (b"Content-Encoding", b"gzip")], [gzip.compress(b'{"a":1}')]),
+        (200, JSON, [gzip.compress(b'{"a":1}')]),
     ),
 }
 

@@ -211,6 +211,35 @@ def test_unordered_array_keyed_with_duplicates_and_keyless_elements() -> None:
     assert not compare(primary, [{"tags": [{"k": True, "v": 1}]}], rules).equal
 
 
+def test_unordered_array_keyed_pairs_equal_elements_first_among_duplicates() -> None:
+    """Elements sharing a key, or without one, were paired in order: the same multiset in
+    another order differed (a false alarm), and a real difference showed twice."""
+    rules = CompareRules(unordered_arrays={"$.items": "id"})
+    primary = {"items": [{"id": 1, "v": 1}, {"id": 1, "v": 2}, {"v": 3}, "s"]}
+    candidate = {"items": ["s", {"id": 1, "v": 2}, {"v": 3}, {"id": 1, "v": 1}]}
+    assert compare(primary, candidate, rules).equal
+    changed = {"items": ["s", {"id": 1, "v": 2}, {"v": 3}, {"id": 1, "v": 9}]}
+    assert _found(compare(primary, changed, rules)) == [("$.items[0].v", "changed")]
+    longer = {"items": [{"id": 1, "v": 2}, {"id": 1, "v": 1}, {"id": 1, "v": 5}, {"v": 3}, "s"]}
+    assert _found(compare(primary, longer, rules)) == [("$.items[2]", "added")]
+
+
+def test_unordered_array_by_value_pairs_elements_equal_under_the_rules_inside() -> None:
+    """Elements were matched on their exact values, so an ignored, normalised or tolerated
+    field inside made reordered elements pair in order and differ (a false alarm)."""
+    rules = CompareRules(
+        unordered_arrays={"$.events": None},
+        ignore_json_paths=["$.events[*].at"],
+        normalizers={"$.events[*].kind": "lowercase"},
+        numeric_tolerance=0.01,
+    )
+    primary = {"events": [{"kind": "a", "at": 1, "n": 1.0}, {"kind": "b", "at": 2, "n": 2.0}]}
+    candidate = {"events": [{"kind": "B", "at": 8, "n": 2.001}, {"kind": "a", "at": 9, "n": 1}]}
+    assert compare(primary, candidate, rules).equal
+    wrong = {"events": [{"kind": "b", "at": 8, "n": 2.5}, {"kind": "a", "at": 9, "n": 1}]}
+    assert _found(compare(primary, wrong, rules)) == [("$.events[1].n", "changed")]
+
+
 def test_unordered_array_by_value() -> None:
     rules = CompareRules(unordered_arrays=[("$.tags", None)])
     assert compare(
@@ -238,6 +267,22 @@ def test_numeric_tolerance() -> None:
         CompareRules(numeric_tolerance=math.nan)
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        (1844674407370955000, 1844674407370955999),  # ids: a slack relative to size hid these
+        (10**17, 10**17 + 50),
+        (1_700_000_000_000_001, 1_700_000_000_000_002),  # microsecond timestamps
+        (1e20, 1.0000000000000002e20),  # adjacent doubles, 16384 apart
+        (1e16, 1e16 + 2.0),
+    ],
+)
+def test_numeric_tolerance_is_absolute_at_any_magnitude(first: float, second: float) -> None:
+    rules = CompareRules(numeric_tolerance=0.01)
+    assert _found(compare({"id": first}, {"id": second}, rules)) == [("$.id", "changed")]
+    assert compare({"p": 1e20 + 0.0}, {"p": 100000000000000000000}, rules).equal
+
+
 def test_timestamp_seconds_normalizer() -> None:
     rules = CompareRules(
         normalizers={"$.at": "timestamp_seconds", "$.events[*].at": "timestamp_seconds"}
@@ -260,6 +305,15 @@ def test_timestamp_seconds_normalizer() -> None:
     assert _found(compare({"at": "soon"}, {"at": "later"}, rules)) == [("$.at", "changed")]
 
 
+@pytest.mark.parametrize("date", ["2024-05-01", "20240501", "2024-W18-3"])
+def test_timestamp_seconds_keeps_a_date_apart_from_a_date_time(date: str) -> None:
+    # A date read as its midnight matched a date-time: a client reading dates breaks.
+    rules = CompareRules(normalizers={"$.at": "timestamp_seconds"})
+    midnight = {"at": "2024-05-01T00:00:00"}
+    assert _found(compare({"at": date}, midnight, rules)) == [("$.at", "changed")]
+    assert compare({"at": date}, {"at": date}, rules).equal
+
+
 def test_decimal_normalizer() -> None:
     rules = CompareRules(normalizers={"$.total": "decimal", "$.items[*].price": "decimal"})
     assert compare({"total": "12.50"}, {"total": 12.5}, rules).equal
@@ -272,6 +326,16 @@ def test_decimal_normalizer() -> None:
     tolerant = CompareRules(normalizers={"$.total": "decimal"}, numeric_tolerance=0.01)
     assert compare({"total": "12.505"}, {"total": 12.5}, tolerant).equal
     assert compare(Decimal("1.5"), 1.5).equal
+
+
+@pytest.mark.parametrize("text", ["1_000", " 1000", "1000\n", "+1000", "1000.", "01000"])
+def test_decimal_normalizer_reads_only_json_style_decimal_strings(text: str) -> None:
+    # Python's Decimal reads "1_000", padding and "+": a client's decimal parser does not
+    rules = CompareRules(normalizers={"$.total": "decimal"})
+    assert _found(compare({"total": text}, {"total": 1000}, rules)) == [("$.total", "type")]
+    assert compare({"total": "1000.0"}, {"total": 1000}, rules).equal
+    assert compare({"total": "-0.50"}, {"total": -0.5}, rules).equal
+    assert compare({"total": "1e3"}, {"total": 1000}, rules).equal  # a JSON number's form
 
 
 def test_string_normalizers() -> None:

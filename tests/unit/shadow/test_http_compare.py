@@ -14,6 +14,7 @@ from shadow.http_compare import (
     HttpResponse,
     compare_responses,
     decode_body,
+    parse_json_body,
 )
 
 _JSON = ("Content-Type", "application/json")
@@ -60,6 +61,30 @@ def test_content_type_parameters_are_compared_loosely_but_media_types_strictly()
     assert _paths(loose, text) == ["headers.content-type"]
 
 
+@pytest.mark.parametrize("other", ["application/json", "application/problem+json"])
+def test_a_utf8_charset_on_json_is_the_default_spelled_out(other: str) -> None:
+    # JSON has no charset parameter and is UTF-8 (RFC 8259): frameworks differ in adding
+    # it, so an extracted service flagged every response.
+    plain = HttpResponse(200, [("content-type", other)], b"{}")
+    spelled = HttpResponse(200, [("content-type", f"{other}; charset=UTF-8")], b"{}")
+    assert compare_responses(plain, spelled).equal
+    latin = HttpResponse(200, [("content-type", f"{other}; charset=iso-8859-1")], b"{}")
+    assert _paths(plain, latin) == ["headers.content-type"]
+    text = HttpResponse(200, [("content-type", "text/plain")], b"x")
+    text_utf8 = HttpResponse(200, [("content-type", "text/plain; charset=utf-8")], b"x")
+    assert _paths(text, text_utf8) == ["headers.content-type"]  # not for other types
+
+
+def test_cache_control_compares_its_directives_in_any_order_and_case() -> None:
+    def cached(value: str) -> HttpResponse:
+        return HttpResponse(200, [_JSON, ("Cache-Control", value)], b"{}")
+
+    assert compare_responses(cached("no-cache, no-store"), cached("no-store,no-cache")).equal
+    assert compare_responses(cached("Private, Max-Age=60"), cached("max-age=60, private")).equal
+    assert _paths(cached("max-age=60"), cached("max-age=61")) == ["headers.cache-control"]
+    assert _paths(cached("private"), cached("public")) == ["headers.cache-control"]
+
+
 def test_json_bodies_compare_structurally_with_rules() -> None:
     primary = HttpResponse(200, [_JSON], b'{"id": 7,  "items": [{"sku":"a","price":1.5}]}')
     candidate = HttpResponse(200, [_JSON], b'{"items":[{"price":1.5,"sku":"a"}],"id":7}')
@@ -76,6 +101,23 @@ def test_json_detected_without_a_json_content_type() -> None:
     primary = HttpResponse(200, [], b"[1, 2]")
     candidate = HttpResponse(200, [], b"[1,3]")
     assert _paths(primary, candidate) == ["$[1]"]
+
+
+@pytest.mark.parametrize(
+    ("first", "second"), [(b"42", b"42.0"), (b"[1, 2]", b"[1,2]"), (b"true", b"true\n")]
+)
+@pytest.mark.parametrize("media_type", ["text/plain", "text/csv; charset=utf-8", "text/html"])
+def test_bodies_of_other_media_types_compare_as_bytes_even_if_they_parse_as_json(
+    first: bytes, second: bytes, media_type: str
+) -> None:
+    # A client of a text/plain "42" reads text: "42.0" is another answer.
+    header = ("Content-Type", media_type)
+    assert _paths(HttpResponse(200, [header], first), HttpResponse(200, [header], second)) == ["$"]
+    # JSON media types, and bodies that do not say, still compare structurally
+    for headers in ([_JSON], [("content-type", "application/problem+json")], []):
+        assert compare_responses(
+            HttpResponse(200, headers, first), HttpResponse(200, headers, second)
+        ).equal
 
 
 def test_other_bodies_compare_as_bytes() -> None:
@@ -108,6 +150,17 @@ def test_content_encodings_are_decoded_on_either_side(encoding: str, encode: obj
     assert _paths(packed, HttpResponse(200, [_JSON], other)) == ["$.id"]
 
 
+@pytest.mark.parametrize("other", [None, "identity", "deflate"])
+def test_equal_bytes_under_other_content_encodings_differ(other: str | None) -> None:
+    # A client decodes the gzip side and takes the other as it is: not the same body.
+    body = gzip.compress(orjson.dumps(_DOC))
+    packed = HttpResponse(200, [_JSON, ("Content-Encoding", "gzip")], body)
+    headers = [_JSON] if other is None else [_JSON, ("Content-Encoding", other)]
+    assert _paths(packed, HttpResponse(200, headers, body)) == ["$"]
+    same = HttpResponse(200, [_JSON, ("content-encoding", " GZIP")], body)
+    assert compare_responses(packed, same).equal
+
+
 def test_brotli_bodies_are_decoded() -> None:
     brotli = pytest.importorskip("brotli")
     body = orjson.dumps(_DOC)
@@ -123,6 +176,35 @@ def test_undecodable_bodies_differ_without_raising() -> None:
     assert compare_responses(corrupt, corrupt).equal  # identical bytes need no decoding
     unknown = HttpResponse(200, [("content-encoding", "zstd")], b"\x28\xb5")
     assert not compare_responses(unknown, good).equal
+
+
+@pytest.mark.parametrize(
+    ("encoding", "encoded"),
+    [
+        ("gzip", gzip.compress(orjson.dumps(_DOC))[:-8]),  # no CRC and length trailer
+        ("gzip", gzip.compress(orjson.dumps(_DOC))[:-1]),
+        ("deflate", zlib.compress(orjson.dumps(_DOC))[:-4]),  # no Adler-32
+        ("deflate", zlib.compress(orjson.dumps(_DOC))[2:-6]),  # raw, cut before the end
+        ("gzip", gzip.compress(orjson.dumps(_DOC)) + b"junk after the stream"),
+        ("deflate", zlib.compress(orjson.dumps(_DOC)) + b"junk"),
+    ],
+    ids=["gzip-no-trailer", "gzip-cut", "zlib-no-adler", "raw-cut", "gzip-junk", "zlib-junk"],
+)
+def test_truncated_or_padded_encoded_bodies_are_undecodable(encoding: str, encoded: bytes) -> None:
+    # A client fails on these ("unexpected end of file"): never a match for a whole body.
+    with pytest.raises(BodyDecodeError):
+        decode_body(encoded, encoding)
+    cut = HttpResponse(200, [_JSON, ("Content-Encoding", encoding)], encoded)
+    assert _paths(_json(_DOC), cut) == ["$"]
+
+
+def test_gzip_members_are_all_decoded() -> None:
+    body = orjson.dumps(_DOC)
+    members = gzip.compress(body[:10]) + gzip.compress(body[10:])
+    assert decode_body(members, "gzip") == body
+    packed = HttpResponse(200, [_JSON, ("Content-Encoding", "gzip")], members)
+    assert compare_responses(_json(_DOC), packed).equal
+    assert decode_body(b"", "gzip") == b""  # a 204 or a HEAD answer keeps the header
 
 
 def test_decode_body_caps_the_decoded_size() -> None:
@@ -151,3 +233,11 @@ def test_integers_past_64_bits_keep_their_precision() -> None:
     primary = HttpResponse(200, [_JSON], b'{"n": 123456789012345678901234567890}')
     candidate = HttpResponse(200, [_JSON], b'{"n": 123456789012345678901234567891}')
     assert _paths(primary, candidate) == ["$.n"]
+
+
+def test_negative_integers_past_64_bits_keep_their_precision() -> None:
+    # 19 digits below -2**63: orjson reads them as floats, which made these two equal
+    primary = HttpResponse(200, [_JSON], b'{"n": -9223372036854775809}')
+    candidate = HttpResponse(200, [_JSON], b'{"n": -9223372036854775810}')
+    assert _paths(primary, candidate) == ["$.n"]
+    assert parse_json_body(b"[-9999999999999999999]") == [-9999999999999999999]

@@ -41,7 +41,18 @@ def test_key_comes_from_the_environment() -> None:
 
 @pytest.mark.parametrize(
     "secret",
-    ["bob@example.com", "a.b+tag@mail.example.co.uk", "X_Y%z@host-1.io"],
+    [
+        "bob@example.com",
+        "a.b+tag@mail.example.co.uk",
+        "X_Y%z@host-1.io",
+        # these leaked whole or in part: the local part past 64 characters stopped the
+        # match, non-ASCII letters cut it, and an IDN domain was not a domain
+        "jörg.müller@example.com",
+        "o'brien@example.com",
+        "a" * 70 + "@example.com",
+        "ann@exämple.com",
+        "ann@例え.jp",
+    ],
 )
 def test_emails_are_redacted_in_text(redactor: Redactor, secret: str) -> None:
     out = redactor.redact_text(f"contact <{secret}> now")
@@ -58,11 +69,12 @@ def test_emails_are_redacted_in_text(redactor: Redactor, secret: str) -> None:
         ("card: 5500 0000 0000 0004, exp 12/29", "5500000000000004"),
         (f"{_CARD} 12", _CARD),  # trailing digits do not hide the card
         ("378282246310005", "378282246310005"),  # 15-digit Amex
+        ("/pay?card=4111+1111+1111+1111&x=1", _CARD),  # a form-encoded space: stored in clear
     ],
 )
 def test_card_numbers_passing_luhn_are_redacted(redactor: Redactor, text: str, digits: str) -> None:
     out = redactor.redact_text(text)
-    assert digits not in out.replace(" ", "").replace("-", "")
+    assert digits not in out.replace(" ", "").replace("-", "").replace("+", "")
     assert redactor.token(digits) in out  # formatting does not change the token
 
 
@@ -81,6 +93,8 @@ def test_numbers_failing_luhn_or_length_are_kept(redactor: Redactor, text: str) 
         ("DE89 3704 0044 0532 0130 00", _IBAN),
         ("pay to GB82WEST12345698765432 today", "GB82WEST12345698765432"),
         ("gb82 west 1234 5698 7654 32", "GB82WEST12345698765432"),
+        ("DE89-3704-0044-0532-0130-00", _IBAN),  # stored in clear: dashes were not read
+        ("iban: GB82-WEST-1234-5698-7654-32.", "GB82WEST12345698765432"),
     ],
 )
 def test_ibans_passing_mod97_are_redacted(redactor: Redactor, text: str, iban: str) -> None:
@@ -162,6 +176,26 @@ def test_bodies(redactor: Redactor) -> None:
     assert b"bob@example.com" not in broken
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"shipping_address": "1 Main St", "n": 1', "application/json"),  # cut short
+        (b'{"shipping_address": "1 Main St"} trailing', "application/json"),
+        (b'{"shipping_address": "1 Main St",}', None),  # looks like JSON, does not parse
+    ],
+)
+def test_json_that_does_not_parse_hides_values_at_redacted_paths(
+    redactor: Redactor, body: bytes, content_type: str | None
+) -> None:
+    # A broken JSON body is the kind a mismatch stores: text detectors alone let the value
+    # at a configured path through.
+    out = redactor.redact_body(body, content_type)
+    assert b"Main St" not in out
+    assert out.startswith(b"REDACTED:")
+    # without configured paths the text detectors are all there is to apply
+    assert Redactor(key=b"k").redact_body(body, content_type) == body
+
+
 @pytest.mark.parametrize("as_dict", [False, True])
 def test_ten_thousand_levels(redactor: Redactor, as_dict: bool) -> None:
     value: Any = "bob@example.com"
@@ -189,6 +223,20 @@ def test_values_found_deeper_in_a_body_are_redacted_as_in_place(redactor: Redact
     assert redactor.redact_json("x", at="$.items[3].note") == redactor.token("x")
     assert redactor.redact_json("x", at="$.items[3].sku") == "x"
     assert redactor.redact_json("a@b.io", at="headers.location") == redactor.token("a@b.io")
+
+
+def test_values_below_a_redacted_path_are_redacted(redactor: Redactor) -> None:
+    # `$.shipping_address` is redacted whole, so a difference at one of its fields (where
+    # the walk reports it) must not show that field's value in clear.
+    assert redactor.redact_json("1 Main St", at="$.shipping_address.street") == redactor.token(
+        "1 Main St"
+    )
+    assert redactor.redact_json("x", at="$.items[0].note.text") == redactor.token("x")
+    result = compare(
+        {"shipping_address": {"city": "Oslo"}}, {"shipping_address": {"city": "Bergen"}}
+    )
+    (diff,) = [redactor.redact_difference(d) for d in result.differences]
+    assert (diff.primary, diff.candidate) == (redactor.token("Oslo"), redactor.token("Bergen"))
 
 
 def test_differences_are_redacted(redactor: Redactor) -> None:

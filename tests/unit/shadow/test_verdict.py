@@ -78,6 +78,67 @@ def test_a_baseline_unlike_the_first_answer_cancels_nothing(again: HttpResponse)
     legacy = _resp(200, b'{"a": 1}')
     verdict = judge(legacy, _resp(404, b'{"error": "x"}'), None, CompareRules(), (), baseline=again)
     assert verdict.outcome == "mismatch" and verdict.noise == frozenset()
+    verdict = judge(legacy, _resp(200, b"[5]"), None, CompareRules(), (), baseline=again)
+    assert verdict.outcome == "mismatch" and verdict.noise == frozenset()
+
+
+def test_a_noisy_array_length_cancels_presence_only_not_the_fields_of_elements() -> None:
+    """A list that grew between the two legacy calls made `$.items[*]` noise, which
+    cancelled every difference inside every element: a wrong price was a match."""
+    legacy = _resp(200, b'{"items": [{"id": 1, "price": 5}]}')
+    again = _resp(200, b'{"items": [{"id": 1, "price": 5}, {"id": 2, "price": 6}]}')
+    wrong = _resp(200, b'{"items": [{"id": 1, "price": 7}]}')
+    verdict = judge(legacy, wrong, None, CompareRules(), (), baseline=again)
+    assert verdict.outcome == "mismatch"
+    assert verdict.comparison is not None
+    assert [d.path for d in verdict.comparison.differences] == ["$.items[0].price"]
+    # an element more or fewer is what the baseline showed to be noise
+    longer = _resp(200, b'{"items": [{"id": 1, "price": 5}, {"id": 3, "price": 1}]}')
+    verdict = judge(legacy, longer, None, CompareRules(), (), baseline=again)
+    assert verdict.outcome == "match" and verdict.noise == frozenset({"$.items[*]"})
+    # a member present in one legacy answer only: its presence is noise, not its content
+    legacy = _resp(200, b'{"a": 1, "debug": {"host": "a"}}')
+    again = _resp(200, b'{"a": 1}')
+    other = _resp(200, b'{"a": 1, "debug": {"host": "b"}}')
+    verdict = judge(legacy, other, None, CompareRules(), (), baseline=again)
+    assert verdict.outcome == "mismatch"
+    assert judge(legacy, again, None, CompareRules(), (), baseline=again).outcome == "match"
+
+
+def test_a_value_null_in_one_legacy_answer_cancels_only_its_shape() -> None:
+    """`{"data": null}` from one legacy call made `$.data` noise, which cancelled every
+    difference inside the candidate's `data` object: a wrong total was a match."""
+    legacy = _resp(200, b'{"data": {"total": 5, "n": 1}}')
+    again = _resp(200, b'{"data": null}')
+    wrong = _resp(200, b'{"data": {"total": 7, "n": 1}}')
+    verdict = judge(legacy, wrong, None, CompareRules(), (), baseline=again)
+    assert verdict.outcome == "mismatch"
+    assert verdict.comparison is not None
+    assert [d.path for d in verdict.comparison.differences] == ["$.data.total"]
+    # null, or any other shape, at `$.data` is what the baseline showed to vary
+    for other in (b'{"data": null}', b'{"data": []}', b"{}"):
+        verdict = judge(legacy, _resp(200, other), None, CompareRules(), (), baseline=again)
+        assert verdict.outcome == "match" and verdict.noise == frozenset({"$.data"})
+    # a scalar whose type varies is a noisy value like any other
+    legacy, again = _resp(200, b'{"v": 1}'), _resp(200, b'{"v": "1"}')
+    assert (
+        judge(legacy, _resp(200, b'{"v": 2}'), None, CompareRules(), (), baseline=again).outcome
+        == "match"
+    )
+
+
+def test_secrets_in_a_stored_request_path_or_location_are_masked() -> None:
+    """A reset token or password in the query was stored as sent: the detectors look for
+    personal data only, so the store (and the reports) showed a working credential."""
+    red = Redactor(key=b"k")
+    legacy = HttpResponse(302, [("Location", "/login?token=s3cr3t-legacy")])
+    candidate = HttpResponse(302, [("Location", "/login?token=s3cr3t-candidate")])
+    rec = _record(red, legacy, candidate, "/reset?token=s3cr3t-path&password=hunter2", (1, 1))
+    stored = repr(rec)
+    for secret in ("s3cr3t-legacy", "s3cr3t-candidate", "s3cr3t-path", "hunter2"):
+        assert secret not in stored
+    assert rec.request_path == "/reset?token=***&password=***"
+    assert [e.path for e in rec.diff_examples] == ["headers.location"]
 
 
 def test_record_is_redacted_and_keeps_bodies_only_for_mismatches() -> None:
