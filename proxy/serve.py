@@ -348,10 +348,8 @@ async def _supervise(settings: Settings, count: int, watch: bool) -> int:
 async def _supervise_in(
     settings: Settings, count: int, watch: bool, mp_dir: str, stop: asyncio.Event
 ) -> int:
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
-
     from proxy.app import create_proxy
+    from proxy.metrics import scrape_registry
 
     env = dict(os.environ)
     workers = _Workers(settings.path, count, env, mp_dir)
@@ -373,9 +371,7 @@ async def _supervise_in(
             await asyncio.wait_for(stop.wait(), 0.05)
 
     admin = create_proxy(settings, data_plane=False)
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=mp_dir)  # type: ignore[no-untyped-call]
-    admin.scrape_registry = registry
+    admin.scrape_registry = scrape_registry(mp_dir)
 
     async def fan_out() -> None:
         workers.signal_all(signal.SIGHUP)

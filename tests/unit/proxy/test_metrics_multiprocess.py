@@ -90,3 +90,30 @@ def test_gauges_of_a_dead_worker_leave_the_scrape(tmp_path: Path) -> None:
         if line.startswith(("strangler_breaker_state{", "strangler_auto_rollback{"))
     ]
     assert held == [], text
+
+
+_SCRAPE_WITH = """
+import sys
+from prometheus_client import generate_latest
+from proxy.metrics import Metrics, scrape_registry
+
+Metrics().requests.labels("r", "legacy", "legacy", "2xx").inc()
+print(generate_latest(scrape_registry(sys.argv[1])).decode())
+"""
+
+
+def test_a_metrics_file_not_yet_sized_does_not_fail_the_scrape(tmp_path: Path) -> None:
+    """A process that has just created its file (or was killed before sizing it) left it
+    empty, and the supervisor's /-/metrics answered 500 (struct.error) to every scrape."""
+    (tmp_path / "counter_424242.db").write_bytes(b"")
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRAPE_WITH, str(tmp_path)],
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        cwd=Path(__file__).resolve().parents[3],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "strangler_requests_total{" in done.stdout, done.stdout
