@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from itertools import chain, repeat, zip_longest
@@ -441,16 +441,12 @@ def _canonical(value: Any) -> Any:
         return ("id", id(value))
 
 
-_Same = Callable[[int, int], bool]  # whether a[i] and b[j] are equal under the rules
-_LOOSE_PAIRS: Final = 4096  # leftover pairs tried under the rules, at most, per array
-
-
 def _match_unordered(
-    a: list[Any], b: list[Any], key: str | None, same: _Same | None = None
+    a: list[Any], b: list[Any], key: str | None
 ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
     """Pairs (primary index, candidate index), unmatched primary and candidate indexes."""
     if key is None:
-        return _match_groups(list(range(len(a))), list(range(len(b))), a, b, same)
+        return _match_groups(list(range(len(a))), list(range(len(b))), a, b)
     groups_a: dict[Any, list[int]] = {}
     groups_b: dict[Any, list[int]] = {}
     for items, groups in ((a, groups_a), (b, groups_b)):
@@ -466,7 +462,7 @@ def _match_unordered(
             continue
         # A key shared by several elements, or none: equal elements pair first, then the
         # rest in order, so that near-equal elements still show field-level differences.
-        paired, rest_a, rest_b = _match_groups(left, right, a, b, same)
+        paired, rest_a, rest_b = _match_groups(left, right, a, b)
         pairs += paired
         only_a += rest_a
         groups_b[k] = rest_b
@@ -478,11 +474,10 @@ def _match_unordered(
 
 
 def _match_groups(
-    left: list[int], right: list[int], a: list[Any], b: list[Any], same: _Same | None
+    left: list[int], right: list[int], a: list[Any], b: list[Any]
 ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
     """Elements `left` of `a` paired with elements `right` of `b`: equal values first, then
-    values equal under the rules inside (`same`), then the leftovers in order; and the
-    unpaired ones of each side."""
+    the leftovers in order; and the unpaired ones of each side."""
     slots: dict[Any, deque[int]] = {}
     for j in right:
         slots.setdefault(_canonical(b[j]), deque()).append(j)
@@ -498,28 +493,14 @@ def _match_groups(
         else:
             rest_a.append(i)
     rest_b = [j for j in right if j not in used]
-    if same is not None and rest_a and rest_b and len(rest_a) * len(rest_b) <= _LOOSE_PAIRS:
-        # ignored, normalised or tolerated fields inside: exact values may never meet
-        unmatched = []
-        for i in rest_a:
-            for position, j in enumerate(rest_b):
-                if same(i, j):
-                    pairs.append((i, j))
-                    del rest_b[position]
-                    break
-            else:
-                unmatched.append(i)
-        rest_a = unmatched
     paired = min(len(rest_a), len(rest_b))
     pairs += zip(rest_a[:paired], rest_b[:paired], strict=True)
     return pairs, rest_a[paired:], rest_b[paired:]
 
 
-def _unordered_entries(
-    a: Any, b: Any, key: str | None, same: _Same | None = None
-) -> list[tuple[str | int, Any, Any]]:
+def _unordered_entries(a: Any, b: Any, key: str | None) -> list[tuple[str | int, Any, Any]]:
     """Entries (index, primary, candidate) of two arrays compared as a (keyed) multiset."""
-    pairs, only_a, only_b = _match_unordered(list(a), list(b), key, same)
+    pairs, only_a, only_b = _match_unordered(list(a), list(b), key)
     entries: list[tuple[str | int, Any, Any]] = [(i, a[i], b[j]) for i, j in pairs]
     entries += [(i, a[i], _MISSING) for i in only_a]
     entries.sort(key=lambda entry: entry[0])
@@ -568,17 +549,6 @@ def _merge(nodes: tuple[_Node, ...]) -> tuple[bool, tuple[Normalizer, ...], _Nod
     return ignore, normalizers, unordered
 
 
-def _same_under(a: list[Any], b: list[Any], nodes: tuple[_Node, ...], rules: CompareRules) -> _Same:
-    """Whether element i of `a` equals element j of `b` under the rules at element i."""
-
-    def same(i: int, j: int) -> bool:
-        step = _step(nodes, i)
-        result = _walk(a[i], b[j], rules, False, step, 1)
-        return result is not None and result.equal
-
-    return same
-
-
 def compare(primary: Any, candidate: Any, rules: CompareRules = _DEFAULT_RULES) -> Comparison:
     """Compare two decoded JSON values under `rules`; never raises."""
     result = _walk(primary, candidate, rules, True)
@@ -588,21 +558,12 @@ def compare(primary: Any, candidate: Any, rules: CompareRules = _DEFAULT_RULES) 
     return result
 
 
-def _walk(
-    primary: Any,
-    candidate: Any,
-    rules: CompareRules,
-    defer: bool,
-    root: tuple[_Node, ...] | None = None,
-    stop_at: int | None = None,
-) -> Comparison | None:
+def _walk(primary: Any, candidate: Any, rules: CompareRules, defer: bool) -> Comparison | None:
     """The walk. With `defer`, `==`-equal subtrees are skipped at once and checked together
-    at the end (None if that check fails); otherwise they are checked per container.
-    `root` is the rules at the values (default: the top of `rules`); `stop_at` caps the
-    differences below `rules.max_differences`."""
+    at the end (None if that check fails); otherwise they are checked per container."""
     deferred_a: list[Any] = []
     deferred_b: list[Any] = []
-    limit = rules.max_differences if stop_at is None else stop_at
+    limit = rules.max_differences
     tolerance = rules.numeric_tolerance
     diffs: list[Difference] = []
     truncated = False
@@ -611,8 +572,7 @@ def _walk(
         concrete, pattern = _render(path)
         diffs.append(_difference(concrete, kind, a, b, pattern))
 
-    start = rules._root if root is None else root
-    stack: list[_Frame] = [(primary, candidate, None, start, 0, True)]
+    stack: list[_Frame] = [(primary, candidate, None, rules._root, 0, True)]
     pop = stack.pop
     classes = _CLASSES
     scalars = _SCALARS
@@ -662,10 +622,7 @@ def _walk(
                     extra = [(key, _MISSING, y) for key, y in b.items() if key not in a]
                     entries = chain(entries, extra)
             elif unordered is not None:
-                loose = None
-                if tolerance or any(n.children or n.wild for n in nodes):
-                    loose = _same_under(a, b, nodes, rules)
-                entries = _unordered_entries(a, b, unordered.unordered_key, loose)
+                entries = _unordered_entries(a, b, unordered.unordered_key)
             elif len(a) == len(b):
                 entries = zip(range(len(a)), a, b, strict=True)
             else:
