@@ -993,12 +993,6 @@ class ClientConnection(asyncio.Protocol):
             ex.flush_up()
 
     def eof_received(self) -> bool | None:
-        tunnel = self._tunnel
-        if tunnel is not None:
-            # Passed on, our side kept open: the backend may answer at the end of the stream
-            # (its close ends the tunnel, UpstreamConnection.connection_lost).
-            tunnel.half_close()
-            return True
         # Half-close: finish the response in flight, then close.
         self.keep_alive = False
         cut = self.reading

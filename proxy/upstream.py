@@ -240,12 +240,6 @@ class UpstreamConnection(asyncio.Protocol):
         self._tunnel = peer
         self.exchange = None
 
-    def half_close(self) -> None:
-        """In a tunnel: the client will send nothing more (its FIN, passed on)."""
-        t = self.transport
-        if t is not None and not t.is_closing() and t.can_write_eof():
-            t.write_eof()
-
     def abort(self) -> None:
         """Drop the connection at once (the client went away or the exchange failed)."""
         self.keep_alive = False

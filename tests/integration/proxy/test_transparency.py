@@ -298,43 +298,6 @@ async def test_bytes_sent_right_after_an_upgrade_request_reach_the_tunnel(stack:
         writer.close()
 
 
-async def test_a_tunnel_half_closed_by_the_client_still_brings_the_reply() -> None:
-    # The client's FIN in a tunnel closed both sides at once: a backend answering at the
-    # end of the client's stream (as it may once it reads EOF) lost its reply.
-    async def at_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n"
-        )
-        got = await reader.read()  # everything until the client's half-close
-        writer.write(b"reply-to:" + got)
-        await writer.drain()
-        writer.close()
-
-    server = await asyncio.start_server(at_eof, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    settings = loads(proxy_config(f"http://127.0.0.1:{port}"), "t.yaml")
-    proxy = create_proxy(settings, access_log=AccessLog(enabled=False))
-    await proxy.start()
-    try:
-        reader, writer = await asyncio.open_connection(*proxy.address)
-        try:
-            writer.write(b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: x\r\n\r\n")
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            assert head.startswith(b"HTTP/1.1 101")
-            writer.write(b"last-message")
-            writer.write_eof()
-            async with asyncio.timeout(5):
-                rest = await reader.read()  # until the proxy closes
-        finally:
-            writer.close()
-        assert rest == b"reply-to:last-message"
-    finally:
-        await proxy.stop(1.0)
-        server.close()
-        await server.wait_closed()
-
-
 class _Declining:
     """A backend that answers every request, upgrade or not, with 200 and its path."""
 
