@@ -628,6 +628,10 @@ class _Exchange:
         if self.done or now - self.last_activity < self.plan.pool.timeout:
             return
         client = self.client
+        if not self.request_complete and client.reading is self:
+            # The body is still coming from the client: its body deadline covers that time,
+            # and a slow client is no backend timeout (nor a breaker failure).
+            return
         if client.write_paused:
             # The client is not reading (so neither are we, from the backend): no backend
             # timeout, a healthy response is not cut for it. A client stalled past the
@@ -1033,6 +1037,9 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        current = self.current
+        if current is not None:  # the stall was the client's: the backend's time starts again
+            current.last_activity = self.plane.loop.time()
         source = self._feeding_us()
         if source is not None:
             source.resume_reading()
@@ -1224,6 +1231,7 @@ class ClientConnection(asyncio.Protocol):
             if ex.chunked_req:
                 ex.send_body(b"0\r\n\r\n")
             ex.request_complete = True
+            ex.last_activity = self.plane.loop.time()  # the backend's time starts now
             if ex.shadow is not None:
                 ex.shadow.request_done()
             cap = ex.cap

@@ -278,6 +278,25 @@ async def test_a_hung_backend_gives_504_at_timeout_after_a_request_body(stack: S
     assert 0.9 <= elapsed < 2.0  # backend timeout is 1s
 
 
+async def test_a_client_pausing_mid_body_past_the_backend_timeout_is_no_504(stack: Stack) -> None:
+    # The backend timeout (1 s) ran while the body was still coming from the client: a
+    # client that paused mid-upload got a 504 and its backend half a body, counted as a
+    # backend timeout. The client's own body deadline (30 s) covers that time.
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        writer.write(b"POST /up HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 10\r\n\r\nfirst")
+        await writer.drain()
+        await wait_until(lambda: len(stack.upstream.received) == 1, timeout=5)
+        await asyncio.sleep(1.6)  # the client's pause under test, past the backend timeout
+        writer.write(b"-last")
+        resp = await asyncio.wait_for(read_response(reader), 5)
+    finally:
+        writer.close()
+    assert resp.status == 200
+    [rec] = stack.upstream.received
+    assert rec.complete and rec.body_len == 10
+
+
 async def test_a_head_answer_body_sent_late_never_reaches_the_next_request(stack: Stack) -> None:
     # A backend that sends a body after its answer to a HEAD (in a later read than the
     # head) once had that connection pooled: the next request sent on it got those bytes.
