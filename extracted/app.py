@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
@@ -11,6 +12,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from extracted.contract import ContractError, meta, parse_command, parse_new_order
 from extracted.db import OUTCOME_UNKNOWN, OutcomeUnknown, create_engine, is_unavailable
@@ -23,6 +25,7 @@ from extracted.domain import (
     Status,
 )
 from extracted.repository import OrderFilter
+from extracted.schema import transition_keys
 from extracted.service import (
     Checkpoint,
     Clock,
@@ -33,6 +36,8 @@ from extracted.service import (
 )
 
 __all__ = ["DRY_RUN_HEADER", "FEE_ROUNDING_ENV", "IDEMPOTENCY_HEADER", "SERVICE", "create_app"]
+
+_log = logging.getLogger("strangler.extracted")
 
 FEE_ROUNDING_ENV = "STRANGLER_ORDERS_FEE_ROUNDING"
 """Environment variable choosing the fee rounding when create_app gets none: legacy | half_even."""
@@ -241,6 +246,18 @@ def _fee_rounding(value: str | None) -> Rounding:
         raise ValueError(f"fee rounding must be one of {options}, got {chosen!r}") from None
 
 
+async def _add_transition_keys(engine: AsyncEngine) -> None:
+    """Create `transition_keys` on a database made before it existed (a proxy's `handlers:`
+    app never runs create_schema): without it, every transition sent with an
+    Idempotency-Key failed with a 500. A database user without the right to create it keeps
+    the service running, with a warning; keyed transitions then fail until it exists."""
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: transition_keys.create(c, checkfirst=True))
+    except Exception as e:  # no DDL rights: everything but keyed transitions still works
+        _log.warning("cannot create table transition_keys (Idempotency-Key on transitions): %s", e)
+
+
 def create_app(
     db_url: str,
     *,
@@ -254,6 +271,7 @@ def create_app(
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         engine = create_engine(db_url)
+        await _add_transition_keys(engine)
         options: dict[str, Any] = {"rounding": rounding}
         if clock is not None:
             options["clock"] = clock

@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+import extracted.app
 from extracted.app import DRY_RUN_HEADER
 from tests.integration.orders.harness import FakeClock, MakeClient, make_client, new_order
 
@@ -137,3 +138,30 @@ async def test_a_dry_run_with_a_key_stores_nothing(
     again = await _post(client, path, json={"amount": "3.00"}, headers=key)
     assert real[0] == again[0] == 200
     assert await _refunds(client, order_id) == ["3.00"]
+
+
+@DBS
+async def test_a_database_made_before_transition_keys_gets_the_table_at_start(
+    aiohttp_client: MakeClient, request: pytest.FixtureRequest, db: str
+) -> None:
+    """A proxy's `handlers: extracted.app` never runs create_schema: on a database made
+    before `transition_keys` existed, every keyed transition failed with a 500."""
+    from sqlalchemy import text
+
+    from extracted.db import create_engine
+    from extracted.schema import create_schema
+
+    url = _db_url(request, db)
+    await create_schema(url)
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE transition_keys"))
+    await engine.dispose()
+    app = extracted.app.create_app(url, clock=FakeClock())
+    client = await aiohttp_client(app)
+    order_id = await _disputed(client)
+    path, key = f"/api/v1/orders/{order_id}/refund", {"Idempotency-Key": "refund-1"}
+    first = await _post(client, path, json={"amount": "10.00"}, headers=key)
+    again = await _post(client, path, json={"amount": "10.00"}, headers=key)
+    assert first[0] == again[0] == 200, (first, again)
+    assert await _refunds(client, order_id) == ["10.00"]
