@@ -75,8 +75,10 @@ async def test_twice_the_sustainable_rate_sheds_shadow_work_first(tmp_path: Path
             async def one(i: int) -> None:
                 try:
                     async with s.get(f"{url}{i}", timeout=aiohttp.ClientTimeout(total=30)) as r:
-                        await r.read()
+                        body = await r.read()
                         statuses.append(r.status)
+                        if r.status != 200:
+                            errors.append(body.decode()[:300])
                 except (aiohttp.ClientError, TimeoutError) as e:
                     statuses.append(0)
                     errors.append(repr(e))
