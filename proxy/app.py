@@ -277,10 +277,13 @@ class Proxy:
         deadline = time.monotonic() + grace_s
         end = deadline + STOP_OVERRUN_S
 
-        def left(floor: float) -> float:
-            """What is left of the grace for a phase, at least `floor` while `end` allows."""
+        def left(floor: float, reserve: float = 2 * _FLUSH_FLOOR_S) -> float:
+            """What is left of the grace for a phase, at least `floor` while `end` allows,
+            keeping `reserve` of the overrun for the phases after it: the recorder's flush
+            always gets its floor, even after a helper that took its timeout and a second
+            more to exit."""
             now = time.monotonic()
-            return max(0.0, min(end - now, max(floor, deadline - now)))
+            return max(0.0, min(end - reserve - now, max(floor, deadline - now)))
 
         if plane is not None and self._server is not None:
             # Keep accepting a moment: connections already in the listen backlog would be
@@ -330,7 +333,7 @@ class Proxy:
         if self._audits:
             await asyncio.wait(set(self._audits), timeout=left(_FLUSH_FLOOR_S))
         if self.recorder is not None:
-            await self.recorder.stop(left(_FLUSH_FLOOR_S))
+            await self.recorder.stop(left(_FLUSH_FLOOR_S, reserve=0.0))
             if self.hub is not None:
                 self.hub.sync_counters()
         await self.close_backends()
