@@ -731,7 +731,8 @@ class _Exchange:
         if up is not None:
             up.abort()
         self._end(why)
-        self.client.abort()
+        # an HTTP/1.0 client's body ends at the close: only a reset shows it was cut
+        self.client.abort(reset=self.close_delimited and not self.chunked_resp)
 
     def _finish(self, conn: UpstreamConnection | None) -> None:
         self.upstream = None
@@ -1336,13 +1337,17 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.resume_reading()
 
-    def abort(self) -> None:
-        """Close the client connection abruptly (a truncated response must not look whole)."""
+    def abort(self, reset: bool = False) -> None:
+        """Close the client connection abruptly (a truncated response must not look whole).
+
+        `reset`: a reset instead of a FIN, for a response whose body the close delimits (it
+        would look whole). Only then: a reset also throws away what the kernel still holds
+        for the client, such as earlier pipelined answers that were complete.
+        """
         self.out = []
         transport = self.transport
         if transport is not None:
-            # A reset, not a FIN: a body delimited by the close would otherwise look whole.
-            sock = transport.get_extra_info("socket")
+            sock = transport.get_extra_info("socket") if reset else None
             if sock is not None:
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
