@@ -24,18 +24,23 @@ print(generate_latest(scrape).decode())
 """
 
 
-def test_a_reload_under_workers_keeps_one_version_at_one_without_a_warning(
-    tmp_path: Path,
-) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
-        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+def _python(mp_dir: Path, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `script` in a Python process of its own with PROMETHEUS_MULTIPROC_DIR=mp_dir."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env={"PROMETHEUS_MULTIPROC_DIR": str(mp_dir), "PATH": "/usr/bin:/bin"},
         cwd=Path(__file__).resolve().parents[3],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_a_reload_under_workers_keeps_one_version_at_one_without_a_warning(
+    tmp_path: Path,
+) -> None:
+    done = _python(tmp_path, _SCRIPT)
     assert done.returncode == 0, done.stderr
     lines = [x for x in done.stdout.splitlines() if x.startswith("strangler_config_info{")]
     values = {x.split('version="')[1].split('"')[0]: float(x.rsplit(" ", 1)[1]) for x in lines}
@@ -65,15 +70,7 @@ def test_gauges_of_a_dead_worker_leave_the_scrape(tmp_path: Path) -> None:
     """A breaker that a worker (or helper) saw open stayed at 1 after it died (max mode)."""
 
     def run(script: str, *args: str) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [sys.executable, "-c", script, *args],
-            env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
-            cwd=Path(__file__).resolve().parents[3],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = _python(tmp_path, script, *args)
         assert done.returncode == 0, done.stderr
         return done
 
@@ -106,14 +103,6 @@ def test_a_metrics_file_not_yet_sized_does_not_fail_the_scrape(tmp_path: Path) -
     """A process that has just created its file (or was killed before sizing it) left it
     empty, and the supervisor's /-/metrics answered 500 (struct.error) to every scrape."""
     (tmp_path / "counter_424242.db").write_bytes(b"")
-    done = subprocess.run(
-        [sys.executable, "-c", _SCRAPE_WITH, str(tmp_path)],
-        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
-        cwd=Path(__file__).resolve().parents[3],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = _python(tmp_path, _SCRAPE_WITH, str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "strangler_requests_total{" in done.stdout, done.stdout
