@@ -24,7 +24,7 @@ import orjson
 from proxy.accesslog import AccessLog
 from proxy.breaker import HALF_OPEN, Breaker
 from proxy.metrics import Metrics, RouteMetrics
-from proxy.pathguard import is_suspicious, readings
+from proxy.pathguard import is_suspicious, other_reading
 from proxy.shadowing import (
     SAFE_METHODS,
     RouteState,
@@ -39,7 +39,7 @@ from shadow.capture import MAX_BODY_BYTES as MAX_CAPTURE_BODY
 from shadow.capture import CaptureWriter
 
 if TYPE_CHECKING:
-    from proxy.routes import Route, RouteTable
+    from proxy.routes import RouteTable
     from proxy.settings import LimitsSettings
 
 __all__ = [
@@ -1100,7 +1100,11 @@ class ClientConnection(asyncio.Protocol):
         query = query_b.decode("latin-1")
         route = state.table.match(method, path, query, headers)
         if is_suspicious(path):
-            _refuse_ambiguous(state.table, route, method, path, query, headers)
+            table = state.table
+            if other_reading(path, route, lambda p: table.match(method, p, query, headers)):
+                raise _Refuse(
+                    400, "ambiguous_path", "the path reads as another route once normalised"
+                )
         entry = state.default if route is None else state.entries[route.index]
         plan = entry.primary if entry.kind == KIND_PRIMARY else entry.choose(headers)
 
@@ -1429,20 +1433,6 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
             return True
         return False
-
-
-def _refuse_ambiguous(
-    table: RouteTable,
-    route: Route | None,
-    method: str,
-    path: str,
-    query: str,
-    headers: list[tuple[bytes, bytes]],
-) -> None:
-    """Refuse a path that some backend would read as belonging to another route."""
-    for other in readings(path):
-        if table.match(method, other, query, headers) is not route:
-            raise _Refuse(400, "ambiguous_path", "the path reads as another route once normalised")
 
 
 class _Capture:

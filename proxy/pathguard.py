@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
-__all__ = ["ambiguous_reading", "is_suspicious", "readings"]
+__all__ = ["ambiguous_reading", "is_suspicious", "other_reading", "readings"]
 
 _UNRESERVED = re.compile(r"[A-Za-z0-9\-._~]")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -86,5 +86,10 @@ def ambiguous_reading(path: str, match: Callable[[str], Any]) -> str | None:
     spelling, or None. The data plane refuses such a request: 400 `ambiguous_path`."""
     if not is_suspicious(path):
         return None
-    route = match(path)
+    return other_reading(path, match(path), match)
+
+
+def other_reading(path: str, route: Any, match: Callable[[str], Any]) -> str | None:
+    """A reading of `path` that `match` sends elsewhere than `route` (what the raw spelling
+    matched), or None."""
     return next((other for other in sorted(readings(path)) if match(other) is not route), None)
