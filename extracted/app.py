@@ -159,9 +159,15 @@ def _int_param(request: web.Request, name: str, default: int | None) -> int | No
 _MAX_KEY = 200
 
 
+def _usable_key(raw: str) -> str | None:
+    """The Idempotency-Key without surrounding blanks, or None if empty or too long."""
+    key = raw.strip()
+    return key if 0 < len(key) <= _MAX_KEY else None
+
+
 async def _create(request: web.Request) -> web.Response:
-    key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
-    if not key or len(key) > _MAX_KEY:
+    key = _usable_key(request.headers.get(IDEMPOTENCY_HEADER, ""))
+    if key is None:
         raise _BadRequest("missing_idempotency_key", "an Idempotency-Key header is required")
     body = await _body(request, required=True)
     new = parse_new_order(body)
@@ -207,8 +213,8 @@ def _transition_key(request: web.Request) -> str | None:
     raw = request.headers.get(IDEMPOTENCY_HEADER)
     if raw is None:
         return None
-    key = raw.strip()
-    if not key or len(key) > _MAX_KEY:
+    key = _usable_key(raw)
+    if key is None:
         raise _BadRequest(
             "invalid_idempotency_key",
             f"Idempotency-Key must be 1 to {_MAX_KEY} characters when sent",
