@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 from bisect import bisect_left
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["STATUS_CLASSES", "HistogramBatch", "Metrics", "RouteMetrics", "scrape_registry"]
+__all__ = [
+    "STATUS_CLASSES",
+    "HistogramBatch",
+    "Metrics",
+    "RouteMetrics",
+    "forget_process",
+    "scrape_registry",
+]
 
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _LATENCY_BUCKETS = (
@@ -257,7 +265,9 @@ def scrape_registry(mp_dir: str) -> CollectorRegistry:
     A file a process has just created is empty until it sizes it, and stays empty if the
     process is killed in between; prometheus-client's collector fails the whole scrape on
     such a file (struct.error: a 500 from /-/metrics). Files shorter than their 8-byte
-    header hold no sample yet and are left out.
+    header hold no sample yet and are left out. The live gauges (breaker states) of a
+    process that is gone are removed: whoever should have marked it dead may have died
+    first (the shadow helper of a SIGKILLed worker).
     """
     import glob
 
@@ -267,6 +277,10 @@ def scrape_registry(mp_dir: str) -> CollectorRegistry:
         def collect(self) -> object:
             files = []
             for f in glob.glob(os.path.join(mp_dir, "*.db")):
+                live = _LIVE_GAUGE.fullmatch(os.path.basename(f))
+                if live is not None and not _alive(int(live[1])):
+                    forget_process(int(live[1]), mp_dir)
+                    continue
                 try:
                     if os.path.getsize(f) >= 8:
                         files.append(f)
@@ -277,3 +291,26 @@ def scrape_registry(mp_dir: str) -> CollectorRegistry:
     registry = CollectorRegistry()
     _Collector(registry, path=mp_dir)  # type: ignore[no-untyped-call]
     return registry
+
+
+_LIVE_GAUGE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def forget_process(pid: int, mp_dir: str | None = None) -> None:
+    """Drop the live gauges of a process that is gone (its breaker states) from the
+    multiprocess scrape; its counters stay counted. No-op outside multiprocess mode."""
+    path = mp_dir or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]

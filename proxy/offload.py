@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 import struct
@@ -37,6 +36,7 @@ from typing import ClassVar, NamedTuple
 import httptools
 import orjson
 
+from proxy.metrics import forget_process
 from proxy.shadowing import RequestTee, RouteState, ShadowHub, ShadowPlan, has_framing
 
 __all__ = [
@@ -53,15 +53,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("strangler.offload")
-
-
-def _forget_metrics(pid: int) -> None:
-    """Drop the live gauges of a helper that is gone (its breaker states, in flight) from
-    the supervisor's multiprocess scrape; its counters stay counted."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 # total length, too-large flag, primary ms, handed-off (monotonic), 5 field lengths
@@ -390,7 +381,7 @@ class OffloadFeed:
     async def start(self) -> None:
         """Start the helper process and connect to it."""
         if self.proc is not None:  # the helper before this one is gone
-            _forget_metrics(self.proc.pid)
+            forget_process(self.proc.pid)
             self.proc = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -569,7 +560,7 @@ class OffloadFeed:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             await proc.wait()
-        _forget_metrics(proc.pid)
+        forget_process(proc.pid)
         self.proc = None
         if self.transport is not None:  # read its last acks before settling
             with contextlib.suppress(TimeoutError):

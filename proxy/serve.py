@@ -253,7 +253,7 @@ class _Workers:
         """Restart workers that died (unless we are stopping), after a per-slot backoff:
         a worker that cannot start (a bad file on disk, a handler that does not import)
         is retried after 1 s, 2 s, 4 s ... at most 30 s, not in a tight loop."""
-        from prometheus_client import multiprocess
+        from proxy.metrics import forget_process  # after the supervisor set the metrics dir
 
         now = time.monotonic()
         for i, proc in enumerate(self.procs):
@@ -261,7 +261,7 @@ class _Workers:
                 continue
             due = self._due[i]
             if due is None:  # just died
-                multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+                forget_process(proc.pid)
                 self._ready_file(proc).unlink(missing_ok=True)
                 self.restarts += 1
                 if self.on_restart is not None:

@@ -106,3 +106,39 @@ def test_a_metrics_file_not_yet_sized_does_not_fail_the_scrape(tmp_path: Path) -
     done = _python(tmp_path, _SCRAPE_WITH, str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "strangler_requests_total{" in done.stdout, done.stdout
+
+
+_SCRAPE_ONLY = """
+import sys
+from prometheus_client import generate_latest
+from proxy.metrics import scrape_registry
+
+print(generate_latest(scrape_registry(sys.argv[1])).decode())
+"""
+
+
+def test_live_gauges_of_a_process_nobody_marked_dead_leave_the_scrape(tmp_path: Path) -> None:
+    """The helper of a SIGKILLed worker: its worker, which marks it dead, died first, and
+    the supervisor only knows its workers. The breaker it saw open stayed at 1 for good."""
+    gone = subprocess.Popen(
+        [sys.executable, "-c", _SEES_AN_OPEN_BREAKER],
+        env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    assert gone.wait(60) == 0
+    assert list(tmp_path.glob(f"gauge_livemax_{gone.pid}.db")), "no live gauge file written"
+    done = _python(tmp_path, _SCRAPE_ONLY, str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    held = [
+        line
+        for line in done.stdout.splitlines()
+        if line.startswith(("strangler_breaker_state{", "strangler_auto_rollback{"))
+    ]
+    assert held == [], done.stdout
+
+
+def test_live_gauges_of_a_running_process_stay_in_the_scrape(tmp_path: Path) -> None:
+    script = _SEES_AN_OPEN_BREAKER + "\n" + _SCRAPE_ONLY
+    done = _python(tmp_path, script, str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert 'strangler_breaker_state{backend="orders"} 1.0' in done.stdout, done.stdout
