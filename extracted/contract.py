@@ -85,6 +85,9 @@ def _text(obj: dict[str, Any], key: str, path: str, limit: int, *, optional: boo
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > limit:
         raise ContractError(f"{path}.{key}: must be a non-empty string of at most {limit} chars")
+    if "\x00" in value:
+        # PostgreSQL cannot store NUL in text; refused on every database so both answer alike.
+        raise ContractError(f"{path}.{key}: must not contain a NUL character")
     return value
 
 

@@ -161,9 +161,12 @@ def _string(obj: dict[str, Any], key: str, where: str, limit: int, optional: boo
     value = obj.get(key)
     if optional and value is None:
         return None
-    if isinstance(value, str) and value.strip() and len(value) <= limit:
-        return value
-    raise _invalid(f"{where}.{key}: must be a non-empty string of at most {limit} chars")
+    if not (isinstance(value, str) and value.strip() and len(value) <= limit):
+        raise _invalid(f"{where}.{key}: must be a non-empty string of at most {limit} chars")
+    if "\x00" in value:
+        # PostgreSQL cannot store NUL in text; refused on SQLite too so both answer alike.
+        raise _invalid(f"{where}.{key}: must not contain a NUL character")
+    return value
 
 
 def _count(obj: dict[str, Any], key: str, where: str, limit: int) -> int:
