@@ -169,7 +169,9 @@ def parse_command(action: Action, body: dict[str, Any]) -> dict[str, Any]:
     }
     if action is Action.SHIP:
         command["tracking_number"] = _text(body, "tracking_number", "body", 100, optional=True)
-    if action is Action.REFUND and body.get("amount") is not None:
+    # Only an omitted amount means "all that is left": an explicit null is most likely an unset
+    # variable of a partial refund, and refunding everything for it cannot be taken back.
+    if action is Action.REFUND and "amount" in body:
         command["amount"] = parse_money(body["amount"], "amount")
     return command
 

@@ -495,7 +495,8 @@ async def _move(request: web.Request) -> web.Response:
     reason = _string(body, "reason", "body", 500, optional=True)
     tracking = _string(body, "tracking_number", "body", 100, True) if action == "ship" else None
     wanted = None
-    if action == "refund" and body.get("amount") is not None:
+    # Only an omitted amount refunds all that is left; an explicit null is refused.
+    if action == "refund" and "amount" in body:
         wanted = _minor(body["amount"], "amount")
     now = request.app[_CLOCK]()
     async with transaction(request.app[ENGINE], write=True) as conn:
