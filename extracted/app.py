@@ -147,7 +147,7 @@ async def _body(request: web.Request, *, required: bool) -> dict[str, Any]:
     try:
         # The stdlib parser, strict about NaN/Infinity, decodes exactly as the monolith does.
         doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than it parses
         raise _BadRequest("invalid_json", "request body is not valid JSON") from None
     if _lone_surrogate(doc):
         # Like a body that is not UTF-8: the database, the request hash and the reply all fail.

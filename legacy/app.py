@@ -167,7 +167,7 @@ async def _json_body(request: web.Request, optional: bool) -> dict[str, Any]:
         return {}
     try:
         doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than it parses
         raise _Fail(400, "invalid_json", "request body is not valid JSON") from None
     if _has_lone_surrogate(doc):
         # An escape like "\\ud800" alone is no text: neither the database nor UTF-8 takes it.

@@ -257,3 +257,21 @@ async def test_an_escaped_surrogate_pair_is_text_and_kept(
     status, doc = await _post(client, "/api/v1/orders", data=body, headers=headers)
     assert status == 201, (status, doc)
     assert doc["buyer"]["name"] == "Ana \U0001f600"
+
+
+@pytest.mark.parametrize("side", ["legacy", "extracted"])
+@pytest.mark.parametrize("path", ["/api/v1/orders", "/api/v1/orders/1/ship"])
+async def test_a_body_nested_deeper_than_the_parser_goes_is_a_400(
+    aiohttp_client: MakeClient, sqlite_url: str, side: str, path: str
+) -> None:
+    """The stdlib parser raises RecursionError (not ValueError) past its depth: it was a 500."""
+    client = await make_client(aiohttp_client, side, sqlite_url, FakeClock())
+    created = await _post(
+        client, "/api/v1/orders", json=new_order(), headers={"Idempotency-Key": "d"}
+    )
+    assert created[0] == 201
+    before = await dump_tables(sqlite_url)
+    deep = '{"a": ' + "[" * 50_000 + "]" * 50_000 + "}"
+    headers = {"Idempotency-Key": "deep", "Content-Type": "application/json"}
+    _unreadable(await _post(client, path, data=deep, headers=headers))
+    assert await dump_tables(sqlite_url) == before
