@@ -52,6 +52,7 @@ SERVICE = web.AppKey("orders_service", OrderService)
 """The app's Order service (set while the app runs)."""
 
 _ID = re.compile(r"[1-9][0-9]{0,9}")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _MAX_ID = 2**31 - 1
 _MAX_PER_PAGE = 100
 _RETRY_AFTER_S = "1"
@@ -122,6 +123,23 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _lone_surrogate(doc: Any) -> bool:
+    """Whether a string (key or value) of decoded JSON holds half a surrogate pair (an escape
+    like "\\ud800" alone), which is no Unicode text: nothing can encode it to UTF-8."""
+    pending = [doc]
+    while pending:  # no recursion: the parser accepts nesting deeper than the stack allows
+        value = pending.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
 async def _body(request: web.Request, *, required: bool) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip() and not required:
@@ -129,8 +147,11 @@ async def _body(request: web.Request, *, required: bool) -> dict[str, Any]:
     try:
         # The stdlib parser, strict about NaN/Infinity, decodes exactly as the monolith does.
         doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than it parses
         raise _BadRequest("invalid_json", "request body is not valid JSON") from None
+    if _lone_surrogate(doc):
+        # Like a body that is not UTF-8: the database, the request hash and the reply all fail.
+        raise _BadRequest("invalid_json", "request body is not valid JSON")
     if not isinstance(doc, dict):
         raise _BadRequest("invalid_json", "request body must be a JSON object")
     return doc
@@ -160,9 +181,10 @@ _MAX_KEY = 200
 
 
 def _usable_key(raw: str) -> str | None:
-    """The Idempotency-Key without surrounding blanks, or None if empty or too long."""
+    """The Idempotency-Key without surrounding blanks, or None if empty, too long or not UTF-8
+    (aiohttp decodes such header bytes to lone surrogates, which no database column takes)."""
     key = raw.strip()
-    return key if 0 < len(key) <= _MAX_KEY else None
+    return key if 0 < len(key) <= _MAX_KEY and not _SURROGATE.search(key) else None
 
 
 async def _create(request: web.Request) -> web.Response:

@@ -85,6 +85,9 @@ def _text(obj: dict[str, Any], key: str, path: str, limit: int, *, optional: boo
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > limit:
         raise ContractError(f"{path}.{key}: must be a non-empty string of at most {limit} chars")
+    if "\x00" in value:
+        # PostgreSQL cannot store NUL in text; refused on every database so both answer alike.
+        raise ContractError(f"{path}.{key}: must not contain a NUL character")
     return value
 
 
@@ -166,7 +169,9 @@ def parse_command(action: Action, body: dict[str, Any]) -> dict[str, Any]:
     }
     if action is Action.SHIP:
         command["tracking_number"] = _text(body, "tracking_number", "body", 100, optional=True)
-    if action is Action.REFUND and body.get("amount") is not None:
+    # Only an omitted amount means "all that is left": an explicit null is most likely an unset
+    # variable of a partial refund, and refunding everything for it cannot be taken back.
+    if action is Action.REFUND and "amount" in body:
         command["amount"] = parse_money(body["amount"], "amount")
     return command
 

@@ -41,6 +41,7 @@ _DISPUTE_WINDOW_MS = 259_200_000  # 72 hours
 _CENT = Decimal("0.01")
 _MONEY = re.compile(r"(0|[1-9][0-9]{0,8})\.[0-9]{2}")
 _ID = re.compile(r"[1-9][0-9]{0,9}")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _MAX_ID = 2147483647
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -144,14 +145,33 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _has_lone_surrogate(doc: Any) -> bool:
+    """Whether any string (key or value) of decoded JSON holds half a surrogate pair."""
+    pending = [doc]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
+
 async def _json_body(request: web.Request, optional: bool) -> dict[str, Any]:
     raw = await request.read()
     if optional and not raw.strip():
         return {}
     try:
         doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than it parses
         raise _Fail(400, "invalid_json", "request body is not valid JSON") from None
+    if _has_lone_surrogate(doc):
+        # An escape like "\\ud800" alone is no text: neither the database nor UTF-8 takes it.
+        raise _Fail(400, "invalid_json", "request body is not valid JSON")
     if not isinstance(doc, dict):
         raise _Fail(400, "invalid_json", "request body must be a JSON object")
     return doc
@@ -161,9 +181,12 @@ def _string(obj: dict[str, Any], key: str, where: str, limit: int, optional: boo
     value = obj.get(key)
     if optional and value is None:
         return None
-    if isinstance(value, str) and value.strip() and len(value) <= limit:
-        return value
-    raise _invalid(f"{where}.{key}: must be a non-empty string of at most {limit} chars")
+    if not (isinstance(value, str) and value.strip() and len(value) <= limit):
+        raise _invalid(f"{where}.{key}: must be a non-empty string of at most {limit} chars")
+    if "\x00" in value:
+        # PostgreSQL cannot store NUL in text; refused on SQLite too so both answer alike.
+        raise _invalid(f"{where}.{key}: must not contain a NUL character")
+    return value
 
 
 def _count(obj: dict[str, Any], key: str, where: str, limit: int) -> int:
@@ -288,7 +311,8 @@ async def _one(conn: AsyncConnection, order_id: int) -> dict[str, Any]:
 
 async def _checkout_handler(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key", "").strip()
-    if not key or len(key) > 200:
+    # Header bytes that are not UTF-8 arrive as lone surrogates, which the key column refuses.
+    if not key or len(key) > 200 or _SURROGATE.search(key):
         raise _Fail(400, "missing_idempotency_key", "an Idempotency-Key header is required")
     body = await _json_body(request, optional=False)
     row = _checkout(body)
@@ -471,7 +495,8 @@ async def _move(request: web.Request) -> web.Response:
     reason = _string(body, "reason", "body", 500, optional=True)
     tracking = _string(body, "tracking_number", "body", 100, True) if action == "ship" else None
     wanted = None
-    if action == "refund" and body.get("amount") is not None:
+    # Only an omitted amount refunds all that is left; an explicit null is refused.
+    if action == "refund" and "amount" in body:
         wanted = _minor(body["amount"], "amount")
     now = request.app[_CLOCK]()
     async with transaction(request.app[ENGINE], write=True) as conn:

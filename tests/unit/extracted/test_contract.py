@@ -104,3 +104,10 @@ def test_parse_command_reads_only_what_the_action_uses() -> None:
     assert parse_command(Action.REFUND, body)["tracking_number"] is None
     with pytest.raises(ContractError, match=r"body\.reason"):
         parse_command(Action.CANCEL, {"reason": ""})
+
+
+def test_parse_command_refunds_the_rest_only_when_the_amount_is_omitted() -> None:
+    assert parse_command(Action.REFUND, {})["amount"] is None
+    with pytest.raises(ContractError, match=r"^amount: must be a decimal string"):
+        parse_command(Action.REFUND, {"amount": None})
+    assert parse_command(Action.RESOLVE, {"amount": None})["amount"] is None
