@@ -37,6 +37,12 @@ try:
     brotli = importlib.import_module("brotli")
 except ImportError:  # optional: br bodies then compare as raw bytes
     brotli = None
+# brotli >= 1.2 caps each step's output (`output_buffer_limit`, to within one buffer block:
+# about twice the cap), so steps of 1 MiB; older ones are fed the input a few bytes at a
+# time instead, each byte decoding to a few MiB at most.
+_BROTLI_OUTPUT_LIMIT = brotli is not None and hasattr(brotli.Decompressor, "can_accept_more_data")
+_BROTLI_STEP: Final = 8
+_BROTLI_OUT_STEP: Final = 1 << 20
 
 COMPARED_HEADERS: Final = ("content-type", "location", "cache-control")
 MAX_DECODED_BYTES: Final = 64 << 20  # a decompression bomb stops here
@@ -93,6 +99,40 @@ def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
             raise BodyDecodeError(f"{len(data)} bytes after the end of the stream")
 
 
+def _unbrotli(data: bytes, limit: int) -> bytes:
+    """`data` brotli-decoded whole, stopping soon after the output passes `limit` bytes (a
+    small body may expand a million times); a cut stream or bytes after its end are an
+    error."""
+    if not data:  # a 204 or a HEAD answer may keep its Content-Encoding
+        return data
+    assert brotli is not None
+    decoder = brotli.Decompressor()
+    parts: list[bytes] = []
+    size = 0
+    if _BROTLI_OUTPUT_LIMIT:
+        out = decoder.process(data, output_buffer_limit=min(limit + 1, _BROTLI_OUT_STEP))
+        while True:
+            parts.append(out)
+            size += len(out)
+            if size > limit or decoder.is_finished():
+                break
+            out = decoder.process(b"", output_buffer_limit=min(limit - size + 1, _BROTLI_OUT_STEP))
+            if not out:
+                break  # it wants more input: the stream is cut
+    else:
+        for start in range(0, len(data), _BROTLI_STEP):
+            out = decoder.process(data[start : start + _BROTLI_STEP])
+            parts.append(out)
+            size += len(out)
+            if size > limit:
+                break
+    if size > limit:
+        raise BodyDecodeError(f"decoded body exceeds {limit} bytes")
+    if not decoder.is_finished():
+        raise BodyDecodeError("truncated body: the stream does not end")
+    return b"".join(parts)
+
+
 def decode_body(body: bytes, content_encoding: str | None, limit: int = MAX_DECODED_BYTES) -> bytes:
     """`body` with its content-codings removed (last applied, first removed)."""
     if not content_encoding:
@@ -108,9 +148,7 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int = MAX_DECO
                 except zlib.error:  # some servers send raw deflate without the zlib wrapper
                     body = _inflate(body, -zlib.MAX_WBITS, limit)
             elif coding == "br" and brotli is not None:
-                body = brotli.decompress(body)
-                if len(body) > limit:
-                    raise BodyDecodeError(f"decoded body exceeds {limit} bytes")
+                body = _unbrotli(body, limit)
             elif coding != "identity":
                 raise BodyDecodeError(f"unsupported content-encoding {coding!r}")
         except (zlib.error, ValueError) as exc:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import tracemalloc
 import zlib
 
 import orjson
 import pytest
 
+from shadow import http_compare
 from shadow.compare import CompareRules
 from shadow.http_compare import (
     BodyDecodeError,
@@ -241,3 +243,47 @@ def test_negative_integers_past_64_bits_keep_their_precision() -> None:
     candidate = HttpResponse(200, [_JSON], b'{"n": -9223372036854775810}')
     assert _paths(primary, candidate) == ["$.n"]
     assert parse_json_body(b"[-9999999999999999999]") == [-9999999999999999999]
+
+
+def _brotli_bomb(size: int) -> bytes:
+    """A brotli body of a few hundred bytes that decodes to `size` zero bytes."""
+    brotli = pytest.importorskip("brotli")
+    packer = brotli.Compressor(quality=5)
+    block = bytes(1 << 20)
+    packed = b"".join(packer.process(block) for _ in range(size >> 20))
+    tail: bytes = packer.finish()
+    return packed + tail
+
+
+@pytest.mark.parametrize("output_limit", [True, False], ids=["output-limit", "input-steps"])
+def test_brotli_bombs_stop_at_the_cap(monkeypatch: pytest.MonkeyPatch, output_limit: bool) -> None:
+    # br decoded whole before the size check: 80 MiB in memory for a 127-byte body.
+    bomb = _brotli_bomb(80 << 20)
+    assert len(bomb) < 1000
+    monkeypatch.setattr(http_compare, "_BROTLI_OUTPUT_LIMIT", output_limit, raising=False)
+    tracemalloc.start()
+    try:
+        with pytest.raises(BodyDecodeError, match="exceeds"):
+            decode_body(bomb, "br", limit=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 << 20, f"decoding took {peak >> 20} MiB"
+    assert len(decode_body(_brotli_bomb(2 << 20), "br", limit=2 << 20)) == 2 << 20
+    packed = HttpResponse(200, [_JSON, ("Content-Encoding", "br")], bomb)
+    assert _paths(packed, HttpResponse(200, [_JSON], b"")) == ["$"]
+
+
+@pytest.mark.parametrize("output_limit", [True, False], ids=["output-limit", "input-steps"])
+def test_cut_or_padded_brotli_bodies_are_undecodable(
+    monkeypatch: pytest.MonkeyPatch, output_limit: bool
+) -> None:
+    brotli = pytest.importorskip("brotli")
+    monkeypatch.setattr(http_compare, "_BROTLI_OUTPUT_LIMIT", output_limit, raising=False)
+    body = orjson.dumps(_DOC)
+    packed = brotli.compress(body)
+    assert decode_body(packed, "br") == body
+    assert decode_body(b"", "br") == b""  # a 204 or a HEAD answer keeps the header
+    for broken in (packed[:-1], packed + b"junk"):
+        with pytest.raises(BodyDecodeError):
+            decode_body(broken, "br")
