@@ -116,8 +116,9 @@ def capture_line(
 ) -> bytes:
     """One redacted capture line (with its newline) for a request."""
     content_type = next((v for k, v in headers if k == "content-type"), None)
-    encoding = next((v for k, v in headers if k == "content-encoding"), None)
-    kept = [(k, v) for k, v in headers if not (encoding and k == "content-encoding")]
+    # The body is stored decoded: no Content-Encoding describes it any more.
+    encoding = ", ".join(v for k, v in headers if k == "content-encoding") or None
+    kept = [(k, v) for k, v in headers if k != "content-encoding"]
     text: str | None = None
     body_encoding: str | None = None
     if body:
@@ -166,7 +167,10 @@ class CaptureWriter:
         self._max_queued = max_queued
         self._threshold = round(settings.percent * 100)
         self._methods = frozenset(m.upper() for m in settings.methods)
-        self._headers = frozenset(h.lower().encode("latin-1") for h in settings.headers)
+        # Content-Encoding always: the body cannot be decoded (and redacted) without it.
+        self._headers = frozenset(h.lower().encode("latin-1") for h in settings.headers) | {
+            b"content-encoding"
+        }
         self._queue: collections.deque[_Pending] = collections.deque()
         self._bytes_in = 0  # written only by the producer (the event loop's thread)
         self._bytes_out = 0  # written only by whoever drains (under the io lock)
