@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -26,6 +27,8 @@ from shadow.compare import Difference, parse_path
 from shadow.http_compare import BodyDecodeError, decode_body, parse_json_body
 
 __all__ = ["KEY_ENV", "PREFIX", "SECRET_HEADERS", "Redactor", "mask_secrets"]
+
+_log = logging.getLogger("strangler.redact")
 
 KEY_ENV: Final = "STRANGLER_REDACT_KEY"
 PREFIX: Final = "REDACTED:"
@@ -197,11 +200,23 @@ class Redactor:
 
     @classmethod
     def from_env(
-        cls, json_paths: Sequence[str] = (), environ: Mapping[str, str] | None = None
+        cls,
+        json_paths: Sequence[str] = (),
+        environ: Mapping[str, str] | None = None,
+        *,
+        warn: bool = False,
     ) -> Redactor:
         """A redactor keyed by `STRANGLER_REDACT_KEY`; when unset, a random per-process key,
-        so tokens stay comparable within one process but not across restarts or workers."""
+        so tokens stay comparable within one process but not across restarts or workers
+        (`warn`: say so in a log warning, at a store's start)."""
         value = (os.environ if environ is None else environ).get(KEY_ENV, "")
+        if not value and warn:
+            _log.warning(
+                "%s is not set: redaction tokens use a random key of this process, so one"
+                " value gets different tokens in other workers, the shadow helper, replays"
+                " and after a restart; set it to the same secret everywhere",
+                KEY_ENV,
+            )
         return cls(json_paths, value.encode() if value else None)
 
     def token(self, value: str) -> str:
