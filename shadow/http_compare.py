@@ -53,6 +53,7 @@ _DIGITS_AS_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
 _LONG_POSITIVE: Final = b"0" * 20
 _LONG_NEGATIVE: Final = b"-" + b"0" * 19
 _GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
+_BOM: Final = b"\xef\xbb\xbf"  # UTF-8
 _JSON_STARTS: Final = frozenset(bytes([c]) for c in b'{["-0123456789tfn')
 
 
@@ -183,7 +184,7 @@ def parse_json_body(body: bytes) -> Any:
 def _summary(body: bytes) -> str:
     # No digest: an unkeyed hash of a body holding personal data lets whoever reads the
     # store confirm a guess (the stored bodies themselves are redacted).
-    return f"<{len(body)} bytes>"
+    return f"<{len(body)} bytes, UTF-8 BOM>" if body.startswith(_BOM) else f"<{len(body)} bytes>"
 
 
 def _diff(path: str, a: Any, b: Any) -> Difference:
@@ -273,9 +274,16 @@ def _compare_bodies(
         return Comparison(False, [_diff("$", shown_a, shown_b)])
     if body_a == body_b:
         return Comparison(True)
-    value_a = _json_or_not(body_a, primary.header("content-type"))
+    text_a, text_b = body_a, body_b
+    if body_a.startswith(_BOM) or body_b.startswith(_BOM):
+        # RFC 8259 forbids sending a BOM and many JSON clients fail on one: a BOM on one
+        # side only is a difference of its own; on both, what follows is compared.
+        if not (body_a.startswith(_BOM) and body_b.startswith(_BOM)):
+            return Comparison(False, [_diff("$", _summary(body_a), _summary(body_b))])
+        text_a, text_b = body_a[len(_BOM) :], body_b[len(_BOM) :]
+    value_a = _json_or_not(text_a, primary.header("content-type"))
     if value_a is not _NOT_JSON:
-        value_b = _json_or_not(body_b, candidate.header("content-type"))
+        value_b = _json_or_not(text_b, candidate.header("content-type"))
         if value_b is not _NOT_JSON:
             return compare(value_a, value_b, rules)
     return Comparison(False, [_diff("$", _summary(body_a), _summary(body_b))])

@@ -287,3 +287,23 @@ def test_cut_or_padded_brotli_bodies_are_undecodable(
     for broken in (packed[:-1], packed + b"junk"):
         with pytest.raises(BodyDecodeError):
             decode_body(broken, "br")
+
+
+@pytest.mark.parametrize("content_type", ["application/json", None])
+def test_a_utf8_bom_on_one_side_only_differs(content_type: str | None) -> None:
+    # RFC 8259 forbids sending a BOM and many JSON clients fail on one: it parsed away
+    # and the two bodies matched.
+    headers = [("Content-Type", content_type)] if content_type else []
+    plain = orjson.dumps(_DOC)
+    bom = HttpResponse(200, headers, b"\xef\xbb\xbf" + plain)
+    result = compare_responses(bom, HttpResponse(200, headers, plain))
+    assert [(d.path, d.primary, d.candidate) for d in result.differences] == [
+        ("$", f"<{len(plain) + 3} bytes, UTF-8 BOM>", f"<{len(plain)} bytes>")
+    ]
+    assert compare_responses(bom, bom).equal
+    spaced = HttpResponse(
+        200, headers, b"\xef\xbb\xbf" + orjson.dumps(_DOC, option=orjson.OPT_INDENT_2)
+    )
+    assert compare_responses(bom, spaced).equal  # a BOM on both sides: the JSON compared
+    other = HttpResponse(200, headers, b"\xef\xbb\xbf" + orjson.dumps({**_DOC, "id": 8}))
+    assert _paths(bom, other) == ["$.id"]
