@@ -27,6 +27,10 @@ def _json(doc: object, *headers: tuple[str, str], status: int = 200) -> HttpResp
     return HttpResponse(status, [_JSON, *headers], orjson.dumps(doc))
 
 
+def _raw(body: bytes) -> HttpResponse:
+    return HttpResponse(200, [_JSON], body)
+
+
 def _paths(primary: HttpResponse, candidate: HttpResponse, **kwargs: object) -> list[str]:
     result = compare_responses(primary, candidate, **kwargs)  # type: ignore[arg-type]
     assert result.equal == (not result.differences)
@@ -307,3 +311,24 @@ def test_a_utf8_bom_on_one_side_only_differs(content_type: str | None) -> None:
     assert compare_responses(bom, spaced).equal  # a BOM on both sides: the JSON compared
     other = HttpResponse(200, headers, b"\xef\xbb\xbf" + orjson.dumps({**_DOC, "id": 8}))
     assert _paths(bom, other) == ["$.id"]
+
+
+@pytest.mark.parametrize(
+    ("primary", "candidate", "paths"),
+    [
+        (b'{"a": 1, "a": 2}', b'{"a": 2}', ["$.a"]),  # first-wins clients read 1, then 2
+        (b'{"a": 2}', b'{"a": 1, "a": 2}', ["$.a"]),
+        (b'[{"id": 1, "s": "x:y", "s": "z"}]', b'[{"s": "z", "id": 1}]', ["$[0].s"]),
+        (b'{"k\\u003a": 1, "k:": 2}', b'{"k:": 2}', ['$["k:"]']),  # an escaped colon
+        (b'{"a": 1, "a": 2}', b'{ "a": 1, "a": 2 }', []),  # the same keys on both sides
+        (b'{"a": 1, "a": 1}', b'{"a": 1}', []),  # every parser reads the same value
+        (b'{"x": {"a": 1, "a": 2}}', b'{"x": {"a": 2}}', []),  # an ignored path
+    ],
+)
+def test_duplicate_keys_are_compared_as_first_wins_clients_read_them(
+    primary: bytes, candidate: bytes, paths: list[str]
+) -> None:
+    # The parser kept the last value of a repeated key: the first one a client may read
+    # was never compared.
+    rules = CompareRules(ignore_json_paths=["$.x"])
+    assert _paths(_raw(primary), _raw(candidate), rules=rules) == paths
