@@ -19,9 +19,10 @@ One JSON object per line (UTF-8, keys in this order):
 
 Redaction follows the store's rules (`Redactor`): JSON bodies get `store.redact_json_paths`
 plus the e-mail, card and IBAN detectors; other text bodies, the path and query values get
-the detectors; credential headers become tokens. A body sent with a content-encoding is
-stored decoded (and that header is dropped). Sampling hashes the request id, so the same
-request is captured in every worker and every run.
+the detectors; credential headers become tokens; the values of secret-named query and form
+parameters (`password=`, `token=`, ...) become `***`, as in the store's request URLs. A
+body sent with a content-encoding is stored decoded (and that header is dropped). Sampling
+hashes the request id, so the same request is captured in every worker and every run.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from urllib.parse import parse_qsl, urlencode
 import orjson
 
 from proxy.settings import CaptureSettings
-from shadow.redact import Redactor
+from shadow.http_compare import BodyDecodeError, decode_body
+from shadow.redact import Redactor, mask_secrets
 
 __all__ = ["MAX_BODY_BYTES", "CaptureStats", "CaptureWriter", "capture_line"]
 
@@ -51,6 +53,7 @@ _FLUSH_INTERVAL: Final = 0.25
 _MAX_QUEUED: Final = 20_000  # lines waiting for the writer; beyond it requests are dropped
 _MAX_QUEUED_BYTES: Final = 32 << 20
 _KEEP: Final = 3  # rotated files kept: path.1 .. path.3
+_FORM: Final = "application/x-www-form-urlencoded"
 
 _Pending = tuple[float, str, str, str, list[tuple[str, str]], bytes | None, str]
 
@@ -75,13 +78,30 @@ def _bucket(key: str) -> int:
     return zlib.crc32(key.encode("utf-8", "surrogatepass")) % 10000
 
 
+def _redact_pair(name: str, value: str, redactor: Redactor) -> tuple[str, str]:
+    # Masked as the store masks a request URL: a secret-named parameter's value becomes
+    # `***` (a replay sends that), a password in a URL given as a value too.
+    if mask_secrets(f"{name}=x") != f"{name}=x":
+        value = "***"
+    return redactor.redact_text(name), redactor.redact_url(value)
+
+
 def _redact_query(query: str, redactor: Redactor) -> str:
     if not query:
         return query
     pairs = parse_qsl(query, keep_blank_values=True)
-    redacted = [(redactor.redact_text(k), redactor.redact_text(v)) for k, v in pairs]
+    redacted = [_redact_pair(k, v, redactor) for k, v in pairs]
     # Re-encoding normalises the query, so do it only when something had to be hidden.
     return query if redacted == pairs else urlencode(redacted)
+
+
+def _redact_form(body: bytes, encoding: str | None, redactor: Redactor) -> bytes | None:
+    """A form body redacted parameter by parameter like a query, or None if it is not text."""
+    try:
+        text = decode_body(body, encoding).decode("utf-8")
+    except (BodyDecodeError, UnicodeDecodeError):
+        return None
+    return _redact_query(text, redactor).encode()
 
 
 def capture_line(
@@ -96,12 +116,16 @@ def capture_line(
 ) -> bytes:
     """One redacted capture line (with its newline) for a request."""
     content_type = next((v for k, v in headers if k == "content-type"), None)
-    encoding = next((v for k, v in headers if k == "content-encoding"), None)
-    kept = [(k, v) for k, v in headers if not (encoding and k == "content-encoding")]
+    # The body is stored decoded: no Content-Encoding describes it any more.
+    encoding = ", ".join(v for k, v in headers if k == "content-encoding") or None
+    kept = [(k, v) for k, v in headers if k != "content-encoding"]
     text: str | None = None
     body_encoding: str | None = None
     if body:
-        clean = redactor.redact_body(body, content_type, encoding)
+        form = None
+        if content_type and content_type.partition(";")[0].strip().lower() == _FORM:
+            form = _redact_form(body, encoding, redactor)
+        clean = redactor.redact_body(body, content_type, encoding) if form is None else form
         try:
             text, body_encoding = clean.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
@@ -109,7 +133,7 @@ def capture_line(
     record = {
         "ts": round(ts, 3),
         "method": method,
-        "path": redactor.redact_text(path),
+        "path": redactor.redact_url(path),
         "query": _redact_query(query, redactor),
         "headers": [[k, v] for k, v in redactor.redact_headers(kept)],
         "body": text,
@@ -143,7 +167,10 @@ class CaptureWriter:
         self._max_queued = max_queued
         self._threshold = round(settings.percent * 100)
         self._methods = frozenset(m.upper() for m in settings.methods)
-        self._headers = frozenset(h.lower().encode("latin-1") for h in settings.headers)
+        # Content-Encoding always: the body cannot be decoded (and redacted) without it.
+        self._headers = frozenset(h.lower().encode("latin-1") for h in settings.headers) | {
+            b"content-encoding"
+        }
         self._queue: collections.deque[_Pending] = collections.deque()
         self._bytes_in = 0  # written only by the producer (the event loop's thread)
         self._bytes_out = 0  # written only by whoever drains (under the io lock)

@@ -37,6 +37,12 @@ try:
     brotli = importlib.import_module("brotli")
 except ImportError:  # optional: br bodies then compare as raw bytes
     brotli = None
+# brotli >= 1.2 caps each step's output (`output_buffer_limit`, to within one buffer block:
+# about twice the cap), so steps of 1 MiB; older ones are fed the input a few bytes at a
+# time instead, each byte decoding to a few MiB at most.
+_BROTLI_OUTPUT_LIMIT = brotli is not None and hasattr(brotli.Decompressor, "can_accept_more_data")
+_BROTLI_STEP: Final = 8
+_BROTLI_OUT_STEP: Final = 1 << 20
 
 COMPARED_HEADERS: Final = ("content-type", "location", "cache-control")
 MAX_DECODED_BYTES: Final = 64 << 20  # a decompression bomb stops here
@@ -47,6 +53,7 @@ _DIGITS_AS_ZERO: Final = bytes.maketrans(b"123456789", b"000000000")
 _LONG_POSITIVE: Final = b"0" * 20
 _LONG_NEGATIVE: Final = b"-" + b"0" * 19
 _GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
+_BOM: Final = b"\xef\xbb\xbf"  # UTF-8
 _JSON_STARTS: Final = frozenset(bytes([c]) for c in b'{["-0123456789tfn')
 
 
@@ -93,6 +100,40 @@ def _inflate(data: bytes, wbits: int, limit: int) -> bytes:
             raise BodyDecodeError(f"{len(data)} bytes after the end of the stream")
 
 
+def _unbrotli(data: bytes, limit: int) -> bytes:
+    """`data` brotli-decoded whole, stopping soon after the output passes `limit` bytes (a
+    small body may expand a million times); a cut stream or bytes after its end are an
+    error."""
+    if not data:  # a 204 or a HEAD answer may keep its Content-Encoding
+        return data
+    assert brotli is not None
+    decoder = brotli.Decompressor()
+    parts: list[bytes] = []
+    size = 0
+    if _BROTLI_OUTPUT_LIMIT:
+        out = decoder.process(data, output_buffer_limit=min(limit + 1, _BROTLI_OUT_STEP))
+        while True:
+            parts.append(out)
+            size += len(out)
+            if size > limit or decoder.is_finished():
+                break
+            out = decoder.process(b"", output_buffer_limit=min(limit - size + 1, _BROTLI_OUT_STEP))
+            if not out:
+                break  # it wants more input: the stream is cut
+    else:
+        for start in range(0, len(data), _BROTLI_STEP):
+            out = decoder.process(data[start : start + _BROTLI_STEP])
+            parts.append(out)
+            size += len(out)
+            if size > limit:
+                break
+    if size > limit:
+        raise BodyDecodeError(f"decoded body exceeds {limit} bytes")
+    if not decoder.is_finished():
+        raise BodyDecodeError("truncated body: the stream does not end")
+    return b"".join(parts)
+
+
 def decode_body(body: bytes, content_encoding: str | None, limit: int = MAX_DECODED_BYTES) -> bytes:
     """`body` with its content-codings removed (last applied, first removed)."""
     if not content_encoding:
@@ -108,9 +149,7 @@ def decode_body(body: bytes, content_encoding: str | None, limit: int = MAX_DECO
                 except zlib.error:  # some servers send raw deflate without the zlib wrapper
                     body = _inflate(body, -zlib.MAX_WBITS, limit)
             elif coding == "br" and brotli is not None:
-                body = brotli.decompress(body)
-                if len(body) > limit:
-                    raise BodyDecodeError(f"decoded body exceeds {limit} bytes")
+                body = _unbrotli(body, limit)
             elif coding != "identity":
                 raise BodyDecodeError(f"unsupported content-encoding {coding!r}")
         except (zlib.error, ValueError) as exc:
@@ -142,10 +181,36 @@ def parse_json_body(body: bytes) -> Any:
         raise ValueError("not JSON") from exc
 
 
+def _first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        found.setdefault(key, value)
+    return found
+
+
+def _repeats_a_key(body: bytes, value: Any) -> bool:
+    """Whether the JSON text `body`, parsed as `value`, repeats a key in an object."""
+    if type(value) is not dict and type(value) is not list:
+        return False
+    # Every ":" of a JSON text is a member's or inside a string; re-encoded, a parse that
+    # dropped a repeated member has fewer. Escaped colons (\u003a) count only there.
+    try:
+        kept = orjson.dumps(value).count(b":")
+    except orjson.JSONEncodeError:  # past 64-bit integers or 255 levels: count no further
+        return False
+    sent = body.count(b":")
+    return sent > kept or (sent < kept and b"\\u003" in body)
+
+
+def _first_wins_value(body: bytes) -> Any:
+    """`body` parsed as a client that keeps the first of repeated keys reads it."""
+    return json.loads(body, object_pairs_hook=_first_wins, parse_float=_float_or_decimal)
+
+
 def _summary(body: bytes) -> str:
     # No digest: an unkeyed hash of a body holding personal data lets whoever reads the
     # store confirm a guess (the stored bodies themselves are redacted).
-    return f"<{len(body)} bytes>"
+    return f"<{len(body)} bytes, UTF-8 BOM>" if body.startswith(_BOM) else f"<{len(body)} bytes>"
 
 
 def _diff(path: str, a: Any, b: Any) -> Difference:
@@ -235,11 +300,33 @@ def _compare_bodies(
         return Comparison(False, [_diff("$", shown_a, shown_b)])
     if body_a == body_b:
         return Comparison(True)
-    value_a = _json_or_not(body_a, primary.header("content-type"))
+    text_a, text_b = body_a, body_b
+    if body_a.startswith(_BOM) or body_b.startswith(_BOM):
+        # RFC 8259 forbids sending a BOM and many JSON clients fail on one: a BOM on one
+        # side only is a difference of its own; on both, what follows is compared.
+        if not (body_a.startswith(_BOM) and body_b.startswith(_BOM)):
+            return Comparison(False, [_diff("$", _summary(body_a), _summary(body_b))])
+        text_a, text_b = body_a[len(_BOM) :], body_b[len(_BOM) :]
+    value_a = _json_or_not(text_a, primary.header("content-type"))
     if value_a is not _NOT_JSON:
-        value_b = _json_or_not(body_b, candidate.header("content-type"))
+        value_b = _json_or_not(text_b, candidate.header("content-type"))
         if value_b is not _NOT_JSON:
-            return compare(value_a, value_b, rules)
+            result = compare(value_a, value_b, rules)
+            # The parse kept the last of a repeated key; clients that keep the first may
+            # read something else. A member's ":" is one more on its side: compared only
+            # then (two bytes.count on the path of equal values; a repeat on both sides
+            # alike is not looked for).
+            if (
+                result.equal
+                and text_a.count(b":") != text_b.count(b":")
+                and (_repeats_a_key(text_a, value_a) or _repeats_a_key(text_b, value_b))
+            ):
+                try:
+                    first_a, first_b = _first_wins_value(text_a), _first_wins_value(text_b)
+                except (ValueError, RecursionError):
+                    return result
+                return compare(first_a, first_b, rules)
+            return result
     return Comparison(False, [_diff("$", _summary(body_a), _summary(body_b))])
 
 

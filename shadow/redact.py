@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -26,6 +27,8 @@ from shadow.compare import Difference, parse_path
 from shadow.http_compare import BodyDecodeError, decode_body, parse_json_body
 
 __all__ = ["KEY_ENV", "PREFIX", "SECRET_HEADERS", "Redactor", "mask_secrets"]
+
+_log = logging.getLogger("strangler.redact")
 
 KEY_ENV: Final = "STRANGLER_REDACT_KEY"
 PREFIX: Final = "REDACTED:"
@@ -60,10 +63,14 @@ _EMAIL = re.compile(
 )
 _DIGIT_RUN = re.compile(r"(?<![0-9])[0-9]+(?:[ \-+][0-9]+)*")  # "+": a space in a query
 _DIGIT_GROUP = re.compile(r"[0-9]+")
+# 4111.1111.1111.1111: dots only between groups of 3 to 6 digits, so that decimals, dates
+# and addresses (1700000000.123456, 10.0.0.1) are not read as one number.
+_DOTTED_CARD = re.compile(r"(?<![0-9.])[0-9]{3,6}(?:\.[0-9]{3,6}){2,5}(?!\.?[0-9])")
 _IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?:[ \-]?[A-Za-z0-9]){11,32}")
 
 
 _DOUBLED: Final = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)  # Luhn: 2d, minus 9 when over 9
+_EXACT_FLOAT: Final = 2**53  # floats up to here hold every integer exactly
 
 
 def _luhn(digits: str) -> bool:
@@ -123,6 +130,11 @@ def _card_spans(text: str) -> list[tuple[int, int, str]]:
             number = "".join(g[2] for g in groups[i : best + 1])
             spans.append((base + groups[i][0], base + groups[best][1], number))
             i = best + 1
+    if "." in text:
+        for match in _DOTTED_CARD.finditer(text):
+            number = match.group().replace(".", "")
+            if 13 <= len(number) <= 19 and _luhn(number):
+                spans.append((match.start(), match.end(), number))
     return spans
 
 
@@ -188,11 +200,23 @@ class Redactor:
 
     @classmethod
     def from_env(
-        cls, json_paths: Sequence[str] = (), environ: Mapping[str, str] | None = None
+        cls,
+        json_paths: Sequence[str] = (),
+        environ: Mapping[str, str] | None = None,
+        *,
+        warn: bool = False,
     ) -> Redactor:
         """A redactor keyed by `STRANGLER_REDACT_KEY`; when unset, a random per-process key,
-        so tokens stay comparable within one process but not across restarts or workers."""
+        so tokens stay comparable within one process but not across restarts or workers
+        (`warn`: say so in a log warning, at a store's start)."""
         value = (os.environ if environ is None else environ).get(KEY_ENV, "")
+        if not value and warn:
+            _log.warning(
+                "%s is not set: redaction tokens use a random key of this process, so one"
+                " value gets different tokens in other workers, the shadow helper, replays"
+                " and after a restart; set it to the same secret everywhere",
+                KEY_ENV,
+            )
         return cls(json_paths, value.encode() if value else None)
 
     def token(self, value: str) -> str:
@@ -251,6 +275,15 @@ class Redactor:
                 return self.token(digits)
         return value
 
+    def _redact_float(self, value: float) -> Any:
+        # A card sent as a JSON float (4111111111111111.0, 4.111111111111111e15). Past
+        # 2**53 a float no longer holds the literal's digits to check: hidden unchecked.
+        if 10**12 <= value < 10**19 and value.is_integer():
+            digits = str(int(value))
+            if value > _EXACT_FLOAT or _luhn(digits):
+                return self.token(digits)
+        return value
+
     def _nodes_at(self, at: str) -> tuple[_PathNode, ...]:
         nodes = self._root
         if at == "$" or not nodes:
@@ -289,6 +322,8 @@ class Redactor:
                 target[slot] = self.redact_text(source)
             elif kind is int:
                 target[slot] = self._redact_int(source)
+            elif kind is float:
+                target[slot] = self._redact_float(source)
             elif isinstance(source, Mapping):
                 copy: dict[Any, Any] = {}
                 target[slot] = copy

@@ -523,7 +523,7 @@ async def replay(
     started = time.perf_counter()
     summary = ReplaySummary(total=scan_traffic(traffic_path))
     stop = stop if stop is not None else asyncio.Event()
-    redactor = redactor or Redactor.from_env(settings.store.redact_json_paths)
+    redactor = redactor or Redactor.from_env(settings.store.redact_json_paths, warn=True)
     store = await Store.open(store_url or settings.store.url)
     recorder = Recorder(store, settings.store.buffer_size, settings.store.batch_size)
     runners: list[web.AppRunner] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import aiohttp
@@ -52,3 +53,31 @@ capture:
     assert "REDACTED:" in out.read_text()
     for i, line in enumerate(lines, 1):
         parse_line(line, i)  # what `strangler replay` reads
+
+
+async def test_encoded_bodies_are_decoded_and_redacted_under_the_default_headers(
+    tmp_path: Path,
+) -> None:
+    # Content-Encoding is not among the default capture headers: the gzip body was kept
+    # as sent, never redacted (the e-mail inside it on disk, compressed), and unreplayable.
+    out = tmp_path / "traffic.jsonl"
+    capture = f"""
+capture:
+  path: {out}
+  methods: [POST]
+"""
+    store = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"
+    body = orjson.dumps({"buyer": {"email": EMAIL}, "total": "12.50"})
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    async with shadow_stack(ROUTE + capture, store) as (proxy, legacy, _):
+        legacy.release.set()
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{proxy.address[1]}/api/orders"
+            async with s.post(url, data=gzip.compress(body), headers=headers) as r:
+                assert r.status == 200
+    (line,) = out.read_bytes().splitlines()
+    captured = parse_line(line, 1)
+    assert dict(captured.headers)["content-type"] == "application/json"
+    assert "content-encoding" not in dict(captured.headers)
+    doc = orjson.loads(captured.body)
+    assert doc["total"] == "12.50" and doc["buyer"]["email"].startswith("REDACTED:")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import load
+from shadow.redact import KEY_ENV
 from tests.integration.proxy.conftest import proxy_config
 from tests.upstreams import EchoUpstream
 
@@ -220,3 +222,38 @@ async def test_a_reload_applies_new_redaction_paths(tmp_path: Path, upstream: Ec
         assert b"Ann" not in proxy.hub.redactor.redact_body(doc, "application/json", None)
     finally:
         await proxy.stop(1.0)
+
+
+async def test_a_missing_redaction_key_is_warned_about_once_at_start(
+    tmp_path: Path,
+    upstream: EchoUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Without the key every process hashes with its own random key: tokens of one value
+    # differ between workers and restarts, and nothing said so.
+    path = tmp_path / "routes.yaml"
+    path.write_text(proxy_config(upstream.url, store_url=f"sqlite+aiosqlite:///{tmp_path}/s.db"))
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    caplog.set_level(logging.WARNING)
+    proxy = create_proxy(load(str(path)), access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
+        text = path.read_text().replace("store:\n", 'store:\n  redact_json_paths: ["$.a"]\n', 1)
+        path.write_text(text)
+        ok, errors = await proxy.reload_from_file()
+        assert ok, errors
+    finally:
+        await proxy.stop(1.0)
+    (warning,) = warnings()  # at start, not again on a reload
+    assert KEY_ENV in warning
+    caplog.clear()
+    monkeypatch.setenv(KEY_ENV, "a shared secret")
+    proxy = create_proxy(load(str(path)), access_log=AccessLog(enabled=False))
+    await proxy.start()
+    await proxy.stop(1.0)
+    assert warnings() == []

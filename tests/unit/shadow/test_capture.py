@@ -7,6 +7,7 @@ import gzip
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 import pytest
@@ -94,6 +95,36 @@ def test_json_bodies_query_and_credentials_are_redacted(tmp_path: Path) -> None:
     assert doc["qty"] == 2 and doc["buyer"]["name"].startswith(PREFIX)
     assert doc["buyer"]["email"].startswith(PREFIX) and doc["card"].startswith(PREFIX)
     assert "page=2" in line["query"] and PREFIX.rstrip(":") in line["query"]
+
+
+def test_secret_parameters_in_queries_and_forms_are_masked(tmp_path: Path) -> None:
+    # The store masks token= and password= in request URLs; capture wrote them in clear.
+    headers = ("content-type", "content-encoding")
+    writer = _writer(tmp_path, methods=("GET", "POST"), headers=headers)
+    query = "token=abc123&page=2&next=https://ann:pw99@shop/x"
+    writer.maybe_capture("GET", "/orders", query, [], None, "q")
+    form = [(b"Content-Type", b"application/x-www-form-urlencoded")]
+    body = b"user=ann&password=hunter2&note=a%26b+c"
+    writer.maybe_capture("POST", "/login", "", form, body, "f")
+    gz = [*form, (b"Content-Encoding", b"gzip")]
+    writer.maybe_capture("POST", "/login", "", gz, gzip.compress(b"pwd=hunter3"), "g")
+    writer.close()
+    by_id = {line["request_id"]: line for line in _lines(tmp_path / "traffic.jsonl")}
+    text = orjson.dumps(list(by_id.values())).decode()
+    for secret in ("abc123", "pw99", "hunter2", "hunter3"):
+        assert secret not in text, f"{secret!r} captured in clear"
+    assert parse_qsl(by_id["q"]["query"]) == [
+        ("token", "***"),
+        ("page", "2"),
+        ("next", "https://ann:***@shop/x"),
+    ]
+    replayed = parse_line(orjson.dumps(by_id["f"]), 1)
+    assert parse_qsl(replayed.body.decode()) == [
+        ("user", "ann"),
+        ("password", "***"),
+        ("note", "a&b c"),
+    ]
+    assert by_id["g"]["body"] == "pwd=%2A%2A%2A"
 
 
 def test_binary_and_encoded_bodies(tmp_path: Path) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import tracemalloc
 import zlib
 
 import orjson
 import pytest
 
+from shadow import http_compare
 from shadow.compare import CompareRules
 from shadow.http_compare import (
     BodyDecodeError,
@@ -23,6 +25,10 @@ _DOC = {"id": 7, "items": [{"sku": "a", "price": 1.5}], "meta": {"generated_at":
 
 def _json(doc: object, *headers: tuple[str, str], status: int = 200) -> HttpResponse:
     return HttpResponse(status, [_JSON, *headers], orjson.dumps(doc))
+
+
+def _raw(body: bytes) -> HttpResponse:
+    return HttpResponse(200, [_JSON], body)
 
 
 def _paths(primary: HttpResponse, candidate: HttpResponse, **kwargs: object) -> list[str]:
@@ -241,3 +247,88 @@ def test_negative_integers_past_64_bits_keep_their_precision() -> None:
     candidate = HttpResponse(200, [_JSON], b'{"n": -9223372036854775810}')
     assert _paths(primary, candidate) == ["$.n"]
     assert parse_json_body(b"[-9999999999999999999]") == [-9999999999999999999]
+
+
+def _brotli_bomb(size: int) -> bytes:
+    """A brotli body of a few hundred bytes that decodes to `size` zero bytes."""
+    brotli = pytest.importorskip("brotli")
+    packer = brotli.Compressor(quality=5)
+    block = bytes(1 << 20)
+    packed = b"".join(packer.process(block) for _ in range(size >> 20))
+    tail: bytes = packer.finish()
+    return packed + tail
+
+
+@pytest.mark.parametrize("output_limit", [True, False], ids=["output-limit", "input-steps"])
+def test_brotli_bombs_stop_at_the_cap(monkeypatch: pytest.MonkeyPatch, output_limit: bool) -> None:
+    # br decoded whole before the size check: 80 MiB in memory for a 127-byte body.
+    bomb = _brotli_bomb(80 << 20)
+    assert len(bomb) < 1000
+    monkeypatch.setattr(http_compare, "_BROTLI_OUTPUT_LIMIT", output_limit, raising=False)
+    tracemalloc.start()
+    try:
+        with pytest.raises(BodyDecodeError, match="exceeds"):
+            decode_body(bomb, "br", limit=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 << 20, f"decoding took {peak >> 20} MiB"
+    assert len(decode_body(_brotli_bomb(2 << 20), "br", limit=2 << 20)) == 2 << 20
+    packed = HttpResponse(200, [_JSON, ("Content-Encoding", "br")], bomb)
+    assert _paths(packed, HttpResponse(200, [_JSON], b"")) == ["$"]
+
+
+@pytest.mark.parametrize("output_limit", [True, False], ids=["output-limit", "input-steps"])
+def test_cut_or_padded_brotli_bodies_are_undecodable(
+    monkeypatch: pytest.MonkeyPatch, output_limit: bool
+) -> None:
+    brotli = pytest.importorskip("brotli")
+    monkeypatch.setattr(http_compare, "_BROTLI_OUTPUT_LIMIT", output_limit, raising=False)
+    body = orjson.dumps(_DOC)
+    packed = brotli.compress(body)
+    assert decode_body(packed, "br") == body
+    assert decode_body(b"", "br") == b""  # a 204 or a HEAD answer keeps the header
+    for broken in (packed[:-1], packed + b"junk"):
+        with pytest.raises(BodyDecodeError):
+            decode_body(broken, "br")
+
+
+@pytest.mark.parametrize("content_type", ["application/json", None])
+def test_a_utf8_bom_on_one_side_only_differs(content_type: str | None) -> None:
+    # RFC 8259 forbids sending a BOM and many JSON clients fail on one: it parsed away
+    # and the two bodies matched.
+    headers = [("Content-Type", content_type)] if content_type else []
+    plain = orjson.dumps(_DOC)
+    bom = HttpResponse(200, headers, b"\xef\xbb\xbf" + plain)
+    result = compare_responses(bom, HttpResponse(200, headers, plain))
+    assert [(d.path, d.primary, d.candidate) for d in result.differences] == [
+        ("$", f"<{len(plain) + 3} bytes, UTF-8 BOM>", f"<{len(plain)} bytes>")
+    ]
+    assert compare_responses(bom, bom).equal
+    spaced = HttpResponse(
+        200, headers, b"\xef\xbb\xbf" + orjson.dumps(_DOC, option=orjson.OPT_INDENT_2)
+    )
+    assert compare_responses(bom, spaced).equal  # a BOM on both sides: the JSON compared
+    other = HttpResponse(200, headers, b"\xef\xbb\xbf" + orjson.dumps({**_DOC, "id": 8}))
+    assert _paths(bom, other) == ["$.id"]
+
+
+@pytest.mark.parametrize(
+    ("primary", "candidate", "paths"),
+    [
+        (b'{"a": 1, "a": 2}', b'{"a": 2}', ["$.a"]),  # first-wins clients read 1, then 2
+        (b'{"a": 2}', b'{"a": 1, "a": 2}', ["$.a"]),
+        (b'[{"id": 1, "s": "x:y", "s": "z"}]', b'[{"s": "z", "id": 1}]', ["$[0].s"]),
+        (b'{"k\\u003a": 1, "k:": 2}', b'{"k:": 2}', ['$["k:"]']),  # an escaped colon
+        (b'{"a": 1, "a": 2}', b'{ "a": 1, "a": 2 }', []),  # the same keys on both sides
+        (b'{"a": 1, "a": 1}', b'{"a": 1}', []),  # every parser reads the same value
+        (b'{"x": {"a": 1, "a": 2}}', b'{"x": {"a": 2}}', []),  # an ignored path
+    ],
+)
+def test_duplicate_keys_are_compared_as_first_wins_clients_read_them(
+    primary: bytes, candidate: bytes, paths: list[str]
+) -> None:
+    # The parser kept the last value of a repeated key: the first one a client may read
+    # was never compared.
+    rules = CompareRules(ignore_json_paths=["$.x"])
+    assert _paths(_raw(primary), _raw(candidate), rules=rules) == paths

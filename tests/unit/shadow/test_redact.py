@@ -70,6 +70,8 @@ def test_emails_are_redacted_in_text(redactor: Redactor, secret: str) -> None:
         (f"{_CARD} 12", _CARD),  # trailing digits do not hide the card
         ("378282246310005", "378282246310005"),  # 15-digit Amex
         ("/pay?card=4111+1111+1111+1111&x=1", _CARD),  # a form-encoded space: stored in clear
+        ("4111.1111.1111.1111", _CARD),  # dotted: stored in clear
+        ("card 3782.822463.10005, ok.", "378282246310005"),
     ],
 )
 def test_card_numbers_passing_luhn_are_redacted(redactor: Redactor, text: str, digits: str) -> None:
@@ -80,7 +82,15 @@ def test_card_numbers_passing_luhn_are_redacted(redactor: Redactor, text: str, d
 
 @pytest.mark.parametrize(
     "text",
-    ["4111111111111112", "order 1234567890123", "2024-05-01 10:00:00", "12345678901234567890123"],
+    [
+        "4111111111111112",
+        "order 1234567890123",
+        "2024-05-01 10:00:00",
+        "12345678901234567890123",
+        "4111.1111.1111.1112",
+        "v1.2.3 at 10.0.0.1 and 192.168.100.200",
+        "4111.1111.1111.1111.0000",  # 20 digits: not a card
+    ],
 )
 def test_numbers_failing_luhn_or_length_are_kept(redactor: Redactor, text: str) -> None:
     assert redactor.redact_text(text) == text
@@ -133,6 +143,19 @@ def test_json_paths_and_detectors(redactor: Redactor) -> None:
     dumped = orjson.dumps(out)
     for secret in (b"Not An Email", b"ada@example.com", b"1 Way", _CARD.encode(), _IBAN.encode()):
         assert secret not in dumped
+
+
+@pytest.mark.parametrize(
+    "number",
+    [b"4111111111111111", b"4111111111111111.0", b"4.111111111111111e15", b"4111111111111111e0"],
+)
+def test_card_numbers_as_json_numbers_are_redacted(redactor: Redactor, number: bytes) -> None:
+    # A float (or an integer written as one) kept the card number in clear.
+    body = b'{"card": ' + number + b', "n": 1.5, "big": 1e300, "id": 4111111111111112.0}'
+    out = orjson.loads(redactor.redact_body(body, "application/json"))
+    assert out == {"card": redactor.token(_CARD), "n": 1.5, "big": 1e300, "id": 4111111111111112.0}
+    # past 2**53 the float lost the literal's digits, so there is nothing left to check
+    assert _TOKEN.fullmatch(redactor.redact_json(4111111111111111111.0))
 
 
 def test_equal_values_on_two_sides_keep_equal_tokens(redactor: Redactor) -> None:
