@@ -546,7 +546,13 @@ class _Exchange:
                     out.append(b"transfer-encoding: chunked\r\n")
                 else:
                     self.close_after = True
-        if not self.keep_alive or client.last_answer() or client.plane.draining or self.close_after:
+        if (
+            not self.keep_alive
+            or client.last_answer()
+            or client.plane.draining
+            or self.close_after
+            or not self.request_complete  # answered before its body came: never reused
+        ):
             self.close_after = True
             out.append(b"connection: close\r\n")
         elif not http11:
@@ -904,6 +910,7 @@ class ClientConnection(asyncio.Protocol):
         "held",
         "http11",
         "keep_alive",
+        "lingering",
         "out",
         "parser",
         "peer",
@@ -940,6 +947,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunked = False
         self._tunnel: UpstreamConnection | None = None
+        self.lingering = False  # answered and half-closed: the rest of a body is dropped
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -967,6 +975,8 @@ class ClientConnection(asyncio.Protocol):
         tunnel = self._tunnel
         if tunnel is not None:
             tunnel.send(data)
+            return
+        if self.lingering:
             return
         self.feeding = True
         try:
@@ -1327,8 +1337,32 @@ class ClientConnection(asyncio.Protocol):
             self.data_received(held)
 
     def _close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        if self.reading is not None and transport.can_write_eof():
+            self._linger(transport)
+            return
+        transport.close()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close after an answer given while a request body is still coming: a close now
+        would reset the connection under the upload, and a client that sends its whole body
+        before reading would see the reset, never the answer. Our side ends (FIN); what the
+        client still sends is read and dropped until it closes or the body timeout passes."""
+        self.lingering = True
+        self.keep_alive = False
+        self.reading = None
+        self._url = b""
+        self._headers = []
+        for queued in self.queue:
+            _discard(queued)
+        self.queue.clear()
+        self.reading_paused_for = None
+        plane = self.plane
+        self.deadline = plane.loop.time() + plane.limits.body_timeout
+        transport.write_eof()
+        transport.resume_reading()
 
     def start_tunnel(self, conn: UpstreamConnection) -> None:
         """Switch to raw byte forwarding after a 101 response."""
