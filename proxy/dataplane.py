@@ -531,6 +531,8 @@ class _Exchange:
                         "bad_gateway",
                         f"backend {self.backend!r} sent a transfer coding ({te.decode('latin-1')})"
                         " this client cannot receive",
+                        # only the client's HTTP/1.0 stands in the way: no verdict on the backend
+                        verdict=http11 or _coded_framing(te, True) is None,
                     )
                     return
                 # Kept: the body's bytes stay coded (RFC 9112 6.1), only rechunked; without
@@ -658,15 +660,16 @@ class _Exchange:
                 f"backend {self.backend!r} did not answer within {self.plan.pool.timeout:g}s",
             )
 
-    def _fail(self, status: int, code: str, message: str) -> None:
-        """Answer with a JSON error when nothing of the response was sent yet."""
+    def _fail(self, status: int, code: str, message: str, *, verdict: bool = True) -> None:
+        """Answer with a JSON error when nothing of the response was sent yet (`verdict`:
+        whether the failure is the backend's, for its breaker and the rollback window)."""
         up = self.upstream
         self.upstream = None
         if up is not None:
             self.plan.pool.discard(up)
         else:
             self.plan.pool.cancel_wait(self)
-        if self._fall_back():
+        if self._fall_back(verdict):
             return
         client = self.client
         close = (
@@ -687,12 +690,13 @@ class _Exchange:
         )
         self.close_after = close
         self.status = status
-        self._end(code)
+        self._end(code if verdict else "client_protocol")
         client.flush()
         client.exchange_done(self)
 
-    def _fall_back(self) -> bool:
-        """A candidate failed before any response byte: serve a safe request from legacy."""
+    def _fall_back(self, verdict: bool = True) -> bool:
+        """A candidate failed before any response byte: serve a safe request from legacy
+        (`verdict`: the failure is the candidate's, counted against it)."""
         plan = self.plan
         fb = plan.fallback
         if (
@@ -703,10 +707,13 @@ class _Exchange:
             or not self.request_complete
         ):
             return False
-        if plan.breaker is not None:
-            plan.breaker.failure()
+        br = plan.breaker
+        if br is not None and verdict:
+            br.failure()
+        elif br is not None and getattr(self, "probe", False):
+            br.abandon()  # no verdict: the probe's turn goes to the next request
         hub = self.client.plane.hub
-        if plan.route_state is not None and hub is not None:
+        if plan.route_state is not None and hub is not None and verdict:
             hub.observe(plan.route_state, "candidate_error", None, None)
         if self.shadow is not None:
             self.shadow.drop("fallback")
@@ -841,8 +848,9 @@ def _discard(ex: _Exchange, why: str = "primary_failed") -> None:
         br.abandon()
 
 
-# How a client can end an exchange by its own fault (a bad request, a body too slow)
-_CLIENT_FAULTS = frozenset({"client_timeout", "bad_request"})
+# How a client can end an exchange by its own fault (a bad request, a body too slow, an
+# HTTP/1.0 that cannot receive the response's transfer coding)
+_CLIENT_FAULTS = frozenset({"client_timeout", "bad_request", "client_protocol"})
 
 
 def _coded_framing(te: bytes, http11: bool) -> bytes | None:

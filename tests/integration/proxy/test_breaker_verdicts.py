@@ -200,3 +200,33 @@ async def test_a_refused_request_gives_the_probe_turn_back(legacy: EchoUpstream)
     finally:
         await proxy.stop(0.5)
         await candidate.close()
+
+
+async def test_a_coding_an_http10_client_cannot_receive_is_no_verdict(
+    legacy: EchoUpstream,
+) -> None:
+    """A candidate's answer in a transfer coding other than chunked cannot reach an
+    HTTP/1.0 client (502, or legacy for a safe request): that is the client's protocol
+    version, not the candidate failing, so its breaker stays closed."""
+    candidate = await EchoUpstream().start()
+
+    def gzip_coded(t: asyncio.Transport, rec: object) -> None:
+        t.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\ncoded")
+        t.close()
+
+    candidate.extra[b"/api/coded"] = gzip_coded
+    proxy = await _proxy(_config(legacy.url, candidate.url, "30s"))
+    try:
+        assert proxy.hub is not None
+        breaker = proxy.hub.breakers["orders"]
+        for _ in range(3):
+            got = await raw_exchange(proxy.address[1], b"GET /api/coded HTTP/1.0\r\n\r\n")
+            assert got.status == 200  # served by legacy
+            assert (breaker.state, breaker.consecutive, breaker.failures_in_window) == (0, 0, 0)
+            post = b"POST /api/coded HTTP/1.0\r\ncontent-length: 0\r\n\r\n"
+            assert (await raw_exchange(proxy.address[1], post)).status == 502
+            assert (breaker.state, breaker.consecutive, breaker.failures_in_window) == (0, 0, 0)
+        assert len(legacy.received) == 3
+    finally:
+        await proxy.stop(0.5)
+        await candidate.close()
