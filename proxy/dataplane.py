@@ -22,7 +22,7 @@ import httptools
 import orjson
 
 from proxy.accesslog import AccessLog
-from proxy.breaker import HALF_OPEN, Breaker
+from proxy.breaker import CLOSED, HALF_OPEN, Breaker
 from proxy.metrics import Metrics, RouteMetrics
 from proxy.pathguard import is_suspicious, other_reading
 from proxy.shadowing import (
@@ -722,20 +722,50 @@ class _Exchange:
         self.backend = fb.backend
         self.retried = False  # legacy gets its own retry of a stale or refused connection
         replay = self.replay
-        client_host = getattr(self, "client_host", None)
-        if fb.host_header != plan.host_header or client_host == b"":
-            # legacy's Host, not the candidate's
-            head = replay[0]
-            host = fb.host_header
-            if host is None:  # the client's, dropped from the head for the override
-                host = client_host or _authority(fb.pool)  # or legacy's, when it sent none
-            replay[0] = with_host(head, host)
-            self.replay_size += len(replay[0]) - len(head)
+        head = replay[0]
+        replay[0] = self._rehosted(head, plan, fb)
+        self.replay_size += len(replay[0]) - len(head)
         self.up_buf = list(replay)
         self.up_size = self.replay_size
         self.last_activity = self.client.plane.loop.time()
         fb.pool.acquire(self)
         return True
+
+    def _rehosted(self, head: bytes, plan: RoutePlan, fb: RoutePlan) -> bytes:
+        """`head` (made for `plan`'s backend) with the Host `fb`'s backend is sent."""
+        client_host = getattr(self, "client_host", None)
+        if fb.host_header == plan.host_header and client_host != b"":
+            return head
+        host = fb.host_header
+        if host is None:  # the client's, dropped from the head for the override
+            host = client_host or _authority(fb.pool)  # or legacy's, when it sent none
+        return with_host(head, host)
+
+    def recheck_breaker(self) -> None:
+        """Before a queued request starts: if its candidate's breaker opened while it
+        waited, it goes to legacy like a request arriving now (nothing of it was sent)."""
+        plan = self.plan
+        br = plan.breaker
+        fb = plan.fallback
+        if br is None or fb is None or br.state == CLOSED:
+            return
+        if br.state == HALF_OPEN and getattr(self, "probe", False):
+            return  # admitted as the probe
+        if br.allow():
+            self.probe = True  # the probe's turn was free: this request takes it
+            return
+        if self.shadow is not None:
+            self.shadow.drop("fallback")
+            self.shadow = None
+        self.plan = fb
+        self.backend = fb.backend
+        head = self.up_buf[0]
+        new = self._rehosted(head, plan, fb)
+        self.up_buf[0] = new
+        self.up_size += len(new) - len(head)
+        if self.replay is not None:
+            self.replay[0] = new
+            self.replay_size += len(new) - len(head)
 
     def _abort(self, why: str) -> None:
         """The response was already under way: the client must see a broken connection."""
@@ -1315,6 +1345,8 @@ class ClientConnection(asyncio.Protocol):
         if self.queue:
             nxt = self.queue.popleft()
             self.current = nxt
+            if nxt.plan.breaker is not None:
+                nxt.recheck_breaker()
             nxt.start()
             if nxt.upstream is not None:
                 nxt.flush_up()
