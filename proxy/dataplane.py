@@ -738,7 +738,7 @@ class _Exchange:
             return head
         host = fb.host_header
         if host is None:  # the client's, dropped from the head for the override
-            host = client_host or _authority(fb.pool)  # or legacy's, when it sent none
+            host = client_host or fb.pool.authority  # or legacy's, when it sent none
         return with_host(head, host)
 
     def recheck_breaker(self) -> None:
@@ -893,12 +893,6 @@ def _coded_framing(te: bytes, http11: bool) -> bytes | None:
     if not http11 or not codings or b"chunked" in codings:
         return None
     return b"transfer-encoding: %s, chunked\r\n" % b", ".join(codings)
-
-
-def _authority(pool: UpstreamPool) -> bytes:
-    """The Host of a request to `pool`'s backend when the client sent none."""
-    host = pool.host.encode()
-    return b"[%s]:%d" % (host, pool.port) if b":" in host else b"%s:%d" % (host, pool.port)
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -1213,7 +1207,7 @@ class ClientConnection(asyncio.Protocol):
         if host_override is not None:
             parts += (b"host: ", host_override, b"\r\n")
         elif hosts == 0:  # HTTP/1.0 without Host: forwarded as 1.1, it needs one
-            parts += (b"host: ", _authority(plan.pool), b"\r\n")
+            parts += (b"host: ", plan.pool.authority, b"\r\n")
         if rid is None:
             request_id = plane.new_request_id()
             parts += (b"x-request-id: ", request_id.encode(), b"\r\n")
@@ -1242,8 +1236,10 @@ class ClientConnection(asyncio.Protocol):
         ex.chunked_req = self._chunked
         if plan.shadow is not None and plane.hub is not None:
             sh_head = head
-            if hosts == 0:  # the Host made up above is the serving backend's, not the copy's
-                sh_head = with_host(head, _authority(plan.shadow.target_pool))
+            if hosts == 0 and host_override is None:
+                # the Host made up above is the serving backend's: the copy has the client's
+                # (none), and each leg sends its backend's (ShadowCall._send)
+                sh_head = with_host(head, b"")
             ex.shadow = plane.hub.begin(plan.shadow, method, path, request_id, headers, sh_head)
         cap = plane.capture
         if cap is not None and cap.wants(method, request_id):
