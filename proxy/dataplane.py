@@ -22,7 +22,7 @@ import httptools
 import orjson
 
 from proxy.accesslog import AccessLog
-from proxy.breaker import HALF_OPEN, Breaker
+from proxy.breaker import CLOSED, HALF_OPEN, Breaker
 from proxy.metrics import Metrics, RouteMetrics
 from proxy.pathguard import is_suspicious, other_reading
 from proxy.shadowing import (
@@ -531,6 +531,8 @@ class _Exchange:
                         "bad_gateway",
                         f"backend {self.backend!r} sent a transfer coding ({te.decode('latin-1')})"
                         " this client cannot receive",
+                        # only the client's HTTP/1.0 stands in the way: no verdict on the backend
+                        verdict=http11 or _coded_framing(te, True) is None,
                     )
                     return
                 # Kept: the body's bytes stay coded (RFC 9112 6.1), only rechunked; without
@@ -546,7 +548,13 @@ class _Exchange:
                     out.append(b"transfer-encoding: chunked\r\n")
                 else:
                     self.close_after = True
-        if not self.keep_alive or client.last_answer() or client.plane.draining or self.close_after:
+        if (
+            not self.keep_alive
+            or client.last_answer()
+            or client.plane.draining
+            or self.close_after
+            or not self.request_complete  # answered before its body came: never reused
+        ):
             self.close_after = True
             out.append(b"connection: close\r\n")
         elif not http11:
@@ -652,15 +660,16 @@ class _Exchange:
                 f"backend {self.backend!r} did not answer within {self.plan.pool.timeout:g}s",
             )
 
-    def _fail(self, status: int, code: str, message: str) -> None:
-        """Answer with a JSON error when nothing of the response was sent yet."""
+    def _fail(self, status: int, code: str, message: str, *, verdict: bool = True) -> None:
+        """Answer with a JSON error when nothing of the response was sent yet (`verdict`:
+        whether the failure is the backend's, for its breaker and the rollback window)."""
         up = self.upstream
         self.upstream = None
         if up is not None:
             self.plan.pool.discard(up)
         else:
             self.plan.pool.cancel_wait(self)
-        if self._fall_back():
+        if self._fall_back(verdict):
             return
         client = self.client
         close = (
@@ -681,12 +690,13 @@ class _Exchange:
         )
         self.close_after = close
         self.status = status
-        self._end(code)
+        self._end(code if verdict else "client_protocol")
         client.flush()
         client.exchange_done(self)
 
-    def _fall_back(self) -> bool:
-        """A candidate failed before any response byte: serve a safe request from legacy."""
+    def _fall_back(self, verdict: bool = True) -> bool:
+        """A candidate failed before any response byte: serve a safe request from legacy
+        (`verdict`: the failure is the candidate's, counted against it)."""
         plan = self.plan
         fb = plan.fallback
         if (
@@ -697,10 +707,13 @@ class _Exchange:
             or not self.request_complete
         ):
             return False
-        if plan.breaker is not None:
-            plan.breaker.failure()
+        br = plan.breaker
+        if br is not None and verdict:
+            br.failure()
+        elif br is not None and getattr(self, "probe", False):
+            br.abandon()  # no verdict: the probe's turn goes to the next request
         hub = self.client.plane.hub
-        if plan.route_state is not None and hub is not None:
+        if plan.route_state is not None and hub is not None and verdict:
             hub.observe(plan.route_state, "candidate_error", None, None)
         if self.shadow is not None:
             self.shadow.drop("fallback")
@@ -709,20 +722,50 @@ class _Exchange:
         self.backend = fb.backend
         self.retried = False  # legacy gets its own retry of a stale or refused connection
         replay = self.replay
-        client_host = getattr(self, "client_host", None)
-        if fb.host_header != plan.host_header or client_host == b"":
-            # legacy's Host, not the candidate's
-            head = replay[0]
-            host = fb.host_header
-            if host is None:  # the client's, dropped from the head for the override
-                host = client_host or _authority(fb.pool)  # or legacy's, when it sent none
-            replay[0] = with_host(head, host)
-            self.replay_size += len(replay[0]) - len(head)
+        head = replay[0]
+        replay[0] = self._rehosted(head, plan, fb)
+        self.replay_size += len(replay[0]) - len(head)
         self.up_buf = list(replay)
         self.up_size = self.replay_size
         self.last_activity = self.client.plane.loop.time()
         fb.pool.acquire(self)
         return True
+
+    def _rehosted(self, head: bytes, plan: RoutePlan, fb: RoutePlan) -> bytes:
+        """`head` (made for `plan`'s backend) with the Host `fb`'s backend is sent."""
+        client_host = getattr(self, "client_host", None)
+        if fb.host_header == plan.host_header and client_host != b"":
+            return head
+        host = fb.host_header
+        if host is None:  # the client's, dropped from the head for the override
+            host = client_host or fb.pool.authority  # or legacy's, when it sent none
+        return with_host(head, host)
+
+    def recheck_breaker(self) -> None:
+        """Before a queued request starts: if its candidate's breaker opened while it
+        waited, it goes to legacy like a request arriving now (nothing of it was sent)."""
+        plan = self.plan
+        br = plan.breaker
+        fb = plan.fallback
+        if br is None or fb is None or br.state == CLOSED:
+            return
+        if br.state == HALF_OPEN and getattr(self, "probe", False):
+            return  # admitted as the probe
+        if br.allow():
+            self.probe = True  # the probe's turn was free: this request takes it
+            return
+        if self.shadow is not None:
+            self.shadow.drop("fallback")
+            self.shadow = None
+        self.plan = fb
+        self.backend = fb.backend
+        head = self.up_buf[0]
+        new = self._rehosted(head, plan, fb)
+        self.up_buf[0] = new
+        self.up_size += len(new) - len(head)
+        if self.replay is not None:
+            self.replay[0] = new
+            self.replay_size += len(new) - len(head)
 
     def _abort(self, why: str) -> None:
         """The response was already under way: the client must see a broken connection."""
@@ -835,8 +878,9 @@ def _discard(ex: _Exchange, why: str = "primary_failed") -> None:
         br.abandon()
 
 
-# How a client can end an exchange by its own fault (a bad request, a body too slow)
-_CLIENT_FAULTS = frozenset({"client_timeout", "bad_request"})
+# How a client can end an exchange by its own fault (a bad request, a body too slow, an
+# HTTP/1.0 that cannot receive the response's transfer coding)
+_CLIENT_FAULTS = frozenset({"client_timeout", "bad_request", "client_protocol"})
 
 
 def _coded_framing(te: bytes, http11: bool) -> bytes | None:
@@ -849,12 +893,6 @@ def _coded_framing(te: bytes, http11: bool) -> bytes | None:
     if not http11 or not codings or b"chunked" in codings:
         return None
     return b"transfer-encoding: %s, chunked\r\n" % b", ".join(codings)
-
-
-def _authority(pool: UpstreamPool) -> bytes:
-    """The Host of a request to `pool`'s backend when the client sent none."""
-    host = pool.host.encode()
-    return b"[%s]:%d" % (host, pool.port) if b":" in host else b"%s:%d" % (host, pool.port)
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -904,6 +942,7 @@ class ClientConnection(asyncio.Protocol):
         "held",
         "http11",
         "keep_alive",
+        "lingering",
         "out",
         "parser",
         "peer",
@@ -940,6 +979,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunked = False
         self._tunnel: UpstreamConnection | None = None
+        self.lingering = False  # answered and half-closed: the rest of a body is dropped
 
     # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -967,6 +1007,8 @@ class ClientConnection(asyncio.Protocol):
         tunnel = self._tunnel
         if tunnel is not None:
             tunnel.send(data)
+            return
+        if self.lingering:
             return
         self.feeding = True
         try:
@@ -1165,7 +1207,7 @@ class ClientConnection(asyncio.Protocol):
         if host_override is not None:
             parts += (b"host: ", host_override, b"\r\n")
         elif hosts == 0:  # HTTP/1.0 without Host: forwarded as 1.1, it needs one
-            parts += (b"host: ", _authority(plan.pool), b"\r\n")
+            parts += (b"host: ", plan.pool.authority, b"\r\n")
         if rid is None:
             request_id = plane.new_request_id()
             parts += (b"x-request-id: ", request_id.encode(), b"\r\n")
@@ -1194,8 +1236,10 @@ class ClientConnection(asyncio.Protocol):
         ex.chunked_req = self._chunked
         if plan.shadow is not None and plane.hub is not None:
             sh_head = head
-            if hosts == 0:  # the Host made up above is the serving backend's, not the copy's
-                sh_head = with_host(head, _authority(plan.shadow.target_pool))
+            if hosts == 0 and host_override is None:
+                # the Host made up above is the serving backend's: the copy has the client's
+                # (none), and each leg sends its backend's (ShadowCall._send)
+                sh_head = with_host(head, b"")
             ex.shadow = plane.hub.begin(plan.shadow, method, path, request_id, headers, sh_head)
         cap = plane.capture
         if cap is not None and cap.wants(method, request_id):
@@ -1297,6 +1341,8 @@ class ClientConnection(asyncio.Protocol):
         if self.queue:
             nxt = self.queue.popleft()
             self.current = nxt
+            if nxt.plan.breaker is not None:
+                nxt.recheck_breaker()
             nxt.start()
             if nxt.upstream is not None:
                 nxt.flush_up()
@@ -1327,8 +1373,32 @@ class ClientConnection(asyncio.Protocol):
             self.data_received(held)
 
     def _close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        if self.reading is not None and transport.can_write_eof():
+            self._linger(transport)
+            return
+        transport.close()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close after an answer given while a request body is still coming: a close now
+        would reset the connection under the upload, and a client that sends its whole body
+        before reading would see the reset, never the answer. Our side ends (FIN); what the
+        client still sends is read and dropped until it closes or the body timeout passes."""
+        self.lingering = True
+        self.keep_alive = False
+        self.reading = None
+        self._url = b""
+        self._headers = []
+        for queued in self.queue:
+            _discard(queued)
+        self.queue.clear()
+        self.reading_paused_for = None
+        plane = self.plane
+        self.deadline = plane.loop.time() + plane.limits.body_timeout
+        transport.write_eof()
+        transport.resume_reading()
 
     def start_tunnel(self, conn: UpstreamConnection) -> None:
         """Switch to raw byte forwarding after a 101 response."""

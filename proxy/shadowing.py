@@ -569,16 +569,17 @@ class ShadowCall(RequestTee):
         if self.method not in SAFE_METHODS:
             extra += b"x-strangler-dry-run: 1\r\n"
         request = head[:-2] + extra + b"\r\n" + body
+        hostless = lowered.find(b"\nhost:") < 0  # an HTTP/1.0 client's request without one
         hub = self.hub
         hub.watch(self)
         if hub.defer_legs:
             # Primary first: the legs start once the loop has handled the I/O already
             # waiting, so the user's request reaches its backend before its copy is written.
-            hub.loop.call_soon(self._send, request)
+            hub.loop.call_soon(self._send, request, hostless)
         else:
-            self._send(request)
+            self._send(request, hostless)
 
-    def _send(self, request: bytes) -> None:
+    def _send(self, request: bytes, hostless: bool = False) -> None:
         if self.finished or self.leg.done:  # dropped, or timed out, before this turn came
             return
         head_only = self.method == "HEAD"
@@ -586,10 +587,16 @@ class ShadowCall(RequestTee):
         if plan.baseline_pool is not None and self.method in SAFE_METHODS:
             # legacy again (never a write): the Host the user's request had
             self.baseline = _Leg(self, plan.baseline_pool)
-            served = with_host(request, plan.served_host) if plan.served_host else request
+            served = request
+            if plan.served_host:
+                served = with_host(request, plan.served_host)
+            elif hostless:  # HTTP/1.0 without Host: the one the served request was given
+                served = with_host(request, plan.baseline_pool.authority)
             self.baseline.start(served, head_only)
         if plan.target_host is not None and plan.rehost:
             request = with_host(request, plan.target_host)
+        elif hostless:  # HTTP/1.0 without Host: the target backend's own
+            request = with_host(request, plan.target_pool.authority)
         self.leg.start(request, head_only)
 
     def served_end(self, ok: bool) -> None:

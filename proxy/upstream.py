@@ -256,6 +256,7 @@ class UpstreamPool:
         "_loop",
         "_waiters",
         "active",
+        "authority",
         "connect_timeout",
         "host",
         "idle_timeout",
@@ -281,6 +282,9 @@ class UpstreamPool:
         self.name = name
         self.host = host
         self.port = port
+        # the Host of a request to this backend when the client sent none
+        h = host.encode()
+        self.authority = b"[%s]:%d" % (h, port) if b":" in h else b"%s:%d" % (h, port)
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self.max_connections = max_connections

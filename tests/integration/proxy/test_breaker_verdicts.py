@@ -20,7 +20,7 @@ from proxy.app import Proxy, create_proxy
 from proxy.breaker import CLOSED, HALF_OPEN
 from proxy.settings import loads
 from tests.support import reset_while_waiting, wait_until
-from tests.upstreams import EchoUpstream, raw_exchange
+from tests.upstreams import EchoUpstream, raw_exchange, read_responses
 
 
 class _Stall(asyncio.Protocol):
@@ -197,6 +197,67 @@ async def test_a_refused_request_gives_the_probe_turn_back(legacy: EchoUpstream)
         assert good.status == 200
         assert [r.target for r in candidate.received] == [b"/api/good"]
         assert breaker.state == CLOSED  # the probe answered
+    finally:
+        await proxy.stop(0.5)
+        await candidate.close()
+
+
+async def test_a_coding_an_http10_client_cannot_receive_is_no_verdict(
+    legacy: EchoUpstream,
+) -> None:
+    """A candidate's answer in a transfer coding other than chunked cannot reach an
+    HTTP/1.0 client (502, or legacy for a safe request): that is the client's protocol
+    version, not the candidate failing, so its breaker stays closed."""
+    candidate = await EchoUpstream().start()
+
+    def gzip_coded(t: asyncio.Transport, rec: object) -> None:
+        t.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\ncoded")
+        t.close()
+
+    candidate.extra[b"/api/coded"] = gzip_coded
+    proxy = await _proxy(_config(legacy.url, candidate.url, "30s"))
+    try:
+        assert proxy.hub is not None
+        breaker = proxy.hub.breakers["orders"]
+        for _ in range(3):
+            got = await raw_exchange(proxy.address[1], b"GET /api/coded HTTP/1.0\r\n\r\n")
+            assert got.status == 200  # served by legacy
+            assert (breaker.state, breaker.consecutive, breaker.failures_in_window) == (0, 0, 0)
+            post = b"POST /api/coded HTTP/1.0\r\ncontent-length: 0\r\n\r\n"
+            assert (await raw_exchange(proxy.address[1], post)).status == 502
+            assert (breaker.state, breaker.consecutive, breaker.failures_in_window) == (0, 0, 0)
+        assert len(legacy.received) == 3
+    finally:
+        await proxy.stop(0.5)
+        await candidate.close()
+
+
+async def test_a_pipelined_request_waiting_when_the_breaker_opens_goes_to_legacy(
+    legacy: EchoUpstream,
+) -> None:
+    """A request queued behind another on its connection was chosen for the candidate when
+    it arrived; if the breaker opens while it waits, it goes to legacy like any request
+    arriving then (it was sent to the candidate the breaker had just taken off)."""
+    candidate = await EchoUpstream().start()
+    held: list[asyncio.Transport] = []
+    candidate.extra[b"/api/first"] = lambda t, rec: held.append(t)
+    proxy = await _proxy(_config(legacy.url, candidate.url, "30s"))
+    try:
+        assert proxy.hub is not None and proxy.plane is not None
+        plane, breaker = proxy.plane, proxy.hub.breakers["orders"]
+        reader, writer = await asyncio.open_connection(*proxy.address)
+        writer.write(
+            b"GET /api/first HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /api/second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        await wait_until(lambda: bool(held) and any(c.queue for c in plane.connections))
+        breaker._open()  # opened by other users' failures while /api/second waits
+        held[0].write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        answers = await asyncio.wait_for(read_responses(reader, 2), 5)
+        writer.close()
+        assert [r.status for r in answers] == [200, 200]
+        assert [r.target for r in candidate.received] == [b"/api/first"]
+        assert [r.target for r in legacy.received] == [b"/api/second"]
     finally:
         await proxy.stop(0.5)
         await candidate.close()

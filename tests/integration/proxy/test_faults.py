@@ -324,3 +324,34 @@ async def test_a_head_answer_body_sent_late_never_reaches_the_next_request(stack
         writer.close()
     assert (second.status, second.body) == (200, b"real")
     assert stack.upstream.connections == 2  # a connection that answered a HEAD is not reused
+
+
+async def test_an_answer_before_the_upload_ends_says_close_and_lets_the_body_finish(
+    stack: Stack,
+) -> None:
+    # A backend answering 413 from the head (its body limit) left the client thinking the
+    # connection was reusable, then reset it while the rest of the upload was still coming:
+    # a client that sends its whole body before reading saw a reset, never the 413.
+    async def answer_early() -> None:
+        await stack.upstream.got_request.wait()
+        t = next(iter(stack.upstream.transports))
+        t.write(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 2\r\n\r\n{}")
+
+    answering = asyncio.create_task(answer_early())
+    total = 8 << 20  # more than the loopback buffers hold
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        writer.write(b"POST /big HTTP/1.1\r\nHost: a\r\ncontent-length: %d\r\n\r\n" % total)
+        writer.write(b"x" * 1000)
+        resp = await asyncio.wait_for(read_response(reader), 5)
+        assert (resp.status, resp.header(b"connection")) == (413, [b"close"])
+        chunk = b"x" * (256 << 10)
+        for _ in range((total - 1000) // len(chunk)):
+            writer.write(chunk)
+            await writer.drain()  # the rest of the upload is read (and dropped), not reset
+        writer.write(b"x" * ((total - 1000) % len(chunk)))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # then a clean close
+    finally:
+        await answering
+        writer.transport.abort()

@@ -129,3 +129,30 @@ async def test_an_http10_request_without_host_gets_the_host_of_the_backend_it_go
         assert all(h == [b"127.0.0.1:%d" % legacy.port] for h in _hosts(legacy, b"/api/x"))
     finally:
         await proxy.stop(0.5)
+
+
+@pytest.mark.parametrize("cand_host", ["orders.internal", ""])
+@pytest.mark.parametrize("legacy_host", ["legacy.internal", ""])
+async def test_an_http10_request_without_host_is_copied_with_each_backends_host(
+    sides: tuple[EchoUpstream, EchoUpstream], legacy_host: str, cand_host: str
+) -> None:
+    # The copy to the candidate went without any Host when legacy had an override, and the
+    # noise baseline (legacy again) got the candidate's address as its Host.
+    legacy, cand = sides
+    text = _config(legacy, cand, "shadow", legacy_host, baseline=True)
+    text += "limits: {shadow_cpu_budget: 1}  # shares this test process: shed on lag only\n"
+    if not cand_host:
+        text = text.replace("    host_header: orders.internal\n", "")
+    proxy = await _proxy(text)
+    try:
+        got = await raw_exchange(proxy.address[1], b"GET /api/o1 HTTP/1.0\r\n\r\n")
+        assert got.status == 200
+        await wait_until(
+            lambda: bool(_hosts(cand, b"/api/o1")) and len(_hosts(legacy, b"/api/o1")) == 2
+        )
+        legacy_auth = b"127.0.0.1:%d" % legacy.port
+        cand_auth = b"127.0.0.1:%d" % cand.port
+        assert _hosts(legacy, b"/api/o1") == [[legacy_host.encode() or legacy_auth]] * 2
+        assert _hosts(cand, b"/api/o1") == [[cand_host.encode() or cand_auth]]
+    finally:
+        await proxy.stop(0.5)
