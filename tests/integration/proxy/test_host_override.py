@@ -37,6 +37,7 @@ backends:
 default_backend: legacy
 store: {{url: "sqlite+aiosqlite:///{db}"}}
 access_log: false
+limits: {{shadow_cpu_budget: 1}}  # shares this test process: shed on lag only
 routes:
   - name: orders
     match: {{path: /api/*}}
@@ -140,7 +141,6 @@ async def test_an_http10_request_without_host_is_copied_with_each_backends_host(
     # noise baseline (legacy again) got the candidate's address as its Host.
     legacy, cand = sides
     text = _config(legacy, cand, "shadow", legacy_host, baseline=True)
-    text += "limits: {shadow_cpu_budget: 1}  # shares this test process: shed on lag only\n"
     if not cand_host:
         text = text.replace("    host_header: orders.internal\n", "")
     proxy = await _proxy(text)
