@@ -594,6 +594,8 @@ class _Exchange:
             self.shadow.drop("upgrade")
             self.shadow = None
         assert client.transport is not None and conn.transport is not None
+        _keep_alive_probes(client.transport)
+        _keep_alive_probes(conn.transport)
         conn.start_tunnel(client.transport)
         client.start_tunnel(conn)
         if rest:
@@ -880,6 +882,30 @@ def _discard(ex: _Exchange, why: str = "primary_failed") -> None:
 
 # How a client can end an exchange by its own fault (a bad request, a body too slow, an
 # HTTP/1.0 that cannot receive the response's transfer coding)
+def _keep_alive_probes(transport: asyncio.BaseTransport) -> None:
+    """TCP keepalive on a tunnel's socket, where the platform has the options.
+
+    A tunnel (WebSocket) may be quiet for hours, so no timeout of ours cuts it; without
+    probes a peer that vanished without a FIN held both sockets forever. Probes start after
+    5 min of silence, every 30 s; 4 unanswered close the connection (then the tunnel).
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", 300),
+            ("TCP_KEEPINTVL", 30),
+            ("TCP_KEEPCNT", 4),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError:  # a socket already closing: nothing to keep alive
+        pass
+
+
 _CLIENT_FAULTS = frozenset({"client_timeout", "bad_request", "client_protocol"})
 
 

@@ -11,6 +11,7 @@ import asyncio
 import gzip
 import os
 import resource
+from pathlib import Path
 
 import pytest
 
@@ -464,3 +465,42 @@ async def test_trailers_of_a_response_never_reach_the_next_one(stack: Stack) -> 
     assert second.status == 200
     assert second.header(b"x-checksum") == []
     writer.close()
+
+
+def _keepalive_armed(local_port: int, remote_port: int) -> bool | None:
+    """Whether the kernel runs a keepalive timer on the loopback TCP socket between the two
+    ports (/proc/net/tcp's timer column: 2), or None when there is no such socket."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, timer = fields[1], fields[2], fields[5]
+        if (
+            int(local.split(":")[1], 16) == local_port
+            and int(remote.split(":")[1], 16) == remote_port
+        ):
+            return timer.split(":")[0] == "02"
+    return None
+
+
+async def test_a_tunnel_probes_both_of_its_connections_with_tcp_keepalive(stack: Stack) -> None:
+    # A tunnel's peer that vanished without a FIN (a laptop closed, a NAT timeout) held both
+    # sockets forever: no timeout of ours may cut a quiet WebSocket, so the kernel probes.
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        client_port = writer.get_extra_info("sockname")[1]
+        assert _keepalive_armed(stack.port, client_port) is False  # plain HTTP: no probes
+        writer.write(
+            b"GET /ws HTTP/1.1\r\nHost: shop.example\r\nConnection: Upgrade\r\n"
+            b"Upgrade: echo\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert _keepalive_armed(stack.port, client_port) is True
+        proxy_side = [
+            int(line.split()[1].split(":")[1], 16)
+            for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+            if int(line.split()[2].split(":")[1], 16) == stack.upstream.port
+        ]
+        assert proxy_side, "no connection from the proxy to the upstream"
+        assert any(_keepalive_armed(p, stack.upstream.port) for p in proxy_side)
+    finally:
+        writer.close()
