@@ -53,6 +53,21 @@ def _mask_param(m: re.Match[str]) -> str:
     return m[1] + "=***" if _SECRET_NAME.search(m[1]) else m[0]
 
 
+# Header names with one of these parts carry credentials too (X-Auth-Token, X-CSRF-Token,
+# X-Session-Id, X-Amz-Security-Token); their values were kept in captures.
+_SECRET_HEADER_PARTS = frozenset(
+    {"token", "secret", "password", "passwd", "auth", "credential", "credentials",
+     "signature", "session", "csrf", "xsrf", "apikey"}
+)  # fmt: skip
+
+
+def _secret_header(name: str) -> bool:
+    low = name.lower()
+    if low in SECRET_HEADERS or "api-key" in low:
+        return True
+    return not _SECRET_HEADER_PARTS.isdisjoint(low.replace("_", "-").split("-"))
+
+
 def mask_secrets(text: str) -> str:
     """`text` with passwords in URLs and secret-looking query parameters replaced by `***`."""
     return _PARAM.sub(_mask_param, _PASSWORD_IN_URL.sub(r"\1***@", text))
@@ -373,7 +388,7 @@ class Redactor:
         """Header pairs with credential values tokenised and the rest text-redacted."""
         out = []
         for name, value in pairs:
-            if name.lower() in SECRET_HEADERS:
+            if _secret_header(name):
                 out.append((name, self.token(value)))
             else:
                 out.append((name, self.redact_text(value)))

@@ -344,3 +344,19 @@ def test_parameters_that_only_contain_a_secret_word_are_kept(url: str) -> None:
     from shadow.redact import mask_secrets
 
     assert mask_secrets(url) == url
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["X-Auth-Token", "X-CSRF-Token", "X-Session-Id", "X-Amz-Security-Token", "X-Client-Secret"],
+)
+def test_headers_named_like_credentials_are_tokenised(redactor: Redactor, name: str) -> None:
+    """Captured request headers outside the fixed credential list kept their values."""
+    [(kept, value)] = redactor.redact_headers([(name, "s3cr3t-v4lue")])
+    assert kept == name
+    assert _TOKEN.fullmatch(value), value
+
+
+@pytest.mark.parametrize("name", ["Accept", "Idempotency-Key", "X-Request-Id", "X-Author"])
+def test_ordinary_headers_keep_their_values(redactor: Redactor, name: str) -> None:
+    assert redactor.redact_headers([(name, "plain-value")]) == [(name, "plain-value")]
