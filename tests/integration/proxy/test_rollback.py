@@ -131,9 +131,9 @@ async def _fail_until_held(proxy: Proxy, legacy: Side, cand: Side) -> None:
     await wait_until(lambda: _entry(proxy).held, timeout=10)
 
 
-def _entry(proxy: Proxy) -> RouteEntry:
+def _entry(proxy: Proxy, name: str = "orders") -> RouteEntry:
     assert proxy.plane is not None
-    return proxy.plane.state.entries[0]
+    return next(e for e in proxy.plane.state.entries if e.name == name)
 
 
 async def test_two_workers_agree_on_a_rollback(tmp_path: Path) -> None:
@@ -191,9 +191,9 @@ async def test_two_workers_agree_on_a_rollback(tmp_path: Path) -> None:
             await runner.cleanup()
 
 
-async def test_a_hold_ends_with_its_config_even_if_the_file_comes_back(tmp_path: Path) -> None:
-    """A hold lasts until the config changes. Left on the board, it came back when a later
-    file had the same bytes again (rollback, fix, advance: the route served nobody)."""
+async def test_a_hold_ends_with_its_route_config_even_if_it_comes_back(tmp_path: Path) -> None:
+    """A hold lasts until the route's own config changes. Left on the board, it came back
+    when a later file had the same route again (rollback, fix, advance: it served nobody)."""
     async with shadow_stack(CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'h.db'}") as (
         proxy,
         legacy,
@@ -201,8 +201,44 @@ async def test_a_hold_ends_with_its_config_even_if_the_file_comes_back(tmp_path:
     ):
         await _fail_until_held(proxy, legacy, cand)
         held = proxy.settings
-        other = loads(held.source + "# another version\n", held.path)
-        await proxy.reload(other)
+        changed = held.source.replace("max_error_rate: 0.05", "max_error_rate: 0.06")
+        assert changed != held.source
+        await proxy.reload(loads(changed, held.path))
         assert not _entry(proxy).held
-        await proxy.reload(held)  # the same bytes as when the hold was set
+        await proxy.reload(held)  # the same route as when the hold was set
         assert not _entry(proxy).held and proxy.board.read() == {}
+
+
+OTHER_ROUTE = """
+  - name: health
+    match: {path: /health}
+"""
+
+
+async def test_a_hold_survives_a_reload_that_leaves_its_route_alone(tmp_path: Path) -> None:
+    """Any reload (a comment, another route) lifted every hold: the rolled-back route went
+    straight back to its failing candidate."""
+    async with shadow_stack(
+        OTHER_ROUTE + CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"
+    ) as (
+        proxy,
+        legacy,
+        cand,
+    ):
+        await _fail_until_held(proxy, legacy, cand)
+        held = proxy.settings
+        # another route edited, and a line added above the held one (its line moves)
+        other = held.source.replace("path: /health}", "path: /healthz}")
+        other = other.replace("\nroutes:\n", "\n# a note\nroutes:\n")
+        await proxy.reload(loads(other, held.path))
+        assert proxy.settings.version != held.version
+        assert _entry(proxy).held, "an unrelated reload lifted the hold"
+        assert "orders" in proxy.holds()
+        served = _served(cand)
+        async with aiohttp.ClientSession() as s:
+            for i in range(20):
+                async with s.get(
+                    f"http://127.0.0.1:{proxy.address[1]}/api/k{i}", headers={"X-User-Id": f"k{i}"}
+                ) as r:
+                    assert r.status == 200
+        assert _served(cand) == served
