@@ -251,6 +251,10 @@ class Proxy:
             self.board.prune(route_versions(settings))
             if self.hub is not None:  # a hold of an unchanged route holds from the first request
                 self.hub.poll_holds(state.entries)
+                held = {e.name for e in state.entries if e.held}
+                for entry in self.plane.state.entries:  # holds this config lifts: say so
+                    if entry.held and entry.name not in held:
+                        self.metrics.auto_rollback.labels(entry.name).set(0)
             self.plane.state = state
             self.plane.limits = settings.limits
             if self.hub is not None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import aiohttp
 
 from proxy.app import Proxy
-from proxy.dataplane import RouteEntry
+from proxy.dataplane import DataPlane, RouteEntry
+from proxy.holds import Hold, route_versions
 from proxy.settings import loads
 from tests.integration.proxy.shadow_support import Side, shadow_config, shadow_stack, start_app
 from tests.support import (
@@ -242,3 +244,40 @@ async def test_a_hold_survives_a_reload_that_leaves_its_route_alone(tmp_path: Pa
                 ) as r:
                     assert r.status == 200
         assert _served(cand) == served
+
+
+async def test_the_rollback_gauge_falls_when_a_reload_lifts_the_hold(tmp_path: Path) -> None:
+    """A hold lifted by a change of its route (a threshold, or `migrate rollback` to shadow)
+    left strangler_auto_rollback at 1 for good: the alert on it never cleared."""
+    async with shadow_stack(CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'g.db'}") as (
+        proxy,
+        legacy,
+        cand,
+    ):
+        await _fail_until_held(proxy, legacy, cand)
+        assert proxy.hub is not None
+        gauge = 'strangler_auto_rollback{route="orders"}'
+        admin = f"http://127.0.0.1:{proxy.admin_address[1]}/-/metrics"
+        held = proxy.settings
+        async with aiohttp.ClientSession() as s:
+            for changed in (
+                held.source.replace("max_error_rate: 0.05", "max_error_rate: 0.06"),  # canary
+                held.source.replace("mode: canary", "mode: shadow"),  # no window at all
+            ):
+                if not _entry(proxy).held:  # held again, as a trip would
+                    await proxy.reload(held)
+                    version = route_versions(held)["orders"]
+                    proxy.board.put(Hold("orders", version, time.time(), "test"))
+                    proxy.hub.poll_holds(_plane(proxy).state.entries)
+                async with s.get(admin) as r:
+                    assert f"{gauge} 1.0" in await r.text()
+                await proxy.reload(loads(changed, held.path))
+                assert proxy.holds() == {}
+                async with s.get(admin) as r:
+                    text = await r.text()
+                assert f"{gauge} 0.0" in text, [x for x in text.splitlines() if gauge in x]
+
+
+def _plane(proxy: Proxy) -> DataPlane:
+    assert proxy.plane is not None
+    return proxy.plane
