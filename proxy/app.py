@@ -635,8 +635,10 @@ def _candidate_entry(
         state.window = None
         state.entry = RouteEntry(route.name, forward, plain=plain)
         return state.entry
-    # a new config starts a new rollback window; a hold lasts while the route is unchanged
-    state.window = RollbackWindow(rs.promotion)
+    # a change of the route starts a new rollback window; while the route is unchanged its
+    # window (and hold) carry over, so reloads of other routes cannot keep it from tripping
+    if state.window is None or state.hold_version != hold_version:
+        state.window = RollbackWindow(rs.promotion)
     state.hold_version = hold_version
     served = plan(
         route.name,

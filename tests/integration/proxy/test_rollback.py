@@ -281,3 +281,35 @@ async def test_the_rollback_gauge_falls_when_a_reload_lifts_the_hold(tmp_path: P
 def _plane(proxy: Proxy) -> DataPlane:
     assert proxy.plane is not None
     return proxy.plane
+
+
+async def test_reloads_of_other_routes_do_not_restart_a_routes_rollback_window(
+    tmp_path: Path,
+) -> None:
+    """Every reload started every route's rollback window again: with reloads more often
+    than the window's 50 observations (migrate watch stepping other routes, --watch), a
+    failing canary was never rolled back and kept failing its users."""
+    async with shadow_stack(
+        OTHER_ROUTE + CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    ) as (
+        proxy,
+        legacy,
+        cand,
+    ):
+        legacy.release.set()
+        cand.release.set()
+        cand.fail_every = 5  # 20 % errors, over the route's 5 %; too few to open the breaker
+        base = proxy.settings
+        texts = [base.source + f"# edit {i}\n" for i in range(2)]
+        port = proxy.address[1]
+        async with aiohttp.ClientSession() as s:
+            for n in range(16):
+                for i in range(12):
+                    async with s.get(
+                        f"http://127.0.0.1:{port}/api/r{n}-{i}", headers={"X-User-Id": f"u{n}-{i}"}
+                    ) as r:
+                        await r.read()
+                if _entry(proxy).held:
+                    break
+                await proxy.reload(loads(texts[n % 2], base.path))  # another route's edit
+        await wait_until(lambda: _entry(proxy).held, timeout=5)
