@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from proxy.settings import ConfigError, Settings, load
+from proxy.serve import load_config
+from proxy.settings import ConfigError, Settings
 from shadow.redact import mask_secrets
 
 if TYPE_CHECKING:
@@ -244,8 +245,9 @@ async def start_admin(proxy: Proxy) -> tuple[web.AppRunner, tuple[str, int]]:
 
 
 async def reload_settings(path: str) -> tuple[Settings | None, list[str]]:
-    """Load a config file for a reload; returns (settings, []) or (None, error lines)."""
+    """Load a config file for a reload (a supervisor's worker: the config the supervisor
+    loaded); returns (settings, []) or (None, error lines)."""
     try:
-        return load(path), []
+        return load_config(path), []
     except ConfigError as exc:
         return None, [redact_secrets(str(e)) for e in exc.errors]

@@ -24,7 +24,7 @@ from proxy.dataplane import (
     RoutingState,
 )
 from proxy.handlers import start_handler_app
-from proxy.holds import Hold, HoldBoard
+from proxy.holds import Hold, HoldBoard, route_version, route_versions
 from proxy.metrics import Metrics
 from proxy.offload import OffloadFeed
 from proxy.routes import Route, RouteTable
@@ -248,9 +248,13 @@ class Proxy:
             backends = await self._build_backends(settings, old)
             await self._ensure_offload(settings)
             state = self._build_state(settings, backends)
-            self.board.prune(settings.version)
-            if self.hub is not None:  # a hold of this very config holds from the first request
-                self.hub.poll_holds(state.entries, settings.version)
+            self.board.prune(route_versions(settings))
+            if self.hub is not None:  # a hold of an unchanged route holds from the first request
+                self.hub.poll_holds(state.entries)
+                held = {e.name for e in state.entries if e.held}
+                for entry in self.plane.state.entries:  # holds this config lifts: say so
+                    if entry.held and entry.name not in held:
+                        self.metrics.auto_rollback.labels(entry.name).set(0)
             self.plane.state = state
             self.plane.limits = settings.limits
             if self.hub is not None:
@@ -433,11 +437,12 @@ class Proxy:
         task.add_done_callback(self._audits.discard)
 
     def holds(self) -> dict[str, Hold]:
-        """Routes held on legacy by an automatic rollback under the config in force."""
+        """Routes held on legacy by an automatic rollback of the route config in force."""
+        versions = route_versions(self.settings)
         return {
             route: hold
             for route, hold in self.board.read().items()
-            if hold.version == self.settings.version
+            if hold.version == versions.get(route)
         }
 
     def clear_hold(self, route: str, actor: str = "operator") -> bool:
@@ -531,6 +536,7 @@ class Proxy:
                 backends,
                 plan,
                 offload=hub.feed is not None and offloadable(route, settings),
+                hold_version=route_version(settings, route.settings),
             )
             for route in table.routes
         ]
@@ -605,6 +611,7 @@ def _candidate_entry(
     plan: Callable[..., RoutePlan],
     *,
     offload: bool = False,
+    hold_version: str = "",
 ) -> RouteEntry:
     """The plans of a shadow, canary or extracted route."""
     rs = route.settings
@@ -628,8 +635,11 @@ def _candidate_entry(
         state.window = None
         state.entry = RouteEntry(route.name, forward, plain=plain)
         return state.entry
-    # a new config starts a new rollback window (and drops any hold of the old one)
-    state.window = RollbackWindow(rs.promotion)
+    # a change of the route starts a new rollback window; while the route is unchanged its
+    # window (and hold) carry over, so reloads of other routes cannot keep it from tripping
+    if state.window is None or state.hold_version != hold_version:
+        state.window = RollbackWindow(rs.promotion)
+    state.hold_version = hold_version
     served = plan(
         route.name,
         mode,

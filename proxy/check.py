@@ -15,7 +15,7 @@ import yaml
 
 from proxy.handlers import factory_problem
 from proxy.pathguard import ambiguous_reading
-from proxy.routes import Route, RouteTable
+from proxy.routes import Route, RouteTable, sticky_key
 from proxy.settings import BackendSettings, ConfigError, ConfigIssue, Settings, load
 
 __all__ = ["format_duration", "run_check", "run_explain"]
@@ -180,10 +180,27 @@ def _explain(
             out("canary:     no sticky key set: every request is served by the primary")
         else:
             out(f"canary:     {canary.percent:g}% of keys served by the candidate, keyed by {key}")
+            out(f"this key:   {_canary_side(winner, key, headers)}")
         out(f"shadow:     for the rest, {shadowing}")
     else:
         out("serves:     candidate; safe requests verified against the primary in the background")
         out(f"shadow:     {shadowing}")
+
+
+def _canary_side(route: Route, key: str, headers: list[tuple[bytes, bytes]]) -> str:
+    """Which side serves this request's sticky key (as `RouteEntry.choose`, breaker and
+    automatic rollback aside)."""
+    from proxy.shadowing import bucket
+
+    canary = route.settings.canary
+    header = canary.sticky_header.lower().encode() if canary.sticky_header else None
+    cookie = canary.sticky_cookie.encode() if canary.sticky_cookie else None
+    value = sticky_key(headers, header, cookie)
+    if value is None:
+        return "none in this request: served by legacy"
+    served = bucket(route.name.encode() + b"/" + value) < round(canary.percent * 100)
+    shown = value.decode("utf-8", "replace")
+    return f"{key} {shown!r}: served by {'candidate' if served else 'legacy'}"
 
 
 def _why_not(route: Route, method: str) -> str:

@@ -40,15 +40,37 @@ def check(config_path: str) -> None:
     sys.exit(run_check(config_path))
 
 
+def _headers(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """`--header 'Name: value'` options as (name, value) pairs."""
+    pairs = []
+    for text in values:
+        name, sep, value = text.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{text!r}: expected 'Name: value'")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--header",
+    "-H",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    callback=_headers,
+    help="A request header (repeatable): header matchers, a canary's sticky key.",
+)
 @click.argument("method")
 @click.argument("url_path")
-def explain(config_path: str, method: str, url_path: str) -> None:
+def explain(config_path: str, headers: list[tuple[str, str]], method: str, url_path: str) -> None:
     """Show which route a request matches, its mode, backends and sampling."""
     from proxy.check import run_explain
 
-    sys.exit(run_explain(config_path, method, url_path))
+    sys.exit(run_explain(config_path, method, url_path, headers))
 
 
 @main.command()

@@ -25,6 +25,7 @@ from proxy.accesslog import AccessLog
 from proxy.breaker import CLOSED, HALF_OPEN, Breaker
 from proxy.metrics import Metrics, RouteMetrics
 from proxy.pathguard import is_suspicious, other_reading
+from proxy.routes import sticky_key
 from proxy.shadowing import (
     SAFE_METHODS,
     RouteState,
@@ -170,7 +171,7 @@ class RouteEntry:
         self.threshold = round(canary_percent * 100)
         self.sticky_header = sticky_header.lower().encode() if sticky_header else None
         self.sticky_cookie = sticky_cookie.encode() if sticky_cookie else None
-        self.salt = name.encode() + b"/"
+        self.salt = name.encode() + b"/"  # a key's bucket: bucket(salt + key) (as explain)
         self.held = False  # an automatic rollback holds the route on legacy
 
     def choose(self, headers: list[tuple[bytes, bytes]]) -> RoutePlan:
@@ -181,27 +182,10 @@ class RouteEntry:
         br = self.breaker
         if self.kind == KIND_EXTRACTED:
             return cand if br is None or br.allow() else self.plain
-        key = self._sticky_key(headers)
+        key = sticky_key(headers, self.sticky_header, self.sticky_cookie)
         if key is None or bucket(self.salt + key) >= self.threshold:
             return self.primary
         return cand if br is None or br.allow() else self.primary
-
-    def _sticky_key(self, headers: list[tuple[bytes, bytes]]) -> bytes | None:
-        if self.sticky_header is not None:
-            want = self.sticky_header
-            for name, value in headers:
-                if name.lower() == want:  # an empty key is no key (stays on legacy)
-                    return value.strip() or None
-            return None
-        if self.sticky_cookie is not None:
-            prefix = self.sticky_cookie + b"="
-            for name, value in headers:
-                if name.lower() == b"cookie":
-                    for part in value.split(b";"):
-                        part = part.strip()
-                        if part.startswith(prefix):
-                            return part[len(prefix) :] or None
-        return None
 
 
 @dataclass(frozen=True, slots=True)

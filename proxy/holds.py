@@ -1,6 +1,7 @@
 """Automatic-rollback holds shared by every worker of one proxy.
 
-A hold keeps a route on legacy until the config changes or an operator clears it. With
+A hold keeps a route on legacy until that route's own config changes (its settings or its
+backends'; not a comment or another route) or an operator clears it. With
 several workers, holds are small marker files in a directory the supervisor shares with
 its workers; each worker polls it (a directory listing every 250 ms, off the request
 path), so a rollback decided in one worker applies in all. A single process keeps them
@@ -10,21 +11,27 @@ in memory only.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 import orjson
 
-__all__ = ["STATE_DIR_ENV", "Hold", "HoldBoard"]
+if TYPE_CHECKING:
+    from proxy.settings import RouteSettings, Settings
+
+__all__ = ["STATE_DIR_ENV", "Hold", "HoldBoard", "route_version", "route_versions"]
 
 STATE_DIR_ENV = "STRANGLER_STATE_DIR"
 
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """A route held on legacy: under which config version, when and why."""
+    """A route held on legacy: under which version of its config (`route_version`), when
+    and why."""
 
     route: str
     version: str
@@ -69,11 +76,12 @@ class HoldBoard:
                 had = True
         return had
 
-    def prune(self, version: str) -> None:
-        """Forget the holds of other config versions: a hold lasts until the config changes,
-        and one left behind came back when a later file had the same bytes again."""
+    def prune(self, versions: dict[str, str]) -> None:
+        """Forget the holds of routes whose config is not in `versions` (route -> version) any
+        more: a hold lasts until its route changes, and one left behind came back when a
+        later file had the same route again."""
         for route, hold in self.read().items():
-            if hold.version != version:
+            if versions.get(route) != hold.version:
                 self.clear(route)
 
     def read(self) -> dict[str, Hold]:
@@ -97,3 +105,17 @@ class HoldBoard:
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         return holds
+
+
+def route_version(settings: Settings, route: RouteSettings) -> str:
+    """A short hash of what a route's hold is tied to: the route's settings (not its line in
+    the file) and those of its backends."""
+    primary = settings.backends.get(route.backend or settings.default_backend)
+    candidate = settings.backends.get(route.candidate) if route.candidate else None
+    text = repr((replace(route, line=0), primary, candidate))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def route_versions(settings: Settings) -> dict[str, str]:
+    """`route_version` of every route of a config, by name."""
+    return {r.name: route_version(settings, r) for r in settings.routes}

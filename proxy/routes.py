@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 if TYPE_CHECKING:
     from proxy.settings import Mode, RouteSettings, Settings
 
-__all__ = ["PathPattern", "Route", "RouteTable", "parse_pattern"]
+__all__ = ["PathPattern", "Route", "RouteTable", "parse_pattern", "sticky_key"]
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BAD_CHARS = re.compile(r"[\s?#]")
@@ -240,3 +240,24 @@ class RouteTable:
             ):
                 return route
         return None
+
+
+def sticky_key(
+    headers: Sequence[tuple[bytes, bytes]], header: bytes | None, cookie: bytes | None
+) -> bytes | None:
+    """A canary's sticky key in a request: the value of `header` (a lower-case name), else of
+    cookie `cookie`; None when absent or empty (an empty key is no key: legacy serves)."""
+    if header is not None:
+        for name, value in headers:
+            if name.lower() == header:
+                return value.strip() or None
+        return None
+    if cookie is not None:
+        prefix = cookie + b"="
+        for name, value in headers:
+            if name.lower() == b"cookie":
+                for part in value.split(b";"):
+                    part = part.strip()
+                    if part.startswith(prefix):
+                        return part[len(prefix) :] or None
+    return None

@@ -4,7 +4,10 @@ Signals: SIGHUP reloads (validated whole; a bad file keeps the old config), SIGT
 SIGINT stop accepting, drain in-flight requests within the grace period, then exit.
 With `--workers N` the supervisor runs the admin listener, aggregates the workers'
 metrics (Prometheus multiprocess mode), fans reloads out and restarts dead workers
-(with a per-worker backoff); it is ready while every worker is.
+(with a per-worker backoff); it is ready while every worker is. Workers (and their shadow
+helpers) load the config the supervisor last loaded, from a snapshot it keeps, not the file
+on disk: one restarted after a crash runs what the others run, even if the file was edited
+since (or broken) and not reloaded.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from proxy.holds import STATE_DIR_ENV
-from proxy.settings import ConfigError, Settings, load
+from proxy.settings import ConfigError, Settings, load, loads
 
-__all__ = ["run", "run_worker"]
+__all__ = ["SNAPSHOT_ENV", "load_config", "run", "run_worker"]
 
+SNAPSHOT_ENV = "STRANGLER_CONFIG_SNAPSHOT"  # set for workers: the supervisor's loaded config
 _GRACE_ENV = "STRANGLER_GRACE_S"
 _READY_PREFIX = "ready-"
 
@@ -59,9 +63,29 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def load_config(path: str) -> Settings:
+    """`load(path)`; under a supervisor, the config it last loaded (same path and version),
+    whatever the file on disk says now."""
+    snapshot = os.environ.get(SNAPSHOT_ENV)
+    if not snapshot:
+        return load(path)
+    try:
+        text = Path(snapshot).read_text(encoding="utf-8")
+    except OSError:
+        return load(path)
+    return loads(text, path)
+
+
+def _write_snapshot(path: Path, settings: Settings) -> None:
+    """Keep `settings` as the config the workers load (replaced whole, never half-written)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(settings.source, encoding="utf-8")
+    tmp.replace(path)
+
+
 def _load_or_report(path: str) -> Settings | None:
     try:
-        return load(path)
+        return load_config(path)
     except ConfigError as exc:
         for issue in exc.errors:
             print(issue, file=sys.stderr)
@@ -351,7 +375,10 @@ async def _supervise_in(
     from proxy.app import create_proxy
     from proxy.metrics import scrape_registry
 
+    snapshot = Path(mp_dir, "config.yaml")
+    _write_snapshot(snapshot, settings)
     env = dict(os.environ)
+    env[SNAPSHOT_ENV] = str(snapshot)
     workers = _Workers(settings.path, count, env, mp_dir)
     workers.start()
     deadline = time.monotonic() + 30
@@ -374,6 +401,7 @@ async def _supervise_in(
     admin.scrape_registry = scrape_registry(mp_dir)
 
     async def fan_out() -> None:
+        _write_snapshot(snapshot, admin.settings)  # what workers load, now and when restarted
         workers.signal_all(signal.SIGHUP)
 
     admin.reload_hook = fan_out

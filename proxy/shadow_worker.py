@@ -32,8 +32,8 @@ from time import perf_counter
 from proxy.app import Proxy, helper_plans
 from proxy.lifeline import tie_to_parent
 from proxy.offload import READY, Frame, decode_frames, encode_ack, served_response
-from proxy.serve import _install_uvloop, _settle_gc
-from proxy.settings import ConfigError, Settings, load
+from proxy.serve import _install_uvloop, _settle_gc, load_config
+from proxy.settings import ConfigError, Settings
 from proxy.shadowing import ShadowHub, ShadowPlan
 
 __all__ = ["ShadowHelper", "main"]
@@ -154,7 +154,7 @@ class ShadowHelper:
     async def reload(self) -> None:
         """Load the config file again; on any error keep the current one."""
         try:
-            settings = load(self.proxy.settings.path)
+            settings = load_config(self.proxy.settings.path)
         except ConfigError as e:
             _log.warning("shadow helper: reload rejected, keeping the old config: %s", e)
             return
@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _idle_priority()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     try:
-        settings = load(args.config)
+        settings = load_config(args.config)
     except ConfigError as e:
         print(f"strangler shadow helper: {e}", file=sys.stderr)
         return 2

@@ -134,6 +134,7 @@ class RouteState:
         "by_outcome",
         "dropped",
         "entry",
+        "hold_version",
         "in_flight",
         "latency",
         "mode",
@@ -151,6 +152,7 @@ class RouteState:
         self.mode = "shadow"
         self.window: RollbackWindow | None = None  # canary and extracted routes only
         self.entry: _Holdable | None = None
+        self.hold_version = ""  # the route's config version (proxy.holds.route_version)
         self.in_flight = 0
         self.by_outcome: dict[str, Counter] = {}
         self.dropped: dict[str, Counter] = {}
@@ -1088,23 +1090,22 @@ class ShadowHub:
         if entry is None or entry.held:
             return
         entry.held = True
-        self.board.put(Hold(state.route, self.config_version(), time.time(), breach.message))
+        self.board.put(Hold(state.route, state.hold_version, time.time(), breach.message))
         self.metrics.auto_rollback.labels(state.route).set(1)
         _log.warning("auto-rollback of route %s: %s", state.route, breach.message)
         if self.on_rollback is not None:
             self.on_rollback(state.route, state.mode, breach)
 
-    def poll_holds(self, entries: Sequence[_Holdable], version: str | None = None) -> None:
-        """Apply the holds in force (set by any worker, cleared by an operator) for the
-        current config, or for `version` (a config being swapped in)."""
+    def poll_holds(self, entries: Sequence[_Holdable]) -> None:
+        """Apply the holds in force (set by any worker, cleared by an operator) to `entries`,
+        each for the version of its route's config (`RouteState.hold_version`)."""
         holds = self.board.read()
-        version = version or self.config_version()
         for entry in entries:
             state = self._states.get(entry.name)
             if state is None or state.window is None:
                 continue
             hold = holds.get(entry.name)
-            want = hold is not None and hold.version == version
+            want = hold is not None and hold.version == state.hold_version
             if want != entry.held:
                 entry.held = want
                 self.metrics.auto_rollback.labels(entry.name).set(1 if want else 0)

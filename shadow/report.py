@@ -50,6 +50,7 @@ async def build_report(
     routes: Sequence[str] = (),
     expected: Sequence[str] = (),
     skip: Sequence[str] = (),
+    unjudged: Sequence[str] = (),
     thresholds_by_route: Mapping[str, Thresholds] | None = None,
     default_thresholds: Thresholds | None = None,
     top_n: int = 10,
@@ -61,7 +62,9 @@ async def build_report(
     Routes named in `routes` (the only ones read when given) and the `expected` ones (routes
     a config says are compared; within `routes` when that is given) appear even without
     data, and then fail their sample minimum; `skip` names routes left out (a config's
-    routes that are not compared), whatever the store holds of them.
+    routes that are not compared), whatever the store holds of them; `unjudged` names routes
+    shown when the store holds something of them but left out of the gate (a config's
+    extracted routes: their verification against legacy).
     """
     if isinstance(store, str):
         owned = await Store.open(store)
@@ -73,6 +76,7 @@ async def build_report(
                 routes=routes,
                 expected=expected,
                 skip=skip,
+                unjudged=unjudged,
                 thresholds_by_route=thresholds_by_route,
                 default_thresholds=default_thresholds,
                 top_n=top_n,
@@ -93,7 +97,7 @@ async def build_report(
         detail = str(getattr(e, "orig", None) or e).strip().splitlines()[0:1]
         raise StoreError(f"cannot read the store at {store.url}: {' '.join(detail)}") from e
     reports = [
-        _route_report(name, agg, by_route.get(name, default))
+        _route_report(name, agg, by_route.get(name, default), judged=name not in unjudged)
         for name in sorted(
             (set(agg.counts) | set(routes) | {e for e in expected if not routes or e in routes})
             - set(skip)
@@ -108,7 +112,9 @@ async def build_report(
     )
 
 
-def _route_report(name: str, agg: Aggregates, thresholds: Thresholds) -> RouteReport:
+def _route_report(
+    name: str, agg: Aggregates, thresholds: Thresholds, *, judged: bool = True
+) -> RouteReport:
     c = agg.counts.get(name) or RouteCounts()
     mismatches = c.outcomes.get("mismatch", 0)
     top = tuple(
@@ -140,8 +146,9 @@ def _route_report(name: str, agg: Aggregates, thresholds: Thresholds) -> RouteRe
         last_seen=c.last,
         thresholds=thresholds,
         series=agg.series.get(name, ()),
+        judged=judged,
     )
-    return replace(report, reasons=_judge(report))
+    return replace(report, reasons=_judge(report)) if judged else report
 
 
 def _judge(r: RouteReport) -> tuple[str, ...]:

@@ -79,18 +79,26 @@ def _compared(route: RouteSettings) -> bool:
     return route.shadow.percent > 0 and copied
 
 
+def _verified(route: RouteSettings) -> bool:
+    """Whether the route is extracted and the proxy still compares some of its requests
+    against legacy (verification): shown in the report, but it has no gate left."""
+    return route.mode == "extracted" and route.candidate is not None and route.shadow.percent > 0
+
+
 def _thresholds(
     config_path: str | None,
     min_samples: int | None,
     max_mismatch_rate: float | None,
     max_error_rate: float | None,
     max_p99_ratio: float | None,
-) -> tuple[dict[str, Thresholds], Thresholds, list[str]]:
-    """Thresholds per configured route, the default ones, and the configured routes whose
-    requests are compared (judged even when the store holds nothing of them)."""
+) -> tuple[dict[str, Thresholds], Thresholds, list[str], list[str]]:
+    """Thresholds per configured route, the default ones, the configured routes whose
+    requests are compared (judged even when the store holds nothing of them), and the
+    extracted ones still verified against legacy (shown, not judged)."""
     default = Thresholds()
     per_route: dict[str, Thresholds] = {}
     compared: list[str] = []
+    verified: list[str] = []
     if config_path is not None:
         from proxy.settings import ConfigError, load
 
@@ -102,6 +110,7 @@ def _thresholds(
             raise UsageError(f"--config {config_path}: config loading is not available") from None
         per_route = {r.name: Thresholds.from_promotion(r.promotion) for r in settings.routes}
         compared = [r.name for r in settings.routes if _compared(r)]
+        verified = [r.name for r in settings.routes if _verified(r)]
 
     def apply(t: Thresholds) -> Thresholds:
         return t.override(
@@ -112,7 +121,8 @@ def _thresholds(
         )
 
     try:
-        return {name: apply(t) for name, t in per_route.items()}, apply(default), compared
+        thresholds = {name: apply(t) for name, t in per_route.items()}
+        return thresholds, apply(default), compared, verified
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -124,6 +134,7 @@ async def _build(
     routes: Sequence[str],
     expected: Sequence[str],
     skip: Sequence[str],
+    unjudged: Sequence[str],
     per_route: dict[str, Thresholds],
     default: Thresholds,
     now: datetime,
@@ -135,6 +146,7 @@ async def _build(
         routes=routes,
         expected=expected,
         skip=skip,
+        unjudged=unjudged,
         thresholds_by_route=per_route,
         default_thresholds=default,
         now=now,
@@ -170,14 +182,17 @@ def run_report(
         if start and end and start >= end:
             raise UsageError("--since must be before --until")
         _check_store_url(store_url)
-        per_route, default, expected = _thresholds(
+        per_route, default, expected, verified = _thresholds(
             config_path, min_samples, max_mismatch_rate, max_error_rate, max_p99_ratio
         )
-        # configured routes the proxy does not compare (extracted, writes skipped): not
-        # judged, even with rows in the store (skipped writes, verification), unless named
-        skip = [n for n in per_route if n not in expected and n not in routes]
+        # configured routes the proxy does not compare for a migration (extracted, writes
+        # skipped): not judged, even with rows in the store, unless named; an extracted
+        # route's verification is still shown
+        unjudged = [n for n in verified if n not in routes]
+        shown = {*expected, *routes, *unjudged}
+        skip = [n for n in per_route if n not in shown]
         report = asyncio.run(
-            _build(store_url, start, end, routes, expected, skip, per_route, default, now)
+            _build(store_url, start, end, routes, expected, skip, unjudged, per_route, default, now)
         )
         text = render(report, fmt)
         if output:

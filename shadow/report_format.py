@@ -50,7 +50,7 @@ def _ci(route: RouteReport) -> str:
 
 
 def _verdict(route: RouteReport) -> str:
-    return "PASS" if route.passed else "FAIL"
+    return route.verdict.upper()
 
 
 def _window(report: Report) -> str:
@@ -134,7 +134,8 @@ def render_text(report: Report) -> str:
             noise = ", ".join(f"{n.pattern} ({n.count})" for n in r.noise_paths)
             out.append(f"  noise (not counted): {noise}")
     verdict = "PASS" if report.passed else "FAIL"
-    out += ["", f"gate: {verdict} ({sum(r.passed for r in report.routes)}/{len(report.routes)})"]
+    judged = report.judged
+    out += ["", f"gate: {verdict} ({sum(r.passed for r in judged)}/{len(judged)})"]
     return "\n".join(out) + "\n"
 
 
@@ -213,6 +214,7 @@ def _failure_text(r: RouteReport) -> str:
 def render_junit(report: Report) -> str:
     """JUnit XML: one test case per route, a failure when the route misses its gate."""
     failures = sum(not r.passed for r in report.routes)
+    skipped = len(report.routes) - len(report.judged)
     suites = ET.Element("testsuites", name="strangler", tests=str(len(report.routes)))
     suites.set("failures", str(failures))
     suite = ET.SubElement(
@@ -222,7 +224,7 @@ def render_junit(report: Report) -> str:
         tests=str(len(report.routes)),
         failures=str(failures),
         errors="0",
-        skipped="0",
+        skipped=str(skipped),
         timestamp=report.generated_at.isoformat(),
     )
     props = ET.SubElement(suite, "properties")
@@ -233,7 +235,9 @@ def render_junit(report: Report) -> str:
         ET.SubElement(props, "property", name=key, value=value)
     for r in report.routes:
         case = ET.SubElement(suite, "testcase", classname="strangler.route", name=r.route, time="0")
-        if not r.passed:
+        if not r.judged:
+            ET.SubElement(case, "skipped", message="no gate: shown for information")
+        elif not r.passed:
             top = f"; top: {r.top_paths[0].pattern}" if r.top_paths else ""
             failure = ET.SubElement(
                 case, "failure", type="ShadowGate", message="; ".join(r.reasons) + top

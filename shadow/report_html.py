@@ -77,14 +77,14 @@ def _summary(report: Report) -> str:
     for r in report.routes:
         ci = r.mismatch_ci
         ci_text = "-" if ci is None else f"{_pct(ci[0])} &ndash; {_pct(ci[1])}"
-        verdict = "pass" if r.passed else "fail"
+        verdict = r.verdict
         rows.append(
             f'<tr><td class="l">{escape(r.route)}</td><td>{r.samples}</td><td>{r.mismatches}</td>'
             f"<td>{_pct(r.mismatch_rate)}</td><td>{ci_text}</td><td>{r.candidate_errors}</td>"
             f"<td>{r.candidate_timeouts}</td><td>{r.skipped}</td><td>{r.dropped}</td>"
             f"<td>{_ms(r.latency_primary.p50)} / {_ms(r.latency_candidate.p50)}</td>"
             f"<td>{_ms(r.latency_primary.p99)} / {_ms(r.latency_candidate.p99)}</td>"
-            f'<td class="l {verdict}">{verdict.upper()}</td></tr>'
+            f'<td class="l {verdict.replace(" ", "-")}">{verdict.upper()}</td></tr>'
         )
     return head + "".join(rows) + "</table>"
 
@@ -156,11 +156,11 @@ def _chart(report: Report) -> str:
 
 
 def _details(r: RouteReport) -> str:
-    verdict = "pass" if r.passed else "fail"
+    verdict = r.verdict
     title = f"{r.method} {r.path}".strip()
     out = [
         f'<h2 id="route-{escape(r.route)}">{escape(r.route)} '
-        f'<span class="{verdict}">{verdict.upper()}</span></h2>',
+        f'<span class="{verdict.replace(" ", "-")}">{verdict.upper()}</span></h2>',
     ]
     if title:
         out.append(f"<div class=meta><code>{escape(title)}</code></div>")

@@ -141,6 +141,7 @@ class RouteReport:
     thresholds: Thresholds = field(default_factory=Thresholds)
     reasons: tuple[str, ...] = ()
     series: tuple[Bucket, ...] = ()
+    judged: bool = True  # False: shown for information, outside the gate (no gate left)
 
     @property
     def samples(self) -> int:
@@ -190,8 +191,16 @@ class RouteReport:
     @property
     def passed(self) -> bool:
         """Whether the route meets every threshold on some evidence (with `min_samples: 0`,
-        no comparison at all is no pass either, as in `strangler migrate`)."""
-        return not self.reasons and not self.empty
+        no comparison at all is no pass either, as in `strangler migrate`); a route not
+        judged never fails the gate."""
+        return not self.judged or (not self.reasons and not self.empty)
+
+    @property
+    def verdict(self) -> str:
+        """`pass`, `fail`, or `no gate` for a route shown outside the gate."""
+        if not self.judged:
+            return "no gate"
+        return "pass" if self.passed else "fail"
 
     def to_json(self) -> dict[str, Any]:
         """The route's part of the versioned JSON document (`shadow/report.schema.json`)."""
@@ -247,6 +256,7 @@ class RouteReport:
                 "max_p99_ratio": self.thresholds.max_p99_ratio,
             },
             "passed": self.passed,
+            "judged": self.judged,
             "reasons": list(self.reasons),
             "series": [
                 {
@@ -272,8 +282,14 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        """True when there is at least one route and every route passes its gate."""
-        return bool(self.routes) and all(r.passed for r in self.routes)
+        """True when at least one route is judged and every judged route passes its gate."""
+        judged = self.judged
+        return bool(judged) and all(r.passed for r in judged)
+
+    @property
+    def judged(self) -> tuple[RouteReport, ...]:
+        """The routes the gate judges (the others are shown for information)."""
+        return tuple(r for r in self.routes if r.judged)
 
     def to_json(self) -> dict[str, Any]:
         """The versioned JSON document described by `shadow/report.schema.json`."""

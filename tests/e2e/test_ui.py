@@ -28,7 +28,7 @@ from playwright.async_api import Browser, FloatRect, Page, async_playwright, exp
 from proxy.accesslog import AccessLog
 from proxy.admin import PROXY_KEY, create_admin_app
 from proxy.app import Proxy, create_proxy
-from proxy.holds import Hold
+from proxy.holds import Hold, route_versions
 from proxy.settings import load
 from proxy.ui import add_ui_routes
 from shadow.record import ComparisonRecord, DiffExample
@@ -323,7 +323,8 @@ async def test_dashboard_shows_rates_and_the_highlighted_difference(
 
         # An automatic rollback holds the mismatching route on legacy.
         reason = "mismatch rate 25% above 0.1%"
-        stack.proxy.board.put(Hold("order-list", stack.proxy.settings.version, time.time(), reason))
+        version = route_versions(stack.proxy.settings)["order-list"]
+        stack.proxy.board.put(Hold("order-list", version, time.time(), reason))
         await expect(mism.locator("td.mode")).to_contain_text("rolled back")
         await expect(show.locator("td.mode")).not_to_contain_text("rolled back")
 

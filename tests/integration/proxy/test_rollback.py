@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import aiohttp
 
 from proxy.app import Proxy
-from proxy.dataplane import RouteEntry
+from proxy.dataplane import DataPlane, RouteEntry
+from proxy.holds import Hold, route_versions
 from proxy.settings import loads
 from tests.integration.proxy.shadow_support import Side, shadow_config, shadow_stack, start_app
 from tests.support import (
@@ -131,9 +133,9 @@ async def _fail_until_held(proxy: Proxy, legacy: Side, cand: Side) -> None:
     await wait_until(lambda: _entry(proxy).held, timeout=10)
 
 
-def _entry(proxy: Proxy) -> RouteEntry:
+def _entry(proxy: Proxy, name: str = "orders") -> RouteEntry:
     assert proxy.plane is not None
-    return proxy.plane.state.entries[0]
+    return next(e for e in proxy.plane.state.entries if e.name == name)
 
 
 async def test_two_workers_agree_on_a_rollback(tmp_path: Path) -> None:
@@ -191,9 +193,9 @@ async def test_two_workers_agree_on_a_rollback(tmp_path: Path) -> None:
             await runner.cleanup()
 
 
-async def test_a_hold_ends_with_its_config_even_if_the_file_comes_back(tmp_path: Path) -> None:
-    """A hold lasts until the config changes. Left on the board, it came back when a later
-    file had the same bytes again (rollback, fix, advance: the route served nobody)."""
+async def test_a_hold_ends_with_its_route_config_even_if_it_comes_back(tmp_path: Path) -> None:
+    """A hold lasts until the route's own config changes. Left on the board, it came back
+    when a later file had the same route again (rollback, fix, advance: it served nobody)."""
     async with shadow_stack(CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'h.db'}") as (
         proxy,
         legacy,
@@ -201,8 +203,113 @@ async def test_a_hold_ends_with_its_config_even_if_the_file_comes_back(tmp_path:
     ):
         await _fail_until_held(proxy, legacy, cand)
         held = proxy.settings
-        other = loads(held.source + "# another version\n", held.path)
-        await proxy.reload(other)
+        changed = held.source.replace("max_error_rate: 0.05", "max_error_rate: 0.06")
+        assert changed != held.source
+        await proxy.reload(loads(changed, held.path))
         assert not _entry(proxy).held
-        await proxy.reload(held)  # the same bytes as when the hold was set
+        await proxy.reload(held)  # the same route as when the hold was set
         assert not _entry(proxy).held and proxy.board.read() == {}
+
+
+OTHER_ROUTE = """
+  - name: health
+    match: {path: /health}
+"""
+
+
+async def test_a_hold_survives_a_reload_that_leaves_its_route_alone(tmp_path: Path) -> None:
+    """Any reload (a comment, another route) lifted every hold: the rolled-back route went
+    straight back to its failing candidate."""
+    async with shadow_stack(
+        OTHER_ROUTE + CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'k.db'}"
+    ) as (
+        proxy,
+        legacy,
+        cand,
+    ):
+        await _fail_until_held(proxy, legacy, cand)
+        held = proxy.settings
+        # another route edited, and a line added above the held one (its line moves)
+        other = held.source.replace("path: /health}", "path: /healthz}")
+        other = other.replace("\nroutes:\n", "\n# a note\nroutes:\n")
+        await proxy.reload(loads(other, held.path))
+        assert proxy.settings.version != held.version
+        assert _entry(proxy).held, "an unrelated reload lifted the hold"
+        assert "orders" in proxy.holds()
+        served = _served(cand)
+        async with aiohttp.ClientSession() as s:
+            for i in range(20):
+                async with s.get(
+                    f"http://127.0.0.1:{proxy.address[1]}/api/k{i}", headers={"X-User-Id": f"k{i}"}
+                ) as r:
+                    assert r.status == 200
+        assert _served(cand) == served
+
+
+async def test_the_rollback_gauge_falls_when_a_reload_lifts_the_hold(tmp_path: Path) -> None:
+    """A hold lifted by a change of its route (a threshold, or `migrate rollback` to shadow)
+    left strangler_auto_rollback at 1 for good: the alert on it never cleared."""
+    async with shadow_stack(CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'g.db'}") as (
+        proxy,
+        legacy,
+        cand,
+    ):
+        await _fail_until_held(proxy, legacy, cand)
+        assert proxy.hub is not None
+        gauge = 'strangler_auto_rollback{route="orders"}'
+        admin = f"http://127.0.0.1:{proxy.admin_address[1]}/-/metrics"
+        held = proxy.settings
+        async with aiohttp.ClientSession() as s:
+            for changed in (
+                held.source.replace("max_error_rate: 0.05", "max_error_rate: 0.06"),  # canary
+                held.source.replace("mode: canary", "mode: shadow"),  # no window at all
+            ):
+                if not _entry(proxy).held:  # held again, as a trip would
+                    await proxy.reload(held)
+                    version = route_versions(held)["orders"]
+                    proxy.board.put(Hold("orders", version, time.time(), "test"))
+                    proxy.hub.poll_holds(_plane(proxy).state.entries)
+                async with s.get(admin) as r:
+                    assert f"{gauge} 1.0" in await r.text()
+                await proxy.reload(loads(changed, held.path))
+                assert proxy.holds() == {}
+                async with s.get(admin) as r:
+                    text = await r.text()
+                assert f"{gauge} 0.0" in text, [x for x in text.splitlines() if gauge in x]
+
+
+def _plane(proxy: Proxy) -> DataPlane:
+    assert proxy.plane is not None
+    return proxy.plane
+
+
+async def test_reloads_of_other_routes_do_not_restart_a_routes_rollback_window(
+    tmp_path: Path,
+) -> None:
+    """Every reload started every route's rollback window again: with reloads more often
+    than the window's 50 observations (migrate watch stepping other routes, --watch), a
+    failing canary was never rolled back and kept failing its users."""
+    async with shadow_stack(
+        OTHER_ROUTE + CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    ) as (
+        proxy,
+        legacy,
+        cand,
+    ):
+        legacy.release.set()
+        cand.release.set()
+        cand.fail_every = 5  # 20 % errors, over the route's 5 %; too few to open the breaker
+        base = proxy.settings
+        texts = [base.source + f"# edit {i}\n" for i in range(2)]
+        port = proxy.address[1]
+        async with aiohttp.ClientSession() as s:
+            for n in range(16):
+                for i in range(12):
+                    async with s.get(
+                        f"http://127.0.0.1:{port}/api/r{n}-{i}", headers={"X-User-Id": f"u{n}-{i}"}
+                    ) as r:
+                        await r.read()
+                if _entry(proxy).held:
+                    break
+                await proxy.reload(loads(texts[n % 2], base.path))  # another route's edit
+        await wait_until(lambda: _entry(proxy).held, timeout=5)

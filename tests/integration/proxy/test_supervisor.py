@@ -50,6 +50,32 @@ async def served(tmp_path: Path, upstream: EchoUpstream) -> AsyncIterator[_Serve
         await stop_process(proc)
 
 
+@pytest.fixture
+async def doomable(tmp_path: Path, upstream: EchoUpstream) -> AsyncIterator[tuple[_Served, Path]]:
+    """Served, with an in-process backend whose app cannot start while the returned path
+    exists: a worker started then dies at start (the config itself stays good)."""
+    doom = tmp_path / "doom"
+    (tmp_path / "doomed.py").write_text(
+        "import os\n\nfrom aiohttp import web\n\n\n"
+        "def create_app() -> web.Application:\n"
+        f"    if os.path.exists({str(doom)!r}):\n"
+        "        raise RuntimeError('this worker cannot start')\n"
+        "    return web.Application()\n"
+    )
+    port, admin = free_port(), free_port()
+    cfg = _config(tmp_path, upstream, port, admin)
+    text = cfg.read_text().replace("backends:\n", "backends:\n  inproc: {handlers: doomed}\n", 1)
+    cfg.write_text(text)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    env = {"STRANGLER_GRACE_S": "2", "PYTHONPATH": path}
+    proc = await start_serve(cfg, "--workers", "2", env=env)
+    try:
+        await wait_admin_ready(admin)
+        yield _Served(proc, port, admin, cfg), doom
+    finally:
+        await stop_process(proc)
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -125,14 +151,16 @@ async def test_a_worker_starting_when_the_supervisor_dies_exits(served: _Served)
         shutil.rmtree(ready_dir, ignore_errors=True)  # the supervisor had no time to
 
 
-async def test_a_worker_that_cannot_start_is_restarted_with_backoff(served: _Served) -> None:
-    """A worker dying at start (here: the file on disk became invalid) was restarted every
+async def test_a_worker_that_cannot_start_is_restarted_with_backoff(
+    doomable: tuple[_Served, Path],
+) -> None:
+    """A worker dying at start (here: a handler app that cannot start) was restarted every
     ~0.8 s, forever; restarts now back off (1 s, 2 s, 4 s ...) and are counted."""
+    served, doom = doomable
     sup = served.proc.pid
     old = await _workers(sup, 2)
     ready_dir = _metrics_dir(old[1])
-    good = served.config.read_text()
-    served.config.write_text(good + "unknown_key: 1\n")
+    doom.touch()
     os.kill(old[0], signal.SIGKILL)
     started: set[int] = set()
     window = time.monotonic() + 6
@@ -140,12 +168,12 @@ async def test_a_worker_that_cannot_start_is_restarted_with_backoff(served: _Ser
         started |= set(child_pids(sup)) - set(old)
         await asyncio.sleep(0.01)
     assert 1 <= len(started) <= 3, f"{len(started)} workers started in 6 s"
-    served.config.write_text(good)
+    doom.unlink()
     deadline = time.monotonic() + 20
     while not any(
         (ready_dir / f"ready-{pid}").exists() for pid in child_pids(sup) if pid != old[1]
     ):
-        assert time.monotonic() < deadline, "no worker came back once the file was fixed"
+        assert time.monotonic() < deadline, "no worker came back once it could start"
         await asyncio.sleep(0.05)
     async with (
         aiohttp.ClientSession() as s,
@@ -160,12 +188,44 @@ async def test_a_worker_that_cannot_start_is_restarted_with_backoff(served: _Ser
     assert restarts >= len(started)  # each died, and maybe the one after the window
 
 
-async def test_ready_only_while_every_worker_is_up(served: _Served) -> None:
-    """The supervisor said ready with workers dead (even all of them)."""
+async def test_a_respawned_worker_runs_the_config_the_others_run(
+    served: _Served, upstream: EchoUpstream
+) -> None:
+    """A worker restarted after a crash read the file on disk, edited but not reloaded
+    (here: legacy moved to a port not up yet): its share of the users got 502s while the
+    other worker still ran the loaded config. It now runs what the supervisor loaded."""
     sup = served.proc.pid
     old = await _workers(sup, 2)
-    good = served.config.read_text()
-    served.config.write_text(good + "unknown_key: 1\n")  # the replacement cannot start
+    ready_dir = _metrics_dir(old[1])
+    text = served.config.read_text()
+    moved = text.replace(upstream.url, f"http://127.0.0.1:{free_port()}")
+    assert moved != text
+    served.config.write_text(moved)  # edited, not reloaded
+    os.kill(old[0], signal.SIGKILL)
+    fresh = await _respawned(sup, old)
+    deadline = time.monotonic() + 20
+    while not (ready_dir / f"ready-{fresh}").exists():
+        assert _alive(fresh), "the new worker exited"
+        assert time.monotonic() < deadline, "the new worker never got ready"
+        await asyncio.sleep(0.02)
+    fresh_conns = aiohttp.TCPConnector(force_close=True)  # new connections reach both workers
+    async with aiohttp.ClientSession(connector=fresh_conns) as s:
+
+        async def one(i: int) -> int:
+            async with s.get(f"http://127.0.0.1:{served.port}/echo?i={i}") as r:
+                await r.read()
+                return r.status
+
+        statuses = [await one(i) for i in range(60)]
+    assert statuses.count(200) == len(statuses), f"{statuses.count(502)} of 60 answered 502"
+
+
+async def test_ready_only_while_every_worker_is_up(doomable: tuple[_Served, Path]) -> None:
+    """The supervisor said ready with workers dead (even all of them)."""
+    served, doom = doomable
+    sup = served.proc.pid
+    old = await _workers(sup, 2)
+    doom.touch()  # the replacement cannot start
     os.kill(old[0], signal.SIGKILL)
     url = f"http://127.0.0.1:{served.admin}/-/ready"
     async with aiohttp.ClientSession() as s:
@@ -181,7 +241,7 @@ async def test_ready_only_while_every_worker_is_up(served: _Served) -> None:
         status, body = await answer()
         assert status == 503
         assert body == {"status": "not ready", "detail": "1 of 2 workers not ready"}
-        served.config.write_text(good)
+        doom.unlink()
 
         async def ready() -> bool:
             return (await answer())[0] == 200

@@ -249,3 +249,36 @@ def test_explain_a_canary_without_a_sticky_key_says_the_primary_serves(tmp_path:
     code, out = cli("explain", "--config", str(config), "GET", "/x")
     assert code == 0, out
     assert "no sticky key set: every request is served by the primary" in out
+
+
+def test_explain_takes_request_headers(tmp_path: Path) -> None:
+    """explain had no way to pass headers: a route matched on a header, and a canary's side
+    for a sticky key, could not be explained from the command line."""
+    example = str(ROOT / "config" / "examples" / "shadow.yaml")
+    url = "/api/v1/orders/9?expand=events"
+    code, out = cli(
+        "explain", "--config", example, "--header", "X-Internal-Client: reporting", "GET", url
+    )
+    assert code == 0, out
+    assert "route:      order-show-internal" in out
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "backends:\n  legacy: {url: 'http://127.0.0.1:8081'}\n  orders: {url: 'http://127.0.0.1:8082'}\n"
+        "default_backend: legacy\nroutes:\n  - name: r\n    match: {path: /x}\n"
+        "    mode: canary\n    candidate: orders\n"
+        "    canary: {percent: 50, sticky: {header: X-User-Id}}\n"
+    )
+    sides = set()
+    for user in ("u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"):
+        code, out = cli("explain", "--config", str(config), "-H", f"x-user-id:{user}", "GET", "/x")
+        assert code == 0, out
+        [line] = [x for x in out.splitlines() if x.startswith("this key:")]
+        assert f"header x-user-id {user!r}" in line
+        sides.add(line.rsplit(" ", 1)[1])
+    assert sides == {"candidate", "legacy"}  # 8 keys at 50 %: both sides
+    code, out = cli("explain", "--config", str(config), "GET", "/x")
+    assert "this key:   none in this request: served by legacy" in out
+    bad = CliRunner().invoke(
+        main, ["explain", "--config", str(config), "-H", "no-colon", "GET", "/x"]
+    )
+    assert bad.exit_code == 2 and "expected 'Name: value'" in bad.stderr
