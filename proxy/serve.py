@@ -401,7 +401,12 @@ async def _supervise_in(
     admin.scrape_registry = scrape_registry(mp_dir)
 
     async def fan_out() -> None:
-        _write_snapshot(snapshot, admin.settings)  # what workers load, now and when restarted
+        try:  # what workers load, now and when restarted
+            _write_snapshot(snapshot, admin.settings)
+        except OSError as exc:  # a full disk: the workers keep serving the previous config
+            admin.last_reload_error = f"workers kept the previous config: {exc}"
+            admin.access_log.event(event="reload_failed", error=admin.last_reload_error)
+            return
         workers.signal_all(signal.SIGHUP)
 
     admin.reload_hook = fan_out
