@@ -160,7 +160,7 @@ class Proxy:
             await asyncio.wait_for(sink.ensure(), 5.0)
         self.recorder = Recorder(sink, buffer_size=st.buffer_size, batch_size=st.batch_size)
         await self.recorder.start()
-        self.redactor = Redactor.from_env(st.redact_json_paths, warn=True)
+        self.redactor = Redactor.from_env(st.redact_json_paths)
         self.access_log.redact = self.redactor.redact_text
         self.hub = ShadowHub(
             self.recorder,

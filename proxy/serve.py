@@ -29,6 +29,7 @@ from pathlib import Path
 
 from proxy.holds import STATE_DIR_ENV
 from proxy.settings import ConfigError, Settings, load, loads
+from shadow.redact import warn_if_unkeyed
 
 __all__ = ["SNAPSHOT_ENV", "load_config", "run", "run_worker"]
 
@@ -223,6 +224,7 @@ async def _serve_one(settings: Settings, *, watch: bool, worker: bool) -> int:
             admin=f"{ahost}:{aport}",
             config_version=settings.version,
         )
+        warn_if_unkeyed()  # once, from the process users started, after a good start
     watcher = None
     if watch:
         watcher = loop.create_task(_watch_file(settings.path, proxy.reload_from_file, stop))
@@ -438,6 +440,7 @@ async def _supervise_in(
         workers=count,
         config_version=settings.version,
     )
+    warn_if_unkeyed()  # once for every worker and helper, after a good start
     watcher = None
     if watch:
         watcher = loop.create_task(_watch_file(settings.path, admin.reload_from_file, stop))

@@ -26,7 +26,7 @@ import orjson
 from shadow.compare import Difference, parse_path
 from shadow.http_compare import BodyDecodeError, decode_body, parse_json_body
 
-__all__ = ["KEY_ENV", "PREFIX", "SECRET_HEADERS", "Redactor", "mask_secrets"]
+__all__ = ["KEY_ENV", "PREFIX", "SECRET_HEADERS", "Redactor", "mask_secrets", "warn_if_unkeyed"]
 
 _log = logging.getLogger("strangler.redact")
 
@@ -66,6 +66,17 @@ def _secret_header(name: str) -> bool:
     if low in SECRET_HEADERS or "api-key" in low:
         return True
     return not _SECRET_HEADER_PARTS.isdisjoint(low.replace("_", "-").split("-"))
+
+
+def warn_if_unkeyed(environ: Mapping[str, str] | None = None) -> None:
+    """Log a warning when `STRANGLER_REDACT_KEY` is unset (once per start of a proxy)."""
+    if not (os.environ if environ is None else environ).get(KEY_ENV, ""):
+        _log.warning(
+            "%s is not set: redaction tokens use a random key of this process, so one"
+            " value gets different tokens in other workers, the shadow helper, replays"
+            " and after a restart; set it to the same secret everywhere",
+            KEY_ENV,
+        )
 
 
 def mask_secrets(text: str) -> str:
@@ -236,13 +247,8 @@ class Redactor:
         so tokens stay comparable within one process but not across restarts or workers
         (`warn`: say so in a log warning, at a store's start)."""
         value = (os.environ if environ is None else environ).get(KEY_ENV, "")
-        if not value and warn:
-            _log.warning(
-                "%s is not set: redaction tokens use a random key of this process, so one"
-                " value gets different tokens in other workers, the shadow helper, replays"
-                " and after a restart; set it to the same secret everywhere",
-                KEY_ENV,
-            )
+        if warn:
+            warn_if_unkeyed(environ)
         return cls(json_paths, value.encode() if value else None)
 
     def token(self, value: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from proxy.app import Proxy, create_proxy
 from proxy.settings import load
 from shadow.redact import KEY_ENV
 from tests.integration.proxy.conftest import proxy_config
+from tests.support import free_port, start_serve, stop_process, wait_admin_ready
 from tests.upstreams import EchoUpstream
 
 TOKEN = "test-admin-token"
@@ -224,36 +224,43 @@ async def test_a_reload_applies_new_redaction_paths(tmp_path: Path, upstream: Ec
         await proxy.stop(1.0)
 
 
-async def test_a_missing_redaction_key_is_warned_about_once_at_start(
-    tmp_path: Path,
-    upstream: EchoUpstream,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_missing_redaction_key_is_warned_about_once_per_serve(
+    tmp_path: Path, upstream: EchoUpstream, monkeypatch: pytest.MonkeyPatch, workers: str
 ) -> None:
     # Without the key every process hashes with its own random key: tokens of one value
-    # differ between workers and restarts, and nothing said so.
+    # differ between workers and restarts, and nothing said so. One warning per `serve`
+    # (not one per worker and helper), after a good start, not again on a reload.
+    port, admin = free_port(), free_port()
     path = tmp_path / "routes.yaml"
-    path.write_text(proxy_config(upstream.url, store_url=f"sqlite+aiosqlite:///{tmp_path}/s.db"))
+    text = proxy_config(upstream.url, store_url=f"sqlite+aiosqlite:///{tmp_path}/s.db")
+    text = text.replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}", 1)
+    path.write_text(text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1))
 
-    def warnings() -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    async def serve_and_reload() -> str:
+        proc = await start_serve(
+            path,
+            "--workers",
+            workers,
+            env={"STRANGLER_GRACE_S": "1"},
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await wait_admin_ready(admin)
+            auth = {"Authorization": "Bearer t0ken"}
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(f"http://127.0.0.1:{admin}/-/reload", headers=auth) as r,
+            ):
+                assert r.status == 200, await r.text()
+        finally:
+            await stop_process(proc)
+        assert proc.stderr is not None
+        return (await proc.stderr.read()).decode()
 
+    monkeypatch.setenv("STRANGLER_ADMIN_TOKEN", "t0ken")
     monkeypatch.delenv(KEY_ENV, raising=False)
-    caplog.set_level(logging.WARNING)
-    proxy = create_proxy(load(str(path)), access_log=AccessLog(enabled=False))
-    await proxy.start()
-    try:
-        text = path.read_text().replace("store:\n", 'store:\n  redact_json_paths: ["$.a"]\n', 1)
-        path.write_text(text)
-        ok, errors = await proxy.reload_from_file()
-        assert ok, errors
-    finally:
-        await proxy.stop(1.0)
-    (warning,) = warnings()  # at start, not again on a reload
-    assert KEY_ENV in warning
-    caplog.clear()
+    err = await serve_and_reload()
+    assert err.count(KEY_ENV) == 1, err
     monkeypatch.setenv(KEY_ENV, "a shared secret")
-    proxy = create_proxy(load(str(path)), access_log=AccessLog(enabled=False))
-    await proxy.start()
-    await proxy.stop(1.0)
-    assert warnings() == []
+    assert KEY_ENV not in await serve_and_reload()
