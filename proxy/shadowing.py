@@ -1090,7 +1090,14 @@ class ShadowHub:
         if entry is None or entry.held:
             return
         entry.held = True
-        self.board.put(Hold(state.route, state.hold_version, time.time(), breach.message))
+        try:
+            self.board.put(Hold(state.route, state.hold_version, time.time(), breach.message))
+        except OSError as e:  # never in the request's way: this worker holds it regardless
+            _log.error(
+                "auto-rollback of route %s: cannot share the hold with the other workers: %s",
+                state.route,
+                e,
+            )
         self.metrics.auto_rollback.labels(state.route).set(1)
         _log.warning("auto-rollback of route %s: %s", state.route, breach.message)
         if self.on_rollback is not None:

@@ -11,7 +11,7 @@ import aiohttp
 
 from proxy.app import Proxy
 from proxy.dataplane import DataPlane, RouteEntry
-from proxy.holds import Hold, route_versions
+from proxy.holds import STATE_DIR_ENV, Hold, route_versions
 from proxy.settings import loads
 from tests.integration.proxy.shadow_support import Side, shadow_config, shadow_stack, start_app
 from tests.support import (
@@ -313,3 +313,60 @@ async def test_reloads_of_other_routes_do_not_restart_a_routes_rollback_window(
                     break
                 await proxy.reload(loads(texts[n % 2], base.path))  # another route's edit
         await wait_until(lambda: _entry(proxy).held, timeout=5)
+
+
+async def test_a_hold_that_cannot_be_written_does_not_stick_the_tripping_connection(
+    tmp_path: Path,
+) -> None:
+    """Writing the hold file raised in the request path (state dir gone or full, or two
+    workers writing the same temporary file): the connection of the request that tripped
+    the rollback was stuck (its next request never answered), and the rollback was neither
+    audited nor exported."""
+    state = tmp_path / "state"
+    os.environ[STATE_DIR_ENV] = str(state)
+    try:
+        async with shadow_stack(CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'u.db'}") as (
+            proxy,
+            legacy,
+            cand,
+        ):
+            assert proxy.board.dir is not None
+            # the hold file cannot be written (as on a full disk): a directory in its way
+            (proxy.board.dir / f"orders.{os.getpid()}.tmp").mkdir()
+            (proxy.board.dir / "orders.tmp").mkdir()
+            legacy.release.set()
+            cand.release.set()
+            cand.fail_every = 3  # too few to open the breaker; a POST is never compared
+            port = proxy.address[1]
+            answers: list[int | str] = []
+            after = 0
+            timeout = aiohttp.ClientTimeout(total=5)
+            async with aiohttp.ClientSession(timeout=timeout) as s:
+                for i in range(80):
+                    try:
+                        async with s.post(
+                            f"http://127.0.0.1:{port}/api/p{i}",
+                            data=b"{}",
+                            headers={"X-User-Id": f"p{i}"},
+                        ) as r:
+                            await r.read()
+                            answers.append(r.status)
+                    except (TimeoutError, aiohttp.ClientError) as e:
+                        answers.append(type(e).__name__)
+                    after += _entry(proxy).held
+                    if after == 3:  # and the next requests on that connection
+                        break
+            print("answers:", answers)
+            assert all(isinstance(a, int) for a in answers), answers
+            # this worker keeps holding it through its polls of the board
+            assert proxy.hub is not None
+            proxy.hub.poll_holds(_plane(proxy).state.entries)
+            assert _entry(proxy).held and "orders" in proxy.holds()
+            assert _plane(proxy).in_flight == 0
+            metrics = f"http://127.0.0.1:{proxy.admin_address[1]}/-/metrics"
+            async with aiohttp.ClientSession() as s, s.get(metrics) as r:
+                assert 'strangler_auto_rollback{route="orders"} 1.0' in await r.text()
+    finally:
+        del os.environ[STATE_DIR_ENV]
+    rows = list(sqlite3.connect(tmp_path / "u.db").execute("SELECT kind FROM route_changes"))
+    assert rows == [("auto_rollback",)]
