@@ -37,6 +37,8 @@ __all__ = [
     "current_stage",
     "find_route",
     "gather_evidence",
+    "held_reason",
+    "is_held",
     "load_config",
     "next_stage",
     "path_of",
@@ -114,6 +116,9 @@ class Plan:
     old_text: str
     new_text: str
     keyless: bool = False  # the route has no canary.sticky key: a canary step serves nobody
+    # The automatic rollback holding the route on legacy (its last change), when the change
+    # would serve the candidate: the evidence since then was made while legacy served.
+    held: RouteChange | None = None
 
     @property
     def diff(self) -> str:
@@ -123,7 +128,10 @@ class Plan:
     @property
     def passed(self) -> bool:
         """Whether the change may be applied without --force: no gate applies, or it passed
-        on some evidence (with `min_samples: 0`, no comparison at all is no pass either)."""
+        on some evidence (with `min_samples: 0`, no comparison at all is no pass either);
+        never while an automatic rollback holds the route."""
+        if self.held is not None:
+            return False
         return self.verdict is None or (self.verdict.passed and not self.evidence.empty)
 
     def audit_evidence(self, *, forced: bool) -> dict[str, Any]:
@@ -215,7 +223,21 @@ async def plan_change(
         old_text=settings.source,
         new_text=new_text,
         keyless=not (route.canary.sticky_header or route.canary.sticky_cookie),
+        held=last if gated and is_held(last, current) else None,
     )
+
+
+def is_held(last: RouteChange | None, stage: Stage) -> bool:
+    """Whether the route's last change is an automatic rollback that holds it (the proxy
+    holds canary and extracted routes on legacy until the route changes or is cleared)."""
+    return last is not None and last.kind == "auto_rollback" and stage.serves_candidate
+
+
+def held_reason(change: RouteChange) -> str:
+    """Why a route is held, in words: when, and the rollback's own reason."""
+    when = change.time.astimezone(UTC).isoformat(timespec="seconds")
+    why = change.evidence.get("message") if isinstance(change.evidence, dict) else None
+    return f"held after an automatic rollback at {when}" + (f": {why}" if why else "")
 
 
 async def apply_plan(
