@@ -370,3 +370,35 @@ async def test_a_hold_that_cannot_be_written_does_not_stick_the_tripping_connect
         del os.environ[STATE_DIR_ENV]
     rows = list(sqlite3.connect(tmp_path / "u.db").execute("SELECT kind FROM route_changes"))
     assert rows == [("auto_rollback",)]
+
+
+async def test_failing_writes_are_rolled_back_at_the_configured_error_rate(tmp_path: Path) -> None:
+    """A served GET counted twice in the rollback window (its answer, then its comparison
+    with legacy), a served POST once: a candidate failing every write, 1 request in 14
+    (7 % of its calls, over the route's 5 %), showed as 3.7 % and kept failing users."""
+    async with shadow_stack(CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'e.db'}") as (
+        proxy,
+        legacy,
+        cand,
+    ):
+        legacy.release.set()
+        cand.release.set()
+        port = proxy.address[1]
+        failed = 0
+        async with aiohttp.ClientSession() as s:
+            for i in range(420):
+                if _entry(proxy).held:
+                    break
+                url = f"http://127.0.0.1:{port}/api/"
+                if i % 14 == 13:  # a write: the candidate fails it (never compared)
+                    req = s.post(url + f"err{i}", data=b"{}", headers={"X-User-Id": f"e{i}"})
+                else:
+                    req = s.get(url + f"o{i}", headers={"X-User-Id": f"e{i}"})
+                async with req as r:
+                    await r.read()
+                    failed += r.status == 500
+            # the last comparisons with legacy may still be under way
+            await wait_until(lambda: proxy.hub is not None and proxy.hub.in_flight == 0)
+        print(f"held: {_entry(proxy).held} after {failed} failed writes")
+        assert _entry(proxy).held
+        assert failed <= 10
