@@ -4,7 +4,7 @@ A route walks `legacy -> shadow -> canary at each promotion step -> extracted` (
 100 means extracted). Moving to a stage where the candidate serves users (canary,
 extracted) is gated by the comparisons recorded since the route's last change (the store's
 audit log; all of them when the route never changed). Changes are minimal YAML edits
-(`proxy.yamledit`), written atomically and recorded in the audit log.
+(`proxy.yamledit`), recorded in the audit log, then written atomically.
 """
 
 from __future__ import annotations
@@ -243,11 +243,15 @@ def held_reason(change: RouteChange) -> str:
 async def apply_plan(
     plan: Plan, store: Store, *, actor: str, kind: str | None = None, forced: bool = False
 ) -> RouteChange:
-    """Write the planned YAML (atomically, if the file is unchanged) and audit the change."""
+    """Audit the change, then write the planned YAML (atomically, if the file is unchanged).
+
+    The record comes first: a step on disk without its record would leave the evidence
+    window at the change before, and the next `advance` or watch pass would judge the same
+    evidence again and step on. A record without its step only asks for fresh evidence."""
     if plan.target is None:
         raise MigrateError(f"route {plan.route!r}: nothing to apply")
-    _write_config(plan)
-    return await store.record_route_change(
+    _check_config(plan)
+    change = await store.record_route_change(
         route=plan.route,
         to_mode=plan.target.mode,
         actor=actor,
@@ -257,10 +261,18 @@ async def apply_plan(
         to_percent=plan.target.share,
         evidence=plan.audit_evidence(forced=forced),
     )
+    try:
+        write_atomic(plan.config_path, plan.new_text)
+    except OSError as e:
+        raise MigrateError(
+            f"cannot write {plan.config_path}: {e.strerror or e}; the change was recorded"
+            f" (audit #{change.id}) but not made: {plan.route} stays at {plan.current}"
+        ) from None
+    return change
 
 
-def _write_config(plan: Plan) -> None:
-    """Validate the edited text and write it, unless the file changed since it was read."""
+def _check_config(plan: Plan) -> None:
+    """Validate the edited text; MigrateError if the file changed since it was read."""
     try:
         with open(plan.config_path, encoding="utf-8", newline="") as fh:
             on_disk = fh.read()
@@ -272,10 +284,6 @@ def _write_config(plan: Plan) -> None:
         loads(plan.new_text, plan.config_path)
     except ConfigError as e:
         raise MigrateError(f"the edited config would be invalid: {e.errors[0]}") from None
-    try:
-        write_atomic(plan.config_path, plan.new_text)
-    except OSError as e:
-        raise MigrateError(f"cannot write {plan.config_path}: {e.strerror or e}") from None
 
 
 # --- reload ------------------------------------------------------------------------------
