@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sqlite3
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 
+from proxy.accesslog import AccessLog
 from proxy.app import Proxy
 from proxy.dataplane import DataPlane, RouteEntry
 from proxy.holds import STATE_DIR_ENV, Hold, route_versions
 from proxy.settings import loads
+from shadow.store import Store
 from tests.integration.proxy.shadow_support import Side, shadow_config, shadow_stack, start_app
 from tests.support import (
     free_port,
@@ -402,3 +406,38 @@ async def test_failing_writes_are_rolled_back_at_the_configured_error_rate(tmp_p
         print(f"held: {_entry(proxy).held} after {failed} failed writes")
         assert _entry(proxy).held
         assert failed <= 10
+
+
+async def test_a_rollback_audit_refused_by_the_store_is_written_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The audit record of an automatic rollback was tried once: a store refusing writes at
+    that moment lost it for good, and `migrate watch` (which holds a route only on that
+    record) stepped the rolled-back route on, lifting the hold."""
+    db = tmp_path / "a.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    async with Store(url):
+        pass
+    with sqlite3.connect(db) as conn:  # the store refuses audit records for now
+        conn.execute(
+            "CREATE TRIGGER no_audit BEFORE INSERT ON route_changes"
+            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    events = io.BytesIO()
+    log = AccessLog(events, enabled=False)
+    async with shadow_stack(CANARY_ALL, url, log=log) as (proxy, legacy, cand):
+        await _fail_until_held(proxy, legacy, cand)
+        tripped = time.time()
+        await wait_until(lambda: b'"audit_failed"' in events.getvalue(), timeout=10)
+        with sqlite3.connect(db) as conn:
+            conn.execute("DROP TRIGGER no_audit")
+
+        def rows() -> list[tuple[str, str]]:
+            with sqlite3.connect(db) as conn:
+                return list(conn.execute("SELECT kind, time FROM route_changes"))
+
+        await wait_until(lambda: rows() != [], timeout=15)
+    [(kind, when)] = rows()
+    assert kind == "auto_rollback"
+    # stamped with the time of the rollback, not of the retry that wrote it
+    assert datetime.fromisoformat(when).replace(tzinfo=UTC).timestamp() <= tripped + 1.0
