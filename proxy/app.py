@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -48,6 +49,10 @@ _ACCEPT_LINGER_S = 0.2
 # (the shadow helper, rollback audits, buffered records) gets at least a short floor each.
 STOP_OVERRUN_S = 4.0
 _FLUSH_FLOOR_S = 1.0
+# An audit record the store refuses is tried again after these delays (then every last
+# one) for up to _AUDIT_RETRY_FOR_S: `migrate` holds a rolled-back route on that record.
+_AUDIT_RETRY_S = (0.5, 1.0, 2.0, 5.0)
+_AUDIT_RETRY_FOR_S = 600.0
 _GRACE_HELPER_S = 7.0  # a shadow helper turned off by a reload: finish, flush, exit
 
 
@@ -336,6 +341,12 @@ class Proxy:
             self.hub.stop()
         if self._audits:
             await asyncio.wait(set(self._audits), timeout=left(_FLUSH_FLOOR_S))
+            lost = list(self._audits)  # a store still refusing them: say so, stop trying
+            if lost:
+                self.access_log.event(event="audit_lost", records=len(lost))
+                for task in lost:
+                    task.cancel()
+                await asyncio.wait(lost, timeout=0.5)
         if self.recorder is not None:
             await self.recorder.stop(left(_FLUSH_FLOOR_S, reserve=0.0))
             if self.hub is not None:
@@ -408,26 +419,47 @@ class Proxy:
         to_mode: str,
         evidence: dict[str, Any] | None = None,
     ) -> None:
-        """Write a route change to the store's audit log in the background (best effort)."""
+        """Write a route change to the store's audit log in the background, stamped with
+        the time of the change; a store refusing it is tried again for a while (the hold,
+        or its clearing, applies regardless)."""
         store = self.store
         url = self.settings.store.url
+        when = datetime.now(UTC)
 
         async def audit() -> None:
             own = store is None
             target = store if store is not None else Store(url)
+            give_up = time.monotonic() + _AUDIT_RETRY_FOR_S
+            attempt = 0
             try:
-                if own:
-                    await target.init()
-                await target.record_route_change(
-                    route=route,
-                    to_mode=to_mode,
-                    actor=actor,
-                    kind=kind,
-                    from_mode=from_mode,
-                    evidence=evidence or {},
-                )
-            except Exception as exc:  # the hold (or its clearing) applies regardless
-                self.access_log.event(event="audit_failed", route=route, error=str(exc))
+                while True:
+                    try:
+                        if own:
+                            await target.init()
+                        await target.record_route_change(
+                            route=route,
+                            to_mode=to_mode,
+                            actor=actor,
+                            kind=kind,
+                            from_mode=from_mode,
+                            evidence=evidence or {},
+                            time=when,
+                        )
+                        return
+                    except Exception as exc:
+                        delay = _AUDIT_RETRY_S[min(attempt, len(_AUDIT_RETRY_S) - 1)]
+                        retry = time.monotonic() + delay < give_up
+                        self.access_log.event(
+                            event="audit_failed",
+                            route=route,
+                            kind=kind,
+                            error=str(exc),
+                            retry_in_s=delay if retry else None,
+                        )
+                        if not retry:
+                            return
+                    attempt += 1
+                    await asyncio.sleep(delay)
             finally:
                 if own:
                     await target.close()

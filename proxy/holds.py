@@ -4,8 +4,9 @@ A hold keeps a route on legacy until that route's own config changes (its settin
 backends'; not a comment or another route) or an operator clears it. With
 several workers, holds are small marker files in a directory the supervisor shares with
 its workers; each worker polls it (a directory listing every 250 ms, off the request
-path), so a rollback decided in one worker applies in all. A single process keeps them
-in memory only.
+path), so a rollback decided in one worker applies in all. A hold whose file cannot be
+written (a full disk) holds in its own worker and is written again at each poll. A single
+process keeps them in memory only.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class HoldBoard:
         if self.dir is not None:
             self.dir.mkdir(parents=True, exist_ok=True)
         self._local: dict[str, Hold] = {}
+        self._unshared: dict[str, Hold] = {}  # holds whose file could not be written yet
 
     @classmethod
     def from_env(cls) -> HoldBoard:
@@ -58,18 +60,34 @@ class HoldBoard:
         return self.dir / quote(route, safe="")
 
     def put(self, hold: Hold) -> None:
-        """Publish a hold."""
+        """Publish a hold. OSError when its file cannot be written (a full disk): this
+        process holds the route anyway (`read` returns it) and writes it again at each
+        `read` until it can."""
         self._local[hold.route] = hold
         if self.dir is not None:
-            tmp = self._file(hold.route).with_suffix(".tmp")
+            self._unshared[hold.route] = hold
+            self._write(hold)
+            del self._unshared[hold.route]
+
+    def _write(self, hold: Hold) -> None:
+        # Its own temporary name: two workers tripping at once (or two routes named `a.x`
+        # and `a.y`) would rename each other's file away.
+        target = self._file(hold.route)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        try:
             tmp.write_bytes(
                 orjson.dumps({"version": hold.version, "time": hold.time, "reason": hold.reason})
             )
-            tmp.replace(self._file(hold.route))
+            tmp.replace(target)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     def clear(self, route: str) -> bool:
         """Remove a route's hold; True if there was one."""
         had = self._local.pop(route, None) is not None
+        self._unshared.pop(route, None)
         if self.dir is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._file(route).unlink()
@@ -88,6 +106,10 @@ class HoldBoard:
         """Every hold in force (from the shared directory when there is one)."""
         if self.dir is None:
             return dict(self._local)
+        for hold in list(self._unshared.values()):
+            with contextlib.suppress(OSError):
+                self._write(hold)
+                del self._unshared[hold.route]
         holds: dict[str, Hold] = {}
         try:
             names = os.listdir(self.dir)
@@ -104,7 +126,7 @@ class HoldBoard:
                 )
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-        return holds
+        return {**holds, **self._unshared}
 
 
 def route_version(settings: Settings, route: RouteSettings) -> str:

@@ -4,7 +4,7 @@ A route walks `legacy -> shadow -> canary at each promotion step -> extracted` (
 100 means extracted). Moving to a stage where the candidate serves users (canary,
 extracted) is gated by the comparisons recorded since the route's last change (the store's
 audit log; all of them when the route never changed). Changes are minimal YAML edits
-(`proxy.yamledit`), written atomically and recorded in the audit log.
+(`proxy.yamledit`), recorded in the audit log, then written atomically.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ __all__ = [
     "current_stage",
     "find_route",
     "gather_evidence",
+    "held_reason",
+    "is_held",
     "load_config",
     "next_stage",
     "path_of",
@@ -114,6 +116,9 @@ class Plan:
     old_text: str
     new_text: str
     keyless: bool = False  # the route has no canary.sticky key: a canary step serves nobody
+    # The automatic rollback holding the route on legacy (its last change), when the change
+    # would serve the candidate: the evidence since then was made while legacy served.
+    held: RouteChange | None = None
 
     @property
     def diff(self) -> str:
@@ -123,7 +128,10 @@ class Plan:
     @property
     def passed(self) -> bool:
         """Whether the change may be applied without --force: no gate applies, or it passed
-        on some evidence (with `min_samples: 0`, no comparison at all is no pass either)."""
+        on some evidence (with `min_samples: 0`, no comparison at all is no pass either);
+        never while an automatic rollback holds the route."""
+        if self.held is not None:
+            return False
         return self.verdict is None or (self.verdict.passed and not self.evidence.empty)
 
     def audit_evidence(self, *, forced: bool) -> dict[str, Any]:
@@ -215,17 +223,35 @@ async def plan_change(
         old_text=settings.source,
         new_text=new_text,
         keyless=not (route.canary.sticky_header or route.canary.sticky_cookie),
+        held=last if gated and is_held(last, current) else None,
     )
+
+
+def is_held(last: RouteChange | None, stage: Stage) -> bool:
+    """Whether the route's last change is an automatic rollback that holds it (the proxy
+    holds canary and extracted routes on legacy until the route changes or is cleared)."""
+    return last is not None and last.kind == "auto_rollback" and stage.serves_candidate
+
+
+def held_reason(change: RouteChange) -> str:
+    """Why a route is held, in words: when, and the rollback's own reason."""
+    when = change.time.astimezone(UTC).isoformat(timespec="seconds")
+    why = change.evidence.get("message") if isinstance(change.evidence, dict) else None
+    return f"held after an automatic rollback at {when}" + (f": {why}" if why else "")
 
 
 async def apply_plan(
     plan: Plan, store: Store, *, actor: str, kind: str | None = None, forced: bool = False
 ) -> RouteChange:
-    """Write the planned YAML (atomically, if the file is unchanged) and audit the change."""
+    """Audit the change, then write the planned YAML (atomically, if the file is unchanged).
+
+    The record comes first: a step on disk without its record would leave the evidence
+    window at the change before, and the next `advance` or watch pass would judge the same
+    evidence again and step on. A record without its step only asks for fresh evidence."""
     if plan.target is None:
         raise MigrateError(f"route {plan.route!r}: nothing to apply")
-    _write_config(plan)
-    return await store.record_route_change(
+    _check_config(plan)
+    change = await store.record_route_change(
         route=plan.route,
         to_mode=plan.target.mode,
         actor=actor,
@@ -235,10 +261,18 @@ async def apply_plan(
         to_percent=plan.target.share,
         evidence=plan.audit_evidence(forced=forced),
     )
+    try:
+        write_atomic(plan.config_path, plan.new_text)
+    except OSError as e:
+        raise MigrateError(
+            f"cannot write {plan.config_path}: {e.strerror or e}; the change was recorded"
+            f" (audit #{change.id}) but not made: {plan.route} stays at {plan.current}"
+        ) from None
+    return change
 
 
-def _write_config(plan: Plan) -> None:
-    """Validate the edited text and write it, unless the file changed since it was read."""
+def _check_config(plan: Plan) -> None:
+    """Validate the edited text; MigrateError if the file changed since it was read."""
     try:
         with open(plan.config_path, encoding="utf-8", newline="") as fh:
             on_disk = fh.read()
@@ -250,10 +284,6 @@ def _write_config(plan: Plan) -> None:
         loads(plan.new_text, plan.config_path)
     except ConfigError as e:
         raise MigrateError(f"the edited config would be invalid: {e.errors[0]}") from None
-    try:
-        write_atomic(plan.config_path, plan.new_text)
-    except OSError as e:
-        raise MigrateError(f"cannot write {plan.config_path}: {e.strerror or e}") from None
 
 
 # --- reload ------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from proxy.migrate import (
     current_stage,
     find_route,
     gather_evidence,
+    held_reason,
+    is_held,
     load_config,
     next_stage,
     plan_change,
@@ -280,7 +282,8 @@ async def _status(route: str | None, config_path: str, store_url: str | None, as
             last = await store.last_route_change(r.name)
             ev = await gather_evidence(store, r.name, last.time if last else None)
             verdict = evaluate(ev, r.promotion) if nxt and nxt.serves_candidate else None
-            failed |= verdict is not None and (ev.empty or not verdict.passed)
+            held = is_held(last, stage)
+            failed |= verdict is not None and (ev.empty or not verdict.passed or held)
             if as_json:
                 out.append(
                     {
@@ -292,7 +295,7 @@ async def _status(route: str | None, config_path: str, store_url: str | None, as
                         "gated": verdict is not None,
                         "no_evidence": ev.empty,
                         "auto": r.promotion.auto,
-                        "held": last is not None and last.kind == "auto_rollback",
+                        "held": held,
                         **(verdict or Verdict(ev)).to_json(),
                     }
                 )
@@ -302,7 +305,7 @@ async def _status(route: str | None, config_path: str, store_url: str | None, as
                 f"  mode {stage.mode}, share {stage.share:g}%,"
                 f" next {nxt if nxt else 'none (fully extracted)'}{_auto_text(r)}"
             )
-            if last is not None and last.kind == "auto_rollback":
+            if held and last is not None:
                 click.echo(f"  HELD: automatic rollback at {_since_text(last.time)}")
             click.echo(f"  evidence since {_since_text(ev.since)} ({_last_text(last)}):")
             click.echo(f"    {_evidence_text(ev)}")
@@ -397,6 +400,12 @@ def _show_plan(plan: Plan) -> None:
     click.echo(f"  {_evidence_text(plan.evidence)}")
     for line in _verdict_lines(plan.verdict, plan.evidence):
         click.echo(line)
+    if plan.held is not None:
+        click.echo(
+            f"HELD: {held_reason(plan.held)}; the evidence since was made while legacy served"
+            f" (`strangler migrate rollback {plan.route} --apply`, or clear the hold with"
+            f" POST /-/routes/{plan.route}/clear, then gather fresh evidence)"
+        )
     click.echo(plan.diff, nl=False)
 
 

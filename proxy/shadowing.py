@@ -1034,7 +1034,7 @@ class ShadowHub:
         )
         self._count(plan.state, verdict.outcome)
         try:  # recorded: a failure from here on must not count this copy again as a drop
-            self.observe(plan.state, verdict.outcome, legacy_ms, cand_ms)
+            self.observe(plan.state, verdict.outcome, legacy_ms, cand_ms, served=plan.swapped)
         except Exception:
             _log.exception("shadow: the rollback check failed for %s", plan.route)
 
@@ -1074,13 +1074,20 @@ class ShadowHub:
 
     # automatic rollback
     def observe(
-        self, state: RouteState, outcome: str, legacy_ms: float | None, cand_ms: float | None
+        self,
+        state: RouteState,
+        outcome: str,
+        legacy_ms: float | None,
+        cand_ms: float | None,
+        *,
+        served: bool = False,
     ) -> None:
-        """Feed a route's rollback window; hold the route on legacy when a gate breaks."""
+        """Feed a route's rollback window (`served`: the comparison of an answer the
+        candidate served, counted already); hold the route on legacy when a gate breaks."""
         window = state.window
         if window is None or state.entry is None or state.entry.held:
             return
-        breach = window.observe(outcome, legacy_ms, cand_ms)
+        breach = window.observe(outcome, legacy_ms, cand_ms, served=served)
         if breach is not None:
             self.trip(state, breach)
 
@@ -1090,7 +1097,14 @@ class ShadowHub:
         if entry is None or entry.held:
             return
         entry.held = True
-        self.board.put(Hold(state.route, state.hold_version, time.time(), breach.message))
+        try:
+            self.board.put(Hold(state.route, state.hold_version, time.time(), breach.message))
+        except OSError as e:  # never in the request's way: this worker holds it regardless
+            _log.error(
+                "auto-rollback of route %s: cannot share the hold with the other workers: %s",
+                state.route,
+                e,
+            )
         self.metrics.auto_rollback.labels(state.route).set(1)
         _log.warning("auto-rollback of route %s: %s", state.route, breach.message)
         if self.on_rollback is not None:

@@ -57,6 +57,10 @@ def set_route_stage(text: str, route: str, *, mode: str, percent: float | None =
         splices.append(_Splice(at, at, f"{_indent(node)}mode: {mode}\n"))
     if percent is not None:
         splices.extend(_set_percent(text, lines, node, percent, anchor_line))
+    at_end = [i for i, s in enumerate(splices) if s.start == len(text)]
+    if at_end and text and not text.endswith("\n"):  # what is inserted at the end starts a line
+        first = splices[at_end[0]]
+        splices[at_end[0]] = _Splice(first.start, first.end, "\n" + first.text)
     if "\r\n" in text:  # inserted lines follow the file's line endings
         splices = [_Splice(s.start, s.end, s.text.replace("\n", "\r\n")) for s in splices]
     new = text

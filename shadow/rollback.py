@@ -4,6 +4,10 @@ Pure and O(1) per observation: a ring buffer with running counts, and log-scale 
 histograms for the p99 gate. The data plane feeds it (compared responses as `match` or
 `mismatch`; served candidate responses as `ok`, or as `candidate_error` on a 5xx or a
 connection failure) and switches the route to legacy on the first `Breach`.
+
+A served answer compared with legacy afterwards (`served=True`) is a sample for the
+mismatch and latency gates but no second candidate call: the error gate counts each call
+once, so a route's served writes (never compared) weigh as much as its reads.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from shadow.gates import Gate, GateLimits
 __all__ = ["Breach", "RollbackWindow"]
 
 _MATCH, _MISMATCH, _ERROR, _OK = 0, 1, 2, 3
+_SERVED_MATCH, _SERVED_MISMATCH = 4, 5  # comparisons of served answers: not calls again
 _CODES = {
     "match": _MATCH,
     "mismatch": _MISMATCH,
@@ -119,7 +124,7 @@ class RollbackWindow:
         self._codes = [-1] * size
         self._prim = [-1] * size
         self._cand = [-1] * size
-        self._counts = [0, 0, 0, 0]
+        self._counts = [0, 0, 0, 0, 0, 0]
         self._prim_hist = [0] * _BUCKETS
         self._cand_hist = [0] * _BUCKETS
         self._prim_n = 0
@@ -146,12 +151,26 @@ class RollbackWindow:
         self._clear()
 
     def observe(
-        self, outcome: str, primary_ms: float | None, candidate_ms: float | None
+        self,
+        outcome: str,
+        primary_ms: float | None,
+        candidate_ms: float | None,
+        *,
+        served: bool = False,
     ) -> Breach | None:
-        """Add one outcome; a `Breach` when a gate is now broken with enough samples."""
+        """Add one outcome; a `Breach` when a gate is now broken with enough samples.
+        `served`: the comparison of an answer the candidate served, already counted as
+        `ok` or `candidate_error` when it was served."""
         code = _CODES.get(outcome)
         if code is None:  # skipped, dropped: the candidate was not called
             return None
+        if served:
+            if code == _MATCH:
+                code = _SERVED_MATCH
+            elif code == _MISMATCH:
+                code = _SERVED_MISMATCH
+            else:  # its error was counted when it was served
+                return None
         i = self._next
         if self._seen >= self.size:
             self._evict(i)
@@ -181,9 +200,10 @@ class RollbackWindow:
 
     def _judge(self) -> Breach | None:
         limits, need = self._limits, self._min_samples
-        matches, mismatches, errors, ok = self._counts
-        samples = matches + mismatches
-        attempts = samples + errors + ok
+        matches, mismatches, errors, ok, served_matches, served_mismatches = self._counts
+        attempts = matches + mismatches + errors + ok  # candidate calls, each once
+        mismatches += served_mismatches
+        samples = matches + served_matches + mismatches
         if attempts >= need and errors / attempts > limits.max_error_rate:
             return self._breach("error_rate", errors / attempts, limits.max_error_rate)
         if samples >= need and mismatches / samples > limits.max_mismatch_rate:
@@ -201,8 +221,9 @@ class RollbackWindow:
         return None
 
     def _breach(self, gate: Gate, value: float, limit: float) -> Breach:
-        matches, mismatches, errors, _ok = self._counts
-        return Breach(gate, value, limit, self.observations, matches + mismatches, errors)
+        matches, mismatches, errors, _ok, served_matches, served_mismatches = self._counts
+        samples = matches + mismatches + served_matches + served_mismatches
+        return Breach(gate, value, limit, self.observations, samples, errors)
 
 
 def _p99(hist: list[int], n: int) -> float:

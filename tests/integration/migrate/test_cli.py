@@ -11,7 +11,7 @@ from click.testing import Result
 
 from proxy.settings import load
 from shadow.store import Store
-from tests.integration.migrate.helpers import changes, evidence, migrate, write_config
+from tests.integration.migrate.helpers import CONFIG, changes, evidence, migrate, write_config
 
 SHOW = "order-show"
 
@@ -237,3 +237,49 @@ def test_a_canary_step_without_a_sticky_key_is_flagged(tmp_path: Path, store: st
     evidence(store, SHOW, matches=300)
     keyed = migrate("advance", SHOW, "--config", config, "--store", store)
     assert "warning" not in keyed.stderr, keyed.stderr
+
+
+def test_advance_and_promote_refuse_a_route_held_by_an_automatic_rollback(
+    tmp_path: Path, store: str
+) -> None:
+    """After the proxy rolled a canary back by itself, `advance` (and `promote`) passed on
+    the comparisons since, made while legacy served (the answers that tripped it are not
+    comparisons), and the step lifted the hold: users were back on the failing candidate
+    at a larger share. `watch` already held such a route."""
+    keyed = CONFIG.replace("canary: {percent: 25}", "canary: {percent: 25, sticky: {cookie: sid}}")
+    config = write_config(tmp_path, keyed)
+    route = "order-list"  # canary 25%
+
+    async def trip() -> None:
+        async with Store(store) as s:
+            await s.record_route_change(
+                route=route,
+                to_mode="legacy",
+                kind="auto_rollback",
+                actor="strangler",
+                from_mode="canary",
+                evidence={"message": "error rate 20.00% above 2.00% over the last 50"},
+            )
+
+    asyncio.run(trip())
+    evidence(store, route, matches=300)  # comparisons since the hold: all fine
+    advance = migrate("advance", route, "--config", config, "--store", store, "--apply")
+    assert advance.exit_code == 1, advance.output
+    assert "held after an automatic rollback at 20" in advance.stdout
+    assert "error rate 20.00% above 2.00%" in advance.stdout
+    assert "refused: order-list stays at canary 25%" in advance.stderr
+    assert _route(config, route) == ("canary", 25.0)
+    promote = migrate("promote", route, "--config", config, "--store", store, "--apply")
+    assert promote.exit_code == 1, promote.output
+    assert _route(config, route) == ("canary", 25.0)
+    assert [c.kind for c in changes(store, route)] == ["auto_rollback"]
+    status = migrate("status", route, "--config", config, "--store", store)
+    assert status.exit_code == 1, status.output
+
+    # The operator's way back: a rollback (or clearing the hold), then fresh evidence.
+    back = migrate("rollback", route, "--config", config, "--store", store, "--apply")
+    assert back.exit_code == 0, back.output
+    evidence(store, route, matches=300)
+    again = migrate("advance", route, "--config", config, "--store", store, "--apply")
+    assert again.exit_code == 0, again.output
+    assert _route(config, route) == ("canary", 1.0)

@@ -132,3 +132,27 @@ def test_once_with_a_failing_reload_says_the_step_was_taken(tmp_path: Path, stor
     (line,) = result.stderr.strip().splitlines()
     assert f"order-list: advanced and written to {config}, but the reload failed" in line
     assert _stage(config, AUTO) == ("canary", 50.0) and len(changes(store)) == 1
+
+
+def test_a_step_whose_audit_cannot_be_written_is_not_taken(tmp_path: Path, store: str) -> None:
+    """The YAML was written before the audit record: when the store refused the record,
+    the step stood unrecorded, so the next pass judged the same old evidence again (since
+    the previous change) and stepped on, canary 25% -> 50% -> extracted in two passes."""
+    import sqlite3
+
+    config = write_config(tmp_path, CONFIG.replace(", interval: 1h", ""))
+    evidence(store, AUTO, matches=300)
+    db = store.split("///", 1)[1]
+    with sqlite3.connect(db) as conn:  # the store takes reads but no audit record
+        conn.execute(
+            "CREATE TRIGGER no_audit BEFORE INSERT ON route_changes"
+            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    for _ in range(2):
+        result = migrate("watch", "--config", config, "--store", store, "--once")
+        assert result.exit_code == 2, result.output
+        assert "database or disk is full" in result.stderr
+        assert _stage(config, AUTO) == ("canary", 25.0)
+    manual = migrate("advance", AUTO, "--config", config, "--store", store, "--apply")
+    assert manual.exit_code == 2 and "database or disk is full" in manual.stderr
+    assert _stage(config, AUTO) == ("canary", 25.0)

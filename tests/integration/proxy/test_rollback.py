@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sqlite3
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 
+from proxy.accesslog import AccessLog
 from proxy.app import Proxy
 from proxy.dataplane import DataPlane, RouteEntry
-from proxy.holds import Hold, route_versions
+from proxy.holds import STATE_DIR_ENV, Hold, route_versions
 from proxy.settings import loads
+from shadow.store import Store
 from tests.integration.proxy.shadow_support import Side, shadow_config, shadow_stack, start_app
 from tests.support import (
     free_port,
@@ -313,3 +317,127 @@ async def test_reloads_of_other_routes_do_not_restart_a_routes_rollback_window(
                     break
                 await proxy.reload(loads(texts[n % 2], base.path))  # another route's edit
         await wait_until(lambda: _entry(proxy).held, timeout=5)
+
+
+async def test_a_hold_that_cannot_be_written_does_not_stick_the_tripping_connection(
+    tmp_path: Path,
+) -> None:
+    """Writing the hold file raised in the request path (state dir gone or full, or two
+    workers writing the same temporary file): the connection of the request that tripped
+    the rollback was stuck (its next request never answered), and the rollback was neither
+    audited nor exported."""
+    state = tmp_path / "state"
+    os.environ[STATE_DIR_ENV] = str(state)
+    try:
+        async with shadow_stack(CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'u.db'}") as (
+            proxy,
+            legacy,
+            cand,
+        ):
+            assert proxy.board.dir is not None
+            # the hold file cannot be written (as on a full disk): a directory in its way
+            (proxy.board.dir / f"orders.{os.getpid()}.tmp").mkdir()
+            (proxy.board.dir / "orders.tmp").mkdir()
+            legacy.release.set()
+            cand.release.set()
+            cand.fail_every = 3  # too few to open the breaker; a POST is never compared
+            port = proxy.address[1]
+            answers: list[int | str] = []
+            after = 0
+            timeout = aiohttp.ClientTimeout(total=5)
+            async with aiohttp.ClientSession(timeout=timeout) as s:
+                for i in range(80):
+                    try:
+                        async with s.post(
+                            f"http://127.0.0.1:{port}/api/p{i}",
+                            data=b"{}",
+                            headers={"X-User-Id": f"p{i}"},
+                        ) as r:
+                            await r.read()
+                            answers.append(r.status)
+                    except (TimeoutError, aiohttp.ClientError) as e:
+                        answers.append(type(e).__name__)
+                    after += _entry(proxy).held
+                    if after == 3:  # and the next requests on that connection
+                        break
+            print("answers:", answers)
+            assert all(isinstance(a, int) for a in answers), answers
+            # this worker keeps holding it through its polls of the board
+            assert proxy.hub is not None
+            proxy.hub.poll_holds(_plane(proxy).state.entries)
+            assert _entry(proxy).held and "orders" in proxy.holds()
+            assert _plane(proxy).in_flight == 0
+            metrics = f"http://127.0.0.1:{proxy.admin_address[1]}/-/metrics"
+            async with aiohttp.ClientSession() as s, s.get(metrics) as r:
+                assert 'strangler_auto_rollback{route="orders"} 1.0' in await r.text()
+    finally:
+        del os.environ[STATE_DIR_ENV]
+    rows = list(sqlite3.connect(tmp_path / "u.db").execute("SELECT kind FROM route_changes"))
+    assert rows == [("auto_rollback",)]
+
+
+async def test_failing_writes_are_rolled_back_at_the_configured_error_rate(tmp_path: Path) -> None:
+    """A served GET counted twice in the rollback window (its answer, then its comparison
+    with legacy), a served POST once: a candidate failing every write, 1 request in 14
+    (7 % of its calls, over the route's 5 %), showed as 3.7 % and kept failing users."""
+    async with shadow_stack(CANARY_ALL, f"sqlite+aiosqlite:///{tmp_path / 'e.db'}") as (
+        proxy,
+        legacy,
+        cand,
+    ):
+        legacy.release.set()
+        cand.release.set()
+        port = proxy.address[1]
+        failed = 0
+        async with aiohttp.ClientSession() as s:
+            for i in range(420):
+                if _entry(proxy).held:
+                    break
+                url = f"http://127.0.0.1:{port}/api/"
+                if i % 14 == 13:  # a write: the candidate fails it (never compared)
+                    req = s.post(url + f"err{i}", data=b"{}", headers={"X-User-Id": f"e{i}"})
+                else:
+                    req = s.get(url + f"o{i}", headers={"X-User-Id": f"e{i}"})
+                async with req as r:
+                    await r.read()
+                    failed += r.status == 500
+            # the last comparisons with legacy may still be under way
+            await wait_until(lambda: proxy.hub is not None and proxy.hub.in_flight == 0)
+        print(f"held: {_entry(proxy).held} after {failed} failed writes")
+        assert _entry(proxy).held
+        assert failed <= 10
+
+
+async def test_a_rollback_audit_refused_by_the_store_is_written_once_it_is_back(
+    tmp_path: Path,
+) -> None:
+    """The audit record of an automatic rollback was tried once: a store refusing writes at
+    that moment lost it for good, and `migrate watch` (which holds a route only on that
+    record) stepped the rolled-back route on, lifting the hold."""
+    db = tmp_path / "a.db"
+    url = f"sqlite+aiosqlite:///{db}"
+    async with Store(url):
+        pass
+    with sqlite3.connect(db) as conn:  # the store refuses audit records for now
+        conn.execute(
+            "CREATE TRIGGER no_audit BEFORE INSERT ON route_changes"
+            " BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    events = io.BytesIO()
+    log = AccessLog(events, enabled=False)
+    async with shadow_stack(CANARY_ALL, url, log=log) as (proxy, legacy, cand):
+        await _fail_until_held(proxy, legacy, cand)
+        tripped = time.time()
+        await wait_until(lambda: b'"audit_failed"' in events.getvalue(), timeout=10)
+        with sqlite3.connect(db) as conn:
+            conn.execute("DROP TRIGGER no_audit")
+
+        def rows() -> list[tuple[str, str]]:
+            with sqlite3.connect(db) as conn:
+                return list(conn.execute("SELECT kind, time FROM route_changes"))
+
+        await wait_until(lambda: rows() != [], timeout=15)
+    [(kind, when)] = rows()
+    assert kind == "auto_rollback"
+    # stamped with the time of the rollback, not of the retry that wrote it
+    assert datetime.fromisoformat(when).replace(tzinfo=UTC).timestamp() <= tripped + 1.0

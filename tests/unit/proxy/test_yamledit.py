@@ -186,3 +186,20 @@ routes:
 """
     with pytest.raises(YamlEditError, match="mode of route 'r' comes from a merge key"):
         set_route_stage(text, "r", mode="legacy")
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_a_last_route_without_a_final_newline_can_be_stepped(eol: str) -> None:
+    """A file ending without a newline on the last route's mode (or name): the inserted
+    lines were glued to it (`mode: canary    canary:`) and every such step was refused."""
+    lines = ["routes:", "  - name: a", "    candidate: orders", "    mode: shadow"]
+    text = eol.join(lines)
+    canary = set_route_stage(text, "a", mode="canary", percent=1)
+    assert canary == eol.join(
+        [*lines[:3], "    mode: canary", "    canary:", "      percent: 1", ""]
+    )
+    bare = eol.join([*lines, "  - name: b"])
+    started = set_route_stage(bare, "b", mode="shadow")
+    assert started == bare + eol + "    mode: shadow" + eol
+    both = set_route_stage(bare, "b", mode="canary", percent=5)
+    assert both == eol.join([bare, "    mode: canary", "    canary:", "      percent: 5", ""])

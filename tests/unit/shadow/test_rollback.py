@@ -98,3 +98,24 @@ def test_skipped_outcomes_and_reset() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         RollbackWindow(GATES, size=10, min_samples=20)
+
+
+def test_a_served_answer_compared_afterwards_is_one_candidate_call() -> None:
+    """Served reads (answer, then its comparison) and served writes (answer only): the
+    error gate counts each call once, so failing writes weigh as much as reads."""
+    gates = PromotionSettings(max_error_rate=0.05, max_mismatch_rate=0.5, max_p99_ratio=1000.0)
+    window = RollbackWindow(gates, size=200, min_samples=50)
+    breach = None
+    for i in range(200):
+        if i % 14 == 13:  # 7 % of calls: a write that fails, never compared
+            breach = window.observe("candidate_error", None, None)
+        else:
+            breach = window.observe("ok", None, 10.0) or window.observe(
+                "match", 10.0, 10.0, served=True
+            )
+        if breach is not None:
+            break
+    assert breach is not None and breach.gate == "error_rate"
+    assert breach.value == pytest.approx(3 / 50)
+    # a served 5xx is judged candidate_error again by its comparison: not a second error
+    assert window.observe("candidate_error", 10.0, None, served=True) is None
