@@ -267,6 +267,11 @@ class _Replayer:
         self.redactor = redactor
         self.client = client
         self.bases: dict[str, str] = {name: str(base).rstrip("/") for name, base in bases.items()}
+        # Each backend's `host_header`, as the proxy sends it (a Host-routed ingress, a
+        # virtual host): without it the backend is reached under another name.
+        self.hosts: dict[str, str | None] = {
+            name: settings.backends[name].host_header for name in bases
+        }
         self.summary = summary
         self.progress = progress
         self.plans: dict[str, _Plan] = {}
@@ -363,6 +368,11 @@ class _Replayer:
         extra: tuple[tuple[str, str], ...] = (),
     ) -> _Side:
         headers = [(k, v) for k, v in item.headers if k not in _HOP_BY_HOP]
+        # The backend's `host_header`, else the client's captured Host (the proxy keeps it),
+        # else the backend URL's own (set by the client).
+        host = self.hosts[backend] or next((v for k, v in item.headers if k == "host"), None)
+        if host:
+            headers.append(("Host", host))
         headers.append((_REPLAY_HEADER, "1"))
         if item.request_id and not any(k == "x-request-id" for k, _ in headers):
             headers.append(("X-Request-Id", item.request_id))
