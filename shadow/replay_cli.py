@@ -165,6 +165,12 @@ def run_replay(
             file=sys.stderr,
         )
         return INTERRUPTED
+    if summary.cut_short:
+        print(
+            f"{_PROG}: note: {traffic}:{summary.cut_short}: cut short (no newline, not JSON),"
+            " as a capture stopped mid-write leaves it: skipped",
+            file=sys.stderr,
+        )
     print(f"{_PROG}: {_summary_line(summary)}", file=sys.stderr)
     if report is None:
         print(
