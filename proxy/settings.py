@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
 
@@ -287,6 +287,25 @@ def parse_address(text: str) -> tuple[str, int]:
     if port > 65535:
         raise ValueError(f"port {port} is out of range 0..65535")
     return host.removeprefix("[").removesuffix("]"), port
+
+
+def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two listen addresses cannot both be bound (same port; the same host, or a
+    wildcard that covers the other)."""
+    (host_a, port_a), (host_b, port_b) = a, b
+    if port_a != port_b or port_a == 0:
+        return False
+    hosts = {_LOCALHOST.get(host_a, host_a), _LOCALHOST.get(host_b, host_b)}
+    if len(hosts) == 1 or "::" in hosts:
+        return True
+    return "0.0.0.0" in hosts and not any(":" in h for h in hosts)
+
+
+_LOCALHOST: Final = {"localhost": "127.0.0.1"}
+
+
+def _show_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @functools.cache
@@ -744,11 +763,19 @@ class _Builder:
         }
         default_backend = self.backend_ref(data, root, "default_backend") or ""
         routes = self.routes(data)
+        admin = self.admin(self.section(data, root, "admin"))
+        if _same_socket((host, port), (admin.host, admin.port)):
+            written = self._value(self.section(data, root, "admin"), ("admin",), "listen")[0]
+            self.p.report(
+                ("admin", "listen") if written else ("listen",),
+                f"admin.listen: {_show_address(admin.host, admin.port)} is also the proxy's"
+                f" listen address ({_show_address(host, port)}); they need different ports",
+            )
         return Settings(
             path=self.p.path,
             host=host,
             port=port,
-            admin=self.admin(self.section(data, root, "admin")),
+            admin=admin,
             backends=backends,
             default_backend=default_backend,
             store=self.store(self.section(data, root, "store")),
