@@ -6,6 +6,7 @@ import asyncio
 import io
 import re
 import signal
+import sqlite3
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -227,3 +228,26 @@ def test_a_cut_short_line_that_is_not_the_last_is_an_error(tmp_path: Path) -> No
     traffic.write_bytes(first[:20] + b"\n" + second)
     result = _replay(str(traffic), "--config", str(config))
     _one_error_line(result, "traffic.jsonl:1: not valid JSON")
+
+
+async def test_comparisons_the_store_did_not_take_fail_the_run(tmp_path: Path) -> None:
+    """The store refused the mismatch rows (here a trigger; a full disk, a constraint): the
+    report judged the matches alone and replay exited 0, so the CI recipe's report step,
+    reading the same store, passed a regression. Now: exit 2, as for any store error."""
+    traffic = tmp_path / "traffic.jsonl"
+    write_traffic(traffic, 40)  # 4 mismatches ($.total), 2 candidate errors
+    db = tmp_path / "store.db"
+    store = f"sqlite:///{db}"
+    async with Store(store) as s:
+        await s.count()  # the schema exists
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON comparisons WHEN NEW.outcome = 'mismatch'"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    async with running_stack() as stack:
+        config = _config(tmp_path, config_text(stack, store, max_mismatch_rate=0.01))
+        rc, out, err = await _cli("replay", str(traffic), "--config", str(config))
+    assert rc == 2, err
+    assert re.search(r"error: 4 of 40 comparisons were not stored", err), err
+    assert out == "" and "Traceback" not in err
