@@ -302,6 +302,20 @@ def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
 
 
 _LOCALHOST: Final = {"localhost": "127.0.0.1"}
+_LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+_WILDCARD: Final = frozenset({"0.0.0.0", "::"})
+
+
+def _loops_back(listen: tuple[str, int], backend: tuple[str, int]) -> bool:
+    """Whether a backend at `backend` is certainly the proxy listening at `listen`: the same
+    port on the same host, or on loopback while the proxy listens on every address (a host
+    name of another machine on the same port is not)."""
+    (lhost, lport), (bhost, bport) = listen, backend
+    if lport != bport or lport == 0:
+        return False
+    if _LOCALHOST.get(lhost, lhost) == _LOCALHOST.get(bhost, bhost):
+        return True
+    return lhost in _WILDCARD and bhost in _LOOPBACK
 
 
 def _show_address(host: str, port: int) -> str:
@@ -762,6 +776,13 @@ class _Builder:
             name: self.backend(name, raw, ("backends", name)) for name, raw in raw_backends.items()
         }
         default_backend = self.backend_ref(data, root, "default_backend") or ""
+        for name, bs in backends.items():
+            if bs.url is not None and _loops_back((host, port), (bs.host, bs.port)):
+                self.p.report(
+                    ("backends", name, "url"),
+                    f"backends.{name}.url: {bs.url} is the proxy's own listen address"
+                    f" ({_show_address(host, port)}): every request would loop back into it",
+                )
         routes = self.routes(data)
         admin = self.admin(self.section(data, root, "admin"))
         if _same_socket((host, port), (admin.host, admin.port)):

@@ -340,3 +340,36 @@ def test_check_accepts_distinct_or_unbound_listen_addresses(tmp_path: Path) -> N
         f.write_text(head + _ONE_BACKEND, encoding="utf-8")
         code, out = cli("check", "--config", str(f))
         assert code == 0, (head, out)
+
+
+@pytest.mark.parametrize(
+    ("listen", "url", "loops"),
+    [
+        ("127.0.0.1:{port}", "http://127.0.0.1:{port}", True),
+        ("0.0.0.0:{port}", "http://localhost:{port}/", True),
+        ("'[::]:{port}'", "http://[::1]:{port}", True),
+        ("0.0.0.0:{port}", "http://10.1.2.3:{port}", False),  # the monolith's own host
+        ("127.0.0.1:{port}", "http://127.0.0.2:{port}", False),
+    ],
+)
+def test_check_rejects_a_backend_that_is_the_proxy_itself(
+    tmp_path: Path, listen: str, url: str, loops: bool
+) -> None:
+    """Every request went round the proxy until its connections ran out, then 502: `check`
+    said ok and `serve` started (e.g. the monolith's old port given to the proxy)."""
+    port = 18080
+    f = tmp_path / "routes.yaml"
+    f.write_text(
+        f"listen: {listen.format(port=port)}\nadmin: {{listen: 127.0.0.1:0}}\n"
+        f"backends:\n  legacy: {{url: '{url.format(port=port)}'}}\ndefault_backend: legacy\n",
+        encoding="utf-8",
+    )
+    code, out = cli("check", "--config", str(f))
+    if not loops:
+        assert code == 0, out
+        return
+    assert code == 2, out
+    m = ISSUE.match(out.strip())
+    assert m is not None, out
+    assert (int(m["line"]), int(m["col"])) == (4, 17)
+    assert m["message"].startswith("backends.legacy.url: ") and "loop" in m["message"]
