@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
 
@@ -287,6 +287,39 @@ def parse_address(text: str) -> tuple[str, int]:
     if port > 65535:
         raise ValueError(f"port {port} is out of range 0..65535")
     return host.removeprefix("[").removesuffix("]"), port
+
+
+def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two listen addresses cannot both be bound (same port; the same host, or a
+    wildcard that covers the other)."""
+    (host_a, port_a), (host_b, port_b) = a, b
+    if port_a != port_b or port_a == 0:
+        return False
+    hosts = {_LOCALHOST.get(host_a, host_a), _LOCALHOST.get(host_b, host_b)}
+    if len(hosts) == 1 or "::" in hosts:
+        return True
+    return "0.0.0.0" in hosts and not any(":" in h for h in hosts)
+
+
+_LOCALHOST: Final = {"localhost": "127.0.0.1"}
+_LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+_WILDCARD: Final = frozenset({"0.0.0.0", "::"})
+
+
+def _loops_back(listen: tuple[str, int], backend: tuple[str, int]) -> bool:
+    """Whether a backend at `backend` is certainly the proxy listening at `listen`: the same
+    port on the same host, or on loopback while the proxy listens on every address (a host
+    name of another machine on the same port is not)."""
+    (lhost, lport), (bhost, bport) = listen, backend
+    if lport != bport or lport == 0:
+        return False
+    if _LOCALHOST.get(lhost, lhost) == _LOCALHOST.get(bhost, bhost):
+        return True
+    return lhost in _WILDCARD and bhost in _LOOPBACK
+
+
+def _show_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @functools.cache
@@ -743,12 +776,27 @@ class _Builder:
             name: self.backend(name, raw, ("backends", name)) for name, raw in raw_backends.items()
         }
         default_backend = self.backend_ref(data, root, "default_backend") or ""
+        for name, bs in backends.items():
+            if bs.url is not None and _loops_back((host, port), (bs.host, bs.port)):
+                self.p.report(
+                    ("backends", name, "url"),
+                    f"backends.{name}.url: {bs.url} is the proxy's own listen address"
+                    f" ({_show_address(host, port)}): every request would loop back into it",
+                )
         routes = self.routes(data)
+        admin = self.admin(self.section(data, root, "admin"))
+        if _same_socket((host, port), (admin.host, admin.port)):
+            written = self._value(self.section(data, root, "admin"), ("admin",), "listen")[0]
+            self.p.report(
+                ("admin", "listen") if written else ("listen",),
+                f"admin.listen: {_show_address(admin.host, admin.port)} is also the proxy's"
+                f" listen address ({_show_address(host, port)}); they need different ports",
+            )
         return Settings(
             path=self.p.path,
             host=host,
             port=port,
-            admin=self.admin(self.section(data, root, "admin")),
+            admin=admin,
             backends=backends,
             default_backend=default_backend,
             store=self.store(self.section(data, root, "store")),

@@ -4,7 +4,9 @@ The data plane calls `CaptureWriter.maybe_capture(...)` once per request whose w
 has arrived. That call only samples, filters and queues a reference to the request (no
 encoding, no redaction, no I/O), so it is cheap and never blocks or raises; a background
 thread redacts, encodes and appends the queued requests every 250 ms, and rotates the file
-by size (`path` -> `path.1` -> ... -> `path.3`, the oldest dropped).
+by size (`path` -> `path.1` -> ... -> `path.3`, the oldest dropped). A line cut short at
+the end of the file (a write stopped midway: the process killed, the disk full) is dropped
+before anything is appended, so the lines after it stay readable.
 
 One JSON object per line (UTF-8, keys in this order):
 
@@ -31,6 +33,7 @@ import base64
 import collections
 import logging
 import os
+import stat
 import threading
 import time
 import zlib
@@ -56,6 +59,50 @@ _KEEP: Final = 3  # rotated files kept: path.1 .. path.3
 _FORM: Final = "application/x-www-form-urlencoded"
 
 _Pending = tuple[float, str, str, str, list[tuple[str, str]], bytes | None, str]
+
+# One lock per file: a reload's new writer must not append to (or repair) the file while
+# the writer it replaces still drains into it.
+_FILE_LOCKS: dict[str, threading.Lock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: str) -> threading.Lock:
+    key = os.path.abspath(path)
+    with _FILE_LOCKS_GUARD:
+        lock = _FILE_LOCKS.get(key)
+        if lock is None:
+            lock = _FILE_LOCKS[key] = threading.Lock()
+        return lock
+
+
+def _drop_partial_line(path: str) -> int:
+    """Cut the file back to its last newline; the bytes dropped (0 when it ends whole).
+
+    A write stopped midway (the process killed, the disk full) leaves part of a line at
+    the end; appending to it would glue it to the next line and make both unreadable.
+    """
+    try:
+        fh = open(path, "r+b")  # noqa: SIM115 - closed by the with below
+    except OSError:  # none yet, or not ours to repair: appending says what is wrong
+        return 0
+    with fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # a pipe, a device
+            return 0
+        end = fh.seek(0, os.SEEK_END)
+        pos = end
+        while pos > 0:
+            start = max(0, pos - 65536)
+            fh.seek(start)
+            chunk = fh.read(pos - start)
+            if pos == end and chunk.endswith(b"\n"):
+                return 0
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                pos = start + newline + 1
+                break
+            pos = start
+        fh.truncate(pos)
+        return end - pos
 
 
 class CaptureStats:
@@ -174,7 +221,7 @@ class CaptureWriter:
         self._queue: collections.deque[_Pending] = collections.deque()
         self._bytes_in = 0  # written only by the producer (the event loop's thread)
         self._bytes_out = 0  # written only by whoever drains (under the io lock)
-        self._io_lock = threading.Lock()
+        self._io_lock = _file_lock(self.path)
         self._file: BinaryIO | None = None
         self._size = 0
         self._closed = False
@@ -306,6 +353,12 @@ class CaptureWriter:
                 self.stats.errors += 1
 
     def _open(self) -> None:
+        cut = _drop_partial_line(self.path)
+        if cut:
+            self.stats.drop("cut_short")
+            _log.warning(
+                "capture: %s ended in a line cut short (%d bytes): dropped", self.path, cut
+            )
         self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across batches
         self._size = self._file.tell()
 

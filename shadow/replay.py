@@ -2,8 +2,9 @@
 compared with the route's rules and stored like shadow comparisons (mode `replay`).
 
 The traffic file (see `shadow.capture` for the line format) is checked whole first, so a
-bad line stops the run before any request is sent; it is then streamed through a bounded
-queue to `concurrency` workers. Per line:
+bad line stops the run before any request is sent (a last line cut short, as a proxy killed
+mid-write leaves it, is skipped and noted in `ReplaySummary.cut_short`); it is then streamed
+through a bounded queue to `concurrency` workers. Per line:
 
 - no matching route, or a route without a candidate: skipped and counted, nothing sent;
 - safe methods (GET, HEAD, OPTIONS): sent to the primary and the candidate at once
@@ -58,6 +59,7 @@ __all__ = [
     "iter_traffic",
     "parse_line",
     "replay",
+    "scan",
     "scan_traffic",
 ]
 
@@ -179,19 +181,52 @@ def _lines(path: str) -> Iterator[tuple[int, bytes]]:
                 yield number, raw
 
 
+def _parsed(path: str) -> Iterator[tuple[int, Captured | None]]:
+    """Each line's request by line number; None for a last line cut short.
+
+    A capture whose proxy was killed (or whose disk filled) mid-write ends in part of a
+    line: no newline, not JSON. That line is skipped; any other bad line is an error.
+    """
+    for number, raw in _lines(path):
+        try:
+            yield number, parse_line(raw, number, path)
+        except TrafficError:
+            if raw.endswith(b"\n") or _is_json(raw):
+                raise
+            yield number, None
+
+
+def _is_json(raw: bytes) -> bool:
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def scan(path: str) -> tuple[int, int]:
+    """Check every line of a traffic file: the number of requests in it, and the number of
+    its last line when that line is cut short (skipped), else 0."""
+    count = cut = 0
+    for number, item in _parsed(path):
+        if item is None:
+            cut = number
+        else:
+            count += 1
+    return count, cut
+
+
 def scan_traffic(path: str) -> int:
     """Check every line of a traffic file; the number of requests in it."""
-    count = 0
-    for number, raw in _lines(path):
-        parse_line(raw, number, path)
-        count += 1
-    return count
+    return scan(path)[0]
 
 
 def iter_traffic(path: str) -> Iterator[Captured]:
-    """The requests of a traffic file, read one line at a time."""
-    for number, raw in _lines(path):
-        yield parse_line(raw, number, path)
+    """The requests of a traffic file, read one line at a time (a last line cut short is
+    skipped)."""
+    for _, item in _parsed(path):
+        if item is not None:
+            yield item
 
 
 @dataclass(slots=True)
@@ -207,6 +242,7 @@ class ReplaySummary:
     primary_failed: int = 0
     errors: int = 0
     cancelled: int = 0
+    cut_short: int = 0  # the number of the file's last line when it was cut short (skipped)
     interrupted: bool = False
     elapsed_s: float = 0.0
     routes: tuple[str, ...] = ()
@@ -267,6 +303,11 @@ class _Replayer:
         self.redactor = redactor
         self.client = client
         self.bases: dict[str, str] = {name: str(base).rstrip("/") for name, base in bases.items()}
+        # Each backend's `host_header`, as the proxy sends it (a Host-routed ingress, a
+        # virtual host): without it the backend is reached under another name.
+        self.hosts: dict[str, str | None] = {
+            name: settings.backends[name].host_header for name in bases
+        }
         self.summary = summary
         self.progress = progress
         self.plans: dict[str, _Plan] = {}
@@ -363,6 +404,11 @@ class _Replayer:
         extra: tuple[tuple[str, str], ...] = (),
     ) -> _Side:
         headers = [(k, v) for k, v in item.headers if k not in _HOP_BY_HOP]
+        # The backend's `host_header`, else the client's captured Host (the proxy keeps it),
+        # else the backend URL's own (set by the client).
+        host = self.hosts[backend] or next((v for k, v in item.headers if k == "host"), None)
+        if host:
+            headers.append(("Host", host))
         headers.append((_REPLAY_HEADER, "1"))
         if item.request_id and not any(k == "x-request-id" for k, _ in headers):
             headers.append(("X-Request-Id", item.request_id))
@@ -521,7 +567,8 @@ async def replay(
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     started = time.perf_counter()
-    summary = ReplaySummary(total=scan_traffic(traffic_path))
+    total, cut_short = scan(traffic_path)
+    summary = ReplaySummary(total=total, cut_short=cut_short)
     stop = stop if stop is not None else asyncio.Event()
     redactor = redactor or Redactor.from_env(settings.store.redact_json_paths, warn=True)
     store = await Store.open(store_url or settings.store.url)

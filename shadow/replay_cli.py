@@ -1,8 +1,9 @@
 """`strangler replay`: replay a traffic file, print the report of the replayed routes, gate.
 
 Exit codes: 0 every replayed route passes its promotion thresholds, 1 one does not (or no
-line matched a route with a candidate), 2 usage or config error, 130 interrupted (Ctrl-C:
-what was recorded is kept). The report goes to stdout; progress and notes to stderr.
+line matched a route with a candidate), 2 usage or config error, or comparisons the store
+did not take, 130 interrupted (Ctrl-C: what was recorded is kept). The report goes to
+stdout; progress and notes to stderr.
 """
 
 from __future__ import annotations
@@ -165,7 +166,19 @@ def run_replay(
             file=sys.stderr,
         )
         return INTERRUPTED
+    if summary.cut_short:
+        print(
+            f"{_PROG}: note: {traffic}:{summary.cut_short}: cut short (no newline, not JSON),"
+            " as a capture stopped mid-write leaves it: skipped",
+            file=sys.stderr,
+        )
     print(f"{_PROG}: {_summary_line(summary)}", file=sys.stderr)
+    lost = summary.compared - summary.recorded
+    if lost > 0:  # a report of the rest could pass what the missing rows would fail
+        return _error(
+            f"{lost} of {summary.compared} comparisons were not stored in {mask_url(url)}"
+            " (see the store's errors above): no report, it would judge the others alone"
+        )
     if report is None:
         print(
             f"{_PROG}: no request matched a route with a candidate: nothing compared",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 import orjson
+from aiohttp import web
 
 from proxy.settings import loads
 from shadow.replay import replay
@@ -18,6 +20,7 @@ from tests.integration.replay.stack import (
     running_stack,
     write_traffic,
 )
+from tests.support import free_port
 
 N = 10_000
 
@@ -115,3 +118,59 @@ async def test_in_process_handlers_backend(tmp_path: Path) -> None:
         summary = await replay(str(traffic), loads(text), None, concurrency=4)
     assert stack.candidate_hits == {}  # the in-process copy answered instead
     assert summary.outcomes == {"match": 34, "mismatch": 4, "candidate_error": 2}
+
+
+async def test_each_backend_gets_its_host_header_as_through_the_proxy(tmp_path: Path) -> None:
+    """Both backends behind one ingress that routes by Host (`backends.*.host_header`).
+
+    Replay dropped `host_header` and sent the ingress's own address as Host: both sides got
+    the ingress's 404 and every line was a match, so a changed total passed the gate.
+    """
+    seen: list[str] = []
+
+    async def ingress(request: web.Request) -> web.Response:
+        host = request.headers.get("Host", "")
+        seen.append(host)
+        total = {"legacy.internal": "10.00", "orders.internal": "10.01"}.get(host)
+        if total is None:
+            return web.json_response({"error": "unknown host"}, status=404)
+        return web.json_response({"id": 1, "total": total})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/orders/{order_id}", ingress)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    store_url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    traffic = tmp_path / "traffic.jsonl"
+    write_traffic(traffic, 3)
+    lines = traffic.read_bytes().splitlines(keepends=True)
+    shop = orjson.loads(lines[0])
+    shop["headers"].append(["host", "shop.example"])  # captured with `capture.headers: [host]`
+    traffic.write_bytes(b"".join(lines) + orjson.dumps(shop) + b"\n")
+    text = (
+        f"backends:\n"
+        f"  legacy: {{url: 'http://127.0.0.1:{port}', host_header: legacy.internal}}\n"
+        f"  orders: {{url: 'http://127.0.0.1:{port}', host_header: orders.internal}}\n"
+        f"  plain: {{url: 'http://127.0.0.1:{port}'}}\n"
+        f"default_backend: legacy\n"
+        f"store: {{url: '{store_url}'}}\n"
+        f"routes:\n"
+        f"  - name: order-show\n"
+        f"    match: {{path: '/api/v1/orders/{{order_id}}', methods: [GET]}}\n"
+        f"    candidate: orders\n"
+        f"    mode: shadow\n"
+        f"    promotion: {{min_samples: 1, max_mismatch_rate: 0}}\n"
+    )
+    try:
+        summary = await replay(str(traffic), loads(text), None, concurrency=1)
+        assert summary.outcomes == {"mismatch": 4}
+        assert Counter(seen) == {"legacy.internal": 4, "orders.internal": 4}
+        # A backend without host_header gets the client's captured Host, as the proxy keeps it.
+        seen.clear()
+        plain = text.replace("candidate: orders", "candidate: plain")
+        summary = await replay(str(traffic), loads(plain), None, concurrency=1)
+        assert Counter(seen) == {"legacy.internal": 4, f"127.0.0.1:{port}": 3, "shop.example": 1}
+    finally:
+        await runner.cleanup()

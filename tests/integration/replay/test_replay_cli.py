@@ -6,6 +6,7 @@ import asyncio
 import io
 import re
 import signal
+import sqlite3
 import sys
 import time
 import xml.etree.ElementTree as ET
@@ -199,3 +200,54 @@ def test_progress_off_a_terminal_prints_plain_lines_per_tenth() -> None:
     lines = stream.getvalue().splitlines()
     assert len(lines) == 10 and "\r" not in stream.getvalue()
     assert lines[-1].startswith("strangler replay: 100/100")
+
+
+async def test_a_last_line_cut_short_is_skipped_with_a_note(tmp_path: Path) -> None:
+    """A proxy killed mid-write leaves its capture's last line cut short (no newline, not
+    JSON). Replay refused the whole file (`not valid JSON`, exit 2); it replays the rest."""
+    traffic = tmp_path / "traffic.jsonl"
+    write_traffic(traffic, 20)
+    whole = traffic.read_bytes()
+    last = whole.splitlines(keepends=True)[-1]
+    traffic.write_bytes(whole + last[: len(last) // 2])
+    async with running_stack() as stack:
+        config = _config(tmp_path, config_text(stack, f"sqlite:///{tmp_path}/store.db"))
+        rc, out, err = await _cli("replay", str(traffic), "--config", str(config))
+    assert rc == 0, err
+    assert "replayed 20 of 20 requests" in err
+    assert f"{traffic}:21: cut short" in err
+    assert stack.primary_hits == {"GET": 20}
+    assert "order-show" in out
+
+
+def test_a_cut_short_line_that_is_not_the_last_is_an_error(tmp_path: Path) -> None:
+    config = _config(tmp_path, config_text(_closed_stack(), f"sqlite:///{tmp_path}/s.db"))
+    traffic = tmp_path / "traffic.jsonl"
+    write_traffic(traffic, 2)
+    first, second = traffic.read_bytes().splitlines(keepends=True)
+    traffic.write_bytes(first[:20] + b"\n" + second)
+    result = _replay(str(traffic), "--config", str(config))
+    _one_error_line(result, "traffic.jsonl:1: not valid JSON")
+
+
+async def test_comparisons_the_store_did_not_take_fail_the_run(tmp_path: Path) -> None:
+    """The store refused the mismatch rows (here a trigger; a full disk, a constraint): the
+    report judged the matches alone and replay exited 0, so the CI recipe's report step,
+    reading the same store, passed a regression. Now: exit 2, as for any store error."""
+    traffic = tmp_path / "traffic.jsonl"
+    write_traffic(traffic, 40)  # 4 mismatches ($.total), 2 candidate errors
+    db = tmp_path / "store.db"
+    store = f"sqlite:///{db}"
+    async with Store(store) as s:
+        await s.count()  # the schema exists
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON comparisons WHEN NEW.outcome = 'mismatch'"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    async with running_stack() as stack:
+        config = _config(tmp_path, config_text(stack, store, max_mismatch_rate=0.01))
+        rc, out, err = await _cli("replay", str(traffic), "--config", str(config))
+    assert rc == 2, err
+    assert re.search(r"error: 4 of 40 comparisons were not stored", err), err
+    assert out == "" and "Traceback" not in err

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from proxy.check import format_duration, run_explain
 from proxy.cli import main
+from tests.support import free_port
 from tests.unit.proxy.test_settings import FIVE_MISTAKES
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -282,3 +283,93 @@ def test_explain_takes_request_headers(tmp_path: Path) -> None:
         main, ["explain", "--config", str(config), "-H", "no-colon", "GET", "/x"]
     )
     assert bad.exit_code == 2 and "expected 'Name: value'" in bad.stderr
+
+
+_ONE_BACKEND = 'backends:\n  legacy: {url: "http://127.0.0.1:1"}\ndefault_backend: legacy\n'
+
+
+@pytest.mark.parametrize(
+    ("head", "where"),
+    [
+        ("listen: 127.0.0.1:{port}\nadmin: {{listen: 127.0.0.1:{port}}}\n", (2, 17)),
+        ("listen: localhost:{port}\nadmin: {{listen: 127.0.0.1:{port}}}\n", (2, 17)),
+        ("listen: 0.0.0.0:{port}\nadmin: {{listen: 127.0.0.1:{port}}}\n", (2, 17)),
+        ("listen: 127.0.0.1:9090\n", (1, 9)),  # the admin listener's default port
+    ],
+)
+def test_check_rejects_an_admin_listener_on_the_proxys_address(
+    tmp_path: Path, head: str, where: tuple[int, int]
+) -> None:
+    """`check` said ok and `serve` could never start (address already in use, exit 2)."""
+    port = free_port()
+    f = tmp_path / "routes.yaml"
+    f.write_text(head.format(port=port) + _ONE_BACKEND, encoding="utf-8")
+    code, out = cli("check", "--config", str(f))
+    assert code == 2, out
+    m = ISSUE.match(out.strip())
+    assert m is not None, out
+    assert (int(m["line"]), int(m["col"])) == where
+    assert "admin.listen" in m["message"] and "listen" in m["message"]
+    if head.startswith("listen: 127.0.0.1:{port}"):  # serve says the same, with its place
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from proxy.cli import main; main()",
+                "serve",
+                "--config",
+                str(f),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=ROOT,
+        )
+        assert proc.returncode == 2
+        assert f"{f}:2:17: " in proc.stderr, proc.stderr
+
+
+def test_check_accepts_distinct_or_unbound_listen_addresses(tmp_path: Path) -> None:
+    f = tmp_path / "routes.yaml"
+    for head in (
+        "listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0}\n",
+        "listen: 127.0.0.1:8080\nadmin: {listen: 127.0.0.2:8080}\n",
+        "listen: 0.0.0.0:8080\nadmin: {listen: '[::1]:8080'}\n",
+    ):
+        f.write_text(head + _ONE_BACKEND, encoding="utf-8")
+        code, out = cli("check", "--config", str(f))
+        assert code == 0, (head, out)
+
+
+@pytest.mark.parametrize(
+    ("listen", "url", "loops"),
+    [
+        ("127.0.0.1:{port}", "http://127.0.0.1:{port}", True),
+        ("0.0.0.0:{port}", "http://localhost:{port}/", True),
+        ("'[::]:{port}'", "http://[::1]:{port}", True),
+        ("0.0.0.0:{port}", "http://10.1.2.3:{port}", False),  # the monolith's own host
+        ("127.0.0.1:{port}", "http://127.0.0.2:{port}", False),
+    ],
+)
+def test_check_rejects_a_backend_that_is_the_proxy_itself(
+    tmp_path: Path, listen: str, url: str, loops: bool
+) -> None:
+    """Every request went round the proxy until its connections ran out, then 502: `check`
+    said ok and `serve` started (e.g. the monolith's old port given to the proxy)."""
+    port = 18080
+    f = tmp_path / "routes.yaml"
+    f.write_text(
+        f"listen: {listen.format(port=port)}\nadmin: {{listen: 127.0.0.1:0}}\n"
+        f"backends:\n  legacy: {{url: '{url.format(port=port)}'}}\ndefault_backend: legacy\n",
+        encoding="utf-8",
+    )
+    code, out = cli("check", "--config", str(f))
+    if not loops:
+        assert code == 0, out
+        return
+    assert code == 2, out
+    m = ISSUE.match(out.strip())
+    assert m is not None, out
+    assert (int(m["line"]), int(m["col"])) == (4, 17)
+    assert m["message"].startswith("backends.legacy.url: ") and "loop" in m["message"]

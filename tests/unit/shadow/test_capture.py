@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import base64
 import gzip
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from hypothesis import strategies as st
 from proxy.settings import CaptureSettings
 from shadow.capture import MAX_BODY_BYTES, CaptureWriter, capture_line
 from shadow.redact import PREFIX, Redactor
-from shadow.replay import parse_line
+from shadow.replay import parse_line, scan_traffic
 
 CARD = "4111 1111 1111 1111"
 HEADERS = [(b"Accept", b"application/json"), (b"X-Tenant", b"acme"), (b"Host", b"shop")]
@@ -253,3 +256,49 @@ def test_any_request_makes_a_line_that_replay_reads(
     captured = parse_line(line.rstrip(b"\n"), 1)
     assert captured.method == "POST" and captured.request_id == "id"
     assert captured.path.startswith("/") and (captured.body == b"") == (not body)
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from proxy.settings import CaptureSettings
+from shadow.capture import CaptureWriter
+from shadow.redact import Redactor
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+writer = CaptureWriter(
+    CaptureSettings(path=sys.argv[1]), Redactor(key=b"k" * 32), flush_interval=3600.0
+)
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (2500, hard))  # the disk fills mid-batch
+for i in range(40):
+    writer.maybe_capture("GET", f"/orders/{i:04d}", "", [], None, f"full-{i:04d}")
+writer.flush()
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space is back
+for i in range(5):
+    writer.maybe_capture("GET", f"/orders/{i:04d}", "", [], None, f"after-{i}")
+writer.close()
+print(writer.stats.written, writer.stats.errors)
+"""
+
+
+def test_a_write_cut_short_does_not_corrupt_the_lines_appended_after_it(tmp_path: Path) -> None:
+    """A disk that fills mid-batch (here a file size limit: EFBIG) leaves part of a line at
+    the end of the file. The next batch was appended to it, gluing two lines into one that
+    is not JSON, so `strangler replay` refused the whole capture (exit 2)."""
+    path = tmp_path / "traffic.jsonl"
+    root = str(Path(__file__).resolve().parents[3])
+    proc = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": root},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    written, errors = map(int, proc.stdout.split())
+    assert errors >= 1 and 5 < written < 45  # the limit was hit, then writes went on
+    count = scan_traffic(str(path))  # every line is whole: TrafficError before
+    ids = [line["request_id"] for line in _lines(path)]
+    assert count == len(ids) and ids[-5:] == [f"after-{i}" for i in range(5)]
+    assert path.read_bytes().endswith(b"\n")
