@@ -99,6 +99,8 @@ class Proxy:
         self.ready = False
         self.last_reload_error: str | None = None
         self.reload_hook: Callable[[], Awaitable[None]] | None = None  # supervisor fan-out
+        # supervisor: hands a validated config to the workers before it is swapped in here
+        self.reload_prepare: Callable[[Settings], None] | None = None
         self.unready: Callable[[], str | None] | None = None  # supervisor: why workers are not
         self.store: Store | None = None
         self.recorder: Recorder | None = None
@@ -377,9 +379,20 @@ class Proxy:
                 event="reload_rejected", errors=errors, kept_version=self.settings.version
             )
             return False, errors
+        if self.reload_prepare is not None:
+            try:  # the supervisor's snapshot for the workers, before anything is swapped
+                self.reload_prepare(settings)
+            except OSError as exc:  # a full disk: every process keeps the old config
+                self.metrics.reloads.labels("error").inc()
+                self.last_reload_error = f"cannot hand the config to the workers: {exc}"
+                self.access_log.event(event="reload_failed", error=self.last_reload_error)
+                return False, [self.last_reload_error]
         try:
             await self.reload(settings)
         except Exception as exc:  # a backend that cannot start: keep the old config
+            if self.reload_prepare is not None:
+                with contextlib.suppress(OSError):
+                    self.reload_prepare(self.settings)
             self.metrics.reloads.labels("error").inc()
             self.last_reload_error = f"{type(exc).__name__}: {exc}"
             self.access_log.event(event="reload_failed", error=self.last_reload_error)

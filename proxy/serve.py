@@ -71,8 +71,8 @@ def load_config(path: str) -> Settings:
     if not snapshot:
         return load(path)
     try:
-        text = Path(snapshot).read_text(encoding="utf-8")
-    except OSError:
+        text = Path(snapshot).read_bytes().decode("utf-8")  # CRLF kept: the same version
+    except (OSError, UnicodeDecodeError):
         return load(path)
     return loads(text, path)
 
@@ -80,7 +80,7 @@ def load_config(path: str) -> Settings:
 def _write_snapshot(path: Path, settings: Settings) -> None:
     """Keep `settings` as the config the workers load (replaced whole, never half-written)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(settings.source, encoding="utf-8")
+    tmp.write_bytes(settings.source.encode("utf-8"))  # no newline translation: same version
     tmp.replace(path)
 
 
@@ -403,14 +403,11 @@ async def _supervise_in(
     admin.scrape_registry = scrape_registry(mp_dir)
 
     async def fan_out() -> None:
-        try:  # what workers load, now and when restarted
-            _write_snapshot(snapshot, admin.settings)
-        except OSError as exc:  # a full disk: the workers keep serving the previous config
-            admin.last_reload_error = f"workers kept the previous config: {exc}"
-            admin.access_log.event(event="reload_failed", error=admin.last_reload_error)
-            return
         workers.signal_all(signal.SIGHUP)
 
+    # what workers load, now and when restarted; a snapshot that cannot be written (a full
+    # disk) fails the reload, so nobody is told a config runs that the workers do not have
+    admin.reload_prepare = lambda new: _write_snapshot(snapshot, new)
     admin.reload_hook = fan_out
     workers.on_restart = admin.metrics.worker_restarts.inc
     admin.unready = workers.unready

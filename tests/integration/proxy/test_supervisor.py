@@ -279,3 +279,69 @@ async def test_a_stop_while_workers_start_cleans_up(
     finally:
         go.touch()  # let any worker left finish its imports and take the SIGTERM
         await stop_process(proc)
+
+
+async def test_a_reload_the_workers_cannot_get_fails_and_keeps_the_old_config(
+    served: _Served,
+) -> None:
+    """The workers' snapshot could not be written (here a directory in the way; a full
+    disk alike): the reload said "reloaded" and the new version while every worker kept the
+    old config, so `migrate rollback --apply` reported a rollback nobody ran."""
+    sup = served.proc.pid
+    (worker, _) = await _workers(sup, 2)
+    snapshot = _metrics_dir(worker) / "config.yaml"
+    assert snapshot.exists()
+    before = snapshot.read_bytes()
+    snapshot.with_suffix(".tmp").mkdir()
+    served.config.write_text(served.config.read_text() + "# edited\n")
+    admin = f"http://127.0.0.1:{served.admin}"
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{admin}/-/ready") as r:
+            old_version = (await r.json())["config_version"]
+        os.kill(sup, signal.SIGHUP)
+
+        async def reload_failed() -> bool:
+            async with s.get(f"{admin}/-/config") as r:
+                return bool((await r.json())["last_reload_error"])
+
+        await wait_for(reload_failed, timeout=10)
+        async with s.get(f"{admin}/-/config") as r:
+            error = (await r.json())["last_reload_error"]
+        assert "cannot hand the config to the workers" in error
+        async with s.get(f"{admin}/-/ready") as r:
+            assert (await r.json())["config_version"] == old_version
+    assert snapshot.read_bytes() == before
+
+
+async def test_workers_of_a_crlf_config_report_the_supervisors_version(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    """The snapshot was read back with newline translation: a CRLF file got another version
+    in the workers (stored rows, metrics) than the one /-/ready and /-/reload reported."""
+    port, admin = free_port(), free_port()
+    cfg = _config(tmp_path, upstream, port, admin)
+    cfg.write_bytes(cfg.read_bytes().replace(b"\n", b"\r\n"))
+    proc = await start_serve(cfg, "--workers", "2", env={"STRANGLER_GRACE_S": "2"})
+    try:
+        await wait_admin_ready(admin)
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{admin}/-/ready") as r:
+                version = (await r.json())["config_version"]
+
+            async def versions() -> bool:
+                async with s.get(f"http://127.0.0.1:{admin}/-/metrics") as r:
+                    text = await r.text()
+                lines = [x for x in text.splitlines() if x.startswith("strangler_config_info{")]
+                return any(version in x and x.endswith(" 1.0") for x in lines)
+
+            await wait_for(versions, timeout=10)
+            async with s.get(f"http://127.0.0.1:{admin}/-/metrics") as r:
+                text = await r.text()
+        live = {
+            x.split('version="')[1].split('"')[0]
+            for x in text.splitlines()
+            if x.startswith("strangler_config_info{") and not x.endswith(" 0.0")
+        }
+        assert live == {version}, text
+    finally:
+        await stop_process(proc)
