@@ -52,6 +52,8 @@ __all__ = ["MAX_BODY_BYTES", "CaptureStats", "CaptureWriter", "capture_line"]
 _log = logging.getLogger("strangler.capture")
 
 MAX_BODY_BYTES: Final = 1 << 20  # a request with a larger body is not captured (and counted)
+_MAX_DECODED: Final = 4 * MAX_BODY_BYTES  # a compressed body decoded past this is hidden whole
+_MAX_FIELDS: Final = 1000  # query or form parameters redacted one by one; more: as a whole
 _FLUSH_INTERVAL: Final = 0.25
 _MAX_QUEUED: Final = 20_000  # lines waiting for the writer; beyond it requests are dropped
 _MAX_QUEUED_BYTES: Final = 32 << 20
@@ -136,17 +138,20 @@ def _redact_pair(name: str, value: str, redactor: Redactor) -> tuple[str, str]:
 def _redact_query(query: str, redactor: Redactor) -> str:
     if not query:
         return query
-    pairs = parse_qsl(query, keep_blank_values=True)
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=_MAX_FIELDS)
+    except ValueError:  # too many to go one by one on the proxy's CPU: masked as a whole
+        return redactor.redact_url(query)
     redacted = [_redact_pair(k, v, redactor) for k, v in pairs]
     # Re-encoding normalises the query, so do it only when something had to be hidden.
     return query if redacted == pairs else urlencode(redacted)
 
 
-def _redact_form(body: bytes, encoding: str | None, redactor: Redactor) -> bytes | None:
+def _redact_form(body: bytes, redactor: Redactor) -> bytes | None:
     """A form body redacted parameter by parameter like a query, or None if it is not text."""
     try:
-        text = decode_body(body, encoding).decode("utf-8")
-    except (BodyDecodeError, UnicodeDecodeError):
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
         return None
     return _redact_query(text, redactor).encode()
 
@@ -170,9 +175,13 @@ def capture_line(
     body_encoding: str | None = None
     if body:
         form = None
-        if content_type and content_type.partition(";")[0].strip().lower() == _FORM:
-            form = _redact_form(body, encoding, redactor)
-        clean = redactor.redact_body(body, content_type, encoding) if form is None else form
+        try:  # decoded once, to a small bound: the writer shares the proxy's CPU and memory
+            body = decode_body(body, encoding, _MAX_DECODED)
+        except BodyDecodeError:  # corrupt, or a few KB that inflate past the bound
+            form = redactor.token(body.decode("latin-1")).encode()  # hidden whole
+        if form is None and (content_type or "").partition(";")[0].strip().lower() == _FORM:
+            form = _redact_form(body, redactor)
+        clean = redactor.redact_body(body, content_type, None) if form is None else form
         try:
             text, body_encoding = clean.decode("utf-8"), "utf-8"
         except UnicodeDecodeError:
