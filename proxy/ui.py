@@ -60,6 +60,7 @@ _RECENT_DEFAULT = 10
 _RECENT_MAX = 50
 _BODY_CAP = 256 << 10  # bytes of a stored body shown in the side-by-side view
 _DIFFS_CAP = 500
+_JSON_DEPTH = 200  # deeper bodies are shown as text (JSON encoders and browsers stop near 255)
 _STORE_TIMEOUT = 10.0
 _BREAKER_STATES = {0: "closed", 1: "open", 2: "half-open"}
 
@@ -547,11 +548,28 @@ def _decode_body(raw: bytes | str | None) -> tuple[str, Any]:
     data = raw.encode() if isinstance(raw, str) else bytes(raw)
     if len(data) <= _BODY_CAP:
         try:  # decoded as the compare pipeline decodes (exact big integers)
-            return "json", parse_json_body(data)
+            value = parse_json_body(data)
         except ValueError:
             pass
+        else:
+            if _nesting(value) <= _JSON_DEPTH:
+                return "json", value
     text = data[:_BODY_CAP].decode("utf-8", "replace")
     return "text", text + ("\n... (truncated)" if len(data) > _BODY_CAP else "")
+
+
+def _nesting(value: Any) -> int:
+    """How deep arrays and objects nest in a decoded JSON value (without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, depth)
+            stack.extend((x, depth + 1) for x in v if isinstance(x, dict | list))
+    return deepest
 
 
 # --- shared reading ----------------------------------------------------------------------
