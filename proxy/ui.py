@@ -695,6 +695,10 @@ def _window(request: web.Request) -> str:
         raise _BadRequest(f"since: {e}; or 'all'") from None
     if seconds <= 0:
         raise _BadRequest("since must be positive")
+    try:
+        _since(window, datetime.now(UTC))
+    except OverflowError:
+        raise _BadRequest("since reaches before the year 1; use 'all'") from None
     return window
 
 

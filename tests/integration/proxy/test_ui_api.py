@@ -93,3 +93,23 @@ async def test_route_detail_shows_a_mismatch_whose_bodies_nest_deep(
     assert nested["legacy"]["format"] == "text"
     assert nested["legacy"]["value"].startswith("[[[") and nested["legacy"]["value"].endswith("]]]")
     assert recent["/api/v1/orders/1"]["differences"][0]["path"] == "$.total"
+
+
+async def test_a_window_longer_than_time_is_a_bad_request_not_a_500(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    async with _admin(tmp_path, upstream, [_mismatch("/api/v1/orders/1", b"{}", b"[]")]) as (
+        _,
+        base,
+    ):
+        for url in (
+            "/-/api/overview?since=99999999999d",
+            "/-/api/overview?since=999999999h",
+            "/-/api/routes/orders?since=99999999999d",
+        ):
+            status, body = await _get(base + url)
+            assert status == 400, (url, body)
+            assert body["error"]["code"] == "bad_request"
+            assert "'all'" in body["error"]["message"]
+        status, body = await _get(base + "/-/api/overview?since=all")
+        assert status == 200 and body["routes"][0]["mismatches"] == 1
