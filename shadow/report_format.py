@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,16 @@ def format_value(value: Any, limit: int = 60) -> str:
     """A JSON value as compact text, cut to `limit` characters."""
     text = orjson.dumps(value, default=str).decode()
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# Characters a terminal acts on, XML 1.0 refuses, or that end a line: JSON keys in
+# differing paths come from backends' answers and are written as \uXXXX escapes.
+_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
+
+
+def _shown(text: str) -> str:
+    """`text` with control characters (and what XML cannot hold) as visible escapes."""
+    return _UNSHOWN.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
 
 
 def _rate(value: float | None) -> str:
@@ -76,7 +87,7 @@ def _summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     ]
     rows = [
         [
-            r.route,
+            _shown(r.route),
             str(r.samples),
             str(r.mismatches),
             _rate(r.mismatch_rate),
@@ -115,8 +126,9 @@ def render_text(report: Report) -> str:
     for r in report.routes:
         if r.passed and not r.top_paths and not r.noise_paths:
             continue
-        where = f"{r.method} {r.path}".strip()
-        out += ["", f"{r.route} ({where}):" if where else f"{r.route}:"]
+        where = _shown(f"{r.method} {r.path}".strip())
+        name = _shown(r.route)
+        out += ["", f"{name} ({where}):" if where else f"{name}:"]
         out += [f"  FAIL: {reason}" for reason in r.reasons]
         if r.top_paths:
             out.append("  top differing paths (count, share of mismatches, legacy -> candidate):")
@@ -124,14 +136,14 @@ def render_text(report: Report) -> str:
             example = ""
             if p.example:
                 example = (
-                    f"  e.g. {p.example.path}: {format_value(p.example.primary)}"
+                    f"  e.g. {_shown(p.example.path)}: {format_value(p.example.primary)}"
                     f" -> {format_value(p.example.candidate)}"
                 )
-            out.append(f"    {p.pattern}  {p.count}  {p.share * 100:.1f}%{example}")
+            out.append(f"    {_shown(p.pattern)}  {p.count}  {p.share * 100:.1f}%{example}")
         if r.distinct_paths > len(r.top_paths):
             out.append(f"    ... and {r.distinct_paths - len(r.top_paths)} more paths")
         if r.noise_paths:
-            noise = ", ".join(f"{n.pattern} ({n.count})" for n in r.noise_paths)
+            noise = ", ".join(f"{_shown(n.pattern)} ({n.count})" for n in r.noise_paths)
             out.append(f"  noise (not counted): {noise}")
     verdict = "PASS" if report.passed else "FAIL"
     judged = report.judged
@@ -140,7 +152,7 @@ def render_text(report: Report) -> str:
 
 
 def _md(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return _shown(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def _md_code(text: str) -> str:
@@ -203,11 +215,11 @@ def _failure_text(r: RouteReport) -> str:
     for p in r.top_paths:
         ex = p.example
         example = (
-            f" e.g. {ex.path}: {format_value(ex.primary)} -> {format_value(ex.candidate)}"
+            f" e.g. {_shown(ex.path)}: {format_value(ex.primary)} -> {format_value(ex.candidate)}"
             if ex
             else ""
         )
-        lines.append(f"{p.pattern}: {p.count} ({p.share * 100:.1f}%){example}")
+        lines.append(f"{_shown(p.pattern)}: {p.count} ({p.share * 100:.1f}%){example}")
     return "\n".join(lines)
 
 
@@ -234,11 +246,13 @@ def render_junit(report: Report) -> str:
     ):
         ET.SubElement(props, "property", name=key, value=value)
     for r in report.routes:
-        case = ET.SubElement(suite, "testcase", classname="strangler.route", name=r.route, time="0")
+        case = ET.SubElement(
+            suite, "testcase", classname="strangler.route", name=_shown(r.route), time="0"
+        )
         if not r.judged:
             ET.SubElement(case, "skipped", message="no gate: shown for information")
         elif not r.passed:
-            top = f"; top: {r.top_paths[0].pattern}" if r.top_paths else ""
+            top = f"; top: {_shown(r.top_paths[0].pattern)}" if r.top_paths else ""
             failure = ET.SubElement(
                 case, "failure", type="ShadowGate", message="; ".join(r.reasons) + top
             )
