@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -33,7 +35,10 @@ def render(report: Report, fmt: str) -> str:
 
 def format_value(value: Any, limit: int = 60) -> str:
     """A JSON value as compact text, cut to `limit` characters."""
-    text = orjson.dumps(value, default=str).decode()
+    try:
+        text = orjson.dumps(value, default=str).decode()
+    except orjson.JSONEncodeError:  # integers past 64 bits, nesting past 255 levels
+        text = _stdlib_json(value, None)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -207,7 +212,29 @@ def render_markdown(report: Report) -> str:
 
 def render_json(report: Report) -> str:
     """The versioned JSON document (schema: `shadow/report.schema.json`)."""
-    return orjson.dumps(report.to_json(), default=str, option=orjson.OPT_INDENT_2).decode() + "\n"
+    doc = report.to_json()
+    try:
+        return orjson.dumps(doc, default=str, option=orjson.OPT_INDENT_2).decode() + "\n"
+    except orjson.JSONEncodeError:  # an example past 64 bits or 255 levels: exact all the same
+        return _stdlib_json(doc, 2) + "\n"
+
+
+def _stdlib_json(value: Any, indent: int | None) -> str:
+    separators = (",", ": ") if indent else (",", ":")
+    try:
+        return json.dumps(value, default=str, indent=indent, separators=separators, allow_nan=False)
+    except ValueError:  # NaN or an infinity: null, as orjson writes them
+        return json.dumps(_finite(value), default=str, indent=indent, separators=separators)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _failure_text(r: RouteReport) -> str:

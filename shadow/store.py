@@ -7,6 +7,7 @@ connection's default schema (the first of its `search_path`), never a hard-coded
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +42,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shadow.migrations import migrations
-from shadow.record import ComparisonRecord, RouteChange
+from shadow.record import ComparisonRecord, DiffExample, RouteChange
 from shadow.redact import mask_secrets
 from shadow.sqlite_writer import SqliteWriter, SqliteWriterError
 
@@ -298,12 +299,26 @@ def _path_rows(cid: int, rec: ComparisonRecord) -> list[dict[str, Any]]:
                     "pattern": pattern,
                     "route": rec.route,
                     "time": rec.time,
-                    "example": (
-                        orjson.dumps(example.to_json(), default=str).decode() if example else None
-                    ),
+                    "example": _example_json(example) if example else None,
                 }
             )
     return rows
+
+
+def _example_json(example: DiffExample) -> str:
+    """An example as its column holds it. Integers past 64 bits and values nested past 255
+    levels (which orjson refuses) are written by the standard library, exactly; a value
+    deeper than it goes is kept as a note."""
+    data = example.to_json()
+    try:
+        return orjson.dumps(data, default=str).decode()
+    except orjson.JSONEncodeError:
+        pass
+    try:
+        return json.dumps(data, default=str, separators=(",", ":"))
+    except (ValueError, RecursionError):
+        note = "(nested too deep to store)"
+        return json.dumps({**data, "primary": note, "candidate": note}, default=str)
 
 
 def _change(row: Any) -> RouteChange:

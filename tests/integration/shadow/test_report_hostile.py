@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from proxy.cli import main
 from shadow.compare import CompareRules, compare
 from shadow.http_compare import parse_json_body
 from shadow.record import ComparisonRecord, DiffExample
+from shadow.recorder import Recorder
 from shadow.store import Store
 
 # A key holding a terminal escape (clear screen), a forged line and a NUL.
@@ -67,3 +69,54 @@ def test_junit_and_text_reports_show_control_characters_of_stored_keys_escaped(
 
     markdown = _report(url, "markdown")
     assert "\x1b" not in markdown and "\x00" not in markdown
+
+
+def _compared(legacy: bytes, candidate: bytes, n: int) -> ComparisonRecord:
+    result = compare(parse_json_body(legacy), parse_json_body(candidate), CompareRules())
+    return ComparisonRecord(
+        route="orders",
+        outcome="mismatch" if result.differences else "match",
+        path="/api/v1/orders/{id}",
+        request_path=f"/api/v1/orders/{n}",
+        diff_paths=tuple(d.pattern for d in result.differences),
+        diff_examples=tuple(
+            DiffExample(d.pattern, d.path, d.primary, d.candidate) for d in result.differences
+        ),
+    )
+
+
+async def _record(url: str, records: list[ComparisonRecord]) -> dict[str, int]:
+    async with Store(url) as store:
+        recorder = Recorder(store, batch_size=100)
+        await recorder.start()
+        try:
+            for rec in records:
+                recorder.record(rec)
+            assert await recorder.flush(10)
+        finally:
+            await recorder.stop(5)
+        c = recorder.counters()["orders"]
+        return {"recorded": c.recorded, "failed": c.failed, "stored": await store.count()}
+
+
+def test_a_mismatch_on_an_integer_past_64_bits_is_stored_with_its_batch_and_reported(
+    tmp_path: Path,
+) -> None:
+    # An id past 64 bits (or a value nested past 255 levels) in a differing field made the
+    # example unencodable: the whole batch of comparisons was lost and counted failed.
+    big = 123456789012345678901234567890
+    deep = b"[" * 300 + b"1" + b"]" * 300
+    records = [_compared(b'{"id": 1}', b'{"id": 1}', n) for n in range(20)]
+    records.append(_compared(b'{"id": %d}' % big, b'{"id": %d}' % (big + 1), 20))
+    records.append(_compared(b'{"items": %s}' % deep, b'{"items": 2}', 21))
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    assert asyncio.run(_record(url, records)) == {"recorded": 22, "failed": 0, "stored": 22}
+
+    doc = json.loads(_report(url, "json"))  # the stdlib keeps big integers exact
+    route = doc["routes"][0]
+    assert (route["samples"], route["mismatches"]) == (22, 2)
+    examples = {p["path"]: p["example"] for p in route["top_paths"]}
+    assert (examples["$.id"]["primary"], examples["$.id"]["candidate"]) == (big, big + 1)
+    assert examples["$.items"]["candidate"] == 2
+    text = _report(url, "text")
+    assert f"e.g. $.id: {big} -> {big + 1}" in text
