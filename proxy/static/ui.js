@@ -46,9 +46,9 @@
     const ago = s < 90 ? s + " s" : s < 5400 ? Math.round(s / 60) + " min" : Math.round(s / 3600) + " h";
     return h("span", { title: d.toISOString() }, ago + " ago");
   }
-  function short(v) {
+  function short(v, text) {
     if (v === undefined) return "(absent)";
-    const t = JSON.stringify(v);
+    const t = text != null ? text : JSON.stringify(v); // text: exact digits of big integers
     return t.length > 80 ? t.slice(0, 77) + "…" : t;
   }
   async function getJSON(url) {
@@ -283,7 +283,7 @@
       h("tbody", null, paths.map((p) => h("tr", { "data-path": p.path },
         h("td", null, h("code", null, p.path)), h("td", { class: "num" }, num(p.count)), h("td", { class: "num" }, pct(p.share, 1)),
         h("td", null, when(p.first_seen)), h("td", null, when(p.last_seen)),
-        h("td", { class: "example" }, p.example ? [h("code", null, short(p.example.legacy)), " → ", h("code", null, short(p.example.candidate))] : "–"))))),
+        h("td", { class: "example" }, p.example ? [h("code", null, short(p.example.legacy, p.example.legacy_text)), " → ", h("code", null, short(p.example.candidate, p.example.candidate_text))] : "–"))))),
     noise.length ? h("p", { class: "sub" }, "Noise (legacy differs from itself, not counted): ", noise.map((n) => h("code", null, n.path)).flatMap((c, i) => (i ? [", ", c] : [c]))) : null);
   }
   function changesTable(changes) {
@@ -317,7 +317,7 @@
     if (typeof key === "number") return `${parent}[${key}]`;
     return NAME.test(key) ? `${parent}.${key}` : `${parent}["${key.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"]`;
   }
-  function jsonLines(value, marks) {
+  function jsonLines(value, marks, exact) {
     const pre = h("pre", { class: "json" });
     let count = 0;
     function emit(indent, text, path, own, kind) {
@@ -337,7 +337,8 @@
         entries.forEach(([k, x], i) => walk(x, childPath(path, k), indent + 1, arr ? "" : JSON.stringify(k) + ": ", i < entries.length - 1 ? "," : "", kind));
         emit(indent, (arr ? "]" : "}") + comma, path, null, kind);
       } else {
-        emit(indent, label + JSON.stringify(v) + comma, path, own, kind);
+        const digits = typeof v === "number" && exact ? exact[path] : undefined; // past 2^53
+        emit(indent, label + (digits != null ? digits : JSON.stringify(v)) + comma, path, own, kind);
       }
     }
     walk(value, "$", 0, "", "", null);
@@ -345,7 +346,7 @@
     return pre;
   }
   function side(title, body, marks, status, cls) {
-    const content = body.format === "json" ? jsonLines(body.value, marks)
+    const content = body.format === "json" ? jsonLines(body.value, marks, body.exact)
       : h("pre", { class: "json" }, body.format === "none" ? "(no body stored)" : body.value);
     return h("div", { class: "side " + cls }, h("h3", null, `${title} · ${status ?? "–"}`), h("div", { class: "pane" }, content));
   }
@@ -360,8 +361,8 @@
         h("thead", null, h("tr", null, ["Path", "Kind", "Legacy", "Candidate"].map((x) => h("th", null, x)))),
         h("tbody", null, m.differences.map((d) => h("tr", { "data-path": d.path, onclick: () => reveal(d.path) },
           h("td", null, h("code", null, d.path)), h("td", null, d.kind),
-          h("td", null, h("code", null, d.kind === "added" ? "(absent)" : short(d.legacy))),
-          h("td", null, h("code", null, d.kind === "removed" ? "(absent)" : short(d.candidate)))))))
+          h("td", null, h("code", null, d.kind === "added" ? "(absent)" : short(d.legacy, d.legacy_text))),
+          h("td", null, h("code", null, d.kind === "removed" ? "(absent)" : short(d.candidate, d.candidate_text)))))))
       : h("p", { class: "muted" }, "Bodies are not both JSON; recorded differing paths: " + (m.patterns.join(", ") || "none"));
     const box = h("div", { class: "diffview" },
       h("p", { class: "sub" }, `${m.method} ${m.request_path} · request ${m.request_id || "–"} · ${m.time}` + (m.differences_truncated ? " · differences truncated" : "")),

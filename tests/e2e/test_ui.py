@@ -604,3 +604,45 @@ async def test_store_down_keeps_live_counters(tmp_path: Path) -> None:
     rows = {r["name"]: r for r in data["routes"]}
     assert rows["health"]["live"]["requests"] == 3
     assert rows["order-list"]["mismatch_rate"] is None
+
+
+async def test_ids_past_2_to_the_53_show_their_exact_digits(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A browser reads JSON numbers as doubles: a candidate's id off by one (a 64-bit id,
+    as snowflake ids are) showed the same rounded number on both sides of the diff."""
+    legacy_id, candidate_id = 1234567890123456789, 1234567890123456788
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    record = _record(
+        "order-show",
+        "mismatch",
+        at,
+        path="/api/v1/orders/{order_id}",
+        legacy_ms=10.0,
+        candidate_ms=9.0,
+        legacy_body={"id": legacy_id, "owner": {"ids": [legacy_id]}, "total": "1.00"},
+        candidate_body={"id": candidate_id, "owner": {"ids": [legacy_id]}, "total": "1.00"},
+        diffs=[DiffExample("$.id", "$.id", legacy_id, candidate_id)],
+    )
+    async with (
+        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack,
+        chromium() as browser,
+    ):
+        page = await browser.new_page(viewport={"width": 1360, "height": 820})
+        problems = _watch(page, stack.base)
+        await page.goto(stack.page_url + "#/routes/order-show")
+        row = page.locator('#differences tr[data-path="$.id"]')
+        await expect(row).to_contain_text(str(legacy_id))
+        await expect(row).to_contain_text(str(candidate_id))
+        example = page.locator('#top-paths tr[data-path="$.id"] td.example')
+        await expect(example).to_contain_text(f"{legacy_id} → {candidate_id}")
+        legacy = page.locator(".side-legacy")
+        await expect(legacy.locator('.ln[data-path="$.id"]')).to_contain_text(f'"id": {legacy_id},')
+        await expect(legacy).to_contain_text(f"{legacy_id}")
+        cand = page.locator(".side-candidate")
+        await expect(cand.locator('.ln[data-path="$.id"]')).to_contain_text(
+            f'"id": {candidate_id},'
+        )
+        nested = await cand.locator(".ln").all_inner_texts()
+        assert any(line.strip() == str(legacy_id) for line in nested), nested
+        assert problems == []
