@@ -252,15 +252,18 @@ def _failure_text(r: RouteReport) -> str:
 
 def render_junit(report: Report) -> str:
     """JUnit XML: one test case per route, a failure when the route misses its gate."""
-    failures = sum(not r.passed for r in report.routes)
+    # No route judged fails the gate (exit 1): a case says so, or the file shows no failure.
+    unjudged = not report.judged
+    failures = sum(not r.passed for r in report.routes) + unjudged
     skipped = len(report.routes) - len(report.judged)
-    suites = ET.Element("testsuites", name="strangler", tests=str(len(report.routes)))
+    tests = str(len(report.routes) + unjudged)
+    suites = ET.Element("testsuites", name="strangler", tests=tests)
     suites.set("failures", str(failures))
     suite = ET.SubElement(
         suites,
         "testsuite",
         name="strangler.shadow",
-        tests=str(len(report.routes)),
+        tests=tests,
         failures=str(failures),
         errors="0",
         skipped=str(skipped),
@@ -272,6 +275,14 @@ def render_junit(report: Report) -> str:
         ("until", report.until.isoformat() if report.until else ""),
     ):
         ET.SubElement(props, "property", name=key, value=value)
+    if unjudged:
+        case = ET.SubElement(suite, "testcase", classname="strangler.gate", name="gate", time="0")
+        why = (
+            "no comparisons stored in this window: nothing to judge"
+            if not report.routes
+            else "no route under a gate in this window: nothing to judge"
+        )
+        ET.SubElement(case, "failure", type="ShadowGate", message=why).text = why
     for r in report.routes:
         case = ET.SubElement(
             suite, "testcase", classname="strangler.route", name=_shown(r.route), time="0"

@@ -120,3 +120,21 @@ def test_a_mismatch_on_an_integer_past_64_bits_is_stored_with_its_batch_and_repo
     assert examples["$.items"]["candidate"] == 2
     text = _report(url, "text")
     assert f"e.g. $.id: {big} -> {big + 1}" in text
+
+
+def test_junit_fails_when_no_route_is_judged(tmp_path: Path) -> None:
+    # An empty window exits 1 (the gate fails) but the JUnit file had no test case and no
+    # failure: a CI check built on the file showed green.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+
+    async def empty() -> None:
+        async with Store(url):
+            pass
+
+    asyncio.run(empty())
+    root = ET.fromstring(_report(url, "junit"))
+    assert root.get("failures") == "1"
+    failures = root.findall("./testsuite/testcase/failure")
+    assert [f.get("message") for f in failures] == [
+        "no comparisons stored in this window: nothing to judge"
+    ]
