@@ -15,6 +15,7 @@ from shadow.report import Report, RouteReport
 
 __all__ = [
     "FORMATS",
+    "format_pair",
     "format_value",
     "render",
     "render_json",
@@ -35,11 +36,37 @@ def render(report: Report, fmt: str) -> str:
 
 def format_value(value: Any, limit: int = 60) -> str:
     """A JSON value as compact text, cut to `limit` characters."""
+    return _cut(_json_text(value), 0, limit)
+
+
+def format_pair(primary: Any, candidate: Any, limit: int = 60) -> tuple[str, str]:
+    """Two differing values as `format_value` shows them, except that when cutting both at
+    `limit` would leave the same text, both are shown from just before where they differ."""
+    a, b = _json_text(primary), _json_text(candidate)
+    shown = _cut(a, 0, limit), _cut(b, 0, limit)
+    if shown[0] != shown[1] or a == b:
+        return shown
+    same = next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+    start = max(0, min(same - limit // 4, max(len(a), len(b)) - limit + 1))
+    return _cut(a, start, limit), _cut(b, start, limit)
+
+
+def _json_text(value: Any) -> str:
     try:
-        text = orjson.dumps(value, default=str).decode()
+        return orjson.dumps(value, default=str).decode()
     except orjson.JSONEncodeError:  # integers past 64 bits, nesting past 255 levels
-        text = _stdlib_json(value, None)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+        return _stdlib_json(value, None)
+
+
+def _cut(text: str, start: int, limit: int) -> str:
+    """`limit` characters of `text` from `start`, with `…` where some were left out."""
+    head = "…" if start > 0 else ""
+    rest = text[start:]
+    if len(head) + len(rest) <= limit:
+        return head + rest
+    return head + rest[: max(0, limit - len(head) - 1)] + "…"
 
 
 # Characters a terminal acts on, XML 1.0 refuses, or that end a line: JSON keys in
@@ -140,10 +167,8 @@ def render_text(report: Report) -> str:
         for p in r.top_paths:
             example = ""
             if p.example:
-                example = (
-                    f"  e.g. {_shown(p.example.path)}: {format_value(p.example.primary)}"
-                    f" -> {format_value(p.example.candidate)}"
-                )
+                legacy, candidate = format_pair(p.example.primary, p.example.candidate)
+                example = f"  e.g. {_shown(p.example.path)}: {legacy} -> {candidate}"
             out.append(f"    {_shown(p.pattern)}  {p.count}  {p.share * 100:.1f}%{example}")
         if r.distinct_paths > len(r.top_paths):
             out.append(f"    ... and {r.distinct_paths - len(r.top_paths)} more paths")
@@ -195,13 +220,14 @@ def render_markdown(report: Report) -> str:
             ]
             for p in r.top_paths:
                 ex = p.example
+                legacy, candidate = format_pair(ex.primary, ex.candidate) if ex else ("", "")
                 cells = [
                     _md_code(p.pattern),
                     str(p.count),
                     f"{p.share * 100:.1f}%",
                     _md_code(ex.path) if ex else "",
-                    _md_code(format_value(ex.primary)) if ex else "",
-                    _md_code(format_value(ex.candidate)) if ex else "",
+                    _md_code(legacy) if ex else "",
+                    _md_code(candidate) if ex else "",
                 ]
                 out.append("| " + " | ".join(cells) + " |")
         if r.noise_paths:
@@ -242,7 +268,7 @@ def _failure_text(r: RouteReport) -> str:
     for p in r.top_paths:
         ex = p.example
         example = (
-            f" e.g. {_shown(ex.path)}: {format_value(ex.primary)} -> {format_value(ex.candidate)}"
+            f" e.g. {_shown(ex.path)}: {' -> '.join(format_pair(ex.primary, ex.candidate))}"
             if ex
             else ""
         )

@@ -138,3 +138,26 @@ def test_junit_fails_when_no_route_is_judged(tmp_path: Path) -> None:
     assert [f.get("message") for f in failures] == [
         "no comparisons stored in this window: nothing to judge"
     ]
+
+
+def test_examples_cut_to_the_same_text_show_where_the_values_differ(tmp_path: Path) -> None:
+    # Both sides were cut at 60 characters (120 in html): a long URL or object differing
+    # after that read the same ('legacy -> candidate' equal) in every report format.
+    image = "https://cdn.example.com/images/products/12345/large-variant.jpg?v="
+    legacy = b'{"image": "%s1", "tags": ["x"]}' % image.encode()
+    candidate = b'{"image": "%s2", "tags": ["x"]}' % image.encode()
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    asyncio.run(_record(url, [_compared(legacy, candidate, 1)]))
+
+    text = _report(url, "text")
+    line = next(x for x in text.splitlines() if "e.g. $.image:" in x)
+    shown_legacy, shown_candidate = line.split("e.g. $.image: ", 1)[1].split(" -> ")
+    assert shown_legacy != shown_candidate
+    assert shown_legacy.endswith('v=1"') and shown_candidate.endswith('v=2"')
+    assert len(shown_legacy) <= 60
+
+    markdown = _report(url, "markdown")
+    assert '?v=1"` | `' in markdown and '?v=2"` |' in markdown
+
+    junit = ET.fromstring(_report(url, "junit"))
+    assert 'v=1" -> ' in (junit.findtext("./testsuite/testcase/failure") or "")
