@@ -46,10 +46,25 @@
     const ago = s < 90 ? s + " s" : s < 5400 ? Math.round(s / 60) + " min" : Math.round(s / 3600) + " h";
     return h("span", { title: d.toISOString() }, ago + " ago");
   }
-  function short(v, text) {
+  const SHORT = 80;
+  function full(v, text) {
     if (v === undefined) return "(absent)";
-    const t = text != null ? text : JSON.stringify(v); // text: exact digits of big integers
-    return t.length > 80 ? t.slice(0, 77) + "…" : t;
+    return text != null ? text : JSON.stringify(v); // text: exact digits of big integers
+  }
+  function cut(t, start) {
+    const head = start > 0 ? "…" : "";
+    const rest = t.slice(start);
+    return head.length + rest.length <= SHORT ? head + rest : head + rest.slice(0, SHORT - head.length - 1) + "…";
+  }
+  // Two differing values, cut where they differ when cutting both at the start would hide it.
+  function shortPair(a, b, ta, tb) {
+    const x = full(a, ta), y = full(b, tb);
+    const cx = cut(x, 0), cy = cut(y, 0);
+    if (cx !== cy || x === y) return [cx, cy];
+    let i = 0;
+    while (i < x.length && i < y.length && x[i] === y[i]) i++;
+    const start = Math.max(0, Math.min(i - SHORT / 4, Math.max(x.length, y.length) - SHORT + 1));
+    return [cut(x, start), cut(y, start)];
   }
   async function getJSON(url) {
     const r = await fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" });
@@ -283,8 +298,12 @@
       h("tbody", null, paths.map((p) => h("tr", { "data-path": p.path },
         h("td", null, h("code", null, p.path)), h("td", { class: "num" }, num(p.count)), h("td", { class: "num" }, pct(p.share, 1)),
         h("td", null, when(p.first_seen)), h("td", null, when(p.last_seen)),
-        h("td", { class: "example" }, p.example ? [h("code", null, short(p.example.legacy, p.example.legacy_text)), " → ", h("code", null, short(p.example.candidate, p.example.candidate_text))] : "–"))))),
+        h("td", { class: "example" }, p.example ? exampleCells(p.example) : "–"))))),
     noise.length ? h("p", { class: "sub" }, "Noise (legacy differs from itself, not counted): ", noise.map((n) => h("code", null, n.path)).flatMap((c, i) => (i ? [", ", c] : [c]))) : null);
+  }
+  function exampleCells(ex) {
+    const [a, b] = shortPair(ex.legacy, ex.candidate, ex.legacy_text, ex.candidate_text);
+    return [h("code", null, a), " → ", h("code", null, b)];
   }
   function changesTable(changes) {
     if (!changes.length) return h("p", { class: "muted" }, "No recorded changes.");
@@ -359,10 +378,12 @@
     const list = m.differences.length
       ? h("table", { class: "grid", id: "differences" },
         h("thead", null, h("tr", null, ["Path", "Kind", "Legacy", "Candidate"].map((x) => h("th", null, x)))),
-        h("tbody", null, m.differences.map((d) => h("tr", { "data-path": d.path, onclick: () => reveal(d.path) },
-          h("td", null, h("code", null, d.path)), h("td", null, d.kind),
-          h("td", null, h("code", null, d.kind === "added" ? "(absent)" : short(d.legacy, d.legacy_text))),
-          h("td", null, h("code", null, d.kind === "removed" ? "(absent)" : short(d.candidate, d.candidate_text)))))))
+        h("tbody", null, m.differences.map((d) => {
+          const [a, b] = shortPair(d.kind === "added" ? undefined : d.legacy, d.kind === "removed" ? undefined : d.candidate, d.legacy_text, d.candidate_text);
+          return h("tr", { "data-path": d.path, onclick: () => reveal(d.path) },
+            h("td", null, h("code", null, d.path)), h("td", null, d.kind),
+            h("td", null, h("code", null, a)), h("td", null, h("code", null, b)));
+        })))
       : h("p", { class: "muted" }, "Bodies are not both JSON; recorded differing paths: " + (m.patterns.join(", ") || "none"));
     const box = h("div", { class: "diffview" },
       h("p", { class: "sub" }, `${m.method} ${m.request_path} · request ${m.request_id || "–"} · ${m.time}` + (m.differences_truncated ? " · differences truncated" : "")),

@@ -646,3 +646,36 @@ async def test_ids_past_2_to_the_53_show_their_exact_digits(
         nested = await cand.locator(".ln").all_inner_texts()
         assert any(line.strip() == str(legacy_id) for line in nested), nested
         assert problems == []
+
+
+async def test_long_values_show_where_they_differ(tmp_path: Path, sqlite_url: str) -> None:
+    """Both sides were cut at 80 characters: two URLs differing after that read the same."""
+    image = "https://cdn.example.com/images/products/12345/large-variant-with-a-long-name.jpg?v="
+    legacy_body = {"image": image + "1", "total": "1.00"}
+    candidate_body = {"image": image + "2", "total": "1.00"}
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    record = _record(
+        "order-show",
+        "mismatch",
+        at,
+        path="/api/v1/orders/{order_id}",
+        legacy_ms=10.0,
+        candidate_ms=9.0,
+        legacy_body=legacy_body,
+        candidate_body=candidate_body,
+        diffs=[DiffExample("$.image", "$.image", image + "1", image + "2")],
+    )
+    async with (
+        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack,
+        chromium() as browser,
+    ):
+        page = await browser.new_page(viewport={"width": 1360, "height": 820})
+        problems = _watch(page, stack.base)
+        await page.goto(stack.page_url + "#/routes/order-show")
+        row = page.locator('#differences tr[data-path="$.image"] td code')
+        await expect(row.nth(1)).to_contain_text('v=1"')
+        await expect(row.nth(2)).to_contain_text('v=2"')
+        example = page.locator('#top-paths tr[data-path="$.image"] td.example')
+        await expect(example).to_contain_text('v=1" → ')
+        await expect(example).to_contain_text('v=2"')
+        assert problems == []
