@@ -384,7 +384,9 @@
             h("td", null, h("code", null, d.path)), h("td", null, d.kind),
             h("td", null, h("code", null, a)), h("td", null, h("code", null, b)));
         })))
-      : h("p", { class: "muted" }, "Bodies are not both JSON; recorded differing paths: " + (m.patterns.join(", ") || "none"));
+      : h("p", { class: "muted" }, (m.bodies.legacy.format === "json" && m.bodies.candidate.format === "json"
+        ? "The JSON bodies do not differ under the route's current rules"
+        : "Bodies are not both JSON") + "; recorded differing paths: " + (m.patterns.join(", ") || "none"));
     const box = h("div", { class: "diffview" },
       h("p", { class: "sub" }, `${m.method} ${m.request_path} · request ${m.request_id || "–"} · ${m.time}` + (m.differences_truncated ? " · differences truncated" : "")),
       list,

@@ -679,3 +679,32 @@ async def test_long_values_show_where_they_differ(tmp_path: Path, sqlite_url: st
         await expect(example).to_contain_text('v=1" → ')
         await expect(example).to_contain_text('v=2"')
         assert problems == []
+
+
+async def test_a_status_mismatch_between_json_bodies_is_not_called_non_json(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """Equal JSON bodies under different statuses: the page said the bodies were not JSON."""
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    record = _record(
+        "order-show",
+        "mismatch",
+        at,
+        path="/api/v1/orders/{order_id}",
+        legacy_ms=10.0,
+        candidate_ms=9.0,
+        legacy_body={"id": 42},
+        candidate_body={"id": 42},
+        diffs=[DiffExample("status", "status", 200, 201)],
+    )
+    async with (
+        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack,
+        chromium() as browser,
+    ):
+        page = await browser.new_page(viewport={"width": 1360, "height": 820})
+        problems = _watch(page, stack.base)
+        await page.goto(stack.page_url + "#/routes/order-show")
+        note = page.locator("#diff .diffview p.muted")
+        await expect(note).to_contain_text("recorded differing paths: status")
+        await expect(note).not_to_contain_text("not both JSON")
+        assert problems == []
