@@ -7,6 +7,7 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from proxy.cli import main
@@ -99,8 +100,9 @@ async def _record(url: str, records: list[ComparisonRecord]) -> dict[str, int]:
         return {"recorded": c.recorded, "failed": c.failed, "stored": await store.count()}
 
 
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
 def test_a_mismatch_on_an_integer_past_64_bits_is_stored_with_its_batch_and_reported(
-    tmp_path: Path,
+    tmp_path: Path, db: str, request: pytest.FixtureRequest
 ) -> None:
     # An id past 64 bits (or a value nested past 255 levels) in a differing field made the
     # example unencodable: the whole batch of comparisons was lost and counted failed.
@@ -109,7 +111,11 @@ def test_a_mismatch_on_an_integer_past_64_bits_is_stored_with_its_batch_and_repo
     records = [_compared(b'{"id": 1}', b'{"id": 1}', n) for n in range(20)]
     records.append(_compared(b'{"id": %d}' % big, b'{"id": %d}' % (big + 1), 20))
     records.append(_compared(b'{"items": %s}' % deep, b'{"items": 2}', 21))
-    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    url = (
+        f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+        if db == "sqlite"
+        else str(request.getfixturevalue("pg_url"))
+    )
     assert asyncio.run(_record(url, records)) == {"recorded": 22, "failed": 0, "stored": 22}
 
     doc = json.loads(_report(url, "json"))  # the stdlib keeps big integers exact
