@@ -305,20 +305,35 @@ def _path_rows(cid: int, rec: ComparisonRecord) -> list[dict[str, Any]]:
     return rows
 
 
+_EXAMPLE_DEPTH = 250  # deeper example values are stored as a note (readers recurse)
+
+
 def _example_json(example: DiffExample) -> str:
-    """An example as its column holds it. Integers past 64 bits and values nested past 255
-    levels (which orjson refuses) are written by the standard library, exactly; a value
-    deeper than it goes is kept as a note."""
+    """An example as its column holds it. Integers past 64 bits (which orjson refuses) are
+    written by the standard library, exactly; a value nested past 250 levels is kept as a
+    note, so that no reader (report, dashboard, browser) recurses that deep."""
     data = example.to_json()
+    for side in ("primary", "candidate"):
+        if _deeper_than(data[side], _EXAMPLE_DEPTH):
+            data[side] = f"(nested deeper than {_EXAMPLE_DEPTH} levels)"
     try:
         return orjson.dumps(data, default=str).decode()
     except orjson.JSONEncodeError:
-        pass
-    try:
         return json.dumps(data, default=str, separators=(",", ":"))
-    except (ValueError, RecursionError):
-        note = "(nested too deep to store)"
-        return json.dumps({**data, "primary": note, "candidate": note}, default=str)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels in `value` (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list | tuple):
+            if depth > limit:
+                return True
+            stack.extend((x, depth + 1) for x in v if isinstance(x, dict | list | tuple))
+    return False
 
 
 def _change(row: Any) -> RouteChange:

@@ -123,6 +123,8 @@ def test_a_mismatch_on_an_integer_past_64_bits_is_stored_with_its_batch_and_repo
     assert (route["samples"], route["mismatches"]) == (22, 2)
     examples = {p["path"]: p["example"] for p in route["top_paths"]}
     assert (examples["$.id"]["primary"], examples["$.id"]["candidate"]) == (big, big + 1)
+    # a value nested too deep for readers is a note; the other side is kept
+    assert examples["$.items"]["primary"] == "(nested deeper than 250 levels)"
     assert examples["$.items"]["candidate"] == 2
     text = _report(url, "text")
     assert f"e.g. $.id: {big} -> {big + 1}" in text
