@@ -431,7 +431,12 @@
   // --- polling ------------------------------------------------------------------------
   function wanted() {
     const m = location.hash.match(/^#\/routes\/(.+)$/);
-    return m ? decodeURIComponent(m[1]) : null;
+    if (!m) return null;
+    try {
+      return decodeURIComponent(m[1]);
+    } catch (e) { // a stray % (a hand-edited link): taken as written, polling goes on
+      return m[1];
+    }
   }
   async function tick() {
     clearTimeout(S.timer);

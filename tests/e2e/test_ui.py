@@ -708,3 +708,21 @@ async def test_a_status_mismatch_between_json_bodies_is_not_called_non_json(
         await expect(note).to_contain_text("recorded differing paths: status")
         await expect(note).not_to_contain_text("not both JSON")
         assert problems == []
+
+
+async def test_a_link_with_a_stray_percent_does_not_stop_the_page(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """`#/routes/100%` threw in the poller before its first request: the page said
+    `connecting…` for good and never refreshed, even after going back to the overview."""
+    async with (
+        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, []) as stack,
+        chromium() as browser,
+    ):
+        page = await browser.new_page(viewport={"width": 1360, "height": 820})
+        problems = _watch(page, stack.base)
+        await page.goto(stack.page_url + "#/routes/100%")
+        await expect(page.locator("#status")).to_contain_text("error: no route named '100%'")
+        await page.click("text=← all routes")
+        await expect(page.locator('tr[data-route="order-show"]')).to_be_visible()
+        assert [p for p in problems if "status of 404" not in p] == []  # the route's 404
