@@ -285,6 +285,8 @@ def _evidence(
     gate: dict[str, Any]
     if route.candidate is None:
         gate = {"verdict": "n/a", "reasons": ["no candidate backend"]}
+    elif route.mode == "extracted":  # as `report --config` and `migrate` judge it
+        gate = {"verdict": "n/a", "reasons": ["extracted: no gate left (verification shown)"]}
     elif rep is None:
         gate = {"verdict": "unknown", "reasons": ["no evidence: the store is empty or unreadable"]}
     else:

@@ -28,6 +28,11 @@ routes:
     match: {path: /api/v1/orders/*}
     mode: shadow
     candidate: legacy
+  - name: payments
+    match: {path: /api/v1/payments/*}
+    mode: extracted
+    candidate: legacy
+    shadow: {percent: 5}
 """
     )
 
@@ -113,3 +118,28 @@ async def test_a_window_longer_than_time_is_a_bad_request_not_a_500(
             assert "'all'" in body["error"]["message"]
         status, body = await _get(base + "/-/api/overview?since=all")
         assert status == 200 and body["routes"][0]["mismatches"] == 1
+
+
+async def test_an_extracted_route_has_no_gate_as_in_the_report(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    # `report --config` and `migrate` leave an extracted route's verification outside the
+    # gate; the dashboard showed it failing (below min_samples) and counted it in
+    # "Gates passing".
+    verification = [
+        ComparisonRecord(
+            route="payments",
+            outcome="match",
+            path="/api/v1/payments/*",
+            request_path=f"/api/v1/payments/{n}",
+        )
+        for n in range(3)
+    ]
+    async with _admin(tmp_path, upstream, verification) as (_, base):
+        status, overview = await _get(base + "/-/api/overview")
+        assert status == 200
+        payments = next(r for r in overview["routes"] if r["name"] == "payments")
+        assert payments["samples"] == 3
+        assert payments["gate"]["verdict"] == "n/a", payments["gate"]
+        status, detail = await _get(base + "/-/api/routes/payments")
+        assert status == 200 and detail["route"]["gate"]["verdict"] == "n/a"
