@@ -54,10 +54,11 @@ def format_pair(primary: Any, candidate: Any, limit: int = 60) -> tuple[str, str
 
 
 def _json_text(value: Any) -> str:
+    """Compact JSON text, with the characters `_shown` escapes written as JSON escapes."""
     try:
-        return orjson.dumps(value, default=str).decode()
+        return _shown(orjson.dumps(value, default=str).decode())
     except orjson.JSONEncodeError:  # integers past 64 bits, nesting past 255 levels
-        return _stdlib_json(value, None)
+        return _shown(_stdlib_json(value, None))
 
 
 def _cut(text: str, start: int, limit: int) -> str:

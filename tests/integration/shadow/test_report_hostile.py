@@ -72,6 +72,16 @@ def test_junit_and_text_reports_show_control_characters_of_stored_keys_escaped(
     assert "\x1b" not in markdown and "\x00" not in markdown
 
 
+def test_junit_holds_example_values_xml_cannot(tmp_path: Path) -> None:
+    # A string value with U+FFFF (not an XML character) went raw into the failure text.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    legacy, candidate = '{"name": "a\uffffb"}'.encode(), b'{"name": "ab"}'
+    asyncio.run(_record(url, [_compared(legacy, candidate, 1)]))
+    root = ET.fromstring(_report(url, "junit"))
+    failure = root.findtext("./testsuite/testcase/failure") or ""
+    assert 'e.g. $.name: "a\\uffffb" -> "ab"' in failure
+
+
 def _compared(legacy: bytes, candidate: bytes, n: int) -> ComparisonRecord:
     result = compare(parse_json_body(legacy), parse_json_body(candidate), CompareRules())
     return ComparisonRecord(
