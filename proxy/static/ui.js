@@ -285,13 +285,13 @@
     $("rollback-why").replaceChildren("This route is held on legacy",
       ...(r.rollback ? [" since ", when(r.rollback.time), r.rollback.reason ? ": " + r.rollback.reason : ""] : []), ".");
     $("trend").replaceChildren(sparkline(r.series, 1000, 90, true), h("div", { class: "sub" }, `buckets of ${d.bucket_seconds || "–"} s over ${d.window}`));
-    $("paths").replaceChildren(pathsTable(d.top_paths, d.noise_paths));
+    $("paths").replaceChildren(pathsTable(d.top_paths, d.noise_paths, r.distinct_paths));
     renderRecent(d.recent);
     $("changes").replaceChildren(changesTable(d.changes));
     S.lastRenderMs = performance.now() - t0;
     S.renders++;
   }
-  function pathsTable(paths, noise) {
+  function pathsTable(paths, noise, distinct) {
     if (!paths.length) return h("p", { class: "muted" }, "No differing paths in this window.");
     return h("div", null, h("table", { class: "grid", id: "top-paths" },
       h("thead", null, h("tr", null, ["Path", "Count", "Share", "First seen", "Last seen", "Example (legacy → candidate)"].map((x) => h("th", null, x)))),
@@ -299,6 +299,7 @@
         h("td", null, h("code", null, p.path)), h("td", { class: "num" }, num(p.count)), h("td", { class: "num" }, pct(p.share, 1)),
         h("td", null, when(p.first_seen)), h("td", null, when(p.last_seen)),
         h("td", { class: "example" }, p.example ? exampleCells(p.example) : "–"))))),
+    distinct > paths.length ? h("p", { class: "sub", id: "more-paths" }, `… and ${num(distinct - paths.length)} more paths`) : null,
     noise.length ? h("p", { class: "sub" }, "Noise (legacy differs from itself, not counted): ", noise.map((n) => h("code", null, n.path)).flatMap((c, i) => (i ? [", ", c] : [c]))) : null);
   }
   function exampleCells(ex) {

@@ -726,3 +726,30 @@ async def test_a_link_with_a_stray_percent_does_not_stop_the_page(
         await page.click("text=← all routes")
         await expect(page.locator('tr[data-route="order-show"]')).to_be_visible()
         assert [p for p in problems if "status of 404" not in p] == []  # the route's 404
+
+
+async def test_more_differing_paths_than_shown_are_counted(tmp_path: Path, sqlite_url: str) -> None:
+    """The route page lists the top 20 differing paths; the others went unmentioned."""
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    diffs = [DiffExample(f"$.field{i:02d}", f"$.field{i:02d}", 1, 2) for i in range(25)]
+    record = _record(
+        "order-show",
+        "mismatch",
+        at,
+        path="/api/v1/orders/{order_id}",
+        legacy_ms=10.0,
+        candidate_ms=9.0,
+        legacy_body={f"field{i:02d}": 1 for i in range(25)},
+        candidate_body={f"field{i:02d}": 2 for i in range(25)},
+        diffs=diffs,
+    )
+    async with (
+        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack,
+        chromium() as browser,
+    ):
+        page = await browser.new_page(viewport={"width": 1360, "height": 820})
+        problems = _watch(page, stack.base)
+        await page.goto(stack.page_url + "#/routes/order-show")
+        await expect(page.locator("#top-paths tbody tr")).to_have_count(20)
+        await expect(page.locator("#paths")).to_contain_text("… and 5 more paths")
+        assert problems == []
