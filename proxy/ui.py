@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from proxy.admin import PROXY_KEY
 from proxy.settings import MatchSettings, RouteSettings, Settings, parse_duration
-from shadow.compare import CompareRules, compare
+from shadow.compare import CompareRules, compare, format_path
 from shadow.http_compare import parse_json_body
 from shadow.report import Report, RouteReport, Thresholds, build_report
 from shadow.store import Store, StoreError, comparison_paths, comparisons, normalize_url
@@ -60,6 +60,8 @@ _RECENT_DEFAULT = 10
 _RECENT_MAX = 50
 _BODY_CAP = 256 << 10  # bytes of a stored body shown in the side-by-side view
 _DIFFS_CAP = 500
+_EXACT = 2**53 - 1  # integers past this lose digits in a browser's JSON.parse
+_JSON_DEPTH = 200  # deeper bodies are shown as text (JSON encoders and browsers stop near 255)
 _STORE_TIMEOUT = 10.0
 _BREAKER_STATES = {0: "closed", 1: "open", 2: "half-open"}
 
@@ -283,6 +285,8 @@ def _evidence(
     gate: dict[str, Any]
     if route.candidate is None:
         gate = {"verdict": "n/a", "reasons": ["no candidate backend"]}
+    elif route.mode == "extracted":  # as `report --config` and `migrate` judge it
+        gate = {"verdict": "n/a", "reasons": ["extracted: no gate left (verification shown)"]}
     elif rep is None:
         gate = {"verdict": "unknown", "reasons": ["no evidence: the store is empty or unreadable"]}
     else:
@@ -476,6 +480,7 @@ async def _stored_detail(
                     "path": p.example.path,
                     "legacy": p.example.primary,
                     "candidate": p.example.candidate,
+                    **_exact_texts(p.example.primary, p.example.candidate),
                 }
                 if p.example
                 else None,
@@ -514,6 +519,7 @@ def _mismatch(row: Any, rules: CompareRules) -> dict[str, Any]:
                 "kind": d.kind,
                 "legacy": d.primary,
                 "candidate": d.candidate,
+                **_exact_texts(d.primary, d.candidate),
             }
             for d in result.differences[:_DIFFS_CAP]
         ]
@@ -532,8 +538,8 @@ def _mismatch(row: Any, rules: CompareRules) -> dict[str, Any]:
         "latency_ms": {"legacy": row.latency_primary_ms, "candidate": row.latency_candidate_ms},
         "patterns": patterns,
         "bodies": {
-            "legacy": {"format": legacy_kind, "value": legacy},
-            "candidate": {"format": cand_kind, "value": cand},
+            "legacy": _body(legacy_kind, legacy),
+            "candidate": _body(cand_kind, cand),
         },
         "differences": diffs,
         "differences_truncated": truncated,
@@ -547,11 +553,63 @@ def _decode_body(raw: bytes | str | None) -> tuple[str, Any]:
     data = raw.encode() if isinstance(raw, str) else bytes(raw)
     if len(data) <= _BODY_CAP:
         try:  # decoded as the compare pipeline decodes (exact big integers)
-            return "json", parse_json_body(data)
+            value = parse_json_body(data)
         except ValueError:
             pass
+        else:
+            if _nesting(value) <= _JSON_DEPTH:
+                return "json", value
     text = data[:_BODY_CAP].decode("utf-8", "replace")
     return "text", text + ("\n... (truncated)" if len(data) > _BODY_CAP else "")
+
+
+def _body(kind: str, value: Any) -> dict[str, Any]:
+    """A body for the page; `exact`, when present, holds the digits of its integers past
+    2^53 by path (a browser's JSON.parse rounds them)."""
+    exact = _exact_numbers(value) if kind == "json" else {}
+    return {"format": kind, "value": value, **({"exact": exact} if exact else {})}
+
+
+def _exact_numbers(value: Any) -> dict[str, str]:
+    """Path -> digits of every integer a browser would round (paths as `compare` writes them)."""
+    found: dict[str, str] = {}
+    stack: list[tuple[Any, str]] = [(value, "$")]
+    while stack:
+        v, path = stack.pop()
+        if type(v) is int:
+            if not -_EXACT <= v <= _EXACT:
+                found[path] = str(v)
+        elif isinstance(v, dict):
+            stack.extend((x, path + format_path([str(k)])[1:]) for k, x in v.items())
+        elif isinstance(v, list):
+            stack.extend((x, f"{path}[{i}]") for i, x in enumerate(v))
+    return found
+
+
+def _exact_texts(legacy: Any, candidate: Any) -> dict[str, str]:
+    """`legacy_text` / `candidate_text`: the exact JSON text of a value holding integers past
+    2^53 (absent otherwise: the browser's own rendering is exact)."""
+    texts = {}
+    for key, value in (("legacy_text", legacy), ("candidate_text", candidate)):
+        if _exact_numbers(value):
+            texts[key] = json.dumps(
+                _finite(value), default=str, ensure_ascii=False, separators=(",", ":")
+            )
+    return texts
+
+
+def _nesting(value: Any) -> int:
+    """How deep arrays and objects nest in a decoded JSON value (without recursion)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, depth)
+            stack.extend((x, depth + 1) for x in v if isinstance(x, dict | list))
+    return deepest
 
 
 # --- shared reading ----------------------------------------------------------------------
@@ -677,6 +735,10 @@ def _window(request: web.Request) -> str:
         raise _BadRequest(f"since: {e}; or 'all'") from None
     if seconds <= 0:
         raise _BadRequest("since must be positive")
+    try:
+        _since(window, datetime.now(UTC))
+    except OverflowError:
+        raise _BadRequest("since reaches before the year 1; use 'all'") from None
     return window
 
 

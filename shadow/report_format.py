@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +15,7 @@ from shadow.report import Report, RouteReport
 
 __all__ = [
     "FORMATS",
+    "format_pair",
     "format_value",
     "render",
     "render_json",
@@ -32,8 +36,48 @@ def render(report: Report, fmt: str) -> str:
 
 def format_value(value: Any, limit: int = 60) -> str:
     """A JSON value as compact text, cut to `limit` characters."""
-    text = orjson.dumps(value, default=str).decode()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return _cut(_json_text(value), 0, limit)
+
+
+def format_pair(primary: Any, candidate: Any, limit: int = 60) -> tuple[str, str]:
+    """Two differing values as `format_value` shows them, except that when cutting both at
+    `limit` would leave the same text, both are shown from just before where they differ."""
+    a, b = _json_text(primary), _json_text(candidate)
+    shown = _cut(a, 0, limit), _cut(b, 0, limit)
+    if shown[0] != shown[1] or a == b:
+        return shown
+    same = next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+    start = max(0, min(same - limit // 4, max(len(a), len(b)) - limit + 1))
+    return _cut(a, start, limit), _cut(b, start, limit)
+
+
+def _json_text(value: Any) -> str:
+    """Compact JSON text, with the characters `_shown` escapes written as JSON escapes."""
+    try:
+        return _shown(orjson.dumps(value, default=str).decode())
+    except orjson.JSONEncodeError:  # integers past 64 bits, nesting past 255 levels
+        return _shown(_stdlib_json(value, None))
+
+
+def _cut(text: str, start: int, limit: int) -> str:
+    """`limit` characters of `text` from `start`, with `…` where some were left out."""
+    head = "…" if start > 0 else ""
+    rest = text[start:]
+    if len(head) + len(rest) <= limit:
+        return head + rest
+    return head + rest[: max(0, limit - len(head) - 1)] + "…"
+
+
+# Characters a terminal acts on, XML 1.0 refuses, or that end a line: JSON keys in
+# differing paths come from backends' answers and are written as \uXXXX escapes.
+_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufffe\uffff]")
+
+
+def _shown(text: str) -> str:
+    """`text` with control characters (and what XML cannot hold) as visible escapes."""
+    return _UNSHOWN.sub(lambda m: f"\\u{ord(m[0]):04x}", text)
 
 
 def _rate(value: float | None) -> str:
@@ -76,7 +120,7 @@ def _summary_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     ]
     rows = [
         [
-            r.route,
+            _shown(r.route),
             str(r.samples),
             str(r.mismatches),
             _rate(r.mismatch_rate),
@@ -115,23 +159,22 @@ def render_text(report: Report) -> str:
     for r in report.routes:
         if r.passed and not r.top_paths and not r.noise_paths:
             continue
-        where = f"{r.method} {r.path}".strip()
-        out += ["", f"{r.route} ({where}):" if where else f"{r.route}:"]
+        where = _shown(f"{r.method} {r.path}".strip())
+        name = _shown(r.route)
+        out += ["", f"{name} ({where}):" if where else f"{name}:"]
         out += [f"  FAIL: {reason}" for reason in r.reasons]
         if r.top_paths:
             out.append("  top differing paths (count, share of mismatches, legacy -> candidate):")
         for p in r.top_paths:
             example = ""
             if p.example:
-                example = (
-                    f"  e.g. {p.example.path}: {format_value(p.example.primary)}"
-                    f" -> {format_value(p.example.candidate)}"
-                )
-            out.append(f"    {p.pattern}  {p.count}  {p.share * 100:.1f}%{example}")
+                legacy, candidate = format_pair(p.example.primary, p.example.candidate)
+                example = f"  e.g. {_shown(p.example.path)}: {legacy} -> {candidate}"
+            out.append(f"    {_shown(p.pattern)}  {p.count}  {p.share * 100:.1f}%{example}")
         if r.distinct_paths > len(r.top_paths):
             out.append(f"    ... and {r.distinct_paths - len(r.top_paths)} more paths")
         if r.noise_paths:
-            noise = ", ".join(f"{n.pattern} ({n.count})" for n in r.noise_paths)
+            noise = ", ".join(f"{_shown(n.pattern)} ({n.count})" for n in r.noise_paths)
             out.append(f"  noise (not counted): {noise}")
     verdict = "PASS" if report.passed else "FAIL"
     judged = report.judged
@@ -140,7 +183,7 @@ def render_text(report: Report) -> str:
 
 
 def _md(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return _shown(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def _md_code(text: str) -> str:
@@ -178,13 +221,14 @@ def render_markdown(report: Report) -> str:
             ]
             for p in r.top_paths:
                 ex = p.example
+                legacy, candidate = format_pair(ex.primary, ex.candidate) if ex else ("", "")
                 cells = [
                     _md_code(p.pattern),
                     str(p.count),
                     f"{p.share * 100:.1f}%",
                     _md_code(ex.path) if ex else "",
-                    _md_code(format_value(ex.primary)) if ex else "",
-                    _md_code(format_value(ex.candidate)) if ex else "",
+                    _md_code(legacy) if ex else "",
+                    _md_code(candidate) if ex else "",
                 ]
                 out.append("| " + " | ".join(cells) + " |")
         if r.noise_paths:
@@ -195,7 +239,29 @@ def render_markdown(report: Report) -> str:
 
 def render_json(report: Report) -> str:
     """The versioned JSON document (schema: `shadow/report.schema.json`)."""
-    return orjson.dumps(report.to_json(), default=str, option=orjson.OPT_INDENT_2).decode() + "\n"
+    doc = report.to_json()
+    try:
+        return orjson.dumps(doc, default=str, option=orjson.OPT_INDENT_2).decode() + "\n"
+    except orjson.JSONEncodeError:  # an example past 64 bits or 255 levels: exact all the same
+        return _stdlib_json(doc, 2) + "\n"
+
+
+def _stdlib_json(value: Any, indent: int | None) -> str:
+    separators = (",", ": ") if indent else (",", ":")
+    try:
+        return json.dumps(value, default=str, indent=indent, separators=separators, allow_nan=False)
+    except ValueError:  # NaN or an infinity: null, as orjson writes them
+        return json.dumps(_finite(value), default=str, indent=indent, separators=separators)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _failure_text(r: RouteReport) -> str:
@@ -203,25 +269,28 @@ def _failure_text(r: RouteReport) -> str:
     for p in r.top_paths:
         ex = p.example
         example = (
-            f" e.g. {ex.path}: {format_value(ex.primary)} -> {format_value(ex.candidate)}"
+            f" e.g. {_shown(ex.path)}: {' -> '.join(format_pair(ex.primary, ex.candidate))}"
             if ex
             else ""
         )
-        lines.append(f"{p.pattern}: {p.count} ({p.share * 100:.1f}%){example}")
+        lines.append(f"{_shown(p.pattern)}: {p.count} ({p.share * 100:.1f}%){example}")
     return "\n".join(lines)
 
 
 def render_junit(report: Report) -> str:
     """JUnit XML: one test case per route, a failure when the route misses its gate."""
-    failures = sum(not r.passed for r in report.routes)
+    # No route judged fails the gate (exit 1): a case says so, or the file shows no failure.
+    unjudged = not report.judged
+    failures = sum(not r.passed for r in report.routes) + unjudged
     skipped = len(report.routes) - len(report.judged)
-    suites = ET.Element("testsuites", name="strangler", tests=str(len(report.routes)))
+    tests = str(len(report.routes) + unjudged)
+    suites = ET.Element("testsuites", name="strangler", tests=tests)
     suites.set("failures", str(failures))
     suite = ET.SubElement(
         suites,
         "testsuite",
         name="strangler.shadow",
-        tests=str(len(report.routes)),
+        tests=tests,
         failures=str(failures),
         errors="0",
         skipped=str(skipped),
@@ -233,12 +302,22 @@ def render_junit(report: Report) -> str:
         ("until", report.until.isoformat() if report.until else ""),
     ):
         ET.SubElement(props, "property", name=key, value=value)
+    if unjudged:
+        case = ET.SubElement(suite, "testcase", classname="strangler.gate", name="gate", time="0")
+        why = (
+            "no comparisons stored in this window: nothing to judge"
+            if not report.routes
+            else "no route under a gate in this window: nothing to judge"
+        )
+        ET.SubElement(case, "failure", type="ShadowGate", message=why).text = why
     for r in report.routes:
-        case = ET.SubElement(suite, "testcase", classname="strangler.route", name=r.route, time="0")
+        case = ET.SubElement(
+            suite, "testcase", classname="strangler.route", name=_shown(r.route), time="0"
+        )
         if not r.judged:
             ET.SubElement(case, "skipped", message="no gate: shown for information")
         elif not r.passed:
-            top = f"; top: {r.top_paths[0].pattern}" if r.top_paths else ""
+            top = f"; top: {_shown(r.top_paths[0].pattern)}" if r.top_paths else ""
             failure = ET.SubElement(
                 case, "failure", type="ShadowGate", message="; ".join(r.reasons) + top
             )

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from html import escape
 
 from shadow.report import Report, RouteReport
-from shadow.report_format import format_value
+from shadow.report_format import format_pair
 
 __all__ = ["render_html"]
 
@@ -175,11 +175,12 @@ def _details(r: RouteReport) -> str:
         )
         for p in r.top_paths:
             ex = p.example
+            legacy, candidate = format_pair(ex.primary, ex.candidate, 120) if ex else ("", "")
             cells = (
                 (
                     f"<code>{escape(ex.path)}</code>",
-                    f"<code>{escape(format_value(ex.primary, 120))}</code>",
-                    f"<code>{escape(format_value(ex.candidate, 120))}</code>",
+                    f"<code>{escape(legacy)}</code>",
+                    f"<code>{escape(candidate)}</code>",
                 )
                 if ex
                 else ("", "", "")

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     ColumnElement,
     Integer,
@@ -32,6 +31,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from shadow.http_compare import parse_json_body
 from shadow.record import DiffExample
 from shadow.report_model import Bucket, Latency, NoiseStat
 from shadow.store import Store, comparison_paths, comparisons, shadow_drops
@@ -419,7 +419,8 @@ class _Queries:
             )
             raw = await self._conn.scalar(query)
             if raw:
-                found[(route, pattern)] = DiffExample.from_json(orjson.loads(raw))
+                # decoded as bodies are: integers past 64 bits stay exact
+                found[(route, pattern)] = DiffExample.from_json(parse_json_body(raw.encode()))
         return found
 
 

@@ -7,6 +7,7 @@ connection's default schema (the first of its `search_path`), never a hard-coded
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -41,7 +42,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shadow.migrations import migrations
-from shadow.record import ComparisonRecord, RouteChange
+from shadow.record import ComparisonRecord, DiffExample, RouteChange
 from shadow.redact import mask_secrets
 from shadow.sqlite_writer import SqliteWriter, SqliteWriterError
 
@@ -298,12 +299,41 @@ def _path_rows(cid: int, rec: ComparisonRecord) -> list[dict[str, Any]]:
                     "pattern": pattern,
                     "route": rec.route,
                     "time": rec.time,
-                    "example": (
-                        orjson.dumps(example.to_json(), default=str).decode() if example else None
-                    ),
+                    "example": _example_json(example) if example else None,
                 }
             )
     return rows
+
+
+_EXAMPLE_DEPTH = 250  # deeper example values are stored as a note (readers recurse)
+
+
+def _example_json(example: DiffExample) -> str:
+    """An example as its column holds it. Integers past 64 bits (which orjson refuses) are
+    written by the standard library, exactly; a value nested past 250 levels is kept as a
+    note, so that no reader (report, dashboard, browser) recurses that deep."""
+    data = example.to_json()
+    for side in ("primary", "candidate"):
+        if _deeper_than(data[side], _EXAMPLE_DEPTH):
+            data[side] = f"(nested deeper than {_EXAMPLE_DEPTH} levels)"
+    try:
+        return orjson.dumps(data, default=str).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(data, default=str, separators=(",", ":"))
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels in `value` (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list | tuple):
+            if depth > limit:
+                return True
+            stack.extend((x, depth + 1) for x in v if isinstance(x, dict | list | tuple))
+    return False
 
 
 def _change(row: Any) -> RouteChange:

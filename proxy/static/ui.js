@@ -46,10 +46,25 @@
     const ago = s < 90 ? s + " s" : s < 5400 ? Math.round(s / 60) + " min" : Math.round(s / 3600) + " h";
     return h("span", { title: d.toISOString() }, ago + " ago");
   }
-  function short(v) {
+  const SHORT = 80;
+  function full(v, text) {
     if (v === undefined) return "(absent)";
-    const t = JSON.stringify(v);
-    return t.length > 80 ? t.slice(0, 77) + "…" : t;
+    return text != null ? text : JSON.stringify(v); // text: exact digits of big integers
+  }
+  function cut(t, start) {
+    const head = start > 0 ? "…" : "";
+    const rest = t.slice(start);
+    return head.length + rest.length <= SHORT ? head + rest : head + rest.slice(0, SHORT - head.length - 1) + "…";
+  }
+  // Two differing values, cut where they differ when cutting both at the start would hide it.
+  function shortPair(a, b, ta, tb) {
+    const x = full(a, ta), y = full(b, tb);
+    const cx = cut(x, 0), cy = cut(y, 0);
+    if (cx !== cy || x === y) return [cx, cy];
+    let i = 0;
+    while (i < x.length && i < y.length && x[i] === y[i]) i++;
+    const start = Math.max(0, Math.min(i - SHORT / 4, Math.max(x.length, y.length) - SHORT + 1));
+    return [cut(x, start), cut(y, start)];
   }
   async function getJSON(url) {
     const r = await fetch(url, { headers: { Accept: "application/json" }, cache: "no-store" });
@@ -270,21 +285,26 @@
     $("rollback-why").replaceChildren("This route is held on legacy",
       ...(r.rollback ? [" since ", when(r.rollback.time), r.rollback.reason ? ": " + r.rollback.reason : ""] : []), ".");
     $("trend").replaceChildren(sparkline(r.series, 1000, 90, true), h("div", { class: "sub" }, `buckets of ${d.bucket_seconds || "–"} s over ${d.window}`));
-    $("paths").replaceChildren(pathsTable(d.top_paths, d.noise_paths));
+    $("paths").replaceChildren(pathsTable(d.top_paths, d.noise_paths, r.distinct_paths));
     renderRecent(d.recent);
     $("changes").replaceChildren(changesTable(d.changes));
     S.lastRenderMs = performance.now() - t0;
     S.renders++;
   }
-  function pathsTable(paths, noise) {
+  function pathsTable(paths, noise, distinct) {
     if (!paths.length) return h("p", { class: "muted" }, "No differing paths in this window.");
     return h("div", null, h("table", { class: "grid", id: "top-paths" },
       h("thead", null, h("tr", null, ["Path", "Count", "Share", "First seen", "Last seen", "Example (legacy → candidate)"].map((x) => h("th", null, x)))),
       h("tbody", null, paths.map((p) => h("tr", { "data-path": p.path },
         h("td", null, h("code", null, p.path)), h("td", { class: "num" }, num(p.count)), h("td", { class: "num" }, pct(p.share, 1)),
         h("td", null, when(p.first_seen)), h("td", null, when(p.last_seen)),
-        h("td", { class: "example" }, p.example ? [h("code", null, short(p.example.legacy)), " → ", h("code", null, short(p.example.candidate))] : "–"))))),
+        h("td", { class: "example" }, p.example ? exampleCells(p.example) : "–"))))),
+    distinct > paths.length ? h("p", { class: "sub", id: "more-paths" }, `… and ${num(distinct - paths.length)} more paths`) : null,
     noise.length ? h("p", { class: "sub" }, "Noise (legacy differs from itself, not counted): ", noise.map((n) => h("code", null, n.path)).flatMap((c, i) => (i ? [", ", c] : [c]))) : null);
+  }
+  function exampleCells(ex) {
+    const [a, b] = shortPair(ex.legacy, ex.candidate, ex.legacy_text, ex.candidate_text);
+    return [h("code", null, a), " → ", h("code", null, b)];
   }
   function changesTable(changes) {
     if (!changes.length) return h("p", { class: "muted" }, "No recorded changes.");
@@ -317,7 +337,7 @@
     if (typeof key === "number") return `${parent}[${key}]`;
     return NAME.test(key) ? `${parent}.${key}` : `${parent}["${key.replace(/\\/g, "\\\\").replace(/"/g, '\\"')}"]`;
   }
-  function jsonLines(value, marks) {
+  function jsonLines(value, marks, exact) {
     const pre = h("pre", { class: "json" });
     let count = 0;
     function emit(indent, text, path, own, kind) {
@@ -337,7 +357,8 @@
         entries.forEach(([k, x], i) => walk(x, childPath(path, k), indent + 1, arr ? "" : JSON.stringify(k) + ": ", i < entries.length - 1 ? "," : "", kind));
         emit(indent, (arr ? "]" : "}") + comma, path, null, kind);
       } else {
-        emit(indent, label + JSON.stringify(v) + comma, path, own, kind);
+        const digits = typeof v === "number" && exact ? exact[path] : undefined; // past 2^53
+        emit(indent, label + (digits != null ? digits : JSON.stringify(v)) + comma, path, own, kind);
       }
     }
     walk(value, "$", 0, "", "", null);
@@ -345,7 +366,7 @@
     return pre;
   }
   function side(title, body, marks, status, cls) {
-    const content = body.format === "json" ? jsonLines(body.value, marks)
+    const content = body.format === "json" ? jsonLines(body.value, marks, body.exact)
       : h("pre", { class: "json" }, body.format === "none" ? "(no body stored)" : body.value);
     return h("div", { class: "side " + cls }, h("h3", null, `${title} · ${status ?? "–"}`), h("div", { class: "pane" }, content));
   }
@@ -358,11 +379,15 @@
     const list = m.differences.length
       ? h("table", { class: "grid", id: "differences" },
         h("thead", null, h("tr", null, ["Path", "Kind", "Legacy", "Candidate"].map((x) => h("th", null, x)))),
-        h("tbody", null, m.differences.map((d) => h("tr", { "data-path": d.path, onclick: () => reveal(d.path) },
-          h("td", null, h("code", null, d.path)), h("td", null, d.kind),
-          h("td", null, h("code", null, d.kind === "added" ? "(absent)" : short(d.legacy))),
-          h("td", null, h("code", null, d.kind === "removed" ? "(absent)" : short(d.candidate)))))))
-      : h("p", { class: "muted" }, "Bodies are not both JSON; recorded differing paths: " + (m.patterns.join(", ") || "none"));
+        h("tbody", null, m.differences.map((d) => {
+          const [a, b] = shortPair(d.kind === "added" ? undefined : d.legacy, d.kind === "removed" ? undefined : d.candidate, d.legacy_text, d.candidate_text);
+          return h("tr", { "data-path": d.path, onclick: () => reveal(d.path) },
+            h("td", null, h("code", null, d.path)), h("td", null, d.kind),
+            h("td", null, h("code", null, a)), h("td", null, h("code", null, b)));
+        })))
+      : h("p", { class: "muted" }, (m.bodies.legacy.format === "json" && m.bodies.candidate.format === "json"
+        ? "The JSON bodies do not differ under the route's current rules"
+        : "Bodies are not both JSON") + "; recorded differing paths: " + (m.patterns.join(", ") || "none"));
     const box = h("div", { class: "diffview" },
       h("p", { class: "sub" }, `${m.method} ${m.request_path} · request ${m.request_id || "–"} · ${m.time}` + (m.differences_truncated ? " · differences truncated" : "")),
       list,
@@ -407,7 +432,12 @@
   // --- polling ------------------------------------------------------------------------
   function wanted() {
     const m = location.hash.match(/^#\/routes\/(.+)$/);
-    return m ? decodeURIComponent(m[1]) : null;
+    if (!m) return null;
+    try {
+      return decodeURIComponent(m[1]);
+    } catch (e) { // a stray % (a hand-edited link): taken as written, polling goes on
+      return m[1];
+    }
   }
   async function tick() {
     clearTimeout(S.timer);

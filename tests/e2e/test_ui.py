@@ -604,3 +604,152 @@ async def test_store_down_keeps_live_counters(tmp_path: Path) -> None:
     rows = {r["name"]: r for r in data["routes"]}
     assert rows["health"]["live"]["requests"] == 3
     assert rows["order-list"]["mismatch_rate"] is None
+
+
+async def test_ids_past_2_to_the_53_show_their_exact_digits(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """A browser reads JSON numbers as doubles: a candidate's id off by one (a 64-bit id,
+    as snowflake ids are) showed the same rounded number on both sides of the diff."""
+    legacy_id, candidate_id = 1234567890123456789, 1234567890123456788
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    record = _record(
+        "order-show",
+        "mismatch",
+        at,
+        path="/api/v1/orders/{order_id}",
+        legacy_ms=10.0,
+        candidate_ms=9.0,
+        legacy_body={"id": legacy_id, "owner": {"ids": [legacy_id]}, "total": "1.00"},
+        candidate_body={"id": candidate_id, "owner": {"ids": [legacy_id]}, "total": "1.00"},
+        diffs=[DiffExample("$.id", "$.id", legacy_id, candidate_id)],
+    )
+    async with (
+        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack,
+        chromium() as browser,
+    ):
+        page = await browser.new_page(viewport={"width": 1360, "height": 820})
+        problems = _watch(page, stack.base)
+        await page.goto(stack.page_url + "#/routes/order-show")
+        row = page.locator('#differences tr[data-path="$.id"]')
+        await expect(row).to_contain_text(str(legacy_id))
+        await expect(row).to_contain_text(str(candidate_id))
+        example = page.locator('#top-paths tr[data-path="$.id"] td.example')
+        await expect(example).to_contain_text(f"{legacy_id} → {candidate_id}")
+        legacy = page.locator(".side-legacy")
+        await expect(legacy.locator('.ln[data-path="$.id"]')).to_contain_text(f'"id": {legacy_id},')
+        await expect(legacy).to_contain_text(f"{legacy_id}")
+        cand = page.locator(".side-candidate")
+        await expect(cand.locator('.ln[data-path="$.id"]')).to_contain_text(
+            f'"id": {candidate_id},'
+        )
+        nested = await cand.locator(".ln").all_inner_texts()
+        assert any(line.strip() == str(legacy_id) for line in nested), nested
+        assert problems == []
+
+
+async def test_long_values_show_where_they_differ(tmp_path: Path, sqlite_url: str) -> None:
+    """Both sides were cut at 80 characters: two URLs differing after that read the same."""
+    image = "https://cdn.example.com/images/products/12345/large-variant-with-a-long-name.jpg?v="
+    legacy_body = {"image": image + "1", "total": "1.00"}
+    candidate_body = {"image": image + "2", "total": "1.00"}
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    record = _record(
+        "order-show",
+        "mismatch",
+        at,
+        path="/api/v1/orders/{order_id}",
+        legacy_ms=10.0,
+        candidate_ms=9.0,
+        legacy_body=legacy_body,
+        candidate_body=candidate_body,
+        diffs=[DiffExample("$.image", "$.image", image + "1", image + "2")],
+    )
+    async with (
+        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack,
+        chromium() as browser,
+    ):
+        page = await browser.new_page(viewport={"width": 1360, "height": 820})
+        problems = _watch(page, stack.base)
+        await page.goto(stack.page_url + "#/routes/order-show")
+        row = page.locator('#differences tr[data-path="$.image"] td code')
+        await expect(row.nth(1)).to_contain_text('v=1"')
+        await expect(row.nth(2)).to_contain_text('v=2"')
+        example = page.locator('#top-paths tr[data-path="$.image"] td.example')
+        await expect(example).to_contain_text('v=1" → ')
+        await expect(example).to_contain_text('v=2"')
+        assert problems == []
+
+
+async def test_a_status_mismatch_between_json_bodies_is_not_called_non_json(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """Equal JSON bodies under different statuses: the page said the bodies were not JSON."""
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    record = _record(
+        "order-show",
+        "mismatch",
+        at,
+        path="/api/v1/orders/{order_id}",
+        legacy_ms=10.0,
+        candidate_ms=9.0,
+        legacy_body={"id": 42},
+        candidate_body={"id": 42},
+        diffs=[DiffExample("status", "status", 200, 201)],
+    )
+    async with (
+        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack,
+        chromium() as browser,
+    ):
+        page = await browser.new_page(viewport={"width": 1360, "height": 820})
+        problems = _watch(page, stack.base)
+        await page.goto(stack.page_url + "#/routes/order-show")
+        note = page.locator("#diff .diffview p.muted")
+        await expect(note).to_contain_text("recorded differing paths: status")
+        await expect(note).not_to_contain_text("not both JSON")
+        assert problems == []
+
+
+async def test_a_link_with_a_stray_percent_does_not_stop_the_page(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """`#/routes/100%` threw in the poller before its first request: the page said
+    `connecting…` for good and never refreshed, even after going back to the overview."""
+    async with (
+        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, []) as stack,
+        chromium() as browser,
+    ):
+        page = await browser.new_page(viewport={"width": 1360, "height": 820})
+        problems = _watch(page, stack.base)
+        await page.goto(stack.page_url + "#/routes/100%")
+        await expect(page.locator("#status")).to_contain_text("error: no route named '100%'")
+        await page.click("text=← all routes")
+        await expect(page.locator('tr[data-route="order-show"]')).to_be_visible()
+        assert [p for p in problems if "status of 404" not in p] == []  # the route's 404
+
+
+async def test_more_differing_paths_than_shown_are_counted(tmp_path: Path, sqlite_url: str) -> None:
+    """The route page lists the top 20 differing paths; the others went unmentioned."""
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    diffs = [DiffExample(f"$.field{i:02d}", f"$.field{i:02d}", 1, 2) for i in range(25)]
+    record = _record(
+        "order-show",
+        "mismatch",
+        at,
+        path="/api/v1/orders/{order_id}",
+        legacy_ms=10.0,
+        candidate_ms=9.0,
+        legacy_body={f"field{i:02d}": 1 for i in range(25)},
+        candidate_body={f"field{i:02d}": 2 for i in range(25)},
+        diffs=diffs,
+    )
+    async with (
+        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack,
+        chromium() as browser,
+    ):
+        page = await browser.new_page(viewport={"width": 1360, "height": 820})
+        problems = _watch(page, stack.base)
+        await page.goto(stack.page_url + "#/routes/order-show")
+        await expect(page.locator("#top-paths tbody tr")).to_have_count(20)
+        await expect(page.locator("#paths")).to_contain_text("… and 5 more paths")
+        assert problems == []

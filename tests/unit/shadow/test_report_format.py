@@ -198,4 +198,6 @@ def test_empty_report_fails_and_says_so_in_every_format() -> None:
     assert "no comparisons" in render(empty, "markdown").lower()
     assert "no comparisons" in render(empty, "html").lower()
     jsonschema.validate(orjson.loads(render(empty, "json")), report_schema())
-    assert ET.fromstring(render(empty, "junit")).get("tests") == "0"
+    junit = ET.fromstring(render(empty, "junit"))
+    assert (junit.get("tests"), junit.get("failures")) == ("1", "1")
+    assert "no comparisons" in (junit.findtext("./testsuite/testcase/failure") or "")
