@@ -196,8 +196,8 @@ def _repeats_a_key(body: bytes, value: Any) -> bool:
     # dropped a repeated member has fewer. Escaped colons (\u003a) count only there.
     try:
         kept = orjson.dumps(value).count(b":")
-    except orjson.JSONEncodeError:  # past 64-bit integers or 255 levels: count no further
-        return False
+    except orjson.JSONEncodeError:  # past 64-bit integers or 255 levels: cannot tell, so
+        return True  # parse again keeping the first value (rare bodies, a little slower)
     sent = body.count(b":")
     return sent > kept or (sent < kept and b"\\u003" in body)
 
