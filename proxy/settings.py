@@ -777,7 +777,11 @@ class _Builder:
         }
         default_backend = self.backend_ref(data, root, "default_backend") or ""
         for name, bs in backends.items():
-            if bs.url is not None and _loops_back((host, port), (bs.host, bs.port)):
+            try:
+                address = (bs.host, bs.port) if bs.url is not None else None
+            except ValueError:  # a URL reported as invalid already (user info, a bad port)
+                address = None
+            if address is not None and _loops_back((host, port), address):
                 self.p.report(
                     ("backends", name, "url"),
                     f"backends.{name}.url: {bs.url} is the proxy's own listen address"
