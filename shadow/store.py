@@ -89,6 +89,7 @@ _Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements IN
 
 metadata = MetaData()
 _REQUEST_ID_MAX = 128  # a client's X-Request-Id may be longer: stored cut to this
+_PATTERN_MAX = 1000  # characters of a differing pattern kept (a JSON key may be longer)
 
 comparisons = Table(
     "comparisons",
@@ -128,7 +129,7 @@ comparison_paths = Table(
         primary_key=True,
     ),
     Column("kind", String(8), primary_key=True),  # diff | noise
-    Column("pattern", String(1000), primary_key=True),
+    Column("pattern", String(_PATTERN_MAX), primary_key=True),
     Column("route", String(200), nullable=False),
     Column("time", _UtcDateTime(), nullable=False),
     Column("example", Text),  # JSON DiffExample, redacted by the recorder's caller
@@ -236,7 +237,7 @@ def _row_values(rec: ComparisonRecord) -> tuple[Any, ...]:
         rec.route,
         rec.method,
         rec.path,
-        rec.request_path,
+        _text(rec.request_path),
         rec.status_primary,
         rec.status_candidate,
         rec.latency_primary_ms,
@@ -247,10 +248,10 @@ def _row_values(rec: ComparisonRecord) -> tuple[Any, ...]:
         orjson.dumps(list(diff_paths)).decode() if diff_paths else "[]",
         _bytes(rec.primary_body),
         _bytes(rec.candidate_body),
-        rec.request_id[:_REQUEST_ID_MAX],  # a client's X-Request-Id may be any length
+        _text(rec.request_id[:_REQUEST_ID_MAX]),  # a client's X-Request-Id may be any length
         rec.mode,
         rec.config_version,
-        rec.detail,
+        _text(rec.detail),
     )
 
 
@@ -286,16 +287,34 @@ def _sqlite_path_rows(cid: int, rec: ComparisonRecord) -> list[tuple[Any, ...]]:
     ]
 
 
+def _text(value: str) -> str:
+    """`value` storable in any text column: PostgreSQL's text holds no NUL, so a NUL (a JSON
+    key may hold one) is written as the JSON escape `\\u0000`, on SQLite too."""
+    return value.replace("\x00", "\\u0000") if "\x00" in value else value
+
+
+def _pattern(pattern: str) -> str:
+    """A differing pattern as its column holds it: NULs escaped, cut to the column's length
+    (a long JSON key must not make its comparison unstorable) with a trailing `…`."""
+    pattern = _text(pattern)
+    if len(pattern) > _PATTERN_MAX:
+        return pattern[: _PATTERN_MAX - 1] + "\u2026"
+    return pattern
+
+
 def _path_rows(cid: int, rec: ComparisonRecord) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for kind, patterns in (("diff", rec.diff_paths), ("noise", rec.noise)):
-        for pattern in dict.fromkeys(patterns):  # unique, first-seen order
+        stored: dict[str, str] = {}  # column value -> first pattern: unique, first-seen order
+        for pattern in patterns:
+            stored.setdefault(_pattern(pattern), pattern)
+        for column, pattern in stored.items():
             example = rec.example_for(pattern) if kind == "diff" else None
             rows.append(
                 {
                     "comparison_id": cid,
                     "kind": kind,
-                    "pattern": pattern,
+                    "pattern": column,
                     "route": rec.route,
                     "time": rec.time,
                     "example": (

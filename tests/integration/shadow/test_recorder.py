@@ -14,8 +14,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from shadow.record import ComparisonRecord
+from shadow.record import ComparisonRecord, DiffExample
 from shadow.recorder import Recorder, RouteCounters
+from shadow.report import build_report
 from shadow.store import Store, shadow_drops
 from tests.support import free_port, wait_for, wait_until
 
@@ -457,3 +458,44 @@ async def test_drop_counts_that_fail_never_stop_the_writer_nor_hang_stop(hang: b
     assert time.monotonic() - started < 3.0
     assert sink.written == 20 and recorder.drops_unstored == 3
     _assert_balanced(recorder)
+
+
+async def test_mismatches_with_long_or_nul_paths_are_stored_and_reported(store_url: str) -> None:
+    """A JSON key of 1,200 characters, or with a NUL in it, made the whole comparison
+    unstorable on PostgreSQL (a path column of 1,000, text without NUL): the mismatch was
+    counted `failed` and the report passed on the matches alone."""
+    long_key = '$.labels["' + "k" * 1200 + '"]'
+    nul_key = '$.labels["a\x00b"]'
+    mismatches = [
+        ComparisonRecord(
+            route="order-show",
+            outcome="mismatch",
+            diff_paths=(long_key, long_key + ".x", "$.total"),
+            noise=(nul_key,),
+            diff_examples=(DiffExample(long_key, long_key, 1, 2),),
+        ),
+        ComparisonRecord(route="order-show", outcome="mismatch", diff_paths=(nul_key,)),
+        ComparisonRecord(
+            route="order-show", outcome="candidate_error", detail="bad byte \x00 in answer"
+        ),
+    ]
+    store = await Store.open(store_url)
+    recorder = Recorder(store, buffer_size=100, batch_size=100)
+    for rec in [*mismatches, ComparisonRecord(route="order-show", outcome="match")]:
+        recorder.record(rec, started=True)
+    await recorder.start()
+    try:
+        assert await recorder.flush(10)
+    finally:
+        await recorder.stop(5)
+    try:
+        report = await build_report(store, thresholds_by_route={}, now=datetime.now(UTC))
+    finally:
+        await store.close()
+    c = recorder.counters()["order-show"]
+    assert (c.started, c.recorded, c.failed) == (4, 4, 0), recorder.last_error
+    route = report.routes[0]
+    assert (route.mismatches, route.matches, route.candidate_errors) == (2, 1, 1)
+    patterns = {p.pattern for p in route.top_paths}
+    assert "$.total" in patterns and '$.labels["a\\u0000b"]' in patterns
+    assert any(p.startswith('$.labels["kkkk') and len(p) <= 1000 for p in patterns)
