@@ -499,3 +499,159 @@ async def test_mismatches_with_long_or_nul_paths_are_stored_and_reported(store_u
     patterns = {p.pattern for p in route.top_paths}
     assert "$.total" in patterns and '$.labels["a\\u0000b"]' in patterns
     assert any(p.startswith('$.labels["kkkk') and len(p) <= 1000 for p in patterns)
+
+
+class _CommitAnswerLost(Forwarder):
+    """A relay to PostgreSQL that, once armed, lets the next COMMIT through and cuts the
+    connection when the server answers it: the batch is stored, its writer hears an error."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        super().__init__(port, target)
+        self.armed = False
+        self.cut = asyncio.Event()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        committing = asyncio.Event()
+
+        async def upstream() -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    up_writer.write(data)
+                    await up_writer.drain()
+                    if self.armed and b"COMMIT\x00" in data:
+                        self.armed = False
+                        committing.set()
+
+        async def downstream() -> None:
+            with contextlib.suppress(OSError):
+                while data := await up_reader.read(65536):
+                    if committing.is_set():  # the COMMIT's answer: never delivered
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        self.cut.set()
+                        return
+                    writer.write(data)
+                    await writer.drain()
+
+        pipes = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        self._tasks.update(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for w in (writer, up_writer):
+            w.close()
+
+
+async def test_a_batch_whose_commit_answer_was_lost_is_stored_once(pg_url: str) -> None:
+    """The connection to PostgreSQL breaks after COMMIT reached the server: the retried batch
+    was stored a second time (every comparison counted twice in the report)."""
+    direct = await Store.open(pg_url)
+    port = free_port()
+    relay_url, target = _via(pg_url, port)
+    relay = _CommitAnswerLost(port, target)
+    await relay.start()
+    store = Store(relay_url, connect_timeout=2)
+    recorder = Recorder(store, buffer_size=1000, batch_size=100, backoff_max=0.05)
+    await recorder.start()
+    try:
+        _feed(recorder, 0, 10)
+        assert await recorder.flush(10)  # the connection is up and warm
+        relay.armed = True
+        _feed(recorder, 10, 50)
+        await asyncio.wait_for(relay.cut.wait(), 10)
+        assert await recorder.flush(10)
+    finally:
+        await recorder.stop(5)
+        await relay.stop()
+        await store.close()
+    assert recorder.retries >= 1
+    assert _totals(recorder.counters()) == (60, 60, 0, 0)
+    stored = await direct.count()
+    await direct.close()
+    assert stored == 60  # nothing written twice
+    _assert_balanced(recorder)
+
+
+class _SilentBeforeCommit(Forwarder):
+    """A relay to PostgreSQL that, once armed, goes silent both ways on the connection that
+    next sends COMMIT, before it (a network partition): the server keeps that session, its
+    transaction open and holding the rows it wrote, until it notices the peer is gone (hours
+    by default)."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        super().__init__(port, target)
+        self.armed = False
+        self.silenced = asyncio.Event()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        silent = False
+
+        async def upstream() -> None:
+            nonlocal silent
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    if silent:
+                        continue
+                    if self.armed and b"COMMIT\x00" in data:
+                        self.armed = False
+                        silent = True  # the rows are in, the COMMIT never arrives
+                        self.silenced.set()
+                        continue
+                    up_writer.write(data)
+                    await up_writer.drain()
+            if silent:  # the client gave up; across the partition the server never hears
+                await asyncio.Event().wait()
+
+        async def downstream() -> None:
+            with contextlib.suppress(OSError):
+                while data := await up_reader.read(65536):
+                    if not silent:
+                        writer.write(data)
+                        await writer.drain()
+            if silent:
+                await asyncio.Event().wait()
+
+        pipes = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        self._tasks.update(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for w in (writer, up_writer):
+            w.close()
+
+
+async def test_a_write_cut_off_before_commit_does_not_wedge_the_retries(pg_url: str) -> None:
+    """A batch keeps its ids for its retries; the server session of an attempt cut off by a
+    partition keeps those rows locked, and a retry must not wait for it for good."""
+    direct = await Store.open(pg_url)
+    port = free_port()
+    relay_url, target = _via(pg_url, port)
+    relay = _SilentBeforeCommit(port, target)
+    await relay.start()
+    store = Store(relay_url, connect_timeout=2)
+    # write_timeout above the store's 2 s wait for the earlier attempt's locks
+    recorder = Recorder(store, buffer_size=1000, batch_size=100, backoff_max=0.05, write_timeout=4)
+    await recorder.start()
+    try:
+        _feed(recorder, 0, 10)
+        assert await recorder.flush(10)
+        relay.armed = True
+        _feed(recorder, 10, 50)
+        await asyncio.wait_for(relay.silenced.wait(), 10)
+        assert await recorder.flush(20), recorder.last_error
+    finally:
+        await recorder.stop(5)
+        await relay.stop()
+        await store.close()
+    assert _totals(recorder.counters()) == (60, 60, 0, 0)
+    stored = await direct.count()
+    await direct.close()
+    assert stored == 60
