@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from shadow.record import ComparisonRecord, DiffExample
 from shadow.recorder import Recorder, RouteCounters
 from shadow.report import build_report
-from shadow.store import Store, shadow_drops
+from shadow.store import Store, StoreError, shadow_drops
 from tests.support import free_port, wait_for, wait_until
 
 ROUTES = ("order-show", "order-list", "order-create")
@@ -655,3 +655,86 @@ async def test_a_write_cut_off_before_commit_does_not_wedge_the_retries(pg_url: 
     stored = await direct.count()
     await direct.close()
     assert stored == 60
+
+
+class _DownWhileSplitting:
+    """A store behind a relay that goes down just as a batch with a bad record is split into
+    single writes (an outage of a second, the usual kind)."""
+
+    def __init__(self, store: Store, relay: Forwarder) -> None:
+        self.store = store
+        self.relay = relay
+        self.cut = False
+
+    async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
+        try:
+            return await self.store.insert_batch(records)
+        except StoreError as e:
+            if not e.transient and len(records) > 1 and not self.cut:
+                self.cut = True
+                await self.relay.stop()
+            raise
+
+    async def insert_drops(
+        self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
+    ) -> None:
+        await self.store.insert_drops(writer, seq, drops)
+
+
+async def test_a_split_batch_waits_for_a_store_that_is_down(pg_url: str) -> None:
+    """Once a bad record split its batch, every single write got one try: an outage then
+    lost the batch's good comparisons (counted failed) instead of retrying them."""
+    direct, relay, store = await _behind_relay(pg_url)
+    await relay.start()
+    sink = _DownWhileSplitting(store, relay)
+    recorder = Recorder(sink, buffer_size=100, batch_size=100, backoff_max=0.05)
+    _feed(recorder, 0, 9)
+    recorder.record(ComparisonRecord(route="x" * 300, outcome="match"), started=True)
+    await recorder.start()
+    try:
+        await wait_until(lambda: sink.cut and recorder.retries >= 1, timeout=10)
+        await relay.start()
+        assert await recorder.flush(10)
+    finally:
+        await recorder.stop(5)
+        await relay.stop()
+        await store.close()
+    assert _totals(recorder.counters()) == (10, 9, 0, 1)
+    assert await direct.count() == 9
+    await direct.close()
+    _assert_balanced(recorder)
+
+
+class _HangsAfter:
+    """A sink that refuses batches of more than one record for good (bad data), stores
+    `n` single records, then never answers again (a silent network)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.written: list[ComparisonRecord] = []
+
+    async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
+        if len(records) > 1:
+            raise StoreError("value too long", transient=False)
+        if len(self.written) >= self.n:
+            await asyncio.Event().wait()
+        self.written.extend(records)
+        return len(records)
+
+    async def insert_drops(
+        self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
+    ) -> None:
+        pass
+
+
+async def test_stop_while_a_split_batch_hangs_counts_each_comparison_once() -> None:
+    """Stopping while the single writes of a split batch hung counted the ones already
+    stored as failed too: recorded + failed exceeded started."""
+    sink = _HangsAfter(4)
+    recorder = Recorder(sink, buffer_size=100, batch_size=100, write_timeout=60)
+    _feed(recorder, 0, 10)
+    await recorder.start()
+    await wait_until(lambda: len(sink.written) == 4, timeout=10)
+    await recorder.stop(0.2)
+    assert _totals(recorder.counters()) == (10, 4, 0, 6)
+    _assert_balanced(recorder)
