@@ -326,7 +326,7 @@ class Recorder:
 
     async def _attempt(self, records: list[ComparisonRecord]) -> bool:
         """Write `records`, retrying with backoff while the store is down or silent; False
-        when the store refused them for good."""
+        when the store refused them for good (or failed in a way retrying cannot mend)."""
         delay = self._backoff_initial
         while True:
             try:
@@ -341,6 +341,10 @@ class Recorder:
                 await self._nap(delay)
                 delay = min(delay * 2, self._backoff_max)
                 continue
+            except Exception as e:  # a bug, or a record the sink cannot write: isolate it
+                _log.exception("recorder: unexpected error writing %d records", len(records))
+                self._last_error = str(e) or type(e).__name__
+                return False
             self._down_since = None
             self._batches += 1
             return True

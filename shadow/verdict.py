@@ -5,10 +5,13 @@ Pure: responses in, a `Verdict` and a redacted `ComparisonRecord` out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
+
+import orjson
 
 from shadow.compare import CompareRules, Comparison
 from shadow.http_compare import HttpResponse, compare_responses
@@ -56,6 +59,29 @@ def judge(
         if "$" not in patterns and "$" not in presence:
             comparison, noise = cancel_noise(comparison, patterns, presence)
     return Verdict("match" if comparison.equal else "mismatch", comparison, noise)
+
+
+_PLAIN = frozenset({type(None), bool, float, str})
+_INT_RANGE = range(-(2**63), 2**64)  # the integers orjson writes
+
+
+def _example_value(value: Any) -> Any:
+    """A differing value as its example is stored: as it is, or its JSON text where orjson
+    cannot write it (an integer past 64 bits anywhere in it, nesting past 255 levels), which
+    would fail the store's write of every comparison in the batch."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is int:
+        return value if value in _INT_RANGE else str(value)
+    try:
+        orjson.dumps(value, default=str)
+    except orjson.JSONEncodeError:
+        try:
+            return json.dumps(value, default=str, ensure_ascii=False)
+        except (RecursionError, ValueError):
+            return f"<{kind.__name__} nested too deep to show>"
+    return value
 
 
 def _stored_body(redactor: Redactor, response: HttpResponse | None) -> bytes | None:
@@ -137,7 +163,12 @@ def build_record(
         text = redactor.redact_text
         diff_paths = tuple(text(p) for p in comparison.patterns)
         examples = tuple(
-            DiffExample(text(d.pattern), text(d.path), d.primary, d.candidate)
+            DiffExample(
+                text(d.pattern),
+                text(d.path),
+                _example_value(d.primary),
+                _example_value(d.candidate),
+            )
             for d in (redactor.redact_difference(x) for x in comparison.examples)
         )
         legacy_body = _stored_body(redactor, legacy)

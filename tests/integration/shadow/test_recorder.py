@@ -14,10 +14,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
+from shadow.compare import CompareRules
+from shadow.http_compare import HttpResponse
 from shadow.record import ComparisonRecord, DiffExample
 from shadow.recorder import Recorder, RouteCounters
+from shadow.redact import Redactor
 from shadow.report import build_report
 from shadow.store import Store, StoreError, shadow_drops
+from shadow.verdict import build_record, judge
 from tests.support import free_port, wait_for, wait_until
 
 ROUTES = ("order-show", "order-list", "order-create")
@@ -737,4 +741,67 @@ async def test_stop_while_a_split_batch_hangs_counts_each_comparison_once() -> N
     await wait_until(lambda: len(sink.written) == 4, timeout=10)
     await recorder.stop(0.2)
     assert _totals(recorder.counters()) == (10, 4, 0, 6)
+    _assert_balanced(recorder)
+
+
+def _judged(legacy: bytes, candidate: bytes, route: str = "order-show") -> ComparisonRecord:
+    """The record the shadow path builds for two JSON answers."""
+    headers = [("content-type", "application/json")]
+    primary, other = HttpResponse(200, headers, legacy), HttpResponse(200, headers, candidate)
+    return build_record(
+        Redactor(key=b"k" * 32),
+        judge(primary, other, None, CompareRules(), ()),
+        route=route,
+        method="GET",
+        path_template="/api/v1/orders/{order_id}",
+        request_path="/api/v1/orders/1",
+        legacy=primary,
+        candidate=other,
+        legacy_ms=1.0,
+        candidate_ms=1.0,
+        request_id="r",
+        mode="shadow",
+        config_version="v1",
+    )
+
+
+async def test_a_mismatch_on_a_wide_integer_or_a_deep_value_loses_nothing(store_url: str) -> None:
+    """An example value orjson cannot write (an integer past 64 bits, nesting past 255
+    levels) raised a TypeError inside the store's write: the recorder failed the whole
+    batch, up to 500 comparisons of every route, and the report never saw the mismatch."""
+    wide = _judged(
+        b'{"id": 123456789012345678901234567890}', b'{"id": 123456789012345678901234567891}'
+    )
+    deep = _judged(b'{"a": 1}', b'{"a": ' + b"[" * 300 + b"1" + b"]" * 300 + b"}")
+    store = await Store.open(store_url)
+    recorder = Recorder(store, buffer_size=100, batch_size=100)
+    _feed(recorder, 0, 9)
+    recorder.record(wide, started=True)
+    recorder.record(deep, started=True)
+    unwritable = ComparisonRecord(  # built by hand: the store cannot write it, it fails alone
+        route="order-list",
+        outcome="mismatch",
+        diff_paths=("$.id",),
+        diff_examples=(DiffExample("$.id", "$.id", 10**30, 1),),
+    )
+    recorder.record(unwritable, started=True)
+    await recorder.start()
+    try:
+        assert await recorder.flush(10)
+    finally:
+        await recorder.stop(5)
+    try:
+        report = await build_report(store, routes=["order-show"], now=datetime.now(UTC))
+    finally:
+        await store.close()
+    assert _totals(recorder.counters()) == (12, 11, 0, 1)
+    assert recorder.counters()["order-list"].failed == 1
+    show = report.routes[0]
+    assert show.mismatches == 1 + 2  # _feed's own mismatch of order-show, and these two
+    example = {p.pattern: p.example for p in show.top_paths}["$.id"]
+    assert example is not None
+    assert (example.primary, example.candidate) == (
+        "123456789012345678901234567890",
+        "123456789012345678901234567891",
+    )
     _assert_balanced(recorder)
