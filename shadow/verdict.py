@@ -20,7 +20,7 @@ from shadow.record import ComparisonRecord, DiffExample, Outcome, RecordMode
 from shadow.redact import Redactor
 from shadow.slots import slot_setters
 
-__all__ = ["STORED_BODY_CAP", "Verdict", "build_record", "judge"]
+__all__ = ["EXAMPLE_CAP", "STORED_BODY_CAP", "Verdict", "build_record", "judge"]
 
 STORED_BODY_CAP = 64 << 10  # bytes of each side's body kept for a mismatch
 
@@ -61,27 +61,36 @@ def judge(
     return Verdict("match" if comparison.equal else "mismatch", comparison, noise)
 
 
-_PLAIN = frozenset({type(None), bool, float, str})
+EXAMPLE_CAP = 2048  # characters of each side's value kept in a differing path's example
+_PLAIN = frozenset({type(None), bool, float})
 _INT_RANGE = range(-(2**63), 2**64)  # the integers orjson writes
 
 
 def _example_value(value: Any) -> Any:
-    """A differing value as its example is stored: as it is, or its JSON text where orjson
-    cannot write it (an integer past 64 bits anywhere in it, nesting past 255 levels), which
-    would fail the store's write of every comparison in the batch."""
+    """A differing value as its example is stored: as it is when small, else its JSON text
+    cut to `EXAMPLE_CAP` characters and `…`, so a record holds no large decoded subtree (a
+    buffer of them through a store outage would take the worker's memory). Values orjson
+    cannot write (an integer past 64 bits anywhere in them, nesting past 255 levels) are
+    JSON text too: they would fail the store's write of every comparison in the batch."""
     kind = type(value)
     if kind in _PLAIN:
         return value
+    if kind is str:
+        return _cut(value)
     if kind is int:
-        return value if value in _INT_RANGE else str(value)
+        return value if value in _INT_RANGE else _cut(str(value))
     try:
-        orjson.dumps(value, default=str)
+        text = orjson.dumps(value, default=str)
     except orjson.JSONEncodeError:
         try:
-            return json.dumps(value, default=str, ensure_ascii=False)
+            return _cut(json.dumps(value, default=str, ensure_ascii=False))
         except (RecursionError, ValueError):
             return f"<{kind.__name__} nested too deep to show>"
-    return value
+    return value if len(text) <= EXAMPLE_CAP else _cut(text.decode())
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= EXAMPLE_CAP else text[:EXAMPLE_CAP] + "\u2026"
 
 
 def _stored_body(redactor: Redactor, response: HttpResponse | None) -> bytes | None:
