@@ -307,26 +307,47 @@ class Recorder:
             self._inflight = []
 
     async def _write(self, batch: list[ComparisonRecord]) -> None:
+        if await self._attempt(batch):
+            for rec in batch:
+                self._counters(rec.route).recorded += 1
+            self._stored()
+            return
+        # A permanent error is about some record's data: isolate it instead of retrying
+        # forever. Each single write is retried like a batch (the store may go down
+        # meanwhile), and leaves `batch` once settled, so stop() fails only the unsettled.
+        while batch:
+            stored = await self._attempt(batch[:1])
+            counters = self._counters(batch.pop(0).route)
+            if stored:
+                counters.recorded += 1
+            else:
+                counters.failed += 1
+        self._stored()
+
+    async def _attempt(self, records: list[ComparisonRecord]) -> bool:
+        """Write `records`, retrying with backoff while the store is down or silent; False
+        when the store refused them for good (or failed in a way retrying cannot mend)."""
         delay = self._backoff_initial
         while True:
             try:
                 # A store that stops answering (a silent network) must not wedge the writer.
-                await asyncio.wait_for(self._store.insert_batch(batch), self._write_timeout)
+                await asyncio.wait_for(self._store.insert_batch(records), self._write_timeout)
             except (StoreError, OSError, TimeoutError) as e:
                 if isinstance(e, StoreError) and not e.transient:
-                    await self._write_one_by_one(batch)
-                    return
+                    self._last_error = str(e) or type(e).__name__
+                    return False
                 self._note_failure(e)
                 self._retries += 1
                 await self._nap(delay)
                 delay = min(delay * 2, self._backoff_max)
                 continue
+            except Exception as e:  # a bug, or a record the sink cannot write: isolate it
+                _log.exception("recorder: unexpected error writing %d records", len(records))
+                self._last_error = str(e) or type(e).__name__
+                return False
             self._down_since = None
             self._batches += 1
-            for rec in batch:
-                self._counters(rec.route).recorded += 1
-            self._stored()
-            return
+            return True
 
     def _stored(self) -> None:
         if self.on_stored is not None:
@@ -370,18 +391,6 @@ class Recorder:
             self._drops_pending = []
             if not (all_ and resent):
                 return
-
-    async def _write_one_by_one(self, batch: list[ComparisonRecord]) -> None:
-        # A permanent error is about some record's data: isolate it instead of retrying forever.
-        for rec in batch:
-            try:
-                await self._store.insert_batch([rec])
-            except Exception as e:
-                self._note_failure(e)
-                self._counters(rec.route).failed += 1
-            else:
-                self._counters(rec.route).recorded += 1
-        self._stored()
 
     def _note_failure(self, e: BaseException) -> None:
         if self._down_since is None:

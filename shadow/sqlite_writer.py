@@ -12,8 +12,9 @@ Nothing here waits on a lock: another writer (a second worker, the audit log) ma
 fail at once, and the batch is retried a few milliseconds later.
 Checkpoints, the only step that syncs to disk in WAL mode, run once a second in a worker
 thread on a connection of their own (RESTART, so the WAL starts over even under steady
-writes), never on the loop. The file is opened read-write only (a missing store is an error,
-never a new empty file), and a file deleted or replaced since it was opened is reopened.
+writes, unless a reader still needs older frames), never on the loop. The file is opened
+read-write only (a missing store is an error, never a new empty file), and a file deleted
+or replaced since it was opened is reopened.
 """
 
 from __future__ import annotations
@@ -218,12 +219,18 @@ class SqliteWriter:
 def _checkpoint(path: str) -> None:
     """Copy the WAL back into the database file and restart it (on a worker thread, its own
     connection). RESTART waits up to a second for writers to pause (they retry meanwhile):
-    a PASSIVE checkpoint under steady writes never lets the WAL start over, so it grows."""
+    a PASSIVE checkpoint under steady writes never lets the WAL start over, so it grows.
+    But RESTART holds the write lock while it waits for readers, so it runs only when a
+    PASSIVE pass copied every frame: a frame left over means a reader (a report, the
+    dashboard) still reads an older snapshot, and waiting for it would hold back every
+    writer of the file for the whole second, each second, for as long as it reads."""
     with (
         contextlib.suppress(sqlite3.Error),
         contextlib.closing(sqlite3.connect(_uri(path), timeout=1, uri=True)) as db,
     ):
-        db.execute("PRAGMA wal_checkpoint(RESTART)")
+        _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if frames >= 0 and copied >= frames:
+            db.execute("PRAGMA wal_checkpoint(RESTART)")
 
 
 def _uri(path: str) -> str:

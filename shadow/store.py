@@ -90,6 +90,7 @@ _Id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements IN
 
 metadata = MetaData()
 _REQUEST_ID_MAX = 128  # a client's X-Request-Id may be longer: stored cut to this
+_PATTERN_MAX = 1000  # characters of a differing pattern kept (a JSON key may be longer)
 
 comparisons = Table(
     "comparisons",
@@ -129,7 +130,7 @@ comparison_paths = Table(
         primary_key=True,
     ),
     Column("kind", String(8), primary_key=True),  # diff | noise
-    Column("pattern", String(1000), primary_key=True),
+    Column("pattern", String(_PATTERN_MAX), primary_key=True),
     Column("route", String(200), nullable=False),
     Column("time", _UtcDateTime(), nullable=False),
     Column("example", Text),  # JSON DiffExample, redacted by the recorder's caller
@@ -193,6 +194,8 @@ _SQLITE_DROPS_INSERT = (
 _RESERVE_IDS = text(
     "SELECT nextval(pg_get_serial_sequence('comparisons', 'id')) FROM generate_series(1, :n)"
 )
+_UNCONFIRMED_MAX = 8  # batches whose ids are kept for a retry (the recorder retries one)
+_RETRY_LOCK_TIMEOUT = text("SET LOCAL lock_timeout = '2s'")
 _MIGRATION_LOCK = 0x5354524E  # pg advisory lock id, so concurrent starts migrate once
 _TRANSIENT = (
     exc.OperationalError,
@@ -237,7 +240,7 @@ def _row_values(rec: ComparisonRecord) -> tuple[Any, ...]:
         rec.route,
         rec.method,
         rec.path,
-        rec.request_path,
+        _text(rec.request_path),
         rec.status_primary,
         rec.status_candidate,
         rec.latency_primary_ms,
@@ -248,10 +251,10 @@ def _row_values(rec: ComparisonRecord) -> tuple[Any, ...]:
         orjson.dumps(list(diff_paths)).decode() if diff_paths else "[]",
         _bytes(rec.primary_body),
         _bytes(rec.candidate_body),
-        rec.request_id[:_REQUEST_ID_MAX],  # a client's X-Request-Id may be any length
+        _text(rec.request_id[:_REQUEST_ID_MAX]),  # a client's X-Request-Id may be any length
         rec.mode,
         rec.config_version,
-        rec.detail,
+        _text(rec.detail),
     )
 
 
@@ -287,16 +290,34 @@ def _sqlite_path_rows(cid: int, rec: ComparisonRecord) -> list[tuple[Any, ...]]:
     ]
 
 
+def _text(value: str) -> str:
+    """`value` storable in any text column: PostgreSQL's text holds no NUL, so a NUL (a JSON
+    key may hold one) is written as the JSON escape `\\u0000`, on SQLite too."""
+    return value.replace("\x00", "\\u0000") if "\x00" in value else value
+
+
+def _pattern(pattern: str) -> str:
+    """A differing pattern as its column holds it: NULs escaped, cut to the column's length
+    (a long JSON key must not make its comparison unstorable) with a trailing `…`."""
+    pattern = _text(pattern)
+    if len(pattern) > _PATTERN_MAX:
+        return pattern[: _PATTERN_MAX - 1] + "\u2026"
+    return pattern
+
+
 def _path_rows(cid: int, rec: ComparisonRecord) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for kind, patterns in (("diff", rec.diff_paths), ("noise", rec.noise)):
-        for pattern in dict.fromkeys(patterns):  # unique, first-seen order
+        stored: dict[str, str] = {}  # column value -> first pattern: unique, first-seen order
+        for pattern in patterns:
+            stored.setdefault(_pattern(pattern), pattern)
+        for column, pattern in stored.items():
             example = rec.example_for(pattern) if kind == "diff" else None
             rows.append(
                 {
                     "comparison_id": cid,
                     "kind": kind,
-                    "pattern": pattern,
+                    "pattern": column,
                     "route": rec.route,
                     "time": rec.time,
                     "example": _example_json(example) if example else None,
@@ -384,6 +405,9 @@ class Store:
             raise StoreError(f"bad store URL {mask_url(url)!r}: {e}", transient=False) from None
         self._url = parsed
         self._writer: SqliteWriter | None = None
+        # PostgreSQL: the ids given to batches whose write failed, by the batch's identity (a
+        # caller that retries sends the same sequence again, as the recorder does)
+        self._unconfirmed: dict[int, tuple[Sequence[ComparisonRecord], list[int]]] = {}
         if backend == "sqlite":
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
             db = parsed.database or ""
@@ -448,7 +472,12 @@ class Store:
         return int(found or 0)
 
     async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
-        """Write `records` (and their path rows) in one transaction; return how many."""
+        """Write `records` (and their path rows) in one transaction; return how many.
+
+        The same sequence sent again after a failed attempt is stored at most once: on
+        PostgreSQL a batch keeps the ids it was given, so an attempt whose COMMIT went
+        through but whose answer was lost (a cut connection, a timeout) is found by them.
+        """
         if not records:
             return 0
         if self._writer is not None:
@@ -471,6 +500,9 @@ class Store:
                     transient=e.transient,
                 ) from e
             return len(records)
+        again = self._unconfirmed.get(id(records))
+        if again is not None and again[0] is not records:
+            again = None
         try:
             async with self._engine.begin() as conn:
                 if self.dialect == "sqlite":
@@ -485,22 +517,67 @@ class Store:
                     ids = list(range(last - len(values) + 1, last + 1))
                 else:
                     rows = [_row(r) for r in records]
-                    # Reserve ids from the sequence in one round trip, then COPY: far cheaper
-                    # (on the shared event loop too) than INSERT ... RETURNING.
-                    ids = list((await conn.execute(_RESERVE_IDS, {"n": len(rows)})).scalars().all())
+                    if again is not None:
+                        ids = again[1]
+                        found = select(comparisons.c.id).where(comparisons.c.id == ids[0])
+                        if await conn.scalar(found) is not None:
+                            raise _AlreadyStored
+                        # An earlier attempt still open on the server holds these ids: its
+                        # COMMIT on the way (wait for it), or a session a partition cut off,
+                        # whose client gave up and never commits (do not wait for it).
+                        await conn.execute(_RETRY_LOCK_TIMEOUT)
+                    else:
+                        # Reserve ids from the sequence in one round trip, then COPY: far
+                        # cheaper (on the shared event loop too) than INSERT ... RETURNING.
+                        result = await conn.execute(_RESERVE_IDS, {"n": len(rows)})
+                        ids = list(result.scalars().all())
+                        self._remember(records, ids)
                     for row, cid in zip(rows, ids, strict=True):
                         row["id"] = cid
                 paths = [p for cid, r in zip(ids, records, strict=True) for p in _path_rows(cid, r)]
                 if self.dialect == "sqlite":
                     await _insert_chunked(conn, comparison_paths, paths)
                 else:
-                    await _copy_pg(conn, comparisons, rows)
+                    try:
+                        await _copy_pg(conn, comparisons, rows)
+                    except StoreError as e:
+                        # The earlier attempt, still committing when this one looked, holds
+                        # these ids now: it was stored.
+                        if again is not None and _duplicate_key(e):
+                            raise _AlreadyStored from e
+                        if again is not None and _lock_wait_over(e):
+                            self._unconfirmed.pop(id(records), None)  # new ids next time
+                        raise
                     await _copy_pg(conn, comparison_paths, paths)
+        except _AlreadyStored:
+            pass
+        except StoreError as e:
+            self._settle(records, e)
+            raise
         except exc.SQLAlchemyError as e:
-            raise self._error(f"cannot write {len(records)} comparisons", e) from e
+            raise self._settle(
+                records, self._error(f"cannot write {len(records)} comparisons", e)
+            ) from e
         except OSError as e:
             raise StoreError(f"cannot write comparisons to {self.url}: {e}") from e
+        except Exception:  # not a store error: nothing was written
+            self._unconfirmed.pop(id(records), None)
+            raise
+        self._unconfirmed.pop(id(records), None)
         return len(records)
+
+    def _settle(self, records: Sequence[ComparisonRecord], error: StoreError) -> StoreError:
+        """`error`, having forgotten the ids of `records` if the store refused them for good
+        (nothing was written, and the batch will not be sent again whole)."""
+        if not error.transient:
+            self._unconfirmed.pop(id(records), None)
+        return error
+
+    def _remember(self, records: Sequence[ComparisonRecord], ids: list[int]) -> None:
+        """Keep the ids of a batch being written until it is confirmed (a few at most)."""
+        while len(self._unconfirmed) >= _UNCONFIRMED_MAX:
+            del self._unconfirmed[next(iter(self._unconfirmed))]
+        self._unconfirmed[id(records)] = (records, ids)
 
     async def insert_drops(
         self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
@@ -634,6 +711,24 @@ class Store:
         return StoreError(f"{what} at {self.url}: {detail}", transient=isinstance(e, _TRANSIENT))
 
 
+class _AlreadyStored(Exception):
+    """A batch sent again turned out to be stored by an earlier attempt."""
+
+
+def _duplicate_key(e: BaseException) -> bool:
+    """Whether PostgreSQL refused `e`'s rows for a key already taken."""
+    import psycopg.errors
+
+    return isinstance(e.__cause__, psycopg.errors.UniqueViolation)
+
+
+def _lock_wait_over(e: BaseException) -> bool:
+    """Whether `e` is PostgreSQL giving up a lock wait (`lock_timeout`)."""
+    import psycopg.errors
+
+    return isinstance(e.__cause__, psycopg.errors.LockNotAvailable)
+
+
 def _fields(change: RouteChange) -> dict[str, Any]:
     return {name: getattr(change, name) for name in RouteChange.__dataclass_fields__}
 
@@ -683,6 +778,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 async def _migrate_pg(conn: AsyncConnection) -> None:
+    # A store already at this version needs no lock and no DDL, so a reader that may not
+    # write (a role with SELECT only, a hot standby: how CI gates usually read) can open it.
+    if await conn.scalar(text("SELECT to_regclass('schema_version') IS NOT NULL")):
+        found = await conn.scalar(text("SELECT max(version) FROM schema_version"))
+        if int(found or 0) >= SCHEMA_VERSION:
+            return
     await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
     await conn.execute(
         text(

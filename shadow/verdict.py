@@ -5,10 +5,13 @@ Pure: responses in, a `Verdict` and a redacted `ComparisonRecord` out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
+
+import orjson
 
 from shadow.compare import CompareRules, Comparison
 from shadow.http_compare import HttpResponse, compare_responses
@@ -17,7 +20,7 @@ from shadow.record import ComparisonRecord, DiffExample, Outcome, RecordMode
 from shadow.redact import Redactor
 from shadow.slots import slot_setters
 
-__all__ = ["STORED_BODY_CAP", "Verdict", "build_record", "judge"]
+__all__ = ["EXAMPLE_CAP", "STORED_BODY_CAP", "Verdict", "build_record", "judge"]
 
 STORED_BODY_CAP = 64 << 10  # bytes of each side's body kept for a mismatch
 
@@ -56,6 +59,38 @@ def judge(
         if "$" not in patterns and "$" not in presence:
             comparison, noise = cancel_noise(comparison, patterns, presence)
     return Verdict("match" if comparison.equal else "mismatch", comparison, noise)
+
+
+EXAMPLE_CAP = 2048  # characters of each side's value kept in a differing path's example
+_PLAIN = frozenset({type(None), bool, float})
+_INT_RANGE = range(-(2**63), 2**64)  # the integers orjson writes
+
+
+def _example_value(value: Any) -> Any:
+    """A differing value as its example is stored: as it is when small, else its JSON text
+    cut to `EXAMPLE_CAP` characters and `…`, so a record holds no large decoded subtree (a
+    buffer of them through a store outage would take the worker's memory). Values orjson
+    cannot write (an integer past 64 bits anywhere in them, nesting past 255 levels) are
+    JSON text too: they would fail the store's write of every comparison in the batch."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is str:
+        return _cut(value)
+    if kind is int:
+        return value if value in _INT_RANGE else _cut(str(value))
+    try:
+        text = orjson.dumps(value, default=str)
+    except orjson.JSONEncodeError:
+        try:
+            return _cut(json.dumps(value, default=str, ensure_ascii=False))
+        except (RecursionError, ValueError):
+            return f"<{kind.__name__} nested too deep to show>"
+    return value if len(text) <= EXAMPLE_CAP else _cut(text.decode())
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= EXAMPLE_CAP else text[:EXAMPLE_CAP] + "\u2026"
 
 
 def _stored_body(redactor: Redactor, response: HttpResponse | None) -> bytes | None:
@@ -137,7 +172,12 @@ def build_record(
         text = redactor.redact_text
         diff_paths = tuple(text(p) for p in comparison.patterns)
         examples = tuple(
-            DiffExample(text(d.pattern), text(d.path), d.primary, d.candidate)
+            DiffExample(
+                text(d.pattern),
+                text(d.path),
+                _example_value(d.primary),
+                _example_value(d.candidate),
+            )
             for d in (redactor.redact_difference(x) for x in comparison.examples)
         )
         legacy_body = _stored_body(redactor, legacy)

@@ -14,9 +14,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-from shadow.record import ComparisonRecord
+from shadow.compare import CompareRules
+from shadow.http_compare import HttpResponse
+from shadow.record import ComparisonRecord, DiffExample
 from shadow.recorder import Recorder, RouteCounters
-from shadow.store import Store, shadow_drops
+from shadow.redact import Redactor
+from shadow.report import build_report
+from shadow.store import Store, StoreError, shadow_drops
+from shadow.verdict import build_record, judge
 from tests.support import free_port, wait_for, wait_until
 
 ROUTES = ("order-show", "order-list", "order-create")
@@ -456,4 +461,347 @@ async def test_drop_counts_that_fail_never_stop_the_writer_nor_hang_stop(hang: b
     await recorder.stop(1.0)
     assert time.monotonic() - started < 3.0
     assert sink.written == 20 and recorder.drops_unstored == 3
+    _assert_balanced(recorder)
+
+
+async def test_mismatches_with_long_or_nul_paths_are_stored_and_reported(store_url: str) -> None:
+    """A JSON key of 1,200 characters, or with a NUL in it, made the whole comparison
+    unstorable on PostgreSQL (a path column of 1,000, text without NUL): the mismatch was
+    counted `failed` and the report passed on the matches alone."""
+    long_key = '$.labels["' + "k" * 1200 + '"]'
+    nul_key = '$.labels["a\x00b"]'
+    mismatches = [
+        ComparisonRecord(
+            route="order-show",
+            outcome="mismatch",
+            diff_paths=(long_key, long_key + ".x", "$.total"),
+            noise=(nul_key,),
+            diff_examples=(DiffExample(long_key, long_key, 1, 2),),
+        ),
+        ComparisonRecord(route="order-show", outcome="mismatch", diff_paths=(nul_key,)),
+        ComparisonRecord(
+            route="order-show", outcome="candidate_error", detail="bad byte \x00 in answer"
+        ),
+    ]
+    store = await Store.open(store_url)
+    recorder = Recorder(store, buffer_size=100, batch_size=100)
+    for rec in [*mismatches, ComparisonRecord(route="order-show", outcome="match")]:
+        recorder.record(rec, started=True)
+    await recorder.start()
+    try:
+        assert await recorder.flush(10)
+    finally:
+        await recorder.stop(5)
+    try:
+        report = await build_report(store, thresholds_by_route={}, now=datetime.now(UTC))
+    finally:
+        await store.close()
+    c = recorder.counters()["order-show"]
+    assert (c.started, c.recorded, c.failed) == (4, 4, 0), recorder.last_error
+    route = report.routes[0]
+    assert (route.mismatches, route.matches, route.candidate_errors) == (2, 1, 1)
+    patterns = {p.pattern for p in route.top_paths}
+    assert "$.total" in patterns and '$.labels["a\\u0000b"]' in patterns
+    assert any(p.startswith('$.labels["kkkk') and len(p) <= 1000 for p in patterns)
+
+
+class _CommitAnswerLost(Forwarder):
+    """A relay to PostgreSQL that, once armed, lets the next COMMIT through and cuts the
+    connection when the server answers it: the batch is stored, its writer hears an error."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        super().__init__(port, target)
+        self.armed = False
+        self.cut = asyncio.Event()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        committing = asyncio.Event()
+
+        async def upstream() -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    up_writer.write(data)
+                    await up_writer.drain()
+                    if self.armed and b"COMMIT\x00" in data:
+                        self.armed = False
+                        committing.set()
+
+        async def downstream() -> None:
+            with contextlib.suppress(OSError):
+                while data := await up_reader.read(65536):
+                    if committing.is_set():  # the COMMIT's answer: never delivered
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        self.cut.set()
+                        return
+                    writer.write(data)
+                    await writer.drain()
+
+        pipes = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        self._tasks.update(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for w in (writer, up_writer):
+            w.close()
+
+
+async def test_a_batch_whose_commit_answer_was_lost_is_stored_once(pg_url: str) -> None:
+    """The connection to PostgreSQL breaks after COMMIT reached the server: the retried batch
+    was stored a second time (every comparison counted twice in the report)."""
+    direct = await Store.open(pg_url)
+    port = free_port()
+    relay_url, target = _via(pg_url, port)
+    relay = _CommitAnswerLost(port, target)
+    await relay.start()
+    store = Store(relay_url, connect_timeout=2)
+    recorder = Recorder(store, buffer_size=1000, batch_size=100, backoff_max=0.05)
+    await recorder.start()
+    try:
+        _feed(recorder, 0, 10)
+        assert await recorder.flush(10)  # the connection is up and warm
+        relay.armed = True
+        _feed(recorder, 10, 50)
+        await asyncio.wait_for(relay.cut.wait(), 10)
+        assert await recorder.flush(10)
+    finally:
+        await recorder.stop(5)
+        await relay.stop()
+        await store.close()
+    assert recorder.retries >= 1
+    assert _totals(recorder.counters()) == (60, 60, 0, 0)
+    stored = await direct.count()
+    await direct.close()
+    assert stored == 60  # nothing written twice
+    _assert_balanced(recorder)
+
+
+class _SilentBeforeCommit(Forwarder):
+    """A relay to PostgreSQL that, once armed, goes silent both ways on the connection that
+    next sends COMMIT, before it (a network partition): the server keeps that session, its
+    transaction open and holding the rows it wrote, until it notices the peer is gone (hours
+    by default)."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        super().__init__(port, target)
+        self.armed = False
+        self.silenced = asyncio.Event()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        silent = False
+
+        async def upstream() -> None:
+            nonlocal silent
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    if silent:
+                        continue
+                    if self.armed and b"COMMIT\x00" in data:
+                        self.armed = False
+                        silent = True  # the rows are in, the COMMIT never arrives
+                        self.silenced.set()
+                        continue
+                    up_writer.write(data)
+                    await up_writer.drain()
+            if silent:  # the client gave up; across the partition the server never hears
+                await asyncio.Event().wait()
+
+        async def downstream() -> None:
+            with contextlib.suppress(OSError):
+                while data := await up_reader.read(65536):
+                    if not silent:
+                        writer.write(data)
+                        await writer.drain()
+            if silent:
+                await asyncio.Event().wait()
+
+        pipes = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        self._tasks.update(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        for w in (writer, up_writer):
+            w.close()
+
+
+async def test_a_write_cut_off_before_commit_does_not_wedge_the_retries(pg_url: str) -> None:
+    """A batch keeps its ids for its retries; the server session of an attempt cut off by a
+    partition keeps those rows locked, and a retry must not wait for it for good."""
+    direct = await Store.open(pg_url)
+    port = free_port()
+    relay_url, target = _via(pg_url, port)
+    relay = _SilentBeforeCommit(port, target)
+    await relay.start()
+    store = Store(relay_url, connect_timeout=2)
+    # write_timeout above the store's 2 s wait for the earlier attempt's locks
+    recorder = Recorder(store, buffer_size=1000, batch_size=100, backoff_max=0.05, write_timeout=4)
+    await recorder.start()
+    try:
+        _feed(recorder, 0, 10)
+        assert await recorder.flush(10)
+        relay.armed = True
+        _feed(recorder, 10, 50)
+        await asyncio.wait_for(relay.silenced.wait(), 10)
+        assert await recorder.flush(20), recorder.last_error
+    finally:
+        await recorder.stop(5)
+        await relay.stop()
+        await store.close()
+    assert _totals(recorder.counters()) == (60, 60, 0, 0)
+    stored = await direct.count()
+    await direct.close()
+    assert stored == 60
+
+
+class _DownWhileSplitting:
+    """A store behind a relay that goes down just as a batch with a bad record is split into
+    single writes (an outage of a second, the usual kind)."""
+
+    def __init__(self, store: Store, relay: Forwarder) -> None:
+        self.store = store
+        self.relay = relay
+        self.cut = False
+
+    async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
+        try:
+            return await self.store.insert_batch(records)
+        except StoreError as e:
+            if not e.transient and len(records) > 1 and not self.cut:
+                self.cut = True
+                await self.relay.stop()
+            raise
+
+    async def insert_drops(
+        self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
+    ) -> None:
+        await self.store.insert_drops(writer, seq, drops)
+
+
+async def test_a_split_batch_waits_for_a_store_that_is_down(pg_url: str) -> None:
+    """Once a bad record split its batch, every single write got one try: an outage then
+    lost the batch's good comparisons (counted failed) instead of retrying them."""
+    direct, relay, store = await _behind_relay(pg_url)
+    await relay.start()
+    sink = _DownWhileSplitting(store, relay)
+    recorder = Recorder(sink, buffer_size=100, batch_size=100, backoff_max=0.05)
+    _feed(recorder, 0, 9)
+    recorder.record(ComparisonRecord(route="x" * 300, outcome="match"), started=True)
+    await recorder.start()
+    try:
+        await wait_until(lambda: sink.cut and recorder.retries >= 1, timeout=10)
+        await relay.start()
+        assert await recorder.flush(10)
+    finally:
+        await recorder.stop(5)
+        await relay.stop()
+        await store.close()
+    assert _totals(recorder.counters()) == (10, 9, 0, 1)
+    assert await direct.count() == 9
+    await direct.close()
+    _assert_balanced(recorder)
+
+
+class _HangsAfter:
+    """A sink that refuses batches of more than one record for good (bad data), stores
+    `n` single records, then never answers again (a silent network)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.written: list[ComparisonRecord] = []
+
+    async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
+        if len(records) > 1:
+            raise StoreError("value too long", transient=False)
+        if len(self.written) >= self.n:
+            await asyncio.Event().wait()
+        self.written.extend(records)
+        return len(records)
+
+    async def insert_drops(
+        self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
+    ) -> None:
+        pass
+
+
+async def test_stop_while_a_split_batch_hangs_counts_each_comparison_once() -> None:
+    """Stopping while the single writes of a split batch hung counted the ones already
+    stored as failed too: recorded + failed exceeded started."""
+    sink = _HangsAfter(4)
+    recorder = Recorder(sink, buffer_size=100, batch_size=100, write_timeout=60)
+    _feed(recorder, 0, 10)
+    await recorder.start()
+    await wait_until(lambda: len(sink.written) == 4, timeout=10)
+    await recorder.stop(0.2)
+    assert _totals(recorder.counters()) == (10, 4, 0, 6)
+    _assert_balanced(recorder)
+
+
+def _judged(legacy: bytes, candidate: bytes, route: str = "order-show") -> ComparisonRecord:
+    """The record the shadow path builds for two JSON answers."""
+    headers = [("content-type", "application/json")]
+    primary, other = HttpResponse(200, headers, legacy), HttpResponse(200, headers, candidate)
+    return build_record(
+        Redactor(key=b"k" * 32),
+        judge(primary, other, None, CompareRules(), ()),
+        route=route,
+        method="GET",
+        path_template="/api/v1/orders/{order_id}",
+        request_path="/api/v1/orders/1",
+        legacy=primary,
+        candidate=other,
+        legacy_ms=1.0,
+        candidate_ms=1.0,
+        request_id="r",
+        mode="shadow",
+        config_version="v1",
+    )
+
+
+async def test_a_mismatch_on_a_wide_integer_or_a_deep_value_loses_nothing(store_url: str) -> None:
+    """An example value orjson cannot write (an integer past 64 bits, nesting past 255
+    levels) raised a TypeError inside the store's write: the recorder failed the whole
+    batch, up to 500 comparisons of every route, and the report never saw the mismatch."""
+    wide = _judged(
+        b'{"id": 123456789012345678901234567890}', b'{"id": 123456789012345678901234567891}'
+    )
+    deep = _judged(b'{"a": 1}', b'{"a": ' + b"[" * 300 + b"1" + b"]" * 300 + b"}")
+    store = await Store.open(store_url)
+    recorder = Recorder(store, buffer_size=100, batch_size=100)
+    _feed(recorder, 0, 9)
+    recorder.record(wide, started=True)
+    recorder.record(deep, started=True)
+    unwritable = ComparisonRecord(  # built by hand: the store cannot write it, it fails alone
+        route="order-list",
+        outcome="mismatch",
+        diff_paths=("$.id",),
+        diff_examples=(DiffExample("$.id", "$.id", 10**30, 1),),
+    )
+    recorder.record(unwritable, started=True)
+    await recorder.start()
+    try:
+        assert await recorder.flush(10)
+    finally:
+        await recorder.stop(5)
+    try:
+        report = await build_report(store, routes=["order-show"], now=datetime.now(UTC))
+    finally:
+        await store.close()
+    assert _totals(recorder.counters()) == (12, 11, 0, 1)
+    assert recorder.counters()["order-list"].failed == 1
+    show = report.routes[0]
+    assert show.mismatches == 1 + 2  # _feed's own mismatch of order-show, and these two
+    example = {p.pattern: p.example for p in show.top_paths}["$.id"]
+    assert example is not None
+    assert (example.primary, example.candidate) == (
+        "123456789012345678901234567890",
+        "123456789012345678901234567891",
+    )
     _assert_balanced(recorder)

@@ -337,3 +337,40 @@ def test_a_route_with_nothing_stored_fails_even_with_min_samples_0(db_url: str) 
         ).stdout
     )
     assert as_json["passed"] is False and as_json["routes"][0]["passed"] is False
+
+
+@pytest.mark.parametrize("access", ["read_only_role", "read_only_session"])
+def test_a_read_only_postgresql_user_or_standby_can_report(pg_url: str, access: str) -> None:
+    """A CI gate reads the store with a role that may only SELECT, or from a standby: the
+    report tried to migrate first (CREATE TABLE IF NOT EXISTS) and exited 2."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    async def populate() -> None:
+        async with Store(pg_url) as store:
+            await store.insert_batch(
+                [ComparisonRecord(route="order-show", outcome="match") for _ in range(3)]
+            )
+
+    asyncio.run(populate())
+    url = make_url(pg_url)
+    schema = str(url.query["options"]).rsplit("=", 1)[1]
+    role = f"ro_{schema}"
+    admin = url.set(drivername="postgresql", query={}).render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if access == "read_only_role":
+            conn.execute(f'CREATE ROLE "{role}" LOGIN')
+            conn.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+            conn.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA "{schema}" TO "{role}"')
+            reader = url.set(username=role).render_as_string(hide_password=False)
+        else:  # what a hot standby allows: read-only transactions only
+            options = f"-csearch_path={schema} -cdefault_transaction_read_only=on"
+            reader = url.update_query_dict({"options": options}).render_as_string(False)
+        try:
+            result = _report("--store", reader, "--min-samples", "3", "--format", "json")
+        finally:
+            if access == "read_only_role":
+                conn.execute(f'DROP OWNED BY "{role}"')
+                conn.execute(f'DROP ROLE "{role}"')
+    assert result.exit_code == 0, result.stderr
+    assert orjson.loads(result.stdout)["routes"][0]["samples"] == 3

@@ -293,3 +293,13 @@ def test_records_validate_their_fields() -> None:
         ComparisonRecord(route="r", outcome="match", time=datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="route"):
         ComparisonRecord(route="", outcome="match")
+
+
+async def test_a_refused_batch_is_not_kept_for_a_retry(pg_url: str) -> None:
+    """A batch PostgreSQL refuses for good is split by the recorder, never sent again whole:
+    the store kept it (up to eight batches of bodies) waiting for a retry."""
+    async with Store(pg_url) as store:
+        for _ in range(3):
+            with pytest.raises(StoreError):
+                await store.insert_batch([_mismatch(), _mismatch(route="r" * 300)])
+        assert not store._unconfirmed

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import math
+import tracemalloc
 from datetime import UTC
 
+import orjson
 import pytest
 
 from shadow.compare import CompareRules
@@ -226,3 +229,31 @@ def test_personal_data_in_object_keys_is_redacted_in_paths() -> None:
     shown = [*record.diff_paths, *(e.pattern for e in record.diff_examples)]
     shown += [e.path for e in record.diff_examples]
     assert shown and all("ann.buyer" not in p and "REDACTED:" in p for p in shown)
+
+
+def test_a_large_differing_value_keeps_a_short_example_not_the_whole_value() -> None:
+    """A candidate adding a large array (750 KB) kept the whole decoded array in its record (about
+    6 MB of objects while buffered: 10,000 buffered mismatches through a store outage were
+    60 GB) and stored it whole in the example, past the 64 KiB cap of the bodies."""
+    items = [{"id": i, "name": f"item {i}", "tags": ["a", "b"]} for i in range(3_000)]
+    legacy = _resp(200, b'{"order": 1, "note": "short"}')
+    body = orjson.dumps({"order": 1, "items": items, "note": "x" * 10_000})
+    candidate = _resp(200, body[:-1] + b',"n":' + str(10**30).encode() + b"}")
+    redactor = Redactor(key=b"k" * 32)
+    tracemalloc.start()
+    try:
+        records = [_record(redactor, legacy, candidate, "/o/1", (1.0, 2.0)) for _ in range(3)]
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held / len(records) < 250_000  # the capped bodies and examples, not the array
+    examples = {e.pattern: e for e in records[0].diff_examples}
+    added, note = examples["$.items"], examples["$.note"]
+    assert added.primary is None and isinstance(added.candidate, str)
+    assert added.candidate.startswith('[{"id":0,"name":"item 0"') and added.candidate.endswith("…")
+    assert len(note.candidate) == 2049 and note.candidate.endswith("…")
+    assert note.primary == "short"  # small values stay as they are
+    assert examples["$.n"].candidate == str(10**30)
+    for example in records[0].diff_examples:
+        assert len(orjson.dumps(example.to_json())) < 4 * 2048
