@@ -14,7 +14,14 @@ import orjson
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from extracted.contract import ContractError, meta, parse_command, parse_new_order
+from extracted.contract import (
+    SURROGATE,
+    ContractError,
+    has_lone_surrogate,
+    meta,
+    parse_command,
+    parse_new_order,
+)
 from extracted.db import OUTCOME_UNKNOWN, OutcomeUnknown, create_engine, is_unavailable
 from extracted.domain import (
     Action,
@@ -52,7 +59,6 @@ SERVICE = web.AppKey("orders_service", OrderService)
 """The app's Order service (set while the app runs)."""
 
 _ID = re.compile(r"[1-9][0-9]{0,9}")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _MAX_ID = 2**31 - 1
 _MAX_PER_PAGE = 100
 _RETRY_AFTER_S = "1"
@@ -123,23 +129,6 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _lone_surrogate(doc: Any) -> bool:
-    """Whether a string (key or value) of decoded JSON holds half a surrogate pair (an escape
-    like "\\ud800" alone), which is no Unicode text: nothing can encode it to UTF-8."""
-    pending = [doc]
-    while pending:  # no recursion: the parser accepts nesting deeper than the stack allows
-        value = pending.pop()
-        if isinstance(value, str):
-            if _SURROGATE.search(value):
-                return True
-        elif isinstance(value, dict):
-            pending.extend(value)
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-    return False
-
-
 async def _body(request: web.Request, *, required: bool) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip() and not required:
@@ -149,7 +138,7 @@ async def _body(request: web.Request, *, required: bool) -> dict[str, Any]:
         doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than it parses
         raise _BadRequest("invalid_json", "request body is not valid JSON") from None
-    if _lone_surrogate(doc):
+    if has_lone_surrogate(doc):
         # Like a body that is not UTF-8: the database, the request hash and the reply all fail.
         raise _BadRequest("invalid_json", "request body is not valid JSON")
     if not isinstance(doc, dict):
@@ -184,7 +173,7 @@ def _usable_key(raw: str) -> str | None:
     """The Idempotency-Key without surrounding blanks, or None if empty, too long or not UTF-8
     (aiohttp decodes such header bytes to lone surrogates, which no database column takes)."""
     key = raw.strip()
-    return key if 0 < len(key) <= _MAX_KEY and not _SURROGATE.search(key) else None
+    return key if 0 < len(key) <= _MAX_KEY and not SURROGATE.search(key) else None
 
 
 async def _create(request: web.Request) -> web.Response:

@@ -13,9 +13,11 @@ from extracted.records import Address, EventRecord, NewItem, NewOrder, OrderReco
 __all__ = [
     "CURRENCIES",
     "EVENT_TYPES",
+    "SURROGATE",
     "ContractError",
     "format_money",
     "format_ts",
+    "has_lone_surrogate",
     "meta",
     "parse_command",
     "parse_money",
@@ -23,6 +25,26 @@ __all__ = [
     "render_event",
     "render_order",
 ]
+
+SURROGATE = re.compile(r"[\ud800-\udfff]")  # half a surrogate pair: no Unicode text
+
+
+def has_lone_surrogate(doc: Any) -> bool:
+    """Whether a string (key or value) of decoded JSON holds half a surrogate pair (an escape
+    like "\\ud800" alone), which is no Unicode text: nothing can encode it to UTF-8."""
+    pending = [doc]
+    while pending:  # no recursion: the parser accepts nesting deeper than the stack allows
+        value = pending.pop()
+        if isinstance(value, str):
+            if SURROGATE.search(value):
+                return True
+        elif isinstance(value, dict):
+            pending.extend(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return False
+
 
 CURRENCIES = ("EUR", "GBP", "USD")
 """Currencies the marketplace sells in (all with two decimal places)."""

@@ -16,6 +16,7 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from extracted.contract import SURROGATE, has_lone_surrogate
 from extracted.db import OUTCOME_UNKNOWN, OutcomeUnknown, create_engine, is_unavailable, transaction
 
 __all__ = ["ENGINE", "buyer_protection_fee", "create_app"]
@@ -41,7 +42,6 @@ _DISPUTE_WINDOW_MS = 259_200_000  # 72 hours
 _CENT = Decimal("0.01")
 _MONEY = re.compile(r"(0|[1-9][0-9]{0,8})\.[0-9]{2}")
 _ID = re.compile(r"[1-9][0-9]{0,9}")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _MAX_ID = 2147483647
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -145,22 +145,6 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _has_lone_surrogate(doc: Any) -> bool:
-    """Whether any string (key or value) of decoded JSON holds half a surrogate pair."""
-    pending = [doc]
-    while pending:
-        value = pending.pop()
-        if isinstance(value, str):
-            if _SURROGATE.search(value):
-                return True
-        elif isinstance(value, dict):
-            pending.extend(value)
-            pending.extend(value.values())
-        elif isinstance(value, list):
-            pending.extend(value)
-    return False
-
-
 async def _json_body(request: web.Request, optional: bool) -> dict[str, Any]:
     raw = await request.read()
     if optional and not raw.strip():
@@ -169,7 +153,7 @@ async def _json_body(request: web.Request, optional: bool) -> dict[str, Any]:
         doc = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than it parses
         raise _Fail(400, "invalid_json", "request body is not valid JSON") from None
-    if _has_lone_surrogate(doc):
+    if has_lone_surrogate(doc):
         # An escape like "\\ud800" alone is no text: neither the database nor UTF-8 takes it.
         raise _Fail(400, "invalid_json", "request body is not valid JSON")
     if not isinstance(doc, dict):
@@ -312,7 +296,7 @@ async def _one(conn: AsyncConnection, order_id: int) -> dict[str, Any]:
 async def _checkout_handler(request: web.Request) -> web.Response:
     key = request.headers.get("Idempotency-Key", "").strip()
     # Header bytes that are not UTF-8 arrive as lone surrogates, which the key column refuses.
-    if not key or len(key) > 200 or _SURROGATE.search(key):
+    if not key or len(key) > 200 or SURROGATE.search(key):
         raise _Fail(400, "missing_idempotency_key", "an Idempotency-Key header is required")
     body = await _json_body(request, optional=False)
     row = _checkout(body)

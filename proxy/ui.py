@@ -30,6 +30,7 @@ from proxy.settings import MatchSettings, RouteSettings, Settings, parse_duratio
 from shadow.compare import CompareRules, compare, format_path
 from shadow.http_compare import parse_json_body
 from shadow.report import Report, RouteReport, Thresholds, build_report
+from shadow.report_format import finite
 from shadow.store import Store, StoreError, comparison_paths, comparisons, normalize_url
 
 if TYPE_CHECKING:
@@ -593,7 +594,7 @@ def _exact_texts(legacy: Any, candidate: Any) -> dict[str, str]:
     for key, value in (("legacy_text", legacy), ("candidate_text", candidate)):
         if _exact_numbers(value):
             texts[key] = json.dumps(
-                _finite(value), default=str, ensure_ascii=False, separators=(",", ":")
+                finite(value), default=str, ensure_ascii=False, separators=(",", ":")
             )
     return texts
 
@@ -794,18 +795,7 @@ def _dumps(data: Mapping[str, Any]) -> bytes:
     try:
         return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
     except TypeError:  # integers beyond 64 bits from a stored body: the stdlib writes them
-        return json.dumps(_finite(data), default=str).encode()
-
-
-def _finite(value: Any) -> Any:
-    """`value` with NaN and infinities as null (browsers reject them in JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+        return json.dumps(finite(data), default=str).encode()
 
 
 def _json_body(body: bytes) -> web.Response:

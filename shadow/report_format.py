@@ -15,6 +15,7 @@ from shadow.report import Report, RouteReport
 
 __all__ = [
     "FORMATS",
+    "finite",
     "format_pair",
     "format_value",
     "render",
@@ -251,16 +252,17 @@ def _stdlib_json(value: Any, indent: int | None) -> str:
     try:
         return json.dumps(value, default=str, indent=indent, separators=separators, allow_nan=False)
     except ValueError:  # NaN or an infinity: null, as orjson writes them
-        return json.dumps(_finite(value), default=str, indent=indent, separators=separators)
+        return json.dumps(finite(value), default=str, indent=indent, separators=separators)
 
 
-def _finite(value: Any) -> Any:
+def finite(value: Any) -> Any:
+    """`value` with NaN and infinities as null (as orjson writes them; browsers reject them)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 
