@@ -780,8 +780,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 async def _migrate_pg(conn: AsyncConnection) -> None:
     # A store already at this version needs no lock and no DDL, so a reader that may not
     # write (a role with SELECT only, a hot standby: how CI gates usually read) can open it.
-    if await conn.scalar(text("SELECT to_regclass('schema_version') IS NOT NULL")):
-        found = await conn.scalar(text("SELECT max(version) FROM schema_version"))
+    # Looked up in the connection's own schema only: a current store later on the
+    # search_path (another deployment's, in `public`) is not this one.
+    own = await conn.scalar(text("SELECT quote_ident(current_schema())"))
+    table = f"{own}.schema_version"  # quoted by the server: safe as an identifier
+    if own and await conn.scalar(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}):
+        found = await conn.scalar(text(f"SELECT max(version) FROM {table}"))
         if int(found or 0) >= SCHEMA_VERSION:
             return
     await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})

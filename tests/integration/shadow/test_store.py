@@ -88,6 +88,34 @@ async def test_pg_schema_lives_in_the_search_path_schema_and_matches_the_tables(
     assert set(columns) == {t.name for t in metadata.sorted_tables} | {"schema_version"}
 
 
+async def test_a_store_beside_another_on_the_search_path_gets_its_own_tables(
+    pg_url: str,
+) -> None:
+    """With another deployment's current store later on the search_path (`public` under the
+    default `"$user", public`), a new store created nothing in its own schema and wrote into
+    the other one's tables: two proxies' comparisons mixed in one report."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    async with Store(pg_url) as other:  # a current store in the test's schema
+        await other.insert_batch([ComparisonRecord(route="theirs", outcome="match")])
+    url = make_url(pg_url)
+    theirs = str(url.query["options"]).rsplit("=", 1)[1]
+    ours = f"{theirs}_2"
+    admin = url.set(drivername="postgresql", query={}).render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{ours}"')
+        try:
+            both = url.update_query_dict({"options": f"-csearch_path={ours},{theirs}"})
+            async with Store(both.render_as_string(hide_password=False)) as store:
+                await store.insert_batch([ComparisonRecord(route="ours", outcome="match")])
+            mine = conn.execute(f'SELECT route FROM "{ours}".comparisons').fetchall()
+            other_rows = conn.execute(f'SELECT route FROM "{theirs}".comparisons').fetchall()
+        finally:
+            conn.execute(f'DROP SCHEMA "{ours}" CASCADE')
+    assert (mine, other_rows) == ([("ours",)], [("theirs",)])
+
+
 async def test_a_version_1_store_is_migrated_on_start_and_keeps_its_rows(pg_url: str) -> None:
     first = migrations()[0]
     old = Store(pg_url)  # not initialised: only the first step, as an older strangler left it
