@@ -63,27 +63,27 @@ def judge(
 
 EXAMPLE_CAP = 2048  # characters of each side's value kept in a differing path's example
 _PLAIN = frozenset({type(None), bool, float})
-_INT_RANGE = range(-(2**63), 2**64)  # the integers orjson writes
+_INT_BITS_SHOWN = 6000  # about 1,800 digits: a longer integer is kept as cut text
 
 
 def _example_value(value: Any) -> Any:
     """A differing value as its example is stored: as it is when small, else its JSON text
     cut to `EXAMPLE_CAP` characters and `…`, so a record holds no large decoded subtree (a
-    buffer of them through a store outage would take the worker's memory). Values orjson
-    cannot write (an integer past 64 bits anywhere in them, nesting past 255 levels) are
-    JSON text too: they would fail the store's write of every comparison in the batch."""
+    buffer of them through a store outage would take the worker's memory). Integers past
+    64 bits stay integers (the store writes them exactly; as text, 2**70 and "2**70" would
+    show alike); only a value too deep for the standard library is a note."""
     kind = type(value)
     if kind in _PLAIN:
         return value
     if kind is str:
         return _cut(value)
     if kind is int:
-        return value if value in _INT_RANGE else _cut(str(value))
+        return value if value.bit_length() <= _INT_BITS_SHOWN else _cut(str(value))
     try:
         text = orjson.dumps(value, default=str)
     except orjson.JSONEncodeError:
         try:
-            return _cut(json.dumps(value, default=str, ensure_ascii=False))
+            text = json.dumps(value, default=str, ensure_ascii=False).encode()
         except (RecursionError, ValueError):
             return f"<{kind.__name__} nested too deep to show>"
     return value if len(text) <= EXAMPLE_CAP else _cut(text.decode())

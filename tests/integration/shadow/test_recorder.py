@@ -799,8 +799,8 @@ async def test_a_mismatch_on_a_wide_integer_or_a_deep_value_loses_nothing(store_
     assert show.mismatches == 1 + 2  # _feed's own mismatch of order-show, and these two
     example = {p.pattern: p.example for p in show.top_paths}["$.id"]
     assert example is not None
-    assert (example.primary, example.candidate) == (
-        "123456789012345678901234567890",
-        "123456789012345678901234567891",
+    assert (example.primary, example.candidate) == (  # read back exactly, as integers
+        123456789012345678901234567890,
+        123456789012345678901234567891,
     )
     _assert_balanced(recorder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import math
 import tracemalloc
 from datetime import UTC
@@ -254,6 +255,16 @@ def test_a_large_differing_value_keeps_a_short_example_not_the_whole_value() -> 
     assert added.candidate.startswith('[{"id":0,"name":"item 0"') and added.candidate.endswith("…")
     assert len(note.candidate) == 2049 and note.candidate.endswith("…")
     assert note.primary == "short"  # small values stay as they are
-    assert examples["$.n"].candidate == str(10**30)
+    assert examples["$.n"].candidate == 10**30  # an integer still: the store writes it exactly
     for example in records[0].diff_examples:
-        assert len(orjson.dumps(example.to_json())) < 4 * 2048
+        assert len(json.dumps(example.to_json())) < 4 * 2048
+
+
+def test_an_integer_past_64_bits_and_its_digits_as_a_string_have_different_examples() -> None:
+    # Wide integers were turned into their digits in the example, so a type change from
+    # 2**70 to "1180591620717411303424" showed the same text on both sides.
+    legacy = _resp(200, b'{"id": 1180591620717411303424}')
+    candidate = _resp(200, b'{"id": "1180591620717411303424"}')
+    record = _record(Redactor(key=b"k" * 32), legacy, candidate, "/o/1", (1.0, 2.0))
+    (example,) = record.diff_examples
+    assert (example.primary, example.candidate) == (2**70, "1180591620717411303424")
