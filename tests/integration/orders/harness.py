@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from sqlalchemy import select
@@ -22,11 +23,18 @@ __all__ = [
     "VOLATILE_HEADERS",
     "FakeClock",
     "Reply",
+    "database_url",
     "dump_tables",
     "make_client",
     "new_order",
     "normalise",
 ]
+
+
+def database_url(request: pytest.FixtureRequest, db: str) -> str:
+    """The URL of a fresh database of kind `db` ("sqlite" or "pg") for this test."""
+    return str(request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url"))
+
 
 START_MS = 1_780_000_000_123
 """The fake clock's starting time (2026-05-28T20:26:40.123Z)."""

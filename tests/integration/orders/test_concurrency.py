@@ -10,17 +10,19 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.integration.orders.harness import FakeClock, MakeClient, make_client, new_order
+from tests.integration.orders.harness import (
+    FakeClock,
+    MakeClient,
+    database_url,
+    make_client,
+    new_order,
+)
 
 Client = TestClient[web.Request, web.Application]
 SIDES_AND_DBS = pytest.mark.parametrize(
     ("side", "db"),
     [("extracted", "sqlite"), ("extracted", "pg"), ("legacy", "sqlite"), ("legacy", "pg")],
 )
-
-
-def _db_url(request: pytest.FixtureRequest, db: str) -> str:
-    return str(request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url"))
 
 
 async def _order(client: Client, *actions: str) -> int:
@@ -48,7 +50,7 @@ async def _events(client: Client, order_id: int) -> list[dict[str, Any]]:
 async def test_fifty_racing_completes_apply_once(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, side: str, db: str
 ) -> None:
-    client = await make_client(aiohttp_client, side, _db_url(request, db), FakeClock())
+    client = await make_client(aiohttp_client, side, database_url(request, db), FakeClock())
     order_id = await _order(client, "ship", "deliver")
     results = await asyncio.gather(
         *(_post(client, f"/api/v1/orders/{order_id}/complete") for _ in range(50))
@@ -63,7 +65,7 @@ async def test_fifty_racing_completes_apply_once(
 async def test_racing_completes_across_both_sides_apply_once(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, db: str
 ) -> None:
-    db_url, clock = _db_url(request, db), FakeClock()
+    db_url, clock = database_url(request, db), FakeClock()
     old = await make_client(aiohttp_client, "legacy", db_url, clock)
     new = await make_client(aiohttp_client, "extracted", db_url, clock)
     order_id = await _order(old, "ship", "deliver")
@@ -77,7 +79,7 @@ async def test_racing_completes_across_both_sides_apply_once(
 async def test_racing_partial_refunds_never_exceed_the_total(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, side: str, db: str
 ) -> None:
-    client = await make_client(aiohttp_client, side, _db_url(request, db), FakeClock())
+    client = await make_client(aiohttp_client, side, database_url(request, db), FakeClock())
     order_id = await _order(client, "ship", "deliver", "dispute")
     total = 3562  # 28.50 goods + 4.99 shipping + 2.13 buyer protection
     amounts = [f"{3 + n % 4}.{n * 7 % 100:02d}" for n in range(20)]
@@ -102,7 +104,7 @@ async def test_racing_partial_refunds_never_exceed_the_total(
 async def test_twenty_racing_creates_with_one_key_make_one_order(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, side: str, db: str
 ) -> None:
-    client = await make_client(aiohttp_client, side, _db_url(request, db), FakeClock())
+    client = await make_client(aiohttp_client, side, database_url(request, db), FakeClock())
     results = await asyncio.gather(
         *(
             _post(client, "/api/v1/orders", json=new_order(), headers={"Idempotency-Key": "once"})

@@ -13,6 +13,7 @@ import pytest
 from tests.integration.orders.harness import (
     FakeClock,
     MakeClient,
+    database_url,
     make_client,
     new_order,
     normalise,
@@ -208,8 +209,8 @@ async def _run(aiohttp_client: MakeClient, side: str, db_url: str) -> list[dict[
 async def test_contract(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, side: str, db: str
 ) -> None:
-    db_url = request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url")
-    transcript = await _run(aiohttp_client, side, db_url)
+    url = database_url(request, db)
+    transcript = await _run(aiohttp_client, side, url)
     if os.environ.get(UPDATE_ENV) == "1" and side == "legacy" and db == "sqlite":
         GOLDEN.write_text(json.dumps(transcript, indent=1, ensure_ascii=False) + "\n")
     golden = json.loads(GOLDEN.read_text())

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from tests.integration.orders.harness import (
     FakeClock,
     MakeClient,
+    database_url,
     dump_tables,
     make_client,
     new_order,
@@ -25,10 +26,6 @@ SIDES_AND_DBS = [
     pytest.mark.parametrize("side", ["legacy", "extracted"]),
     pytest.mark.parametrize("db", ["sqlite", "pg"]),
 ]
-
-
-def _db_url(request: pytest.FixtureRequest, db: str) -> str:
-    return str(request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url"))
 
 
 def _order_with(path: tuple[str | int, ...], value: str) -> dict[str, Any]:
@@ -83,7 +80,7 @@ async def test_a_nul_in_an_order_field_is_a_422_naming_it(
     field: str,
 ) -> None:
     """PostgreSQL refuses NUL in text (a plain 500); SQLite stored it: both now say 422."""
-    db_url = _db_url(request, db)
+    db_url = database_url(request, db)
     client = await make_client(aiohttp_client, side, db_url, FakeClock())
     before = await dump_tables(db_url)
     body = _order_with(where, "Ana\u0000Lima@x")
@@ -112,7 +109,7 @@ async def test_a_nul_in_a_transition_field_is_a_422_naming_it(
     body: dict[str, Any],
     field: str,
 ) -> None:
-    db_url = _db_url(request, db)
+    db_url = database_url(request, db)
     client = await make_client(aiohttp_client, side, db_url, FakeClock())
     order_id = await _disputed(client)
     before = await dump_tables(db_url)
@@ -126,7 +123,7 @@ async def test_a_nul_in_a_transition_field_is_a_422_naming_it(
 async def test_a_nul_in_a_tracking_number_is_a_422(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, side: str, db: str
 ) -> None:
-    db_url = _db_url(request, db)
+    db_url = database_url(request, db)
     client = await make_client(aiohttp_client, side, db_url, FakeClock())
     status, doc = await _post(
         client, "/api/v1/orders", json=new_order(), headers={"Idempotency-Key": "t"}
@@ -162,7 +159,7 @@ async def test_a_lone_surrogate_in_an_order_body_is_a_400(
     """A JSON escape of half a surrogate pair is no Unicode text: it cannot be encoded for
     the database, the request hash or the response (a 500); now 400 invalid_json, like a body
     that is not UTF-8."""
-    db_url = _db_url(request, db)
+    db_url = database_url(request, db)
     client = await make_client(aiohttp_client, side, db_url, FakeClock())
     before = await dump_tables(db_url)
     body = _SURROGATE_BODIES[where]
@@ -182,7 +179,7 @@ async def test_a_lone_surrogate_in_a_transition_body_is_a_400(
     db: str,
     key: str | None,
 ) -> None:
-    db_url = _db_url(request, db)
+    db_url = database_url(request, db)
     client = await make_client(aiohttp_client, side, db_url, FakeClock())
     order_id = await _disputed(client)
     before = await dump_tables(db_url)
@@ -220,7 +217,7 @@ async def test_an_idempotency_key_that_is_not_utf8_is_a_400_on_create(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, side: str, db: str
 ) -> None:
     """aiohttp decodes such header bytes to lone surrogates, which the key column refused."""
-    db_url = _db_url(request, db)
+    db_url = database_url(request, db)
     client = await make_client(aiohttp_client, side, db_url, FakeClock())
     before = await dump_tables(db_url)
     body = json.dumps(new_order()).encode()
@@ -234,7 +231,7 @@ async def test_an_idempotency_key_that_is_not_utf8_is_a_400_on_create(
 async def test_a_transition_key_that_is_not_utf8_is_a_400(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, db: str
 ) -> None:
-    db_url = _db_url(request, db)
+    db_url = database_url(request, db)
     client = await make_client(aiohttp_client, "extracted", db_url, FakeClock())
     order_id = await _disputed(client)
     before = await dump_tables(db_url)
@@ -250,7 +247,7 @@ async def test_a_transition_key_that_is_not_utf8_is_a_400(
 async def test_an_escaped_surrogate_pair_is_text_and_kept(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, side: str, db: str
 ) -> None:
-    client = await make_client(aiohttp_client, side, _db_url(request, db), FakeClock())
+    client = await make_client(aiohttp_client, side, database_url(request, db), FakeClock())
     body = json.dumps(_order_with(("buyer", "name"), "Ana \ud83d\ude00"))
     assert "\\ud83d\\ude00" in body
     headers = {"Idempotency-Key": "pair", "Content-Type": "application/json"}

@@ -11,16 +11,13 @@ from aiohttp.test_utils import TestClient
 from tests.integration.orders.harness import (
     FakeClock,
     MakeClient,
+    database_url,
     dump_tables,
     make_client,
     new_order,
 )
 
 Client = TestClient[web.Request, web.Application]
-
-
-def _db_url(request: pytest.FixtureRequest, db: str) -> str:
-    return str(request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url"))
 
 
 async def _post(client: Client, path: str, **kwargs: Any) -> tuple[int, Any]:
@@ -45,7 +42,7 @@ async def test_a_refund_with_a_null_amount_refunds_nothing(
 ) -> None:
     """`"amount": null` is what a client sends when its amount variable is unset: it refunded
     the whole order (an omitted amount's meaning) instead of the partial sum meant."""
-    db_url = _db_url(request, db)
+    db_url = database_url(request, db)
     client = await make_client(aiohttp_client, side, db_url, FakeClock())
     order_id = await _disputed(client)
     path = f"/api/v1/orders/{order_id}/refund"

@@ -10,6 +10,7 @@ from extracted.app import FEE_ROUNDING_ENV, create_app
 from tests.integration.orders.harness import (
     FakeClock,
     MakeClient,
+    database_url,
     make_client,
     new_order,
     normalise,
@@ -33,10 +34,10 @@ def _paths(a: Any, b: Any, here: str = "$") -> list[str]:
 async def test_sides_share_orders_ids_and_idempotency_keys(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, db: str
 ) -> None:
-    db_url = request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url")
+    url = database_url(request, db)
     clock = FakeClock()
-    old = await make_client(aiohttp_client, "legacy", db_url, clock)
-    new = await make_client(aiohttp_client, "extracted", db_url, clock)
+    old = await make_client(aiohttp_client, "legacy", url, clock)
+    new = await make_client(aiohttp_client, "extracted", url, clock)
     created = await normalise(
         await old.post("/api/v1/orders", json=new_order(), headers={"Idempotency-Key": "a"})
     )

@@ -12,14 +12,16 @@ from aiohttp.test_utils import TestClient
 
 import extracted.app
 from extracted.app import DRY_RUN_HEADER
-from tests.integration.orders.harness import FakeClock, MakeClient, make_client, new_order
+from tests.integration.orders.harness import (
+    FakeClock,
+    MakeClient,
+    database_url,
+    make_client,
+    new_order,
+)
 
 Client = TestClient[web.Request, web.Application]
 DBS = pytest.mark.parametrize("db", ["sqlite", "pg"])
-
-
-def _db_url(request: pytest.FixtureRequest, db: str) -> str:
-    return str(request.getfixturevalue("sqlite_url" if db == "sqlite" else "pg_url"))
 
 
 async def _disputed(client: Client) -> int:
@@ -52,7 +54,7 @@ async def test_a_retried_refund_with_its_key_is_applied_once(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, db: str
 ) -> None:
     clock = FakeClock()
-    client = await make_client(aiohttp_client, "extracted", _db_url(request, db), clock)
+    client = await make_client(aiohttp_client, "extracted", database_url(request, db), clock)
     order_id = await _disputed(client)
     path, key = f"/api/v1/orders/{order_id}/refund", {"Idempotency-Key": "refund-1"}
     first = await _post(client, path, json={"amount": "10.00"}, headers=key)
@@ -70,7 +72,7 @@ async def test_a_retried_refund_with_its_key_is_applied_once(
 async def test_racing_retries_of_one_refund_apply_once(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, db: str
 ) -> None:
-    client = await make_client(aiohttp_client, "extracted", _db_url(request, db), FakeClock())
+    client = await make_client(aiohttp_client, "extracted", database_url(request, db), FakeClock())
     order_id = await _disputed(client)
     path, key = f"/api/v1/orders/{order_id}/refund", {"Idempotency-Key": "refund-race"}
     results = await asyncio.gather(
@@ -85,7 +87,7 @@ async def test_racing_retries_of_one_refund_apply_once(
 async def test_a_key_reused_for_another_request_is_refused(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, db: str
 ) -> None:
-    client = await make_client(aiohttp_client, "extracted", _db_url(request, db), FakeClock())
+    client = await make_client(aiohttp_client, "extracted", database_url(request, db), FakeClock())
     order_id = await _disputed(client)
     path, key = f"/api/v1/orders/{order_id}/refund", {"Idempotency-Key": "k"}
     assert (await _post(client, path, json={"amount": "5.00"}, headers=key))[0] == 200
@@ -100,7 +102,7 @@ async def test_a_key_reused_for_another_request_is_refused(
 async def test_distinct_keys_and_no_key_each_apply(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, db: str
 ) -> None:
-    client = await make_client(aiohttp_client, "extracted", _db_url(request, db), FakeClock())
+    client = await make_client(aiohttp_client, "extracted", database_url(request, db), FakeClock())
     order_id = await _disputed(client)
     path = f"/api/v1/orders/{order_id}/refund"
     for headers in ({"Idempotency-Key": "a"}, {"Idempotency-Key": "b"}, {}):
@@ -128,7 +130,7 @@ async def test_a_refused_transition_leaves_its_key_free(
 async def test_a_dry_run_with_a_key_stores_nothing(
     aiohttp_client: MakeClient, request: pytest.FixtureRequest, db: str
 ) -> None:
-    client = await make_client(aiohttp_client, "extracted", _db_url(request, db), FakeClock())
+    client = await make_client(aiohttp_client, "extracted", database_url(request, db), FakeClock())
     order_id = await _disputed(client)
     path, key = f"/api/v1/orders/{order_id}/refund", {"Idempotency-Key": "dry"}
     dry = await _post(client, path, json={"amount": "3.00"}, headers={**key, DRY_RUN_HEADER: "1"})
@@ -151,7 +153,7 @@ async def test_a_database_made_before_transition_keys_gets_the_table_at_start(
     from extracted.db import create_engine
     from extracted.schema import create_schema
 
-    url = _db_url(request, db)
+    url = database_url(request, db)
     await create_schema(url)
     engine = create_engine(url)
     async with engine.begin() as conn:
