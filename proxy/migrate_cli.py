@@ -212,7 +212,8 @@ async def _open_store(settings: Settings, store_url: str | None) -> Store:
     local = db and db != ":memory:" and not db.startswith("file:")
     if parsed.get_backend_name() == "sqlite" and local and not os.path.exists(db):
         raise MigrateError(f"--store {mask_url(url)!r}: no such database file {db!r}")
-    return await Store.open(url)
+    # Never makes a database a store: migrate reads (and audits into) the proxy's own.
+    return await Store.open(url, create=False)
 
 
 def _token(settings: Settings, reload_url: str | None) -> str | None:

@@ -89,6 +89,7 @@ class _StoreSource:
     def __init__(self) -> None:
         self._own: Store | None = None
         self._own_url = ""
+        self._opening = asyncio.Lock()  # one store opened at a time, never two for one URL
 
     async def get(self, proxy: Proxy) -> Store | None:
         """A store to query, or None when nothing was ever stored (no SQLite file yet)."""
@@ -96,13 +97,16 @@ class _StoreSource:
         if shared is not None:
             return shared
         url = proxy.settings.store.url
-        if self._own is not None and self._own_url == url:
+        async with self._opening:
+            if self._own is not None and self._own_url == url:
+                return self._own
+            await self.close()
+            if _sqlite_file_missing(url):  # nothing stored yet (the workers create the file)
+                return None
+            # Read only: a database without strangler's tables is an error (StoreError),
+            # left as it is; asked again next time (the workers may be creating the tables).
+            self._own, self._own_url = await Store.open(url, create=False), url
             return self._own
-        await self.close()
-        if _sqlite_file_missing(url):  # opening it would create an empty database
-            return None
-        self._own, self._own_url = Store(url), url
-        return self._own
 
     async def close(self) -> None:
         """Dispose of the store opened here, if any."""
@@ -391,7 +395,10 @@ async def _detail_data(
     row = _route_row(route, proxy.settings, live, rep, bucket, since, now)
     row["configured"] = _configured(proxy.settings, name) is not None
     extra: dict[str, Any] = {"top_paths": [], "recent": [], "changes": []}
-    store = await source.get(proxy) if store_state["ok"] else None
+    try:
+        store = await source.get(proxy) if store_state["ok"] else None
+    except StoreError as e:  # the file appeared since the report: not a store (yet)
+        store, store_state = None, {"ok": False, "error": _short(e)}
     if store is not None and rep is not None:
         try:
             extra = await asyncio.wait_for(

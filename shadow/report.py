@@ -67,7 +67,7 @@ async def build_report(
     extracted routes: their verification against legacy).
     """
     if isinstance(store, str):
-        owned = await Store.open(store)
+        owned = await Store.open(store, create=False)  # a report writes nothing
         try:
             return await build_report(
                 owned,

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["SqliteWriter", "SqliteWriterError"]
+__all__ = ["SqliteWriter", "SqliteWriterError", "rw_uri"]
 
 
 def _null(value: None) -> None:
@@ -85,7 +85,7 @@ class SqliteWriter:
         if self._db is None:
             # mode=rw: never create a stray empty database where the store's file went
             # missing. timeout=0: a locked database fails at once instead of blocking the loop.
-            db = sqlite3.connect(_uri(self.path), timeout=0, isolation_level=None, uri=True)
+            db = sqlite3.connect(rw_uri(self.path), timeout=0, isolation_level=None, uri=True)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
@@ -226,14 +226,15 @@ def _checkpoint(path: str) -> None:
     writer of the file for the whole second, each second, for as long as it reads."""
     with (
         contextlib.suppress(sqlite3.Error),
-        contextlib.closing(sqlite3.connect(_uri(path), timeout=1, uri=True)) as db,
+        contextlib.closing(sqlite3.connect(rw_uri(path), timeout=1, uri=True)) as db,
     ):
         _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if frames >= 0 and copied >= frames:
             db.execute("PRAGMA wal_checkpoint(RESTART)")
 
 
-def _uri(path: str) -> str:
+def rw_uri(path: str) -> str:
+    """The `file:` URI that opens `path` read-write, failing where there is no file."""
     return Path(path).absolute().as_uri() + "?mode=rw"
 
 

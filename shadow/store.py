@@ -3,11 +3,15 @@
 SQLite gets its schema with `create_all` on start; PostgreSQL gets the versioned migrations
 of `shadow.migrations`, tracked in a `schema_version` table. Every table lives in the
 connection's default schema (the first of its `search_path`), never a hard-coded one.
+A store opened with `create=False` (the commands that read one) never makes a database a
+store: one without strangler's tables, or a SQLite file that does not exist, is an error,
+and nothing is written to it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -44,7 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from shadow.migrations import migrations
 from shadow.record import ComparisonRecord, DiffExample, RouteChange
 from shadow.redact import mask_secrets
-from shadow.sqlite_writer import SqliteWriter, SqliteWriterError
+from shadow.sqlite_writer import SqliteWriter, SqliteWriterError, rw_uri
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -373,10 +377,20 @@ def _change(row: Any) -> RouteChange:
 
 
 class Store:
-    """Durable comparisons and the route-change audit log behind one async engine."""
+    """Durable comparisons and the route-change audit log behind one async engine.
+
+    `create=False`: open an existing store only (see the module's docstring); a strangler
+    store of an older version is still brought up to date.
+    """
 
     def __init__(
-        self, url: str, *, pool_size: int = 5, max_overflow: int = 5, connect_timeout: float = 5.0
+        self,
+        url: str,
+        *,
+        pool_size: int = 5,
+        max_overflow: int = 5,
+        connect_timeout: float = 5.0,
+        create: bool = True,
     ) -> None:
         url = normalize_url(url)
         try:
@@ -404,15 +418,30 @@ class Store:
         except (exc.ArgumentError, exc.NoSuchModuleError, exc.InvalidRequestError) as e:
             raise StoreError(f"bad store URL {mask_url(url)!r}: {e}", transient=False) from None
         self._url = parsed
+        self._create = create
+        self._file = ""  # a SQLite store's file, if it is one
         self._writer: SqliteWriter | None = None
         # PostgreSQL: the ids given to batches whose write failed, by the batch's identity (a
         # caller that retries sends the same sequence again, as the recorder does)
         self._unconfirmed: dict[int, tuple[Sequence[ComparisonRecord], list[int]]] = {}
         if backend == "sqlite":
-            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+            sync = self._engine.sync_engine
+            # Switching a file to WAL is a lasting change of it: only for a store we may make.
+            event.listen(sync, "connect", _sqlite_pragmas if create else _sqlite_reader_pragmas)
             db = parsed.database or ""
             if db and db != ":memory:" and not db.startswith("file:"):
+                self._file = db
                 self._writer = SqliteWriter(db)
+                if not create:  # opened read-write, never created (a race with a delete)
+                    uri = rw_uri(db)
+
+                    def _existing_only(
+                        _dialect: Any, _rec: Any, cargs: list[Any], cparams: dict[str, Any]
+                    ) -> None:
+                        cargs[:] = [uri]
+                        cparams["uri"] = True
+
+                    event.listen(sync, "do_connect", _existing_only)
 
     def write_whole_batches(self) -> None:
         """SQLite: write each batch in one step instead of chunks that yield to the loop.
@@ -451,13 +480,25 @@ class Store:
         return mask_url(self._url.render_as_string(hide_password=True))
 
     async def init(self) -> None:
-        """Create (SQLite) or migrate (PostgreSQL) the schema."""
+        """Create (SQLite) or migrate (PostgreSQL) the schema; with `create=False`, check
+        that the database is a strangler store first (a `non-transient` StoreError if not)."""
+        if not self._create and self._file and not os.path.exists(self._file):
+            raise StoreError(
+                f"no strangler store at {self.url}: no such database file {self._file!r}",
+                transient=False,
+            )
         try:
             async with self._engine.begin() as conn:
                 if self.dialect == "postgresql":
-                    await _migrate_pg(conn)
+                    await _migrate_pg(conn, create=self._create)
                 else:
-                    await conn.run_sync(metadata.create_all)
+                    await _create_sqlite(conn, create=self._create)
+        except _NotAStore as e:
+            raise StoreError(
+                f"not a strangler store at {self.url}: {e}; point at the store.url the proxy"
+                " writes (`strangler serve` creates its tables when it starts)",
+                transient=False,
+            ) from None
         except exc.SQLAlchemyError as e:
             raise self._error("cannot initialise the store", e) from e
         except OSError as e:
@@ -711,6 +752,10 @@ class Store:
         return StoreError(f"{what} at {self.url}: {detail}", transient=isinstance(e, _TRANSIENT))
 
 
+class _NotAStore(Exception):
+    """A database opened with `create=False` holds no strangler store; says where it looked."""
+
+
 class _AlreadyStored(Exception):
     """A batch sent again turned out to be stored by an earlier attempt."""
 
@@ -770,6 +815,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
+    finally:
+        cursor.close()
+    _sqlite_reader_pragmas(dbapi_conn, _record)
+
+
+def _sqlite_reader_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # Settings of the connection only: nothing is written to the file.
+    cursor = dbapi_conn.cursor()
+    try:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=5000")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -777,7 +831,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         cursor.close()
 
 
-async def _migrate_pg(conn: AsyncConnection) -> None:
+async def _create_sqlite(conn: AsyncConnection, *, create: bool) -> None:
+    found = set(await conn.scalars(text("SELECT name FROM sqlite_master WHERE type = 'table'")))
+    if found >= set(metadata.tables):
+        return
+    if not create and comparisons.name not in found:
+        raise _NotAStore(f"it has no {comparisons.name} table")
+    await conn.run_sync(metadata.create_all)
+
+
+async def _migrate_pg(conn: AsyncConnection, *, create: bool = True) -> None:
     # A store already at this version needs no lock and no DDL, so a reader that may not
     # write (a role with SELECT only, a hot standby: how CI gates usually read) can open it.
     # Looked up in the connection's own schema only: a current store later on the
@@ -788,6 +851,9 @@ async def _migrate_pg(conn: AsyncConnection) -> None:
         found = await conn.scalar(text(f"SELECT max(version) FROM {table}"))
         if int(found or 0) >= SCHEMA_VERSION:
             return
+    elif not create:
+        where = f"schema {own}" if own else "no schema (an empty search_path)"
+        raise _NotAStore(f"no schema_version table in {where}")
     await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
     await conn.execute(
         text(
