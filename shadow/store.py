@@ -837,6 +837,10 @@ async def _create_sqlite(conn: AsyncConnection, *, create: bool) -> None:
         return
     if not create and comparisons.name not in found:
         raise _NotAStore(f"it has no {comparisons.name} table")
+    # Other processes may be opening the new file too (`serve --workers`): look again and
+    # create under the write lock (waiting for it up to the busy timeout), so one of them
+    # creates the tables and the others find them.
+    await conn.exec_driver_sql("BEGIN IMMEDIATE")
     await conn.run_sync(metadata.create_all)
 
 
