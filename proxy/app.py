@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -78,6 +77,7 @@ class Proxy:
         admin: bool = True,
         data_plane: bool = True,
         offload: bool = False,
+        worker_slot: int | None = None,
     ) -> None:
         self.settings = settings
         self.access_log = (
@@ -88,6 +88,7 @@ class Proxy:
         self.with_admin = admin
         self.with_data_plane = data_plane
         self.offload = offload  # a `serve` worker: may run a shadow helper (limits.shadow_offload)
+        self.worker_slot = worker_slot  # 1..N under `serve --workers N` (N > 1), else None
         self.plane: DataPlane | None = None
         self._backends: dict[str, _Backend] = {}
         self._server: asyncio.Server | None = None
@@ -237,11 +238,13 @@ class Proxy:
         return True
 
     def _capture_writer(self, settings: Settings) -> CaptureWriter | None:
-        """A capture writer for the config's `capture:` block (one file per worker)."""
+        """A capture writer for the config's `capture:` block: `capture.path` itself, or one
+        file per worker slot under `--workers N` (`PATH.w1` .. `PATH.wN`), which a worker
+        restarted in that slot appends to."""
         cs = settings.capture
         if cs is None or self.redactor is None:
             return None
-        path = f"{cs.path}.{os.getpid()}" if self.reuse_port else cs.path
+        path = cs.path if self.worker_slot is None else f"{cs.path}.w{self.worker_slot}"
         return CaptureWriter(cs, self.redactor, path=path)
 
     async def reload(self, settings: Settings) -> None:

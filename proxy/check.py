@@ -6,6 +6,7 @@ exit 2 on any; neither ever shows a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -29,7 +30,7 @@ def run_check(path: str) -> int:
     settings = _load(path)
     if settings is None:
         return CONFIG_ERROR
-    issues = _guarded(lambda: _handler_issues(path, settings))
+    issues = _guarded(lambda: _handler_issues(path, settings) + _capture_issues(path, settings))
     if issues:
         for issue in issues:
             click.echo(str(issue))
@@ -80,6 +81,27 @@ def _handler_issues(path: str, settings: Settings) -> list[ConfigIssue]:
             line, column = _position(path, ("backends", name, "handlers"))
             issues.append(ConfigIssue(path, line, column, f"backends.{name}.handlers: {problem}"))
     return issues
+
+
+def _capture_issues(path: str, settings: Settings) -> list[ConfigIssue]:
+    """A `capture.path` the proxy could never write (its directory missing, or the path a
+    directory), at the path's line: the proxy would start and lose every captured line.
+    A relative path is taken from the current directory, as `serve` takes it."""
+    cs = settings.capture
+    if cs is None or not cs.path:
+        return []
+    target = os.path.abspath(cs.path)
+    directory = os.path.dirname(target)
+    if not os.path.exists(directory):
+        problem = f"directory {directory} does not exist"
+    elif not os.path.isdir(directory):
+        problem = f"{directory} is not a directory"
+    elif os.path.isdir(target):
+        problem = f"{target} is a directory"
+    else:
+        return []
+    line, column = _position(path, ("capture", "path"))
+    return [ConfigIssue(path, line, column, f"capture.path: {problem}")]
 
 
 def _position(path: str, keys: tuple[str, ...]) -> tuple[int, int]:

@@ -154,15 +154,16 @@ def _settle_gc() -> None:
     gc.freeze()
 
 
-def run_worker(config_path: str) -> int:
+def run_worker(config_path: str, slot: int | None = None) -> int:
     """Entry point of one worker process started by the supervisor (`proxy.worker`, which
-    ties it to the supervisor first)."""
+    ties it to the supervisor first); `slot`: its number (1..N) under `--workers N`, N > 1,
+    which its capture file is named after (`capture.path` + `.w<slot>`)."""
     _hold_early_hup()
     settings = _load_or_report(config_path)
     if settings is None:
         return 2
     _install_uvloop()
-    return asyncio.run(_serve_one(settings, watch=False, worker=True))
+    return asyncio.run(_serve_one(settings, watch=False, worker=True, slot=slot))
 
 
 def _stop_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -190,10 +191,14 @@ async def _watch_file(path: str, on_change: object, stop: asyncio.Event) -> None
             await on_change()  # type: ignore[operator]
 
 
-async def _serve_one(settings: Settings, *, watch: bool, worker: bool) -> int:
+async def _serve_one(
+    settings: Settings, *, watch: bool, worker: bool, slot: int | None = None
+) -> int:
     from proxy.app import create_proxy
 
-    proxy = create_proxy(settings, reuse_port=worker, admin=not worker, offload=worker)
+    proxy = create_proxy(
+        settings, reuse_port=worker, admin=not worker, offload=worker, worker_slot=slot
+    )
     try:
         await proxy.start()
     except Exception as exc:  # an address in use, a store URL or handler app that fails
@@ -256,13 +261,18 @@ class _Workers:
         self._quick_deaths: list[int] = []  # per slot: deaths in a row before _HEALTHY_S
         self._due: list[float | None] = []  # per slot: when a dead one is started again
 
-    def spawn(self) -> subprocess.Popen[bytes]:
-        """Start a worker with SIGHUP blocked (the mask is inherited): a reload fanned out
-        while it imports stays pending until its handler is in (`_hold_early_hup`)."""
+    def spawn(self, slot: int) -> subprocess.Popen[bytes]:
+        """Start the worker of `slot` (0-based) with SIGHUP blocked (the mask is inherited):
+        a reload fanned out while it imports stays pending until its handler is in
+        (`_hold_early_hup`). With more than one slot, the worker is told its number (1..N):
+        its capture file is `capture.path` + `.w<N>`, the same file across its restarts."""
+        args = [sys.executable, "-m", "proxy.worker", self.config_path, str(os.getpid())]
+        if self.count > 1:
+            args.append(str(slot + 1))
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "proxy.worker", self.config_path, str(os.getpid())],
+                args,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
             )
@@ -270,7 +280,7 @@ class _Workers:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def start(self) -> None:
-        self.procs = [self.spawn() for _ in range(self.count)]
+        self.procs = [self.spawn(i) for i in range(self.count)]
         self._started = [time.monotonic()] * self.count
         self._quick_deaths = [0] * self.count
         self._due = [None] * self.count
@@ -305,7 +315,7 @@ class _Workers:
                 }
                 print(json.dumps(line), flush=True)
             if now >= due:
-                self.procs[i] = self.spawn()
+                self.procs[i] = self.spawn(i)
                 self._started[i] = now
                 self._due[i] = None
 

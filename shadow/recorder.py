@@ -8,7 +8,10 @@ or instead of a row) or a row the store never took (failed).
 
 Drops are stored too, added up: about once a second (and when the recorder stops) the
 writer adds one (route, reason, copies) row per reason with what was dropped since its
-last such row, so reports can show them without a row per shed copy.
+last such row, so reports can show them without a row per shed copy. Failed copies go
+there as well, under the reason `store_failed`, so a report's `dropped` and `total` count
+every started copy the store holds no comparison of (a store down for good when the
+recorder stops takes no counts either: those are only in the metrics).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ _log = logging.getLogger(__name__)
 
 BUFFER_FULL = "buffer_full"
 STOPPED = "stopped"
+# the drop-count reason under which failed copies (rows the store never took) are stored
+STORE_FAILED = "store_failed"
 
 
 class RecordSink(Protocol):
@@ -66,6 +71,14 @@ class RouteCounters:
     def balanced(self) -> bool:
         """Whether started = recorded + dropped + failed (true whenever the writer is idle)."""
         return self.started == self.recorded + self.dropped_total + self.failed
+
+    def stored_drops(self) -> dict[str, int]:
+        """What the store's drop counts say of this route: the drops by reason, and the
+        failed copies under `store_failed`."""
+        counts = dict(self.dropped)
+        if self.failed:
+            counts[STORE_FAILED] = counts.get(STORE_FAILED, 0) + self.failed
+        return counts
 
     def copy(self) -> RouteCounters:
         """An independent snapshot."""
@@ -236,11 +249,11 @@ class Recorder:
 
     @property
     def drops_unstored(self) -> int:
-        """Dropped copies whose counts are not confirmed in the store yet."""
+        """Dropped (and failed) copies whose counts are not confirmed in the store yet."""
         unclaimed = sum(
             n - self._drops_claimed.get((route, reason), 0)
             for route, counters in self._routes.items()
-            for reason, n in counters.dropped.items()
+            for reason, n in counters.stored_drops().items()
         )
         return unclaimed + sum(n for _, _, n in self._drops_pending)
 
@@ -367,7 +380,7 @@ class Recorder:
             if not resent:
                 rows = []
                 for route, counters in self._routes.items():
-                    for reason, n in counters.dropped.items():
+                    for reason, n in counters.stored_drops().items():
                         key = (route, reason)
                         more = n - self._drops_claimed.get(key, 0)
                         if more > 0:

@@ -187,8 +187,11 @@ def _md(text: str) -> str:
     return _shown(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def _md_code(text: str) -> str:
-    return "`" + _md(text).replace("`", "'") + "`"
+def _md_code(text: str, *, cell: bool = True) -> str:
+    # Backslashes are literal in a code span (doubling them showed `a\\b` for `a\b`); in
+    # a table cell `\|` is the table's own escape of a pipe, inside code spans too.
+    code = _shown(text).replace("`", "'").replace("\n", " ")
+    return "`" + (code.replace("|", "\\|") if cell else code) + "`"
 
 
 def render_markdown(report: Report) -> str:
@@ -233,7 +236,9 @@ def render_markdown(report: Report) -> str:
                 ]
                 out.append("| " + " | ".join(cells) + " |")
         if r.noise_paths:
-            noise = ", ".join(f"{_md_code(n.pattern)} ({n.count})" for n in r.noise_paths)
+            noise = ", ".join(
+                f"{_md_code(n.pattern, cell=False)} ({n.count})" for n in r.noise_paths
+            )
             out += ["", f"Noise (not counted as mismatches): {noise}"]
     return "\n".join(out) + "\n"
 

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import gzip
+import os
+import signal
 from pathlib import Path
 
 import aiohttp
 import orjson
 
 from shadow.replay import parse_line
+from tests.integration.proxy.conftest import write_served_config
 from tests.integration.proxy.shadow_support import EMAIL, shadow_stack
+from tests.support import (
+    child_pids,
+    free_port,
+    start_serve,
+    stop_process,
+    wait_admin_ready,
+    wait_until,
+)
+from tests.upstreams import EchoUpstream
 
 ROUTE = """
   - name: orders
@@ -81,3 +93,83 @@ capture:
     assert "content-encoding" not in dict(captured.headers)
     doc = orjson.loads(captured.body)
     assert doc["total"] == "12.50" and doc["buyer"]["email"].startswith("REDACTED:")
+
+
+def _captured(directory: Path) -> dict[str, int]:
+    """Capture files in `directory` (the config aside) and how many lines each holds."""
+    return {
+        p.name: len(p.read_bytes().splitlines())
+        for p in directory.iterdir()
+        if p.name.startswith("traffic.jsonl")
+    }
+
+
+async def _get_many(port: int, start: int, n: int) -> None:
+    connector = aiohttp.TCPConnector(force_close=True)  # new connections spread over workers
+    async with aiohttp.ClientSession(connector=connector) as s:
+        for i in range(start, start + n):
+            async with s.get(f"http://127.0.0.1:{port}/echo?i={i}") as r:
+                assert r.status == 200
+                await r.read()
+
+
+def _served_capture_config(
+    tmp_path: Path, upstream_url: str, port: int, admin: int, extra: str
+) -> Path:
+    cfg = write_served_config(tmp_path, upstream_url, port, admin)
+    cfg.write_text(
+        cfg.read_text()
+        + f"""
+capture:
+  path: {tmp_path / "traffic.jsonl"}
+  percent: 100
+{extra}
+"""
+    )
+    return cfg
+
+
+async def test_workers_capture_into_one_file_per_slot_across_restarts(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    """Under `--workers N` each worker life wrote `PATH.<pid>`: files piled up across
+    restarts, under names nobody could predict. Now slot k writes `PATH.wk`, appended to by
+    the worker restarted in that slot."""
+    port, admin = free_port(), free_port()
+    cfg = _served_capture_config(tmp_path, upstream.url, port, admin, "")
+    proc = await start_serve(cfg, "--workers", "2", env={"STRANGLER_GRACE_S": "5"})
+    try:
+        await wait_admin_ready(admin)
+        await _get_many(port, 0, 30)
+        await wait_until(lambda: sum(_captured(tmp_path).values()) == 30, timeout=10)
+        first = child_pids(proc.pid)
+        assert len(first) == 2
+        os.kill(first[0], signal.SIGKILL)  # the supervisor starts another in its slot
+        await wait_until(lambda: first[0] not in child_pids(proc.pid), timeout=10)
+        await wait_until(lambda: len(child_pids(proc.pid)) == 2, timeout=20)
+        await wait_admin_ready(admin)
+        await _get_many(port, 30, 30)
+        await wait_until(lambda: sum(_captured(tmp_path).values()) == 60, timeout=10)
+    finally:
+        assert await stop_process(proc) == 0
+    files = _captured(tmp_path)
+    assert set(files) <= {"traffic.jsonl.w1", "traffic.jsonl.w2"}, files
+    assert sum(files.values()) == 60
+
+
+async def test_one_offloading_worker_captures_into_the_configured_path(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    """`limits.shadow_offload` runs one worker under a supervisor: it wrote `PATH.<pid>`
+    instead of the configured `PATH`."""
+    port, admin = free_port(), free_port()
+    extra = "limits:\n  shadow_offload: true\n"
+    cfg = _served_capture_config(tmp_path, upstream.url, port, admin, extra)
+    proc = await start_serve(cfg, env={"STRANGLER_GRACE_S": "5"})
+    try:
+        await wait_admin_ready(admin)
+        await _get_many(port, 0, 5)
+        await wait_until(lambda: sum(_captured(tmp_path).values()) == 5, timeout=10)
+    finally:
+        assert await stop_process(proc) == 0
+    assert _captured(tmp_path) == {"traffic.jsonl": 5}

@@ -804,3 +804,50 @@ async def test_a_mismatch_on_a_wide_integer_or_a_deep_value_loses_nothing(store_
         123456789012345678901234567891,
     )
     _assert_balanced(recorder)
+
+
+async def test_copies_the_store_refused_are_in_the_report(store_url: str) -> None:
+    """Copies the store refused for good (counted `failed`) were in no report figure: the
+    report showed 7 compared, 0 dropped, total 7 out of 10 started, as if nothing was lost.
+    They are stored as drop counts (reason `store_failed`) and every format shows them."""
+    from sqlalchemy import text
+
+    from shadow.report_format import render
+
+    store = await Store.open(store_url)
+    refuse = (
+        "ALTER TABLE comparisons ADD CONSTRAINT refuse_bad CHECK (request_id NOT LIKE 'bad%')"
+        if store.dialect == "postgresql"
+        else "CREATE TRIGGER refuse_bad BEFORE INSERT ON comparisons"
+        " WHEN NEW.request_id LIKE 'bad%' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    async with store.engine.begin() as conn:
+        await conn.execute(text(refuse))
+    recorder = Recorder(store, buffer_size=100, batch_size=100, drops_every=0.05)
+    for i in range(10):
+        rec = ComparisonRecord(
+            route="order-show",
+            outcome="match",
+            time=datetime.now(UTC),
+            request_id=f"bad{i}" if i % 3 == 0 else f"ok{i}",
+        )
+        recorder.record(rec, started=True)
+    await recorder.start()
+    try:
+        assert await recorder.flush(10)
+    finally:
+        await recorder.stop(5)
+    try:
+        c = recorder.counters()["order-show"]
+        assert (c.started, c.recorded, c.failed, c.dropped_total) == (10, 6, 4, 0)
+        assert await _stored_drops(store) == {("order-show", "store_failed"): 4}
+        report = await build_report(store)
+    finally:
+        await store.close()
+    (show,) = report.routes
+    assert (show.samples, show.dropped, show.total) == (6, 4, 10)
+    assert report.to_json()["routes"][0]["dropped"] == 4
+    assert "dropped=4" in render(report, "junit")
+    assert "| 6 | 0 |" in render(report, "markdown") and "| 4 |" in render(report, "markdown")
+    assert "<td>4</td>" in render(report, "html")
+    _assert_balanced(recorder)

@@ -373,3 +373,25 @@ def test_check_rejects_a_backend_that_is_the_proxy_itself(
     assert m is not None, out
     assert (int(m["line"]), int(m["col"])) == (4, 17)
     assert m["message"].startswith("backends.legacy.url: ") and "loop" in m["message"]
+
+
+def test_check_rejects_a_capture_path_in_a_missing_directory(tmp_path: Path) -> None:
+    """`check` said ok, and the proxy then failed every capture write at run time."""
+    f = tmp_path / "routes.yaml"
+    missing = tmp_path / "no-such-dir" / "traffic.jsonl"
+    f.write_text(_ONE_BACKEND + f"capture:\n  percent: 5\n  path: {missing}\n", encoding="utf-8")
+    code, out = cli("check", "--config", str(f))
+    assert code == 2, out
+    assert out == (
+        f"{f}:6:9: capture.path: directory {tmp_path / 'no-such-dir'} does not exist\n"
+    ), out
+    (tmp_path / "no-such-dir").write_text("")  # a file where the directory should be
+    code, out = cli("check", "--config", str(f))
+    assert code == 2 and f"{f}:6:9: capture.path: {tmp_path / 'no-such-dir'} is not a dir" in out
+    (tmp_path / "no-such-dir").unlink()
+    (tmp_path / "no-such-dir").mkdir()
+    code, out = cli("check", "--config", str(f))
+    assert code == 0 and ": ok (0 routes" in out, out
+    missing.mkdir()  # the file itself cannot be a directory
+    code, out = cli("check", "--config", str(f))
+    assert code == 2 and f"{f}:6:9: capture.path: {missing} is a directory" in out, out

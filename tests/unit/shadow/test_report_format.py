@@ -201,3 +201,25 @@ def test_empty_report_fails_and_says_so_in_every_format() -> None:
     junit = ET.fromstring(render(empty, "junit"))
     assert (junit.get("tests"), junit.get("failures")) == ("1", "1")
     assert "no comparisons" in (junit.findtext("./testsuite/testcase/failure") or "")
+
+
+def test_markdown_code_spans_keep_backslashes_as_they_are() -> None:
+    """Backslashes are literal inside a code span: a key `a\\b` showed as `a\\\\b`. A pipe is
+    still escaped in a table cell (the table reads `\\|` as a pipe, inside code spans too),
+    but not in the noise line, which is no table."""
+    route = RouteReport(
+        route="r",
+        mismatches=2,
+        top_paths=(
+            PathStat("$.a\\b", 1, 0.5, DiffExample("$.a\\b", "$.a\\b", "x", "y")),
+            PathStat("$.c\\|d", 1, 0.5, None),
+        ),
+        noise_paths=(NoiseStat("$.n\\m|o", 3),),
+        reasons=("mismatch",),
+    )
+    report = Report(T0, None, None, 300, (route,))
+    text = render(report, "markdown")
+    assert "| `$.a\\b` | 1 | 50.0% | `$.a\\b` |" in text
+    assert "| `$.c\\\\|d` | 1 |" in text  # the table turns `\|` into `|`: `$.c\|d`
+    assert "`$.n\\m|o` (3)" in text
+    assert "\\\\b" not in text
