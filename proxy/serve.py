@@ -1,7 +1,8 @@
 """`strangler serve`: one process, or a supervisor with N SO_REUSEPORT workers.
 
-Signals: SIGHUP reloads (validated whole; a bad file keeps the old config), SIGTERM and
-SIGINT stop accepting, drain in-flight requests within the grace period, then exit.
+Signals: SIGHUP reloads (validated whole; a bad file keeps the old config; one that comes
+while starting is held, `proxy.earlyhup`, and reloads once up), SIGTERM and SIGINT stop
+accepting, drain in-flight requests within the grace period, then exit.
 With `--workers N` the supervisor runs the admin listener, aggregates the workers'
 metrics (Prometheus multiprocess mode), fans reloads out and restarts dead workers
 (with a per-worker backoff); it is ready while every worker is. Workers (and their shadow
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from proxy.earlyhup import hold_early_hup, take_early_hup
 from proxy.holds import STATE_DIR_ENV
 from proxy.settings import ConfigError, Settings, load, loads
 from shadow.redact import warn_if_unkeyed
@@ -93,29 +95,16 @@ def _load_or_report(path: str) -> Settings | None:
         return None
 
 
-_EARLY_HUP: list[bool] = []  # a SIGHUP came before the loop's handler was installed
-
-
-def _hold_early_hup() -> None:
-    """From the first line on, a SIGHUP is noted, not fatal (its default): the reload runs
-    once the proxy is up (`_hup_handler`). It killed a proxy still starting (exit 129).
-    A worker is spawned with SIGHUP blocked (`_Workers.spawn`); one that came before this
-    line is delivered now, to the handler."""
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: _EARLY_HUP.append(True))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-
-
 def _hup_handler(loop: asyncio.AbstractEventLoop, on_hup: Callable[[], None]) -> None:
     """Reload on SIGHUP from now on, and now if one came during start-up."""
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    if _EARLY_HUP:
-        _EARLY_HUP.clear()
+    if take_early_hup():
         on_hup()
 
 
 def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
     """Run until SIGTERM/SIGINT; exit code 0, or 2 on a config error or a failed start."""
-    _hold_early_hup()
+    hold_early_hup()  # again for callers other than the CLI (which held it first)
     settings = _load_or_report(config_path)
     if settings is None:
         return 2
@@ -157,7 +146,7 @@ def _settle_gc() -> None:
 def run_worker(config_path: str) -> int:
     """Entry point of one worker process started by the supervisor (`proxy.worker`, which
     ties it to the supervisor first)."""
-    _hold_early_hup()
+    hold_early_hup()
     settings = _load_or_report(config_path)
     if settings is None:
         return 2
@@ -258,7 +247,7 @@ class _Workers:
 
     def spawn(self) -> subprocess.Popen[bytes]:
         """Start a worker with SIGHUP blocked (the mask is inherited): a reload fanned out
-        while it imports stays pending until its handler is in (`_hold_early_hup`)."""
+        while it imports stays pending until its handler is in (`hold_early_hup`)."""
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             return subprocess.Popen(
