@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import os
@@ -115,10 +116,53 @@ def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
             file=sys.stderr,
         )
         return 2
-    _install_uvloop()
-    if workers > 1 or settings.limits.shadow_offload:  # workers, each with a shadow helper
-        return asyncio.run(_supervise(settings, workers, watch))
-    return asyncio.run(_serve_one(settings, watch=watch, worker=False))
+    try:
+        claims = _claim_listen(settings.host, settings.port)
+    except OSError as exc:
+        _cannot_start(exc)
+        return 2
+    try:
+        _install_uvloop()
+        if workers > 1 or settings.limits.shadow_offload:  # workers, each with a shadow helper
+            return asyncio.run(_supervise(settings, workers, watch))
+        return asyncio.run(_serve_one(settings, watch=watch, worker=False))
+    finally:
+        for claim in claims:
+            claim.close()
+
+
+def _claim_listen(host: str, port: int) -> list[socket.socket]:
+    """Hold `host:port` against every other `strangler serve` for as long as this one runs
+    (an abstract Unix socket per address, gone with the process), or raise OSError.
+
+    The supervisor's probe lets go of the port before its workers bind it with SO_REUSEPORT;
+    without this, two instances started together both served it (users split between two
+    configs), or the other one's plain bind made the workers fail with no clear reason."""
+    if port == 0 or not sys.platform.startswith("linux"):  # abstract sockets are Linux's
+        return []
+    claims: list[socket.socket] = []
+    try:
+        for family, _, _, _, addr in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            ip = addr[0]
+            shown = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            claims.append(sock)
+            try:
+                sock.bind(f"\0strangler-serve {shown}")
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise OSError(
+                    exc.errno,
+                    f"listen {shown}: address already in use (another strangler serve holds it)",
+                ) from None
+    except BaseException:
+        for sock in claims:
+            sock.close()
+        raise
+    return claims
 
 
 def _cannot_start(exc: BaseException) -> None:
