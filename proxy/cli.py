@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import sys
 
+from proxy.earlyhup import hold_early_hup
+
+if sys.argv[1:2] == ["serve"]:
+    # before the imports below (~0.5 s): a reload sent right after start must not kill it
+    hold_early_hup()
+
 import click
 
 __all__ = ["main"]

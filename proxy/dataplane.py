@@ -914,6 +914,13 @@ def _describe(exc: BaseException | None) -> str:
     return text
 
 
+def _first_value(value: bytes) -> bytes | None:
+    """The first element of a comma-separated X-Forwarded-* value (the client-facing hop's),
+    None when it is empty."""
+    first = value.partition(b",")[0].strip()
+    return first or None
+
+
 def _drop_connection_named(out: list[bytes], tokens: bytes, start: int) -> None:
     """Remove header lines named in a Connection header (RFC 9110 7.6.1) from `out`."""
     names = {t.strip().lower() for t in tokens.split(b",")}
@@ -1163,6 +1170,8 @@ class ClientConnection(asyncio.Protocol):
         parts: list[bytes] = [raw_method, b" ", target, b" HTTP/1.1\r\n"]
         host = b""
         xff: bytes | None = None
+        xfp: bytes | None = None  # the first value a proxy in front of us gave, if any
+        xfh: bytes | None = None
         rid: bytes | None = None
         conn_tokens: bytes | None = None
         upgrade: bytes | None = None
@@ -1179,6 +1188,12 @@ class ClientConnection(asyncio.Protocol):
                     conn_tokens = value if conn_tokens is None else conn_tokens + b"," + value
                 elif lname == b"x-forwarded-for":
                     xff = value if xff is None else xff + b", " + value
+                elif lname == b"x-forwarded-proto":
+                    if xfp is None:
+                        xfp = _first_value(value)
+                elif lname == b"x-forwarded-host":
+                    if xfh is None:
+                        xfh = _first_value(value)
                 elif lname == b"upgrade":
                     upgrade = value
                 continue
@@ -1224,12 +1239,23 @@ class ClientConnection(asyncio.Protocol):
         else:
             request_id = rid.decode("latin-1")
         peer = self.peer
-        parts += (
-            b"x-forwarded-for: ",
-            peer if xff is None else xff + b", " + peer,
-            b"\r\nx-forwarded-proto: http\r\n",
-        )
-        if host:
+        if xfp is None:
+            parts += (
+                b"x-forwarded-for: ",
+                peer if xff is None else xff + b", " + peer,
+                b"\r\nx-forwarded-proto: http\r\n",
+            )
+        else:  # e.g. a TLS-terminating load balancer's https: the backend must still see it
+            parts += (
+                b"x-forwarded-for: ",
+                peer if xff is None else xff + b", " + peer,
+                b"\r\nx-forwarded-proto: ",
+                xfp,
+                b"\r\n",
+            )
+        if xfh is not None:
+            parts += (b"x-forwarded-host: ", xfh, b"\r\n")
+        elif host:
             parts += (b"x-forwarded-host: ", host, b"\r\n")
         if upgrade is not None and conn_tokens is not None and b"upgrade" in conn_tokens.lower():
             parts += (b"connection: upgrade\r\nupgrade: ", upgrade, b"\r\n")

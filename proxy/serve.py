@@ -1,7 +1,8 @@
 """`strangler serve`: one process, or a supervisor with N SO_REUSEPORT workers.
 
-Signals: SIGHUP reloads (validated whole; a bad file keeps the old config), SIGTERM and
-SIGINT stop accepting, drain in-flight requests within the grace period, then exit.
+Signals: SIGHUP reloads (validated whole; a bad file keeps the old config; one that comes
+while starting is held, `proxy.earlyhup`, and reloads once up), SIGTERM and SIGINT stop
+accepting, drain in-flight requests within the grace period, then exit.
 With `--workers N` the supervisor runs the admin listener, aggregates the workers'
 metrics (Prometheus multiprocess mode), fans reloads out and restarts dead workers
 (with a per-worker backoff); it is ready while every worker is. Workers (and their shadow
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import os
@@ -27,6 +29,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from proxy.earlyhup import hold_early_hup, take_early_hup
 from proxy.holds import STATE_DIR_ENV
 from proxy.settings import ConfigError, Settings, load, loads
 from shadow.redact import warn_if_unkeyed
@@ -93,29 +96,16 @@ def _load_or_report(path: str) -> Settings | None:
         return None
 
 
-_EARLY_HUP: list[bool] = []  # a SIGHUP came before the loop's handler was installed
-
-
-def _hold_early_hup() -> None:
-    """From the first line on, a SIGHUP is noted, not fatal (its default): the reload runs
-    once the proxy is up (`_hup_handler`). It killed a proxy still starting (exit 129).
-    A worker is spawned with SIGHUP blocked (`_Workers.spawn`); one that came before this
-    line is delivered now, to the handler."""
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: _EARLY_HUP.append(True))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
-
-
 def _hup_handler(loop: asyncio.AbstractEventLoop, on_hup: Callable[[], None]) -> None:
     """Reload on SIGHUP from now on, and now if one came during start-up."""
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    if _EARLY_HUP:
-        _EARLY_HUP.clear()
+    if take_early_hup():
         on_hup()
 
 
 def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
     """Run until SIGTERM/SIGINT; exit code 0, or 2 on a config error or a failed start."""
-    _hold_early_hup()
+    hold_early_hup()  # again for callers other than the CLI (which held it first)
     settings = _load_or_report(config_path)
     if settings is None:
         return 2
@@ -126,10 +116,53 @@ def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
             file=sys.stderr,
         )
         return 2
-    _install_uvloop()
-    if workers > 1 or settings.limits.shadow_offload:  # workers, each with a shadow helper
-        return asyncio.run(_supervise(settings, workers, watch))
-    return asyncio.run(_serve_one(settings, watch=watch, worker=False))
+    try:
+        claims = _claim_listen(settings.host, settings.port)
+    except OSError as exc:
+        _cannot_start(exc)
+        return 2
+    try:
+        _install_uvloop()
+        if workers > 1 or settings.limits.shadow_offload:  # workers, each with a shadow helper
+            return asyncio.run(_supervise(settings, workers, watch))
+        return asyncio.run(_serve_one(settings, watch=watch, worker=False))
+    finally:
+        for claim in claims:
+            claim.close()
+
+
+def _claim_listen(host: str, port: int) -> list[socket.socket]:
+    """Hold `host:port` against every other `strangler serve` for as long as this one runs
+    (an abstract Unix socket per address, gone with the process), or raise OSError.
+
+    The supervisor's probe lets go of the port before its workers bind it with SO_REUSEPORT;
+    without this, two instances started together both served it (users split between two
+    configs), or the other one's plain bind made the workers fail with no clear reason."""
+    if port == 0 or not sys.platform.startswith("linux"):  # abstract sockets are Linux's
+        return []
+    claims: list[socket.socket] = []
+    try:
+        for family, _, _, _, addr in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            ip = addr[0]
+            shown = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            claims.append(sock)
+            try:
+                sock.bind(f"\0strangler-serve {shown}")
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                raise OSError(
+                    exc.errno,
+                    f"listen {shown}: address already in use (another strangler serve holds it)",
+                ) from None
+    except BaseException:
+        for sock in claims:
+            sock.close()
+        raise
+    return claims
 
 
 def _cannot_start(exc: BaseException) -> None:
@@ -158,7 +191,7 @@ def run_worker(config_path: str, slot: int | None = None) -> int:
     """Entry point of one worker process started by the supervisor (`proxy.worker`, which
     ties it to the supervisor first); `slot`: its number (1..N) under `--workers N`, N > 1,
     which its capture file is named after (`capture.path` + `.w<slot>`)."""
-    _hold_early_hup()
+    hold_early_hup()
     settings = _load_or_report(config_path)
     if settings is None:
         return 2
@@ -264,7 +297,7 @@ class _Workers:
     def spawn(self, slot: int) -> subprocess.Popen[bytes]:
         """Start the worker of `slot` (0-based) with SIGHUP blocked (the mask is inherited):
         a reload fanned out while it imports stays pending until its handler is in
-        (`_hold_early_hup`). With more than one slot, the worker is told its number (1..N):
+        (`hold_early_hup`). With more than one slot, the worker is told its number (1..N):
         its capture file is `capture.path` + `.w<N>`, the same file across its restarts."""
         args = [sys.executable, "-m", "proxy.worker", self.config_path, str(os.getpid())]
         if self.count > 1:

@@ -15,7 +15,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
 from tests.support import wait_until
-from tests.upstreams import EchoUpstream, raw_exchange
+from tests.upstreams import EchoUpstream, Received, raw_exchange
 
 
 def _config(
@@ -154,5 +154,34 @@ async def test_an_http10_request_without_host_is_copied_with_each_backends_host(
         cand_auth = b"127.0.0.1:%d" % cand.port
         assert _hosts(legacy, b"/api/o1") == [[legacy_host.encode() or legacy_auth]] * 2
         assert _hosts(cand, b"/api/o1") == [[cand_host.encode() or cand_auth]]
+    finally:
+        await proxy.stop(0.5)
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+async def test_shadow_copies_carry_the_served_requests_forwarded_headers(
+    sides: tuple[EchoUpstream, EchoUpstream], baseline: bool
+) -> None:
+    # the copy and the noise baseline see what the served request saw: the load balancer's
+    # X-Forwarded-Proto / -Host kept, the client's address appended to X-Forwarded-For
+    legacy, cand = sides
+    proxy = await _proxy(_config(legacy, cand, "shadow", "", baseline))
+    try:
+        got = await raw_exchange(
+            proxy.address[1],
+            b"GET /api/o2 HTTP/1.1\r\nHost: shop.internal\r\nX-Forwarded-Proto: https\r\n"
+            b"X-Forwarded-Host: www.shop.example\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n",
+        )
+        assert got.status == 200
+        legs = 2 if baseline else 1
+
+        def seen() -> list[Received]:
+            return [r for r in legacy.received + cand.received if r.target == b"/api/o2"]
+
+        await wait_until(lambda: len(seen()) == legs + 1)
+        for rec in seen():
+            assert rec.header(b"x-forwarded-proto") == [b"https"]
+            assert rec.header(b"x-forwarded-host") == [b"www.shop.example"]
+            assert rec.header(b"x-forwarded-for") == [b"203.0.113.7, 127.0.0.1"]
     finally:
         await proxy.stop(0.5)

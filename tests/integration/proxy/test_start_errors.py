@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -18,7 +20,7 @@ from proxy.handlers import start_handler_app
 from proxy.settings import BackendSettings, loads
 from tests.integration.proxy.conftest import write_served_config
 from tests.support import free_port, start_serve, stop_process, wait_admin_ready
-from tests.upstreams import EchoUpstream
+from tests.upstreams import EchoUpstream, raw_exchange
 
 
 @pytest.fixture
@@ -161,3 +163,55 @@ async def test_workers_that_die_at_start_exit_2(tmp_path: Path, upstream: EchoUp
             await proc.wait()
     assert proc.returncode == 2, err.decode()
     assert "strangler serve: workers failed to start" in err.decode()
+
+
+async def _ready(session: aiohttp.ClientSession, admin: int) -> bool:
+    try:
+        async with session.get(f"http://127.0.0.1:{admin}/-/ready") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(["--workers", "2"], ["--workers", "2"]), ([], ["--workers", "2"]), (["--workers", "2"], [])],
+    ids=["workers-workers", "single-workers", "workers-single"],
+)
+async def test_two_serves_started_at_once_on_one_port_one_exits_2(
+    tmp_path: Path, upstream: EchoUpstream, first: list[str], second: list[str]
+) -> None:
+    """The supervisor's port probe let go of the port before its workers bound it: two
+    instances started together both served it (SO_REUSEPORT), users split between two
+    configs; or the other one's bind made the workers fail ("workers failed to start")."""
+    port = free_port()
+    admins = [free_port(), free_port()]
+    procs = []
+    for name, args, admin in zip("ab", (first, second), admins, strict=True):
+        (tmp_path / name).mkdir()
+        cfg = _config(tmp_path / name, upstream, port, admin)
+        procs.append(await start_serve(cfg, *args, stderr=asyncio.subprocess.PIPE))
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = time.monotonic() + 60
+            while True:
+                exited = [p for p in procs if p.returncode is not None]
+                ready = [await _ready(session, a) for a in admins]
+                if exited and any(ready):
+                    break
+                assert not all(ready), f"both instances serve port {port}"
+                assert len(exited) < 2, f"neither started: {[p.returncode for p in procs]}"
+                assert time.monotonic() < deadline, "no outcome"
+                await asyncio.sleep(0.05)
+        [loser] = exited
+        assert loser.stderr is not None
+        err = (await loser.stderr.read()).decode()
+        assert loser.returncode == 2, err
+        assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err, err
+        assert err.startswith("strangler serve: cannot start: "), err
+        assert "address already in use" in err and "127.0.0.1" in err and str(port) in err, err
+        got = await raw_exchange(port, b"GET /echo HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        assert got.status == 200
+    finally:
+        for proc in procs:
+            assert await stop_process(proc) in (0, 2)

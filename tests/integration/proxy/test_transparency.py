@@ -1,7 +1,7 @@
 """A request through strangler must look like a direct one, apart from documented headers.
 
-Documented proxy headers: requests gain `X-Forwarded-For` (appended), `X-Forwarded-Proto`,
-`X-Forwarded-Host`, `Via` and `X-Request-Id` (when absent); hop-by-hop headers are
+Documented proxy headers: requests gain `X-Forwarded-For` (appended), `X-Forwarded-Proto` and
+`X-Forwarded-Host` (when absent), `Via` and `X-Request-Id` (when absent); hop-by-hop headers are
 removed. Responses gain `Via` and lose hop-by-hop headers.
 """
 
@@ -504,3 +504,41 @@ async def test_a_tunnel_probes_both_of_its_connections_with_tcp_keepalive(stack:
         assert any(_keepalive_armed(p, stack.upstream.port) for p in proxy_side)
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "proto", "host"),
+    [
+        ([("X-Forwarded-Proto", "https")], b"https", b"shop.example"),
+        ([("X-Forwarded-Host", "www.shop.example")], b"http", b"www.shop.example"),
+        (
+            [("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "www.shop.example:443")],
+            b"https",
+            b"www.shop.example:443",
+        ),
+        # a chain of proxies: the first value is the one the client-facing hop gave
+        (
+            [
+                ("X-Forwarded-Proto", " https , http"),
+                ("X-Forwarded-Host", "www.shop.example, lb.internal"),
+                ("X-Forwarded-Proto", "http"),
+                ("X-Forwarded-Host", "other.internal"),
+            ],
+            b"https",
+            b"www.shop.example",
+        ),
+        # an empty one says nothing: ours is set
+        ([("X-Forwarded-Proto", ""), ("X-Forwarded-Host", " ")], b"http", b"shop.example"),
+    ],
+    ids=["proto", "host", "both", "chain", "empty"],
+)
+async def test_incoming_x_forwarded_proto_and_host_are_kept(
+    stack: Stack, headers: list[tuple[str, str]], proto: bytes, host: bytes
+) -> None:
+    # behind a TLS-terminating load balancer the monolith must still see https (found in
+    # review: both were replaced by http and the Host, so redirects went to http://)
+    await raw_exchange(stack.port, _req("GET", "/echo", headers))
+    rec = stack.upstream.received[-1]
+    assert rec.header(b"x-forwarded-proto") == [proto]
+    assert rec.header(b"x-forwarded-host") == [host]
+    assert rec.header(b"x-forwarded-for") == [b"127.0.0.1"]
