@@ -33,7 +33,7 @@ from proxy.settings import load
 from proxy.ui import add_ui_routes
 from shadow.record import ComparisonRecord, DiffExample
 from shadow.store import Store
-from tests.support import free_port, wait_until
+from tests.support import free_port, stop_after_test, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -125,7 +125,7 @@ async def ui_stack(
         yield UiStack(proxy, f"http://127.0.0.1:{_port(runner)}")
     finally:
         await runner.cleanup()
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
         await legacy.cleanup()
         await candidate.cleanup()
 
@@ -595,7 +595,7 @@ async def test_store_down_keeps_live_counters(tmp_path: Path) -> None:
             status, data, _ = await _get(s, f"http://127.0.0.1:{_port(runner)}/-/api/overview")
     finally:
         await runner.cleanup()
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
         await legacy.cleanup()
         await candidate.cleanup()
     assert status == 200
