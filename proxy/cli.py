@@ -186,18 +186,33 @@ def replay(
     )
 
 
-@main.group()
+class _MigrateGroup(click.Group):
+    """The `migrate` group, whose subcommands are defined with their implementation
+    (`proxy.migrate_cli`, which pulls in SQLAlchemy, aiohttp and ruamel.yaml): attached the
+    first time the group is listed or a subcommand looked up, so that every other command
+    (`check`, `explain`, `--help` ...) starts without importing them."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        try:
+            from proxy.migrate_cli import register
+        except ImportError:  # pragma: no cover - during development only
+            return
+        register(self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load()
+        return super().get_command(ctx, cmd_name)
+
+
+@main.group(cls=_MigrateGroup)
 def migrate() -> None:
     """Gated step-by-step migration of routes (edits the routing YAML, comments kept)."""
-
-
-def _register_migrate() -> None:
-    """Attach the migrate subcommands (defined with their implementation)."""
-    try:
-        from proxy.migrate_cli import register
-    except ImportError:  # pragma: no cover - during development only
-        return
-    register(migrate)
-
-
-_register_migrate()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.demo_run import DemoRun, run_demo_once
 from tests.support import free_port
 
 PG_URL_ENV = "STRANGLER_TEST_PG_URL"
@@ -57,3 +58,9 @@ def sqlite_url(tmp_path: os.PathLike[str]) -> str:
 def port() -> int:
     """A free loopback TCP port."""
     return free_port()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """One `strangler demo` (what `make demo` runs) for the session; see tests/demo_run.py."""
+    return run_demo_once(tmp_path_factory.mktemp("demo-run"))

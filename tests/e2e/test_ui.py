@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import pytest_asyncio
 from aiohttp import web
 from playwright.async_api import Browser, FloatRect, Page, async_playwright, expect
 
@@ -33,7 +34,7 @@ from proxy.settings import load
 from proxy.ui import add_ui_routes
 from shadow.record import ComparisonRecord, DiffExample
 from shadow.store import Store
-from tests.support import free_port, wait_until
+from tests.support import free_port, stop_after_test, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -125,7 +126,7 @@ async def ui_stack(
         yield UiStack(proxy, f"http://127.0.0.1:{_port(runner)}")
     finally:
         await runner.cleanup()
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
         await legacy.cleanup()
         await candidate.cleanup()
 
@@ -141,6 +142,26 @@ async def chromium() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+# The tests that drive the browser run in the module's event loop, where it was launched.
+_SHARED_LOOP = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def _chromium() -> AsyncIterator[Browser]:
+    """One headless Chromium for the module: each launch took ~0.8 s of a test's 2 s."""
+    async with chromium() as browser:
+        yield browser
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def browser(_chromium: Browser) -> AsyncIterator[Browser]:
+    """The module's Chromium; a test's pages each get their own fresh browser context
+    (`new_page`), and whatever a test leaves open is closed after it."""
+    yield _chromium
+    for context in _chromium.contexts:
+        await context.close()
 
 
 def _watch(page: Page, base: str) -> list[str]:
@@ -282,16 +303,14 @@ TWO_ROUTES = """
 """
 
 
+@_SHARED_LOOP
 async def test_dashboard_shows_rates_and_the_highlighted_difference(
-    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    browser: Browser, tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("STRANGLER_UI_TEST_TOKEN", TOKEN)
     ARTIFACTS.mkdir(exist_ok=True)
     now = datetime.now(UTC)
-    async with (
-        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, two_routes_records(now)) as stack,
-        chromium() as browser,
-    ):
+    async with ui_stack(tmp_path, sqlite_url, TWO_ROUTES, two_routes_records(now)) as stack:
         async with aiohttp.ClientSession() as s:  # live traffic on a legacy-only route
             for _ in range(7):
                 async with s.get(stack.data_plane + "/health") as r:
@@ -411,10 +430,13 @@ def many_routes(n: int) -> tuple[str, list[ComparisonRecord]]:
     return "".join(routes), records
 
 
-async def test_two_hundred_routes_render_quickly(tmp_path: Path, sqlite_url: str) -> None:
+@_SHARED_LOOP
+async def test_two_hundred_routes_render_quickly(
+    browser: Browser, tmp_path: Path, sqlite_url: str
+) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     routes, records = many_routes(200)
-    async with ui_stack(tmp_path, sqlite_url, routes, records) as stack, chromium() as browser:
+    async with ui_stack(tmp_path, sqlite_url, routes, records) as stack:
         async with aiohttp.ClientSession() as s:
             t0 = time.perf_counter()
             async with s.get(stack.base + "/-/api/overview?since=1h") as r:
@@ -595,7 +617,7 @@ async def test_store_down_keeps_live_counters(tmp_path: Path) -> None:
             status, data, _ = await _get(s, f"http://127.0.0.1:{_port(runner)}/-/api/overview")
     finally:
         await runner.cleanup()
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
         await legacy.cleanup()
         await candidate.cleanup()
     assert status == 200
@@ -606,8 +628,9 @@ async def test_store_down_keeps_live_counters(tmp_path: Path) -> None:
     assert rows["order-list"]["mismatch_rate"] is None
 
 
+@_SHARED_LOOP
 async def test_ids_past_2_to_the_53_show_their_exact_digits(
-    tmp_path: Path, sqlite_url: str
+    browser: Browser, tmp_path: Path, sqlite_url: str
 ) -> None:
     """A browser reads JSON numbers as doubles: a candidate's id off by one (a 64-bit id,
     as snowflake ids are) showed the same rounded number on both sides of the diff."""
@@ -624,10 +647,7 @@ async def test_ids_past_2_to_the_53_show_their_exact_digits(
         candidate_body={"id": candidate_id, "owner": {"ids": [legacy_id]}, "total": "1.00"},
         diffs=[DiffExample("$.id", "$.id", legacy_id, candidate_id)],
     )
-    async with (
-        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack,
-        chromium() as browser,
-    ):
+    async with ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack:
         page = await browser.new_page(viewport={"width": 1360, "height": 820})
         problems = _watch(page, stack.base)
         await page.goto(stack.page_url + "#/routes/order-show")
@@ -648,7 +668,10 @@ async def test_ids_past_2_to_the_53_show_their_exact_digits(
         assert problems == []
 
 
-async def test_long_values_show_where_they_differ(tmp_path: Path, sqlite_url: str) -> None:
+@_SHARED_LOOP
+async def test_long_values_show_where_they_differ(
+    browser: Browser, tmp_path: Path, sqlite_url: str
+) -> None:
     """Both sides were cut at 80 characters: two URLs differing after that read the same."""
     image = "https://cdn.example.com/images/products/12345/large-variant-with-a-long-name.jpg?v="
     legacy_body = {"image": image + "1", "total": "1.00"}
@@ -665,10 +688,7 @@ async def test_long_values_show_where_they_differ(tmp_path: Path, sqlite_url: st
         candidate_body=candidate_body,
         diffs=[DiffExample("$.image", "$.image", image + "1", image + "2")],
     )
-    async with (
-        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack,
-        chromium() as browser,
-    ):
+    async with ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack:
         page = await browser.new_page(viewport={"width": 1360, "height": 820})
         problems = _watch(page, stack.base)
         await page.goto(stack.page_url + "#/routes/order-show")
@@ -681,8 +701,9 @@ async def test_long_values_show_where_they_differ(tmp_path: Path, sqlite_url: st
         assert problems == []
 
 
+@_SHARED_LOOP
 async def test_a_status_mismatch_between_json_bodies_is_not_called_non_json(
-    tmp_path: Path, sqlite_url: str
+    browser: Browser, tmp_path: Path, sqlite_url: str
 ) -> None:
     """Equal JSON bodies under different statuses: the page said the bodies were not JSON."""
     at = datetime.now(UTC) - timedelta(minutes=1)
@@ -697,10 +718,7 @@ async def test_a_status_mismatch_between_json_bodies_is_not_called_non_json(
         candidate_body={"id": 42},
         diffs=[DiffExample("status", "status", 200, 201)],
     )
-    async with (
-        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack,
-        chromium() as browser,
-    ):
+    async with ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack:
         page = await browser.new_page(viewport={"width": 1360, "height": 820})
         problems = _watch(page, stack.base)
         await page.goto(stack.page_url + "#/routes/order-show")
@@ -710,15 +728,13 @@ async def test_a_status_mismatch_between_json_bodies_is_not_called_non_json(
         assert problems == []
 
 
+@_SHARED_LOOP
 async def test_a_link_with_a_stray_percent_does_not_stop_the_page(
-    tmp_path: Path, sqlite_url: str
+    browser: Browser, tmp_path: Path, sqlite_url: str
 ) -> None:
     """`#/routes/100%` threw in the poller before its first request: the page said
     `connecting…` for good and never refreshed, even after going back to the overview."""
-    async with (
-        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, []) as stack,
-        chromium() as browser,
-    ):
+    async with ui_stack(tmp_path, sqlite_url, TWO_ROUTES, []) as stack:
         page = await browser.new_page(viewport={"width": 1360, "height": 820})
         problems = _watch(page, stack.base)
         await page.goto(stack.page_url + "#/routes/100%")
@@ -728,7 +744,10 @@ async def test_a_link_with_a_stray_percent_does_not_stop_the_page(
         assert [p for p in problems if "status of 404" not in p] == []  # the route's 404
 
 
-async def test_more_differing_paths_than_shown_are_counted(tmp_path: Path, sqlite_url: str) -> None:
+@_SHARED_LOOP
+async def test_more_differing_paths_than_shown_are_counted(
+    browser: Browser, tmp_path: Path, sqlite_url: str
+) -> None:
     """The route page lists the top 20 differing paths; the others went unmentioned."""
     at = datetime.now(UTC) - timedelta(minutes=1)
     diffs = [DiffExample(f"$.field{i:02d}", f"$.field{i:02d}", 1, 2) for i in range(25)]
@@ -743,10 +762,7 @@ async def test_more_differing_paths_than_shown_are_counted(tmp_path: Path, sqlit
         candidate_body={f"field{i:02d}": 2 for i in range(25)},
         diffs=diffs,
     )
-    async with (
-        ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack,
-        chromium() as browser,
-    ):
+    async with ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack:
         page = await browser.new_page(viewport={"width": 1360, "height": 820})
         problems = _watch(page, stack.base)
         await page.goto(stack.page_url + "#/routes/order-show")

@@ -22,7 +22,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
 from shadow.recorder import RouteCounters
-from tests.support import wait_until
+from tests.support import stop_after_test, wait_until
 from tests.upstreams import EchoUpstream, raw_exchange
 
 SHADOW_TIMEOUT = 0.5
@@ -125,7 +125,7 @@ routes:
             t.abort()
         pool = proxy._backends["orders"].pool
         await wait_until(lambda: pool.active == 0 and not open_, timeout=5)
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
         server.close()
         for task in tasks:
             task.cancel()

@@ -17,7 +17,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import create_proxy
 from proxy.settings import loads
 from shadow.recorder import RouteCounters
-from tests.support import wait_until
+from tests.support import stop_after_test, wait_until
 from tests.upstreams import EchoUpstream, raw_exchange
 
 
@@ -116,7 +116,7 @@ routes:
         assert rss1 - rss0 < 50 * 1024
     finally:
         release.set()
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
         server.close()
         await asyncio.gather(*tasks, return_exceptions=True)
         await server.wait_closed()

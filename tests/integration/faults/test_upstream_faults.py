@@ -21,7 +21,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import create_proxy
 from proxy.settings import loads
 from tests.integration.proxy.conftest import proxy_config
-from tests.support import wait_until
+from tests.support import stop_after_test, wait_until
 from tests.upstreams import RawResponse, raw_exchange
 
 _LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
@@ -93,7 +93,7 @@ def _run(loop_kind: str, fault: str) -> tuple[list[tuple[int, bool, float]], int
             for t in list(open_):
                 t.abort()
             await wait_until(lambda: not open_, timeout=5)
-            await proxy.stop(1.0)
+            await stop_after_test(proxy, 1.0)
             server.close()
             await server.wait_closed()
         return results, active
@@ -169,7 +169,7 @@ def _cut_close_delimited(loop_kind: str, version: bytes) -> tuple[bytes, bool]:
                     reset = True
             writer.close()
         finally:
-            await proxy.stop(1.0)
+            await stop_after_test(proxy, 1.0)
             server.close()
             await server.wait_closed()
         return got, reset

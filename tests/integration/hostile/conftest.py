@@ -14,6 +14,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
 from tests.integration.proxy.conftest import proxy_config
+from tests.support import stop_after_test
 from tests.upstreams import EchoUpstream, raw_exchange
 
 
@@ -83,7 +84,7 @@ async def hostile_stack(
         try:
             yield Hostile(proxy, legacy, orders)
         finally:
-            await proxy.stop(1.0)
+            await stop_after_test(proxy, 1.0)
     finally:
         await legacy.close()
         await orders.close()

@@ -14,6 +14,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import AdminSettings, load, loads
 from tests.integration.proxy.conftest import proxy_config
+from tests.support import stop_after_test
 from tests.upstreams import EchoUpstream
 
 TOKEN = "tok-3f1c9a7e5b2d4c6e8a0b"  # a test value, not a credential
@@ -49,7 +50,7 @@ async def admin(
     proxy = create_proxy(load(str(path)), access_log=AccessLog(log, enabled=True))
     await proxy.start()
     yield _Admin(proxy, path, log, store)
-    await proxy.stop(1.0)
+    await stop_after_test(proxy, 1.0)
 
 
 @pytest.fixture
@@ -139,7 +140,7 @@ async def test_config_endpoint_masks_a_password_in_the_query(
             async with s.get(f"http://{host}:{port}/-/config") as r:
                 raw = await r.text()
     finally:
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
     assert QUERY_PASSWORD not in raw
 
 

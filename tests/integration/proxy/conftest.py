@@ -14,6 +14,7 @@ import pytest
 from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import Settings, loads
+from tests.support import stop_after_test
 from tests.upstreams import EchoUpstream
 
 
@@ -77,7 +78,7 @@ async def stack(upstream: EchoUpstream) -> AsyncIterator[Stack]:
     proxy = create_proxy(settings, access_log=AccessLog(enabled=False))
     await proxy.start()
     yield Stack(proxy, upstream)
-    await proxy.stop(1.0)
+    await stop_after_test(proxy, 1.0)
 
 
 StackFactory = Callable[[Settings], Proxy]

@@ -17,7 +17,7 @@ from aiohttp import web
 from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
-from tests.support import wait_until
+from tests.support import stop_after_test, wait_until
 
 __all__ = ["Side", "shadow_stack", "start_app"]
 
@@ -169,6 +169,6 @@ async def shadow_stack(
     finally:
         legacy.release.set()
         candidate.release.set()
-        await proxy.stop(2.0)
+        await stop_after_test(proxy, 2.0)
         for r in runners:
             await r.cleanup()

@@ -19,7 +19,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.breaker import CLOSED, HALF_OPEN
 from proxy.settings import loads
-from tests.support import reset_while_waiting, wait_until
+from tests.support import reset_while_waiting, stop_after_test, wait_until
 from tests.upstreams import EchoUpstream, raw_exchange, read_responses
 
 
@@ -112,7 +112,7 @@ async def test_a_candidate_that_stops_reading_uploads_opens_its_breaker(
             await wait_until(lambda: plane.in_flight == 0)
         assert breaker.state == 1  # open: the candidate held five users back
     finally:
-        await proxy.stop(0.5)
+        await stop_after_test(proxy, 0.5)
         for t in transports:
             t.abort()
         server.close()
@@ -139,7 +139,7 @@ async def test_users_cancelling_their_uploads_are_no_verdict(legacy: EchoUpstrea
             await wait_until(lambda: plane.in_flight == 0)
         assert (breaker.state, breaker.consecutive, breaker.failures_in_window) == (0, 0, 0)
     finally:
-        await proxy.stop(0.5)
+        await stop_after_test(proxy, 0.5)
         await candidate.close()
 
 
@@ -175,7 +175,7 @@ async def test_a_request_from_before_the_breaker_opened_never_frees_the_probe_tu
         assert not any(r.target == b"/api/next" for r in candidate.received)
         probe_writer.transport.abort()
     finally:
-        await proxy.stop(0.5)
+        await stop_after_test(proxy, 0.5)
         await candidate.close()
 
 
@@ -198,7 +198,7 @@ async def test_a_refused_request_gives_the_probe_turn_back(legacy: EchoUpstream)
         assert [r.target for r in candidate.received] == [b"/api/good"]
         assert breaker.state == CLOSED  # the probe answered
     finally:
-        await proxy.stop(0.5)
+        await stop_after_test(proxy, 0.5)
         await candidate.close()
 
 
@@ -228,7 +228,7 @@ async def test_a_coding_an_http10_client_cannot_receive_is_no_verdict(
             assert (breaker.state, breaker.consecutive, breaker.failures_in_window) == (0, 0, 0)
         assert len(legacy.received) == 3
     finally:
-        await proxy.stop(0.5)
+        await stop_after_test(proxy, 0.5)
         await candidate.close()
 
 
@@ -259,5 +259,5 @@ async def test_a_pipelined_request_waiting_when_the_breaker_opens_goes_to_legacy
         assert [r.target for r in candidate.received] == [b"/api/first"]
         assert [r.target for r in legacy.received] == [b"/api/second"]
     finally:
-        await proxy.stop(0.5)
+        await stop_after_test(proxy, 0.5)
         await candidate.close()

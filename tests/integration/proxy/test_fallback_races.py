@@ -18,7 +18,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import create_proxy
 from proxy.settings import loads
 from tests.integration.proxy.conftest import proxy_config
-from tests.support import wait_until
+from tests.support import stop_after_test, wait_until
 from tests.upstreams import EchoUpstream, raw_exchange
 
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\ncandidate"
@@ -118,4 +118,4 @@ async def test_a_late_candidate_connection_never_serves_legacy_traffic(
             assert got.status == 200 and b"candidate" not in got.body
         assert [r.method for r in upstream.received].count(b"POST") == 2
     finally:
-        await proxy.stop(0.5)
+        await stop_after_test(proxy, 0.5)

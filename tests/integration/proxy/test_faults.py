@@ -16,7 +16,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
 from tests.integration.proxy.conftest import Stack, proxy_config
-from tests.support import free_port, wait_until
+from tests.support import free_port, stop_after_test, wait_until
 from tests.upstreams import EchoUpstream, RawResponse, raw_exchange, read_response
 
 GET = b"GET /%s HTTP/1.1\r\nHost: shop.example\r\n\r\n"
@@ -31,7 +31,7 @@ async def down_proxy() -> AsyncIterator[Proxy]:
     )
     await proxy.start()
     yield proxy
-    await proxy.stop(1.0)
+    await stop_after_test(proxy, 1.0)
 
 
 async def test_backend_down_gives_502_json_naming_backend(down_proxy: Proxy) -> None:
@@ -133,7 +133,7 @@ async def test_failed_connect_retried_once_for_idempotent_only(upstream: object)
         # GET: first connect + one retry; POST: one connect, no retry
         assert line.endswith(" 3.0")
     finally:
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
 
 
 @dataclass
@@ -163,7 +163,7 @@ async def _queued_behind_one(upstream: EchoUpstream) -> AsyncIterator[_Queued]:
         await wait_until(lambda: len(pool._waiters) == 1, timeout=5)  # it waits for the one
         yield _Queued(proxy, held[0], first, second)
     finally:
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
 from tests.integration.proxy.conftest import Stack, proxy_config
-from tests.support import close_writer, wait_until
+from tests.support import close_writer, stop_after_test, wait_until
 from tests.upstreams import EchoUpstream, Received, read_response
 
 
@@ -65,7 +65,7 @@ async def _proxy_to(port: int, extra: str = "") -> AsyncIterator[Proxy]:
     try:
         yield proxy
     finally:
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
 
 
 def _reads_paused(proxy: Proxy) -> bool:

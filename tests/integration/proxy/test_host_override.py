@@ -14,7 +14,7 @@ import pytest
 from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
-from tests.support import wait_until
+from tests.support import stop_after_test, wait_until
 from tests.upstreams import EchoUpstream, Received, raw_exchange
 
 
@@ -82,7 +82,7 @@ async def test_a_fallback_to_legacy_carries_legacys_host(
         served = [h for h in _hosts(legacy, b"/api/x")]
         assert served[0] == [legacy_host.encode() or b"shop.example"]
     finally:
-        await proxy.stop(0.5)
+        await stop_after_test(proxy, 0.5)
 
 
 @pytest.mark.parametrize("baseline", [False, True])
@@ -106,7 +106,7 @@ async def test_shadow_copies_carry_the_host_of_the_backend_they_go_to(
         assert _hosts(legacy, b"/api/o1") == [served] * legs
         assert _hosts(cand, b"/api/o1") == [[b"orders.internal"]]
     finally:
-        await proxy.stop(0.5)
+        await stop_after_test(proxy, 0.5)
 
 
 async def test_an_http10_request_without_host_gets_the_host_of_the_backend_it_goes_to(
@@ -129,7 +129,7 @@ async def test_an_http10_request_without_host_gets_the_host_of_the_backend_it_go
         assert _hosts(legacy, b"/api/x")
         assert all(h == [b"127.0.0.1:%d" % legacy.port] for h in _hosts(legacy, b"/api/x"))
     finally:
-        await proxy.stop(0.5)
+        await stop_after_test(proxy, 0.5)
 
 
 @pytest.mark.parametrize("cand_host", ["orders.internal", ""])
@@ -155,7 +155,7 @@ async def test_an_http10_request_without_host_is_copied_with_each_backends_host(
         assert _hosts(legacy, b"/api/o1") == [[legacy_host.encode() or legacy_auth]] * 2
         assert _hosts(cand, b"/api/o1") == [[cand_host.encode() or cand_auth]]
     finally:
-        await proxy.stop(0.5)
+        await stop_after_test(proxy, 0.5)
 
 
 @pytest.mark.parametrize("baseline", [False, True])
@@ -184,4 +184,4 @@ async def test_shadow_copies_carry_the_served_requests_forwarded_headers(
             assert rec.header(b"x-forwarded-host") == [b"www.shop.example"]
             assert rec.header(b"x-forwarded-for") == [b"203.0.113.7, 127.0.0.1"]
     finally:
-        await proxy.stop(0.5)
+        await stop_after_test(proxy, 0.5)

@@ -8,7 +8,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import create_proxy
 from proxy.settings import loads
 from tests.integration.proxy.conftest import proxy_config
-from tests.support import wait_until
+from tests.support import stop_after_test, wait_until
 from tests.upstreams import EchoUpstream, raw_exchange
 
 GET = b"GET /pool HTTP/1.1\r\nHost: shop.test\r\n\r\n"
@@ -32,4 +32,4 @@ async def test_idle_connection_is_reused_then_closed_after_idle_timeout(
         assert (await raw_exchange(port, GET)).status == 200
         assert upstream.connections == 2  # a fresh one after the expiry
     finally:
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)

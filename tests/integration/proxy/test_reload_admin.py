@@ -17,7 +17,7 @@ from proxy.app import Proxy, create_proxy
 from proxy.settings import load
 from shadow.redact import KEY_ENV
 from tests.integration.proxy.conftest import proxy_config
-from tests.support import free_port, start_serve, stop_process, wait_admin_ready
+from tests.support import free_port, start_serve, stop_after_test, stop_process, wait_admin_ready
 from tests.upstreams import EchoUpstream
 
 TOKEN = "test-admin-token"
@@ -57,7 +57,7 @@ async def admin_stack(
     proxy = create_proxy(load(str(path)), access_log=AccessLog(log, enabled=True))
     await proxy.start()
     yield _AdminStack(proxy, path, log)
-    await proxy.stop(1.0)
+    await stop_after_test(proxy, 1.0)
 
 
 async def test_health_ready_metrics_config_routes(admin_stack: _AdminStack) -> None:
@@ -221,7 +221,7 @@ async def test_a_reload_applies_new_redaction_paths(tmp_path: Path, upstream: Ec
         assert ok, errors
         assert b"Ann" not in proxy.hub.redactor.redact_body(doc, "application/json", None)
     finally:
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

@@ -26,7 +26,7 @@ from tests.integration.proxy.shadow_support import (
     shadow_stack,
     start_app,
 )
-from tests.support import reset_while_waiting, wait_until
+from tests.support import reset_while_waiting, stop_after_test, wait_until
 
 SHADOW_ROUTE = """
   - name: orders
@@ -393,7 +393,7 @@ async def test_clients_at_fault_are_no_verdict_and_users_who_give_up_are(tmp_pat
         assert breaker.state == 1  # open: the next users go to legacy
     finally:
         candidate.release.set()
-        await proxy.stop(2.0)
+        await stop_after_test(proxy, 2.0)
         for r in runners:
             await r.cleanup()
 
@@ -460,7 +460,7 @@ routes:
         await wait_until(lambda: _ended(proxy, 3), timeout=10)
         assert _counters(proxy).outcomes == {"match": 3}, _counters(proxy)
     finally:
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
         for s in servers:
             s.close()
 

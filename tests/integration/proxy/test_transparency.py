@@ -19,6 +19,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import create_proxy
 from proxy.settings import loads
 from tests.integration.proxy.conftest import Stack, proxy_config
+from tests.support import stop_after_test
 from tests.upstreams import (
     GZIP_BODY,
     EchoUpstream,
@@ -358,7 +359,7 @@ async def test_a_declined_upgrade_leaves_the_connection_usable(together: bool) -
         assert (after.status, after.body) == (200, b"/b")
         assert backend.targets == [b"/a", b"/b"]
     finally:
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
         await backend.close()
 
 
@@ -439,7 +440,7 @@ async def test_host_rewritten_per_backend_when_configured(upstream: EchoUpstream
     try:
         await raw_exchange(proxy.address[1], _req("GET", "/echo"))
     finally:
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
     rec = upstream.received[-1]
     assert rec.header(b"host") == [b"legacy.internal"]
     assert rec.header(b"x-forwarded-host") == [b"shop.example"]

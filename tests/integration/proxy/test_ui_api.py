@@ -16,6 +16,7 @@ from proxy.settings import load
 from shadow.record import ComparisonRecord
 from shadow.store import Store
 from tests.integration.proxy.conftest import proxy_config
+from tests.support import stop_after_test
 from tests.upstreams import EchoUpstream
 
 
@@ -52,7 +53,7 @@ async def _admin(
     try:
         yield proxy, f"http://{host}:{port}"
     finally:
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
 
 
 async def _get(url: str) -> tuple[int, Any]:

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import load
+from tests.support import stop_after_test
 from tests.upstreams import EchoUpstream
 
 DASHBOARD = Path(__file__).resolve().parents[3] / "config" / "grafana" / "strangler.json"
@@ -146,7 +147,7 @@ routes:
     try:
         yield proxy
     finally:
-        await proxy.stop(1.0)
+        await stop_after_test(proxy, 1.0)
         await legacy.close()
         await candidate.close()
 
