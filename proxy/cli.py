@@ -198,10 +198,8 @@ class _MigrateGroup(click.Group):
         if self._loaded:
             return
         self._loaded = True
-        try:
-            from proxy.migrate_cli import register
-        except ImportError:  # pragma: no cover - during development only
-            return
+        from proxy.migrate_cli import register  # an import error must show, not hide commands
+
         register(self)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
