@@ -4,7 +4,10 @@ Signals: SIGHUP reloads (validated whole; a bad file keeps the old config), SIGT
 SIGINT stop accepting, drain in-flight requests within the grace period, then exit.
 With `--workers N` the supervisor runs the admin listener, aggregates the workers'
 metrics (Prometheus multiprocess mode), fans reloads out and restarts dead workers
-(with a per-worker backoff); it is ready while every worker is. Workers (and their shadow
+(with a per-worker backoff); it is ready while every worker is. Each worker's event loop
+beats into a pipe every 0.5 s; one silent for 2 s counts as not ready and one silent for
+10 s is hung (a CPU-bound bug, a deadlock, SIGSTOP): it is killed and restarted, since the
+kernel would go on handing it its share of new connections. Workers (and their shadow
 helpers) load the config the supervisor last loaded, from a snapshot it keeps, not the file
 on disk: one restarted after a crash runs what the others run, even if the file was edited
 since (or broken) and not reloaded.
@@ -28,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from proxy.holds import STATE_DIR_ENV
+from proxy.lifeline import HEARTBEAT_ENV, Pulse, start_heartbeat
 from proxy.settings import ConfigError, Settings, load, loads
 from shadow.redact import warn_if_unkeyed
 
@@ -217,6 +221,7 @@ async def _serve_one(
 
     _hup_handler(loop, on_hup)
     if worker:
+        start_heartbeat(loop)  # before the ready file: a worker seen up is beating
         ready_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if ready_dir:
             Path(ready_dir, f"{_READY_PREFIX}{os.getpid()}").touch()
@@ -243,6 +248,8 @@ async def _serve_one(
 _BACKOFF_MIN_S = 1.0  # a dead worker's first restart; doubled per quick death
 _BACKOFF_MAX_S = 30.0
 _HEALTHY_S = 60.0  # a worker that lived this long died of something new: back to the minimum
+_SILENT_S = 2.0  # a worker whose loop beat no more for this long is not ready (4 beats missed)
+_HUNG_S = 10.0  # ... and for this long is hung: killed and restarted (no loop stalls so long)
 
 
 class _Workers:
@@ -260,6 +267,7 @@ class _Workers:
         self._started: list[float] = []  # per slot: when its process was started
         self._quick_deaths: list[int] = []  # per slot: deaths in a row before _HEALTHY_S
         self._due: list[float | None] = []  # per slot: when a dead one is started again
+        self._pulses: list[Pulse | None] = []  # per slot: its worker's heartbeat
 
     def spawn(self, slot: int) -> subprocess.Popen[bytes]:
         """Start the worker of `slot` (0-based) with SIGHUP blocked (the mask is inherited):
@@ -269,21 +277,46 @@ class _Workers:
         args = [sys.executable, "-m", "proxy.worker", self.config_path, str(os.getpid())]
         if self.count > 1:
             args.append(str(slot + 1))
+        old = self._pulses[slot]
+        if old is not None:
+            old.close()
+        pulse = self._pulses[slot] = Pulse()
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             return subprocess.Popen(
                 args,
-                env=self.env,
+                env={**self.env, HEARTBEAT_ENV: str(pulse.fd)},
                 stdin=subprocess.DEVNULL,
+                pass_fds=(pulse.fd,),
             )
         finally:
+            pulse.handed()
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def start(self) -> None:
+        self._pulses = [None] * self.count
         self.procs = [self.spawn(i) for i in range(self.count)]
         self._started = [time.monotonic()] * self.count
         self._quick_deaths = [0] * self.count
         self._due = [None] * self.count
+
+    def _silent_s(self, slot: int, now: float) -> float | None:
+        """Seconds the worker of `slot` has not beaten; None before its first beat."""
+        pulse = self._pulses[slot]
+        return None if pulse is None else pulse.silent_s(now)
+
+    def _kill_if_hung(self, slot: int, proc: subprocess.Popen[bytes], now: float) -> None:
+        """SIGKILL a worker silent for _HUNG_S (SIGTERM would wait on the stuck loop); the
+        next `reap` restarts it like any dead worker."""
+        silent = self._silent_s(slot, now)
+        pulse = self._pulses[slot]
+        if silent is None or silent < _HUNG_S or pulse is None:
+            return
+        pulse.last = None  # killed once: said once
+        line = {"event": "worker_hung", "pid": proc.pid, "silent_s": round(silent, 1)}
+        print(json.dumps(line), flush=True)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
 
     def reap(self) -> None:
         """Restart workers that died (unless we are stopping), after a per-slot backoff:
@@ -293,7 +326,10 @@ class _Workers:
 
         now = time.monotonic()
         for i, proc in enumerate(self.procs):
-            if self.stopping or proc.poll() is None:
+            if self.stopping:
+                continue
+            if proc.poll() is None:
+                self._kill_if_hung(i, proc, now)
                 continue
             due = self._due[i]
             if due is None:  # just died
@@ -324,8 +360,13 @@ class _Workers:
 
     def unready(self) -> str | None:
         """None when every slot's worker runs and is up, else why not (for /-/ready)."""
+        now = time.monotonic()
         down = sum(
-            1 for p in self.procs if p.poll() is not None or not self._ready_file(p).exists()
+            1
+            for i, p in enumerate(self.procs)
+            if p.poll() is not None
+            or not self._ready_file(p).exists()
+            or (self._silent_s(i, now) or 0.0) >= _SILENT_S
         )
         return f"{down} of {self.count} workers not ready" if down else None
 

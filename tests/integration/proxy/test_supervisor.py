@@ -22,6 +22,7 @@ from tests.support import (
     stop_process,
     wait_admin_ready,
     wait_for,
+    wait_until,
 )
 from tests.upstreams import EchoUpstream
 
@@ -345,3 +346,42 @@ async def test_workers_of_a_crlf_config_report_the_supervisors_version(
         assert live == {version}, text
     finally:
         await stop_process(proc)
+
+
+async def test_a_hung_worker_is_killed_and_replaced(served: _Served) -> None:
+    """A worker whose event loop stopped (here SIGSTOP; a CPU-bound bug or a deadlock alike)
+    kept its share of the port: about half the new connections hung forever while /-/ready
+    said ready. The supervisor now sees its heartbeat stop, says not ready, kills it after
+    10 s of silence and starts another; then every request succeeds again."""
+    sup = served.proc.pid
+    old = await _workers(sup, 2)
+    ready_dir = _metrics_dir(old[1])
+    os.kill(old[0], signal.SIGSTOP)
+    try:
+        url = f"http://127.0.0.1:{served.admin}/-/ready"
+        async with aiohttp.ClientSession() as s:
+
+            async def not_ready() -> bool:
+                async with s.get(url) as r:
+                    return r.status == 503
+
+            await wait_for(not_ready, timeout=5)
+        fresh = await _respawned(sup, old, timeout=15)
+        assert not _alive(old[0]), "the hung worker was left running"
+        await wait_until(lambda: (ready_dir / f"ready-{fresh}").exists(), timeout=10)
+        await wait_admin_ready(served.admin, timeout=10)
+    finally:
+        if _alive(old[0]):
+            os.kill(old[0], signal.SIGKILL)
+    fresh_conns = aiohttp.TCPConnector(force_close=True)  # new connections reach both workers
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(connector=fresh_conns, timeout=timeout) as s:
+
+        async def one(i: int) -> int:
+            async with s.get(f"http://127.0.0.1:{served.port}/echo?i={i}") as r:
+                await r.read()
+                return r.status
+
+        statuses = [await one(i) for i in range(60)]
+    assert statuses == [200] * 60
+    assert served.proc.returncode is None
