@@ -3,14 +3,15 @@
 Signals: SIGHUP reloads (validated whole; a bad file keeps the old config), SIGTERM and
 SIGINT stop accepting, drain in-flight requests within the grace period, then exit.
 With `--workers N` the supervisor runs the admin listener, aggregates the workers'
-metrics (Prometheus multiprocess mode), fans reloads out and restarts dead workers
-(with a per-worker backoff); it is ready while every worker is. Each worker's event loop
-beats into a pipe every 0.5 s; one silent for 2 s counts as not ready and one silent for
-10 s is hung (a CPU-bound bug, a deadlock, SIGSTOP): it is killed and restarted, since the
-kernel would go on handing it its share of new connections. Workers (and their shadow
-helpers) load the config the supervisor last loaded, from a snapshot it keeps, not the file
-on disk: one restarted after a crash runs what the others run, even if the file was edited
-since (or broken) and not reloaded.
+metrics (Prometheus multiprocess mode), fans reloads out (one a worker up cannot apply
+fails as a whole: everyone, the supervisor too, goes back to the old config) and restarts
+dead workers (with a per-worker backoff); it is ready while every worker is. Each
+worker's event loop beats into a pipe every 0.5 s; one silent for 2 s counts as not ready
+and one silent for 10 s is hung (a CPU-bound bug, a deadlock, SIGSTOP): it is killed and
+restarted, since the kernel would go on handing it its share of new connections.
+Workers (and their shadow helpers) load the config the supervisor last loaded, from a
+snapshot it keeps, not the file on disk: one restarted after a crash runs what the others
+run, even if the file was edited since (or broken) and not reloaded.
 """
 
 from __future__ import annotations
@@ -213,15 +214,20 @@ async def _serve_one(
     stop = asyncio.Event()
     _stop_signals(loop, stop)
     reloads: set[asyncio.Task[tuple[bool, list[str]]]] = set()
+    heart = start_heartbeat(loop) if worker else None  # before the ready file: up is beating
+
+    def reloaded(task: asyncio.Task[tuple[bool, list[str]]]) -> None:
+        reloads.discard(task)
+        if heart is not None:  # the supervisor fails the reload everywhere if one failed here
+            heart.reloaded(not task.cancelled() and task.exception() is None and task.result()[0])
 
     def on_hup() -> None:
         task = loop.create_task(proxy.reload_from_file())
         reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        task.add_done_callback(reloaded)
 
     _hup_handler(loop, on_hup)
     if worker:
-        start_heartbeat(loop)  # before the ready file: a worker seen up is beating
         ready_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if ready_dir:
             Path(ready_dir, f"{_READY_PREFIX}{os.getpid()}").touch()
@@ -250,6 +256,7 @@ _BACKOFF_MAX_S = 30.0
 _HEALTHY_S = 60.0  # a worker that lived this long died of something new: back to the minimum
 _SILENT_S = 2.0  # a worker whose loop beat no more for this long is not ready (4 beats missed)
 _HUNG_S = 10.0  # ... and for this long is hung: killed and restarted (no loop stalls so long)
+_RELOAD_WAIT_S = _HUNG_S  # for the workers to say how a reload went
 
 
 class _Workers:
@@ -370,6 +377,46 @@ class _Workers:
         )
         return f"{down} of {self.count} workers not ready" if down else None
 
+    async def reload_all(self) -> str | None:
+        """SIGHUP every worker and wait for those that are up to say how their reload went
+        (one that dies meanwhile is left out: its successor loads the snapshot); None when
+        all run the new config, else why not."""
+        now = time.monotonic()
+        asked: dict[int, subprocess.Popen[bytes]] = {}
+        for i, proc in enumerate(self.procs):
+            pulse = self._pulses[i]
+            if pulse is None or proc.poll() is not None:
+                continue
+            pulse.silent_s(now)  # what came before this reload is not its answer
+            pulse.reloads.clear()
+            if pulse.last is not None:  # one still starting reloads when it is up
+                asked[i] = proc
+        self.signal_all(signal.SIGHUP)
+        deadline = now + _RELOAD_WAIT_S
+        failed: list[int] = []
+        while asked:
+            now = time.monotonic()
+            for i, proc in list(asked.items()):
+                pulse = self._pulses[i]
+                if self.procs[i] is not proc or proc.poll() is not None or pulse is None:
+                    del asked[i]
+                    continue
+                pulse.silent_s(now)
+                if pulse.reloads:
+                    if not all(pulse.reloads):
+                        failed.append(proc.pid)
+                    del asked[i]
+            if not asked:
+                break
+            if now >= deadline:
+                pids = ", ".join(str(p.pid) for p in asked.values())
+                return f"the workers with pid {pids} did not apply it within {_RELOAD_WAIT_S:g} s"
+            await asyncio.sleep(0.01)
+        if failed:
+            pids = ", ".join(map(str, failed))
+            return f"the workers with pid {pids} could not apply it (see their reload_failed lines)"
+        return None
+
     def signal_all(self, sig: int) -> None:
         for proc in self.procs:
             if proc.poll() is None:
@@ -453,8 +500,8 @@ async def _supervise_in(
     admin = create_proxy(settings, data_plane=False)
     admin.scrape_registry = scrape_registry(mp_dir)
 
-    async def fan_out() -> None:
-        workers.signal_all(signal.SIGHUP)
+    async def fan_out() -> str | None:
+        return await workers.reload_all()
 
     # what workers load, now and when restarted; a snapshot that cannot be written (a full
     # disk) fails the reload, so nobody is told a config runs that the workers do not have
