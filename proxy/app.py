@@ -94,12 +94,14 @@ class Proxy:
         self._server: asyncio.Server | None = None
         self._admin_runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
+        self._reload_file_lock = asyncio.Lock()  # one reload from the file at a time
         self.address: tuple[str, int] = (settings.host, settings.port)
         self.admin_address: tuple[str, int] = (settings.admin.host, settings.admin.port)
         self.started_at = time.time()
         self.ready = False
         self.last_reload_error: str | None = None
-        self.reload_hook: Callable[[], Awaitable[None]] | None = None  # supervisor fan-out
+        # supervisor fan-out: None once every worker runs the new config, else why not
+        self.reload_hook: Callable[[], Awaitable[str | None]] | None = None
         # supervisor: hands a validated config to the workers before it is swapped in here
         self.reload_prepare: Callable[[Settings], None] | None = None
         self.unready: Callable[[], str | None] | None = None  # supervisor: why workers are not
@@ -364,6 +366,10 @@ class Proxy:
 
     async def reload_from_file(self, path: str | None = None) -> tuple[bool, list[str]]:
         """Validate the config file whole and swap it in; on any error keep the old one."""
+        async with self._reload_file_lock:  # a supervisor's failed reload rolls back whole
+            return await self._reload_from_file(path)
+
+    async def _reload_from_file(self, path: str | None) -> tuple[bool, list[str]]:
         from proxy.admin import reload_settings
 
         settings, errors = await reload_settings(path or self.settings.path)
@@ -390,22 +396,43 @@ class Proxy:
                 self.last_reload_error = f"cannot hand the config to the workers: {exc}"
                 self.access_log.event(event="reload_failed", error=self.last_reload_error)
                 return False, [self.last_reload_error]
+        old = self.settings
         try:
             await self.reload(settings)
         except Exception as exc:  # a backend that cannot start: keep the old config
             if self.reload_prepare is not None:
                 with contextlib.suppress(OSError):
                     self.reload_prepare(self.settings)
-            self.metrics.reloads.labels("error").inc()
-            self.last_reload_error = f"{type(exc).__name__}: {exc}"
-            self.access_log.event(event="reload_failed", error=self.last_reload_error)
-            return False, [self.last_reload_error]
+            return self._reload_failed(f"{type(exc).__name__}: {exc}")
+        if self.reload_hook is not None:
+            refused = await self.reload_hook()
+            if refused is not None:  # a worker kept the old config: so does everyone
+                await self._roll_back(old)
+                return self._reload_failed(f"{refused}; the running config is kept")
         self.metrics.reloads.labels("ok").inc()
         self.last_reload_error = None
         self.access_log.event(event="reloaded", version=settings.version)
-        if self.reload_hook is not None:
-            await self.reload_hook()
         return True, []
+
+    def _reload_failed(self, error: str) -> tuple[bool, list[str]]:
+        self.metrics.reloads.labels("error").inc()
+        self.last_reload_error = error
+        self.access_log.event(event="reload_failed", error=error)
+        return False, [error]
+
+    async def _roll_back(self, old: Settings) -> None:
+        """A supervisor's reload some worker refused: the snapshot, this process and the
+        workers that took it (and one started meanwhile) go back to `old`."""
+        assert self.reload_prepare is not None and self.reload_hook is not None
+        await self.reload(old)
+        try:
+            self.reload_prepare(old)
+        except OSError as exc:  # a full disk: the workers would load the refused one
+            self.access_log.event(event="reload_rollback_incomplete", error=str(exc))
+            return
+        again = await self.reload_hook()
+        if again is not None:
+            self.access_log.event(event="reload_rollback_incomplete", error=again)
 
     def _on_rollback(self, route: str, mode: str, breach: Breach) -> None:
         """An automatic rollback tripped here: log it and write the audit record."""

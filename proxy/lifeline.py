@@ -1,11 +1,25 @@
-"""A child process's tie to the process that started it: it goes when its parent goes."""
+"""A child process's tie to the process that started it: it goes when its parent goes, and
+a worker's heartbeat, by which its supervisor tells a hung event loop from a busy one."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 
-__all__ = ["tie_to_parent"]
+__all__ = [
+    "HEARTBEAT_ENV",
+    "HEARTBEAT_S",
+    "Heartbeat",
+    "Pulse",
+    "start_heartbeat",
+    "tie_to_parent",
+]
+
+HEARTBEAT_ENV = "STRANGLER_HEARTBEAT_FD"  # set for a worker: the pipe it beats into
+HEARTBEAT_S = 0.5  # a worker's beat; off the request path, one byte per beat
+_BEAT, _RELOADED, _REJECTED = b".", b"+", b"-"  # one byte each: a pipe writes them whole
 
 
 def tie_to_parent(parent: int | None = None) -> bool:
@@ -20,3 +34,75 @@ def tie_to_parent(parent: int | None = None) -> bool:
     except (OSError, AttributeError):
         pass
     return parent is None or os.getppid() == parent
+
+
+class Heartbeat:
+    """A worker's end of its heartbeat pipe: beats, and how each reload went."""
+
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._fd = fd
+        self._loop = loop
+        os.set_blocking(fd, False)
+
+    def _send(self, byte: bytes) -> None:
+        with contextlib.suppress(OSError):  # a full pipe (the supervisor lags) or gone
+            os.write(self._fd, byte)
+
+    def beat(self) -> None:
+        """Beat now and every HEARTBEAT_S from the loop (a timer: a stuck loop stops)."""
+        self._send(_BEAT)
+        self._loop.call_later(HEARTBEAT_S, self.beat)
+
+    def reloaded(self, ok: bool) -> None:
+        """Tell the supervisor whether a reload it asked for runs here (or the old config)."""
+        self._send(_RELOADED if ok else _REJECTED)
+
+
+def start_heartbeat(loop: asyncio.AbstractEventLoop) -> Heartbeat | None:
+    """Beat into the supervisor's pipe from `loop`, if this process was given one; the
+    variable is taken out of the environment so that no child of the worker (its shadow
+    helper) sees it."""
+    raw = os.environ.pop(HEARTBEAT_ENV, None)
+    if not raw:
+        return None
+    heart = Heartbeat(int(raw), loop)
+    heart.beat()
+    return heart
+
+
+class Pulse:
+    """The supervisor's end of one worker's heartbeat pipe."""
+
+    def __init__(self) -> None:
+        self._read, self.fd = os.pipe()  # `fd`: the worker's end, closed here once handed
+        os.set_blocking(self._read, False)
+        self.last: float | None = None  # when a beat was last seen; None before the first
+        self.reloads: list[bool] = []  # how the worker's reloads went, oldest first
+
+    def handed(self) -> None:
+        """The worker holds its end now (or never will): keep only ours."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def silent_s(self, now: float) -> float | None:
+        """Seconds since the last beat, as of `now` (the beats waiting in the pipe taken
+        first, so a supervisor that was itself held up does not misjudge); None before the
+        worker's first beat (it is still starting)."""
+        while True:
+            try:
+                data = os.read(self._read, 4096)
+            except OSError:  # nothing waiting (BlockingIOError)
+                break
+            if not data:
+                break
+            self.last = now
+            self.reloads.extend(b == _RELOADED[0] for b in data if b != _BEAT[0])
+        return None if self.last is None else now - self.last
+
+    def close(self) -> None:
+        """Close the supervisor's end."""
+        self.handed()
+        if self._read >= 0:
+            os.close(self._read)
+            self._read = -1

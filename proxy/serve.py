@@ -4,11 +4,15 @@ Signals: SIGHUP reloads (validated whole; a bad file keeps the old config; one t
 while starting is held, `proxy.earlyhup`, and reloads once up), SIGTERM and SIGINT stop
 accepting, drain in-flight requests within the grace period, then exit.
 With `--workers N` the supervisor runs the admin listener, aggregates the workers'
-metrics (Prometheus multiprocess mode), fans reloads out and restarts dead workers
-(with a per-worker backoff); it is ready while every worker is. Workers (and their shadow
-helpers) load the config the supervisor last loaded, from a snapshot it keeps, not the file
-on disk: one restarted after a crash runs what the others run, even if the file was edited
-since (or broken) and not reloaded.
+metrics (Prometheus multiprocess mode), fans reloads out (one a worker up cannot apply
+fails as a whole: everyone, the supervisor too, goes back to the old config) and restarts
+dead workers (with a per-worker backoff); it is ready while every worker is. Each
+worker's event loop beats into a pipe every 0.5 s; one silent for 2 s counts as not ready
+and one silent for 10 s is hung (a CPU-bound bug, a deadlock, SIGSTOP): it is killed and
+restarted, since the kernel would go on handing it its share of new connections.
+Workers (and their shadow helpers) load the config the supervisor last loaded, from a
+snapshot it keeps, not the file on disk: one restarted after a crash runs what the others
+run, even if the file was edited since (or broken) and not reloaded.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 
 from proxy.earlyhup import hold_early_hup, take_early_hup
 from proxy.holds import STATE_DIR_ENV
+from proxy.lifeline import HEARTBEAT_ENV, Pulse, start_heartbeat
 from proxy.settings import ConfigError, Settings, load, loads
 from shadow.redact import warn_if_unkeyed
 
@@ -242,11 +247,17 @@ async def _serve_one(
     stop = asyncio.Event()
     _stop_signals(loop, stop)
     reloads: set[asyncio.Task[tuple[bool, list[str]]]] = set()
+    heart = start_heartbeat(loop) if worker else None  # before the ready file: up is beating
+
+    def reloaded(task: asyncio.Task[tuple[bool, list[str]]]) -> None:
+        reloads.discard(task)
+        if heart is not None:  # the supervisor fails the reload everywhere if one failed here
+            heart.reloaded(not task.cancelled() and task.exception() is None and task.result()[0])
 
     def on_hup() -> None:
         task = loop.create_task(proxy.reload_from_file())
         reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        task.add_done_callback(reloaded)
 
     _hup_handler(loop, on_hup)
     if worker:
@@ -276,6 +287,9 @@ async def _serve_one(
 _BACKOFF_MIN_S = 1.0  # a dead worker's first restart; doubled per quick death
 _BACKOFF_MAX_S = 30.0
 _HEALTHY_S = 60.0  # a worker that lived this long died of something new: back to the minimum
+_SILENT_S = 2.0  # a worker whose loop beat no more for this long is not ready (4 beats missed)
+_HUNG_S = 10.0  # ... and for this long is hung: killed and restarted (no loop stalls so long)
+_RELOAD_WAIT_S = _HUNG_S  # for the workers to say how a reload went
 
 
 class _Workers:
@@ -293,6 +307,7 @@ class _Workers:
         self._started: list[float] = []  # per slot: when its process was started
         self._quick_deaths: list[int] = []  # per slot: deaths in a row before _HEALTHY_S
         self._due: list[float | None] = []  # per slot: when a dead one is started again
+        self._pulses: list[Pulse | None] = []  # per slot: its worker's heartbeat
 
     def spawn(self, slot: int) -> subprocess.Popen[bytes]:
         """Start the worker of `slot` (0-based) with SIGHUP blocked (the mask is inherited):
@@ -302,21 +317,46 @@ class _Workers:
         args = [sys.executable, "-m", "proxy.worker", self.config_path, str(os.getpid())]
         if self.count > 1:
             args.append(str(slot + 1))
+        old = self._pulses[slot]
+        if old is not None:
+            old.close()
+        pulse = self._pulses[slot] = Pulse()
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         try:
             return subprocess.Popen(
                 args,
-                env=self.env,
+                env={**self.env, HEARTBEAT_ENV: str(pulse.fd)},
                 stdin=subprocess.DEVNULL,
+                pass_fds=(pulse.fd,),
             )
         finally:
+            pulse.handed()
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def start(self) -> None:
+        self._pulses = [None] * self.count
         self.procs = [self.spawn(i) for i in range(self.count)]
         self._started = [time.monotonic()] * self.count
         self._quick_deaths = [0] * self.count
         self._due = [None] * self.count
+
+    def _silent_s(self, slot: int, now: float) -> float | None:
+        """Seconds the worker of `slot` has not beaten; None before its first beat."""
+        pulse = self._pulses[slot]
+        return None if pulse is None else pulse.silent_s(now)
+
+    def _kill_if_hung(self, slot: int, proc: subprocess.Popen[bytes], now: float) -> None:
+        """SIGKILL a worker silent for _HUNG_S (SIGTERM would wait on the stuck loop); the
+        next `reap` restarts it like any dead worker."""
+        silent = self._silent_s(slot, now)
+        pulse = self._pulses[slot]
+        if silent is None or silent < _HUNG_S or pulse is None:
+            return
+        pulse.last = None  # killed once: said once
+        line = {"event": "worker_hung", "pid": proc.pid, "silent_s": round(silent, 1)}
+        print(json.dumps(line), flush=True)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
 
     def reap(self) -> None:
         """Restart workers that died (unless we are stopping), after a per-slot backoff:
@@ -326,7 +366,10 @@ class _Workers:
 
         now = time.monotonic()
         for i, proc in enumerate(self.procs):
-            if self.stopping or proc.poll() is None:
+            if self.stopping:
+                continue
+            if proc.poll() is None:
+                self._kill_if_hung(i, proc, now)
                 continue
             due = self._due[i]
             if due is None:  # just died
@@ -357,10 +400,55 @@ class _Workers:
 
     def unready(self) -> str | None:
         """None when every slot's worker runs and is up, else why not (for /-/ready)."""
+        now = time.monotonic()
         down = sum(
-            1 for p in self.procs if p.poll() is not None or not self._ready_file(p).exists()
+            1
+            for i, p in enumerate(self.procs)
+            if p.poll() is not None
+            or not self._ready_file(p).exists()
+            or (self._silent_s(i, now) or 0.0) >= _SILENT_S
         )
         return f"{down} of {self.count} workers not ready" if down else None
+
+    async def reload_all(self) -> str | None:
+        """SIGHUP every worker and wait for those that are up to say how their reload went
+        (one that dies meanwhile is left out: its successor loads the snapshot); None when
+        all run the new config, else why not."""
+        now = time.monotonic()
+        asked: dict[int, subprocess.Popen[bytes]] = {}
+        for i, proc in enumerate(self.procs):
+            pulse = self._pulses[i]
+            if pulse is None or proc.poll() is not None:
+                continue
+            pulse.silent_s(now)  # what came before this reload is not its answer
+            pulse.reloads.clear()
+            if pulse.last is not None:  # one still starting reloads when it is up
+                asked[i] = proc
+        self.signal_all(signal.SIGHUP)
+        deadline = now + _RELOAD_WAIT_S
+        failed: list[int] = []
+        while asked:
+            now = time.monotonic()
+            for i, proc in list(asked.items()):
+                pulse = self._pulses[i]
+                if self.procs[i] is not proc or proc.poll() is not None or pulse is None:
+                    del asked[i]
+                    continue
+                pulse.silent_s(now)
+                if pulse.reloads:
+                    if not all(pulse.reloads):
+                        failed.append(proc.pid)
+                    del asked[i]
+            if not asked:
+                break
+            if now >= deadline:
+                pids = ", ".join(str(p.pid) for p in asked.values())
+                return f"the workers with pid {pids} did not apply it within {_RELOAD_WAIT_S:g} s"
+            await asyncio.sleep(0.01)
+        if failed:
+            pids = ", ".join(map(str, failed))
+            return f"the workers with pid {pids} could not apply it (see their reload_failed lines)"
+        return None
 
     def signal_all(self, sig: int) -> None:
         for proc in self.procs:
@@ -445,8 +533,8 @@ async def _supervise_in(
     admin = create_proxy(settings, data_plane=False)
     admin.scrape_registry = scrape_registry(mp_dir)
 
-    async def fan_out() -> None:
-        workers.signal_all(signal.SIGHUP)
+    async def fan_out() -> str | None:
+        return await workers.reload_all()
 
     # what workers load, now and when restarted; a snapshot that cannot be written (a full
     # disk) fails the reload, so nobody is told a config runs that the workers do not have

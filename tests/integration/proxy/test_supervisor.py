@@ -22,6 +22,7 @@ from tests.support import (
     stop_process,
     wait_admin_ready,
     wait_for,
+    wait_until,
 )
 from tests.upstreams import EchoUpstream
 
@@ -345,3 +346,114 @@ async def test_workers_of_a_crlf_config_report_the_supervisors_version(
         assert live == {version}, text
     finally:
         await stop_process(proc)
+
+
+async def test_a_hung_worker_is_killed_and_replaced(served: _Served) -> None:
+    """A worker whose event loop stopped (here SIGSTOP; a CPU-bound bug or a deadlock alike)
+    kept its share of the port: about half the new connections hung forever while /-/ready
+    said ready. The supervisor now sees its heartbeat stop, says not ready, kills it after
+    10 s of silence and starts another; then every request succeeds again."""
+    sup = served.proc.pid
+    old = await _workers(sup, 2)
+    ready_dir = _metrics_dir(old[1])
+    os.kill(old[0], signal.SIGSTOP)
+    try:
+        url = f"http://127.0.0.1:{served.admin}/-/ready"
+        async with aiohttp.ClientSession() as s:
+
+            async def not_ready() -> bool:
+                async with s.get(url) as r:
+                    return r.status == 503
+
+            await wait_for(not_ready, timeout=5)
+        fresh = await _respawned(sup, old, timeout=15)
+        assert not _alive(old[0]), "the hung worker was left running"
+        await wait_until(lambda: (ready_dir / f"ready-{fresh}").exists(), timeout=10)
+        await wait_admin_ready(served.admin, timeout=10)
+    finally:
+        if _alive(old[0]):
+            os.kill(old[0], signal.SIGKILL)
+    fresh_conns = aiohttp.TCPConnector(force_close=True)  # new connections reach both workers
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(connector=fresh_conns, timeout=timeout) as s:
+
+        async def one(i: int) -> int:
+            async with s.get(f"http://127.0.0.1:{served.port}/echo?i={i}") as r:
+                await r.read()
+                return r.status
+
+        statuses = [await one(i) for i in range(60)]
+    assert statuses == [200] * 60
+    assert served.proc.returncode is None
+
+
+async def test_a_reload_a_worker_cannot_apply_keeps_the_old_config_everywhere(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    """The supervisor validated a reload, wrote it for the workers and said "reloaded"
+    without hearing from them. A worker that could not apply it (here: a new handler app
+    that fails to start) kept the old config, while a worker restarted during the reload
+    started on the rejected one: users got two configs at random. A reload a worker cannot
+    apply now fails as a whole, and every worker, the restarted one too, runs the old one."""
+    other = await EchoUpstream().start()
+    doom = tmp_path / "doom"
+    (tmp_path / "fragile.py").write_text(
+        "import os\n\nfrom aiohttp import web\n\n\n"
+        "def create_app() -> web.Application:\n"
+        f"    if os.path.exists({str(doom)!r}):\n"
+        "        raise RuntimeError('this app cannot start now')\n"
+        "    return web.Application()\n"
+    )
+    port, admin = free_port(), free_port()
+    cfg = _config(tmp_path, upstream, port, admin)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    env = {"STRANGLER_GRACE_S": "2", "PYTHONPATH": path}
+    proc = await start_serve(cfg, "--workers", "2", env=env)
+    try:
+        await wait_admin_ready(admin)
+        sup = proc.pid
+        old = await _workers(sup, 2)
+        ready_dir = _metrics_dir(old[1])
+        base = f"http://127.0.0.1:{admin}"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{base}/-/ready") as r:
+                old_version = (await r.json())["config_version"]
+            text = cfg.read_text().replace(upstream.url, other.url)
+            text = text.replace("backends:\n", "backends:\n  fragile: {handlers: fragile}\n", 1)
+            cfg.write_text(text)
+            doom.touch()  # the surviving worker cannot start the new app
+            os.kill(old[0], signal.SIGKILL)
+            os.kill(sup, signal.SIGHUP)  # a reload while the killed worker is restarted
+
+            async def reload_errors() -> bool:
+                async with s.get(f"{base}/-/metrics") as r:
+                    body = await r.text()
+                return any(
+                    x.startswith('strangler_config_reloads_total{result="error"}')
+                    and not x.endswith(" 0.0")
+                    for x in body.splitlines()
+                )
+
+            await wait_for(reload_errors, timeout=10)
+            doom.unlink()  # the restarted worker can start it (a transient failure)
+            fresh = await _respawned(sup, old)
+
+            def fresh_ready() -> bool:
+                assert _alive(fresh), "the new worker exited"
+                return (ready_dir / f"ready-{fresh}").exists()
+
+            await wait_until(fresh_ready, timeout=20)
+            await wait_admin_ready(admin)
+            async with s.get(f"{base}/-/ready") as r:
+                version = (await r.json())["config_version"]
+        fresh_conns = aiohttp.TCPConnector(force_close=True)  # new connections reach both
+        async with aiohttp.ClientSession(connector=fresh_conns) as s:
+            for i in range(60):
+                async with s.get(f"http://127.0.0.1:{port}/echo?i={i}") as r:
+                    await r.read()
+                    assert r.status == 200
+        assert len(other.received) == 0, f"{len(other.received)} of 60 ran the rejected config"
+        assert version == old_version
+    finally:
+        await stop_process(proc)
+        await other.close()
