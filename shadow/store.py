@@ -10,6 +10,7 @@ and nothing is written to it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Sequence
@@ -437,6 +438,10 @@ class Store:
         # PostgreSQL: the ids given to batches whose write failed, by the batch's identity (a
         # caller that retries sends the same sequence again, as the recorder does)
         self._unconfirmed: dict[int, _Unconfirmed] = {}
+        # SQLite through the engine: a batch's write still running, by the batch's identity
+        self._sqlite_attempts: dict[
+            int, tuple[Sequence[ComparisonRecord], asyncio.Future[None]]
+        ] = {}
         if backend == "sqlite":
             sync = self._engine.sync_engine
             # Switching a file to WAL is a lasting change of it: only for a store we may make.
@@ -557,52 +562,41 @@ class Store:
                     transient=e.transient,
                 ) from e
             return len(records)
+        if self.dialect == "sqlite":
+            await self._insert_sqlite_once(records)
+            return len(records)
         again = self._unconfirmed.get(id(records))
         if again is not None and again.records is not records:
             again = None
         try:
             async with self._engine.begin() as conn:
-                if self.dialect == "sqlite":
-                    # One executemany (RETURNING would cost a statement per row). The write
-                    # lock is ours until commit, so the new rowids are the last len(rows).
-                    values = [_sqlite_row(r) for r in records]
-                    for start in range(0, len(values), _CHUNK_ROWS):
-                        await conn.exec_driver_sql(
-                            _SQLITE_INSERT, values[start : start + _CHUNK_ROWS]
-                        )
-                    last = int(await conn.scalar(select(func.max(comparisons.c.id))) or 0)
-                    ids = list(range(last - len(values) + 1, last + 1))
+                rows = [_row(r) for r in records]
+                if again is not None:
+                    ids = again.ids
+                    await self._end_earlier_attempt(conn, again)
+                    found = select(comparisons.c.id).where(comparisons.c.id == ids[0])
+                    if await conn.scalar(found) is not None:
+                        raise _AlreadyStored
+                    await conn.execute(_RETRY_LOCK_TIMEOUT)
                 else:
-                    rows = [_row(r) for r in records]
-                    if again is not None:
-                        ids = again.ids
-                        await self._end_earlier_attempt(conn, again)
-                        found = select(comparisons.c.id).where(comparisons.c.id == ids[0])
-                        if await conn.scalar(found) is not None:
-                            raise _AlreadyStored
-                        await conn.execute(_RETRY_LOCK_TIMEOUT)
-                    else:
-                        # Reserve ids from the sequence in one round trip, then COPY: far
-                        # cheaper (on the shared event loop too) than INSERT ... RETURNING.
-                        result = await conn.execute(_RESERVE_IDS, {"n": len(rows)})
-                        pid, start, reserved = result.one()
-                        ids = [int(i) for i in reserved]
-                        self._remember(_Unconfirmed(records, ids, pid, start))
-                    for row, cid in zip(rows, ids, strict=True):
-                        row["id"] = cid
+                    # Reserve ids from the sequence in one round trip, then COPY: far
+                    # cheaper (on the shared event loop too) than INSERT ... RETURNING.
+                    result = await conn.execute(_RESERVE_IDS, {"n": len(rows)})
+                    pid, start, reserved = result.one()
+                    ids = [int(i) for i in reserved]
+                    self._remember(_Unconfirmed(records, ids, pid, start))
+                for row, cid in zip(rows, ids, strict=True):
+                    row["id"] = cid
                 paths = [p for cid, r in zip(ids, records, strict=True) for p in _path_rows(cid, r)]
-                if self.dialect == "sqlite":
-                    await _insert_chunked(conn, comparison_paths, paths)
-                else:
-                    try:
-                        await _copy_pg(conn, comparisons, rows)
-                    except StoreError as e:
-                        # The earlier attempt, still committing when this one looked, holds
-                        # these ids now: it was stored.
-                        if again is not None and _duplicate_key(e):
-                            raise _AlreadyStored from e
-                        raise
-                    await _copy_pg(conn, comparison_paths, paths)
+                try:
+                    await _copy_pg(conn, comparisons, rows)
+                except StoreError as e:
+                    # The earlier attempt, still committing when this one looked, holds
+                    # these ids now: it was stored.
+                    if again is not None and _duplicate_key(e):
+                        raise _AlreadyStored from e
+                    raise
+                await _copy_pg(conn, comparison_paths, paths)
         except _AlreadyStored:
             pass
         except StoreError as e:
@@ -619,6 +613,53 @@ class Store:
             raise
         self._unconfirmed.pop(id(records), None)
         return len(records)
+
+    async def _insert_sqlite_once(self, records: Sequence[ComparisonRecord]) -> None:
+        """SQLite through the engine (a `file:` URI, `:memory:`): write `records`, or, when
+        they are sent again while an earlier attempt still runs, wait for that one.
+
+        aiosqlite runs each statement on a thread of its own, which a cancelled caller (the
+        recorder's write timeout) does not stop: a COMMIT under way still goes through, and
+        a retry under new rowids would store the batch twice. So the write runs as a task
+        the caller's cancellation leaves alone, and a retry takes its outcome: stored, or
+        failed (and then written again). SQLite waits for no network, so it always ends.
+        """
+        key = id(records)
+        earlier = self._sqlite_attempts.get(key)
+        if earlier is not None and earlier[0] is records:
+            await asyncio.wait({earlier[1]})  # a cancelled retry leaves it running too
+            if not earlier[1].cancelled() and earlier[1].exception() is None:
+                self._sqlite_attempts.pop(key, None)
+                return
+            # it failed: write the batch again
+        while len(self._sqlite_attempts) >= _UNCONFIRMED_MAX:
+            del self._sqlite_attempts[next(iter(self._sqlite_attempts))]
+        attempt = asyncio.ensure_future(self._insert_sqlite(records))
+        attempt.add_done_callback(_retrieved)
+        self._sqlite_attempts[key] = (records, attempt)
+        await asyncio.wait({attempt})  # cancelled: the attempt runs on, for a retry to join
+        self._sqlite_attempts.pop(key, None)
+        if attempt.cancelled():
+            raise StoreError(f"writing {len(records)} comparisons at {self.url} was cancelled")
+        attempt.result()  # its StoreError, if any
+
+    async def _insert_sqlite(self, records: Sequence[ComparisonRecord]) -> None:
+        """Write `records` (and their path rows) in one transaction through the engine."""
+        try:
+            async with self._engine.begin() as conn:
+                # One executemany (RETURNING would cost a statement per row). The write
+                # lock is ours until commit, so the new rowids are the last len(rows).
+                values = [_sqlite_row(r) for r in records]
+                for start in range(0, len(values), _CHUNK_ROWS):
+                    await conn.exec_driver_sql(_SQLITE_INSERT, values[start : start + _CHUNK_ROWS])
+                last = int(await conn.scalar(select(func.max(comparisons.c.id))) or 0)
+                ids = range(last - len(values) + 1, last + 1)
+                paths = [p for cid, r in zip(ids, records, strict=True) for p in _path_rows(cid, r)]
+                await _insert_chunked(conn, comparison_paths, paths)
+        except exc.SQLAlchemyError as e:
+            raise self._error(f"cannot write {len(records)} comparisons", e) from e
+        except OSError as e:
+            raise StoreError(f"cannot write comparisons to {self.url}: {e}") from e
 
     def _settle(self, records: Sequence[ComparisonRecord], error: StoreError) -> StoreError:
         """`error`, having forgotten the ids of `records` if the store refused them for good
@@ -770,6 +811,10 @@ class Store:
         """Dispose of the engine and its pooled connections."""
         if self._writer is not None:
             await self._writer.close()
+        # a write whose caller gave up still ends (SQLite: within the busy timeout)
+        running = [attempt for _, attempt in self._sqlite_attempts.values()]
+        self._sqlite_attempts.clear()
+        await asyncio.gather(*running, return_exceptions=True)
         await self._engine.dispose()
 
     async def __aenter__(self) -> Store:
@@ -797,6 +842,12 @@ def _duplicate_key(e: BaseException) -> bool:
     import psycopg.errors
 
     return isinstance(e.__cause__, psycopg.errors.UniqueViolation)
+
+
+def _retrieved(attempt: asyncio.Future[None]) -> None:
+    """Mark the outcome of a write as seen (its caller may have gone: no warning then)."""
+    if not attempt.cancelled():
+        attempt.exception()
 
 
 @dataclass(slots=True, eq=False)

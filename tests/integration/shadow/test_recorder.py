@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.util.concurrency import await_
 
 from shadow.compare import CompareRules
 from shadow.http_compare import HttpResponse
@@ -948,5 +952,57 @@ async def test_a_batch_whose_first_commit_lands_late_is_stored_once(pg_url: str)
     assert _totals(recorder.counters()) == (60, 60, 0, 0)
     stored = await direct.count()
     await direct.close()
+    assert stored == 60  # nothing written twice
+    _assert_balanced(recorder)
+
+
+def _write_cancelled() -> bool:
+    """Whether the writer's timeout has cancelled a write that has not ended yet."""
+    return any(
+        t.cancelling() and getattr(t.get_coro(), "__qualname__", "") == "Store.insert_batch"
+        for t in asyncio.all_tasks()
+    )
+
+
+async def test_a_sqlite_uri_batch_whose_commit_ends_after_the_timeout_is_stored_once(
+    tmp_path: Path,
+) -> None:
+    """A store opened by a `file:` URI writes through aiosqlite's thread: a COMMIT still
+    running when the writer's timeout cancelled it went through afterwards, and the retry
+    stored the batch a second time."""
+    url = f"sqlite+aiosqlite:///file:{tmp_path / 'store.db'}?mode=rwc&uri=true"
+    store = Store(url)
+    armed, held, release = threading.Event(), threading.Event(), threading.Event()
+
+    def trace(sql: str) -> None:  # on aiosqlite's thread, as each statement starts
+        if sql == "COMMIT" and armed.is_set():
+            armed.clear()
+            held.set()
+            release.wait(30)  # a slow disk: the COMMIT ends after the timeout
+
+    def traced(dbapi_conn: Any, _record: Any) -> None:
+        await_(dbapi_conn.driver_connection.set_trace_callback(trace))
+
+    event.listen(store.engine.sync_engine, "connect", traced)
+    await store.init()
+    recorder = Recorder(
+        store, buffer_size=1000, batch_size=100, backoff_max=0.05, write_timeout=0.2
+    )
+    await recorder.start()
+    try:
+        _feed(recorder, 0, 10)
+        assert await recorder.flush(10)
+        armed.set()
+        _feed(recorder, 10, 50)
+        await wait_until(held.is_set, timeout=10)
+        await wait_until(lambda: recorder.retries >= 1 or _write_cancelled(), timeout=10)
+        release.set()
+        assert await recorder.flush(10), recorder.last_error
+        stored = await store.count()
+    finally:
+        release.set()
+        await recorder.stop(5)
+        await store.close()
+    assert _totals(recorder.counters()) == (60, 60, 0, 0)
     assert stored == 60  # nothing written twice
     _assert_balanced(recorder)
