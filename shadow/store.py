@@ -10,9 +10,11 @@ and nothing is written to it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -195,10 +197,22 @@ _SQLITE_DROPS_INSERT = (
     f"INSERT OR IGNORE INTO shadow_drops ({', '.join(_DROP_COLUMNS)})"
     f" VALUES ({', '.join('?' for _ in _DROP_COLUMNS)})"
 )
+# The ids of a batch and what tells its attempt's transaction apart on the server (the
+# backend's pid and the transaction's start, as pg_stat_activity shows them): one round trip.
 _RESERVE_IDS = text(
-    "SELECT nextval(pg_get_serial_sequence('comparisons', 'id')) FROM generate_series(1, :n)"
+    "SELECT pg_backend_pid(), now(), ARRAY(SELECT nextval(pg_get_serial_sequence("
+    "'comparisons', 'id')) FROM generate_series(1, :n))"
+)
+_ATTEMPT = text("SELECT pg_backend_pid(), now()")
+# Ends an earlier attempt's transaction if it is still open (waiting up to 2 s for its
+# backend to exit): true once it cannot commit any more. Another session that got the
+# same pid since has another transaction start, and is left alone.
+_END_ATTEMPT = text(
+    "SELECT coalesce(bool_and(pg_terminate_backend(pid, 2000)), true) FROM pg_stat_activity"
+    " WHERE pid = :pid AND xact_start = :start AND pid <> pg_backend_pid()"
 )
 _UNCONFIRMED_MAX = 8  # batches whose ids are kept for a retry (the recorder retries one)
+# A retry waits no longer than this for a lock on its ids (none should be held any more)
 _RETRY_LOCK_TIMEOUT = text("SET LOCAL lock_timeout = '2s'")
 _MIGRATION_LOCK = 0x5354524E  # pg advisory lock id, so concurrent starts migrate once
 _TRANSIENT = (
@@ -423,7 +437,11 @@ class Store:
         self._writer: SqliteWriter | None = None
         # PostgreSQL: the ids given to batches whose write failed, by the batch's identity (a
         # caller that retries sends the same sequence again, as the recorder does)
-        self._unconfirmed: dict[int, tuple[Sequence[ComparisonRecord], list[int]]] = {}
+        self._unconfirmed: dict[int, _Unconfirmed] = {}
+        # SQLite through the engine: a batch's write still running, by the batch's identity
+        self._sqlite_attempts: dict[
+            int, tuple[Sequence[ComparisonRecord], asyncio.Future[None]]
+        ] = {}
         if backend == "sqlite":
             sync = self._engine.sync_engine
             # Switching a file to WAL is a lasting change of it: only for a store we may make.
@@ -516,8 +534,11 @@ class Store:
         """Write `records` (and their path rows) in one transaction; return how many.
 
         The same sequence sent again after a failed attempt is stored at most once: on
-        PostgreSQL a batch keeps the ids it was given, so an attempt whose COMMIT went
-        through but whose answer was lost (a cut connection, a timeout) is found by them.
+        PostgreSQL a batch keeps the ids it was given for as long as it is sent again, so an
+        attempt whose COMMIT went through but whose answer was lost (a cut connection, a
+        timeout) is found by them; and a retry first ends the earlier attempt's transaction
+        if the server still has it open (its COMMIT may yet arrive), so that one cannot
+        commit after the retry.
         """
         if not records:
             return 0
@@ -541,55 +562,41 @@ class Store:
                     transient=e.transient,
                 ) from e
             return len(records)
+        if self.dialect == "sqlite":
+            await self._insert_sqlite_once(records)
+            return len(records)
         again = self._unconfirmed.get(id(records))
-        if again is not None and again[0] is not records:
+        if again is not None and again.records is not records:
             again = None
         try:
             async with self._engine.begin() as conn:
-                if self.dialect == "sqlite":
-                    # One executemany (RETURNING would cost a statement per row). The write
-                    # lock is ours until commit, so the new rowids are the last len(rows).
-                    values = [_sqlite_row(r) for r in records]
-                    for start in range(0, len(values), _CHUNK_ROWS):
-                        await conn.exec_driver_sql(
-                            _SQLITE_INSERT, values[start : start + _CHUNK_ROWS]
-                        )
-                    last = int(await conn.scalar(select(func.max(comparisons.c.id))) or 0)
-                    ids = list(range(last - len(values) + 1, last + 1))
+                rows = [_row(r) for r in records]
+                if again is not None:
+                    ids = again.ids
+                    await self._end_earlier_attempt(conn, again)
+                    found = select(comparisons.c.id).where(comparisons.c.id == ids[0])
+                    if await conn.scalar(found) is not None:
+                        raise _AlreadyStored
+                    await conn.execute(_RETRY_LOCK_TIMEOUT)
                 else:
-                    rows = [_row(r) for r in records]
-                    if again is not None:
-                        ids = again[1]
-                        found = select(comparisons.c.id).where(comparisons.c.id == ids[0])
-                        if await conn.scalar(found) is not None:
-                            raise _AlreadyStored
-                        # An earlier attempt still open on the server holds these ids: its
-                        # COMMIT on the way (wait for it), or a session a partition cut off,
-                        # whose client gave up and never commits (do not wait for it).
-                        await conn.execute(_RETRY_LOCK_TIMEOUT)
-                    else:
-                        # Reserve ids from the sequence in one round trip, then COPY: far
-                        # cheaper (on the shared event loop too) than INSERT ... RETURNING.
-                        result = await conn.execute(_RESERVE_IDS, {"n": len(rows)})
-                        ids = list(result.scalars().all())
-                        self._remember(records, ids)
-                    for row, cid in zip(rows, ids, strict=True):
-                        row["id"] = cid
+                    # Reserve ids from the sequence in one round trip, then COPY: far
+                    # cheaper (on the shared event loop too) than INSERT ... RETURNING.
+                    result = await conn.execute(_RESERVE_IDS, {"n": len(rows)})
+                    pid, start, reserved = result.one()
+                    ids = [int(i) for i in reserved]
+                    self._remember(_Unconfirmed(records, ids, pid, start))
+                for row, cid in zip(rows, ids, strict=True):
+                    row["id"] = cid
                 paths = [p for cid, r in zip(ids, records, strict=True) for p in _path_rows(cid, r)]
-                if self.dialect == "sqlite":
-                    await _insert_chunked(conn, comparison_paths, paths)
-                else:
-                    try:
-                        await _copy_pg(conn, comparisons, rows)
-                    except StoreError as e:
-                        # The earlier attempt, still committing when this one looked, holds
-                        # these ids now: it was stored.
-                        if again is not None and _duplicate_key(e):
-                            raise _AlreadyStored from e
-                        if again is not None and _lock_wait_over(e):
-                            self._unconfirmed.pop(id(records), None)  # new ids next time
-                        raise
-                    await _copy_pg(conn, comparison_paths, paths)
+                try:
+                    await _copy_pg(conn, comparisons, rows)
+                except StoreError as e:
+                    # The earlier attempt, still committing when this one looked, holds
+                    # these ids now: it was stored.
+                    if again is not None and _duplicate_key(e):
+                        raise _AlreadyStored from e
+                    raise
+                await _copy_pg(conn, comparison_paths, paths)
         except _AlreadyStored:
             pass
         except StoreError as e:
@@ -607,6 +614,53 @@ class Store:
         self._unconfirmed.pop(id(records), None)
         return len(records)
 
+    async def _insert_sqlite_once(self, records: Sequence[ComparisonRecord]) -> None:
+        """SQLite through the engine (a `file:` URI, `:memory:`): write `records`, or, when
+        they are sent again while an earlier attempt still runs, wait for that one.
+
+        aiosqlite runs each statement on a thread of its own, which a cancelled caller (the
+        recorder's write timeout) does not stop: a COMMIT under way still goes through, and
+        a retry under new rowids would store the batch twice. So the write runs as a task
+        the caller's cancellation leaves alone, and a retry takes its outcome: stored, or
+        failed (and then written again). SQLite waits for no network, so it always ends.
+        """
+        key = id(records)
+        earlier = self._sqlite_attempts.get(key)
+        if earlier is not None and earlier[0] is records:
+            await asyncio.wait({earlier[1]})  # a cancelled retry leaves it running too
+            if not earlier[1].cancelled() and earlier[1].exception() is None:
+                self._sqlite_attempts.pop(key, None)
+                return
+            # it failed: write the batch again
+        while len(self._sqlite_attempts) >= _UNCONFIRMED_MAX:
+            del self._sqlite_attempts[next(iter(self._sqlite_attempts))]
+        attempt = asyncio.ensure_future(self._insert_sqlite(records))
+        attempt.add_done_callback(_retrieved)
+        self._sqlite_attempts[key] = (records, attempt)
+        await asyncio.wait({attempt})  # cancelled: the attempt runs on, for a retry to join
+        self._sqlite_attempts.pop(key, None)
+        if attempt.cancelled():
+            raise StoreError(f"writing {len(records)} comparisons at {self.url} was cancelled")
+        attempt.result()  # its StoreError, if any
+
+    async def _insert_sqlite(self, records: Sequence[ComparisonRecord]) -> None:
+        """Write `records` (and their path rows) in one transaction through the engine."""
+        try:
+            async with self._engine.begin() as conn:
+                # One executemany (RETURNING would cost a statement per row). The write
+                # lock is ours until commit, so the new rowids are the last len(rows).
+                values = [_sqlite_row(r) for r in records]
+                for start in range(0, len(values), _CHUNK_ROWS):
+                    await conn.exec_driver_sql(_SQLITE_INSERT, values[start : start + _CHUNK_ROWS])
+                last = int(await conn.scalar(select(func.max(comparisons.c.id))) or 0)
+                ids = range(last - len(values) + 1, last + 1)
+                paths = [p for cid, r in zip(ids, records, strict=True) for p in _path_rows(cid, r)]
+                await _insert_chunked(conn, comparison_paths, paths)
+        except exc.SQLAlchemyError as e:
+            raise self._error(f"cannot write {len(records)} comparisons", e) from e
+        except OSError as e:
+            raise StoreError(f"cannot write comparisons to {self.url}: {e}") from e
+
     def _settle(self, records: Sequence[ComparisonRecord], error: StoreError) -> StoreError:
         """`error`, having forgotten the ids of `records` if the store refused them for good
         (nothing was written, and the batch will not be sent again whole)."""
@@ -614,11 +668,30 @@ class Store:
             self._unconfirmed.pop(id(records), None)
         return error
 
-    def _remember(self, records: Sequence[ComparisonRecord], ids: list[int]) -> None:
+    def _remember(self, batch: _Unconfirmed) -> None:
         """Keep the ids of a batch being written until it is confirmed (a few at most)."""
         while len(self._unconfirmed) >= _UNCONFIRMED_MAX:
             del self._unconfirmed[next(iter(self._unconfirmed))]
-        self._unconfirmed[id(records)] = (records, ids)
+        self._unconfirmed[id(batch.records)] = batch
+
+    async def _end_earlier_attempt(self, conn: AsyncConnection, batch: _Unconfirmed) -> None:
+        """Make sure the last attempt at `batch` can no longer commit, and make the attempt
+        on `conn` the last one.
+
+        An earlier attempt whose client gave up may still be open on the server: its COMMIT
+        on the way (late, over a slow network) or a session cut off by a partition, which
+        holds the batch's ids for hours. Its backend is ended (its transaction then either
+        committed before, and the batch is found, or never will), so the batch keeps its
+        ids: under new ones, a late COMMIT would store it twice.
+        """
+        pid, start = (await conn.execute(_ATTEMPT)).one()
+        ended = await conn.scalar(_END_ATTEMPT, {"pid": batch.pid, "start": batch.start})
+        if not ended:
+            raise StoreError(
+                f"cannot write {len(batch.records)} comparisons at {self.url}: an earlier"
+                f" attempt (backend {batch.pid}) is still ending"
+            )
+        batch.pid, batch.start = pid, start
 
     async def insert_drops(
         self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
@@ -738,6 +811,10 @@ class Store:
         """Dispose of the engine and its pooled connections."""
         if self._writer is not None:
             await self._writer.close()
+        # a write whose caller gave up still ends (SQLite: within the busy timeout)
+        running = [attempt for _, attempt in self._sqlite_attempts.values()]
+        self._sqlite_attempts.clear()
+        await asyncio.gather(*running, return_exceptions=True)
         await self._engine.dispose()
 
     async def __aenter__(self) -> Store:
@@ -767,11 +844,21 @@ def _duplicate_key(e: BaseException) -> bool:
     return isinstance(e.__cause__, psycopg.errors.UniqueViolation)
 
 
-def _lock_wait_over(e: BaseException) -> bool:
-    """Whether `e` is PostgreSQL giving up a lock wait (`lock_timeout`)."""
-    import psycopg.errors
+def _retrieved(attempt: asyncio.Future[None]) -> None:
+    """Mark the outcome of a write as seen (its caller may have gone: no warning then)."""
+    if not attempt.cancelled():
+        attempt.exception()
 
-    return isinstance(e.__cause__, psycopg.errors.LockNotAvailable)
+
+@dataclass(slots=True, eq=False)
+class _Unconfirmed:
+    """A PostgreSQL batch not confirmed yet: its ids, and the server transaction of its last
+    attempt (backend pid and transaction start)."""
+
+    records: Sequence[ComparisonRecord]
+    ids: list[int]
+    pid: int
+    start: datetime
 
 
 def _fields(change: RouteChange) -> dict[str, Any]:

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
+from sqlalchemy.util.concurrency import await_
 
 from shadow.compare import CompareRules
 from shadow.http_compare import HttpResponse
@@ -634,14 +638,14 @@ class _SilentBeforeCommit(Forwarder):
 
 async def test_a_write_cut_off_before_commit_does_not_wedge_the_retries(pg_url: str) -> None:
     """A batch keeps its ids for its retries; the server session of an attempt cut off by a
-    partition keeps those rows locked, and a retry must not wait for it for good."""
+    partition keeps those rows locked, and a retry must not wait for it for good (it ends
+    that session)."""
     direct = await Store.open(pg_url)
     port = free_port()
     relay_url, target = _via(pg_url, port)
     relay = _SilentBeforeCommit(port, target)
     await relay.start()
     store = Store(relay_url, connect_timeout=2)
-    # write_timeout above the store's 2 s wait for the earlier attempt's locks
     recorder = Recorder(store, buffer_size=1000, batch_size=100, backoff_max=0.05, write_timeout=4)
     await recorder.start()
     try:
@@ -850,4 +854,155 @@ async def test_copies_the_store_refused_are_in_the_report(store_url: str) -> Non
     assert "dropped=4" in render(report, "junit")
     assert "| 6 | 0 |" in render(report, "markdown") and "| 4 |" in render(report, "markdown")
     assert "<td>4</td>" in render(report, "html")
+    _assert_balanced(recorder)
+
+
+class _LateCommit(Forwarder):
+    """A relay to PostgreSQL that, once armed, holds the next COMMIT (and whatever its
+    client sends after it) until `release` is set, then delivers it: a network that delays a
+    packet for longer than the writer waits. The server session is kept open meanwhile,
+    even when the client gives up and closes its side."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        super().__init__(port, target)
+        self.armed = False
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+        self.settled = asyncio.Event()  # the late COMMIT was answered, or refused
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+        held = bytearray()
+        holding = False
+
+        async def upstream() -> None:
+            nonlocal holding
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    if not holding and self.armed and b"COMMIT\x00" in data:
+                        self.armed = False
+                        holding = True
+                        self.held.set()
+                    if holding:
+                        held.extend(data)
+                        continue
+                    up_writer.write(data)
+                    await up_writer.drain()
+            if holding:  # the client gave up: the COMMIT still arrives, late
+                await self.release.wait()
+                with contextlib.suppress(OSError):
+                    up_writer.write(bytes(held))
+                    await up_writer.drain()
+                await self.settled.wait()
+
+        async def downstream() -> None:
+            with contextlib.suppress(OSError):
+                while data := await up_reader.read(65536):
+                    if holding and self.release.is_set():
+                        self.settled.set()  # the late COMMIT's answer
+                    with contextlib.suppress(OSError):  # the client may be gone
+                        writer.write(data)
+                        await writer.drain()
+            if holding:  # the end of a dead session
+                self.settled.set()
+                await asyncio.Event().wait()  # upstream() ends this connection
+
+        up = asyncio.create_task(upstream())
+        pipes = [up, asyncio.create_task(downstream())]
+        self._tasks.update(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        if holding and not up.done():
+            await asyncio.wait([up])
+        for w in (writer, up_writer):
+            w.close()
+
+
+async def test_a_batch_whose_first_commit_lands_late_is_stored_once(pg_url: str) -> None:
+    """The first attempt's COMMIT reaches PostgreSQL only after the writer gave up on it and
+    a retry stored the batch: a retry that had waited 2 s for the earlier attempt wrote the
+    batch under new ids, and the late COMMIT stored it a second time."""
+    direct = await Store.open(pg_url)
+    port = free_port()
+    relay_url, target = _via(pg_url, port)
+    relay = _LateCommit(port, target)
+    await relay.start()
+    store = Store(relay_url, connect_timeout=2)
+    recorder = Recorder(store, buffer_size=1000, batch_size=100, backoff_max=0.05, write_timeout=3)
+    await recorder.start()
+    try:
+        _feed(recorder, 0, 10)
+        assert await recorder.flush(10)
+        relay.armed = True
+        _feed(recorder, 10, 50)
+        await asyncio.wait_for(relay.held.wait(), 10)
+        assert await recorder.flush(30), recorder.last_error
+        relay.release.set()
+        await asyncio.wait_for(relay.settled.wait(), 10)
+    finally:
+        relay.release.set()
+        await recorder.stop(5)
+        await relay.stop()
+        await store.close()
+    assert recorder.retries >= 1
+    assert _totals(recorder.counters()) == (60, 60, 0, 0)
+    stored = await direct.count()
+    await direct.close()
+    assert stored == 60  # nothing written twice
+    _assert_balanced(recorder)
+
+
+def _write_cancelled() -> bool:
+    """Whether the writer's timeout has cancelled a write that has not ended yet."""
+    return any(
+        t.cancelling() and getattr(t.get_coro(), "__qualname__", "") == "Store.insert_batch"
+        for t in asyncio.all_tasks()
+    )
+
+
+async def test_a_sqlite_uri_batch_whose_commit_ends_after_the_timeout_is_stored_once(
+    tmp_path: Path,
+) -> None:
+    """A store opened by a `file:` URI writes through aiosqlite's thread: a COMMIT still
+    running when the writer's timeout cancelled it went through afterwards, and the retry
+    stored the batch a second time."""
+    url = f"sqlite+aiosqlite:///file:{tmp_path / 'store.db'}?mode=rwc&uri=true"
+    store = Store(url)
+    armed, held, release = threading.Event(), threading.Event(), threading.Event()
+
+    def trace(sql: str) -> None:  # on aiosqlite's thread, as each statement starts
+        if sql == "COMMIT" and armed.is_set():
+            armed.clear()
+            held.set()
+            release.wait(30)  # a slow disk: the COMMIT ends after the timeout
+
+    def traced(dbapi_conn: Any, _record: Any) -> None:
+        await_(dbapi_conn.driver_connection.set_trace_callback(trace))
+
+    event.listen(store.engine.sync_engine, "connect", traced)
+    await store.init()
+    recorder = Recorder(
+        store, buffer_size=1000, batch_size=100, backoff_max=0.05, write_timeout=0.2
+    )
+    await recorder.start()
+    try:
+        _feed(recorder, 0, 10)
+        assert await recorder.flush(10)
+        armed.set()
+        _feed(recorder, 10, 50)
+        await wait_until(held.is_set, timeout=10)
+        await wait_until(lambda: recorder.retries >= 1 or _write_cancelled(), timeout=10)
+        release.set()
+        assert await recorder.flush(10), recorder.last_error
+        stored = await store.count()
+    finally:
+        release.set()
+        await recorder.stop(5)
+        await store.close()
+    assert _totals(recorder.counters()) == (60, 60, 0, 0)
+    assert stored == 60  # nothing written twice
     _assert_balanced(recorder)
