@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import aiohttp
+
     from proxy.app import Proxy
 
 __all__ = [
@@ -141,17 +143,20 @@ async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 20.0) 
     return proc.returncode
 
 
+async def admin_ready(session: aiohttp.ClientSession, admin_port: int) -> bool:
+    """Whether `GET /-/ready` on the admin port answers 200 now (False if it cannot connect)."""
+    import aiohttp
+
+    try:
+        async with session.get(f"http://127.0.0.1:{admin_port}/-/ready") as r:
+            return r.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
 async def wait_admin_ready(admin_port: int, timeout: float = 20.0) -> None:
     """Poll `GET /-/ready` on the admin port until it answers 200."""
     import aiohttp
 
     async with aiohttp.ClientSession() as s:
-
-        async def ready() -> bool:
-            try:
-                async with s.get(f"http://127.0.0.1:{admin_port}/-/ready") as r:
-                    return r.status == 200
-            except aiohttp.ClientError:
-                return False
-
-        await wait_for(ready, timeout=timeout)
+        await wait_for(lambda: admin_ready(s, admin_port), timeout=timeout)

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from tests.integration.proxy.conftest import write_served_config
-from tests.support import free_port, start_serve, stop_process, wait_for
+from tests.support import admin_ready, free_port, start_serve, stop_process, wait_for
 from tests.upstreams import EchoUpstream, raw_exchange
 
 _CLICK_DONE = re.compile(rb"\|\s+click\s*$")  # the package, not click.core etc.
@@ -71,14 +71,6 @@ async def starting(tmp_path: Path, upstream: EchoUpstream) -> AsyncIterator[_Sta
             await asyncio.wait_for(drain, 5)
 
 
-async def _ready(session: aiohttp.ClientSession, admin: int) -> bool:
-    try:
-        async with session.get(f"http://127.0.0.1:{admin}/-/ready") as r:
-            return r.status == 200
-    except aiohttp.ClientError:
-        return False
-
-
 async def _reloads_ok(session: aiohttp.ClientSession, admin: int) -> float:
     async with session.get(f"http://127.0.0.1:{admin}/-/metrics") as r:
         m = _RELOADS_OK.search(await r.read())
@@ -99,7 +91,7 @@ async def test_a_sighup_while_starting_is_a_reload_once_up(starting: _Starting) 
     os.kill(starting.proc.pid, signal.SIGHUP)  # still importing: nothing handles it yet
     async with aiohttp.ClientSession() as session:
         deadline = time.monotonic() + 30
-        while not await _ready(session, starting.admin):
+        while not await admin_ready(session, starting.admin):
             _alive(starting)
             assert time.monotonic() < deadline, "never got ready"
             await asyncio.sleep(0.02)
@@ -121,7 +113,7 @@ async def test_sighups_all_through_start_up_do_not_kill_it(starting: _Starting) 
             sent += 1
             await asyncio.sleep(0.005)
             _alive(starting)
-            if await _ready(session, starting.admin):
+            if await admin_ready(session, starting.admin):
                 break
             assert time.monotonic() < deadline, "never got ready"
         assert sent > 1

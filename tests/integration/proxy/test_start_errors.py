@@ -19,7 +19,7 @@ from proxy.app import create_proxy
 from proxy.handlers import start_handler_app
 from proxy.settings import BackendSettings, loads
 from tests.integration.proxy.conftest import write_served_config
-from tests.support import free_port, start_serve, stop_process, wait_admin_ready
+from tests.support import admin_ready, free_port, start_serve, stop_process, wait_admin_ready
 from tests.upstreams import EchoUpstream, raw_exchange
 
 
@@ -165,14 +165,6 @@ async def test_workers_that_die_at_start_exit_2(tmp_path: Path, upstream: EchoUp
     assert "strangler serve: workers failed to start" in err.decode()
 
 
-async def _ready(session: aiohttp.ClientSession, admin: int) -> bool:
-    try:
-        async with session.get(f"http://127.0.0.1:{admin}/-/ready") as r:
-            return r.status == 200
-    except aiohttp.ClientError:
-        return False
-
-
 @pytest.mark.parametrize(
     ("first", "second"),
     [(["--workers", "2"], ["--workers", "2"]), ([], ["--workers", "2"]), (["--workers", "2"], [])],
@@ -196,7 +188,7 @@ async def test_two_serves_started_at_once_on_one_port_one_exits_2(
             deadline = time.monotonic() + 60
             while True:
                 exited = [p for p in procs if p.returncode is not None]
-                ready = [await _ready(session, a) for a in admins]
+                ready = [await admin_ready(session, a) for a in admins]
                 if exited and any(ready):
                     break
                 assert not all(ready), f"both instances serve port {port}"
