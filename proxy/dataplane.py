@@ -914,20 +914,14 @@ def _describe(exc: BaseException | None) -> str:
     return text
 
 
-def _first_value(value: bytes) -> bytes | None:
-    """The first element of a comma-separated X-Forwarded-* value (the client-facing hop's),
-    None when it is empty."""
-    first = value.partition(b",")[0].strip()
-    return first or None
-
-
-def _drop_connection_named(out: list[bytes], tokens: bytes, start: int) -> None:
-    """Remove header lines named in a Connection header (RFC 9110 7.6.1) from `out`."""
+def _drop_connection_named(out: list[bytes], tokens: bytes, start: int) -> set[bytes]:
+    """Remove header lines named in a Connection header (RFC 9110 7.6.1) from `out`; the
+    (lower-case) names removed."""
     names = {t.strip().lower() for t in tokens.split(b",")}
     names -= _CONN_STANDARD_TOKENS
     names -= _CONN_NEVER_NAMES
     if not names:
-        return
+        return names
     # `out` holds groups of (name, b": ", value, b"\r\n") after position `start`.
     i = start
     kept: list[bytes] = out[:start]
@@ -940,6 +934,7 @@ def _drop_connection_named(out: list[bytes], tokens: bytes, start: int) -> None:
             kept.append(out[i])
             i += 1
     out[:] = kept
+    return names
 
 
 class ClientConnection(asyncio.Protocol):
@@ -1170,8 +1165,8 @@ class ClientConnection(asyncio.Protocol):
         parts: list[bytes] = [raw_method, b" ", target, b" HTTP/1.1\r\n"]
         host = b""
         xff: bytes | None = None
-        xfp: bytes | None = None  # the first value a proxy in front of us gave, if any
-        xfh: bytes | None = None
+        # a proxy in front of us (a TLS-terminating load balancer) said these: passed on
+        xfp = xfh = False
         rid: bytes | None = None
         conn_tokens: bytes | None = None
         upgrade: bytes | None = None
@@ -1189,11 +1184,11 @@ class ClientConnection(asyncio.Protocol):
                 elif lname == b"x-forwarded-for":
                     xff = value if xff is None else xff + b", " + value
                 elif lname == b"x-forwarded-proto":
-                    if xfp is None:
-                        xfp = _first_value(value)
+                    xfp = True
+                    parts += (name, b": ", value, b"\r\n")
                 elif lname == b"x-forwarded-host":
-                    if xfh is None:
-                        xfh = _first_value(value)
+                    xfh = True
+                    parts += (name, b": ", value, b"\r\n")
                 elif lname == b"upgrade":
                     upgrade = value
                 continue
@@ -1228,7 +1223,10 @@ class ClientConnection(asyncio.Protocol):
                 probe.abandon()
             raise
         if conn_tokens is not None and conn_tokens.lower() not in _PLAIN_CONNECTION:
-            _drop_connection_named(parts, conn_tokens, start=4)
+            named = _drop_connection_named(parts, conn_tokens, start=4)
+            # hop-by-hop by the client's word: gone, so ours are set
+            xfp = xfp and b"x-forwarded-proto" not in named
+            xfh = xfh and b"x-forwarded-host" not in named
         if host_override is not None:
             parts += (b"host: ", host_override, b"\r\n")
         elif hosts == 0:  # HTTP/1.0 without Host: forwarded as 1.1, it needs one
@@ -1239,23 +1237,12 @@ class ClientConnection(asyncio.Protocol):
         else:
             request_id = rid.decode("latin-1")
         peer = self.peer
-        if xfp is None:
-            parts += (
-                b"x-forwarded-for: ",
-                peer if xff is None else xff + b", " + peer,
-                b"\r\nx-forwarded-proto: http\r\n",
-            )
-        else:  # e.g. a TLS-terminating load balancer's https: the backend must still see it
-            parts += (
-                b"x-forwarded-for: ",
-                peer if xff is None else xff + b", " + peer,
-                b"\r\nx-forwarded-proto: ",
-                xfp,
-                b"\r\n",
-            )
-        if xfh is not None:
-            parts += (b"x-forwarded-host: ", xfh, b"\r\n")
-        elif host:
+        parts += (
+            b"x-forwarded-for: ",
+            peer if xff is None else xff + b", " + peer,
+            b"\r\n" if xfp else b"\r\nx-forwarded-proto: http\r\n",
+        )
+        if host and not xfh:
             parts += (b"x-forwarded-host: ", host, b"\r\n")
         if upgrade is not None and conn_tokens is not None and b"upgrade" in conn_tokens.lower():
             parts += (b"connection: upgrade\r\nupgrade: ", upgrade, b"\r\n")
