@@ -14,6 +14,7 @@ __all__ = [
     "Heartbeat",
     "Pulse",
     "start_heartbeat",
+    "take_heartbeat_fd",
     "tie_to_parent",
 ]
 
@@ -65,14 +66,19 @@ class Heartbeat:
         self._send((_RELOADED if ok else _REJECTED) + number + _END)
 
 
-def start_heartbeat(loop: asyncio.AbstractEventLoop) -> Heartbeat | None:
-    """Beat into the supervisor's pipe from `loop`, if this process was given one; the
-    variable is taken out of the environment so that no child of the worker (its shadow
-    helper) sees it."""
+def take_heartbeat_fd() -> int | None:
+    """The heartbeat pipe this process was given, if any, taken out of the environment:
+    call it before starting any child (the worker's shadow helper), which must not see it."""
     raw = os.environ.pop(HEARTBEAT_ENV, None)
-    if not raw:
+    try:
+        return int(raw) if raw else None
+    except ValueError:
         return None
-    heart = Heartbeat(int(raw), loop)
+
+
+def start_heartbeat(fd: int, loop: asyncio.AbstractEventLoop) -> Heartbeat:
+    """Beat into the supervisor's pipe `fd` (from `take_heartbeat_fd`) from `loop`."""
+    heart = Heartbeat(fd, loop)
     heart.beat()
     return heart
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from proxy.earlyhup import hold_early_hup, take_early_hup
 from proxy.holds import STATE_DIR_ENV
-from proxy.lifeline import HEARTBEAT_ENV, Pulse, start_heartbeat
+from proxy.lifeline import HEARTBEAT_ENV, Pulse, start_heartbeat, take_heartbeat_fd
 from proxy.settings import ConfigError, Settings, load, loads
 from shadow.redact import warn_if_unkeyed
 
@@ -210,11 +210,14 @@ def run_worker(config_path: str, slot: int | None = None) -> int:
     ties it to the supervisor first); `slot`: its number (1..N) under `--workers N`, N > 1,
     which its capture file is named after (`capture.path` + `.w<slot>`)."""
     hold_early_hup()
+    heartbeat = take_heartbeat_fd()  # first: no child of this worker is to inherit it
     settings = _load_or_report(config_path)
     if settings is None:
         return 2
     _install_uvloop()
-    return asyncio.run(_serve_one(settings, watch=False, worker=True, slot=slot))
+    return asyncio.run(
+        _serve_one(settings, watch=False, worker=True, slot=slot, heartbeat=heartbeat)
+    )
 
 
 def _stop_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -243,8 +246,14 @@ async def _watch_file(path: str, on_change: object, stop: asyncio.Event) -> None
 
 
 async def _serve_one(
-    settings: Settings, *, watch: bool, worker: bool, slot: int | None = None
+    settings: Settings,
+    *,
+    watch: bool,
+    worker: bool,
+    slot: int | None = None,
+    heartbeat: int | None = None,
 ) -> int:
+    """Run one proxy; `heartbeat`: a worker's pipe to its supervisor (`take_heartbeat_fd`)."""
     from proxy.app import create_proxy
 
     proxy = create_proxy(
@@ -260,7 +269,8 @@ async def _serve_one(
     stop = asyncio.Event()
     _stop_signals(loop, stop)
     reloads: set[asyncio.Task[tuple[bool, list[str]]]] = set()
-    heart = start_heartbeat(loop) if worker else None  # before the ready file: up is beating
+    # before the ready file: up is beating
+    heart = start_heartbeat(heartbeat, loop) if heartbeat is not None else None
 
     async def reload_and_answer() -> tuple[bool, list[str]]:
         _snapshot_read.set(None)  # this task's own: set by the load_config of this reload
