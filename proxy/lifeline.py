@@ -14,12 +14,16 @@ __all__ = [
     "Heartbeat",
     "Pulse",
     "start_heartbeat",
+    "take_heartbeat_fd",
     "tie_to_parent",
 ]
 
 HEARTBEAT_ENV = "STRANGLER_HEARTBEAT_FD"  # set for a worker: the pipe it beats into
 HEARTBEAT_S = 0.5  # a worker's beat; off the request path, one byte per beat
-_BEAT, _RELOADED, _REJECTED = b".", b"+", b"-"  # one byte each: a pipe writes them whole
+# a beat is one byte; a reload's answer is `+GEN\n` (runs) or `-GEN\n` (refused), GEN the
+# supervisor's generation of the snapshot that reload read (none: it read no snapshot); a pipe
+# writes each whole, so a beat never lands inside an answer
+_BEAT, _RELOADED, _REJECTED, _END = b".", b"+", b"-", b"\n"
 
 
 def tie_to_parent(parent: int | None = None) -> bool:
@@ -53,19 +57,28 @@ class Heartbeat:
         self._send(_BEAT)
         self._loop.call_later(HEARTBEAT_S, self.beat)
 
-    def reloaded(self, ok: bool) -> None:
-        """Tell the supervisor whether a reload it asked for runs here (or the old config)."""
-        self._send(_RELOADED if ok else _REJECTED)
+    def reloaded(self, ok: bool, generation: int | None) -> None:
+        """Tell the supervisor whether a reload it asked for runs here (or the old config),
+        naming the snapshot generation that reload read: an answer that comes late (a
+        reload held while this worker started, one past the supervisor's wait) is not
+        taken for the answer to a later reload."""
+        number = b"" if generation is None else str(generation).encode()
+        self._send((_RELOADED if ok else _REJECTED) + number + _END)
 
 
-def start_heartbeat(loop: asyncio.AbstractEventLoop) -> Heartbeat | None:
-    """Beat into the supervisor's pipe from `loop`, if this process was given one; the
-    variable is taken out of the environment so that no child of the worker (its shadow
-    helper) sees it."""
+def take_heartbeat_fd() -> int | None:
+    """The heartbeat pipe this process was given, if any, taken out of the environment:
+    call it before starting any child (the worker's shadow helper), which must not see it."""
     raw = os.environ.pop(HEARTBEAT_ENV, None)
-    if not raw:
+    try:
+        return int(raw) if raw else None
+    except ValueError:
         return None
-    heart = Heartbeat(int(raw), loop)
+
+
+def start_heartbeat(fd: int, loop: asyncio.AbstractEventLoop) -> Heartbeat:
+    """Beat into the supervisor's pipe `fd` (from `take_heartbeat_fd`) from `loop`."""
+    heart = Heartbeat(fd, loop)
     heart.beat()
     return heart
 
@@ -77,7 +90,9 @@ class Pulse:
         self._read, self.fd = os.pipe()  # `fd`: the worker's end, closed here once handed
         os.set_blocking(self._read, False)
         self.last: float | None = None  # when a beat was last seen; None before the first
-        self.reloads: list[bool] = []  # how the worker's reloads went, oldest first
+        # how the worker's reloads went, oldest first: (snapshot generation or None, ok)
+        self.reloads: list[tuple[int | None, bool]] = []
+        self._partial = b""  # the start of an answer whose end is not read yet
 
     def handed(self) -> None:
         """The worker holds its end now (or never will): keep only ours."""
@@ -97,8 +112,15 @@ class Pulse:
             if not data:
                 break
             self.last = now
-            self.reloads.extend(b == _RELOADED[0] for b in data if b != _BEAT[0])
+            self._take(data)
         return None if self.last is None else now - self.last
+
+    def _take(self, data: bytes) -> None:
+        *answers, self._partial = (self._partial + data.replace(_BEAT, b"")).split(_END)
+        for answer in answers:
+            number = answer[1:]
+            generation = int(number) if number.isdigit() else None
+            self.reloads.append((generation, answer[:1] == _RELOADED))
 
     def close(self) -> None:
         """Close the supervisor's end."""

@@ -28,9 +28,11 @@ from shadow.report import build_report
 from shadow.store import Store
 
 __all__ = [
+    "RELOAD_TIMEOUT_S",
     "Action",
     "MigrateError",
     "Plan",
+    "ReloadUnknown",
     "Stage",
     "WatchResult",
     "apply_plan",
@@ -55,6 +57,16 @@ _RANK: dict[str, int] = {"legacy": 0, "shadow": 1, "canary": 2, "extracted": 3}
 
 class MigrateError(Exception):
     """A usage or config problem (exit 2): unknown route, unreadable config, bad URL."""
+
+
+class ReloadUnknown(MigrateError):
+    """A reload POST got no answer (a timeout, a dropped connection): the proxy may or may
+    not have reloaded."""
+
+
+# Above the proxy's longest reload: with `serve --workers`, 10 s waiting for the workers'
+# answers and, when one refuses, 10 s more for the rollback, plus starting new apps.
+RELOAD_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,17 +308,21 @@ def reload_target(url: str) -> str:
     return url if url.rstrip("/").endswith("/-/reload") else url.rstrip("/") + "/-/reload"
 
 
-async def reload_proxy(url: str, token: str, *, timeout: float = 10.0, attempts: int = 3) -> str:
-    """POST the proxy's `/-/reload` with the bearer token; the new config version."""
+async def reload_proxy(
+    url: str, token: str, *, timeout: float = RELOAD_TIMEOUT_S, attempts: int = 3
+) -> str:
+    """POST the proxy's `/-/reload` with the bearer token; the new config version.
+    ReloadUnknown when the POST got no answer (it may have reloaded), else MigrateError."""
     target = reload_target(url)
-    # A reload re-reads the same file, so repeating it is harmless: retrying the POST on a
-    # refused connection or a 502/503/504 is safe.
+    # Retried only when the proxy surely did not take it: a refused connection, or a
+    # 502/503/504 answer. One that timed out or lost its connection may still be reloading:
+    # another POST would only queue another reload behind it.
     retry = ExponentialRetry(
         attempts=attempts,
         start_timeout=0.2,
         max_timeout=2.0,
         statuses={502, 503, 504},
-        exceptions={aiohttp.ClientConnectionError, TimeoutError},
+        exceptions={aiohttp.ClientConnectorError},
         methods={"POST"},
         retry_all_server_errors=False,
     )
@@ -320,7 +336,13 @@ async def reload_proxy(url: str, token: str, *, timeout: float = 10.0, attempts:
                 data = await resp.json(content_type=None)
             except ValueError:
                 data = {}
-    except (TimeoutError, aiohttp.ClientError) as e:
+    except (TimeoutError, aiohttp.ServerDisconnectedError) as e:
+        why = f"no answer within {timeout:g} s" if isinstance(e, TimeoutError) else str(e)
+        raise ReloadUnknown(
+            f"reload at {target}: {why or type(e).__name__}; whether the proxy reloaded is"
+            " unknown (see config_version and last_reload_error in GET /-/config)"
+        ) from None
+    except aiohttp.ClientError as e:
         raise MigrateError(f"reload at {target} failed: {str(e) or type(e).__name__}") from None
     finally:
         await client.close()

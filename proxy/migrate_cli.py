@@ -20,9 +20,11 @@ import click
 from sqlalchemy.engine import make_url
 
 from proxy.migrate import (
+    RELOAD_TIMEOUT_S,
     Action,
     MigrateError,
     Plan,
+    ReloadUnknown,
     apply_plan,
     current_stage,
     find_route,
@@ -371,10 +373,17 @@ async def _change(
     return _OK
 
 
-async def _reload(reload_url: str, token: str, done: str) -> str:
+async def _reload(
+    reload_url: str, token: str, done: str, *, timeout: float = RELOAD_TIMEOUT_S
+) -> str:
     """POST the reload after a change was written; a failure says the change stands."""
     try:
-        return await reload_proxy(reload_url, token)
+        return await reload_proxy(reload_url, token, timeout=timeout)
+    except ReloadUnknown as e:
+        raise MigrateError(
+            f"{done}, but {e}: do not apply it again; if the proxy runs the previous config,"
+            " reload it (POST /-/reload or SIGHUP)"
+        ) from None
     except MigrateError as e:
         raise MigrateError(
             f"{done}, but the reload failed: {e}; the proxy runs the previous config until it"

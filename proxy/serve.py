@@ -31,11 +31,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from pathlib import Path
 
 from proxy.earlyhup import hold_early_hup, take_early_hup
 from proxy.holds import STATE_DIR_ENV
-from proxy.lifeline import HEARTBEAT_ENV, Pulse, start_heartbeat
+from proxy.lifeline import HEARTBEAT_ENV, Pulse, start_heartbeat, take_heartbeat_fd
 from proxy.settings import ConfigError, Settings, load, loads
 from shadow.redact import warn_if_unkeyed
 
@@ -44,6 +45,11 @@ __all__ = ["SNAPSHOT_ENV", "load_config", "run", "run_worker"]
 SNAPSHOT_ENV = "STRANGLER_CONFIG_SNAPSHOT"  # set for workers: the supervisor's loaded config
 _GRACE_ENV = "STRANGLER_GRACE_S"
 _READY_PREFIX = "ready-"
+# The snapshot's first line: its generation, which the supervisor counts up with every write
+# and a worker names when it answers a reload (a late answer is not taken for a later one).
+_SNAPSHOT_HEAD = "#strangler-snapshot "
+# the generation of the snapshot the last load_config of this task read (None: none read)
+_snapshot_read: ContextVar[int | None] = ContextVar("strangler_snapshot_read", default=None)
 
 
 def _grace() -> float:
@@ -78,17 +84,24 @@ def load_config(path: str) -> Settings:
     snapshot = os.environ.get(SNAPSHOT_ENV)
     if not snapshot:
         return load(path)
+    _snapshot_read.set(None)
     try:
         text = Path(snapshot).read_bytes().decode("utf-8")  # CRLF kept: the same version
     except (OSError, UnicodeDecodeError):
         return load(path)
+    if text.startswith(_SNAPSHOT_HEAD):
+        head, _, text = text.partition("\n")
+        number = head[len(_SNAPSHOT_HEAD) :]
+        _snapshot_read.set(int(number) if number.isdigit() else None)
     return loads(text, path)
 
 
-def _write_snapshot(path: Path, settings: Settings) -> None:
-    """Keep `settings` as the config the workers load (replaced whole, never half-written)."""
+def _write_snapshot(path: Path, settings: Settings, generation: int) -> None:
+    """Keep `settings` as the config the workers load (replaced whole, never half-written),
+    headed by its `generation`."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(settings.source.encode("utf-8"))  # no newline translation: same version
+    head = f"{_SNAPSHOT_HEAD}{generation}\n".encode()
+    tmp.write_bytes(head + settings.source.encode("utf-8"))  # no newline translation
     tmp.replace(path)
 
 
@@ -197,11 +210,14 @@ def run_worker(config_path: str, slot: int | None = None) -> int:
     ties it to the supervisor first); `slot`: its number (1..N) under `--workers N`, N > 1,
     which its capture file is named after (`capture.path` + `.w<slot>`)."""
     hold_early_hup()
+    heartbeat = take_heartbeat_fd()  # first: no child of this worker is to inherit it
     settings = _load_or_report(config_path)
     if settings is None:
         return 2
     _install_uvloop()
-    return asyncio.run(_serve_one(settings, watch=False, worker=True, slot=slot))
+    return asyncio.run(
+        _serve_one(settings, watch=False, worker=True, slot=slot, heartbeat=heartbeat)
+    )
 
 
 def _stop_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
@@ -230,8 +246,14 @@ async def _watch_file(path: str, on_change: object, stop: asyncio.Event) -> None
 
 
 async def _serve_one(
-    settings: Settings, *, watch: bool, worker: bool, slot: int | None = None
+    settings: Settings,
+    *,
+    watch: bool,
+    worker: bool,
+    slot: int | None = None,
+    heartbeat: int | None = None,
 ) -> int:
+    """Run one proxy; `heartbeat`: a worker's pipe to its supervisor (`take_heartbeat_fd`)."""
     from proxy.app import create_proxy
 
     proxy = create_proxy(
@@ -247,17 +269,24 @@ async def _serve_one(
     stop = asyncio.Event()
     _stop_signals(loop, stop)
     reloads: set[asyncio.Task[tuple[bool, list[str]]]] = set()
-    heart = start_heartbeat(loop) if worker else None  # before the ready file: up is beating
+    # before the ready file: up is beating
+    heart = start_heartbeat(heartbeat, loop) if heartbeat is not None else None
 
-    def reloaded(task: asyncio.Task[tuple[bool, list[str]]]) -> None:
-        reloads.discard(task)
-        if heart is not None:  # the supervisor fails the reload everywhere if one failed here
-            heart.reloaded(not task.cancelled() and task.exception() is None and task.result()[0])
+    async def reload_and_answer() -> tuple[bool, list[str]]:
+        _snapshot_read.set(None)  # this task's own: set by the load_config of this reload
+        ok = False
+        try:
+            result = await proxy.reload_from_file()
+            ok = result[0]
+            return result
+        finally:  # the supervisor fails the reload everywhere if one failed here
+            if heart is not None:
+                heart.reloaded(ok, _snapshot_read.get())
 
     def on_hup() -> None:
-        task = loop.create_task(proxy.reload_from_file())
+        task = loop.create_task(reload_and_answer())
         reloads.add(task)
-        task.add_done_callback(reloaded)
+        task.add_done_callback(reloads.discard)
 
     _hup_handler(loop, on_hup)
     if worker:
@@ -308,6 +337,7 @@ class _Workers:
         self._quick_deaths: list[int] = []  # per slot: deaths in a row before _HEALTHY_S
         self._due: list[float | None] = []  # per slot: when a dead one is started again
         self._pulses: list[Pulse | None] = []  # per slot: its worker's heartbeat
+        self.generation = 0  # of the config snapshot last written, which a reload asks for
 
     def spawn(self, slot: int) -> subprocess.Popen[bytes]:
         """Start the worker of `slot` (0-based) with SIGHUP blocked (the mask is inherited):
@@ -411,9 +441,12 @@ class _Workers:
         return f"{down} of {self.count} workers not ready" if down else None
 
     async def reload_all(self) -> str | None:
-        """SIGHUP every worker and wait for those that are up to say how their reload went
-        (one that dies meanwhile is left out: its successor loads the snapshot); None when
-        all run the new config, else why not."""
+        """SIGHUP every worker and wait for those that are up to say how their reload of
+        the snapshot of `generation` went (one that dies meanwhile is left out: its
+        successor loads the snapshot); None when all run the new config, else why not.
+        An answer naming an earlier generation (a reload the worker was still finishing) is
+        not this one's; one naming none (no snapshot read) counts as a refusal."""
+        generation = self.generation
         now = time.monotonic()
         asked: dict[int, subprocess.Popen[bytes]] = {}
         for i, proc in enumerate(self.procs):
@@ -435,8 +468,13 @@ class _Workers:
                     del asked[i]
                     continue
                 pulse.silent_s(now)
-                if pulse.reloads:
-                    if not all(pulse.reloads):
+                answers = [
+                    ok and gen is not None
+                    for gen, ok in pulse.reloads
+                    if gen is None or gen >= generation
+                ]
+                if answers:
+                    if not all(answers):
                         failed.append(proc.pid)
                     del asked[i]
             if not asked:
@@ -509,10 +547,10 @@ async def _supervise_in(
     from proxy.metrics import scrape_registry
 
     snapshot = Path(mp_dir, "config.yaml")
-    _write_snapshot(snapshot, settings)
     env = dict(os.environ)
     env[SNAPSHOT_ENV] = str(snapshot)
     workers = _Workers(settings.path, count, env, mp_dir)
+    _write_snapshot(snapshot, settings, workers.generation)
     workers.start()
     deadline = time.monotonic() + 30
     while workers.unready():
@@ -538,7 +576,11 @@ async def _supervise_in(
 
     # what workers load, now and when restarted; a snapshot that cannot be written (a full
     # disk) fails the reload, so nobody is told a config runs that the workers do not have
-    admin.reload_prepare = lambda new: _write_snapshot(snapshot, new)
+    def prepare(new: Settings) -> None:
+        workers.generation += 1  # the answers to this reload name it
+        _write_snapshot(snapshot, new, workers.generation)
+
+    admin.reload_prepare = prepare
     admin.reload_hook = fan_out
     workers.on_restart = admin.metrics.worker_restarts.inc
     admin.unready = workers.unready

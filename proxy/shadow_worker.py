@@ -90,6 +90,9 @@ class ShadowHelper:
         self._pump_soon = False
         self._sweeper: asyncio.TimerHandle | None = None
         self._acked: dict[str, int] = {}  # what the worker was last told
+        # one reload at a time, in the order the SIGHUPs came: two overlapping ones (a
+        # supervisor's rollback right after a reload) could end on the older config
+        self._reload_lock = asyncio.Lock()
 
     @property
     def hub(self) -> ShadowHub:
@@ -153,12 +156,13 @@ class ShadowHelper:
 
     async def reload(self) -> None:
         """Load the config file again; on any error keep the current one."""
-        try:
-            settings = load_config(self.proxy.settings.path)
-        except ConfigError as e:
-            _log.warning("shadow helper: reload rejected, keeping the old config: %s", e)
-            return
-        await self._build(settings)
+        async with self._reload_lock:
+            try:
+                settings = load_config(self.proxy.settings.path)
+            except ConfigError as e:
+                _log.warning("shadow helper: reload rejected, keeping the old config: %s", e)
+                return
+            await self._build(settings)
 
     def _slot_freed(self) -> None:
         if not self._pump_soon and self.queued:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from proxy.migrate import MigrateError
 from proxy.settings import load
 from shadow.store import Store
 from tests.integration.migrate.helpers import changes, evidence, migrate, write_config
@@ -132,3 +133,42 @@ async def test_unreachable_admin_is_one_line(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "reload at" in result.stderr
+
+
+async def test_a_reload_that_times_out_is_not_posted_again_and_said_unknown(port: int) -> None:
+    """A supervisor's reload can take ~20 s (10 s for the workers' answers, 10 s for a
+    rollback); the client gave up at 10 s, POSTed twice more (queueing more reloads) and
+    said "the proxy runs the previous config", which it did not know."""
+    from proxy import serve
+    from proxy.migrate import RELOAD_TIMEOUT_S, ReloadUnknown, reload_proxy
+    from proxy.migrate_cli import _reload
+
+    assert RELOAD_TIMEOUT_S > 2 * serve._RELOAD_WAIT_S + 10  # above the server's worst case
+    calls: list[str] = []
+    done = asyncio.Event()
+
+    async def slow_reload(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        await done.wait()  # still reloading when the client gives up
+        return web.json_response({"status": "reloaded", "config_version": "abc123"})
+
+    app = web.Application()
+    app.router.add_post("/-/reload", slow_reload)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        with pytest.raises(ReloadUnknown) as unknown:
+            await reload_proxy(url, TOKEN, timeout=0.5)
+        assert calls == ["/-/reload"]  # one POST: no second reload queued
+        assert "no answer within 0.5 s" in str(unknown.value)
+        assert "unknown" in str(unknown.value)
+        with pytest.raises(MigrateError) as said:
+            await _reload(url, TOKEN, "order-list: applied", timeout=0.5)
+        assert "runs the previous config until" not in str(said.value)
+        assert "do not apply it again" in str(said.value)
+        assert len(calls) == 2
+    finally:
+        done.set()
+        await runner.cleanup()

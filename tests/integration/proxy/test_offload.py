@@ -342,3 +342,13 @@ async def test_gauges_of_a_killed_helper_leave_the_metrics(served: Served) -> No
     os.kill(first, signal.SIGKILL)
     await wait_until(lambda: len(_ours(served)) == 1 and _ours(served) != [first], timeout=10)
     await wait_until(lambda: not list(Path(mp).glob(f"gauge_live*_{first}.db")), timeout=10)
+
+
+async def test_the_helper_is_not_handed_the_workers_heartbeat_pipe(served: Served) -> None:
+    """The worker took its heartbeat variable out of its environment only after it had
+    started its shadow helper, which inherited it (and could have beaten for the worker)."""
+    await wait_until(lambda: len(_ours(served)) == 1, timeout=10)
+    [helper] = _ours(served)
+    env = Path(f"/proc/{helper}/environ").read_bytes().split(b"\0")
+    assert not [x for x in env if x.startswith(b"STRANGLER_HEARTBEAT_FD=")]
+    assert [x for x in env if x.startswith(b"STRANGLER_CONFIG_SNAPSHOT=")]  # a worker's child
