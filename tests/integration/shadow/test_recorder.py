@@ -1006,3 +1006,44 @@ async def test_a_sqlite_uri_batch_whose_commit_ends_after_the_timeout_is_stored_
     assert _totals(recorder.counters()) == (60, 60, 0, 0)
     assert stored == 60  # nothing written twice
     _assert_balanced(recorder)
+
+
+async def test_a_batch_in_flight_at_stop_is_not_also_stored_as_failed(pg_url: str) -> None:
+    """A stop whose grace ran out while a batch's COMMIT was on its way counted that batch
+    `failed` and stored it as `store_failed` drop counts; the COMMIT then landed, and the
+    report counted each of those copies twice (a row and a drop). A copy whose write may
+    yet land is only in the metrics' `failed`; copies never sent are stored drops still."""
+    direct = await Store.open(pg_url)
+    port = free_port()
+    relay_url, target = _via(pg_url, port)
+    relay = _LateCommit(port, target)
+    await relay.start()
+    store = Store(relay_url, connect_timeout=2)
+    recorder = Recorder(store, buffer_size=1000, batch_size=20, linger=0, drops_every=3600)
+    await recorder.start()
+    try:
+        _feed(recorder, 0, 10)
+        assert await recorder.flush(10)
+        relay.armed = True
+        _feed(recorder, 10, 30)  # a batch of 20 (its COMMIT held), 10 left in the buffer
+        await asyncio.wait_for(relay.held.wait(), 10)
+        await recorder.stop(0.5)  # SIGTERM with little grace left
+        relay.release.set()
+        await asyncio.wait_for(relay.settled.wait(), 10)
+    finally:
+        relay.release.set()
+        await recorder.stop(5)
+        await relay.stop()
+        await store.close()
+    assert _totals(recorder.counters()) == (40, 10, 0, 30)  # the metrics: 30 failed
+    try:
+        stored = await direct.count()
+        drops = await _stored_drops(direct)
+        report = await build_report(direct)
+    finally:
+        await direct.close()
+    assert stored == 30  # the late COMMIT landed
+    assert sum(drops.values()) == 10 and {r for _, r in drops} == {"store_failed"}
+    assert sum(r.samples for r in report.routes) == 30
+    assert sum(r.total for r in report.routes) == 40  # every copy started, none twice
+    _assert_balanced(recorder)
