@@ -204,13 +204,16 @@ _RESERVE_IDS = text(
     "'comparisons', 'id')) FROM generate_series(1, :n))"
 )
 _ATTEMPT = text("SELECT pg_backend_pid(), now()")
-# Ends an earlier attempt's transaction if it is still open (waiting up to 2 s for its
-# backend to exit): true once it cannot commit any more. Another session that got the
-# same pid since has another transaction start, and is left alone.
-_END_ATTEMPT = text(
-    "SELECT coalesce(bool_and(pg_terminate_backend(pid, 2000)), true) FROM pg_stat_activity"
-    " WHERE pid = :pid AND xact_start = :start AND pid <> pg_backend_pid()"
+# Ends an earlier attempt's transaction if it is still open. Another session that got the
+# same pid since has another transaction start, and is left alone. (Not the 2-argument
+# pg_terminate_backend that waits: PostgreSQL 14 and later only.)
+_ATTEMPT_OPEN = (
+    " FROM pg_stat_activity WHERE pid = :pid AND xact_start = :start AND pid <> pg_backend_pid()"
 )
+_END_ATTEMPT = text(f"SELECT count(pg_terminate_backend(pid)){_ATTEMPT_OPEN}")
+# pg_stat_activity is read once per transaction unless its snapshot is cleared
+_ATTEMPT_STILL_OPEN = text(f"SELECT pg_stat_clear_snapshot(), EXISTS (SELECT 1{_ATTEMPT_OPEN})")
+_END_ATTEMPT_WAIT = 2.0  # seconds an ended attempt's backend is given to exit
 _UNCONFIRMED_MAX = 8  # batches whose ids are kept for a retry (the recorder retries one)
 # A retry waits no longer than this for a lock on its ids (none should be held any more)
 _RETRY_LOCK_TIMEOUT = text("SET LOCAL lock_timeout = '2s'")
@@ -685,12 +688,18 @@ class Store:
         ids: under new ones, a late COMMIT would store it twice.
         """
         pid, start = (await conn.execute(_ATTEMPT)).one()
-        ended = await conn.scalar(_END_ATTEMPT, {"pid": batch.pid, "start": batch.start})
-        if not ended:
-            raise StoreError(
-                f"cannot write {len(batch.records)} comparisons at {self.url}: an earlier"
-                f" attempt (backend {batch.pid}) is still ending"
-            )
+        earlier = {"pid": batch.pid, "start": batch.start}
+        if await conn.scalar(_END_ATTEMPT, earlier):
+            deadline = asyncio.get_running_loop().time() + _END_ATTEMPT_WAIT
+            pause = 0.005
+            while (await conn.execute(_ATTEMPT_STILL_OPEN, earlier)).one()[1]:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise StoreError(
+                        f"cannot write {len(batch.records)} comparisons at {self.url}: an"
+                        f" earlier attempt (backend {batch.pid}) is still ending"
+                    )
+                await asyncio.sleep(pause)  # the backend exits on its own, soon
+                pause = min(pause * 2, 0.1)
         batch.pid, batch.start = pid, start
 
     async def insert_drops(

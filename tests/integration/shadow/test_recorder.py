@@ -922,11 +922,34 @@ class _LateCommit(Forwarder):
             w.close()
 
 
-async def test_a_batch_whose_first_commit_lands_late_is_stored_once(pg_url: str) -> None:
+# PostgreSQL 13 and older have no pg_terminate_backend(pid, timeout): emulated in a test's
+# own schema, searched before pg_catalog, by one that fails as a server without it does.
+_NO_TERMINATE_TIMEOUT = """
+CREATE FUNCTION pg_terminate_backend(integer, bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = 'undefined_function',
+    MESSAGE = 'function pg_terminate_backend(integer, integer) does not exist';
+END $$
+"""
+
+
+@pytest.mark.parametrize("server", ["current", "pg13"])
+async def test_a_batch_whose_first_commit_lands_late_is_stored_once(
+    pg_url: str, server: str
+) -> None:
     """The first attempt's COMMIT reaches PostgreSQL only after the writer gave up on it and
     a retry stored the batch: a retry that had waited 2 s for the earlier attempt wrote the
-    batch under new ids, and the late COMMIT stored it a second time."""
+    batch under new ids, and the late COMMIT stored it a second time. On PostgreSQL 13 and
+    older, the retry's pg_terminate_backend(pid, timeout) did not exist: every retry failed
+    for good and the batch was split under new ids, with the same double store."""
+    if server == "pg13":
+        from sqlalchemy import text
+
+        pg_url += "%2Cpg_catalog"  # the schema first, then the built-in functions
     direct = await Store.open(pg_url)
+    if server == "pg13":
+        async with direct.engine.begin() as conn:
+            await conn.execute(text(_NO_TERMINATE_TIMEOUT))
     port = free_port()
     relay_url, target = _via(pg_url, port)
     relay = _LateCommit(port, target)
