@@ -44,7 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shadow.migrations import migrations
@@ -63,6 +63,7 @@ __all__ = [
     "normalize_url",
     "route_changes",
     "shadow_drops",
+    "sqlite_file",
 ]
 
 
@@ -243,6 +244,21 @@ def normalize_url(url: str) -> str:
         if url.startswith(plain):
             return driver + url[len(plain) :]
     return url
+
+
+def sqlite_file(url: str | URL) -> str:
+    """The file a SQLite store URL names directly, or "" for any other: `:memory:`, a
+    `file:` URI (SQLite decides what that opens), PostgreSQL, or a URL that does not parse
+    (`Store` says what is wrong with it)."""
+    if isinstance(url, str):
+        try:
+            url = make_url(normalize_url(url))
+        except Exception:
+            return ""
+    if url.get_backend_name() != "sqlite":
+        return ""
+    db = url.database or ""
+    return "" if db in ("", ":memory:") or db.startswith("file:") else db
 
 
 def _bytes(value: bytes | str | None) -> bytes | None:
@@ -449,8 +465,8 @@ class Store:
             sync = self._engine.sync_engine
             # Switching a file to WAL is a lasting change of it: only for a store we may make.
             event.listen(sync, "connect", _sqlite_pragmas if create else _sqlite_reader_pragmas)
-            db = parsed.database or ""
-            if db and db != ":memory:" and not db.startswith("file:"):
+            db = sqlite_file(parsed)
+            if db:
                 self._file = db
                 self._writer = SqliteWriter(db)
                 if not create:  # opened read-write, never created (a race with a delete)
