@@ -207,14 +207,11 @@ def _actor(actor: str | None) -> str:
 async def _open_store(settings: Settings, store_url: str | None) -> Store:
     url = normalize_url(store_url or settings.store.url)
     try:
-        parsed = make_url(url)
+        make_url(url)
     except Exception:
         raise MigrateError(f"--store {mask_url(url)!r}: not a database URL") from None
-    db = parsed.database or ""
-    local = db and db != ":memory:" and not db.startswith("file:")
-    if parsed.get_backend_name() == "sqlite" and local and not os.path.exists(db):
-        raise MigrateError(f"--store {mask_url(url)!r}: no such database file {db!r}")
-    # Never makes a database a store: migrate reads (and audits into) the proxy's own.
+    # Never makes a database a store (a missing SQLite file is "no such database file"):
+    # migrate reads (and audits into) the proxy's own.
     return await Store.open(url, create=False)
 
 

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 from sqlalchemy import and_, func, select
-from sqlalchemy.engine import make_url
 
 from proxy.admin import PROXY_KEY
 from proxy.settings import MatchSettings, RouteSettings, Settings, parse_duration
@@ -31,7 +30,7 @@ from shadow.compare import CompareRules, compare, format_path
 from shadow.http_compare import parse_json_body
 from shadow.report import Report, RouteReport, Thresholds, build_report
 from shadow.report_format import finite
-from shadow.store import Store, StoreError, comparison_paths, comparisons, normalize_url
+from shadow.store import Store, StoreError, comparison_paths, comparisons, sqlite_file
 
 if TYPE_CHECKING:
     from proxy.app import Proxy
@@ -101,7 +100,8 @@ class _StoreSource:
             if self._own is not None and self._own_url == url:
                 return self._own
             await self.close()
-            if _sqlite_file_missing(url):  # nothing stored yet (the workers create the file)
+            db = sqlite_file(url)
+            if db and not os.path.exists(db):  # nothing stored yet (the workers create it)
                 return None
             # Read only: a database without strangler's tables is an error (StoreError),
             # left as it is; asked again next time (the workers may be creating the tables).
@@ -769,17 +769,6 @@ def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) 
     except ValueError:
         raise _BadRequest(f"{name} must be an integer") from None
     return min(max(value, lo), hi)
-
-
-def _sqlite_file_missing(url: str) -> bool:
-    try:
-        parsed = make_url(normalize_url(url))
-    except Exception:
-        return False  # let Store report the bad URL
-    if parsed.get_backend_name() != "sqlite":
-        return False
-    db = parsed.database or ""
-    return db not in ("", ":memory:") and not db.startswith("file:") and not os.path.exists(db)
 
 
 def _asset_response(name: str) -> web.Response:

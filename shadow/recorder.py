@@ -11,7 +11,9 @@ writer adds one (route, reason, copies) row per reason with what was dropped sin
 last such row, so reports can show them without a row per shed copy. Failed copies go
 there as well, under the reason `store_failed`, so a report's `dropped` and `total` count
 every started copy the store holds no comparison of (a store down for good when the
-recorder stops takes no counts either: those are only in the metrics).
+recorder stops takes no counts either: those are only in the metrics). So do copies whose
+write was under way when a stop ran out of time (`in_doubt`): that write may still land
+(a COMMIT on its way), and a stored drop would then count them twice.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class RouteCounters:
     # the part of `dropped` the recorder decided itself (a full buffer, a closed recorder),
     # which only it can publish as metrics
     refused: dict[str, int] = field(default_factory=dict)
+    # the part of `failed` whose write was under way when the recorder stopped: it may have
+    # been stored after all, so it is left out of the stored drop counts
+    in_doubt: int = 0
 
     @property
     def dropped_total(self) -> int:
@@ -74,10 +79,11 @@ class RouteCounters:
 
     def stored_drops(self) -> dict[str, int]:
         """What the store's drop counts say of this route: the drops by reason, and the
-        failed copies under `store_failed`."""
+        failed copies under `store_failed` (but those `in_doubt`)."""
         counts = dict(self.dropped)
-        if self.failed:
-            counts[STORE_FAILED] = counts.get(STORE_FAILED, 0) + self.failed
+        failed = self.failed - self.in_doubt
+        if failed:
+            counts[STORE_FAILED] = counts.get(STORE_FAILED, 0) + failed
         return counts
 
     def copy(self) -> RouteCounters:
@@ -89,6 +95,7 @@ class RouteCounters:
             dict(self.dropped),
             dict(self.outcomes),
             dict(self.refused),
+            self.in_doubt,
         )
 
 
@@ -119,6 +126,9 @@ class Recorder:
         self._write_timeout = write_timeout
         self._buf: deque[ComparisonRecord] = deque()
         self._inflight: list[ComparisonRecord] = []
+        # the records of the store write under way (or waiting for its retry), whose fate is
+        # unknown until it answers
+        self._attempting: list[ComparisonRecord] = []
         self._routes: dict[str, RouteCounters] = {}
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -199,7 +209,9 @@ class Recorder:
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting records, flush what is buffered for up to `timeout` seconds.
 
-        Whatever is still unwritten afterwards is counted as failed.
+        Whatever is still unwritten afterwards is counted as failed; the records of a write
+        still under way (it may land yet) are also counted `in_doubt`, and left out of the
+        stored drop counts.
         """
         started = time.monotonic()
         self._closed = True
@@ -217,10 +229,15 @@ class Recorder:
             if not task.cancelled() and task.exception() is not None:
                 _log.error("recorder: the writer failed", exc_info=task.exception())
         lost = list(self._inflight) + list(self._buf)
+        doubtful = {id(rec) for rec in self._attempting}
         self._inflight = []
+        self._attempting = []
         self._buf.clear()
         for rec in lost:
-            self._counters(rec.route).failed += 1
+            counters = self._counters(rec.route)
+            counters.failed += 1
+            if id(rec) in doubtful:
+                counters.in_doubt += 1
         if task is not None:  # the last drop counts, within what is left of the timeout
             await self._store_drops(max(0.1, timeout - (time.monotonic() - started)), all_=True)
         self._idle.set()
@@ -340,6 +357,12 @@ class Recorder:
     async def _attempt(self, records: list[ComparisonRecord]) -> bool:
         """Write `records`, retrying with backoff while the store is down or silent; False
         when the store refused them for good (or failed in a way retrying cannot mend)."""
+        self._attempting = records  # kept if cancelled: stop() then counts them in doubt
+        settled = await self._attempt_until_settled(records)
+        self._attempting = []
+        return settled
+
+    async def _attempt_until_settled(self, records: list[ComparisonRecord]) -> bool:
         delay = self._backoff_initial
         while True:
             try:

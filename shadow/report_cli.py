@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from shadow.record import SAFE_METHODS
 from shadow.report import Report, Thresholds, build_report
 from shadow.report_format import FORMATS, render
-from shadow.store import StoreError, mask_url, normalize_url
+from shadow.store import StoreError, mask_url, normalize_url, sqlite_file
 
 if TYPE_CHECKING:
     from proxy.settings import RouteSettings
@@ -58,8 +58,8 @@ def _check_store_url(url: str) -> None:
         raise UsageError(f"--store {shown!r}: not a database URL") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        db = parsed.database or ""
-        if db and db != ":memory:" and not db.startswith("file:") and not os.path.exists(db):
+        db = sqlite_file(parsed)
+        if db and not os.path.exists(db):
             raise UsageError(f"--store {shown!r}: no such database file {db!r}")
     elif backend != "postgresql":
         raise UsageError(

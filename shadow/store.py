@@ -44,7 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from shadow.migrations import migrations
@@ -63,6 +63,7 @@ __all__ = [
     "normalize_url",
     "route_changes",
     "shadow_drops",
+    "sqlite_file",
 ]
 
 
@@ -204,13 +205,16 @@ _RESERVE_IDS = text(
     "'comparisons', 'id')) FROM generate_series(1, :n))"
 )
 _ATTEMPT = text("SELECT pg_backend_pid(), now()")
-# Ends an earlier attempt's transaction if it is still open (waiting up to 2 s for its
-# backend to exit): true once it cannot commit any more. Another session that got the
-# same pid since has another transaction start, and is left alone.
-_END_ATTEMPT = text(
-    "SELECT coalesce(bool_and(pg_terminate_backend(pid, 2000)), true) FROM pg_stat_activity"
-    " WHERE pid = :pid AND xact_start = :start AND pid <> pg_backend_pid()"
+# Ends an earlier attempt's transaction if it is still open. Another session that got the
+# same pid since has another transaction start, and is left alone. (Not the 2-argument
+# pg_terminate_backend that waits: PostgreSQL 14 and later only.)
+_ATTEMPT_OPEN = (
+    " FROM pg_stat_activity WHERE pid = :pid AND xact_start = :start AND pid <> pg_backend_pid()"
 )
+_END_ATTEMPT = text(f"SELECT count(pg_terminate_backend(pid)){_ATTEMPT_OPEN}")
+# pg_stat_activity is read once per transaction unless its snapshot is cleared
+_ATTEMPT_STILL_OPEN = text(f"SELECT pg_stat_clear_snapshot(), EXISTS (SELECT 1{_ATTEMPT_OPEN})")
+_END_ATTEMPT_WAIT = 2.0  # seconds an ended attempt's backend is given to exit
 _UNCONFIRMED_MAX = 8  # batches whose ids are kept for a retry (the recorder retries one)
 # A retry waits no longer than this for a lock on its ids (none should be held any more)
 _RETRY_LOCK_TIMEOUT = text("SET LOCAL lock_timeout = '2s'")
@@ -240,6 +244,21 @@ def normalize_url(url: str) -> str:
         if url.startswith(plain):
             return driver + url[len(plain) :]
     return url
+
+
+def sqlite_file(url: str | URL) -> str:
+    """The file a SQLite store URL names directly, or "" for any other: `:memory:`, a
+    `file:` URI (SQLite decides what that opens), PostgreSQL, or a URL that does not parse
+    (`Store` says what is wrong with it)."""
+    if isinstance(url, str):
+        try:
+            url = make_url(normalize_url(url))
+        except Exception:
+            return ""
+    if url.get_backend_name() != "sqlite":
+        return ""
+    db = url.database or ""
+    return "" if db in ("", ":memory:") or db.startswith("file:") else db
 
 
 def _bytes(value: bytes | str | None) -> bytes | None:
@@ -446,8 +465,8 @@ class Store:
             sync = self._engine.sync_engine
             # Switching a file to WAL is a lasting change of it: only for a store we may make.
             event.listen(sync, "connect", _sqlite_pragmas if create else _sqlite_reader_pragmas)
-            db = parsed.database or ""
-            if db and db != ":memory:" and not db.startswith("file:"):
+            db = sqlite_file(parsed)
+            if db:
                 self._file = db
                 self._writer = SqliteWriter(db)
                 if not create:  # opened read-write, never created (a race with a delete)
@@ -685,12 +704,18 @@ class Store:
         ids: under new ones, a late COMMIT would store it twice.
         """
         pid, start = (await conn.execute(_ATTEMPT)).one()
-        ended = await conn.scalar(_END_ATTEMPT, {"pid": batch.pid, "start": batch.start})
-        if not ended:
-            raise StoreError(
-                f"cannot write {len(batch.records)} comparisons at {self.url}: an earlier"
-                f" attempt (backend {batch.pid}) is still ending"
-            )
+        earlier = {"pid": batch.pid, "start": batch.start}
+        if await conn.scalar(_END_ATTEMPT, earlier):
+            deadline = asyncio.get_running_loop().time() + _END_ATTEMPT_WAIT
+            pause = 0.005
+            while (await conn.execute(_ATTEMPT_STILL_OPEN, earlier)).one()[1]:
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise StoreError(
+                        f"cannot write {len(batch.records)} comparisons at {self.url}: an"
+                        f" earlier attempt (backend {batch.pid}) is still ending"
+                    )
+                await asyncio.sleep(pause)  # the backend exits on its own, soon
+                pause = min(pause * 2, 0.1)
         batch.pid, batch.start = pid, start
 
     async def insert_drops(

@@ -922,11 +922,34 @@ class _LateCommit(Forwarder):
             w.close()
 
 
-async def test_a_batch_whose_first_commit_lands_late_is_stored_once(pg_url: str) -> None:
+# PostgreSQL 13 and older have no pg_terminate_backend(pid, timeout): emulated in a test's
+# own schema, searched before pg_catalog, by one that fails as a server without it does.
+_NO_TERMINATE_TIMEOUT = """
+CREATE FUNCTION pg_terminate_backend(integer, bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = 'undefined_function',
+    MESSAGE = 'function pg_terminate_backend(integer, integer) does not exist';
+END $$
+"""
+
+
+@pytest.mark.parametrize("server", ["current", "pg13"])
+async def test_a_batch_whose_first_commit_lands_late_is_stored_once(
+    pg_url: str, server: str
+) -> None:
     """The first attempt's COMMIT reaches PostgreSQL only after the writer gave up on it and
     a retry stored the batch: a retry that had waited 2 s for the earlier attempt wrote the
-    batch under new ids, and the late COMMIT stored it a second time."""
+    batch under new ids, and the late COMMIT stored it a second time. On PostgreSQL 13 and
+    older, the retry's pg_terminate_backend(pid, timeout) did not exist: every retry failed
+    for good and the batch was split under new ids, with the same double store."""
+    if server == "pg13":
+        from sqlalchemy import text
+
+        pg_url += "%2Cpg_catalog"  # the schema first, then the built-in functions
     direct = await Store.open(pg_url)
+    if server == "pg13":
+        async with direct.engine.begin() as conn:
+            await conn.execute(text(_NO_TERMINATE_TIMEOUT))
     port = free_port()
     relay_url, target = _via(pg_url, port)
     relay = _LateCommit(port, target)
@@ -1005,4 +1028,45 @@ async def test_a_sqlite_uri_batch_whose_commit_ends_after_the_timeout_is_stored_
         await store.close()
     assert _totals(recorder.counters()) == (60, 60, 0, 0)
     assert stored == 60  # nothing written twice
+    _assert_balanced(recorder)
+
+
+async def test_a_batch_in_flight_at_stop_is_not_also_stored_as_failed(pg_url: str) -> None:
+    """A stop whose grace ran out while a batch's COMMIT was on its way counted that batch
+    `failed` and stored it as `store_failed` drop counts; the COMMIT then landed, and the
+    report counted each of those copies twice (a row and a drop). A copy whose write may
+    yet land is only in the metrics' `failed`; copies never sent are stored drops still."""
+    direct = await Store.open(pg_url)
+    port = free_port()
+    relay_url, target = _via(pg_url, port)
+    relay = _LateCommit(port, target)
+    await relay.start()
+    store = Store(relay_url, connect_timeout=2)
+    recorder = Recorder(store, buffer_size=1000, batch_size=20, linger=0, drops_every=3600)
+    await recorder.start()
+    try:
+        _feed(recorder, 0, 10)
+        assert await recorder.flush(10)
+        relay.armed = True
+        _feed(recorder, 10, 30)  # a batch of 20 (its COMMIT held), 10 left in the buffer
+        await asyncio.wait_for(relay.held.wait(), 10)
+        await recorder.stop(0.5)  # SIGTERM with little grace left
+        relay.release.set()
+        await asyncio.wait_for(relay.settled.wait(), 10)
+    finally:
+        relay.release.set()
+        await recorder.stop(5)
+        await relay.stop()
+        await store.close()
+    assert _totals(recorder.counters()) == (40, 10, 0, 30)  # the metrics: 30 failed
+    try:
+        stored = await direct.count()
+        drops = await _stored_drops(direct)
+        report = await build_report(direct)
+    finally:
+        await direct.close()
+    assert stored == 30  # the late COMMIT landed
+    assert sum(drops.values()) == 10 and {r for _, r in drops} == {"store_failed"}
+    assert sum(r.samples for r in report.routes) == 30
+    assert sum(r.total for r in report.routes) == 40  # every copy started, none twice
     _assert_balanced(recorder)

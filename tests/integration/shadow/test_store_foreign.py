@@ -124,6 +124,33 @@ async def test_a_reader_never_creates_a_missing_sqlite_file(tmp_path: Path) -> N
     assert not path.exists()
 
 
+def test_one_rule_says_which_store_urls_name_a_local_sqlite_file(tmp_path: Path) -> None:
+    """The store, the report, `migrate` and the dashboard all ask whether a URL names a
+    SQLite file (which a reader must not create): one rule, `sqlite_file`."""
+    from shadow.store import sqlite_file
+
+    path = str(tmp_path / "s.db")
+    assert sqlite_file(f"sqlite:///{path}") == path
+    assert sqlite_file(f"sqlite+aiosqlite:///{path}") == path
+    assert sqlite_file(make_url(f"sqlite:///{path}")) == path
+    for url in (
+        "sqlite://",
+        "sqlite:///:memory:",
+        f"sqlite:///file:{path}?mode=ro&uri=true",
+        "postgresql://u@127.0.0.1/db",
+        "::not a url::",
+    ):
+        assert sqlite_file(url) == "", url
+
+
+def test_migrate_never_creates_a_missing_sqlite_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    path = tmp_path / "missing.db"
+    result = _cli("migrate", "status", "--config", config, "--store", f"sqlite:///{path}")
+    _one_line_error(result, "strangler migrate: error: ", "no such database file")
+    assert not path.exists()
+
+
 async def test_a_reader_opens_a_store_the_proxy_created(tmp_path: Path, pg_url: str) -> None:
     for url in (f"sqlite:///{tmp_path / 'store.db'}", pg_url):
         async with Store(url) as store:
