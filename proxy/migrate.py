@@ -314,14 +314,14 @@ async def reload_proxy(
     """POST the proxy's `/-/reload` with the bearer token; the new config version.
     ReloadUnknown when the POST got no answer (it may have reloaded), else MigrateError."""
     target = reload_target(url)
-    # Retried only when the proxy surely did not take it: a refused connection, or a
-    # 502/503/504 answer. One that timed out or lost its connection may still be reloading:
-    # another POST would only queue another reload behind it.
+    # Retried only when the proxy surely did not take it: a refused connection, or a 503
+    # (not ready). One that timed out, lost its connection, or met a gateway's 502/504 may
+    # still be reloading: another POST would only queue another reload behind it.
     retry = ExponentialRetry(
         attempts=attempts,
         start_timeout=0.2,
         max_timeout=2.0,
-        statuses={502, 503, 504},
+        statuses={503},
         exceptions={aiohttp.ClientConnectorError},
         methods={"POST"},
         retry_all_server_errors=False,
@@ -330,20 +330,26 @@ async def reload_proxy(
     try:
         async with client.post(target, headers={"Authorization": f"Bearer {token}"}) as resp:
             body = await resp.text()
+            if resp.status in (502, 504):  # a gateway in front gave up, not the proxy
+                raise ReloadUnknown(
+                    f"reload at {target}: HTTP {resp.status} from a gateway; whether the proxy"
+                    " reloaded is unknown (see config_version and last_reload_error in"
+                    " GET /-/config)"
+                )
             if resp.status != 200:
                 raise MigrateError(f"reload at {target} failed: HTTP {resp.status}: {body[:300]}")
             try:
                 data = await resp.json(content_type=None)
             except ValueError:
                 data = {}
-    except (TimeoutError, aiohttp.ServerDisconnectedError) as e:
+    except aiohttp.ClientConnectorError as e:  # not connected: nothing was sent
+        raise MigrateError(f"reload at {target} failed: {str(e) or type(e).__name__}") from None
+    except (TimeoutError, aiohttp.ClientError) as e:  # sent, answer lost (reset, cut short)
         why = f"no answer within {timeout:g} s" if isinstance(e, TimeoutError) else str(e)
         raise ReloadUnknown(
             f"reload at {target}: {why or type(e).__name__}; whether the proxy reloaded is"
             " unknown (see config_version and last_reload_error in GET /-/config)"
         ) from None
-    except aiohttp.ClientError as e:
-        raise MigrateError(f"reload at {target} failed: {str(e) or type(e).__name__}") from None
     finally:
         await client.close()
     return str(data.get("config_version", "")) if isinstance(data, dict) else ""

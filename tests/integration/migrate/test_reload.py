@@ -172,3 +172,55 @@ async def test_a_reload_that_times_out_is_not_posted_again_and_said_unknown(port
     finally:
         done.set()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("status", [502, 504])
+async def test_a_gateways_502_or_504_is_not_posted_again_and_said_unknown(
+    port: int, status: int
+) -> None:
+    """A gateway in front of the admin port giving up (504) or losing its upstream (502)
+    says nothing of the reload behind it: it was POSTed again, queueing another reload."""
+    from proxy.migrate import ReloadUnknown, reload_proxy
+
+    calls: list[str] = []
+
+    async def gateway(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        return web.Response(status=status, text="upstream timed out")
+
+    app = web.Application()
+    app.router.add_post("/-/reload", gateway)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        with pytest.raises(ReloadUnknown) as unknown:
+            await reload_proxy(f"http://127.0.0.1:{port}", TOKEN, timeout=5)
+        assert calls == ["/-/reload"]
+        assert f"HTTP {status} from a gateway" in str(unknown.value)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_connection_reset_after_the_post_is_said_unknown(port: int) -> None:
+    """An answer cut off after the POST was sent (a reset) was reported as "the reload
+    failed ... the proxy runs the previous config", which the client cannot know."""
+    from proxy.migrate import ReloadUnknown, reload_proxy
+
+    got = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        got.set()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")  # cut short
+        await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", port)
+    try:
+        with pytest.raises(ReloadUnknown):
+            await reload_proxy(f"http://127.0.0.1:{port}", TOKEN, timeout=5)
+        assert got.is_set()
+    finally:
+        server.close()
+        await server.wait_closed()
