@@ -475,6 +475,10 @@ def _maybe_profile(settings: Settings, env: BenchEnv, running: dict[str, Running
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m bench.run`."""
+    # One redaction key for every process of the run (the proxies, helpers and this
+    # harness), as a deployment sets one; without it each warned on the bench's output.
+    # Not a secret: nothing personal is redacted here.
+    os.environ.setdefault("STRANGLER_REDACT_KEY", "strangler-bench-run")
     settings = settings_from(argv, dict(os.environ))
     with _signals_as_exceptions():
         try:
