@@ -378,9 +378,9 @@ class _Workers:
     def _kill_if_hung(self, slot: int, proc: subprocess.Popen[bytes], now: float) -> None:
         """SIGKILL a worker silent for _HUNG_S (SIGTERM would wait on the stuck loop); the
         next `reap` restarts it like any dead worker."""
-        silent = self._silent_s(slot, now)
         pulse = self._pulses[slot]
-        if silent is None or silent < _HUNG_S or pulse is None:
+        silent = None if pulse is None else pulse.silent_s(now)
+        if pulse is None or silent is None or silent < _HUNG_S:
             return
         pulse.last = None  # killed once: said once
         line = {"event": "worker_hung", "pid": proc.pid, "silent_s": round(silent, 1)}
@@ -571,9 +571,6 @@ async def _supervise_in(
     admin = create_proxy(settings, data_plane=False)
     admin.scrape_registry = scrape_registry(mp_dir)
 
-    async def fan_out() -> str | None:
-        return await workers.reload_all()
-
     # what workers load, now and when restarted; a snapshot that cannot be written (a full
     # disk) fails the reload, so nobody is told a config runs that the workers do not have
     def prepare(new: Settings) -> None:
@@ -581,7 +578,7 @@ async def _supervise_in(
         _write_snapshot(snapshot, new, workers.generation)
 
     admin.reload_prepare = prepare
-    admin.reload_hook = fan_out
+    admin.reload_hook = workers.reload_all
     workers.on_restart = admin.metrics.worker_restarts.inc
     admin.unready = workers.unready
     try:

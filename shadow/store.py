@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import (
@@ -215,6 +215,7 @@ _END_ATTEMPT = text(f"SELECT count(pg_terminate_backend(pid)){_ATTEMPT_OPEN}")
 # pg_stat_activity is read once per transaction unless its snapshot is cleared
 _ATTEMPT_STILL_OPEN = text(f"SELECT pg_stat_clear_snapshot(), EXISTS (SELECT 1{_ATTEMPT_OPEN})")
 _END_ATTEMPT_WAIT = 2.0  # seconds an ended attempt's backend is given to exit
+_V = TypeVar("_V")
 _UNCONFIRMED_MAX = 8  # batches whose ids are kept for a retry (the recorder retries one)
 # A retry waits no longer than this for a lock on its ids (none should be held any more)
 _RETRY_LOCK_TIMEOUT = text("SET LOCAL lock_timeout = '2s'")
@@ -651,11 +652,9 @@ class Store:
                 self._sqlite_attempts.pop(key, None)
                 return
             # it failed: write the batch again
-        while len(self._sqlite_attempts) >= _UNCONFIRMED_MAX:
-            del self._sqlite_attempts[next(iter(self._sqlite_attempts))]
         attempt = asyncio.ensure_future(self._insert_sqlite(records))
         attempt.add_done_callback(_retrieved)
-        self._sqlite_attempts[key] = (records, attempt)
+        _keep_few(self._sqlite_attempts, key, (records, attempt))
         await asyncio.wait({attempt})  # cancelled: the attempt runs on, for a retry to join
         self._sqlite_attempts.pop(key, None)
         if attempt.cancelled():
@@ -689,9 +688,7 @@ class Store:
 
     def _remember(self, batch: _Unconfirmed) -> None:
         """Keep the ids of a batch being written until it is confirmed (a few at most)."""
-        while len(self._unconfirmed) >= _UNCONFIRMED_MAX:
-            del self._unconfirmed[next(iter(self._unconfirmed))]
-        self._unconfirmed[id(batch.records)] = batch
+        _keep_few(self._unconfirmed, id(batch.records), batch)
 
     async def _end_earlier_attempt(self, conn: AsyncConnection, batch: _Unconfirmed) -> None:
         """Make sure the last attempt at `batch` can no longer commit, and make the attempt
@@ -852,6 +849,13 @@ class Store:
     def _error(self, what: str, e: exc.SQLAlchemyError) -> StoreError:
         detail = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
         return StoreError(f"{what} at {self.url}: {detail}", transient=isinstance(e, _TRANSIENT))
+
+
+def _keep_few(batches: dict[int, _V], key: int, value: _V) -> None:
+    """`batches[key] = value`, the oldest forgotten first past _UNCONFIRMED_MAX entries."""
+    while len(batches) >= _UNCONFIRMED_MAX:
+        del batches[next(iter(batches))]
+    batches[key] = value
 
 
 class _NotAStore(Exception):
