@@ -392,10 +392,7 @@ class Proxy:
             try:  # the supervisor's snapshot for the workers, before anything is swapped
                 self.reload_prepare(settings)
             except OSError as exc:  # a full disk: every process keeps the old config
-                self.metrics.reloads.labels("error").inc()
-                self.last_reload_error = f"cannot hand the config to the workers: {exc}"
-                self.access_log.event(event="reload_failed", error=self.last_reload_error)
-                return False, [self.last_reload_error]
+                return self._reload_failed(f"cannot hand the config to the workers: {exc}")
         old = self.settings
         try:
             await self.reload(settings)
@@ -474,11 +471,13 @@ class Proxy:
             target = store if store is not None else Store(url)
             give_up = time.monotonic() + _AUDIT_RETRY_FOR_S
             attempt = 0
+            ready = not own  # our own store is initialised once, by the first attempt it takes
             try:
                 while True:
                     try:
-                        if own:
+                        if not ready:
                             await target.init()
+                            ready = True
                         await target.record_route_change(
                             route=route,
                             to_mode=to_mode,

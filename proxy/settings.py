@@ -788,9 +788,10 @@ class _Builder:
                     f" ({_show_address(host, port)}): every request would loop back into it",
                 )
         routes = self.routes(data)
-        admin = self.admin(self.section(data, root, "admin"))
+        admin_section = self.section(data, root, "admin")
+        admin = self.admin(admin_section)
         if _same_socket((host, port), (admin.host, admin.port)):
-            written = self._value(self.section(data, root, "admin"), ("admin",), "listen")[0]
+            written = self._value(admin_section, ("admin",), "listen")[0]
             self.p.report(
                 ("admin", "listen") if written else ("listen",),
                 f"admin.listen: {_show_address(admin.host, admin.port)} is also the proxy's"
