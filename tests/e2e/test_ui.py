@@ -187,6 +187,25 @@ def _watch(page: Page, base: str) -> list[str]:
     return problems
 
 
+async def _open_page(
+    browser: Browser, stack: UiStack, fragment: str = ""
+) -> tuple[Page, list[str]]:
+    """A fresh page on the dashboard (at `fragment`), and the problems `_watch` collects."""
+    page = await browser.new_page(viewport={"width": 1360, "height": 820})
+    problems = _watch(page, stack.base)
+    await page.goto(stack.page_url + fragment)
+    return page, problems
+
+
+@asynccontextmanager
+async def _order_show_page(
+    browser: Browser, tmp_path: Path, store_url: str, record: ComparisonRecord
+) -> AsyncIterator[tuple[Page, list[str]]]:
+    """The dashboard's `order-show` page over TWO_ROUTES with `record` stored (`_open_page`)."""
+    async with ui_stack(tmp_path, store_url, TWO_ROUTES, [record]) as stack:
+        yield await _open_page(browser, stack, "#/routes/order-show")
+
+
 def _record(
     route: str,
     outcome: str,
@@ -215,6 +234,23 @@ def _record(
         primary_body=orjson.dumps(legacy_body) if legacy_body is not None else None,
         candidate_body=orjson.dumps(candidate_body) if candidate_body is not None else None,
         request_id=f"req-{route}-{at.timestamp():.0f}",
+    )
+
+
+def _show_mismatch(
+    *, legacy_body: object, candidate_body: object, diffs: Sequence[DiffExample]
+) -> ComparisonRecord:
+    """One `order-show` mismatch a minute ago between these two bodies."""
+    return _record(
+        "order-show",
+        "mismatch",
+        datetime.now(UTC) - timedelta(minutes=1),
+        path="/api/v1/orders/{order_id}",
+        legacy_ms=10.0,
+        candidate_ms=9.0,
+        legacy_body=legacy_body,
+        candidate_body=candidate_body,
+        diffs=diffs,
     )
 
 
@@ -315,9 +351,7 @@ async def test_dashboard_shows_rates_and_the_highlighted_difference(
             for _ in range(7):
                 async with s.get(stack.data_plane + "/health") as r:
                     assert r.status == 200
-        page = await browser.new_page(viewport={"width": 1360, "height": 820})
-        problems = _watch(page, stack.base)
-        await page.goto(stack.page_url)
+        page, problems = await _open_page(browser, stack)
 
         show = page.locator('tr[data-route="order-show"]')
         mism = page.locator('tr[data-route="order-list"]')
@@ -635,22 +669,12 @@ async def test_ids_past_2_to_the_53_show_their_exact_digits(
     """A browser reads JSON numbers as doubles: a candidate's id off by one (a 64-bit id,
     as snowflake ids are) showed the same rounded number on both sides of the diff."""
     legacy_id, candidate_id = 1234567890123456789, 1234567890123456788
-    at = datetime.now(UTC) - timedelta(minutes=1)
-    record = _record(
-        "order-show",
-        "mismatch",
-        at,
-        path="/api/v1/orders/{order_id}",
-        legacy_ms=10.0,
-        candidate_ms=9.0,
+    record = _show_mismatch(
         legacy_body={"id": legacy_id, "owner": {"ids": [legacy_id]}, "total": "1.00"},
         candidate_body={"id": candidate_id, "owner": {"ids": [legacy_id]}, "total": "1.00"},
         diffs=[DiffExample("$.id", "$.id", legacy_id, candidate_id)],
     )
-    async with ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack:
-        page = await browser.new_page(viewport={"width": 1360, "height": 820})
-        problems = _watch(page, stack.base)
-        await page.goto(stack.page_url + "#/routes/order-show")
+    async with _order_show_page(browser, tmp_path, sqlite_url, record) as (page, problems):
         row = page.locator('#differences tr[data-path="$.id"]')
         await expect(row).to_contain_text(str(legacy_id))
         await expect(row).to_contain_text(str(candidate_id))
@@ -676,22 +700,12 @@ async def test_long_values_show_where_they_differ(
     image = "https://cdn.example.com/images/products/12345/large-variant-with-a-long-name.jpg?v="
     legacy_body = {"image": image + "1", "total": "1.00"}
     candidate_body = {"image": image + "2", "total": "1.00"}
-    at = datetime.now(UTC) - timedelta(minutes=1)
-    record = _record(
-        "order-show",
-        "mismatch",
-        at,
-        path="/api/v1/orders/{order_id}",
-        legacy_ms=10.0,
-        candidate_ms=9.0,
+    record = _show_mismatch(
         legacy_body=legacy_body,
         candidate_body=candidate_body,
         diffs=[DiffExample("$.image", "$.image", image + "1", image + "2")],
     )
-    async with ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack:
-        page = await browser.new_page(viewport={"width": 1360, "height": 820})
-        problems = _watch(page, stack.base)
-        await page.goto(stack.page_url + "#/routes/order-show")
+    async with _order_show_page(browser, tmp_path, sqlite_url, record) as (page, problems):
         row = page.locator('#differences tr[data-path="$.image"] td code')
         await expect(row.nth(1)).to_contain_text('v=1"')
         await expect(row.nth(2)).to_contain_text('v=2"')
@@ -706,22 +720,12 @@ async def test_a_status_mismatch_between_json_bodies_is_not_called_non_json(
     browser: Browser, tmp_path: Path, sqlite_url: str
 ) -> None:
     """Equal JSON bodies under different statuses: the page said the bodies were not JSON."""
-    at = datetime.now(UTC) - timedelta(minutes=1)
-    record = _record(
-        "order-show",
-        "mismatch",
-        at,
-        path="/api/v1/orders/{order_id}",
-        legacy_ms=10.0,
-        candidate_ms=9.0,
+    record = _show_mismatch(
         legacy_body={"id": 42},
         candidate_body={"id": 42},
         diffs=[DiffExample("status", "status", 200, 201)],
     )
-    async with ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack:
-        page = await browser.new_page(viewport={"width": 1360, "height": 820})
-        problems = _watch(page, stack.base)
-        await page.goto(stack.page_url + "#/routes/order-show")
+    async with _order_show_page(browser, tmp_path, sqlite_url, record) as (page, problems):
         note = page.locator("#diff .diffview p.muted")
         await expect(note).to_contain_text("recorded differing paths: status")
         await expect(note).not_to_contain_text("not both JSON")
@@ -735,9 +739,7 @@ async def test_a_link_with_a_stray_percent_does_not_stop_the_page(
     """`#/routes/100%` threw in the poller before its first request: the page said
     `connecting…` for good and never refreshed, even after going back to the overview."""
     async with ui_stack(tmp_path, sqlite_url, TWO_ROUTES, []) as stack:
-        page = await browser.new_page(viewport={"width": 1360, "height": 820})
-        problems = _watch(page, stack.base)
-        await page.goto(stack.page_url + "#/routes/100%")
+        page, problems = await _open_page(browser, stack, "#/routes/100%")
         await expect(page.locator("#status")).to_contain_text("error: no route named '100%'")
         await page.click("text=← all routes")
         await expect(page.locator('tr[data-route="order-show"]')).to_be_visible()
@@ -749,23 +751,13 @@ async def test_more_differing_paths_than_shown_are_counted(
     browser: Browser, tmp_path: Path, sqlite_url: str
 ) -> None:
     """The route page lists the top 20 differing paths; the others went unmentioned."""
-    at = datetime.now(UTC) - timedelta(minutes=1)
     diffs = [DiffExample(f"$.field{i:02d}", f"$.field{i:02d}", 1, 2) for i in range(25)]
-    record = _record(
-        "order-show",
-        "mismatch",
-        at,
-        path="/api/v1/orders/{order_id}",
-        legacy_ms=10.0,
-        candidate_ms=9.0,
+    record = _show_mismatch(
         legacy_body={f"field{i:02d}": 1 for i in range(25)},
         candidate_body={f"field{i:02d}": 2 for i in range(25)},
         diffs=diffs,
     )
-    async with ui_stack(tmp_path, sqlite_url, TWO_ROUTES, [record]) as stack:
-        page = await browser.new_page(viewport={"width": 1360, "height": 820})
-        problems = _watch(page, stack.base)
-        await page.goto(stack.page_url + "#/routes/order-show")
+    async with _order_show_page(browser, tmp_path, sqlite_url, record) as (page, problems):
         await expect(page.locator("#top-paths tbody tr")).to_have_count(20)
         await expect(page.locator("#paths")).to_contain_text("… and 5 more paths")
         assert problems == []

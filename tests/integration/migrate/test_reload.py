@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +18,24 @@ from tests.integration.migrate.helpers import changes, evidence, migrate, write_
 
 TOKEN = "s3cret-test-token"
 ENV = {"STRANGLER_TEST_ADMIN_TOKEN": TOKEN}
+
+
+@asynccontextmanager
+async def _reload_server(
+    port: int,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    shutdown_timeout: float = 60.0,  # aiohttp's own default
+) -> AsyncIterator[None]:
+    """A stand-in server on `port` whose POST /-/reload is `handler`."""
+    app = web.Application()
+    app.router.add_post("/-/reload", handler)
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
 
 
 @dataclass
@@ -41,15 +60,8 @@ async def admin(port: int) -> AsyncIterator[_Admin]:
             return web.json_response({"error": {"code": "busy"}}, status=503)
         return web.json_response({"status": "reloaded", "config_version": "abc123"})
 
-    app = web.Application()
-    app.router.add_post("/-/reload", reload)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with _reload_server(port, reload):
         yield state
-    finally:
-        await runner.cleanup()
 
 
 async def _store(path: Path) -> str:
@@ -152,26 +164,21 @@ async def test_a_reload_that_times_out_is_not_posted_again_and_said_unknown(port
         await done.wait()  # still reloading when the client gives up
         return web.json_response({"status": "reloaded", "config_version": "abc123"})
 
-    app = web.Application()
-    app.router.add_post("/-/reload", slow_reload)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        url = f"http://127.0.0.1:{port}"
-        with pytest.raises(ReloadUnknown) as unknown:
-            await reload_proxy(url, TOKEN, timeout=0.5)
-        assert calls == ["/-/reload"]  # one POST: no second reload queued
-        assert "no answer within 0.5 s" in str(unknown.value)
-        assert "unknown" in str(unknown.value)
-        with pytest.raises(MigrateError) as said:
-            await _reload(url, TOKEN, "order-list: applied", timeout=0.5)
-        assert "runs the previous config until" not in str(said.value)
-        assert "do not apply it again" in str(said.value)
-        assert len(calls) == 2
-    finally:
-        done.set()
-        await runner.cleanup()
+    async with _reload_server(port, slow_reload, shutdown_timeout=0.1):
+        try:
+            url = f"http://127.0.0.1:{port}"
+            with pytest.raises(ReloadUnknown) as unknown:
+                await reload_proxy(url, TOKEN, timeout=0.5)
+            assert calls == ["/-/reload"]  # one POST: no second reload queued
+            assert "no answer within 0.5 s" in str(unknown.value)
+            assert "unknown" in str(unknown.value)
+            with pytest.raises(MigrateError) as said:
+                await _reload(url, TOKEN, "order-list: applied", timeout=0.5)
+            assert "runs the previous config until" not in str(said.value)
+            assert "do not apply it again" in str(said.value)
+            assert len(calls) == 2
+        finally:
+            done.set()
 
 
 @pytest.mark.parametrize("status", [502, 504])
@@ -188,18 +195,11 @@ async def test_a_gateways_502_or_504_is_not_posted_again_and_said_unknown(
         calls.append(request.path)
         return web.Response(status=status, text="upstream timed out")
 
-    app = web.Application()
-    app.router.add_post("/-/reload", gateway)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with _reload_server(port, gateway, shutdown_timeout=0.1):
         with pytest.raises(ReloadUnknown) as unknown:
             await reload_proxy(f"http://127.0.0.1:{port}", TOKEN, timeout=5)
         assert calls == ["/-/reload"]
         assert f"HTTP {status} from a gateway" in str(unknown.value)
-    finally:
-        await runner.cleanup()
 
 
 async def test_a_connection_reset_after_the_post_is_said_unknown(port: int) -> None:

@@ -7,10 +7,10 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 import pytest
@@ -62,6 +62,24 @@ def _assert_balanced(recorder: Recorder) -> None:
         assert c.balanced, (route, c)
 
 
+async def _start_flush_stop(recorder: Recorder) -> None:
+    """Start the writer on what is buffered, flush it all, and stop."""
+    await recorder.start()
+    try:
+        assert await recorder.flush(10)
+    finally:
+        await recorder.stop(5)
+
+
+class _Streams(NamedTuple):
+    """One relayed connection: the client's side, then the server's."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    up_reader: asyncio.StreamReader
+    up_writer: asyncio.StreamWriter
+
+
 class Forwarder:
     """A loopback TCP relay to PostgreSQL that can be taken down (every connection cut)."""
 
@@ -82,14 +100,25 @@ class Forwarder:
             writer.close()
             return
         self._writers |= {writer, up_writer}
-        pipes = [
-            asyncio.create_task(self._pipe(reader, up_writer)),
-            asyncio.create_task(self._pipe(up_reader, writer)),
-        ]
-        self._tasks.update(pipes)
-        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        await self._relay(_Streams(reader, writer, up_reader, up_writer))
         for w in (writer, up_writer):
             w.close()
+
+    async def _relay(self, conn: _Streams) -> None:
+        """Relay one connection until either direction ends; a relay that tampers with the
+        traffic overrides it."""
+        reader, writer, up_reader, up_writer = conn
+        await self._run_pipes(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _run_pipes(
+        self, upstream: Coroutine[Any, Any, None], downstream: Coroutine[Any, Any, None]
+    ) -> asyncio.Task[None]:
+        """Run a connection's two directions until either ends; the upstream task."""
+        up = asyncio.create_task(upstream)
+        pipes = [up, asyncio.create_task(downstream)]
+        self._tasks.update(pipes)
+        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        return up
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
@@ -117,13 +146,32 @@ def _via(pg_url: str, port: int) -> tuple[str, tuple[str, int]]:
     return url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False), target
 
 
-async def _behind_relay(pg_url: str) -> tuple[Store, Forwarder, Store]:
+_F = TypeVar("_F", bound=Forwarder)
+
+
+async def _behind_relay(
+    pg_url: str, relay_class: Callable[[int, tuple[str, int]], _F]
+) -> tuple[Store, _F, Store]:
     """A store opened directly (schema ready), a relay to PostgreSQL not started yet, and a
     store whose every connection goes through that relay."""
     direct = await Store.open(pg_url)
     port = free_port()
     relay_url, target = _via(pg_url, port)
-    return direct, Forwarder(port, target), Store(relay_url, connect_timeout=2)
+    return direct, relay_class(port, target), Store(relay_url, connect_timeout=2)
+
+
+@contextlib.asynccontextmanager
+async def _recording(relay: Forwarder, store: Store, **settings: Any) -> AsyncIterator[Recorder]:
+    """A started recorder writing to `store` through `relay`; at the end the recorder is
+    stopped, then the relay, then the store closed."""
+    recorder = Recorder(store, **settings)
+    await recorder.start()
+    try:
+        yield recorder
+    finally:
+        await recorder.stop(5)
+        await relay.stop()
+        await store.close()
 
 
 async def test_everything_recorded_on_a_healthy_store(sqlite_url: str) -> None:
@@ -149,11 +197,7 @@ async def test_a_full_buffer_drops_and_counts(sqlite_url: str) -> None:
     assert recorder.buffered == 100
     recorder.note_started("order-show")
     recorder.note_dropped("order-show", "max_concurrency")  # a drop before any record exists
-    await recorder.start()
-    try:
-        assert await recorder.flush(10)
-    finally:
-        await recorder.stop(5)
+    await _start_flush_stop(recorder)
     started, recorded, dropped, failed = _totals(recorder.counters())
     assert (started, recorded, dropped, failed) == (151, 100, 51, 0)
     assert recorder.counters()["order-show"].dropped == {"buffer_full": 16, "max_concurrency": 1}
@@ -164,10 +208,10 @@ async def test_a_full_buffer_drops_and_counts(sqlite_url: str) -> None:
 
 async def test_store_down_at_start_then_up_keeps_what_fits(pg_url: str) -> None:
     # the schema exists; the recorder's path to it does not (the relay is not started)
-    direct, relay, store = await _behind_relay(pg_url)
-    recorder = Recorder(store, buffer_size=500, batch_size=100, backoff_max=0.2)
-    await recorder.start()
-    try:
+    direct, relay, store = await _behind_relay(pg_url, Forwarder)
+    async with _recording(
+        relay, store, buffer_size=500, batch_size=100, backoff_max=0.2
+    ) as recorder:
         _feed(recorder, 0, 300)
         await wait_until(lambda: recorder.retries >= 2, timeout=10)
         assert recorder.store_down_for is not None and recorder.last_error
@@ -176,10 +220,6 @@ async def test_store_down_at_start_then_up_keeps_what_fits(pg_url: str) -> None:
         await relay.start()
         assert await recorder.flush(20)
         assert recorder.store_down_for is None
-    finally:
-        await recorder.stop(5)
-        await relay.stop()
-        await store.close()
     assert _totals(recorder.counters()) == (700, 500, 200, 0)
     assert await direct.count() == 500
     await direct.close()
@@ -187,11 +227,11 @@ async def test_store_down_at_start_then_up_keeps_what_fits(pg_url: str) -> None:
 
 
 async def test_connections_cut_mid_run_lose_nothing_the_buffer_holds(pg_url: str) -> None:
-    direct, relay, store = await _behind_relay(pg_url)
+    direct, relay, store = await _behind_relay(pg_url, Forwarder)
     await relay.start()
-    recorder = Recorder(store, buffer_size=5000, batch_size=100, backoff_max=0.2)
-    await recorder.start()
-    try:
+    async with _recording(
+        relay, store, buffer_size=5000, batch_size=100, backoff_max=0.2
+    ) as recorder:
         _feed(recorder, 0, 1000)
         assert await recorder.flush(20)
         await relay.stop()  # the network to the store goes away, mid-run
@@ -200,10 +240,6 @@ async def test_connections_cut_mid_run_lose_nothing_the_buffer_holds(pg_url: str
         await relay.start()
         _feed(recorder, 2000, 1000)
         assert await recorder.flush(20)
-    finally:
-        await recorder.stop(5)
-        await relay.stop()
-        await store.close()
     assert _totals(recorder.counters()) == (3000, 3000, 0, 0)
     assert await direct.count() == 3000
     await direct.close()
@@ -264,11 +300,7 @@ async def test_a_bad_record_fails_alone(pg_url: str) -> None:
     _feed(recorder, 0, 9)
     bad = ComparisonRecord(route="x" * 300, outcome="match")  # longer than the column
     recorder.record(bad, started=True)
-    await recorder.start()
-    try:
-        assert await recorder.flush(10)
-    finally:
-        await recorder.stop(5)
+    await _start_flush_stop(recorder)
     assert _totals(recorder.counters()) == (10, 9, 0, 1)
     assert recorder.counters()["x" * 300].failed == 1
     assert await store.count() == 9
@@ -298,17 +330,13 @@ def test_sizes_must_be_positive(sizes: tuple[int, int]) -> None:
         Recorder(Store("sqlite:///unused.db"), *sizes)
 
 
-class _StuckThenWorking:
-    """A sink whose first write never returns (a silent network), then works."""
+class _ListSink:
+    """A sink that keeps the records it is given in `written`, and no drop counts."""
 
     def __init__(self) -> None:
-        self.calls = 0
         self.written: list[ComparisonRecord] = []
 
     async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
-        self.calls += 1
-        if self.calls == 1:
-            await asyncio.Event().wait()
         self.written.extend(records)
         return len(records)
 
@@ -316,6 +344,20 @@ class _StuckThenWorking:
         self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
     ) -> None:
         pass
+
+
+class _StuckThenWorking(_ListSink):
+    """A sink whose first write never returns (a silent network), then works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.Event().wait()
+        return await super().insert_batch(records)
 
 
 async def test_a_write_that_never_returns_is_timed_out_and_retried() -> None:
@@ -371,21 +413,15 @@ async def test_drop_counts_are_stored_once_each(store_url: str) -> None:
 
 
 async def test_drop_counts_wait_for_a_store_that_is_down(pg_url: str) -> None:
-    direct, relay, store = await _behind_relay(pg_url)
-    recorder = Recorder(store, buffer_size=10, batch_size=5, drops_every=0.05)
-    await recorder.start()
-    try:
+    direct, relay, store = await _behind_relay(pg_url, Forwarder)
+    want = {("order-show", "shed"): 3, ("order-show", "concurrency"): 4}
+    async with _recording(relay, store, buffer_size=10, batch_size=5, drops_every=0.05) as recorder:
         recorder.note_shed("order-show", "shed", 3)
         await wait_until(lambda: recorder.store_down_for is not None, timeout=10)
         recorder.note_shed("order-show", "concurrency", 4)
         await relay.start()
-        want = {("order-show", "shed"): 3, ("order-show", "concurrency"): 4}
         await wait_for(lambda: _stored_is(direct, want), timeout=10)
         await wait_until(lambda: recorder.store_down_for is None)
-    finally:
-        await recorder.stop(5)
-        await relay.stop()
-        await store.close()
     assert await _stored_drops(direct) == want  # nothing twice
     await direct.close()
 
@@ -491,11 +527,7 @@ async def test_mismatches_with_long_or_nul_paths_are_stored_and_reported(store_u
     recorder = Recorder(store, buffer_size=100, batch_size=100)
     for rec in [*mismatches, ComparisonRecord(route="order-show", outcome="match")]:
         recorder.record(rec, started=True)
-    await recorder.start()
-    try:
-        assert await recorder.flush(10)
-    finally:
-        await recorder.stop(5)
+    await _start_flush_stop(recorder)
     try:
         report = await build_report(store, thresholds_by_route={}, now=datetime.now(UTC))
     finally:
@@ -509,22 +541,52 @@ async def test_mismatches_with_long_or_nul_paths_are_stored_and_reported(store_u
     assert any(p.startswith('$.labels["kkkk') and len(p) <= 1000 for p in patterns)
 
 
-class _CommitAnswerLost(Forwarder):
+class _CommitRelay(Forwarder):
+    """A relay to PostgreSQL that, once `armed`, acts on the next COMMIT it relays."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        super().__init__(port, target)
+        self.armed = False
+
+    def _takes_commit(self, data: bytes) -> bool:
+        """Whether `data`, on its way to the server, is the COMMIT to act on (it disarms)."""
+        if self.armed and b"COMMIT\x00" in data:
+            self.armed = False
+            return True
+        return False
+
+
+async def _stored_once(recorder: Recorder, direct: Store, n: int) -> None:
+    """The `n` comparisons were all recorded, and stored once each (read through `direct`,
+    which is closed then)."""
+    assert _totals(recorder.counters()) == (n, n, 0, 0)
+    stored = await direct.count()
+    await direct.close()
+    assert stored == n  # nothing written twice
+
+
+async def _warm_then_arm(
+    recorder: Recorder, relay: _CommitRelay, acted: asyncio.Event, more: int = 50
+) -> None:
+    """Store 10 comparisons (the connection is up and warm), arm the relay, feed `more`
+    and wait until the relay acted on their COMMIT."""
+    _feed(recorder, 0, 10)
+    assert await recorder.flush(10)  # the connection is up and warm
+    relay.armed = True
+    _feed(recorder, 10, more)
+    await asyncio.wait_for(acted.wait(), 10)
+
+
+class _CommitAnswerLost(_CommitRelay):
     """A relay to PostgreSQL that, once armed, lets the next COMMIT through and cuts the
     connection when the server answers it: the batch is stored, its writer hears an error."""
 
     def __init__(self, port: int, target: tuple[str, int]) -> None:
         super().__init__(port, target)
-        self.armed = False
         self.cut = asyncio.Event()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
+    async def _relay(self, conn: _Streams) -> None:
+        reader, writer, up_reader, up_writer = conn
         committing = asyncio.Event()
 
         async def upstream() -> None:
@@ -532,8 +594,7 @@ class _CommitAnswerLost(Forwarder):
                 while data := await reader.read(65536):
                     up_writer.write(data)
                     await up_writer.drain()
-                    if self.armed and b"COMMIT\x00" in data:
-                        self.armed = False
+                    if self._takes_commit(data):
                         committing.set()
 
         async def downstream() -> None:
@@ -547,44 +608,25 @@ class _CommitAnswerLost(Forwarder):
                     writer.write(data)
                     await writer.drain()
 
-        pipes = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
-        self._tasks.update(pipes)
-        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-        for w in (writer, up_writer):
-            w.close()
+        await self._run_pipes(upstream(), downstream())
 
 
 async def test_a_batch_whose_commit_answer_was_lost_is_stored_once(pg_url: str) -> None:
     """The connection to PostgreSQL breaks after COMMIT reached the server: the retried batch
     was stored a second time (every comparison counted twice in the report)."""
-    direct = await Store.open(pg_url)
-    port = free_port()
-    relay_url, target = _via(pg_url, port)
-    relay = _CommitAnswerLost(port, target)
+    direct, relay, store = await _behind_relay(pg_url, _CommitAnswerLost)
     await relay.start()
-    store = Store(relay_url, connect_timeout=2)
-    recorder = Recorder(store, buffer_size=1000, batch_size=100, backoff_max=0.05)
-    await recorder.start()
-    try:
-        _feed(recorder, 0, 10)
-        assert await recorder.flush(10)  # the connection is up and warm
-        relay.armed = True
-        _feed(recorder, 10, 50)
-        await asyncio.wait_for(relay.cut.wait(), 10)
+    async with _recording(
+        relay, store, buffer_size=1000, batch_size=100, backoff_max=0.05
+    ) as recorder:
+        await _warm_then_arm(recorder, relay, relay.cut)
         assert await recorder.flush(10)
-    finally:
-        await recorder.stop(5)
-        await relay.stop()
-        await store.close()
     assert recorder.retries >= 1
-    assert _totals(recorder.counters()) == (60, 60, 0, 0)
-    stored = await direct.count()
-    await direct.close()
-    assert stored == 60  # nothing written twice
+    await _stored_once(recorder, direct, 60)
     _assert_balanced(recorder)
 
 
-class _SilentBeforeCommit(Forwarder):
+class _SilentBeforeCommit(_CommitRelay):
     """A relay to PostgreSQL that, once armed, goes silent both ways on the connection that
     next sends COMMIT, before it (a network partition): the server keeps that session, its
     transaction open and holding the rows it wrote, until it notices the peer is gone (hours
@@ -592,16 +634,10 @@ class _SilentBeforeCommit(Forwarder):
 
     def __init__(self, port: int, target: tuple[str, int]) -> None:
         super().__init__(port, target)
-        self.armed = False
         self.silenced = asyncio.Event()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
+    async def _relay(self, conn: _Streams) -> None:
+        reader, writer, up_reader, up_writer = conn
         silent = False
 
         async def upstream() -> None:
@@ -610,8 +646,7 @@ class _SilentBeforeCommit(Forwarder):
                 while data := await reader.read(65536):
                     if silent:
                         continue
-                    if self.armed and b"COMMIT\x00" in data:
-                        self.armed = False
+                    if self._takes_commit(data):
                         silent = True  # the rows are in, the COMMIT never arrives
                         self.silenced.set()
                         continue
@@ -629,40 +664,21 @@ class _SilentBeforeCommit(Forwarder):
             if silent:
                 await asyncio.Event().wait()
 
-        pipes = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
-        self._tasks.update(pipes)
-        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-        for w in (writer, up_writer):
-            w.close()
+        await self._run_pipes(upstream(), downstream())
 
 
 async def test_a_write_cut_off_before_commit_does_not_wedge_the_retries(pg_url: str) -> None:
     """A batch keeps its ids for its retries; the server session of an attempt cut off by a
     partition keeps those rows locked, and a retry must not wait for it for good (it ends
     that session)."""
-    direct = await Store.open(pg_url)
-    port = free_port()
-    relay_url, target = _via(pg_url, port)
-    relay = _SilentBeforeCommit(port, target)
+    direct, relay, store = await _behind_relay(pg_url, _SilentBeforeCommit)
     await relay.start()
-    store = Store(relay_url, connect_timeout=2)
-    recorder = Recorder(store, buffer_size=1000, batch_size=100, backoff_max=0.05, write_timeout=4)
-    await recorder.start()
-    try:
-        _feed(recorder, 0, 10)
-        assert await recorder.flush(10)
-        relay.armed = True
-        _feed(recorder, 10, 50)
-        await asyncio.wait_for(relay.silenced.wait(), 10)
+    async with _recording(
+        relay, store, buffer_size=1000, batch_size=100, backoff_max=0.05, write_timeout=4
+    ) as recorder:
+        await _warm_then_arm(recorder, relay, relay.silenced)
         assert await recorder.flush(20), recorder.last_error
-    finally:
-        await recorder.stop(5)
-        await relay.stop()
-        await store.close()
-    assert _totals(recorder.counters()) == (60, 60, 0, 0)
-    stored = await direct.count()
-    await direct.close()
-    assert stored == 60
+    await _stored_once(recorder, direct, 60)
 
 
 class _DownWhileSplitting:
@@ -692,7 +708,7 @@ class _DownWhileSplitting:
 async def test_a_split_batch_waits_for_a_store_that_is_down(pg_url: str) -> None:
     """Once a bad record split its batch, every single write got one try: an outage then
     lost the batch's good comparisons (counted failed) instead of retrying them."""
-    direct, relay, store = await _behind_relay(pg_url)
+    direct, relay, store = await _behind_relay(pg_url, Forwarder)
     await relay.start()
     sink = _DownWhileSplitting(store, relay)
     recorder = Recorder(sink, buffer_size=100, batch_size=100, backoff_max=0.05)
@@ -713,26 +729,20 @@ async def test_a_split_batch_waits_for_a_store_that_is_down(pg_url: str) -> None
     _assert_balanced(recorder)
 
 
-class _HangsAfter:
+class _HangsAfter(_ListSink):
     """A sink that refuses batches of more than one record for good (bad data), stores
     `n` single records, then never answers again (a silent network)."""
 
     def __init__(self, n: int) -> None:
+        super().__init__()
         self.n = n
-        self.written: list[ComparisonRecord] = []
 
     async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
         if len(records) > 1:
             raise StoreError("value too long", transient=False)
         if len(self.written) >= self.n:
             await asyncio.Event().wait()
-        self.written.extend(records)
-        return len(records)
-
-    async def insert_drops(
-        self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
-    ) -> None:
-        pass
+        return await super().insert_batch(records)
 
 
 async def test_stop_while_a_split_batch_hangs_counts_each_comparison_once() -> None:
@@ -789,11 +799,7 @@ async def test_a_mismatch_on_a_wide_integer_or_a_deep_value_loses_nothing(store_
         diff_examples=(DiffExample("$.id", "$.id", 10**30, 1),),
     )
     recorder.record(raw_int, started=True)
-    await recorder.start()
-    try:
-        assert await recorder.flush(10)
-    finally:
-        await recorder.stop(5)
+    await _start_flush_stop(recorder)
     try:
         report = await build_report(store, routes=["order-show"], now=datetime.now(UTC))
     finally:
@@ -836,11 +842,7 @@ async def test_copies_the_store_refused_are_in_the_report(store_url: str) -> Non
             request_id=f"bad{i}" if i % 3 == 0 else f"ok{i}",
         )
         recorder.record(rec, started=True)
-    await recorder.start()
-    try:
-        assert await recorder.flush(10)
-    finally:
-        await recorder.stop(5)
+    await _start_flush_stop(recorder)
     try:
         c = recorder.counters()["order-show"]
         assert (c.started, c.recorded, c.failed, c.dropped_total) == (10, 6, 4, 0)
@@ -857,7 +859,7 @@ async def test_copies_the_store_refused_are_in_the_report(store_url: str) -> Non
     _assert_balanced(recorder)
 
 
-class _LateCommit(Forwarder):
+class _LateCommit(_CommitRelay):
     """A relay to PostgreSQL that, once armed, holds the next COMMIT (and whatever its
     client sends after it) until `release` is set, then delivers it: a network that delays a
     packet for longer than the writer waits. The server session is kept open meanwhile,
@@ -865,18 +867,12 @@ class _LateCommit(Forwarder):
 
     def __init__(self, port: int, target: tuple[str, int]) -> None:
         super().__init__(port, target)
-        self.armed = False
         self.held = asyncio.Event()
         self.release = asyncio.Event()
         self.settled = asyncio.Event()  # the late COMMIT was answered, or refused
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
+    async def _relay(self, conn: _Streams) -> None:
+        reader, writer, up_reader, up_writer = conn
         held = bytearray()
         holding = False
 
@@ -884,8 +880,7 @@ class _LateCommit(Forwarder):
             nonlocal holding
             with contextlib.suppress(OSError):
                 while data := await reader.read(65536):
-                    if not holding and self.armed and b"COMMIT\x00" in data:
-                        self.armed = False
+                    if not holding and self._takes_commit(data):
                         holding = True
                         self.held.set()
                     if holding:
@@ -912,14 +907,9 @@ class _LateCommit(Forwarder):
                 self.settled.set()
                 await asyncio.Event().wait()  # upstream() ends this connection
 
-        up = asyncio.create_task(upstream())
-        pipes = [up, asyncio.create_task(downstream())]
-        self._tasks.update(pipes)
-        await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        up = await self._run_pipes(upstream(), downstream())
         if holding and not up.done():
             await asyncio.wait([up])
-        for w in (writer, up_writer):
-            w.close()
 
 
 # PostgreSQL 13 and older have no pg_terminate_backend(pid, timeout): emulated in a test's
@@ -946,36 +936,23 @@ async def test_a_batch_whose_first_commit_lands_late_is_stored_once(
         from sqlalchemy import text
 
         pg_url += "%2Cpg_catalog"  # the schema first, then the built-in functions
-    direct = await Store.open(pg_url)
+    direct, relay, store = await _behind_relay(pg_url, _LateCommit)
     if server == "pg13":
         async with direct.engine.begin() as conn:
             await conn.execute(text(_NO_TERMINATE_TIMEOUT))
-    port = free_port()
-    relay_url, target = _via(pg_url, port)
-    relay = _LateCommit(port, target)
     await relay.start()
-    store = Store(relay_url, connect_timeout=2)
-    recorder = Recorder(store, buffer_size=1000, batch_size=100, backoff_max=0.05, write_timeout=3)
-    await recorder.start()
-    try:
-        _feed(recorder, 0, 10)
-        assert await recorder.flush(10)
-        relay.armed = True
-        _feed(recorder, 10, 50)
-        await asyncio.wait_for(relay.held.wait(), 10)
-        assert await recorder.flush(30), recorder.last_error
-        relay.release.set()
-        await asyncio.wait_for(relay.settled.wait(), 10)
-    finally:
-        relay.release.set()
-        await recorder.stop(5)
-        await relay.stop()
-        await store.close()
+    async with _recording(
+        relay, store, buffer_size=1000, batch_size=100, backoff_max=0.05, write_timeout=3
+    ) as recorder:
+        try:
+            await _warm_then_arm(recorder, relay, relay.held)
+            assert await recorder.flush(30), recorder.last_error
+            relay.release.set()
+            await asyncio.wait_for(relay.settled.wait(), 10)
+        finally:
+            relay.release.set()
     assert recorder.retries >= 1
-    assert _totals(recorder.counters()) == (60, 60, 0, 0)
-    stored = await direct.count()
-    await direct.close()
-    assert stored == 60  # nothing written twice
+    await _stored_once(recorder, direct, 60)
     _assert_balanced(recorder)
 
 
@@ -1036,28 +1013,19 @@ async def test_a_batch_in_flight_at_stop_is_not_also_stored_as_failed(pg_url: st
     `failed` and stored it as `store_failed` drop counts; the COMMIT then landed, and the
     report counted each of those copies twice (a row and a drop). A copy whose write may
     yet land is only in the metrics' `failed`; copies never sent are stored drops still."""
-    direct = await Store.open(pg_url)
-    port = free_port()
-    relay_url, target = _via(pg_url, port)
-    relay = _LateCommit(port, target)
+    direct, relay, store = await _behind_relay(pg_url, _LateCommit)
     await relay.start()
-    store = Store(relay_url, connect_timeout=2)
-    recorder = Recorder(store, buffer_size=1000, batch_size=20, linger=0, drops_every=3600)
-    await recorder.start()
-    try:
-        _feed(recorder, 0, 10)
-        assert await recorder.flush(10)
-        relay.armed = True
-        _feed(recorder, 10, 30)  # a batch of 20 (its COMMIT held), 10 left in the buffer
-        await asyncio.wait_for(relay.held.wait(), 10)
-        await recorder.stop(0.5)  # SIGTERM with little grace left
-        relay.release.set()
-        await asyncio.wait_for(relay.settled.wait(), 10)
-    finally:
-        relay.release.set()
-        await recorder.stop(5)
-        await relay.stop()
-        await store.close()
+    async with _recording(
+        relay, store, buffer_size=1000, batch_size=20, linger=0, drops_every=3600
+    ) as recorder:
+        try:
+            # a batch of 20 (its COMMIT held), 10 left in the buffer
+            await _warm_then_arm(recorder, relay, relay.held, more=30)
+            await recorder.stop(0.5)  # SIGTERM with little grace left
+            relay.release.set()
+            await asyncio.wait_for(relay.settled.wait(), 10)
+        finally:
+            relay.release.set()
     assert _totals(recorder.counters()) == (40, 10, 0, 30)  # the metrics: 30 failed
     try:
         stored = await direct.count()
