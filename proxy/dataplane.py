@@ -433,10 +433,11 @@ class _Exchange:
             return
         kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
         self.client.plane.metrics.upstream_errors.labels(self.backend, kind).inc()
-        if kind == "connect" and self.method in _IDEMPOTENT and not self.retried:
-            # Nothing was sent yet: one more connect for idempotent requests (a refused
-            # connect fails fast; a timed-out one is not retried, so 502 stays within
-            # connect_timeout).
+        if not self.retried:
+            # Nothing of the request was sent, so one more connect is safe for every method.
+            # A timed-out connect is tried again too: on Linux a SYN dropped by a full
+            # accept queue (a burst of new connections) is resent only after 1 s, past
+            # connect_timeout; so is a connect whose completion our own loop saw late.
             self.retried = True
             self.plan.pool.acquire(self, fresh=True)
             return
