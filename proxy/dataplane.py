@@ -433,11 +433,12 @@ class _Exchange:
             return
         kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
         self.client.plane.metrics.upstream_errors.labels(self.backend, kind).inc()
-        if not self.retried:
+        if not self.retried and (kind == "connect" or not self._can_fall_back()):
             # Nothing of the request was sent, so one more connect is safe for every method.
             # A timed-out connect is tried again too: on Linux a SYN dropped by a full
             # accept queue (a burst of new connections) is resent only after 1 s, past
-            # connect_timeout; so is a connect whose completion our own loop saw late.
+            # connect_timeout; so is a connect whose completion our own loop saw late. A
+            # candidate's timed-out connect goes to legacy instead when the request can.
             self.retried = True
             self.plan.pool.acquire(self, fresh=True)
             return
@@ -681,19 +682,24 @@ class _Exchange:
         client.flush()
         client.exchange_done(self)
 
+    def _can_fall_back(self) -> bool:
+        """Whether a failure of this request's candidate would be served from legacy."""
+        return (
+            self.plan.fallback is not None
+            and self.replay is not None
+            and self.method in SAFE_METHODS
+            and not self.resp_started
+            and self.request_complete
+        )
+
     def _fall_back(self, verdict: bool = True) -> bool:
         """A candidate failed before any response byte: serve a safe request from legacy
         (`verdict`: the failure is the candidate's, counted against it)."""
+        if not self._can_fall_back():
+            return False
         plan = self.plan
         fb = plan.fallback
-        if (
-            fb is None
-            or self.replay is None
-            or self.method not in SAFE_METHODS
-            or self.resp_started
-            or not self.request_complete
-        ):
-            return False
+        assert fb is not None
         br = plan.breaker
         if br is not None and verdict:
             br.failure()

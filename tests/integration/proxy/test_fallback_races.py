@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import generate_latest
 
 from proxy.accesslog import AccessLog
 from proxy.app import create_proxy
@@ -117,5 +118,49 @@ async def test_a_late_candidate_connection_never_serves_legacy_traffic(
             )
             assert got.status == 200 and b"candidate" not in got.body
         assert [r.method for r in upstream.received].count(b"POST") == 2
+    finally:
+        await stop_after_test(proxy, 0.5)
+
+
+async def test_a_timed_out_candidate_connect_falls_back_at_once_and_a_write_tries_again(
+    upstream: EchoUpstream, candidate: SlowToConnect
+) -> None:
+    # A GET that legacy can serve goes there after one timed-out connect (not two); a POST,
+    # which cannot fall back, gets one more connect (nothing of it was sent) before its 502.
+    text = proxy_config(
+        upstream.url,
+        extra="""routes:
+  - name: orders
+    match: {path: /api/*}
+    mode: extracted
+    candidate: orders
+    shadow: {percent: 0}
+""",
+        backend_extra=f"""  orders:
+    url: http://127.0.0.1:{candidate.port}
+    timeout: 5s
+    connect_timeout: 200ms
+""",
+    )
+    proxy = create_proxy(loads(text, "t.yaml"), access_log=AccessLog(enabled=False))
+    await proxy.start()
+
+    def timeouts() -> float:
+        proxy.metrics.flush()
+        sample = 'strangler_upstream_errors_total{backend="orders",kind="timeout"} '
+        text = generate_latest(proxy.metrics.registry).decode()
+        return sum(float(ln[len(sample) :]) for ln in text.splitlines() if ln.startswith(sample))
+
+    try:
+        port = proxy.address[1]
+        got = await raw_exchange(port, b"GET /api/orders/1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert got.status == 200 and b"candidate" not in got.body  # served by legacy
+        assert timeouts() == 1
+        got = await raw_exchange(
+            port, b"POST /api/orders HTTP/1.1\r\nHost: a\r\ncontent-length: 2\r\n\r\n{}"
+        )
+        assert got.status == 502
+        assert timeouts() == 3
+        assert [r.method for r in upstream.received] == [b"GET"]
     finally:
         await stop_after_test(proxy, 0.5)
