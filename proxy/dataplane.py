@@ -715,6 +715,7 @@ class _Exchange:
         self.backend = fb.backend
         self.retried = False  # legacy gets its own retry of a stale or refused connection
         replay = self.replay
+        assert replay is not None
         head = replay[0]
         replay[0] = self._rehosted(head, plan, fb)
         self.replay_size += len(replay[0]) - len(head)
