@@ -799,6 +799,8 @@ class _Exchange:
         if br is not None and error is not None and self._no_verdict(error):
             if getattr(self, "probe", False):  # an earlier request never holds the turn
                 br.abandon()
+            if plan.route_state is not None and self.method not in SAFE_METHODS:
+                self._served_write(error, (perf_counter() - self.t0) * 1000.0, verdict=False)
         elif br is not None:
             failed = error is not None or self.status >= 500
             if failed:
@@ -810,7 +812,20 @@ class _Exchange:
             if st is not None and hub is not None:
                 ms = (perf_counter() - self.t0) * 1000.0
                 hub.observe(st, "candidate_error" if failed else "ok", None, ms)
+                if self.method not in SAFE_METHODS:
+                    self._served_write(error, ms)
         self._account(self.status, error)
+
+    def _served_write(self, error: str | None, ms: float, *, verdict: bool = True) -> None:
+        """Store a write the candidate served: the route's background leg compares safe
+        methods only, so without this row the store would hold no evidence of it."""
+        hub = self.client.plane.hub
+        sp = self.plan.shadow
+        if hub is not None and sp is not None:
+            status = self.status if self.resp_started else None  # else the proxy's 502/504
+            hub.served_write(
+                sp, self.method, self.path, self.request_id, status, ms, error, verdict=verdict
+            )
 
     def _no_verdict(self, error: str | None) -> bool:
         """Whether this end says nothing about the backend (for its breaker and the route's

@@ -28,7 +28,7 @@ from proxy.metrics import HistogramBatch, Metrics
 from proxy.upstream import UpstreamConnection, UpstreamPool
 from shadow.compare import CompareRules
 from shadow.http_compare import COMPARED_HEADERS, HttpResponse
-from shadow.record import SAFE_METHODS, ComparisonRecord, RecordMode
+from shadow.record import SAFE_METHODS, ComparisonRecord, Outcome, RecordMode
 from shadow.recorder import Recorder
 from shadow.redact import Redactor
 from shadow.rollback import Breach, RollbackWindow
@@ -70,6 +70,9 @@ def bucket(key: bytes) -> int:
 
 
 _MATCH = Verdict("match")
+# how the data plane names an end past the backend's timeout (before, and once the answer
+# had started)
+_TIMEOUTS = frozenset({"gateway_timeout", "timeout"})
 
 
 def _header_values(
@@ -1037,6 +1040,53 @@ class ShadowHub:
             self.observe(plan.state, verdict.outcome, legacy_ms, cand_ms, served=plan.swapped)
         except Exception:
             _log.exception("shadow: the rollback check failed for %s", plan.route)
+
+    def served_write(
+        self,
+        plan: ShadowPlan,
+        method: str,
+        path: str,
+        request_id: str,
+        status: int | None,
+        ms: float,
+        error: str | None,
+        *,
+        verdict: bool = True,
+    ) -> None:
+        """Store a write the candidate served (canary, extracted): its background leg
+        compares safe methods only, so this row is the store's only evidence of it. A 5xx or
+        a failure is `candidate_error` (`candidate_timeout` when it timed out), anything else,
+        or an end that says nothing of the candidate (not `verdict`: the client's fault),
+        `skipped`. `status` is the candidate's (None when it sent no answer); there is no
+        legacy side and no body."""
+        try:
+            detail = error or ""
+            outcome: Outcome = "skipped"
+            if verdict and error is not None:
+                outcome = "candidate_timeout" if error in _TIMEOUTS else "candidate_error"
+            elif verdict and status is not None and status >= 500:
+                outcome, detail = "candidate_error", f"candidate answered {status}"
+            self.recorder.record(
+                build_record(
+                    self.redactor,
+                    Verdict(outcome, detail=detail),
+                    route=plan.route,
+                    method=method,
+                    path_template=plan.path_template,
+                    request_path=path,
+                    legacy=None,
+                    candidate=None if status is None else _status_only(status),
+                    legacy_ms=None,
+                    candidate_ms=ms,
+                    request_id=request_id,
+                    mode=plan.record_mode,
+                    config_version=self.config_version(),
+                ),
+                started=True,
+            )
+            self._count(plan.state, outcome)
+        except Exception:  # never in the served request's way
+            _log.exception("shadow: cannot record a served write of %s", plan.route)
 
     def _complete_equal(self, call: ShadowCall) -> bool:
         """Whether the fast path applies: same compared header bytes and same body bytes

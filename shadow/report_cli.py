@@ -80,9 +80,18 @@ def _compared(route: RouteSettings) -> bool:
 
 
 def _verified(route: RouteSettings) -> bool:
-    """Whether the route is extracted and the proxy still compares some of its requests
-    against legacy (verification): shown in the report, but it has no gate left."""
-    return route.mode == "extracted" and route.candidate is not None and route.shadow.percent > 0
+    """Whether the store holds candidate answers of a route that is not judged: an
+    extracted route whose requests the proxy still compares against legacy (verification),
+    or the writes the candidate serves of a canary or extracted route that is not compared
+    (each is stored: `candidate_error`, `candidate_timeout` or `skipped`). Shown in the
+    report, outside the gate."""
+    if route.candidate is None or _compared(route):
+        return False
+    if route.mode == "extracted" and route.shadow.percent > 0:
+        return True
+    serves = route.mode == "extracted" or (route.mode == "canary" and route.canary.percent > 0)
+    methods = route.match.methods
+    return serves and (not methods or not SAFE_METHODS.issuperset(methods))
 
 
 def _thresholds(

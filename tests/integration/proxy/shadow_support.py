@@ -68,6 +68,8 @@ def _app(side: Side) -> web.Application:
             await side.release.wait()
         elif tail.startswith("err") and side.name == "candidate":
             return web.json_response({"error": "boom"}, status=500)
+        elif tail.startswith("created") and side.name == "candidate":
+            return web.json_response({"id": tail}, status=201)
         elif tail.startswith("reset") and side.name == "candidate":
             assert request.transport is not None
             request.transport.abort()
@@ -122,7 +124,9 @@ async def start_app(side: Side) -> web.AppRunner:
 _counter = itertools.count()
 
 
-def shadow_config(legacy: Side, candidate: Side, routes: str, store_url: str) -> str:
+def shadow_config(
+    legacy: Side, candidate: Side, routes: str, store_url: str, *, candidate_timeout: str = "5s"
+) -> str:
     """A config with legacy and candidate URL backends and the given routes block."""
     return f"""
 listen: 127.0.0.1:0
@@ -134,7 +138,7 @@ backends:
     timeout: 5s
   orders:
     url: {candidate.url}
-    timeout: 5s
+    timeout: {candidate_timeout}
 default_backend: legacy
 limits:
   shadow_cpu_budget: 1  # client, proxy and apps share this test process: shed on lag only
@@ -148,12 +152,17 @@ routes:
 
 @asynccontextmanager
 async def shadow_stack(
-    routes: str, store_url: str, *, log: AccessLog | None = None
+    routes: str,
+    store_url: str,
+    *,
+    log: AccessLog | None = None,
+    candidate_timeout: str = "5s",
 ) -> AsyncIterator[tuple[Proxy, Side, Side]]:
     """Legacy + candidate apps and a started proxy in front of them."""
     legacy, candidate = Side("legacy"), Side("candidate")
     runners = [await start_app(legacy), await start_app(candidate)]
-    settings = loads(shadow_config(legacy, candidate, routes, store_url), f"s{next(_counter)}.yaml")
+    text = shadow_config(legacy, candidate, routes, store_url, candidate_timeout=candidate_timeout)
+    settings = loads(text, f"s{next(_counter)}.yaml")
     proxy = create_proxy(settings, access_log=log or AccessLog(enabled=False))
     await proxy.start()
     try:

@@ -237,6 +237,49 @@ def test_an_extracted_routes_verification_is_reported_outside_the_gate(tmp_path:
     assert named.exit_code == 1 and "FAIL" in named.stdout
 
 
+def test_a_canary_routes_served_writes_are_reported_outside_the_gate(tmp_path: Path) -> None:
+    """A canary route of writes only (skipped while legacy serves) stores the writes its
+    candidate serves: `report --config` left it out, so failing served writes showed
+    nowhere."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    served = [
+        ComparisonRecord(
+            route="order-pay",
+            outcome="candidate_error",
+            method="POST",
+            status_candidate=500,
+            latency_candidate_ms=3.0,
+            mode="canary",
+        )
+        for _ in range(3)
+    ]
+    served.append(ComparisonRecord(route="order-pay", outcome="skipped", mode="canary"))
+
+    async def populate() -> None:
+        async with Store(url) as store:
+            await store.insert_batch(synthetic())
+            await store.insert_batch(served)
+
+    asyncio.run(populate())
+    path = _config(tmp_path, 0.05)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(
+            """  - name: order-pay
+    match: {path: "/api/v1/orders/{order_id}/pay", methods: [POST]}
+    candidate: orders
+    mode: canary
+    canary: {percent: 5, sticky: {header: X-User-Id}}
+"""
+        )
+    result = _report("--store", url, "--config", path, "--format", "json")
+    assert result.exit_code == 0, result.output  # shown, neither failing nor counting
+    doc = orjson.loads(result.stdout)
+    pay = next((r for r in doc["routes"] if r["route"] == "order-pay"), None)
+    assert pay is not None, doc["routes"]
+    assert pay["judged"] is False and pay["candidate_errors"] == 3 and pay["skipped"] == 1
+    assert pay["error_rate"] == 1.0
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
