@@ -480,6 +480,8 @@ def _probe_listen(host: str, port: int) -> None:
     ):
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no user
+            if family == socket.AF_INET6:  # as the event loop binds the workers' listeners
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
                 sock.bind(addr)
             except OSError as exc:
