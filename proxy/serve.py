@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import gc
 import json
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 from proxy.earlyhup import hold_early_hup, take_early_hup
 from proxy.holds import STATE_DIR_ENV
 from proxy.lifeline import HEARTBEAT_ENV, Pulse, start_heartbeat, take_heartbeat_fd
+from proxy.listenclaim import claim_listen
 from proxy.settings import ConfigError, Settings, load, loads
 from shadow.redact import warn_if_unkeyed
 
@@ -135,7 +135,7 @@ def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
         )
         return 2
     try:
-        claims = _claim_listen(settings.host, settings.port)
+        claims = claim_listen(settings.host, settings.port)
     except OSError as exc:
         _cannot_start(exc)
         return 2
@@ -147,40 +147,6 @@ def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
     finally:
         for claim in claims:
             claim.close()
-
-
-def _claim_listen(host: str, port: int) -> list[socket.socket]:
-    """Hold `host:port` against every other `strangler serve` for as long as this one runs
-    (an abstract Unix socket per address, gone with the process), or raise OSError.
-
-    The supervisor's probe lets go of the port before its workers bind it with SO_REUSEPORT;
-    without this, two instances started together both served it (users split between two
-    configs), or the other one's plain bind made the workers fail with no clear reason."""
-    if port == 0 or not sys.platform.startswith("linux"):  # abstract sockets are Linux's
-        return []
-    claims: list[socket.socket] = []
-    try:
-        for family, _, _, _, addr in socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        ):
-            ip = addr[0]
-            shown = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            claims.append(sock)
-            try:
-                sock.bind(f"\0strangler-serve {shown}")
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                raise OSError(
-                    exc.errno,
-                    f"listen {shown}: address already in use (another strangler serve holds it)",
-                ) from None
-    except BaseException:
-        for sock in claims:
-            sock.close()
-        raise
-    return claims
 
 
 def _cannot_start(exc: BaseException) -> None:
@@ -514,6 +480,8 @@ def _probe_listen(host: str, port: int) -> None:
     ):
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no user
+            if family == socket.AF_INET6:  # as the event loop binds the workers' listeners
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
                 sock.bind(addr)
             except OSError as exc:

@@ -183,15 +183,37 @@ def render_text(report: Report) -> str:
     return "\n".join(out) + "\n"
 
 
+# What opens or closes something inline in GFM (or on GitHub: `$` math), and the pipe that
+# splits a table row. A backslash makes any ASCII punctuation literal, in a table cell too:
+# the table drops the one before a pipe before inline parsing (`\\\|` for `\|`: the table
+# leaves `\\|`, which shows `\|`). Other punctuation (`-`, `.`, `/`, `{`) is inert mid-line.
+_MD_ACTIVE = re.compile(r"[\\`*_~\[\]<&|#$]")
+_MD_EDGE_SPACE = re.compile(r"^ | $")  # a table cell, a heading: trimmed unless an entity
+
+
 def _md(text: str) -> str:
-    return _shown(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """`text` as Markdown that shows it as it is (a table cell, a heading, a list item)."""
+    escaped = _MD_ACTIVE.sub(lambda m: "\\" + m[0], _shown(text))
+    return _MD_EDGE_SPACE.sub("&#32;", escaped)
 
 
 def _md_code(text: str, *, cell: bool = True) -> str:
-    # Backslashes are literal in a code span (doubling them showed `a\\b` for `a\b`); in
-    # a table cell `\|` is the table's own escape of a pipe, inside code spans too.
-    code = _shown(text).replace("`", "'").replace("\n", " ")
-    return "`" + (code.replace("|", "\\|") if cell else code) + "`"
+    """`text` as a code span: backslashes are literal in one, a backtick in `text` gets a
+    longer fence, spaces at its ends are kept (CommonMark strips one each side when both
+    are there). In a table cell every pipe is `\\|`: the table splits its row on pipes
+    before it parses code spans, then drops the backslash before each escaped pipe."""
+    code = _shown(text)
+    if not code:
+        return ""  # no code span is empty
+    fence = "`" * (max(map(len, re.findall("`+", code)), default=0) + 1)
+    if code[0] == "`" or code[-1] == "`" or (code[0] == code[-1] == " " and code.strip(" ")):
+        code = f" {code} "
+    return fence + (code.replace("|", "\\|") if cell else code) + fence
+
+
+def _md_row(cells: list[str]) -> str:
+    """A table row of cells already escaped (`_md`, `_md_code`)."""
+    return "| " + " | ".join(cells) + " |"
 
 
 def render_markdown(report: Report) -> str:
@@ -210,7 +232,7 @@ def render_markdown(report: Report) -> str:
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "|".join([" --- "] + [" ---: "] * (len(head) - 2) + [" --- "]) + "|")
     for row in rows:
-        out.append("| " + " | ".join(_md(c) for c in row) + " |")
+        out.append(_md_row([_md(c) for c in row]))
     for r in report.routes:
         if r.passed and not r.top_paths and not r.noise_paths:
             continue
@@ -234,7 +256,7 @@ def render_markdown(report: Report) -> str:
                     _md_code(legacy) if ex else "",
                     _md_code(candidate) if ex else "",
                 ]
-                out.append("| " + " | ".join(cells) + " |")
+                out.append(_md_row(cells))
         if r.noise_paths:
             noise = ", ".join(
                 f"{_md_code(n.pattern, cell=False)} ({n.count})" for n in r.noise_paths

@@ -17,6 +17,7 @@ import proxy.app as app_module
 from proxy.accesslog import AccessLog
 from proxy.app import create_proxy
 from proxy.handlers import start_handler_app
+from proxy.listenclaim import claim_listen
 from proxy.settings import BackendSettings, loads
 from tests.integration.proxy.conftest import write_served_config
 from tests.support import admin_ready, free_port, start_serve, stop_process, wait_admin_ready
@@ -207,3 +208,24 @@ async def test_two_serves_started_at_once_on_one_port_one_exits_2(
     finally:
         for proc in procs:
             assert await stop_process(proc) in (0, 2)
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+async def test_a_port_reserved_on_every_address_refuses_loopback(
+    tmp_path: Path, upstream: EchoUpstream, workers: list[str]
+) -> None:
+    """Another serve is starting on 0.0.0.0:P (its reservation held, not listening yet): one
+    for 127.0.0.1:P must not start too, though that spelling is not reserved as such."""
+    port = free_port()
+    held = claim_listen("0.0.0.0", port)
+    try:
+        cfg = _config(tmp_path, upstream, port, free_port())
+        code, err = await _serve(cfg, *workers, timeout=20)
+    finally:
+        for sock in held:
+            sock.close()
+    assert code == 2, err
+    assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err, err
+    assert err.startswith("strangler serve: cannot start: "), err
+    why = f"listen 127.0.0.1:{port}: address already in use (another strangler serve holds 0.0.0.0:"
+    assert why in err, err
