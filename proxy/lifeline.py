@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import os
 import signal
+from typing import NamedTuple
 
 __all__ = [
     "HEARTBEAT_ENV",
     "HEARTBEAT_S",
     "Heartbeat",
     "Pulse",
+    "ReloadAnswer",
     "start_heartbeat",
     "take_heartbeat_fd",
     "tie_to_parent",
@@ -21,9 +23,20 @@ __all__ = [
 HEARTBEAT_ENV = "STRANGLER_HEARTBEAT_FD"  # set for a worker: the pipe it beats into
 HEARTBEAT_S = 0.5  # a worker's beat; off the request path, one byte per beat
 # a beat is one byte; a reload's answer is `+GEN\n` (runs) or `-GEN\n` (refused), GEN the
-# supervisor's generation of the snapshot that reload read (none: it read no snapshot); a pipe
-# writes each whole, so a beat never lands inside an answer
+# supervisor's generation of the snapshot that reload read (none: it read no snapshot), then
+# ` WHY` when it could not read one; a pipe writes each whole (up to PIPE_BUF), so a beat
+# never lands inside an answer
 _BEAT, _RELOADED, _REJECTED, _END = b".", b"+", b"-", b"\n"
+_WHY_MAX = 1000  # bytes of a reason sent: the answer stays far under PIPE_BUF (4096)
+
+
+class ReloadAnswer(NamedTuple):
+    """A worker's answer to a reload: the snapshot generation it read (None: none), whether
+    the reload runs there, and why it read no snapshot (if it said)."""
+
+    generation: int | None
+    ok: bool
+    reason: str = ""
 
 
 def tie_to_parent(parent: int | None = None) -> bool:
@@ -57,13 +70,17 @@ class Heartbeat:
         self._send(_BEAT)
         self._loop.call_later(HEARTBEAT_S, self.beat)
 
-    def reloaded(self, ok: bool, generation: int | None) -> None:
+    def reloaded(self, ok: bool, generation: int | None, reason: str = "") -> None:
         """Tell the supervisor whether a reload it asked for runs here (or the old config),
         naming the snapshot generation that reload read: an answer that comes late (a
         reload held while this worker started, one past the supervisor's wait) is not
-        taken for the answer to a later reload."""
+        taken for the answer to a later reload. `reason`: why it read no snapshot."""
         number = b"" if generation is None else str(generation).encode()
-        self._send((_RELOADED if ok else _REJECTED) + number + _END)
+        why = b""
+        if reason:
+            text = " ".join(reason.split())  # one line
+            why = b" " + text.encode("utf-8", "replace")[:_WHY_MAX]
+        self._send((_RELOADED if ok else _REJECTED) + number + why + _END)
 
 
 def take_heartbeat_fd() -> int | None:
@@ -90,8 +107,8 @@ class Pulse:
         self._read, self.fd = os.pipe()  # `fd`: the worker's end, closed here once handed
         os.set_blocking(self._read, False)
         self.last: float | None = None  # when a beat was last seen; None before the first
-        # how the worker's reloads went, oldest first: (snapshot generation or None, ok)
-        self.reloads: list[tuple[int | None, bool]] = []
+        # how the worker's reloads went, oldest first
+        self.reloads: list[ReloadAnswer] = []
         self._partial = b""  # the start of an answer whose end is not read yet
 
     def handed(self) -> None:
@@ -116,11 +133,15 @@ class Pulse:
         return None if self.last is None else now - self.last
 
     def _take(self, data: bytes) -> None:
-        *answers, self._partial = (self._partial + data.replace(_BEAT, b"")).split(_END)
-        for answer in answers:
-            number = answer[1:]
+        # Beats come only between answers (a reason may hold dots): skip those, then split.
+        rest = self._partial + data
+        while (rest := rest.lstrip(_BEAT)) and (end := rest.find(_END)) >= 0:
+            answer, rest = rest[:end], rest[end + 1 :]
+            number, _, why = answer[1:].partition(b" ")
             generation = int(number) if number.isdigit() else None
-            self.reloads.append((generation, answer[:1] == _RELOADED))
+            reason = why.decode("utf-8", "replace")
+            self.reloads.append(ReloadAnswer(generation, answer[:1] == _RELOADED, reason))
+        self._partial = rest
 
     def close(self) -> None:
         """Close the supervisor's end."""

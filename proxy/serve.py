@@ -50,6 +50,8 @@ _READY_PREFIX = "ready-"
 _SNAPSHOT_HEAD = "#strangler-snapshot "
 # the generation of the snapshot the last load_config of this task read (None: none read)
 _snapshot_read: ContextVar[int | None] = ContextVar("strangler_snapshot_read", default=None)
+# why the last load_config of this task could not read the snapshot ("": it could, or none)
+_snapshot_unread: ContextVar[str] = ContextVar("strangler_snapshot_unread", default="")
 
 
 def _grace() -> float:
@@ -85,9 +87,20 @@ def load_config(path: str) -> Settings:
     if not snapshot:
         return load(path)
     _snapshot_read.set(None)
+    _snapshot_unread.set("")
     try:
         text = Path(snapshot).read_bytes().decode("utf-8")  # CRLF kept: the same version
-    except (OSError, UnicodeDecodeError):
+    except (OSError, UnicodeDecodeError) as exc:
+        # the supervisor counts a reload that read no snapshot as refused: say why, here
+        # and in the answer to the supervisor
+        detail = (exc.strerror or str(exc)) if isinstance(exc, OSError) else f"not UTF-8: {exc}"
+        why = f"cannot read the config snapshot {snapshot}: {detail}"
+        _snapshot_unread.set(why)
+        print(
+            f"strangler serve: worker {os.getpid()}: {why}; loading the config file {path} instead",
+            file=sys.stderr,
+            flush=True,
+        )
         return load(path)
     if text.startswith(_SNAPSHOT_HEAD):
         head, _, text = text.partition("\n")
@@ -240,6 +253,7 @@ async def _serve_one(
 
     async def reload_and_answer() -> tuple[bool, list[str]]:
         _snapshot_read.set(None)  # this task's own: set by the load_config of this reload
+        _snapshot_unread.set("")
         ok = False
         try:
             result = await proxy.reload_from_file()
@@ -247,7 +261,7 @@ async def _serve_one(
             return result
         finally:  # the supervisor fails the reload everywhere if one failed here
             if heart is not None:
-                heart.reloaded(ok, _snapshot_read.get())
+                heart.reloaded(ok, _snapshot_read.get(), _snapshot_unread.get())
 
     def on_hup() -> None:
         task = loop.create_task(reload_and_answer())
@@ -426,6 +440,7 @@ class _Workers:
         self.signal_all(signal.SIGHUP)
         deadline = now + _RELOAD_WAIT_S
         failed: list[int] = []
+        reasons: dict[int, str] = {}  # what a refusing worker said of it
         while asked:
             now = time.monotonic()
             for i, proc in list(asked.items()):
@@ -435,13 +450,14 @@ class _Workers:
                     continue
                 pulse.silent_s(now)
                 answers = [
-                    ok and gen is not None
-                    for gen, ok in pulse.reloads
-                    if gen is None or gen >= generation
+                    a for a in pulse.reloads if a.generation is None or a.generation >= generation
                 ]
                 if answers:
-                    if not all(answers):
+                    if not all(a.ok and a.generation is not None for a in answers):
                         failed.append(proc.pid)
+                        said = "; ".join(dict.fromkeys(a.reason for a in answers if a.reason))
+                        if said:
+                            reasons[proc.pid] = said
                     del asked[i]
             if not asked:
                 break
@@ -451,7 +467,9 @@ class _Workers:
             await asyncio.sleep(0.01)
         if failed:
             pids = ", ".join(map(str, failed))
-            return f"the workers with pid {pids} could not apply it (see their reload_failed lines)"
+            why = "".join(f"; pid {pid}: {reasons[pid]}" for pid in failed if pid in reasons)
+            hint = "" if len(reasons) == len(failed) else " (see their reload_failed lines)"
+            return f"the workers with pid {pids} could not apply it{hint}{why}"
         return None
 
     def signal_all(self, sig: int) -> None:

@@ -11,9 +11,14 @@ writer adds one (route, reason, copies) row per reason with what was dropped sin
 last such row, so reports can show them without a row per shed copy. Failed copies go
 there as well, under the reason `store_failed`, so a report's `dropped` and `total` count
 every started copy the store holds no comparison of (a store down for good when the
-recorder stops takes no counts either: those are only in the metrics). So do copies whose
-write was under way when a stop ran out of time (`in_doubt`): that write may still land
-(a COMMIT on its way), and a stored drop would then count them twice.
+recorder stops takes no counts either: those are only in the metrics). But copies whose
+write may still land when a stop runs out of time (`in_doubt`) are not: a write under way
+(a COMMIT on its way), or one that timed out or lost its COMMIT's answer and waits for its
+retry; a stored drop would count them twice if it lands. A batch whose last write failed
+for sure (the store said it is not stored) is failed, and stored as a drop.
+
+A stop cuts the writer's wait for a retry short: the batch is sent again at once (under
+the same ids, stored at most once), so its grace goes to settling it, not to sleeping.
 """
 
 from __future__ import annotations
@@ -63,8 +68,8 @@ class RouteCounters:
     # the part of `dropped` the recorder decided itself (a full buffer, a closed recorder),
     # which only it can publish as metrics
     refused: dict[str, int] = field(default_factory=dict)
-    # the part of `failed` whose write was under way when the recorder stopped: it may have
-    # been stored after all, so it is left out of the stored drop counts
+    # the part of `failed` whose write may have landed when the recorder stopped (under
+    # way, timed out, or its COMMIT's answer lost): left out of the stored drop counts
     in_doubt: int = 0
 
     @property
@@ -126,9 +131,13 @@ class Recorder:
         self._write_timeout = write_timeout
         self._buf: deque[ComparisonRecord] = deque()
         self._inflight: list[ComparisonRecord] = []
-        # the records of the store write under way (or waiting for its retry), whose fate is
-        # unknown until it answers
+        # the records of the store write under way (or waiting for its retry)
         self._attempting: list[ComparisonRecord] = []
+        # whether they may be stored: their write is under way, or its last attempt may
+        # have landed (timed out, or the COMMIT sent and its answer lost); false once the
+        # store said they are not stored
+        self._maybe_stored = False
+        self._napping: asyncio.Event | None = None  # set to cut the retry wait short
         self._routes: dict[str, RouteCounters] = {}
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -209,15 +218,17 @@ class Recorder:
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop accepting records, flush what is buffered for up to `timeout` seconds.
 
-        Whatever is still unwritten afterwards is counted as failed; the records of a write
-        still under way (it may land yet) are also counted `in_doubt`, and left out of the
-        stored drop counts.
+        A batch waiting for its retry is retried at once. Whatever is still unwritten
+        afterwards is counted as failed; the records of a write that may land yet are also
+        counted `in_doubt`, and left out of the stored drop counts.
         """
         started = time.monotonic()
         self._closed = True
         self._stopping.set()
         self._wake.set()
         self._full.set()
+        if self._napping is not None:
+            self._napping.set()
         task, self._task = self._task, None
         if task is not None:
             done, _ = await asyncio.wait({task}, timeout=timeout)
@@ -229,7 +240,7 @@ class Recorder:
             if not task.cancelled() and task.exception() is not None:
                 _log.error("recorder: the writer failed", exc_info=task.exception())
         lost = list(self._inflight) + list(self._buf)
-        doubtful = {id(rec) for rec in self._attempting}
+        doubtful = {id(rec) for rec in self._attempting} if self._maybe_stored else set()
         self._inflight = []
         self._attempting = []
         self._buf.clear()
@@ -357,18 +368,24 @@ class Recorder:
     async def _attempt(self, records: list[ComparisonRecord]) -> bool:
         """Write `records`, retrying with backoff while the store is down or silent; False
         when the store refused them for good (or failed in a way retrying cannot mend)."""
-        self._attempting = records  # kept if cancelled: stop() then counts them in doubt
+        self._attempting = records  # kept if cancelled: stop() then counts them
         settled = await self._attempt_until_settled(records)
         self._attempting = []
+        self._maybe_stored = False
         return settled
 
     async def _attempt_until_settled(self, records: list[ComparisonRecord]) -> bool:
         delay = self._backoff_initial
         while True:
+            self._maybe_stored = True  # from the moment the write starts
             try:
                 # A store that stops answering (a silent network) must not wedge the writer.
                 await asyncio.wait_for(self._store.insert_batch(records), self._write_timeout)
             except (StoreError, OSError, TimeoutError) as e:
+                # A timed-out write may still commit; the store says when one may have.
+                self._maybe_stored = isinstance(e, TimeoutError) or (
+                    isinstance(e, StoreError) and e.maybe_stored
+                )
                 if isinstance(e, StoreError) and not e.transient:
                     self._last_error = str(e) or type(e).__name__
                     return False
@@ -435,5 +452,11 @@ class Recorder:
         self._last_error = str(e) or type(e).__name__
 
     async def _nap(self, delay: float) -> None:
-        # While stopping, keep retrying at the same pace; stop()'s timeout bounds the wait.
-        await asyncio.sleep(delay)
+        # A stop cuts the wait under way short (one retry at once, to settle the batch);
+        # after that, retries keep the same pace, and stop()'s timeout bounds the wait.
+        self._napping = cut = asyncio.Event()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cut.wait(), delay)
+        finally:
+            self._napping = None

@@ -68,11 +68,17 @@ __all__ = [
 
 
 class StoreError(Exception):
-    """The store cannot be reached or used; `transient` errors are worth retrying."""
+    """The store cannot be reached or used; `transient` errors are worth retrying.
 
-    def __init__(self, message: str, *, transient: bool = True) -> None:
+    `maybe_stored` (from `insert_batch`): the batch may be stored after all, by this attempt
+    (its COMMIT was sent, the answer lost) or an earlier one that may still commit; when
+    false, the store knows the batch is not stored.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True, maybe_stored: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+        self.maybe_stored = maybe_stored
 
 
 class _UtcDateTime(TypeDecorator[datetime]):
@@ -588,6 +594,10 @@ class Store:
         again = self._unconfirmed.get(id(records))
         if again is not None and again.records is not records:
             again = None
+        batch = again
+        # Whether the batch may be stored if this attempt fails: an earlier attempt may
+        # still commit until this one has ended it, and this one may once its COMMIT is sent.
+        doubt = again is not None and again.maybe_stored
         try:
             async with self._engine.begin() as conn:
                 rows = [_row(r) for r in records]
@@ -597,6 +607,7 @@ class Store:
                     found = select(comparisons.c.id).where(comparisons.c.id == ids[0])
                     if await conn.scalar(found) is not None:
                         raise _AlreadyStored
+                    doubt = False  # the earlier attempt ended without storing it, for good
                     await conn.execute(_RETRY_LOCK_TIMEOUT)
                 else:
                     # Reserve ids from the sequence in one round trip, then COPY: far
@@ -604,7 +615,8 @@ class Store:
                     result = await conn.execute(_RESERVE_IDS, {"n": len(rows)})
                     pid, start, reserved = result.one()
                     ids = [int(i) for i in reserved]
-                    self._remember(_Unconfirmed(records, ids, pid, start))
+                    batch = _Unconfirmed(records, ids, pid, start)
+                    self._remember(batch)
                 for row, cid in zip(rows, ids, strict=True):
                     row["id"] = cid
                 paths = [p for cid, r in zip(ids, records, strict=True) for p in _path_rows(cid, r)]
@@ -617,20 +629,27 @@ class Store:
                         raise _AlreadyStored from e
                     raise
                 await _copy_pg(conn, comparison_paths, paths)
+                doubt = True  # leaving the block sends COMMIT: an error may come after it
         except _AlreadyStored:
             pass
         except StoreError as e:
+            e.maybe_stored = doubt
             self._settle(records, e)
             raise
         except exc.SQLAlchemyError as e:
-            raise self._settle(
-                records, self._error(f"cannot write {len(records)} comparisons", e)
-            ) from e
+            error = self._error(f"cannot write {len(records)} comparisons", e)
+            error.maybe_stored = doubt
+            raise self._settle(records, error) from e
         except OSError as e:
-            raise StoreError(f"cannot write comparisons to {self.url}: {e}") from e
+            raise StoreError(
+                f"cannot write comparisons to {self.url}: {e}", maybe_stored=doubt
+            ) from e
         except Exception:  # not a store error: nothing was written
             self._unconfirmed.pop(id(records), None)
             raise
+        finally:
+            if batch is not None:  # what the next attempt must settle (cancelled too)
+                batch.maybe_stored = doubt
         self._unconfirmed.pop(id(records), None)
         return len(records)
 
@@ -657,8 +676,11 @@ class Store:
         _keep_few(self._sqlite_attempts, key, (records, attempt))
         await asyncio.wait({attempt})  # cancelled: the attempt runs on, for a retry to join
         self._sqlite_attempts.pop(key, None)
-        if attempt.cancelled():
-            raise StoreError(f"writing {len(records)} comparisons at {self.url} was cancelled")
+        if attempt.cancelled():  # its statement may still run on aiosqlite's thread
+            raise StoreError(
+                f"writing {len(records)} comparisons at {self.url} was cancelled",
+                maybe_stored=True,
+            )
         attempt.result()  # its StoreError, if any
 
     async def _insert_sqlite(self, records: Sequence[ComparisonRecord]) -> None:
@@ -888,6 +910,8 @@ class _Unconfirmed:
     ids: list[int]
     pid: int
     start: datetime
+    # whether that attempt may yet commit, or did (its COMMIT sent, no answer heard)
+    maybe_stored: bool = False
 
 
 def _fields(change: RouteChange) -> dict[str, Any]:

@@ -457,3 +457,58 @@ async def test_a_reload_a_worker_cannot_apply_keeps_the_old_config_everywhere(
     finally:
         await stop_process(proc)
         await other.close()
+
+
+_ADMIN_AUTH = {"Authorization": "Bearer t0ken"}
+
+
+def _lowest_free_fd(pid: int) -> int:
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(used) + 1) if n not in used)
+
+
+async def test_a_worker_that_cannot_read_the_snapshot_says_why(
+    tmp_path: Path, upstream: EchoUpstream
+) -> None:
+    """A worker whose read of the config snapshot failed (here: out of file descriptors, as
+    under a flood of connections) fell back to the file on disk without a word; the reload
+    failed as refused by it, and nothing said why. The worker says so on stderr, and the
+    refused reload names the reason."""
+    import resource
+
+    port, admin = free_port(), free_port()
+    cfg = _config(tmp_path, upstream, port, admin)
+    proc = await start_serve(
+        cfg,
+        "--workers",
+        "2",
+        env={"STRANGLER_GRACE_S": "2", "STRANGLER_ADMIN_TOKEN": "t0ken"},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{admin}"
+    try:
+        await wait_admin_ready(admin)
+        (worker, _) = await _workers(proc.pid, 2)
+        snapshot = _metrics_dir(worker) / "config.yaml"
+        async with aiohttp.ClientSession() as s:
+            # a first reload, which runs: the reload path's modules are imported then
+            async with s.post(f"{base}/-/reload", headers=_ADMIN_AUTH) as r:
+                assert r.status == 200, await r.text()
+            limits = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+            resource.prlimit(worker, resource.RLIMIT_NOFILE, (_lowest_free_fd(worker), limits[1]))
+            try:
+                async with s.post(f"{base}/-/reload", headers=_ADMIN_AUTH) as r:
+                    status, answer = r.status, await r.text()
+            finally:
+                resource.prlimit(worker, resource.RLIMIT_NOFILE, limits)
+    finally:
+        await stop_process(proc)
+    assert proc.stderr is not None
+    stderr = (await proc.stderr.read()).decode()
+    assert status == 422
+    why = f"cannot read the config snapshot {snapshot}: Too many open files"
+    assert why in answer, answer
+    lines = [x for x in stderr.splitlines() if why in x]  # the reload, and its roll-back
+    assert lines, stderr
+    for line in lines:
+        assert f"worker {worker}: " in line and f"loading the config file {cfg} instead" in line

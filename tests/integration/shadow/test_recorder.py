@@ -1038,3 +1038,132 @@ async def test_a_batch_in_flight_at_stop_is_not_also_stored_as_failed(pg_url: st
     assert sum(r.samples for r in report.routes) == 30
     assert sum(r.total for r in report.routes) == 40  # every copy started, none twice
     _assert_balanced(recorder)
+
+
+class _CutAtCopy(Forwarder):
+    """A relay to PostgreSQL that, once `armed`, cuts every connection as it starts to copy
+    comparisons, before any COMMIT: each attempt at a batch fails, and stores nothing."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        super().__init__(port, target)
+        self.armed = False
+
+    async def _relay(self, conn: _Streams) -> None:
+        reader, writer, up_reader, up_writer = conn
+
+        async def upstream() -> None:
+            with contextlib.suppress(OSError):
+                while data := await reader.read(65536):
+                    if self.armed and b'COPY "comparisons"' in data:
+                        writer.transport.abort()
+                        up_writer.transport.abort()
+                        return
+                    up_writer.write(data)
+                    await up_writer.drain()
+
+        await self._run_pipes(upstream(), self._pipe(up_reader, writer))
+
+
+async def _figures(direct: Store) -> tuple[int, dict[tuple[str, str], int], tuple[int, int, int]]:
+    """Comparisons stored, drop counts stored, and the report's (samples, dropped, total)
+    summed over routes, read through `direct`, which is closed then."""
+    try:
+        stored = await direct.count()
+        drops = await _stored_drops(direct)
+        report = await build_report(direct)
+    finally:
+        await direct.close()
+    routes = report.routes
+    return (
+        stored,
+        drops,
+        (
+            sum(r.samples for r in routes),
+            sum(r.dropped for r in routes),
+            sum(r.total for r in routes),
+        ),
+    )
+
+
+async def test_a_batch_that_failed_for_sure_before_stop_is_in_the_report(pg_url: str) -> None:
+    """A stop that landed while the writer waited to retry a batch whose write had failed
+    before its COMMIT (so not stored) counted the batch `in_doubt`, as if a COMMIT were on
+    its way, and stored no drop counts for it: the report showed 10 of 60 started copies."""
+    direct, relay, store = await _behind_relay(pg_url, _CutAtCopy)
+    await relay.start()
+    async with _recording(
+        relay, store, buffer_size=1000, batch_size=100, backoff_initial=60, drops_every=3600
+    ) as recorder:
+        _feed(recorder, 0, 10)
+        assert await recorder.flush(10)  # the connection is up and warm
+        relay.armed = True
+        _feed(recorder, 10, 50)
+        await wait_until(lambda: recorder.retries >= 1, timeout=10)  # napping after a failure
+        await recorder.stop(2)
+    assert _totals(recorder.counters()) == (60, 10, 0, 50)  # the metrics: 50 failed
+    stored, drops, (samples, dropped, total) = await _figures(direct)
+    assert stored == 10
+    assert sum(drops.values()) == 50 and {r for _, r in drops} == {"store_failed"}
+    assert (samples, dropped, total) == (10, 50, 60)  # every copy started, once
+    _assert_balanced(recorder)
+
+
+async def test_a_stop_settles_a_batch_whose_commit_answer_was_lost(pg_url: str) -> None:
+    """A stop that landed while the writer waited to retry a batch whose COMMIT answer was
+    lost counted it failed (in doubt) though it was stored: the stop retries it at once,
+    under the same ids, and the store's answer settles it (stored once, recorded)."""
+    direct, relay, store = await _behind_relay(pg_url, _CommitAnswerLost)
+    await relay.start()
+    async with _recording(
+        relay, store, buffer_size=1000, batch_size=100, backoff_initial=60, drops_every=3600
+    ) as recorder:
+        await _warm_then_arm(recorder, relay, relay.cut)
+        await wait_until(lambda: recorder.retries >= 1, timeout=10)  # napping after the cut
+        await recorder.stop(5)
+    assert _totals(recorder.counters()) == (60, 60, 0, 0)
+    stored, drops, figures = await _figures(direct)
+    assert (stored, drops, figures) == (60, {}, (60, 0, 60))
+    _assert_balanced(recorder)
+
+
+class _FailingSink(_ListSink):
+    """A sink whose writes all fail with `error`, and which keeps the drop counts."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+        self.drops: dict[str, int] = {}
+
+    async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
+        raise self.error
+
+    async def insert_drops(
+        self, writer: str, seq: int, drops: Sequence[tuple[str, str, int]]
+    ) -> None:
+        for _, reason, n in drops:
+            self.drops[reason] = self.drops.get(reason, 0) + n
+
+
+@pytest.mark.parametrize(
+    ("error", "stored_failed"),
+    [
+        (StoreError("refused before commit"), 30),
+        (OSError("connection refused"), 30),
+        (StoreError("answer lost after COMMIT", maybe_stored=True), 0),
+        (TimeoutError(), 0),
+    ],
+)
+async def test_a_stop_during_the_retry_wait_stores_failures_that_are_certain(
+    error: Exception, stored_failed: int
+) -> None:
+    """Copies whose last write failed for sure are stored drops at stop; those whose write
+    may have landed (a COMMIT sent, a write timed out) are not."""
+    sink = _FailingSink(error)
+    recorder = Recorder(sink, buffer_size=100, batch_size=100, backoff_initial=60)
+    await recorder.start()
+    _feed(recorder, 0, 30)
+    await wait_until(lambda: recorder.retries >= 1, timeout=10)  # napping after a failure
+    await recorder.stop(0.5)
+    assert _totals(recorder.counters()) == (30, 0, 0, 30)
+    assert sink.drops.get("store_failed", 0) == stored_failed
+    _assert_balanced(recorder)

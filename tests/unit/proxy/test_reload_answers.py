@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 from proxy import serve
-from proxy.lifeline import Heartbeat, Pulse
+from proxy.lifeline import Heartbeat, Pulse, ReloadAnswer
 from proxy.serve import _Workers
 from proxy.settings import loads
 
@@ -20,9 +21,12 @@ class _Worker:
 
     pid = 4242
 
-    def __init__(self, heart: Heartbeat, on_hup: list[tuple[bool, int | None]]) -> None:
+    def __init__(
+        self, heart: Heartbeat, on_hup: Sequence[tuple[bool, int | None]], reason: str
+    ) -> None:
         self.heart = heart
         self.on_hup = on_hup
+        self.reason = reason  # why it read no snapshot, said in each answer
         self.hups = 0
 
     def poll(self) -> int | None:
@@ -32,16 +36,18 @@ class _Worker:
         assert sig == signal.SIGHUP
         self.hups += 1
         for ok, generation in self.on_hup:
-            self.heart.reloaded(ok, generation)
+            self.heart.reloaded(ok, generation, self.reason)
 
 
-async def _reload(answers: list[tuple[bool, int | None]], generation: int = 7) -> str | None:
+async def _reload(
+    answers: Sequence[tuple[bool, int | None]], generation: int = 7, reason: str = ""
+) -> str | None:
     workers = _Workers("x.yaml", 1, {}, "/tmp")
     pulse = Pulse()
     try:
         heart = Heartbeat(pulse.fd, asyncio.get_running_loop())
         os.write(pulse.fd, b".")  # the worker is up and beating
-        worker = _Worker(heart, answers)
+        worker = _Worker(heart, answers, reason)
         workers._pulses = [pulse]
         workers.procs = [worker]  # type: ignore[list-item]
         workers.generation = generation
@@ -76,7 +82,7 @@ def test_answers_split_across_reads_are_put_back_together() -> None:
         pulse._take(b".+1")
         assert pulse.reloads == []
         pulse._take(b"2\n..-13\n.")
-        assert pulse.reloads == [(12, True), (13, False)]
+        assert pulse.reloads == [(12, True, ""), (13, False, "")]
     finally:
         pulse.close()
 
@@ -95,3 +101,32 @@ def test_a_worker_reads_the_snapshot_generation_and_the_supervisors_version(
     finally:
         del os.environ[serve.SNAPSHOT_ENV]
     assert loaded.version == settings.version and loaded.source == settings.source
+
+
+async def test_a_refusal_names_why_the_worker_read_no_snapshot() -> None:
+    """A worker that could not read the snapshot loaded the file on disk and its answer
+    named no generation: the reload failed with "see their reload_failed lines", and no
+    line said why. The answer carries the reason, and the refusal names it."""
+    why = "cannot read the config snapshot /tmp/m.d/config.yaml: Too many open files"
+    refused = await _reload([(True, None)], reason=why)
+    assert refused == f"the workers with pid 4242 could not apply it; pid 4242: {why}"
+
+
+async def test_a_reason_with_dots_and_newlines_split_across_reads_is_kept_whole() -> None:
+    pulse = Pulse()
+    try:
+        heart = Heartbeat(pulse.fd, asyncio.get_running_loop())
+        heart.reloaded(False, None, "cannot read /a.b/c.yaml:\nIs a directory")
+        heart.reloaded(True, 3)
+        os.write(pulse.fd, b".")
+        pulse.silent_s(0.0)
+        assert pulse.reloads == [
+            ReloadAnswer(None, False, "cannot read /a.b/c.yaml: Is a directory"),
+            ReloadAnswer(3, True),
+        ]
+        pulse.reloads.clear()
+        pulse._take(b".-4 x.y")
+        pulse._take(b".z\n.")
+        assert pulse.reloads == [ReloadAnswer(4, False, "x.y.z")]
+    finally:
+        pulse.close()
