@@ -204,7 +204,8 @@ class Metrics:
         )
         self.candidate_latency = Histogram(
             "strangler_candidate_duration_seconds",
-            "Latency of the background leg of a shadow comparison, by route.",
+            "Latency of the candidate's answer in a comparison (the background leg in shadow"
+            " mode, the served answer in canary and extracted), by route.",
             ["route"],
             buckets=_LATENCY_BUCKETS,
             registry=r,

@@ -981,11 +981,11 @@ class ShadowHub:
             self.recorder.note_dropped(plan.route, "starved")
             self.count_drop(plan.state, "starved")
             return
-        plan.state.latency.observe(leg.ms / 1000.0)
-        if plan.swapped:
+        if plan.swapped:  # the candidate served; the background leg went to legacy
             legacy_ms, cand_ms = leg.ms, call.served_ms
         else:
             legacy_ms, cand_ms = call.served_ms, leg.ms
+        plan.state.latency.observe(cand_ms / 1000.0)
         legacy: HttpResponse
         candidate: HttpResponse | None
         if leg.error is None and leg.status == call.served_status and self._complete_equal(call):

@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from prometheus_client import generate_latest
 
 from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
@@ -479,3 +480,33 @@ async def test_the_access_log_shows_no_personal_data_in_paths(tmp_path: Path) ->
     assert len(paths) == 4 and paths[3] == "/api/42"
     for secret in (EMAIL, "ann%40", "4111111111111111"):
         assert not any(secret in p for p in paths), paths
+
+
+async def test_a_canary_comparison_times_the_candidates_answer_not_legacys(
+    tmp_path: Path,
+) -> None:
+    # In canary mode the candidate serves and legacy is the background leg: the candidate
+    # latency histogram took legacy's time (here 0.3 s) for the candidate's.
+    route = CANARY_ROUTE.replace("percent: 30", "percent: 100")
+    async with shadow_stack(route, f"sqlite+aiosqlite:///{tmp_path / 'l.db'}") as (
+        proxy,
+        legacy,
+        candidate,
+    ):
+        candidate.release.set()
+        async with aiohttp.ClientSession() as s:
+            url = f"http://127.0.0.1:{proxy.address[1]}/api/slow-1"
+            async with s.get(url, headers={"X-User-Id": "u1"}) as r:
+                assert r.status == 200
+                await r.read()
+        await wait_until(lambda: "/api/slow-1" in legacy.seen)
+        await asyncio.sleep(0.3)  # a slow legacy answer, not synchronisation
+        legacy.release.set()
+        hub = proxy.hub
+        assert hub is not None
+        await wait_until(lambda: hub.in_flight == 0)
+        proxy.metrics.flush()
+        text = generate_latest(proxy.metrics.registry).decode()
+        sample = 'strangler_candidate_duration_seconds_sum{route="orders"} '
+        (total,) = [float(ln[len(sample) :]) for ln in text.splitlines() if ln.startswith(sample)]
+        assert 0 < total < 0.3
