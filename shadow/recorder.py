@@ -138,6 +138,8 @@ class Recorder:
         # store said they are not stored
         self._maybe_stored = False
         self._napping: asyncio.Event | None = None  # set to cut the retry wait short
+        # a stop came: the retry wait under way, or else the next one, is cut short (once)
+        self._cut_nap = False
         self._routes: dict[str, RouteCounters] = {}
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -211,6 +213,7 @@ class Recorder:
         if self._task is None:
             self._closed = False
             self._stopping.clear()
+            self._cut_nap = False
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="strangler-recorder"
             )
@@ -227,6 +230,7 @@ class Recorder:
         self._stopping.set()
         self._wake.set()
         self._full.set()
+        self._cut_nap = True
         if self._napping is not None:
             self._napping.set()
         task, self._task = self._task, None
@@ -452,11 +456,16 @@ class Recorder:
         self._last_error = str(e) or type(e).__name__
 
     async def _nap(self, delay: float) -> None:
-        # A stop cuts the wait under way short (one retry at once, to settle the batch);
-        # after that, retries keep the same pace, and stop()'s timeout bounds the wait.
+        # A stop cuts the wait under way short, or the next one if the stop came during a
+        # write (one retry at once, to settle the batch); after that, retries keep the same
+        # pace, and stop()'s timeout bounds the wait.
+        if self._cut_nap:
+            self._cut_nap = False
+            return
         self._napping = cut = asyncio.Event()
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(cut.wait(), delay)
         finally:
             self._napping = None
+            self._cut_nap = False

@@ -1167,3 +1167,37 @@ async def test_a_stop_during_the_retry_wait_stores_failures_that_are_certain(
     assert _totals(recorder.counters()) == (30, 0, 0, 30)
     assert sink.drops.get("store_failed", 0) == stored_failed
     _assert_balanced(recorder)
+
+
+class _FailsOnceWhenLetGo(_ListSink):
+    """A sink whose first write waits for `go`, then fails (before any commit); later writes
+    work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+        self.go = asyncio.Event()
+
+    async def insert_batch(self, records: Sequence[ComparisonRecord]) -> int:
+        self.calls += 1
+        if self.calls == 1:
+            await self.go.wait()
+            raise StoreError("refused before commit")
+        return await super().insert_batch(records)
+
+
+async def test_a_stop_during_a_write_that_then_fails_retries_at_once() -> None:
+    """A stop that came while the write was under way: its failure is retried at once, not
+    after the retry wait (60 s here, past the stop's grace), so the batch is stored."""
+    sink = _FailsOnceWhenLetGo()
+    recorder = Recorder(sink, buffer_size=100, batch_size=100, backoff_initial=60)
+    await recorder.start()
+    _feed(recorder, 0, 30)
+    await wait_until(lambda: sink.calls == 1)  # the write under way
+    stopping = asyncio.create_task(recorder.stop(5))
+    await wait_until(lambda: recorder._stopping.is_set())
+    sink.go.set()  # ... and it fails
+    await asyncio.wait_for(stopping, 10)
+    assert _totals(recorder.counters()) == (30, 30, 0, 0)
+    assert len(sink.written) == 30
+    _assert_balanced(recorder)
