@@ -333,10 +333,12 @@ class _Exchange:
         "upgrade_req",
         "upgrading",
         "upstream",
+        "write_sampled",
     )
 
     client_host: bytes  # set only when the head carries an override (off the hot path)
     probe: bool  # set only on a half-open breaker's probe (read off the hot path)
+    write_sampled: bool  # set only on a write the candidate serves (read only for those)
 
     def __init__(
         self,
@@ -440,6 +442,7 @@ class _Exchange:
             # connect_timeout; so is a connect whose completion our own loop saw late. A
             # candidate's timed-out connect goes to legacy instead when the request can.
             self.retried = True
+            self.last_activity = self.client.plane.loop.time()  # the backend's timeout anew
             self.plan.pool.acquire(self, fresh=True)
             return
         self._fail(
@@ -678,8 +681,8 @@ class _Exchange:
         )
         self.close_after = close
         self.status = status
+        client.flush()  # the answer first, the bookkeeping after (as in _finish)
         self._end(code if verdict else "client_protocol")
-        client.flush()
         client.exchange_done(self)
 
     def _can_fall_back(self) -> bool:
@@ -799,7 +802,7 @@ class _Exchange:
         if br is not None and error is not None and self._no_verdict(error):
             if getattr(self, "probe", False):  # an earlier request never holds the turn
                 br.abandon()
-            if plan.route_state is not None and self.method not in SAFE_METHODS:
+            if self.method not in SAFE_METHODS and getattr(self, "write_sampled", False):
                 self._served_write(error, (perf_counter() - self.t0) * 1000.0, verdict=False)
         elif br is not None:
             failed = error is not None or self.status >= 500
@@ -812,7 +815,7 @@ class _Exchange:
             if st is not None and hub is not None:
                 ms = (perf_counter() - self.t0) * 1000.0
                 hub.observe(st, "candidate_error" if failed else "ok", None, ms)
-                if self.method not in SAFE_METHODS:
+                if self.method not in SAFE_METHODS and getattr(self, "write_sampled", False):
                     self._served_write(error, ms)
         self._account(self.status, error)
 
@@ -1286,7 +1289,12 @@ class ClientConnection(asyncio.Protocol):
                 # the Host made up above is the serving backend's: the copy has the client's
                 # (none), and each leg sends its backend's (ShadowCall._send)
                 sh_head = with_host(head, b"")
-            ex.shadow = plane.hub.begin(plan.shadow, method, path, request_id, headers, sh_head)
+            sp = plan.shadow
+            tap = ex.shadow = plane.hub.begin(sp, method, path, request_id, headers, sh_head)
+            if tap is None and sp.safe_only and method not in SAFE_METHODS:
+                # a write the candidate serves: no comparison, but stored as evidence when
+                # sampled at the route's shadow.percent like the reads
+                ex.write_sampled = plane.hub.sampled(sp, request_id, headers)
         cap = plane.capture
         if cap is not None and cap.wants(method, request_id):
             ex.cap = _Capture(query, headers)

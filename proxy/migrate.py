@@ -185,6 +185,7 @@ async def gather_evidence(store: Store, route: str, since: datetime | None) -> E
         samples=r.samples,
         mismatches=r.mismatches,
         errors=r.errors,
+        served=r.served,
         p99_primary_ms=r.latency_primary.p99,
         p99_candidate_ms=r.latency_candidate.p99,
         since=since,

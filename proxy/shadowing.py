@@ -894,15 +894,8 @@ class ShadowHub:
         head: bytes,
     ) -> ShadowTap | None:
         """Decide whether this request gets a background leg; cheap when it does not."""
-        if plan.threshold < 10000:
-            key = request_id.encode()
-            if plan.sample_key is not None:
-                for name, value in headers:
-                    if name.lower() == plan.sample_key:
-                        key = value
-                        break
-            if bucket(key) >= plan.threshold:
-                return None
+        if plan.threshold < 10000 and not self.sampled(plan, request_id, headers):
+            return None
         if method not in SAFE_METHODS:
             if plan.safe_only:
                 return None
@@ -946,6 +939,20 @@ class ShadowHub:
             self.count_shed(state, reason)
             return None
         return self.start_call(plan, method, path, request_id, head)
+
+    @staticmethod
+    def sampled(plan: ShadowPlan, request_id: str, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        """Whether the request falls in the route's `shadow.percent` (by the hash of its
+        sampling key, so every worker and replica decides alike)."""
+        if plan.threshold >= 10000:
+            return True
+        key = request_id.encode()
+        if plan.sample_key is not None:
+            for name, value in headers:
+                if name.lower() == plan.sample_key:
+                    key = value
+                    break
+        return bucket(key) < plan.threshold
 
     def start_call(
         self,

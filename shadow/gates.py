@@ -38,12 +38,16 @@ class Evidence:
     samples: int = 0  # compared: matches + mismatches
     mismatches: int = 0
     errors: int = 0  # candidate errors + timeouts
+    served: int = 0  # candidate calls answered without a comparison (served writes)
     p99_primary_ms: float | None = None
     p99_candidate_ms: float | None = None
     since: datetime | None = None  # start of the window (the route's last change)
 
     def __post_init__(self) -> None:
-        if self.samples < 0 or self.errors < 0 or not 0 <= self.mismatches <= self.samples:
+        if (
+            min(self.samples, self.errors, self.served) < 0
+            or not 0 <= self.mismatches <= self.samples
+        ):
             raise ValueError("evidence counts must be >= 0 with mismatches <= samples")
 
     @property
@@ -53,8 +57,9 @@ class Evidence:
 
     @property
     def error_rate(self) -> float | None:
-        """Errors per candidate call (compared samples plus errors)."""
-        attempted = self.samples + self.errors
+        """Errors per candidate call (compared samples, errors, and calls answered without
+        a comparison)."""
+        attempted = self.samples + self.errors + self.served
         return self.errors / attempted if attempted else None
 
     @property
@@ -76,6 +81,7 @@ class Evidence:
             "samples": self.samples,
             "mismatches": self.mismatches,
             "errors": self.errors,
+            "served": self.served,
             "mismatch_rate": self.mismatch_rate,
             "error_rate": self.error_rate,
             "p99_primary_ms": self.p99_primary_ms,

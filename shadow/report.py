@@ -136,6 +136,7 @@ def _route_report(
         candidate_errors=c.outcomes.get("candidate_error", 0),
         candidate_timeouts=c.outcomes.get("candidate_timeout", 0),
         skipped=c.outcomes.get("skipped", 0),
+        served=c.outcomes.get("served", 0),
         dropped=c.outcomes.get("dropped", 0),
         latency_primary=primary,
         latency_candidate=candidate,

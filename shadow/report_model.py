@@ -130,6 +130,9 @@ class RouteReport:
     candidate_errors: int = 0
     candidate_timeouts: int = 0
     skipped: int = 0
+    # the part of `skipped` with a candidate answer: calls with no comparison (writes the
+    # candidate served in canary or extracted mode, dry-run writes replayed)
+    served: int = 0
     dropped: int = 0
     latency_primary: Latency = field(default_factory=Latency)
     latency_candidate: Latency = field(default_factory=Latency)
@@ -170,8 +173,9 @@ class RouteReport:
 
     @property
     def error_rate(self) -> float | None:
-        """Candidate errors and timeouts per candidate call (compared + errors)."""
-        attempted = self.samples + self.errors
+        """Candidate errors and timeouts per candidate call (compared, errors, and calls
+        answered without a comparison)."""
+        attempted = self.samples + self.errors + self.served
         return self.errors / attempted if attempted else None
 
     @property
@@ -215,6 +219,7 @@ class RouteReport:
             "candidate_errors": self.candidate_errors,
             "candidate_timeouts": self.candidate_timeouts,
             "skipped": self.skipped,
+            "served": self.served,
             "dropped": self.dropped,
             "total": self.total,
             "mismatch_rate": self.mismatch_rate,

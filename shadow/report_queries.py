@@ -21,6 +21,7 @@ from sqlalchemy import (
     ColumnElement,
     Integer,
     and_,
+    case,
     cast,
     func,
     literal_column,
@@ -271,15 +272,24 @@ class _Queries:
         else:
             index = cast(func.strftime("%s", t.c.time), Integer) / size
         index = index.label("b")
+        # a skipped row with a candidate answer (a write the candidate served, a replayed
+        # dry-run write) is a candidate call: counted apart as well, for the error rate
+        kind = case(
+            (and_(t.c.outcome == "skipped", t.c.status_candidate.is_not(None)), "served"),
+            else_=t.c.outcome,
+        ).label("o")
         query = (
-            select(t.c.route, t.c.outcome, index, func.count())
+            select(t.c.route, kind, index, func.count())
             .where(self._window(t))
-            .group_by(t.c.route, t.c.outcome, index)
+            .group_by(t.c.route, kind, index)
         )
         counts: dict[str, RouteCounts] = {}
         buckets: dict[str, dict[int, list[int]]] = {}
         for route, outcome, b, n in await self._conn.execute(query):
             c = counts.setdefault(route, RouteCounts())
+            if outcome == "served":
+                c.outcomes["served"] = c.outcomes.get("served", 0) + int(n)
+                outcome = "skipped"
             c.outcomes[outcome] = c.outcomes.get(outcome, 0) + int(n)
             if outcome in _COMPARED:
                 cell = buckets.setdefault(route, {}).setdefault(int(b), [0, 0])

@@ -150,6 +150,47 @@ def _listen_overflows() -> int:
     raise AssertionError("no TcpExt line in /proc/net/netstat")
 
 
+def _syn_sent_to(port: int) -> bool:
+    """Whether a connect to 127.0.0.1:`port` waits for its handshake (state SYN_SENT)."""
+    with open("/proc/net/tcp") as fh:
+        rows = [line.split() for line in fh.readlines()[1:]]
+    return any(r[2] == f"0100007F:{port:04X}" and r[3] == "02" for r in rows)
+
+
+def _full_listener() -> tuple[socket.socket, socket.socket]:
+    """A listener whose accept queue is full (one connection nobody accepts): the kernel
+    drops further SYNs. The listener and the connection that fills it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)  # room for one queued connection
+    listener.setblocking(False)
+    filler = socket.socket()
+    filler.connect(listener.getsockname())  # fills the queue
+    return listener, filler
+
+
+async def test_a_second_connect_has_the_backend_timeout_anew() -> None:
+    # connect_timeout 400ms, timeout 600ms, no connect ever completes: the retry started
+    # at 0.4 s must end as the connect failure it is (502 at 0.8 s), not be cut by the
+    # backend timeout at 0.6 s as a 504 for a backend that "did not answer".
+    listener, filler = _full_listener()
+    text = proxy_config(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    text = text.replace(
+        "timeout: 1s\n    connect_timeout: 300ms", "timeout: 600ms\n    connect_timeout: 400ms"
+    )
+    proxy = create_proxy(loads(text, "t.yaml"), access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
+        resp = await raw_exchange(proxy.address[1], GET % b"x")
+        assert resp.status == 502, resp.body
+        assert b"timed out" in resp.body
+        assert _errors(proxy, "timeout") == 2
+    finally:
+        filler.close()
+        listener.close()
+        await stop_after_test(proxy, 1.0)
+
+
 @pytest.mark.parametrize(
     "request_bytes",
     [GET % b"x", b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok"],
@@ -160,21 +201,19 @@ async def test_a_connect_whose_syn_was_dropped_is_tried_again(request_bytes: byt
     # SYN and resends it only after 1 s, past connect_timeout (300ms). Once the queue has
     # room, a second connect gets through at once: the user is served, not sent a 502.
     loop = asyncio.get_running_loop()
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)  # room for one queued connection
-    listener.setblocking(False)
-    filler = socket.socket()
-    filler.connect(listener.getsockname())  # fills the queue
+    listener, filler = _full_listener()
+    port = listener.getsockname()[1]
     proxy = create_proxy(
-        loads(proxy_config(f"http://127.0.0.1:{listener.getsockname()[1]}"), "t.yaml"),
+        loads(proxy_config(f"http://127.0.0.1:{port}"), "t.yaml"),
         access_log=AccessLog(enabled=False),
     )
     await proxy.start()
     try:
         before = _listen_overflows()
         answer = asyncio.create_task(raw_exchange(proxy.address[1], request_bytes))
-        await wait_until(lambda: _listen_overflows() > before)  # the proxy's SYN, dropped
+        # the proxy's connect under way, and its SYN dropped (the count is the namespace's,
+        # hence both)
+        await wait_until(lambda: _syn_sent_to(port) and _listen_overflows() > before)
         queued, _ = await loop.sock_accept(listener)  # room again
         queued.close()
         conn, _ = await asyncio.wait_for(loop.sock_accept(listener), 5)

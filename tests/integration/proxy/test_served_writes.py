@@ -170,13 +170,16 @@ async def test_failing_served_writes_show_in_the_report_and_stop_migrate(tmp_pat
             assert await _send(port, "GET", f"/api/o{i}") == 200
         for i in range(N):
             assert await _send(port, "POST", f"/api/err/{i}") == 500
-        c = await _stored(proxy, 5 + N)
-        assert c.outcomes == {"match": 5, "candidate_error": N}
+        for i in range(2):  # served well: calls in the error rate's count as well
+            assert await _send(port, "POST", f"/api/created/{i}") == 201
+        c = await _stored(proxy, 5 + N + 2)
+        assert c.outcomes == {"match": 5, "candidate_error": N, "skipped": 2}
         config = write_config(tmp_path, shadow_config(legacy, candidate, CANARY_ALL, store))
     report = await asyncio.to_thread(_report, store)
     (row,) = report["routes"]
     assert row["candidate_errors"] == N and row["samples"] == 5
-    assert row["error_rate"] == pytest.approx(N / (5 + N))
+    assert row["served"] == 2 and row["skipped"] == 2
+    assert row["error_rate"] == pytest.approx(N / (5 + N + 2))
     args = ("advance", "orders", "--config", config, "--store", store)
     result = await asyncio.to_thread(migrate, *args)
     assert result.exit_code == 1, result.output
@@ -198,3 +201,32 @@ async def test_a_full_buffer_drops_and_counts_served_writes_and_never_holds_them
         assert c.started == N and c.recorded == 0
         assert c.dropped == {"buffer_full": N - 2}, c
         assert c.outcomes == {"candidate_error": 2}
+
+
+@pytest.mark.parametrize("percent", [0, 50])
+async def test_served_writes_are_sampled_at_the_routes_shadow_percent(
+    tmp_path: Path, percent: int
+) -> None:
+    """Like the reads: a route verified at 50 % by user stores the writes of the users in
+    that half (every worker and replica deciding alike), one at 0 % stores none."""
+    from proxy.shadowing import bucket
+
+    route = CANARY_ALL.replace(
+        "shadow: {percent: 100, timeout: 1s}",
+        f"shadow: {{percent: {percent}, timeout: 1s, sample_key: X-User-Id}}",
+    )
+    users = [f"user-{i}" for i in range(20)]
+    wanted = sum(1 for u in users if bucket(u.encode()) < percent * 100)
+    assert percent == 0 or 0 < wanted < len(users)  # the test tells sampled from not
+    async with shadow_stack(route, f"sqlite+aiosqlite:///{tmp_path / 's.db'}") as (proxy, _, _):
+        port = proxy.address[1]
+        async with aiohttp.ClientSession() as s:
+            for i, user in enumerate(users):
+                url = f"http://127.0.0.1:{port}/api/created/{i}"
+                async with s.post(url, json={"x": 1}, headers={"X-User-Id": user}) as r:
+                    assert r.status == 201
+        assert proxy.recorder is not None
+        assert await proxy.recorder.flush(5)
+        c = _counters(proxy)
+        assert (c.started, c.recorded) == (wanted, wanted)
+        assert c.outcomes == ({"skipped": wanted} if wanted else {})

@@ -59,7 +59,10 @@ def _show(i: int) -> ComparisonRecord:
         path="/api/v1/orders/{order_id}",
         request_path=f"/api/v1/orders/{i}",
         status_primary=200,
-        status_candidate=500 if outcome == "candidate_error" else 200,
+        # a skipped (or dropped) copy was not sent: no candidate answer
+        status_candidate=(
+            500 if outcome == "candidate_error" else None if candidate is None else 200
+        ),
         latency_primary_ms=primary_ms,
         latency_candidate_ms=candidate,
         diff_paths=paths,

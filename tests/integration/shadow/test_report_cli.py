@@ -253,7 +253,11 @@ def test_a_canary_routes_served_writes_are_reported_outside_the_gate(tmp_path: P
         )
         for _ in range(3)
     ]
-    served.append(ComparisonRecord(route="order-pay", outcome="skipped", mode="canary"))
+    served.append(  # one the candidate served well: a call, not compared
+        ComparisonRecord(
+            route="order-pay", outcome="skipped", method="POST", status_candidate=201, mode="canary"
+        )
+    )
 
     async def populate() -> None:
         async with Store(url) as store:
@@ -277,7 +281,7 @@ def test_a_canary_routes_served_writes_are_reported_outside_the_gate(tmp_path: P
     pay = next((r for r in doc["routes"] if r["route"] == "order-pay"), None)
     assert pay is not None, doc["routes"]
     assert pay["judged"] is False and pay["candidate_errors"] == 3 and pay["skipped"] == 1
-    assert pay["error_rate"] == 1.0
+    assert pay["served"] == 1 and pay["error_rate"] == 0.75
 
 
 @pytest.mark.parametrize(
