@@ -44,7 +44,7 @@ class SlowToConnect:
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
-        if not self.accepting.wait(10):
+        if not self.accepting.wait(10) or self.stop.is_set():  # closed without accepting
             return
         self.server.settimeout(0.1)
         while not self.stop.is_set():
