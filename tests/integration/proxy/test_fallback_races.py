@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from proxy.accesslog import AccessLog
-from proxy.app import create_proxy
+from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
 from tests.integration.proxy.conftest import proxy_config
 from tests.support import stop_after_test, wait_until
@@ -78,9 +78,10 @@ def candidate() -> Iterator[SlowToConnect]:
     c.close()
 
 
-async def test_a_late_candidate_connection_never_serves_legacy_traffic(
-    upstream: EchoUpstream, candidate: SlowToConnect
-) -> None:
+async def _extracted(
+    upstream: EchoUpstream, candidate: SlowToConnect, *, timeout: str, connect_timeout: str
+) -> Proxy:
+    """A started proxy whose /api/* route is extracted to `candidate` (no verification)."""
     text = proxy_config(
         upstream.url,
         extra="""routes:
@@ -92,12 +93,19 @@ async def test_a_late_candidate_connection_never_serves_legacy_traffic(
 """,
         backend_extra=f"""  orders:
     url: http://127.0.0.1:{candidate.port}
-    timeout: 300ms
-    connect_timeout: 5s
+    timeout: {timeout}
+    connect_timeout: {connect_timeout}
 """,
     )
     proxy = create_proxy(loads(text, "t.yaml"), access_log=AccessLog(enabled=False))
     await proxy.start()
+    return proxy
+
+
+async def test_a_late_candidate_connection_never_serves_legacy_traffic(
+    upstream: EchoUpstream, candidate: SlowToConnect
+) -> None:
+    proxy = await _extracted(upstream, candidate, timeout="300ms", connect_timeout="5s")
     try:
         port = proxy.address[1]
         got = await raw_exchange(port, b"GET /api/orders/1 HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -127,23 +135,7 @@ async def test_a_timed_out_candidate_connect_falls_back_at_once_and_a_write_trie
 ) -> None:
     # A GET that legacy can serve goes there after one timed-out connect (not two); a POST,
     # which cannot fall back, gets one more connect (nothing of it was sent) before its 502.
-    text = proxy_config(
-        upstream.url,
-        extra="""routes:
-  - name: orders
-    match: {path: /api/*}
-    mode: extracted
-    candidate: orders
-    shadow: {percent: 0}
-""",
-        backend_extra=f"""  orders:
-    url: http://127.0.0.1:{candidate.port}
-    timeout: 5s
-    connect_timeout: 200ms
-""",
-    )
-    proxy = create_proxy(loads(text, "t.yaml"), access_log=AccessLog(enabled=False))
-    await proxy.start()
+    proxy = await _extracted(upstream, candidate, timeout="5s", connect_timeout="200ms")
 
     def timeouts() -> float:
         proxy.metrics.flush()
