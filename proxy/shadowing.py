@@ -658,15 +658,20 @@ class ShadowCall(RequestTee):
         # The hub's timeout queue may hold this call a little longer: keep it small. The
         # legs let go of the call, so reference counting frees both (no cycle for the
         # collector to find: at thousands of copies a second that is its whole work).
+        # The header lists go too: their pairs would stay young objects for the collector
+        # to walk until the timeout queue lets the call go.
         self.served_body = []
+        self.served_headers = []
         self.req_body = []
         self.head = b""
         leg = self.leg
         leg.body = []
+        leg.headers = []
         leg.request = b""
         leg.call = None
         if self.baseline is not None:
             self.baseline.body = []
+            self.baseline.headers = []
             self.baseline.request = b""
             self.baseline.call = None
 
@@ -1014,7 +1019,8 @@ class ShadowHub:
                 plan.breaker.failure()
             else:
                 plan.breaker.success()
-        self._count_paths(plan, verdict)
+        if verdict.comparison is not None or verdict.noise:  # else no path to count
+            self._count_paths(plan, verdict)
         self.recorder.record(
             build_record(
                 self.redactor,
@@ -1032,9 +1038,13 @@ class ShadowHub:
                 config_version=self.config_version(),
             )
         )
-        self._count(plan.state, verdict.outcome)
+        state = plan.state
+        pending = state.pending_outcomes  # self._count, inline: once per comparison
+        pending[verdict.outcome] = pending.get(verdict.outcome, 0) + 1
+        if state.window is None:  # no rollback window to feed (shadow routes)
+            return
         try:  # recorded: a failure from here on must not count this copy again as a drop
-            self.observe(plan.state, verdict.outcome, legacy_ms, cand_ms, served=plan.swapped)
+            self.observe(state, verdict.outcome, legacy_ms, cand_ms, served=plan.swapped)
         except Exception:
             _log.exception("shadow: the rollback check failed for %s", plan.route)
 
