@@ -147,6 +147,7 @@ def decode_frames(buf: bytearray) -> list[Frame]:
     pos = 0
     out: list[Frame] = []
     unpack = _HEAD.unpack_from
+    new = tuple.__new__  # what Frame(...) calls, without its Python-level __new__
     while end - pos >= _HEAD.size:
         size, too_large, ms, handed, l0, l1, l2, l3, l4 = unpack(data, pos)
         if end - pos < size:
@@ -157,16 +158,19 @@ def decode_frames(buf: bytearray) -> list[Frame]:
         d = c + l2
         e = d + l3
         out.append(
-            Frame(
-                data[a:b].decode(),
-                data[b:c].decode("utf-8", "surrogatepass"),
-                data[c:d],
-                data[d:e],
-                data[e : e + l4],
-                ms,
-                handed,
-                bool(too_large),
-                size,
+            new(
+                Frame,
+                (
+                    data[a:b].decode(),
+                    data[b:c].decode("utf-8", "surrogatepass"),
+                    data[c:d],
+                    data[d:e],
+                    data[e : e + l4],
+                    ms,
+                    handed,
+                    bool(too_large),
+                    size,
+                ),
             )
         )
         pos += size

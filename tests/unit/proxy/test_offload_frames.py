@@ -42,6 +42,7 @@ def test_frames_survive_any_split(frames: list[dict[str, object]], step: int) ->
     assert not buf  # nothing left over once every byte arrived
     assert len(out) == len(frames)
     for got, want in zip(out, frames, strict=True):
+        assert type(got) is Frame
         assert got.route.encode() == want["route"]
         assert got.request_id == want["request_id"]
         assert got.head == want["head"]
