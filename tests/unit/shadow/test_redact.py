@@ -410,3 +410,27 @@ def test_the_detectors_trigger_finds_what_the_plain_pattern_finds(text: str) -> 
 
     plain = re.compile(r"[@0-9]|bearer|basic|authorization|cookie|api-key", re.IGNORECASE)
     assert bool(redact._TRIGGER.search(text)) == bool(plain.search(text))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/bench/x",
+        "/orders/4111111111111111",
+        "/u/ann@example.com?token=abc",
+        "/p?api_key=k&x=1",
+        "/a%40b.example.com",
+        "/" + "x" * 300 + "@example.com",
+    ],
+)
+def test_a_kept_url_answer_is_the_redacted_url(redactor: Redactor, url: str) -> None:
+    fresh = redactor.redact_text(mask_secrets(url))
+    assert redactor.redact_url(url) == fresh
+    assert redactor.redact_url(url) == fresh  # kept (or, when long, redacted again)
+    assert (url in redactor._urls) == (len(url) <= 256)
+
+
+def test_kept_url_answers_stay_bounded(redactor: Redactor) -> None:
+    for i in range(2000):
+        assert redactor.redact_url(f"/orders/{i}") == redactor.redact_text(f"/orders/{i}")
+    assert 0 < len(redactor._urls) <= 512
