@@ -178,7 +178,9 @@ class Recorder:
         Pass `started=True` when no `note_started` was called for this comparison.
         """
         try:
-            counters = self._counters(rec.route)
+            counters = self._routes.get(rec.route)  # self._counters, inline: once per record
+            if counters is None:
+                counters = self._counters(rec.route)
             if started:
                 counters.started += 1
             if self._closed or len(self._buf) + len(self._inflight) >= self._buffer_size:
