@@ -200,7 +200,7 @@ class ShadowHelper:
                 elif now - frame.handed_off > plan.timeout:
                     hub.drop_started(plan.state, "stale")
                 else:
-                    self._start(plan, frame)
+                    self._start(hub, plan, frame)
         transport = self.transport
         if transport is not None:
             full = self.queued >= _QUEUE_MAX or self.queued_bytes >= _QUEUE_MAX_BYTES
@@ -211,9 +211,8 @@ class ShadowHelper:
                 self._paused = False
                 transport.resume_reading()
 
-    def _start(self, plan: ShadowPlan, frame: Frame) -> None:
+    def _start(self, hub: ShadowHub, plan: ShadowPlan, frame: Frame) -> None:
         method, path = frame.request_line()
-        hub = self.hub
         if frame.too_large:  # known before any candidate call here: none is made
             hub.drop_started(plan.state, "body_too_large")
             return
@@ -232,7 +231,8 @@ class ShadowHelper:
             if call.finished:
                 return
         call.request_done()
-        call.served_head(status, headers)
+        call.served_status = status  # call.served_head, inline: once per copy
+        call.served_headers = headers
         if served:
             call.served_chunk(served)
         # served_ms as the worker measured it (not counting the legs just written)
