@@ -100,6 +100,7 @@ def _status_only(status: int) -> HttpResponse:
 
 
 _STATUS_ONLY: dict[int, HttpResponse] = {}
+_NO_BODY = b"content-length: 0\r\nx-strangler-shadow: 1\r\n"  # what a copy without a body adds
 _LOWERED: dict[bytes, bytes] = {}
 _LOWERED_MAX = 256
 
@@ -568,7 +569,7 @@ class ShadowCall(RequestTee):
         # (and clears) a TypeError, three times the cost of the search itself
         if lowered.find(b"\ncontent-length:") >= 0 or lowered.find(b"\ntransfer-encoding:") >= 0:
             head = _STRIP_FRAMING.sub(b"", head)
-        extra = b"content-length: %d\r\nx-strangler-shadow: 1\r\n" % len(body)
+        extra = b"content-length: %d\r\nx-strangler-shadow: 1\r\n" % len(body) if body else _NO_BODY
         if self.method not in SAFE_METHODS:
             extra += b"x-strangler-dry-run: 1\r\n"
         request = head[:-2] + extra + b"\r\n" + body
@@ -997,7 +998,9 @@ class ShadowHub:
         candidate: HttpResponse | None
         if leg.error is None and leg.status == call.served_status and self._complete_equal(call):
             # Equal bytes: a match under any rules; only the status is needed for the record.
-            legacy = candidate = _status_only(call.served_status)
+            legacy = candidate = _STATUS_ONLY.get(call.served_status) or _status_only(
+                call.served_status
+            )
             verdict = _MATCH
         else:
             served = HttpResponse(
