@@ -168,7 +168,7 @@ def decode_frames(buf: bytearray) -> list[Frame]:
                     data[e : e + l4],
                     ms,
                     handed,
-                    bool(too_large),
+                    too_large != 0,  # bool(too_large) without a type call
                     size,
                 ),
             )

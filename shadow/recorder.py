@@ -189,10 +189,14 @@ class Recorder:
                 counters.refused[reason] = counters.refused.get(reason, 0) + 1
                 return
             counters.outcomes[rec.outcome] = counters.outcomes.get(rec.outcome, 0) + 1
-            self._buf.append(rec)
-            self._idle.clear()
-            self._wake.set()
-            if len(self._buf) >= self._batch_size:
+            buf = self._buf
+            if not buf:
+                # The writer sets _idle and clears _wake only while the buffer is empty, so
+                # with records queued already both are as they should be: no calls.
+                self._idle.clear()
+                self._wake.set()
+            buf.append(rec)
+            if len(buf) >= self._batch_size:
                 self._full.set()
         except Exception:  # the shadow path must never see an error from here
             _log.exception("recorder: cannot queue a record")
