@@ -561,8 +561,10 @@ class ShadowCall(RequestTee):
         if self.finished:
             return
         self.sent = True
-        body = b"".join(self.req_body)
-        self.req_body = []
+        body = b""
+        if self.req_body:  # most copies have none: no join, no new list
+            body = b"".join(self.req_body)
+            self.req_body = []
         head = self.head
         lowered = head.lower()
         # find(), not `in`: `bytes in bytes` first tries the needle as an int and raises
@@ -1081,6 +1083,9 @@ class ShadowHub:
                     low = lowered.get(name)
                     if low is None:
                         low = name.lower()
+                        if len(lowered) >= _LOWERED_MAX:  # as in _header_values
+                            lowered.clear()
+                        lowered[name] = low
                     if low in names and value.strip() != other_value.strip():
                         return False
             else:
