@@ -184,7 +184,8 @@ class ShadowHelper:
     def pump(self) -> None:
         """Start the queued copies that have a free slot, oldest first in each route."""
         self._pump_soon = False
-        hub = self.hub
+        hub = self.proxy.hub  # self.hub, inline: a pump runs about once per copy
+        assert hub is not None
         now = time.monotonic()
         for route, queue in self.queues.items():
             plan = self.plans.get(route)
