@@ -618,7 +618,8 @@ class ShadowCall(RequestTee):
         if not self.sent:
             self.drop("incomplete_request")
             return
-        self._maybe_complete()
+        if self.leg.done:  # else the leg's end completes the call (a helper's copies)
+            self._maybe_complete()
 
     def leg_done(self) -> None:
         self._maybe_complete()
@@ -666,7 +667,8 @@ class ShadowCall(RequestTee):
         # to walk until the timeout queue lets the call go.
         self.served_body = []
         self.served_headers = []
-        self.req_body = []
+        if self.req_body:  # a GET's is empty already
+            self.req_body = []
         self.head = b""
         leg = self.leg
         leg.body = []
