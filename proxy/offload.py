@@ -147,6 +147,7 @@ def decode_frames(buf: bytearray) -> list[Frame]:
     pos = 0
     out: list[Frame] = []
     unpack = _HEAD.unpack_from
+    new = tuple.__new__  # what Frame(...) calls, without its Python-level __new__
     while end - pos >= _HEAD.size:
         size, too_large, ms, handed, l0, l1, l2, l3, l4 = unpack(data, pos)
         if end - pos < size:
@@ -157,16 +158,19 @@ def decode_frames(buf: bytearray) -> list[Frame]:
         d = c + l2
         e = d + l3
         out.append(
-            Frame(
-                data[a:b].decode(),
-                data[b:c].decode("utf-8", "surrogatepass"),
-                data[c:d],
-                data[d:e],
-                data[e : e + l4],
-                ms,
-                handed,
-                bool(too_large),
-                size,
+            new(
+                Frame,
+                (
+                    data[a:b].decode(),
+                    data[b:c].decode("utf-8", "surrogatepass"),
+                    data[c:d],
+                    data[d:e],
+                    data[e : e + l4],
+                    ms,
+                    handed,
+                    too_large != 0,  # bool(too_large) without a type call
+                    size,
+                ),
             )
         )
         pos += size
@@ -196,6 +200,8 @@ class _Served:
             self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self.complete:  # bytes after the answer are not part of it
+            return
         status = self.parser.get_status_code()
         if status < 200:
             self.headers = []  # 100 Continue, 103 Early Hints: the final answer follows
@@ -203,16 +209,17 @@ class _Served:
         self.status = status
         if self.head_only:
             self.complete = True
-            raise _Stop
+            raise _Stop  # the parser would read a body (its length) that never came
 
     def on_body(self, data: bytes) -> None:
-        if self.status:
+        if self.status and not self.complete:
             self.body.append(data)
 
     def on_message_complete(self) -> None:
+        # No exception to stop the parser: one raised through it cost more than the rest of
+        # the parse. What may follow the answer is ignored (or an error once it is complete).
         if self.status:
             self.complete = True
-            raise _Stop  # anything after the answer is not part of it
 
 
 def served_response(raw: bytes, head_only: bool) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -229,6 +236,9 @@ def served_response(raw: bytes, head_only: bool) -> tuple[int, list[tuple[bytes,
     except httptools.HttpParserError as e:
         if not served.complete:
             raise ValueError(f"unreadable served response: {e}") from None
+    except httptools.HttpParserUpgrade:
+        if not served.complete:
+            raise
     if not served.status:
         raise ValueError("no final response head in the served response")
     if not served.complete and has_framing(served.headers):

@@ -184,7 +184,8 @@ class ShadowHelper:
     def pump(self) -> None:
         """Start the queued copies that have a free slot, oldest first in each route."""
         self._pump_soon = False
-        hub = self.hub
+        hub = self.proxy.hub  # self.hub, inline: a pump runs about once per copy
+        assert hub is not None
         now = time.monotonic()
         for route, queue in self.queues.items():
             plan = self.plans.get(route)
@@ -200,7 +201,7 @@ class ShadowHelper:
                 elif now - frame.handed_off > plan.timeout:
                     hub.drop_started(plan.state, "stale")
                 else:
-                    self._start(plan, frame)
+                    self._start(hub, plan, frame)
         transport = self.transport
         if transport is not None:
             full = self.queued >= _QUEUE_MAX or self.queued_bytes >= _QUEUE_MAX_BYTES
@@ -211,9 +212,8 @@ class ShadowHelper:
                 self._paused = False
                 transport.resume_reading()
 
-    def _start(self, plan: ShadowPlan, frame: Frame) -> None:
+    def _start(self, hub: ShadowHub, plan: ShadowPlan, frame: Frame) -> None:
         method, path = frame.request_line()
-        hub = self.hub
         if frame.too_large:  # known before any candidate call here: none is made
             hub.drop_started(plan.state, "body_too_large")
             return
@@ -232,7 +232,8 @@ class ShadowHelper:
             if call.finished:
                 return
         call.request_done()
-        call.served_head(status, headers)
+        call.served_status = status  # call.served_head, inline: once per copy
+        call.served_headers = headers
         if served:
             call.served_chunk(served)
         # served_ms as the worker measured it (not counting the legs just written)

@@ -102,6 +102,7 @@ def _status_only(status: int) -> HttpResponse:
 
 
 _STATUS_ONLY: dict[int, HttpResponse] = {}
+_NO_BODY = b"content-length: 0\r\nx-strangler-shadow: 1\r\n"  # what a copy without a body adds
 _LOWERED: dict[bytes, bytes] = {}
 _LOWERED_MAX = 256
 
@@ -562,15 +563,17 @@ class ShadowCall(RequestTee):
         if self.finished:
             return
         self.sent = True
-        body = b"".join(self.req_body)
-        self.req_body = []
+        body = b""
+        if self.req_body:  # most copies have none: no join, no new list
+            body = b"".join(self.req_body)
+            self.req_body = []
         head = self.head
         lowered = head.lower()
         # find(), not `in`: `bytes in bytes` first tries the needle as an int and raises
         # (and clears) a TypeError, three times the cost of the search itself
         if lowered.find(b"\ncontent-length:") >= 0 or lowered.find(b"\ntransfer-encoding:") >= 0:
             head = _STRIP_FRAMING.sub(b"", head)
-        extra = b"content-length: %d\r\nx-strangler-shadow: 1\r\n" % len(body)
+        extra = b"content-length: %d\r\nx-strangler-shadow: 1\r\n" % len(body) if body else _NO_BODY
         if self.method not in SAFE_METHODS:
             extra += b"x-strangler-dry-run: 1\r\n"
         request = head[:-2] + extra + b"\r\n" + body
@@ -617,7 +620,8 @@ class ShadowCall(RequestTee):
         if not self.sent:
             self.drop("incomplete_request")
             return
-        self._maybe_complete()
+        if self.leg.done:  # else the leg's end completes the call (a helper's copies)
+            self._maybe_complete()
 
     def leg_done(self) -> None:
         self._maybe_complete()
@@ -661,15 +665,21 @@ class ShadowCall(RequestTee):
         # The hub's timeout queue may hold this call a little longer: keep it small. The
         # legs let go of the call, so reference counting frees both (no cycle for the
         # collector to find: at thousands of copies a second that is its whole work).
+        # The header lists go too: their pairs would stay young objects for the collector
+        # to walk until the timeout queue lets the call go.
         self.served_body = []
-        self.req_body = []
+        self.served_headers = []
+        if self.req_body:  # a GET's is empty already
+            self.req_body = []
         self.head = b""
         leg = self.leg
         leg.body = []
+        leg.headers = []
         leg.request = b""
         leg.call = None
         if self.baseline is not None:
             self.baseline.body = []
+            self.baseline.headers = []
             self.baseline.request = b""
             self.baseline.call = None
 
@@ -997,7 +1007,9 @@ class ShadowHub:
         candidate: HttpResponse | None
         if leg.error is None and leg.status == call.served_status and self._complete_equal(call):
             # Equal bytes: a match under any rules; only the status is needed for the record.
-            legacy = candidate = _status_only(call.served_status)
+            legacy = candidate = _STATUS_ONLY.get(call.served_status) or _status_only(
+                call.served_status
+            )
             verdict = _MATCH
         else:
             served = HttpResponse(
@@ -1024,7 +1036,8 @@ class ShadowHub:
                 plan.breaker.failure()
             else:
                 plan.breaker.success()
-        self._count_paths(plan, verdict)
+        if verdict.comparison is not None or verdict.noise:  # else no path to count
+            self._count_paths(plan, verdict)
         self.recorder.record(
             build_record(
                 self.redactor,
@@ -1042,9 +1055,13 @@ class ShadowHub:
                 config_version=self.config_version(),
             )
         )
-        self._count(plan.state, verdict.outcome)
+        state = plan.state
+        pending = state.pending_outcomes  # self._count, inline: once per comparison
+        pending[verdict.outcome] = pending.get(verdict.outcome, 0) + 1
+        if state.window is None:  # no rollback window to feed (shadow routes)
+            return
         try:  # recorded: a failure from here on must not count this copy again as a drop
-            self.observe(plan.state, verdict.outcome, legacy_ms, cand_ms, served=plan.swapped)
+            self.observe(state, verdict.outcome, legacy_ms, cand_ms, served=plan.swapped)
         except Exception:
             _log.exception("shadow: the rollback check failed for %s", plan.route)
 
@@ -1107,9 +1124,27 @@ class ShadowHub:
         elif b"".join(served) != b"".join(body):
             return False
         names = call.plan.compared_headers
-        return call.served_headers == leg.headers or _header_values(
-            call.served_headers, names
-        ) == _header_values(leg.headers, names)
+        ours = call.served_headers
+        theirs = leg.headers
+        if len(ours) == len(theirs):
+            # The same field names in the same order (two servers of one kind): only the
+            # values that differ need a look; as _header_values would compare them.
+            lowered = _LOWERED
+            for (name, value), (other, other_value) in zip(ours, theirs, strict=True):
+                if name != other:
+                    break
+                if value != other_value:
+                    low = lowered.get(name)
+                    if low is None:
+                        low = name.lower()
+                        if len(lowered) >= _LOWERED_MAX:  # as in _header_values
+                            lowered.clear()
+                        lowered[name] = low
+                    if low in names and value.strip() != other_value.strip():
+                        return False
+            else:
+                return True
+        return _header_values(ours, names) == _header_values(theirs, names)
 
     def _count_paths(self, plan: ShadowPlan, verdict: Verdict) -> None:
         """Differing and noise paths as metrics (top paths per route, the rest as _other)."""

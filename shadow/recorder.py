@@ -189,7 +189,9 @@ class Recorder:
         Pass `started=True` when no `note_started` was called for this comparison.
         """
         try:
-            counters = self._counters(rec.route)
+            counters = self._routes.get(rec.route)  # self._counters, inline: once per record
+            if counters is None:
+                counters = self._counters(rec.route)
             if started:
                 counters.started += 1
             if self._closed or len(self._buf) + len(self._inflight) >= self._buffer_size:
@@ -198,10 +200,14 @@ class Recorder:
                 counters.refused[reason] = counters.refused.get(reason, 0) + 1
                 return
             counters.outcomes[rec.outcome] = counters.outcomes.get(rec.outcome, 0) + 1
-            self._buf.append(rec)
-            self._idle.clear()
-            self._wake.set()
-            if len(self._buf) >= self._batch_size:
+            buf = self._buf
+            if not buf:
+                # The writer sets _idle and clears _wake only while the buffer is empty, so
+                # with records queued already both are as they should be: no calls.
+                self._idle.clear()
+                self._wake.set()
+            buf.append(rec)
+            if len(buf) >= self._batch_size:
                 self._full.set()
         except Exception:  # the shadow path must never see an error from here
             _log.exception("recorder: cannot queue a record")

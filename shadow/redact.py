@@ -81,10 +81,24 @@ def warn_if_unkeyed(environ: Mapping[str, str] | None = None) -> None:
 
 def mask_secrets(text: str) -> str:
     """`text` with passwords in URLs and secret-looking query parameters replaced by `***`."""
-    return _PARAM.sub(_mask_param, _PASSWORD_IN_URL.sub(r"\1***@", text))
+    # Each pattern needs its literal ("@", "="): a request path has neither, most often,
+    # and the two subs cost about 20,000 instructions where they find nothing (the template
+    # goes through the re module's Python code on every call, and _PARAM tries each word).
+    if "@" in text:
+        text = _PASSWORD_IN_URL.sub(r"\1***@", text)
+    if "=" in text:
+        text = _PARAM.sub(_mask_param, text)
+    return text
 
 
-_TRIGGER = re.compile(r"[@0-9]|bearer|basic|authorization|cookie|api-key", re.IGNORECASE)
+# Whether a text may hold anything the detectors find: "@", a digit, or (any case) bearer,
+# basic, authorization, cookie, api-key. Written to start with a character class, so that
+# the search skips every position that cannot start a match in C instead of trying each
+# word there; the first letters have no other case-insensitive equivalents than these.
+_TRIGGER = re.compile(
+    r"[@0-9a-cA-C](?:(?<=[@0-9])|(?<=[bB])(?i:earer|asic)"
+    r"|(?<=[aA])(?i:uthorization|pi-key)|(?<=[cC])(?i:ookie))"
+)
 # Credentials quoted in log lines: `Authorization: Bearer x`, `('cookie', 'sid=1')`, ...
 _SECRET_FIELD = re.compile(
     r"""\b(?:proxy-authorization|authorization|set-cookie|cookie|x-api-key)"""
@@ -214,10 +228,14 @@ def _step(nodes: tuple[_PathNode, ...], segment: Any) -> tuple[_PathNode, ...]:
     return tuple(found)
 
 
+_URLS_KEPT = 512
+_URL_KEPT_MAX = 256  # characters: longer paths are redacted every time, never kept
+
+
 class Redactor:
     """Replaces sensitive values with keyed-hash tokens; build once per store config."""
 
-    __slots__ = ("_key", "_root", "json_paths")
+    __slots__ = ("_key", "_root", "_urls", "json_paths")
 
     def __init__(self, json_paths: Sequence[str] = (), key: bytes | None = None) -> None:
         """`key` None: a random per-process key (tokens then differ between processes)."""
@@ -234,6 +252,7 @@ class Redactor:
                     node = node.children.setdefault(segment, _PathNode())
             node.hit = True
         self._root: tuple[_PathNode, ...] = (root,) if self.json_paths else ()
+        self._urls: dict[str, str] = {}  # redact_url's recent answers
 
     @classmethod
     def from_env(
@@ -388,7 +407,19 @@ class Redactor:
 
     def redact_url(self, url: str) -> str:
         """A request path or URL with secrets masked and personal data tokenised."""
-        return self.redact_text(mask_secrets(url))
+        # Every stored comparison redacts its request path, and the same paths come again
+        # and again (hot documents, list pages, health checks): the answers for short ones
+        # are kept (up to _URLS_KEPT, forgotten all at once when full), a dict hit instead
+        # of the detectors (5,000 instructions for a plain path, 20,000 with digits).
+        done = self._urls.get(url)
+        if done is None:
+            done = self.redact_text(mask_secrets(url))
+            if len(url) <= _URL_KEPT_MAX:
+                urls = self._urls
+                if len(urls) >= _URLS_KEPT:
+                    urls.clear()
+                urls[url] = done
+        return done
 
     def redact_headers(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """Header pairs with credential values tokenised and the rest text-redacted."""

@@ -18,7 +18,7 @@ from shadow.http_compare import HttpResponse, compare_responses
 from shadow.noise import cancel_noise, response_noise
 from shadow.record import ComparisonRecord, DiffExample, Outcome, RecordMode
 from shadow.redact import Redactor
-from shadow.slots import slot_setters
+from shadow.slots import unfrozen_twin
 
 __all__ = ["EXAMPLE_CAP", "STORED_BODY_CAP", "Verdict", "build_record", "judge"]
 
@@ -102,8 +102,7 @@ def _stored_body(redactor: Redactor, response: HttpResponse | None) -> bytes | N
     return body[:STORED_BODY_CAP]
 
 
-# build_record passes the values in this order
-_SETTERS: Final = slot_setters(
+_Unfrozen: Final = unfrozen_twin(
     ComparisonRecord,
     (
         "route",
@@ -129,14 +128,54 @@ _SETTERS: Final = slot_setters(
 )
 
 
-def _new_record(*values: Any) -> ComparisonRecord:
+def _new_record(
+    route: str,
+    outcome: Outcome,
+    time: datetime,
+    method: str,
+    path: str,
+    request_path: str,
+    status_primary: int | None,
+    status_candidate: int | None,
+    latency_primary_ms: float | None,
+    latency_candidate_ms: float | None,
+    diff_paths: tuple[str, ...],
+    diff_examples: tuple[DiffExample, ...],
+    noise: tuple[str, ...],
+    primary_body: bytes | None,
+    candidate_body: bytes | None,
+    detail: str,
+    request_id: str,
+    mode: RecordMode,
+    config_version: str,
+) -> ComparisonRecord:
     """A validated `ComparisonRecord` from values in field order, without the frozen __init__."""
-    # object.__setattr__ per field was half the cost of a matching copy's record
-    rec: ComparisonRecord = object.__new__(ComparisonRecord)
-    for set_field, value in zip(_SETTERS, values, strict=True):
-        set_field(rec, value)
-    rec.__post_init__()
-    return rec
+    # object.__setattr__ (or a slot setter) per field was most of a matching copy's record:
+    # the fields go into an unfrozen twin of the same layout, which then becomes the record
+    rec: Any = object.__new__(_Unfrozen)
+    rec.route = route
+    rec.outcome = outcome
+    rec.time = time
+    rec.method = method
+    rec.path = path
+    rec.request_path = request_path
+    rec.status_primary = status_primary
+    rec.status_candidate = status_candidate
+    rec.latency_primary_ms = latency_primary_ms
+    rec.latency_candidate_ms = latency_candidate_ms
+    rec.diff_paths = diff_paths
+    rec.diff_examples = diff_examples
+    rec.noise = noise
+    rec.primary_body = primary_body
+    rec.candidate_body = candidate_body
+    rec.detail = detail
+    rec.request_id = request_id
+    rec.mode = mode
+    rec.config_version = config_version
+    rec.__class__ = ComparisonRecord
+    record: ComparisonRecord = rec
+    record.__post_init__()
+    return record
 
 
 def _ms(value: float | None) -> float | None:
@@ -191,8 +230,13 @@ def build_record(
         redactor.redact_url(request_path),
         legacy.status if legacy is not None else None,
         candidate.status if candidate is not None else None,
-        _ms(legacy_ms),
-        _ms(candidate_ms),
+        # _ms, inline for the usual latencies (twice per stored comparison)
+        int(legacy_ms * 1000.0 + 0.5) / 1000.0
+        if legacy_ms is not None and 0.0 <= legacy_ms < 1e9
+        else _ms(legacy_ms),
+        int(candidate_ms * 1000.0 + 0.5) / 1000.0
+        if candidate_ms is not None and 0.0 <= candidate_ms < 1e9
+        else _ms(candidate_ms),
         diff_paths,
         examples,
         tuple(sorted(redactor.redact_text(p) for p in verdict.noise)) if verdict.noise else (),

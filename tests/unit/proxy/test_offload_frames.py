@@ -42,6 +42,7 @@ def test_frames_survive_any_split(frames: list[dict[str, object]], step: int) ->
     assert not buf  # nothing left over once every byte arrived
     assert len(out) == len(frames)
     for got, want in zip(out, frames, strict=True):
+        assert type(got) is Frame
         assert got.route.encode() == want["route"]
         assert got.request_id == want["request_id"]
         assert got.head == want["head"]
@@ -175,3 +176,30 @@ def test_lines_that_are_not_acks_are_ignored() -> None:
     assert decode_ack(b"A{not json") is None
     assert decode_ack(b"A[1, 2]") is None
     assert decode_ack(b'A{"r": true, "s": "3", "t": 4}') == {"t": 4}
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        b"",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 500 Oops\r\nContent-Length: 3\r\nX-B: 2\r\n\r\nbad",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nbad\r\n0\r\n\r\n",
+        b"\x00garbage\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n..",
+    ],
+)
+@pytest.mark.parametrize("connection", [b"keep-alive", b"close"])
+def test_what_follows_the_answer_is_not_part_of_it(after: bytes, connection: bytes) -> None:
+    raw = b"HTTP/1.1 200 OK\r\nConnection: " + connection + b"\r\nContent-Length: 2\r\n\r\nok"
+    assert served_response(raw + after, head_only=False) == (
+        200,
+        [(b"Connection", connection), (b"Content-Length", b"2")],
+        b"ok",
+    )
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\r\n\r\n"
+    assert served_response(chunked + after, head_only=False) == (
+        200,
+        [(b"Transfer-Encoding", b"chunked")],
+        b"ok",
+    )

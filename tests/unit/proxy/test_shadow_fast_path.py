@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from proxy.shadowing import ShadowCall, ShadowHub, ShadowPlan, _Leg
+from proxy.shadowing import ShadowCall, ShadowHub, ShadowPlan, _header_values, _Leg
 from shadow.record import ComparisonRecord
 from tests.unit.proxy.shadow_plans import hub_and_plan
 
@@ -125,3 +127,33 @@ def test_an_ended_call_leaves_no_cycle_for_the_collector(loop: asyncio.AbstractE
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+_names = st.sampled_from([b"Content-Type", b"content-type", b"Location", b"Date", b"X-A"])
+_values = st.sampled_from([b"a", b" a", b"a ", b"b", b"", b"A"])
+_fields = st.lists(st.tuples(_names, _values), max_size=4)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(_fields, st.data())
+def test_headers_compare_as_their_compared_values_do(
+    loop: asyncio.AbstractEventLoop, ours: Headers, data: st.DataObject
+) -> None:
+    # often the same names in the same order (the candidate runs the same server software)
+    theirs = data.draw(
+        st.one_of(
+            _fields,
+            st.lists(_values, min_size=len(ours), max_size=len(ours)).map(
+                lambda values: [(name, v) for (name, _), v in zip(ours, values, strict=True)]
+            ),
+        )
+    )
+    hub, plan = _hub(loop, fast=True)
+    call = ShadowCall(hub, plan, "GET", "/orders/7", "rid-1", b"")
+    call.served_headers, call.leg.headers = ours, theirs
+    call.served_body, call.leg.body = [b"{}"], [b"{}"]
+    names = plan.compared_headers
+    want = _header_values(ours, names) == _header_values(theirs, names)
+    assert hub._complete_equal(call) == want

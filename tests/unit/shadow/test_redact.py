@@ -10,9 +10,11 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shadow.compare import compare
-from shadow.redact import KEY_ENV, Redactor
+from shadow.redact import KEY_ENV, Redactor, mask_secrets
 
 _TOKEN = re.compile(r"REDACTED:[0-9a-f]{10}")
 _CARD = "4111111111111111"  # a test Visa number that passes Luhn
@@ -360,3 +362,75 @@ def test_headers_named_like_credentials_are_tokenised(redactor: Redactor, name: 
 @pytest.mark.parametrize("name", ["Accept", "Idempotency-Key", "X-Request-Id", "X-Author"])
 def test_ordinary_headers_keep_their_values(redactor: Redactor, name: str) -> None:
     assert redactor.redact_headers([(name, "plain-value")]) == [(name, "plain-value")]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ab_-.:/@=&?%' \"pswordtkenAPI_KEY0123456789\n", max_size=40))
+def test_mask_secrets_is_both_substitutions_whatever_the_text(text: str) -> None:
+    # it skips a pattern whose literal ("@", "=") is absent: never a different answer
+    from shadow import redact
+
+    both = redact._PARAM.sub(redact._mask_param, redact._PASSWORD_IN_URL.sub(r"\1***@", text))
+    assert mask_secrets(text) == both
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("/api/v1/orders/42", "/api/v1/orders/42"),
+        ("/o?api_key=abc&x=1", "/o?api_key=***&x=1"),
+        ("http://u:pw@h/p", "http://u:***@h/p"),
+        ("http://u:pw@h/p?token=t", "http://u:***@h/p?token=***"),
+        ("http://u:a=b@h/", "http://u:***@h/"),
+    ],
+)
+def test_mask_secrets_examples(text: str, masked: str) -> None:
+    assert mask_secrets(text) == masked
+
+
+_WORDS = ("bearer", "basic", "authorization", "cookie", "api-key")
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(_WORDS).map(
+                lambda w: "".join(c.upper() if i % 2 else c for i, c in enumerate(w))
+            ),
+            st.sampled_from(_WORDS).map(lambda w: w[:-1]),
+            st.text(alphabet="aAbBcC@1 /-_.\u212a\u017f\u0131\u0130KkSsIiéx", max_size=6),
+        ),
+        max_size=4,
+    ).map("".join)
+)
+def test_the_detectors_trigger_finds_what_the_plain_pattern_finds(text: str) -> None:
+    # the trigger is written for speed: it must say yes exactly where the plain one does
+    from shadow import redact
+
+    plain = re.compile(r"[@0-9]|bearer|basic|authorization|cookie|api-key", re.IGNORECASE)
+    assert bool(redact._TRIGGER.search(text)) == bool(plain.search(text))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/bench/x",
+        "/orders/4111111111111111",
+        "/u/ann@example.com?token=abc",
+        "/p?api_key=k&x=1",
+        "/a%40b.example.com",
+        "/" + "x" * 300 + "@example.com",
+    ],
+)
+def test_a_kept_url_answer_is_the_redacted_url(redactor: Redactor, url: str) -> None:
+    fresh = redactor.redact_text(mask_secrets(url))
+    assert redactor.redact_url(url) == fresh
+    assert redactor.redact_url(url) == fresh  # kept (or, when long, redacted again)
+    assert (url in redactor._urls) == (len(url) <= 256)
+
+
+def test_kept_url_answers_stay_bounded(redactor: Redactor) -> None:
+    for i in range(2000):
+        assert redactor.redact_url(f"/orders/{i}") == redactor.redact_text(f"/orders/{i}")
+    assert 0 < len(redactor._urls) <= 512

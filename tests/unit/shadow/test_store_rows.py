@@ -1,4 +1,4 @@
-"""Rows of the embedded store's fast insert: the same text SQLAlchemy would have stored."""
+"""Rows of the embedded store's fast insert: the same values SQLAlchemy would have stored."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shadow.store import _sqlite_time
+from shadow.record import ComparisonRecord
+from shadow.store import _row_values, _sqlite_row, _sqlite_time
 
 
 def _reference(value: datetime) -> str:
@@ -33,3 +34,42 @@ def test_time_text_of_naive_and_consecutive_values() -> None:
     assert _sqlite_time(base + timedelta(microseconds=1)) == "2026-11-26 20:01:00.000000"
     assert _sqlite_time(base - timedelta(days=1)) == "2026-11-25 20:00:59.999999"
     assert _sqlite_time(datetime(2026, 1, 2, 3, 4, 5)) == "2026-01-02 03:04:05.000000"
+
+
+_texts = st.text(alphabet="ab\x00é/", max_size=6)
+
+
+@given(
+    _texts,
+    _texts,
+    st.text(alphabet="ab\x00", max_size=200),
+    st.one_of(st.none(), st.binary(max_size=4), _texts),
+    st.one_of(st.none(), st.binary(max_size=4), _texts),
+    st.lists(_texts, max_size=3).map(tuple),
+    st.lists(_texts, max_size=2).map(tuple),
+)
+def test_a_row_is_the_rows_values_with_the_time_as_text(
+    request_path: str,
+    detail: str,
+    request_id: str,
+    primary: bytes | str | None,
+    candidate: bytes | str | None,
+    diff_paths: tuple[str, ...],
+    noise: tuple[str, ...],
+) -> None:
+    rec = ComparisonRecord(
+        route="r",
+        outcome="mismatch",
+        request_path=request_path,
+        status_primary=200,
+        latency_candidate_ms=1.5,
+        diff_paths=diff_paths,
+        noise=noise,
+        primary_body=primary,
+        candidate_body=candidate,
+        detail=detail,
+        request_id=request_id,
+        config_version="v",
+    )
+    values = _row_values(rec)
+    assert _sqlite_row(rec) == (_sqlite_time(values[0]), *values[1:])

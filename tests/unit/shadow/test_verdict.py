@@ -10,6 +10,8 @@ from datetime import UTC
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shadow.compare import CompareRules
 from shadow.http_compare import HttpResponse
@@ -268,3 +270,32 @@ def test_an_integer_past_64_bits_and_its_digits_as_a_string_have_different_examp
     record = _record(Redactor(key=b"k" * 32), legacy, candidate, "/o/1", (1.0, 2.0))
     (example,) = record.diff_examples
     assert (example.primary, example.candidate) == (2**70, "1180591620717411303424")
+
+
+@given(
+    st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+    st.one_of(st.none(), st.floats(min_value=-1.0, max_value=2e9)),
+)
+def test_stored_latencies_are_rounded_as_ms_rounds_them(
+    legacy_ms: float | None, candidate_ms: float | None
+) -> None:
+    rec = build_record(
+        Redactor(key=b"k"),
+        Verdict("match"),
+        route="r",
+        method="GET",
+        path_template="/p",
+        request_path="/p",
+        legacy=None,
+        candidate=None,
+        legacy_ms=legacy_ms,
+        candidate_ms=candidate_ms,
+        request_id="",
+        mode="shadow",
+        config_version="",
+    )
+    for got, want in (
+        (rec.latency_primary_ms, _ms(legacy_ms)),
+        (rec.latency_candidate_ms, _ms(candidate_ms)),
+    ):
+        assert got == want or (got != got and want != want)  # nan stays nan
