@@ -232,8 +232,7 @@ class ShadowHelper:
             if call.finished:
                 return
         call.request_done()
-        call.served_status = status  # call.served_head, inline: once per copy
-        call.served_headers = headers
+        call.served_head(status, headers)
         if served:
             call.served_chunk(served)
         # served_ms as the worker measured it (not counting the legs just written)

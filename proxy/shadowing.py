@@ -1056,8 +1056,7 @@ class ShadowHub:
             )
         )
         state = plan.state
-        pending = state.pending_outcomes  # self._count, inline: once per comparison
-        pending[verdict.outcome] = pending.get(verdict.outcome, 0) + 1
+        self._count(state, verdict.outcome)
         if state.window is None:  # no rollback window to feed (shadow routes)
             return
         try:  # recorded: a failure from here on must not count this copy again as a drop

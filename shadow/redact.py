@@ -252,7 +252,7 @@ class Redactor:
                     node = node.children.setdefault(segment, _PathNode())
             node.hit = True
         self._root: tuple[_PathNode, ...] = (root,) if self.json_paths else ()
-        self._urls: dict[str, str] = {}  # redact_url's recent answers
+        self._urls: set[str] = set()  # short paths redact_url found nothing to redact in
 
     @classmethod
     def from_env(
@@ -408,17 +408,18 @@ class Redactor:
     def redact_url(self, url: str) -> str:
         """A request path or URL with secrets masked and personal data tokenised."""
         # Every stored comparison redacts its request path, and the same paths come again
-        # and again (hot documents, list pages, health checks): the answers for short ones
-        # are kept (up to _URLS_KEPT, forgotten all at once when full), a dict hit instead
-        # of the detectors (5,000 instructions for a plain path, 20,000 with digits).
-        done = self._urls.get(url)
-        if done is None:
-            done = self.redact_text(mask_secrets(url))
-            if len(url) <= _URL_KEPT_MAX:
-                urls = self._urls
-                if len(urls) >= _URLS_KEPT:
-                    urls.clear()
-                urls[url] = done
+        # and again (hot documents, list pages, health checks): short ones found to hold
+        # nothing to redact are remembered (up to _URLS_KEPT, forgotten all at once when
+        # full), a set hit instead of the detectors (5,000 instructions for a plain path,
+        # 20,000 with digits). Only such paths: no secret stays in memory as a key.
+        if url in self._urls:
+            return url
+        done = self.redact_text(mask_secrets(url))
+        if done == url and len(url) <= _URL_KEPT_MAX:
+            urls = self._urls
+            if len(urls) >= _URLS_KEPT:
+                urls.clear()
+            urls.add(url)
         return done
 
     def redact_headers(self, pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from proxy.settings import loads
 from shadow.record import ComparisonRecord
 from shadow.recorder import Recorder
-from tests.unit.proxy.shadow_plans import NoStore, hub_and_plan
+from shadow.rollback import RollbackWindow
+from tests.unit.proxy.shadow_plans import CONFIG, NoStore, hub_and_plan
 
 
 def test_drops_decided_by_the_recorder_reach_the_metrics_once(
@@ -54,11 +56,14 @@ def test_a_failing_rollback_check_after_the_record_counts_the_copy_once(
     loop: asyncio.AbstractEventLoop,
 ) -> None:
     hub, plan = hub_and_plan(loop)
+    plan.state.window = RollbackWindow(loads(CONFIG).routes[0].promotion)  # one to feed
+    calls: list[object] = []
 
-    def broken(*args: object) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        calls.append(args)
         raise RuntimeError("the hold board is not writable")
 
-    hub.observe = broken  # type: ignore[method-assign, assignment]
+    hub.observe = broken  # type: ignore[method-assign]
     hub.recorder.note_started(plan.route)
     call = hub.start_call(plan, "GET", "/orders/7", "rid-1", b"GET /orders/7 HTTP/1.1\r\n\r\n")
     call.served_head(200, [])
@@ -68,4 +73,5 @@ def test_a_failing_rollback_check_after_the_record_counts_the_copy_once(
     leg.status, leg.body, leg.done = 200, [b"{}"], True
     call.served_end(True)
     counters = hub.recorder.counters()[plan.route]
+    assert len(calls) == 1  # the check ran, and failed
     assert counters.outcomes == {"match": 1} and counters.dropped == {}
