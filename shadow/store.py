@@ -268,23 +268,26 @@ def sqlite_file(url: str | URL) -> str:
     return "" if db in ("", ":memory:") or db.startswith("file:") else db
 
 
-def _bytes(value: bytes | str | None) -> bytes | None:
-    return value.encode("utf-8", "replace") if isinstance(value, str) else value
-
-
 def _row(rec: ComparisonRecord) -> dict[str, Any]:
     return dict(zip(_ROW_COLUMNS, _row_values(rec), strict=True))
 
 
-def _row_values(rec: ComparisonRecord) -> tuple[Any, ...]:
-    """The `comparisons` columns of `rec` (but `id`), in table order."""
+def _row_values(rec: ComparisonRecord, when: Any = None) -> tuple[Any, ...]:
+    """The `comparisons` columns of `rec` (but `id`), in table order; `when`: the time
+    column's value if not `rec.time` (SQLite's text). Built in one step: one per stored
+    comparison, no intermediate tuple, no call for a text without NUL."""
     diff_paths = rec.diff_paths
+    request_path = rec.request_path
+    request_id = rec.request_id[:_REQUEST_ID_MAX]  # a client's X-Request-Id may be any length
+    detail = rec.detail
+    primary = rec.primary_body
+    candidate = rec.candidate_body
     return (
-        rec.time,
+        rec.time if when is None else when,
         rec.route,
         rec.method,
         rec.path,
-        _text(rec.request_path),
+        _text(request_path) if "\x00" in request_path else request_path,
         rec.status_primary,
         rec.status_candidate,
         rec.latency_primary_ms,
@@ -293,12 +296,12 @@ def _row_values(rec: ComparisonRecord) -> tuple[Any, ...]:
         len(diff_paths),
         len(rec.noise),
         orjson.dumps(list(diff_paths)).decode() if diff_paths else "[]",
-        _bytes(rec.primary_body),
-        _bytes(rec.candidate_body),
-        _text(rec.request_id[:_REQUEST_ID_MAX]),  # a client's X-Request-Id may be any length
+        primary.encode("utf-8", "replace") if isinstance(primary, str) else primary,
+        candidate.encode("utf-8", "replace") if isinstance(candidate, str) else candidate,
+        _text(request_id) if "\x00" in request_id else request_id,
         rec.mode,
         rec.config_version,
-        _text(rec.detail),
+        _text(detail) if "\x00" in detail else detail,
     )
 
 
@@ -324,35 +327,8 @@ _SECOND_TEXT: dict[tuple[int, ...], str] = {}
 
 
 def _sqlite_row(rec: ComparisonRecord) -> tuple[Any, ...]:
-    """`_row_values` with the time as SQLite's text, built in one step (one per stored
-    comparison: no intermediate tuple, no call for a text without NUL)."""
-    diff_paths = rec.diff_paths
-    request_path = rec.request_path
-    request_id = rec.request_id[:_REQUEST_ID_MAX]
-    detail = rec.detail
-    primary = rec.primary_body
-    candidate = rec.candidate_body
-    return (
-        _sqlite_time(rec.time),
-        rec.route,
-        rec.method,
-        rec.path,
-        _text(request_path) if "\x00" in request_path else request_path,
-        rec.status_primary,
-        rec.status_candidate,
-        rec.latency_primary_ms,
-        rec.latency_candidate_ms,
-        rec.outcome,
-        len(diff_paths),
-        len(rec.noise),
-        orjson.dumps(list(diff_paths)).decode() if diff_paths else "[]",
-        primary.encode("utf-8", "replace") if isinstance(primary, str) else primary,
-        candidate.encode("utf-8", "replace") if isinstance(candidate, str) else candidate,
-        _text(request_id) if "\x00" in request_id else request_id,
-        rec.mode,
-        rec.config_version,
-        _text(detail) if "\x00" in detail else detail,
-    )
+    """`_row_values` with the time as SQLite's text."""
+    return _row_values(rec, _sqlite_time(rec.time))
 
 
 def _sqlite_path_rows(cid: int, rec: ComparisonRecord) -> list[tuple[Any, ...]]:
