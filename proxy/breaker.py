@@ -91,10 +91,7 @@ class Breaker:
             self.failures_in_window = 0
             self._set(CLOSED)
             return
-        q = self._outcomes  # self._push(False), inline: once per answer
-        if len(q) == q.maxlen and q[0]:
-            self.failures_in_window -= 1
-        q.append(False)
+        self._push(False)
 
     def failure(self) -> None:
         """Count a failed answer (5xx, reset, timeout)."""
