@@ -79,18 +79,21 @@ def _header_values(
     headers: Sequence[tuple[bytes, bytes]], names: frozenset[bytes]
 ) -> list[tuple[bytes, bytes]]:
     """The (lower-cased name, stripped value) pairs of `headers` named in `names`, in order."""
-    lowered = _LOWERED
     out = []
     for name, value in headers:
-        low = lowered.get(name)
-        if low is None:
-            low = name.lower()
-            if len(lowered) >= _LOWERED_MAX:  # names that never repeat: start again
-                lowered.clear()
-            lowered[name] = low
+        low = _LOWERED.get(name) or _lower(name)
         if low in names:
             out.append((low, value.strip()))
     return out
+
+
+def _lower(name: bytes) -> bytes:
+    """`name` lower-cased, remembered for the next copy (`_LOWERED`, bounded)."""
+    low = name.lower()
+    if len(_LOWERED) >= _LOWERED_MAX:  # names that never repeat: start again
+        _LOWERED.clear()
+    _LOWERED[name] = low
+    return low
 
 
 def _status_only(status: int) -> HttpResponse:
@@ -1007,9 +1010,7 @@ class ShadowHub:
         candidate: HttpResponse | None
         if leg.error is None and leg.status == call.served_status and self._complete_equal(call):
             # Equal bytes: a match under any rules; only the status is needed for the record.
-            legacy = candidate = _STATUS_ONLY.get(call.served_status) or _status_only(
-                call.served_status
-            )
+            legacy = candidate = _status_only(call.served_status)
             verdict = _MATCH
         else:
             served = HttpResponse(
@@ -1036,8 +1037,7 @@ class ShadowHub:
                 plan.breaker.failure()
             else:
                 plan.breaker.success()
-        if verdict.comparison is not None or verdict.noise:  # else no path to count
-            self._count_paths(plan, verdict)
+        self._count_paths(plan, verdict)
         self.recorder.record(
             build_record(
                 self.redactor,
@@ -1128,17 +1128,11 @@ class ShadowHub:
         if len(ours) == len(theirs):
             # The same field names in the same order (two servers of one kind): only the
             # values that differ need a look; as _header_values would compare them.
-            lowered = _LOWERED
             for (name, value), (other, other_value) in zip(ours, theirs, strict=True):
                 if name != other:
                     break
                 if value != other_value:
-                    low = lowered.get(name)
-                    if low is None:
-                        low = name.lower()
-                        if len(lowered) >= _LOWERED_MAX:  # as in _header_values
-                            lowered.clear()
-                        lowered[name] = low
+                    low = _LOWERED.get(name) or _lower(name)
                     if low in names and value.strip() != other_value.strip():
                         return False
             else:
