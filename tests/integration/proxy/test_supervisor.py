@@ -51,18 +51,25 @@ async def served(tmp_path: Path, upstream: EchoUpstream) -> AsyncIterator[_Serve
         await stop_process(proc)
 
 
+def _doomed_app(tmp_path: Path, module: str, message: str) -> Path:
+    """A handlers module `module` in tmp_path whose create_app raises `message` while the
+    returned path exists."""
+    doom = tmp_path / "doom"
+    (tmp_path / f"{module}.py").write_text(
+        "import os\n\nfrom aiohttp import web\n\n\n"
+        "def create_app() -> web.Application:\n"
+        f"    if os.path.exists({str(doom)!r}):\n"
+        f"        raise RuntimeError({message!r})\n"
+        "    return web.Application()\n"
+    )
+    return doom
+
+
 @pytest.fixture
 async def doomable(tmp_path: Path, upstream: EchoUpstream) -> AsyncIterator[tuple[_Served, Path]]:
     """Served, with an in-process backend whose app cannot start while the returned path
     exists: a worker started then dies at start (the config itself stays good)."""
-    doom = tmp_path / "doom"
-    (tmp_path / "doomed.py").write_text(
-        "import os\n\nfrom aiohttp import web\n\n\n"
-        "def create_app() -> web.Application:\n"
-        f"    if os.path.exists({str(doom)!r}):\n"
-        "        raise RuntimeError('this worker cannot start')\n"
-        "    return web.Application()\n"
-    )
+    doom = _doomed_app(tmp_path, "doomed", "this worker cannot start")
     port, admin = free_port(), free_port()
     cfg = _config(tmp_path, upstream, port, admin)
     text = cfg.read_text().replace("backends:\n", "backends:\n  inproc: {handlers: doomed}\n", 1)
@@ -396,14 +403,7 @@ async def test_a_reload_a_worker_cannot_apply_keeps_the_old_config_everywhere(
     started on the rejected one: users got two configs at random. A reload a worker cannot
     apply now fails as a whole, and every worker, the restarted one too, runs the old one."""
     other = await EchoUpstream().start()
-    doom = tmp_path / "doom"
-    (tmp_path / "fragile.py").write_text(
-        "import os\n\nfrom aiohttp import web\n\n\n"
-        "def create_app() -> web.Application:\n"
-        f"    if os.path.exists({str(doom)!r}):\n"
-        "        raise RuntimeError('this app cannot start now')\n"
-        "    return web.Application()\n"
-    )
+    doom = _doomed_app(tmp_path, "fragile", "this app cannot start now")
     port, admin = free_port(), free_port()
     cfg = _config(tmp_path, upstream, port, admin)
     path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
