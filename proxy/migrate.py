@@ -59,6 +59,12 @@ class MigrateError(Exception):
     """A usage or config problem (exit 2): unknown route, unreadable config, bad URL."""
 
 
+_UNKNOWN = (
+    "whether the proxy reloaded is unknown (see config_version and last_reload_error in"
+    " GET /-/config)"
+)
+
+
 class ReloadUnknown(MigrateError):
     """A reload POST got no answer (a timeout, a dropped connection): the proxy may or may
     not have reloaded."""
@@ -333,9 +339,7 @@ async def reload_proxy(
             body = await resp.text()
             if resp.status in (502, 504):  # a gateway in front gave up, not the proxy
                 raise ReloadUnknown(
-                    f"reload at {target}: HTTP {resp.status} from a gateway; whether the proxy"
-                    " reloaded is unknown (see config_version and last_reload_error in"
-                    " GET /-/config)"
+                    f"reload at {target}: HTTP {resp.status} from a gateway; {_UNKNOWN}"
                 )
             if resp.status != 200:
                 raise MigrateError(f"reload at {target} failed: HTTP {resp.status}: {body[:300]}")
@@ -347,10 +351,7 @@ async def reload_proxy(
         raise MigrateError(f"reload at {target} failed: {str(e) or type(e).__name__}") from None
     except (TimeoutError, aiohttp.ClientError) as e:  # sent, answer lost (reset, cut short)
         why = f"no answer within {timeout:g} s" if isinstance(e, TimeoutError) else str(e)
-        raise ReloadUnknown(
-            f"reload at {target}: {why or type(e).__name__}; whether the proxy reloaded is"
-            " unknown (see config_version and last_reload_error in GET /-/config)"
-        ) from None
+        raise ReloadUnknown(f"reload at {target}: {why or type(e).__name__}; {_UNKNOWN}") from None
     finally:
         await client.close()
     return str(data.get("config_version", "")) if isinstance(data, dict) else ""

@@ -229,7 +229,7 @@ def render_markdown(report: Report) -> str:
         out.append("_No comparisons stored in this window._")
         return "\n".join(out) + "\n"
     head, rows = _summary_rows(report)
-    out.append("| " + " | ".join(head) + " |")
+    out.append(_md_row(head))
     out.append("|" + "|".join([" --- "] + [" ---: "] * (len(head) - 2) + [" --- "]) + "|")
     for row in rows:
         out.append(_md_row([_md(c) for c in row]))
