@@ -131,15 +131,11 @@ class Recorder:
         self._write_timeout = write_timeout
         self._buf: deque[ComparisonRecord] = deque()
         self._inflight: list[ComparisonRecord] = []
-        # the records of the store write under way (or waiting for its retry)
-        self._attempting: list[ComparisonRecord] = []
-        # whether they may be stored: their write is under way, or its last attempt may
-        # have landed (timed out, or the COMMIT sent and its answer lost); false once the
-        # store said they are not stored
-        self._maybe_stored = False
-        self._napping: asyncio.Event | None = None  # set to cut the retry wait short
-        # a stop came: the retry wait under way, or else the next one, is cut short (once)
-        self._cut_nap = False
+        # the records of a store write that may still land: under way, or its last attempt
+        # timed out or lost its COMMIT's answer (empty once the store said not stored)
+        self._in_doubt: list[ComparisonRecord] = []
+        # set by a stop: the retry wait under way, or else the next one, is cut short (once)
+        self._cut = asyncio.Event()
         self._routes: dict[str, RouteCounters] = {}
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -219,7 +215,7 @@ class Recorder:
         if self._task is None:
             self._closed = False
             self._stopping.clear()
-            self._cut_nap = False
+            self._cut.clear()
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="strangler-recorder"
             )
@@ -236,9 +232,7 @@ class Recorder:
         self._stopping.set()
         self._wake.set()
         self._full.set()
-        self._cut_nap = True
-        if self._napping is not None:
-            self._napping.set()
+        self._cut.set()
         task, self._task = self._task, None
         if task is not None:
             done, _ = await asyncio.wait({task}, timeout=timeout)
@@ -250,15 +244,14 @@ class Recorder:
             if not task.cancelled() and task.exception() is not None:
                 _log.error("recorder: the writer failed", exc_info=task.exception())
         lost = list(self._inflight) + list(self._buf)
-        doubtful = {id(rec) for rec in self._attempting} if self._maybe_stored else set()
+        doubtful = self._in_doubt  # a part of `lost`
         self._inflight = []
-        self._attempting = []
+        self._in_doubt = []
         self._buf.clear()
         for rec in lost:
-            counters = self._counters(rec.route)
-            counters.failed += 1
-            if id(rec) in doubtful:
-                counters.in_doubt += 1
+            self._counters(rec.route).failed += 1
+        for rec in doubtful:
+            self._counters(rec.route).in_doubt += 1
         if task is not None:  # the last drop counts, within what is left of the timeout
             await self._store_drops(max(0.1, timeout - (time.monotonic() - started)), all_=True)
         self._idle.set()
@@ -378,24 +371,23 @@ class Recorder:
     async def _attempt(self, records: list[ComparisonRecord]) -> bool:
         """Write `records`, retrying with backoff while the store is down or silent; False
         when the store refused them for good (or failed in a way retrying cannot mend)."""
-        self._attempting = records  # kept if cancelled: stop() then counts them
-        settled = await self._attempt_until_settled(records)
-        self._attempting = []
-        self._maybe_stored = False
+        settled = await self._attempt_until_settled(records)  # if cancelled, stop() counts
+        self._in_doubt = []
         return settled
 
     async def _attempt_until_settled(self, records: list[ComparisonRecord]) -> bool:
         delay = self._backoff_initial
         while True:
-            self._maybe_stored = True  # from the moment the write starts
+            self._in_doubt = records  # from the moment the write starts
             try:
                 # A store that stops answering (a silent network) must not wedge the writer.
                 await asyncio.wait_for(self._store.insert_batch(records), self._write_timeout)
             except (StoreError, OSError, TimeoutError) as e:
                 # A timed-out write may still commit; the store says when one may have.
-                self._maybe_stored = isinstance(e, TimeoutError) or (
+                maybe = isinstance(e, TimeoutError) or (
                     isinstance(e, StoreError) and e.maybe_stored
                 )
+                self._in_doubt = records if maybe else []
                 if isinstance(e, StoreError) and not e.transient:
                     self._last_error = str(e) or type(e).__name__
                     return False
@@ -465,13 +457,10 @@ class Recorder:
         # A stop cuts the wait under way short, or the next one if the stop came during a
         # write (one retry at once, to settle the batch); after that, retries keep the same
         # pace, and stop()'s timeout bounds the wait.
-        if self._cut_nap:
-            self._cut_nap = False
-            return
-        self._napping = cut = asyncio.Event()
+        cut = self._cut
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(cut.wait(), delay)
+            if not cut.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cut.wait(), delay)
         finally:
-            self._napping = None
-            self._cut_nap = False
+            cut.clear()
