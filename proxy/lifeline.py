@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 __all__ = [
     "HEARTBEAT_ENV",
-    "HEARTBEAT_S",
     "Heartbeat",
     "Pulse",
     "ReloadAnswer",

@@ -358,8 +358,8 @@ class _Workers:
     def _kill_if_hung(self, slot: int, proc: subprocess.Popen[bytes], now: float) -> None:
         """SIGKILL a worker silent for _HUNG_S (SIGTERM would wait on the stuck loop); the
         next `reap` restarts it like any dead worker."""
+        silent = self._silent_s(slot, now)
         pulse = self._pulses[slot]
-        silent = None if pulse is None else pulse.silent_s(now)
         if pulse is None or silent is None or silent < _HUNG_S:
             return
         pulse.last = None  # killed once: said once
@@ -433,9 +433,9 @@ class _Workers:
             pulse = self._pulses[i]
             if pulse is None or proc.poll() is not None:
                 continue
-            pulse.silent_s(now)  # what came before this reload is not its answer
-            pulse.reloads.clear()
-            if pulse.last is not None:  # one still starting reloads when it is up
+            beating = pulse.silent_s(now) is not None  # reads what came before this reload
+            pulse.reloads.clear()  # ... which is not its answer
+            if beating:  # one still starting reloads when it is up
                 asked[i] = proc
         self.signal_all(signal.SIGHUP)
         deadline = now + _RELOAD_WAIT_S
