@@ -395,9 +395,9 @@ async def _detail_data(
     row = _route_row(route, proxy.settings, live, rep, bucket, since, now)
     row["configured"] = _configured(proxy.settings, name) is not None
     extra: dict[str, Any] = {"top_paths": [], "recent": [], "changes": []}
-    try:
-        store = await source.get(proxy) if store_state["ok"] else None
-    except StoreError as e:  # the file appeared since the report: not a store (yet)
+    try:  # the report's store (asked only when it found the route: else nothing to show)
+        store = await source.get(proxy) if store_state["ok"] and rep is not None else None
+    except StoreError as e:  # the store's URL changed since the report: not a store (yet)
         store, store_state = None, {"ok": False, "error": _short(e)}
     if store is not None and rep is not None:
         try:
