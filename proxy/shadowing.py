@@ -1122,9 +1122,11 @@ class ShadowHub:
                 return False
         elif b"".join(served) != b"".join(body):
             return False
-        names = call.plan.compared_headers
         ours = call.served_headers
         theirs = leg.headers
+        if ours == theirs:  # one server software answering within the same second: no loop
+            return True
+        names = call.plan.compared_headers
         if len(ours) == len(theirs):
             # The same field names in the same order (two servers of one kind): only the
             # values that differ need a look; as _header_values would compare them.
