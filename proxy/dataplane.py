@@ -826,7 +826,7 @@ class _Exchange:
         sp = self.plan.shadow
         if hub is not None and sp is not None:
             status = self.status if self.resp_started else None  # else the proxy's 502/504
-            hub.served_write(
+            hub.write_row(
                 sp, self.method, self.path, self.request_id, status, ms, error, verdict=verdict
             )
 

@@ -28,7 +28,7 @@ from proxy.metrics import HistogramBatch, Metrics
 from proxy.upstream import UpstreamConnection, UpstreamPool
 from shadow.compare import CompareRules
 from shadow.http_compare import COMPARED_HEADERS, HttpResponse
-from shadow.record import SAFE_METHODS, ComparisonRecord, Outcome, RecordMode
+from shadow.record import SAFE_METHODS, Outcome, RecordMode
 from shadow.recorder import Recorder
 from shadow.redact import Redactor
 from shadow.rollback import Breach, RollbackWindow
@@ -913,20 +913,7 @@ class ShadowHub:
             if plan.safe_only:
                 return None
             if plan.writes == "skip":
-                self.recorder.record(
-                    ComparisonRecord(
-                        route=plan.route,
-                        outcome="skipped",
-                        method=method,
-                        path=plan.path_template,
-                        request_path=self.redactor.redact_url(path),
-                        request_id=request_id,
-                        mode=plan.record_mode,
-                        config_version=self.config_version(),
-                    ),
-                    started=True,
-                )
-                self._count(plan.state, "skipped")
+                self.write_row(plan, method, path, request_id, None, None, None, verdict=False)
                 return None
         if plan.rehost and plan.target_host is None:
             # the client's Host for the copy (the served head has the serving backend's);
@@ -1064,21 +1051,23 @@ class ShadowHub:
         except Exception:
             _log.exception("shadow: the rollback check failed for %s", plan.route)
 
-    def served_write(
+    def write_row(
         self,
         plan: ShadowPlan,
         method: str,
         path: str,
         request_id: str,
         status: int | None,
-        ms: float,
+        ms: float | None,
         error: str | None,
         *,
         verdict: bool = True,
     ) -> None:
-        """Store a write the candidate served (canary, extracted): its background leg
-        compares safe methods only, so this row is the store's only evidence of it. A 5xx or
-        a failure is `candidate_error` (`candidate_timeout` when it timed out), anything else,
+        """Store a write that gets no comparison, as started and ended: one that `writes:
+        skip` kept from the candidate (shadow mode: no status, no latency), or one the
+        candidate served (canary, extracted), which its background leg does not compare
+        (safe methods only), so this row is the store's only evidence of it. A 5xx or a
+        failure is `candidate_error` (`candidate_timeout` when it timed out), anything else,
         or an end that says nothing of the candidate (not `verdict`: the client's fault),
         `skipped`. `status` is the candidate's (None when it sent no answer); there is no
         legacy side and no body."""
