@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import ipaddress
 import json
 import math
 import re
@@ -290,15 +291,33 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
-    """Whether two listen addresses cannot both be bound (same port; the same host, or a
-    wildcard that covers the other)."""
+    """Whether two listen addresses may not both be bound: the same port, and an address of
+    one IP version that both may bind, or a wildcard of that version on either side. The
+    event loop binds IPv6 listeners IPV6_V6ONLY: `[::]` leaves the IPv4 port alone."""
     (host_a, port_a), (host_b, port_b) = a, b
     if port_a != port_b or port_a == 0:
         return False
-    hosts = {_LOCALHOST.get(host_a, host_a), _LOCALHOST.get(host_b, host_b)}
-    if len(hosts) == 1 or "::" in hosts:
-        return True
-    return "0.0.0.0" in hosts and not any(":" in h for h in hosts)
+    return any(
+        version_a == version_b and (ip_a == ip_b or ip_a in _WILDCARD or ip_b in _WILDCARD)
+        for version_a, ip_a in _may_bind(host_a)
+        for version_b, ip_b in _may_bind(host_b)
+    )
+
+
+def _may_bind(host: str) -> set[tuple[int, str]]:
+    """The (IP version, address) a listener on `host` may bind, without resolving it: an IP
+    as one spelling (IPv4-mapped as IPv4); localhost as both loopbacks (many /etc/hosts map
+    `::1` to it too); another name as itself in each version."""
+    name = host.lower()
+    if name == "localhost":
+        return {(4, "127.0.0.1"), (6, "::1")}
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return {(4, name), (6, name)}
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return {(ip.version, str(ip))}
 
 
 _LOCALHOST: Final = {"localhost": "127.0.0.1"}

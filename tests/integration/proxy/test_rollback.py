@@ -122,17 +122,19 @@ async def test_operator_clear_restores_the_candidate(tmp_path: Path) -> None:
 
 
 async def _fail_until_held(proxy: Proxy, legacy: Side, cand: Side) -> None:
-    """A candidate failing every other request, until the route is held on legacy."""
+    """A candidate failing every 5th request, until the route is held on legacy."""
     legacy.release.set()
     cand.release.set()
-    cand.fail_every = 2
+    # 20 % errors: over the route's 5 %, under the breaker's 50 %. The window then trips on
+    # the candidate's own answers (the 50th, with 10 errors), however many shadow copies a
+    # loaded machine sheds. Failing every other answer opened the breaker at the 10th: the
+    # canary went to legacy, the window heard only from copies (shed when the loop lags),
+    # and the breaker let a probe through only 5 s later: starved, it missed the deadline.
+    cand.fail_every = 5
     port = proxy.address[1]
-    # The breaker opens after ~10 answers (half failed), then legacy serves and the window
-    # hears from shadow copies to the candidate; on a loaded machine some are shed, so
-    # requests go on until the route is held (bounded), not a fixed 120.
     async with aiohttp.ClientSession() as s:
-        for i in range(1000):
-            if i >= 120 and _entry(proxy).held:
+        for i in range(200):
+            if _entry(proxy).held:
                 break
             async with s.get(
                 f"http://127.0.0.1:{port}/api/o{i}", headers={"X-User-Id": f"u{i}"}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import errno
 import hashlib
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +144,97 @@ def test_parse_address(text: str, expected: tuple[str, int]) -> None:
 def test_parse_address_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_address(text)
+
+
+# (proxy listen host, admin listen host, whether both bind one port): the listeners are bound
+# by the event loop, which makes IPv6 sockets IPV6_V6ONLY, so `[::]` leaves IPv4 alone
+LISTEN_PAIRS = [
+    ("127.0.0.1", "127.0.0.1", False),
+    ("0.0.0.0", "127.0.0.1", False),
+    ("127.0.0.1", "0.0.0.0", False),
+    ("::", "::1", False),
+    ("::1", "::", False),
+    ("::", "::", False),
+    ("::1", "0:0::1", False),
+    ("0.0.0.0", "::", True),
+    ("::", "0.0.0.0", True),
+    ("127.0.0.1", "::", True),
+    ("::", "127.0.0.1", True),
+    ("0.0.0.0", "::1", True),
+    ("::1", "127.0.0.1", True),
+    ("127.0.0.1", "127.0.0.2", True),
+]
+
+
+def _listen_config(proxy_host: str, admin_host: str, port: int) -> str:
+    def address(host: str) -> str:
+        return f"'[{host}]:{port}'" if ":" in host else f"{host}:{port}"
+
+    return BASE + f"listen: {address(proxy_host)}\nadmin: {{listen: {address(admin_host)}}}\n"
+
+
+def _refused(text: str) -> bool:
+    try:
+        loads(text, "f.yaml")
+    except ConfigError as exc:
+        assert [e.message for e in exc.errors if "admin.listen" in e.message] == [
+            e.message for e in exc.errors
+        ]
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    ("proxy_host", "admin_host", "coexist"),
+    [
+        *LISTEN_PAIRS,
+        ("localhost", "127.0.0.1", False),
+        ("LocalHost", "0.0.0.0", False),
+        # localhost is `::1` too on many hosts (/etc/hosts): a wildcard or `::1` beside it
+        # may not bind, whatever this machine resolves it to
+        ("::", "localhost", False),
+        ("localhost", "::1", False),
+        ("db.internal", "db.internal", False),
+        ("db.internal", "::", False),  # a name of either family: each wildcard covers it
+        ("db.internal", "10.0.0.1", True),
+    ],
+)
+def test_admin_listen_is_refused_only_where_it_cannot_bind_beside_the_proxy(
+    proxy_host: str, admin_host: str, coexist: bool
+) -> None:
+    """`[::]:8080` beside `0.0.0.0:8080` (or `127.0.0.1:8080`) was refused as the same
+    listen address, though the two binds coexist."""
+    assert _refused(_listen_config(proxy_host, admin_host, 8080)) is not coexist
+
+
+async def _both_bind(first: str, second: str) -> tuple[bool, int]:
+    """Whether the event loop binds listeners on `first` then `second`, one port; the port."""
+    loop = asyncio.get_running_loop()
+    one = await loop.create_server(asyncio.Protocol, first, 0)
+    try:
+        port = int(one.sockets[0].getsockname()[1])
+        try:
+            two = await loop.create_server(asyncio.Protocol, second, port)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            return False, port
+        two.close()
+        await two.wait_closed()
+        return True, port
+    finally:
+        one.close()
+        await one.wait_closed()
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 here")
+@pytest.mark.parametrize(("proxy_host", "admin_host", "coexist"), LISTEN_PAIRS)
+async def test_the_admin_listen_check_agrees_with_the_binds(
+    proxy_host: str, admin_host: str, coexist: bool
+) -> None:
+    both, port = await _both_bind(proxy_host, admin_host)
+    assert both is coexist
+    assert _refused(_listen_config(proxy_host, admin_host, port)) is not both
 
 
 # --- valid files ---------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Markdown report cells hold any text: GFM splits each table row into exactly its cells,
-and each cell reads back as the text it shows (checked with a small reference reader)."""
+and each cell reads back as the text it shows, with nothing GitHub links or mentions in it
+(checked with a small reference reader)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from shadow.report_format import _md, _md_code, _md_row, _shown, render
 T0 = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
 _SETTINGS = settings(deadline=None, max_examples=500, suppress_health_check=[HealthCheck.too_slow])
 # text made mostly of what Markdown and GFM tables act on
-_tricky = st.text(alphabet=st.sampled_from("\\|`*_~[]<>&#$!: ax\n"), max_size=24)
-texts = st.one_of(_tricky, st.text(max_size=24))
+_tricky = st.text(alphabet=st.sampled_from("\\|`*_~[]<>&#$!: ax\n@./w"), max_size=24)
+# pieces of what GitHub turns into a link or a mention, among what escapes sit next to
+_LINKY = ["www.", "WwW.", "://", "http", "@", "&#64;", "a", "b.co", ".", "/", "_", "(", " ", "\\"]
+_linky = st.lists(st.sampled_from(_LINKY), max_size=8).map("".join)
+texts = st.one_of(_tricky, _linky, st.text(max_size=24))
 
 
 def gfm_cells(row: str) -> list[str]:
@@ -52,26 +56,35 @@ def code_span_text(cell: str) -> str | None:
 
 
 _ACTIVE = set("\\`*_~[]<&#$")  # what opens or closes something inline (a pipe: the table's)
+_ZWSP = "\u200b"
 
 
 def plain_text(cell: str) -> str | None:
     """What a plain cell of `_md` shows, or None if anything in it would render as other
-    than text: every active character backslash-escaped, spaces at its ends as `&#32;`."""
+    than text: every active character backslash-escaped, spaces at its ends as `&#32;`;
+    no `://` or `www.` as such in the source (GitHub links them after any character), and
+    a zero-width space after every `@` the text shows (an e-mail link, a mention)."""
     out: list[str] = []
     i = 0
     while i < len(cell):
         if cell.startswith("&#32;", i):
             out.append(" ")
             i += 5
+        elif cell.startswith("&#8203;", i):
+            out.append(_ZWSP)
+            i += 7
         elif cell[i] == "\\" and i + 1 < len(cell) and cell[i + 1] in string.punctuation:
             out.append(cell[i + 1])
             i += 2
-        elif cell[i] in _ACTIVE:
+        elif cell[i] in _ACTIVE or cell.startswith("://", i) or cell[i : i + 4].lower() == "www.":
             return None
         else:
             out.append(cell[i])
             i += 1
-    return "".join(out)
+    shown = "".join(out)
+    if re.search(f"@(?!{_ZWSP})", shown):
+        return None
+    return shown.replace("@" + _ZWSP, "@")  # the space after an `@` shows nothing
 
 
 @_SETTINGS
@@ -125,6 +138,13 @@ def test_every_table_row_of_a_report_has_as_many_cells_as_its_header(text: str) 
         ("<b>&amp;[l](u)", "\\<b>\\&amp;\\[l\\](u)", "`<b>&amp;[l](u)`"),
         ("order-show", "order-show", "`order-show`"),
         ("$.items[*].price", "\\$.items\\[\\*\\].price", "`$.items[*].price`"),
+        # what GitHub links or mentions: plain in a cell, as it is in a code span
+        ("https://x.y/a", "https\\://x.y/a", "`https://x.y/a`"),
+        ("www.x.y", "www\\.x.y", "`www.x.y`"),
+        ("my_www.x.y", "my\\_www\\.x.y", "`my_www.x.y`"),  # after an escaped `_` too
+        ("ops@x.io", "ops@&#8203;x.io", "`ops@x.io`"),
+        ("@someone", "@&#8203;someone", "`@someone`"),
+        ("mailto:a@b.c", "mailto:a@&#8203;b.c", "`mailto:a@b.c`"),
         ("", "", ""),
     ],
 )
