@@ -294,14 +294,23 @@ def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
     """Whether two listen addresses may not both be bound: the same port, and an address of
     one IP version that both may bind, or a wildcard of that version on either side. The
     event loop binds IPv6 listeners IPV6_V6ONLY: `[::]` leaves the IPv4 port alone."""
+    return any(
+        ip_a == ip_b or ip_a in _WILDCARD or ip_b in _WILDCARD for ip_a, ip_b in _same_version(a, b)
+    )
+
+
+def _same_version(a: tuple[str, int], b: tuple[str, int]) -> list[tuple[str, str]]:
+    """The pairs of addresses of one IP version that `a` and `b` may bind (or reach), when
+    both name one port (none otherwise)."""
     (host_a, port_a), (host_b, port_b) = a, b
     if port_a != port_b or port_a == 0:
-        return False
-    return any(
-        version_a == version_b and (ip_a == ip_b or ip_a in _WILDCARD or ip_b in _WILDCARD)
+        return []
+    return [
+        (ip_a, ip_b)
         for version_a, ip_a in _may_bind(host_a)
         for version_b, ip_b in _may_bind(host_b)
-    )
+        if version_a == version_b
+    ]
 
 
 def _may_bind(host: str) -> set[tuple[int, str]]:
@@ -320,21 +329,18 @@ def _may_bind(host: str) -> set[tuple[int, str]]:
     return {(ip.version, str(ip))}
 
 
-_LOCALHOST: Final = {"localhost": "127.0.0.1"}
-_LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+_LOOPBACK: Final = frozenset({"127.0.0.1", "::1"})
 _WILDCARD: Final = frozenset({"0.0.0.0", "::"})
 
 
 def _loops_back(listen: tuple[str, int], backend: tuple[str, int]) -> bool:
     """Whether a backend at `backend` is certainly the proxy listening at `listen`: the same
-    port on the same host, or on loopback while the proxy listens on every address (a host
-    name of another machine on the same port is not)."""
-    (lhost, lport), (bhost, bport) = listen, backend
-    if lport != bport or lport == 0:
-        return False
-    if _LOCALHOST.get(lhost, lhost) == _LOCALHOST.get(bhost, bhost):
-        return True
-    return lhost in _WILDCARD and bhost in _LOOPBACK
+    port on the same host, or on a loopback address of the IP version the proxy listens on
+    every address of (a host name of another machine on the same port is not)."""
+    return any(
+        bound == reached or (bound in _WILDCARD and reached in _LOOPBACK)
+        for bound, reached in _same_version(listen, backend)
+    )
 
 
 def _show_address(host: str, port: int) -> str:

@@ -350,6 +350,10 @@ def test_check_accepts_distinct_or_unbound_listen_addresses(tmp_path: Path) -> N
         ("'[::]:{port}'", "http://[::1]:{port}", True),
         ("0.0.0.0:{port}", "http://10.1.2.3:{port}", False),  # the monolith's own host
         ("127.0.0.1:{port}", "http://127.0.0.2:{port}", False),
+        # localhost may bind ::1 too; IPv6 listeners are IPv6-only ([::] is not 127.0.0.1)
+        ("localhost:{port}", "http://[::1]:{port}", True),
+        ("'[::]:{port}'", "http://127.0.0.1:{port}", False),
+        ("0.0.0.0:{port}", "http://[::1]:{port}", False),
     ],
 )
 def test_check_rejects_a_backend_that_is_the_proxy_itself(
