@@ -192,16 +192,18 @@ _MD_EDGE_SPACE = re.compile(r"^ | $")  # a table cell, a heading: trimmed unless
 # GitHub links `://` and `www.` where it reads them in the source (after an escaped `_` too):
 # a backslash before the `:` or the `.` stops it. It finds e-mail links and @mentions in the
 # text once escapes and entities are decoded (`\@` and `&#64;` do nothing), so only a
-# character really there stops those: a zero-width space after each `@`. A code span is
-# never linked.
+# character really there stops those: a zero-width space after each `@`, and between `#`
+# or `GH-` and a digit (an issue reference). A code span is never linked.
 _MD_LINK_SOURCE = re.compile(r":(?=//)|(?<=www)\.", re.IGNORECASE)
+_MD_REFERENCE = re.compile(r"(?:(?<=#)|(?<=gh-))(?=\d)", re.IGNORECASE)
 
 
 def _md(text: str) -> str:
     """`text` as Markdown that shows it as it is (a table cell, a heading, a list item), with
     nothing in it that GitHub turns into a link or a mention."""
     escaped = _MD_ACTIVE.sub(lambda m: "\\" + m[0], _shown(text))
-    unlinked = _MD_LINK_SOURCE.sub(lambda m: "\\" + m[0], escaped).replace("@", "@&#8203;")
+    unlinked = _MD_REFERENCE.sub("&#8203;", _MD_LINK_SOURCE.sub(lambda m: "\\" + m[0], escaped))
+    unlinked = unlinked.replace("@", "@&#8203;")  # after: no `#` of an entity is a reference
     return _MD_EDGE_SPACE.sub("&#32;", unlinked)
 
 

@@ -22,6 +22,7 @@ _SETTINGS = settings(deadline=None, max_examples=500, suppress_health_check=[Hea
 _tricky = st.text(alphabet=st.sampled_from("\\|`*_~[]<>&#$!: ax\n@./w"), max_size=24)
 # pieces of what GitHub turns into a link or a mention, among what escapes sit next to
 _LINKY = ["www.", "WwW.", "://", "http", "@", "&#64;", "a", "b.co", ".", "/", "_", "(", " ", "\\"]
+_LINKY += ["#", "1", "GH-", "gh-"]  # issue references
 _linky = st.lists(st.sampled_from(_LINKY), max_size=8).map("".join)
 texts = st.one_of(_tricky, _linky, st.text(max_size=24))
 
@@ -63,7 +64,8 @@ def plain_text(cell: str) -> str | None:
     """What a plain cell of `_md` shows, or None if anything in it would render as other
     than text: every active character backslash-escaped, spaces at its ends as `&#32;`;
     no `://` or `www.` as such in the source (GitHub links them after any character), and
-    a zero-width space after every `@` the text shows (an e-mail link, a mention)."""
+    a zero-width space after every `@` the text shows (an e-mail link, a mention) and
+    between `#` or `GH-` and a digit (an issue reference)."""
     out: list[str] = []
     i = 0
     while i < len(cell):
@@ -82,9 +84,13 @@ def plain_text(cell: str) -> str | None:
             out.append(cell[i])
             i += 1
     shown = "".join(out)
-    if re.search(f"@(?!{_ZWSP})", shown):
+    if re.search(f"@(?!{_ZWSP})|(?:#|gh-)\\d", shown, re.IGNORECASE):
         return None
-    return shown.replace("@" + _ZWSP, "@")  # the space after an `@` shows nothing
+    # the space after an `@`, or before an issue number, shows nothing
+    return _REFERENCE_SPACE.sub("", shown.replace("@" + _ZWSP, "@"))
+
+
+_REFERENCE_SPACE = re.compile(f"(?:(?<=#)|(?<=gh-)){_ZWSP}(?=\\d)", re.IGNORECASE)
 
 
 @_SETTINGS
@@ -145,6 +151,9 @@ def test_every_table_row_of_a_report_has_as_many_cells_as_its_header(text: str) 
         ("ops@x.io", "ops@&#8203;x.io", "`ops@x.io`"),
         ("@someone", "@&#8203;someone", "`@someone`"),
         ("mailto:a@b.c", "mailto:a@&#8203;b.c", "`mailto:a@b.c`"),
+        ("v#12", "v\\#&#8203;12", "`v#12`"),  # an issue reference
+        ("GH-7 gh-8", "GH-&#8203;7 gh-&#8203;8", "`GH-7 gh-8`"),
+        ("#x", "\\#x", "`#x`"),
         ("", "", ""),
     ],
 )
