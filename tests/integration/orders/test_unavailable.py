@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 import extracted.app
+import extracted.db
 import legacy.app
 from tests.conftest import pg_base_url
 from tests.integration.orders.harness import (
@@ -156,3 +157,29 @@ async def test_sqlite_write_lock_timeout_is_503_and_reads_go_on(
         blocker.close()
     assert await dump_tables(sqlite_url) == before
     assert (await client.post("/api/v1/orders/1/ship")).status == 200
+
+
+@pytest.mark.parametrize("side", ["legacy", "extracted"])
+async def test_a_postgresql_order_row_locked_elsewhere_is_503_after_the_lock_wait(
+    pg_url: str, aiohttp_client: MakeClient, side: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite gives up on a held write lock after its busy timeout (503, nothing applied).
+    PostgreSQL waited for a locked order row without end: the request hung past every client
+    and proxy timeout, held a pooled connection, and was applied whenever the lock came free,
+    after its caller had already been told it failed. (pg_url comes first: torn down last,
+    after the app has finished any request left waiting.)"""
+    monkeypatch.setattr(extracted.db, "PG_LOCK_TIMEOUT_MS", 300)
+    client = await make_client(aiohttp_client, side, pg_url, FakeClock())
+    body: dict[str, Any] = {"json": new_order(), "headers": {"Idempotency-Key": "k"}}
+    assert (await client.post("/api/v1/orders", **body)).status == 201
+    before = await dump_tables(pg_url)
+    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    async with await psycopg.AsyncConnection.connect(dsn) as holder:
+        await holder.execute("SELECT id FROM orders WHERE id = 1 FOR UPDATE")
+        await _assert_unavailable(asyncio.ensure_future(client.post("/api/v1/orders/1/ship")))
+        assert (await client.get("/api/v1/orders/1")).status == 200
+        await holder.rollback()
+    assert await dump_tables(pg_url) == before
+    assert (await client.post("/api/v1/orders/1/ship")).status == 200
+    events = await (await client.get("/api/v1/orders/1/events")).json()
+    assert [e["type"] for e in events["items"]] == ["created", "shipped"]
