@@ -147,8 +147,9 @@ async def transaction(
             await trans.commit()
         except sa_exc.DBAPIError as exc:
             # SQLite either commits or reports that it did not; a PostgreSQL connection that
-            # breaks around COMMIT leaves the outcome unknown (the server may have it).
-            if conn.dialect.name == "postgresql" and is_unavailable(exc):
+            # breaks around COMMIT leaves a write's outcome unknown (the server may have it).
+            # A read changed nothing: its broken COMMIT is an outage like any other (503).
+            if write and conn.dialect.name == "postgresql" and is_unavailable(exc):
                 raise OutcomeUnknown(str(exc.orig or exc)) from exc
             raise
 
