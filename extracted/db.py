@@ -128,10 +128,16 @@ def _tune_sqlite(engine: AsyncEngine, *, busy_timeout: bool) -> None:
 async def transaction(
     engine: AsyncEngine, *, write: bool = False, rollback: bool = False
 ) -> AsyncIterator[AsyncConnection]:
-    """One transaction: committed on success unless `rollback` (dry run), rolled back on error."""
+    """One transaction: committed on success unless `rollback` (dry run), rolled back on error.
+
+    A read (not `write`) sees one snapshot of the database on SQLite and PostgreSQL alike."""
     async with engine.connect() as conn:
         if write:
             await conn.execution_options(**{_WRITE_OPTION: True})
+        elif conn.dialect.name == "postgresql":
+            # One snapshot for the whole read, as on SQLite: under read committed a listing's
+            # count and page were taken at different moments and disagreed.
+            await conn.execution_options(isolation_level="REPEATABLE READ")
         trans = await conn.begin()
         try:
             yield conn
