@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 __all__ = [
     "OUTCOME_UNKNOWN",
+    "PG_LOCK_TIMEOUT_MS",
     "SQLITE_BUSY_TIMEOUT_MS",
     "OutcomeUnknown",
     "check_db_url",
@@ -25,6 +26,10 @@ __all__ = [
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 """How long a SQLite writer waits for the write lock before the request fails with 503."""
+
+PG_LOCK_TIMEOUT_MS = SQLITE_BUSY_TIMEOUT_MS
+"""How long a PostgreSQL write transaction waits for a lock (an order row, a racing
+idempotency key) before the request fails with 503, nothing applied; as on SQLite."""
 
 _WRITE_OPTION = "strangler_write"
 
@@ -73,7 +78,9 @@ def create_engine(db_url: str) -> AsyncEngine:
     """An async engine for `db_url`, tuned so concurrent writers serialize instead of failing.
 
     SQLite waits up to SQLITE_BUSY_TIMEOUT_MS for the write lock unless the URL sets
-    `?timeout=SECONDS`; PostgreSQL pings pooled connections so a dead one is replaced.
+    `?timeout=SECONDS`; PostgreSQL pings pooled connections so a dead one is replaced, and
+    its write transactions wait up to PG_LOCK_TIMEOUT_MS for a lock unless the URL's
+    `options` set `lock_timeout`.
     """
     check_db_url(db_url)
     if db_url.startswith("sqlite"):
@@ -81,7 +88,20 @@ def create_engine(db_url: str) -> AsyncEngine:
         # A `?timeout=SECONDS` in the URL is the driver's busy timeout; keep it if given.
         _tune_sqlite(engine, busy_timeout="timeout" not in make_url(db_url).query)
         return engine
-    return create_async_engine(db_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_async_engine(db_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if "lock_timeout" not in str(make_url(db_url).query.get("options", "")):
+        _bound_pg_lock_waits(engine)
+    return engine
+
+
+def _bound_pg_lock_waits(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Without a bound a write queued behind a held row lock waited forever: past every
+        # client and proxy timeout, holding a pooled connection, then applied when the lock
+        # came free, after its caller had been told it failed. Now 503, nothing applied.
+        if conn.get_execution_options().get(_WRITE_OPTION, False):
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(PG_LOCK_TIMEOUT_MS)}")
 
 
 def _tune_sqlite(engine: AsyncEngine, *, busy_timeout: bool) -> None:
@@ -108,10 +128,16 @@ def _tune_sqlite(engine: AsyncEngine, *, busy_timeout: bool) -> None:
 async def transaction(
     engine: AsyncEngine, *, write: bool = False, rollback: bool = False
 ) -> AsyncIterator[AsyncConnection]:
-    """One transaction: committed on success unless `rollback` (dry run), rolled back on error."""
+    """One transaction: committed on success unless `rollback` (dry run), rolled back on error.
+
+    A read (not `write`) sees one snapshot of the database on SQLite and PostgreSQL alike."""
     async with engine.connect() as conn:
         if write:
             await conn.execution_options(**{_WRITE_OPTION: True})
+        elif conn.dialect.name == "postgresql":
+            # One snapshot for the whole read, as on SQLite: under read committed a listing's
+            # count and page were taken at different moments and disagreed.
+            await conn.execution_options(isolation_level="REPEATABLE READ")
         trans = await conn.begin()
         try:
             yield conn
@@ -127,8 +153,9 @@ async def transaction(
             await trans.commit()
         except sa_exc.DBAPIError as exc:
             # SQLite either commits or reports that it did not; a PostgreSQL connection that
-            # breaks around COMMIT leaves the outcome unknown (the server may have it).
-            if conn.dialect.name == "postgresql" and is_unavailable(exc):
+            # breaks around COMMIT leaves a write's outcome unknown (the server may have it).
+            # A read changed nothing: its broken COMMIT is an outage like any other (503).
+            if write and conn.dialect.name == "postgresql" and is_unavailable(exc):
                 raise OutcomeUnknown(str(exc.orig or exc)) from exc
             raise
 

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from typing import Any
 
 import psycopg
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 import extracted.app
+import extracted.db
 import legacy.app
+from extracted.app import SERVICE
 from tests.conftest import pg_base_url
 from tests.integration.orders.harness import (
     FakeClock,
@@ -156,3 +160,63 @@ async def test_sqlite_write_lock_timeout_is_503_and_reads_go_on(
         blocker.close()
     assert await dump_tables(sqlite_url) == before
     assert (await client.post("/api/v1/orders/1/ship")).status == 200
+
+
+@pytest.mark.parametrize("side", ["legacy", "extracted"])
+async def test_a_postgresql_order_row_locked_elsewhere_is_503_after_the_lock_wait(
+    pg_url: str, aiohttp_client: MakeClient, side: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite gives up on a held write lock after its busy timeout (503, nothing applied).
+    PostgreSQL waited for a locked order row without end: the request hung past every client
+    and proxy timeout, held a pooled connection, and was applied whenever the lock came free,
+    after its caller had already been told it failed. (pg_url comes first: torn down last,
+    after the app has finished any request left waiting.)"""
+    monkeypatch.setattr(extracted.db, "PG_LOCK_TIMEOUT_MS", 300)
+    client = await make_client(aiohttp_client, side, pg_url, FakeClock())
+    body: dict[str, Any] = {"json": new_order(), "headers": {"Idempotency-Key": "k"}}
+    assert (await client.post("/api/v1/orders", **body)).status == 201
+    before = await dump_tables(pg_url)
+    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    async with await psycopg.AsyncConnection.connect(dsn) as holder:
+        await holder.execute("SELECT id FROM orders WHERE id = 1 FOR UPDATE")
+        await _assert_unavailable(asyncio.ensure_future(client.post("/api/v1/orders/1/ship")))
+        assert (await client.get("/api/v1/orders/1")).status == 200
+        await holder.rollback()
+    assert await dump_tables(pg_url) == before
+    assert (await client.post("/api/v1/orders/1/ship")).status == 200
+    events = await (await client.get("/api/v1/orders/1/events")).json()
+    assert [e["type"] for e in events["items"]] == ["created", "shipped"]
+
+
+@pytest.mark.parametrize("side", ["legacy", "extracted"])
+async def test_a_read_whose_commit_breaks_is_503_not_outcome_unknown(
+    pg_url: str, aiohttp_client: MakeClient, side: str
+) -> None:
+    """A read changes nothing, so a connection that breaks at its COMMIT is an outage like
+    any other (503, retry later); it answered 500 outcome_unknown, "the change may have been
+    applied; read the order before trying again", without Retry-After, to a read."""
+    client = await make_client(aiohttp_client, side, pg_url, FakeClock())
+    body: dict[str, Any] = {"json": new_order(), "headers": {"Idempotency-Key": "k"}}
+    assert (await client.post("/api/v1/orders", **body)).status == 201
+    engine = client.app[SERVICE].engine if side == "extracted" else client.app[legacy.app.ENGINE]
+    dsn = pg_base_url().replace("postgresql+psycopg://", "postgresql://", 1)
+    killed: list[int] = []
+
+    def kill_before_commit(conn: Connection) -> None:
+        if killed:
+            return
+        pid = int(conn.connection.driver_connection.info.backend_pid)  # type: ignore[union-attr]
+        killed.append(pid)
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            deadline = time.monotonic() + 10
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                assert time.monotonic() < deadline, "the backend outlived its termination"
+
+    event.listen(engine.sync_engine, "commit", kill_before_commit)
+    try:
+        await _assert_unavailable(asyncio.ensure_future(client.get("/api/v1/orders/1")))
+    finally:
+        event.remove(engine.sync_engine, "commit", kill_before_commit)
+    assert killed
+    assert (await client.get("/api/v1/orders/1")).status == 200
