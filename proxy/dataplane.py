@@ -310,6 +310,7 @@ class _Exchange:
         "close_after",
         "close_delimited",
         "done",
+        "eof_body",
         "head_request",
         "http11",
         "interim",
@@ -370,6 +371,7 @@ class _Exchange:
         self.resp_started = False
         self.chunked_resp = False
         self.close_delimited = False
+        self.eof_body = False  # the client's body ends at our close (HTTP/1.0, no length)
         self.close_after = False
         self.interim = False
         self.upgrade_req = False
@@ -537,6 +539,7 @@ class _Exchange:
                     out.append(b"transfer-encoding: chunked\r\n")
                 else:
                     self.close_after = True
+                    self.eof_body = True
         if (
             not self.keep_alive
             or client.last_answer()
@@ -771,8 +774,9 @@ class _Exchange:
         if up is not None:
             up.abort()
         self._end(why)
-        # an HTTP/1.0 client's body ends at the close: only a reset shows it was cut
-        self.client.abort(reset=self.close_delimited and not self.chunked_resp)
+        # an HTTP/1.0 client's body without a length ends at the close (whatever framing
+        # the backend's had, close or chunked): only a reset shows it was cut
+        self.client.abort(reset=self.eof_body)
 
     def _finish(self, conn: UpstreamConnection | None) -> None:
         self.upstream = None
