@@ -197,6 +197,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        # llhttp calls on_status only for a reason phrase there: without one, the last
+        # response's (another user's, or the interim 100's) must not stand in for it
+        self.reason = b""
         if self.exchange is None:  # a response after the one it was asked for: poisoned
             self.keep_alive = False
 

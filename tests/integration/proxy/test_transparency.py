@@ -554,3 +554,32 @@ async def test_incoming_x_forwarded_proto_and_host_are_kept(
     assert rec.header(b"x-forwarded-proto") == proto
     assert rec.header(b"x-forwarded-host") == host
     assert rec.header(b"x-forwarded-for") == [b"127.0.0.1"]
+
+
+async def test_a_status_line_without_a_reason_keeps_none_of_an_earlier_one(stack: Stack) -> None:
+    # A reason phrase is optional (RFC 9112 4): one left out was filled with the previous
+    # response's on that upstream connection (another user's "404 Not Found"), or with the
+    # interim "Continue" before it.
+    answers = {
+        b"/notfound": b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+        b"/bare": b"HTTP/1.1 200\r\ncontent-length: 2\r\n\r\nok",
+        b"/interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201\r\ncontent-length: 0\r\n\r\n",
+    }
+    for path, answer in answers.items():
+        stack.upstream.extra[path] = lambda t, rec, answer=answer: t.write(answer)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        got = []
+        for path in (b"/notfound", b"/bare", b"/interim"):
+            writer.write(_req("GET", path.decode()))
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+                if path == b"/interim":
+                    head = await reader.readuntil(b"\r\n\r\n")  # after the 100's
+                if path == b"/bare":
+                    await reader.readexactly(2)
+            got.append(head.split(b"\r\n", 1)[0])
+    finally:
+        writer.close()
+    assert stack.upstream.connections == 1  # one upstream connection served all three
+    assert got == [b"HTTP/1.1 404 Not Found", b"HTTP/1.1 200 ", b"HTTP/1.1 201 "]
