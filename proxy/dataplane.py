@@ -981,6 +981,7 @@ class ClientConnection(asyncio.Protocol):
         "error_after",
         "feeding",
         "head_bytes",
+        "head_raw",
         "held",
         "http11",
         "keep_alive",
@@ -1016,6 +1017,10 @@ class ClientConnection(asyncio.Protocol):
         self.error_after: bytes | None = None  # a 400 owed after the responses in flight
         self.deadline = 0.0
         self.head_bytes = 0
+        # Bytes of reads wholly inside a request head (-1: none yet, the head began in this
+        # read; None: not in a head): the parser holds a header line until it ends, so
+        # `head_bytes`, counted per whole header, never sees one that does not.
+        self.head_raw: int | None = None
         self.held = b""  # bytes after an upgrade request, until the backend answers it
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -1080,6 +1085,13 @@ class ClientConnection(asyncio.Protocol):
         ex = self.current
         if ex is not None and ex.up_buf and ex.upstream is not None:
             ex.flush_up()
+        raw = self.head_raw
+        if raw is not None:
+            raw = self.head_raw = raw + len(data) if raw >= 0 else 0
+            limits = self.plane.limits
+            # twice the limits: a head within them has its separators and line ends too
+            if raw > 2 * (limits.max_header_bytes + limits.max_url_bytes):
+                self._bad_request(_TooLarge(431))
 
     def eof_received(self) -> bool | None:
         # Half-close: finish the response in flight, then close.
@@ -1135,6 +1147,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         self._chunked = False
         self.head_bytes = 0
+        self.head_raw = -1
         plane = self.plane
         self.deadline = plane.loop.time() + plane.limits.header_timeout
 
@@ -1151,6 +1164,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.head_raw = None
         plane = self.plane
         parser = self.parser
         raw_method = parser.get_method()
@@ -1508,6 +1522,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _bad_request(self, exc: Exception) -> None:
         refusal = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
+        if isinstance(exc, _Refuse):  # refused outside the parser (a head grown too large)
+            refusal = exc
         if isinstance(refusal, _Refuse):
             status, code, message = refusal.status, refusal.code, refusal.message
         else:

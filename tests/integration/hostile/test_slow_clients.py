@@ -168,3 +168,36 @@ async def test_connections_over_the_cap_get_503_and_are_logged() -> None:
     assert {"event": "connection_limit", "limit": 3} in [
         {k: e[k] for k in ("event", "limit") if k in e} for e in events
     ]
+
+
+async def test_a_header_line_that_never_ends_is_refused_as_it_grows() -> None:
+    """The parser keeps a header line until it ends, so the limit checked per whole header
+    never saw one that does not end: megabytes a second were held (and copied again at
+    every read) until the header deadline. It is refused once the head passes its limit."""
+    async with hostile_stack() as h:  # header_timeout 10 s: the deadline is not what ends it
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: a\r\nX-Endless: ")
+        chunk = b"v" * 65536
+        sent = 0
+        answer = b""
+        async with asyncio.timeout(8):
+            while sent < 8 << 20 and not answer:  # at most 8 MiB
+                try:
+                    writer.write(chunk)
+                    await writer.drain()
+                except ConnectionError:
+                    break
+                sent += len(chunk)
+                try:
+                    answer = await asyncio.wait_for(reader.read(65536), 0.01)
+                except TimeoutError:
+                    pass
+        if not answer:
+            try:
+                answer = await asyncio.wait_for(reader.read(65536), 1)
+            except TimeoutError:
+                pass
+        await close_writer(writer)
+        assert answer.startswith(b"HTTP/1.1 431 "), (sent, answer[:40])
+        assert sent <= 1 << 20  # long before the end: the 64 KiB limit and a read or two
+        assert h.total() == 0
