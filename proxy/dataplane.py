@@ -421,6 +421,10 @@ class _Exchange:
             return
         self.upstream = conn
         conn.head_only = self.head_request
+        if self.client.write_paused and conn.transport is not None:
+            # The client stopped reading an earlier response: this one waits too (its
+            # resume_writing resumes it), or it would pile up here as fast as it comes.
+            conn.transport.pause_reading()
         sh = self.shadow
         conn.tee = sh if sh is not None and sh.tees_raw else None  # set or cleared
         if not self.client.feeding:
