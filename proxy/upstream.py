@@ -190,10 +190,14 @@ class UpstreamConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.exchange is not None:
             self.exchange.pause_client_reading()
+        elif self._tunnel is not None:  # a tunnel's client waits for the backend to read
+            self._tunnel.pause_reading()
 
     def resume_writing(self) -> None:
         if self.exchange is not None:
             self.exchange.resume_client_reading()
+        elif self._tunnel is not None and not self._tunnel.is_closing():
+            self._tunnel.resume_reading()
 
     # httptools callbacks
     def on_message_begin(self) -> None:

@@ -256,3 +256,47 @@ async def test_a_pipelined_response_waits_for_a_client_that_stopped_reading() ->
     finally:
         await backend.close()
     assert buffered < 8 << 20, f"{buffered} bytes held for a client that reads nothing"
+
+
+async def test_a_tunnel_waits_for_a_backend_that_stopped_reading() -> None:
+    # Past a 101 the client's bytes went to the backend's connection with no flow control:
+    # a backend that stopped reading had them pile up in the proxy's memory.
+    held: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.pause_reading()  # reads nothing more: the kernel buffers fill
+        writer.write(b"HTTP/1.1 101 Switching\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n")
+        held.append(writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        async with _proxy_to(server.sockets[0].getsockname()[1]) as proxy:
+            reader, writer = await asyncio.open_connection(*proxy.address)
+            writer.write(
+                b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+            )
+            async with asyncio.timeout(5):
+                await reader.readuntil(b"\r\n\r\n")
+            sent, chunk = 0, b"t" * 65536
+            deadline = time.monotonic() + 3
+            # the client sends until its own buffers fill (the proxy stopped reading it)
+            while sent < 256 << 20 and time.monotonic() < deadline:
+                writer.write(chunk)
+                sent += len(chunk)
+                try:
+                    await asyncio.wait_for(writer.drain(), 0.2)
+                except TimeoutError:
+                    break
+            plane = proxy.plane
+            assert plane is not None
+            tunnels = [c._tunnel for c in plane.connections if c._tunnel is not None]
+            [up] = tunnels
+            assert up.transport is not None
+            buffered = up.transport.get_write_buffer_size()
+            writer.transport.abort()
+    finally:
+        for w in held:
+            w.transport.abort()
+        server.close()
+    assert buffered < 8 << 20, f"{buffered} bytes held for a backend that reads nothing"
