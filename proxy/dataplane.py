@@ -1098,6 +1098,15 @@ class ClientConnection(asyncio.Protocol):
                 self._bad_request(_TooLarge(431))
 
     def eof_received(self) -> bool | None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            # The client's end of data goes on to the backend; its answer still comes back
+            # (the tunnel closes when the backend closes).
+            up = tunnel.transport
+            if up is None or up.is_closing() or not up.can_write_eof():
+                return False
+            up.write_eof()
+            return True
         # Half-close: finish the response in flight, then close.
         self.keep_alive = False
         cut = self.reading

@@ -583,3 +583,40 @@ async def test_a_status_line_without_a_reason_keeps_none_of_an_earlier_one(stack
         writer.close()
     assert stack.upstream.connections == 1  # one upstream connection served all three
     assert got == [b"HTTP/1.1 404 Not Found", b"HTTP/1.1 200 ", b"HTTP/1.1 201 "]
+
+
+async def test_a_tunnel_client_that_half_closes_still_gets_the_backends_answer() -> None:
+    # A client's FIN inside a tunnel closed both connections at once: the backend's answer
+    # to everything it was sent (a last frame, a summary) was cut with a reset.
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n")
+        got = await reader.read()  # to the client's end of data
+        writer.write(b"got %d bytes" % len(got))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = create_proxy(
+        loads(proxy_config(f"http://127.0.0.1:{port}"), "t.yaml"),
+        access_log=AccessLog(enabled=False),
+    )
+    await proxy.start()
+    try:
+        reader, writer = await asyncio.open_connection(*proxy.address)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n")
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 ")
+            writer.write(b"x" * 1000)
+            writer.write_eof()
+            try:
+                rest = await reader.read()
+            except ConnectionResetError:
+                rest = b"<reset>"
+        writer.close()
+    finally:
+        await stop_after_test(proxy, 1.0)
+        server.close()
+    assert rest == b"got 1000 bytes"
