@@ -1530,6 +1530,13 @@ class ClientConnection(asyncio.Protocol):
                     408, "request_timeout", "request not received in time", head_request
                 )
                 return
+            if self.current is not self.reading:
+                # A request after the one being answered came too slowly: that answer still
+                # goes out whole, then the 408, then the close (never the request upstream).
+                self._owe_error(
+                    408, "request_timeout", "request not received in time", "client_timeout"
+                )
+                return
         if self.current is None and self.transport is not None:
             self.transport.close()
 
@@ -1547,19 +1554,13 @@ class ClientConnection(asyncio.Protocol):
             head_request = bad.head_request
         else:  # refused from a callback, once the request line was parsed
             head_request = refusal is not None and self.parser.get_method() == b"HEAD"
-        self.reading = None
         cur = self.current
         if cur is not None and cur is not bad:
             # An earlier, valid request is still being answered: drop only the malformed
             # one, answer everything before it in order, then the error, then close.
-            if bad is not None:
-                if bad in self.queue:
-                    self.queue.remove(bad)
-                _discard(bad, "bad_request")
-            body = _error_body(status, code, message, "strangler", "")
-            self.error_after = _simple_response(status, body, close=True, head_request=head_request)
-            self._stop_reading()
+            self._owe_error(status, code, message, "bad_request", head_request)
             return
+        self.reading = None
         if cur is not None:
             if cur.resp_started:
                 self.abort()
@@ -1567,6 +1568,30 @@ class ClientConnection(asyncio.Protocol):
             cur.client_gone("bad_request", status)
             self.current = None
         self._reply_error(status, code, message, head_request)
+
+    def _owe_error(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        why: str,
+        head_request: bool | None = None,
+    ) -> None:
+        """Drop the request being read (`why`), behind the one being answered: the error
+        follows the answers before it, then the connection closes."""
+        bad = self.reading
+        self.reading = None
+        if bad is not None:
+            if head_request is None:
+                head_request = bad.head_request
+            if bad in self.queue:
+                self.queue.remove(bad)
+            _discard(bad, why)
+        body = _error_body(status, code, message, "strangler", "")
+        self.error_after = _simple_response(
+            status, body, close=True, head_request=bool(head_request)
+        )
+        self._stop_reading()
 
     def _reply_error(
         self, status: int, code: str, message: str, head_request: bool = False
