@@ -83,6 +83,8 @@ _RESP_DROP = frozenset(
         b"upgrade",
     }
 )
+# never forwarded in a trailer section (RFC 9110 6.5.1: framing, routing, hop-by-hop)
+_TRAILER_DROP = _RESP_DROP | {b"content-length", b"host"}
 _CONN_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Never removed because a Connection header names them: the message's framing and its
 # Host are end-to-end, and without them a body would reach the backend (or the client) as
@@ -572,7 +574,12 @@ class _Exchange:
         if self.upgrading:
             return  # the upgrade exception follows
         if self.chunked_resp:
-            self.client.out.append(b"0\r\n\r\n")
+            out = self.client.out
+            out.append(b"0\r\n")
+            for name, value in conn.trailers:  # only a chunked body has any
+                if name.lower() not in _TRAILER_DROP:
+                    out += (name, b": ", value, b"\r\n")
+            out.append(b"\r\n")
         self._finish(conn)
 
     def on_upstream_flush(self) -> None:

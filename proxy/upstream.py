@@ -67,6 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         "release_pending",
         "reused",
         "tee",
+        "trailers",
         "transport",
     )
 
@@ -79,6 +80,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = False
         self.headers: list[tuple[bytes, bytes]] = []
         self.reason = b""
+        # the trailer section of the chunked response just completed (read by its exchange
+        # in on_upstream_message_complete)
+        self.trailers: list[tuple[bytes, bytes]] = []
         self.keep_alive = True
         self.reused = False
         self.idle_since = 0.0  # loop time it went back to the pool (the sweep expires it)
@@ -231,7 +235,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.on_upstream_body(data)
 
     def on_message_complete(self) -> None:
-        if self.headers:  # trailer fields of a chunked body: never the next response's
+        # trailer fields of a chunked body: this response's, never the next one's
+        self.trailers = self.headers
+        if self.headers:
             self.headers = []
         if self.exchange is not None:
             self.exchange.on_upstream_message_complete(self)

@@ -620,3 +620,32 @@ async def test_a_tunnel_client_that_half_closes_still_gets_the_backends_answer()
         await stop_after_test(proxy, 1.0)
         server.close()
     assert rest == b"got 1000 bytes"
+
+
+async def test_trailer_fields_of_a_chunked_response_reach_the_client(stack: Stack) -> None:
+    # The trailer section of a chunked answer (a checksum, a final status) was dropped: the
+    # client got the last chunk alone.
+    def trailers(t: asyncio.Transport, rec: object) -> None:
+        t.write(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Checksum: abc123\r\nServer-Timing: db;dur=5\r\n"
+            b"X-Checksum: second\r\n\r\n"
+        )
+
+    stack.upstream.extra[b"/trailers"] = trailers
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        writer.write(_req("GET", "/trailers"))
+        async with asyncio.timeout(5):
+            await reader.readuntil(b"\r\n\r\n")  # the head
+            body = await reader.readuntil(b"\r\n0\r\n")
+            tail = b""
+            while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+                tail += line  # the trailer section, to its empty line
+        writer.write(_req("GET", "/echo"))
+        second = await asyncio.wait_for(read_response(reader), 5)
+    finally:
+        writer.close()
+    assert body == b"2\r\nok\r\n0\r\n"
+    assert tail == b"X-Checksum: abc123\r\nServer-Timing: db;dur=5\r\nX-Checksum: second\r\n"
+    assert second.status == 200 and second.header(b"x-checksum") == []
