@@ -984,6 +984,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
         "_headers",
+        "_trailers",
         "_tunnel",
         "_url",
         "born",
@@ -1035,6 +1036,7 @@ class ClientConnection(asyncio.Protocol):
         self.held = b""  # bytes after an upgrade request, until the backend answers it
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._trailers: list[bytes] = []  # a chunked body's trailer section, framed
         self._chunked = False
         self._tunnel: UpstreamConnection | None = None
         self.lingering = False  # answered and half-closed: the rest of a body is dropped
@@ -1165,6 +1167,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._trailers = []
         self._chunked = False
         self.head_bytes = 0
         self.head_raw = -1
@@ -1181,6 +1184,10 @@ class ClientConnection(asyncio.Protocol):
         if n > self.plane.limits.max_header_bytes:
             raise _TooLarge(431)
         self.head_bytes = n
+        if self.head_raw is None:  # past the head: a chunked body's trailer field
+            if name.lower() not in _TRAILER_DROP:
+                self._trailers += (name, b": ", value, b"\r\n")
+            return
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -1370,7 +1377,8 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         if ex is not None:
             if ex.chunked_req:
-                ex.send_body(b"0\r\n\r\n")
+                trailers = self._trailers
+                ex.send_body(b"0\r\n%s\r\n" % b"".join(trailers) if trailers else b"0\r\n\r\n")
             ex.request_complete = True
             ex.last_activity = self.plane.loop.time()  # the backend's time starts now
             if ex.shadow is not None:

@@ -649,3 +649,16 @@ async def test_trailer_fields_of_a_chunked_response_reach_the_client(stack: Stac
     assert body == b"2\r\nok\r\n0\r\n"
     assert tail == b"X-Checksum: abc123\r\nServer-Timing: db;dur=5\r\nX-Checksum: second\r\n"
     assert second.status == 200 and second.header(b"x-checksum") == []
+
+
+async def test_trailer_fields_of_a_chunked_request_reach_the_backend(stack: Stack) -> None:
+    # A client's trailer section (a checksum of the upload) was dropped on the way.
+    request = (
+        b"POST /echo HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Sum: 5d41402a\r\nX-Sum: again\r\n\r\n"
+    )
+    _, rec_direct, proxied, rec_proxied = await _both(stack, request)
+    assert proxied.status == 200
+    assert rec_direct.header(b"x-sum") == [b"5d41402a", b"again"]  # as the upstream reads it
+    assert rec_proxied.header(b"x-sum") == [b"5d41402a", b"again"]
+    assert rec_proxied.body_len == 5
