@@ -83,6 +83,8 @@ _RESP_DROP = frozenset(
         b"upgrade",
     }
 )
+# never forwarded in a trailer section (RFC 9110 6.5.1: framing, routing, hop-by-hop)
+_TRAILER_DROP = _RESP_DROP | {b"content-length", b"host"}
 _CONN_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Never removed because a Connection header names them: the message's framing and its
 # Host are end-to-end, and without them a body would reach the backend (or the client) as
@@ -310,6 +312,7 @@ class _Exchange:
         "close_after",
         "close_delimited",
         "done",
+        "eof_body",
         "head_request",
         "http11",
         "interim",
@@ -370,6 +373,7 @@ class _Exchange:
         self.resp_started = False
         self.chunked_resp = False
         self.close_delimited = False
+        self.eof_body = False  # the client's body ends at our close (HTTP/1.0, no length)
         self.close_after = False
         self.interim = False
         self.upgrade_req = False
@@ -419,6 +423,10 @@ class _Exchange:
             return
         self.upstream = conn
         conn.head_only = self.head_request
+        if self.client.write_paused and conn.transport is not None:
+            # The client stopped reading an earlier response: this one waits too (its
+            # resume_writing resumes it), or it would pile up here as fast as it comes.
+            conn.transport.pause_reading()
         sh = self.shadow
         conn.tee = sh if sh is not None and sh.tees_raw else None  # set or cleared
         if not self.client.feeding:
@@ -537,6 +545,7 @@ class _Exchange:
                     out.append(b"transfer-encoding: chunked\r\n")
                 else:
                     self.close_after = True
+                    self.eof_body = True
         if (
             not self.keep_alive
             or client.last_answer()
@@ -565,7 +574,12 @@ class _Exchange:
         if self.upgrading:
             return  # the upgrade exception follows
         if self.chunked_resp:
-            self.client.out.append(b"0\r\n\r\n")
+            out = self.client.out
+            out.append(b"0\r\n")
+            for name, value in conn.trailers:  # only a chunked body has any
+                if name.lower() not in _TRAILER_DROP:
+                    out += (name, b": ", value, b"\r\n")
+            out.append(b"\r\n")
         self._finish(conn)
 
     def on_upstream_flush(self) -> None:
@@ -771,8 +785,9 @@ class _Exchange:
         if up is not None:
             up.abort()
         self._end(why)
-        # an HTTP/1.0 client's body ends at the close: only a reset shows it was cut
-        self.client.abort(reset=self.close_delimited and not self.chunked_resp)
+        # an HTTP/1.0 client's body without a length ends at the close (whatever framing
+        # the backend's had, close or chunked): only a reset shows it was cut
+        self.client.abort(reset=self.eof_body)
 
     def _finish(self, conn: UpstreamConnection | None) -> None:
         self.upstream = None
@@ -969,6 +984,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
         "_headers",
+        "_trailers",
         "_tunnel",
         "_url",
         "born",
@@ -977,6 +993,7 @@ class ClientConnection(asyncio.Protocol):
         "error_after",
         "feeding",
         "head_bytes",
+        "head_raw",
         "held",
         "http11",
         "keep_alive",
@@ -1012,9 +1029,14 @@ class ClientConnection(asyncio.Protocol):
         self.error_after: bytes | None = None  # a 400 owed after the responses in flight
         self.deadline = 0.0
         self.head_bytes = 0
+        # Bytes of reads wholly inside a request head (-1: none yet, the head began in this
+        # read; None: not in a head): the parser holds a header line until it ends, so
+        # `head_bytes`, counted per whole header, never sees one that does not.
+        self.head_raw: int | None = None
         self.held = b""  # bytes after an upgrade request, until the backend answers it
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._trailers: list[bytes] = []  # a chunked body's trailer section, framed
         self._chunked = False
         self._tunnel: UpstreamConnection | None = None
         self.lingering = False  # answered and half-closed: the rest of a body is dropped
@@ -1076,8 +1098,24 @@ class ClientConnection(asyncio.Protocol):
         ex = self.current
         if ex is not None and ex.up_buf and ex.upstream is not None:
             ex.flush_up()
+        raw = self.head_raw
+        if raw is not None:
+            raw = self.head_raw = raw + len(data) if raw >= 0 else 0
+            limits = self.plane.limits
+            # twice the limits: a head within them has its separators and line ends too
+            if raw > 2 * (limits.max_header_bytes + limits.max_url_bytes):
+                self._bad_request(_TooLarge(431))
 
     def eof_received(self) -> bool | None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            # The client's end of data goes on to the backend; its answer still comes back
+            # (the tunnel closes when the backend closes).
+            up = tunnel.transport
+            if up is None or up.is_closing() or not up.can_write_eof():
+                return False
+            up.write_eof()
+            return True
         # Half-close: finish the response in flight, then close.
         self.keep_alive = False
         cut = self.reading
@@ -1129,8 +1167,10 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
+        self._trailers = []
         self._chunked = False
         self.head_bytes = 0
+        self.head_raw = -1
         plane = self.plane
         self.deadline = plane.loop.time() + plane.limits.header_timeout
 
@@ -1144,9 +1184,14 @@ class ClientConnection(asyncio.Protocol):
         if n > self.plane.limits.max_header_bytes:
             raise _TooLarge(431)
         self.head_bytes = n
+        if self.head_raw is None:  # past the head: a chunked body's trailer field
+            if name.lower() not in _TRAILER_DROP:
+                self._trailers += (name, b": ", value, b"\r\n")
+            return
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self.head_raw = None
         plane = self.plane
         parser = self.parser
         raw_method = parser.get_method()
@@ -1332,7 +1377,8 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         if ex is not None:
             if ex.chunked_req:
-                ex.send_body(b"0\r\n\r\n")
+                trailers = self._trailers
+                ex.send_body(b"0\r\n%s\r\n" % b"".join(trailers) if trailers else b"0\r\n\r\n")
             ex.request_complete = True
             ex.last_activity = self.plane.loop.time()  # the backend's time starts now
             if ex.shadow is not None:
@@ -1499,11 +1545,20 @@ class ClientConnection(asyncio.Protocol):
                     408, "request_timeout", "request not received in time", head_request
                 )
                 return
+            if self.current is not self.reading:
+                # A request after the one being answered came too slowly: that answer still
+                # goes out whole, then the 408, then the close (never the request upstream).
+                self._owe_error(
+                    408, "request_timeout", "request not received in time", "client_timeout"
+                )
+                return
         if self.current is None and self.transport is not None:
             self.transport.close()
 
     def _bad_request(self, exc: Exception) -> None:
         refusal = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
+        if isinstance(exc, _Refuse):  # refused outside the parser (a head grown too large)
+            refusal = exc
         if isinstance(refusal, _Refuse):
             status, code, message = refusal.status, refusal.code, refusal.message
         else:
@@ -1514,19 +1569,13 @@ class ClientConnection(asyncio.Protocol):
             head_request = bad.head_request
         else:  # refused from a callback, once the request line was parsed
             head_request = refusal is not None and self.parser.get_method() == b"HEAD"
-        self.reading = None
         cur = self.current
         if cur is not None and cur is not bad:
             # An earlier, valid request is still being answered: drop only the malformed
             # one, answer everything before it in order, then the error, then close.
-            if bad is not None:
-                if bad in self.queue:
-                    self.queue.remove(bad)
-                _discard(bad, "bad_request")
-            body = _error_body(status, code, message, "strangler", "")
-            self.error_after = _simple_response(status, body, close=True, head_request=head_request)
-            self._stop_reading()
+            self._owe_error(status, code, message, "bad_request", head_request)
             return
+        self.reading = None
         if cur is not None:
             if cur.resp_started:
                 self.abort()
@@ -1534,6 +1583,30 @@ class ClientConnection(asyncio.Protocol):
             cur.client_gone("bad_request", status)
             self.current = None
         self._reply_error(status, code, message, head_request)
+
+    def _owe_error(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        why: str,
+        head_request: bool | None = None,
+    ) -> None:
+        """Drop the request being read (`why`), behind the one being answered: the error
+        follows the answers before it, then the connection closes."""
+        bad = self.reading
+        self.reading = None
+        if bad is not None:
+            if head_request is None:
+                head_request = bad.head_request
+            if bad in self.queue:
+                self.queue.remove(bad)
+            _discard(bad, why)
+        body = _error_body(status, code, message, "strangler", "")
+        self.error_after = _simple_response(
+            status, body, close=True, head_request=bool(head_request)
+        )
+        self._stop_reading()
 
     def _reply_error(
         self, status: int, code: str, message: str, head_request: bool = False

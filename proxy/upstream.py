@@ -67,6 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         "release_pending",
         "reused",
         "tee",
+        "trailers",
         "transport",
     )
 
@@ -79,6 +80,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_only = False
         self.headers: list[tuple[bytes, bytes]] = []
         self.reason = b""
+        # the trailer section of the chunked response just completed (read by its exchange
+        # in on_upstream_message_complete)
+        self.trailers: list[tuple[bytes, bytes]] = []
         self.keep_alive = True
         self.reused = False
         self.idle_since = 0.0  # loop time it went back to the pool (the sweep expires it)
@@ -190,13 +194,20 @@ class UpstreamConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.exchange is not None:
             self.exchange.pause_client_reading()
+        elif self._tunnel is not None:  # a tunnel's client waits for the backend to read
+            self._tunnel.pause_reading()
 
     def resume_writing(self) -> None:
         if self.exchange is not None:
             self.exchange.resume_client_reading()
+        elif self._tunnel is not None and not self._tunnel.is_closing():
+            self._tunnel.resume_reading()
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        # llhttp calls on_status only for a reason phrase there: without one, the last
+        # response's (another user's, or the interim 100's) must not stand in for it
+        self.reason = b""
         if self.exchange is None:  # a response after the one it was asked for: poisoned
             self.keep_alive = False
 
@@ -224,7 +235,9 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.on_upstream_body(data)
 
     def on_message_complete(self) -> None:
-        if self.headers:  # trailer fields of a chunked body: never the next response's
+        # trailer fields of a chunked body: this response's, never the next one's
+        self.trailers = self.headers
+        if self.headers:
             self.headers = []
         if self.exchange is not None:
             self.exchange.on_upstream_message_complete(self)

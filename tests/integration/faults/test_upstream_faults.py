@@ -132,9 +132,15 @@ def test_broken_backend_gives_prompt_502_and_frees_the_pool(loop_kind: str, faul
     assert errors == []
 
 
-def _cut_close_delimited(loop_kind: str, version: bytes) -> tuple[bytes, bool]:
-    """A body delimited by the backend's close, cut by a reset once the client got its
-    first bytes: what the client got, and whether its connection was reset."""
+_CLOSE_DELIMITED = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\npartial"
+_CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\npartial\r\n"
+
+
+def _cut_close_delimited(
+    loop_kind: str, version: bytes, head: bytes = _CLOSE_DELIMITED
+) -> tuple[bytes, bool]:
+    """A body without a length (`head` and its first bytes), cut by a reset once the client
+    got its first bytes: what the client got, and whether its connection was reset."""
     loop = _LOOPS[loop_kind]()
 
     async def scenario() -> tuple[bytes, bool]:
@@ -142,7 +148,7 @@ def _cut_close_delimited(loop_kind: str, version: bytes) -> tuple[bytes, bool]:
 
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\npartial")
+            writer.write(head)
             held.append(writer)
 
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
@@ -192,3 +198,12 @@ def test_a_close_delimited_body_cut_by_a_reset_is_never_delivered_whole(
     assert not got.endswith(b"0\r\n\r\n")  # HTTP/1.1: no last chunk, so not whole
     if version == b"HTTP/1.0":
         assert reset  # its body ends at the close: only a reset shows it was cut
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_chunked_body_cut_by_a_reset_is_never_delivered_whole_to_http10(loop_kind: str) -> None:
+    # An HTTP/1.0 client's body ends at our close whatever the backend's framing: a chunked
+    # body cut by the backend ended with a clean FIN, and the client took it for the whole.
+    got, reset = _cut_close_delimited(loop_kind, b"HTTP/1.0", _CHUNKED)
+    assert b"partial" in got
+    assert reset  # its body ends at the close: only a reset shows it was cut

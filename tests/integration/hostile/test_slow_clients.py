@@ -9,7 +9,7 @@ import time
 import orjson
 
 from tests.integration.hostile.conftest import hostile_stack
-from tests.support import close_writer
+from tests.support import close_writer, wait_until
 from tests.upstreams import read_response
 
 LIMITS = """
@@ -168,3 +168,68 @@ async def test_connections_over_the_cap_get_503_and_are_logged() -> None:
     assert {"event": "connection_limit", "limit": 3} in [
         {k: e[k] for k in ("event", "limit") if k in e} for e in events
     ]
+
+
+async def test_a_header_line_that_never_ends_is_refused_as_it_grows() -> None:
+    """The parser keeps a header line until it ends, so the limit checked per whole header
+    never saw one that does not end: megabytes a second were held (and copied again at
+    every read) until the header deadline. It is refused once the head passes its limit."""
+    async with hostile_stack() as h:  # header_timeout 10 s: the deadline is not what ends it
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: a\r\nX-Endless: ")
+        chunk = b"v" * 65536
+        sent = 0
+        answer = b""
+        async with asyncio.timeout(8):
+            while sent < 8 << 20 and not answer:  # at most 8 MiB
+                try:
+                    writer.write(chunk)
+                    await writer.drain()
+                except ConnectionError:
+                    break
+                sent += len(chunk)
+                try:
+                    answer = await asyncio.wait_for(reader.read(65536), 0.01)
+                except TimeoutError:
+                    pass
+        if not answer:
+            try:
+                answer = await asyncio.wait_for(reader.read(65536), 1)
+            except TimeoutError:
+                pass
+        await close_writer(writer)
+        assert answer.startswith(b"HTTP/1.1 431 "), (sent, answer[:40])
+        assert sent <= 1 << 20  # long before the end: the 64 KiB limit and a read or two
+        assert h.total() == 0
+
+
+async def test_a_stalled_body_behind_a_pipelined_request_still_times_out() -> None:
+    """The body deadline of a request read while an earlier one was still being answered
+    was dropped: once that answer went out, the stalled request went to the backend and
+    held its connection for as long as the client liked (no body deadline, no backend one)."""
+    held: list[asyncio.Transport] = []
+    async with hostile_stack(LIMITS) as h:
+        h.legacy.extra[b"/held"] = lambda t, rec: held.append(t)
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        writer.write(
+            b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc"
+        )
+        await wait_until(lambda: bool(held), timeout=5)
+        plane = h.proxy.plane
+        assert plane is not None
+        conn = next(iter(plane.connections))
+        await wait_until(lambda: conn.deadline == 0.0, timeout=5)  # the body deadline passed
+        held[0].write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        data = b""
+        try:
+            async with asyncio.timeout(3):
+                while chunk := await reader.read(65536):
+                    data += chunk
+        except TimeoutError:
+            data += b"<still open>"
+        await close_writer(writer)
+        forwarded = [r.target for r in h.legacy.received]
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\n\r\nokHTTP/1.1 408 " in data, (data[-60:], forwarded)
+        assert forwarded == [b"/held"]  # the stalled upload never reached the backend

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -162,3 +162,141 @@ async def test_a_client_that_stops_reading_is_cut_at_the_body_timeout(
     assert 1.5 < elapsed < 4.0  # body_timeout 2 s, not the backend's 1 s
     assert 'strangler_client_errors_total{kind="timeout"} 1.0' in text
     assert not [ln for ln in text.splitlines() if ln.startswith("strangler_upstream_errors")]
+
+
+class _TwoAnswers:
+    """`/first` is answered in 16 KiB chunks until the proxy holds bytes its client has not
+    read, then ends with one 128 KiB chunk (the read that passes the client's high-water
+    mark ends the response); `/second` streams up to `limit` bytes as fast as it may."""
+
+    def __init__(self, client_buffered: Callable[[], int], limit: int) -> None:
+        self.client_buffered = client_buffered
+        self.limit = limit
+        self.sent_second = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> _TwoAnswers:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head.startswith(b"GET /first "):
+                    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    for _ in range(4096):  # at most 64 MiB before the proxy buffers
+                        if self.client_buffered() > 0:
+                            break
+                        writer.write(b"4000\r\n" + b"a" * 0x4000 + b"\r\n")
+                        await writer.drain()
+                        await asyncio.sleep(0)  # the proxy's turn to forward it
+                    writer.write(b"20000\r\n" + b"b" * 0x20000 + b"\r\n0\r\n\r\n")
+                    await writer.drain()
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % self.limit)
+                    chunk = b"c" * 65536
+                    while self.sent_second < self.limit:
+                        writer.write(chunk)
+                        self.sent_second += len(chunk)
+                        await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            await close_writer(writer)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_a_pipelined_response_waits_for_a_client_that_stopped_reading() -> None:
+    # The client stopped reading during the first response: its upstream was paused, but
+    # the next pipelined request's upstream was not, and its response piled up in the
+    # proxy's memory as fast as the backend sent it (no timeout: it kept sending).
+    plane_box: list[Proxy] = []
+
+    def client_buffered() -> int:
+        plane = plane_box[0].plane
+        assert plane is not None
+        return max(
+            (c.transport.get_write_buffer_size() for c in plane.connections if c.transport),
+            default=0,
+        )
+
+    limit = 256 << 20
+    backend = await _TwoAnswers(client_buffered, limit).start()
+    try:
+        async with _proxy_to(backend.port, "limits:\n  body_timeout: 30s") as proxy:
+            plane_box.append(proxy)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, proxy.address)
+            reader, writer = await asyncio.open_connection(sock=sock)
+            writer.transport.pause_reading()  # the client reads nothing from here on
+            writer.write(
+                b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n"
+            )
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline and backend.sent_second < limit:
+                if client_buffered() > 32 << 20:
+                    break
+                await asyncio.sleep(0.01)
+            buffered = client_buffered()
+            writer.transport.resume_reading()  # it reads again: the second answer flows
+            got = b""
+            async with asyncio.timeout(10):
+                while b"c" * 65536 not in got[-200_000:]:
+                    got = got[-200_000:] + await reader.read(1 << 20)
+            writer.close()
+    finally:
+        await backend.close()
+    assert buffered < 8 << 20, f"{buffered} bytes held for a client that reads nothing"
+
+
+async def test_a_tunnel_waits_for_a_backend_that_stopped_reading() -> None:
+    # Past a 101 the client's bytes went to the backend's connection with no flow control:
+    # a backend that stopped reading had them pile up in the proxy's memory.
+    held: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.transport.pause_reading()  # reads nothing more: the kernel buffers fill
+        writer.write(b"HTTP/1.1 101 Switching\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n")
+        held.append(writer)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        async with _proxy_to(server.sockets[0].getsockname()[1]) as proxy:
+            reader, writer = await asyncio.open_connection(*proxy.address)
+            writer.write(
+                b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
+            )
+            async with asyncio.timeout(5):
+                await reader.readuntil(b"\r\n\r\n")
+            sent, chunk = 0, b"t" * 65536
+            deadline = time.monotonic() + 3
+            # the client sends until its own buffers fill (the proxy stopped reading it)
+            while sent < 256 << 20 and time.monotonic() < deadline:
+                writer.write(chunk)
+                sent += len(chunk)
+                try:
+                    await asyncio.wait_for(writer.drain(), 0.2)
+                except TimeoutError:
+                    break
+            plane = proxy.plane
+            assert plane is not None
+            tunnels = [c._tunnel for c in plane.connections if c._tunnel is not None]
+            [up] = tunnels
+            assert up.transport is not None
+            buffered = up.transport.get_write_buffer_size()
+            writer.transport.abort()
+    finally:
+        for w in held:
+            w.transport.abort()
+        server.close()
+    assert buffered < 8 << 20, f"{buffered} bytes held for a backend that reads nothing"

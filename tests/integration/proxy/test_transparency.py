@@ -554,3 +554,111 @@ async def test_incoming_x_forwarded_proto_and_host_are_kept(
     assert rec.header(b"x-forwarded-proto") == proto
     assert rec.header(b"x-forwarded-host") == host
     assert rec.header(b"x-forwarded-for") == [b"127.0.0.1"]
+
+
+async def test_a_status_line_without_a_reason_keeps_none_of_an_earlier_one(stack: Stack) -> None:
+    # A reason phrase is optional (RFC 9112 4): one left out was filled with the previous
+    # response's on that upstream connection (another user's "404 Not Found"), or with the
+    # interim "Continue" before it.
+    answers = {
+        b"/notfound": b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
+        b"/bare": b"HTTP/1.1 200\r\ncontent-length: 2\r\n\r\nok",
+        b"/interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201\r\ncontent-length: 0\r\n\r\n",
+    }
+    for path, answer in answers.items():
+        stack.upstream.extra[path] = lambda t, rec, answer=answer: t.write(answer)
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        got = []
+        for path in (b"/notfound", b"/bare", b"/interim"):
+            writer.write(_req("GET", path.decode()))
+            async with asyncio.timeout(5):
+                head = await reader.readuntil(b"\r\n\r\n")
+                if path == b"/interim":
+                    head = await reader.readuntil(b"\r\n\r\n")  # after the 100's
+                if path == b"/bare":
+                    await reader.readexactly(2)
+            got.append(head.split(b"\r\n", 1)[0])
+    finally:
+        writer.close()
+    assert stack.upstream.connections == 1  # one upstream connection served all three
+    assert got == [b"HTTP/1.1 404 Not Found", b"HTTP/1.1 200 ", b"HTTP/1.1 201 "]
+
+
+async def test_a_tunnel_client_that_half_closes_still_gets_the_backends_answer() -> None:
+    # A client's FIN inside a tunnel closed both connections at once: the backend's answer
+    # to everything it was sent (a last frame, a summary) was cut with a reset.
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n")
+        got = await reader.read()  # to the client's end of data
+        writer.write(b"got %d bytes" % len(got))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proxy = create_proxy(
+        loads(proxy_config(f"http://127.0.0.1:{port}"), "t.yaml"),
+        access_log=AccessLog(enabled=False),
+    )
+    await proxy.start()
+    try:
+        reader, writer = await asyncio.open_connection(*proxy.address)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n")
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 101 ")
+            writer.write(b"x" * 1000)
+            writer.write_eof()
+            try:
+                rest = await reader.read()
+            except ConnectionResetError:
+                rest = b"<reset>"
+        writer.close()
+    finally:
+        await stop_after_test(proxy, 1.0)
+        server.close()
+    assert rest == b"got 1000 bytes"
+
+
+async def test_trailer_fields_of_a_chunked_response_reach_the_client(stack: Stack) -> None:
+    # The trailer section of a chunked answer (a checksum, a final status) was dropped: the
+    # client got the last chunk alone.
+    def trailers(t: asyncio.Transport, rec: object) -> None:
+        t.write(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Checksum: abc123\r\nServer-Timing: db;dur=5\r\n"
+            b"X-Checksum: second\r\n\r\n"
+        )
+
+    stack.upstream.extra[b"/trailers"] = trailers
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        writer.write(_req("GET", "/trailers"))
+        async with asyncio.timeout(5):
+            await reader.readuntil(b"\r\n\r\n")  # the head
+            body = await reader.readuntil(b"\r\n0\r\n")
+            tail = b""
+            while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+                tail += line  # the trailer section, to its empty line
+        writer.write(_req("GET", "/echo"))
+        second = await asyncio.wait_for(read_response(reader), 5)
+    finally:
+        writer.close()
+    assert body == b"2\r\nok\r\n0\r\n"
+    assert tail == b"X-Checksum: abc123\r\nServer-Timing: db;dur=5\r\nX-Checksum: second\r\n"
+    assert second.status == 200 and second.header(b"x-checksum") == []
+
+
+async def test_trailer_fields_of_a_chunked_request_reach_the_backend(stack: Stack) -> None:
+    # A client's trailer section (a checksum of the upload) was dropped on the way.
+    request = (
+        b"POST /echo HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\nX-Sum: 5d41402a\r\nX-Sum: again\r\n\r\n"
+    )
+    _, rec_direct, proxied, rec_proxied = await _both(stack, request)
+    assert proxied.status == 200
+    assert rec_direct.header(b"x-sum") == [b"5d41402a", b"again"]  # as the upstream reads it
+    assert rec_proxied.header(b"x-sum") == [b"5d41402a", b"again"]
+    assert rec_proxied.body_len == 5
