@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import cast
 
 import pytest
 from prometheus_client import generate_latest
@@ -237,7 +238,7 @@ async def test_a_pipelined_response_waits_for_a_client_that_stopped_reading() ->
             sock.setblocking(False)
             await asyncio.get_running_loop().sock_connect(sock, proxy.address)
             reader, writer = await asyncio.open_connection(sock=sock)
-            writer.transport.pause_reading()  # the client reads nothing from here on
+            cast(asyncio.ReadTransport, writer.transport).pause_reading()  # reads nothing now
             writer.write(
                 b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n"
             )
@@ -247,7 +248,7 @@ async def test_a_pipelined_response_waits_for_a_client_that_stopped_reading() ->
                     break
                 await asyncio.sleep(0.01)
             buffered = client_buffered()
-            writer.transport.resume_reading()  # it reads again: the second answer flows
+            cast(asyncio.ReadTransport, writer.transport).resume_reading()  # it reads again
             got = b""
             async with asyncio.timeout(10):
                 while b"c" * 65536 not in got[-200_000:]:
@@ -265,7 +266,7 @@ async def test_a_tunnel_waits_for_a_backend_that_stopped_reading() -> None:
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.transport.pause_reading()  # reads nothing more: the kernel buffers fill
+        cast(asyncio.ReadTransport, writer.transport).pause_reading()  # the kernel buffers fill
         writer.write(b"HTTP/1.1 101 Switching\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n")
         held.append(writer)
 

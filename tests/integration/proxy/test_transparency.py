@@ -566,7 +566,11 @@ async def test_a_status_line_without_a_reason_keeps_none_of_an_earlier_one(stack
         b"/interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201\r\ncontent-length: 0\r\n\r\n",
     }
     for path, answer in answers.items():
-        stack.upstream.extra[path] = lambda t, rec, answer=answer: t.write(answer)
+
+        def write(t: asyncio.Transport, rec: Received, answer: bytes = answer) -> None:
+            t.write(answer)
+
+        stack.upstream.extra[path] = write
     reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
     try:
         got = []
