@@ -17,7 +17,7 @@ from proxy.accesslog import AccessLog
 from proxy.app import Proxy, create_proxy
 from proxy.settings import loads
 from tests.integration.proxy.conftest import Stack, proxy_config
-from tests.support import free_port, stop_after_test, wait_until
+from tests.support import stop_after_test, wait_until
 from tests.upstreams import EchoUpstream, RawResponse, raw_exchange, read_response
 
 GET = b"GET /%s HTTP/1.1\r\nHost: shop.example\r\n\r\n"
@@ -25,7 +25,9 @@ GET = b"GET /%s HTTP/1.1\r\nHost: shop.example\r\n\r\n"
 
 @pytest.fixture
 async def down_proxy() -> AsyncIterator[Proxy]:
-    dead = free_port()  # nothing listens here
+    # Nothing listens on port 1, and no bind to port 0 is ever given it: a port that was
+    # merely free could become this very proxy's listen port (it then forwards to itself)
+    dead = 1
     proxy = create_proxy(
         loads(proxy_config(f"http://127.0.0.1:{dead}"), "t.yaml"),
         access_log=AccessLog(enabled=False),
@@ -120,9 +122,8 @@ async def test_failed_connect_retried_once_for_every_method(upstream: object) ->
     from tests.upstreams import EchoUpstream
 
     assert isinstance(upstream, EchoUpstream)
-    port = free_port()
     proxy = create_proxy(
-        loads(proxy_config(f"http://127.0.0.1:{port}"), "t.yaml"),
+        loads(proxy_config("http://127.0.0.1:1"), "t.yaml"),  # refused, as in down_proxy
         access_log=AccessLog(enabled=False),
     )
     await proxy.start()
