@@ -13,7 +13,7 @@ import os
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, cast
@@ -83,8 +83,21 @@ _RESP_DROP = frozenset(
         b"upgrade",
     }
 )
-# never forwarded in a trailer section (RFC 9110 6.5.1: framing, routing, hop-by-hop)
-_TRAILER_DROP = _RESP_DROP | {b"content-length", b"host"}
+# never forwarded in a trailer section (RFC 9110 6.5.1: framing, routing, and what the
+# head drops in that direction, the proxy's own request headers included)
+_REQ_TRAILER_DROP = _REQ_DROP | {b"content-length", b"host"}
+_RESP_TRAILER_DROP = _RESP_DROP | {b"content-length", b"host"}
+_LAST_CHUNK = b"0\r\n\r\n"
+
+
+def _last_chunk(trailers: Sequence[tuple[bytes, bytes]], drop: frozenset[bytes]) -> bytes:
+    """A chunked body's end: the last chunk, then the trailer fields not in `drop`."""
+    if not trailers:
+        return _LAST_CHUNK
+    fields = [b"%s: %s\r\n" % (n, v) for n, v in trailers if n.lower() not in drop]
+    return b"0\r\n" + b"".join(fields) + b"\r\n"
+
+
 _CONN_STANDARD_TOKENS = frozenset({b"close", b"keep-alive", b"upgrade"})
 # Never removed because a Connection header names them: the message's framing and its
 # Host are end-to-end, and without them a body would reach the backend (or the client) as
@@ -574,12 +587,7 @@ class _Exchange:
         if self.upgrading:
             return  # the upgrade exception follows
         if self.chunked_resp:
-            out = self.client.out
-            out.append(b"0\r\n")
-            for name, value in conn.trailers:  # only a chunked body has any
-                if name.lower() not in _TRAILER_DROP:
-                    out += (name, b": ", value, b"\r\n")
-            out.append(b"\r\n")
+            self.client.out.append(_last_chunk(conn.trailers, _RESP_TRAILER_DROP))
         self._finish(conn)
 
     def on_upstream_flush(self) -> None:
@@ -984,7 +992,6 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_chunked",
         "_headers",
-        "_trailers",
         "_tunnel",
         "_url",
         "born",
@@ -1036,7 +1043,6 @@ class ClientConnection(asyncio.Protocol):
         self.held = b""  # bytes after an upgrade request, until the backend answers it
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._trailers: list[bytes] = []  # a chunked body's trailer section, framed
         self._chunked = False
         self._tunnel: UpstreamConnection | None = None
         self.lingering = False  # answered and half-closed: the rest of a body is dropped
@@ -1122,6 +1128,8 @@ class ClientConnection(asyncio.Protocol):
         if cut is not None:  # a request whose body stopped short can never complete
             self.reading = None
             if cut is self.current:
+                if cut.eof_body:  # an HTTP/1.0 body the close ends: a FIN would look whole
+                    self.abort(reset=True)
                 return False  # closed: connection_lost ends it as a client gone
             if cut in self.queue:
                 self.queue.remove(cut)
@@ -1167,7 +1175,6 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = []
-        self._trailers = []
         self._chunked = False
         self.head_bytes = 0
         self.head_raw = -1
@@ -1184,11 +1191,7 @@ class ClientConnection(asyncio.Protocol):
         if n > self.plane.limits.max_header_bytes:
             raise _TooLarge(431)
         self.head_bytes = n
-        if self.head_raw is None:  # past the head: a chunked body's trailer field
-            if name.lower() not in _TRAILER_DROP:
-                self._trailers += (name, b": ", value, b"\r\n")
-            return
-        self._headers.append((name, value))
+        self._headers.append((name, value))  # past the head (a fresh list): trailer fields
 
     def on_headers_complete(self) -> None:
         self.head_raw = None
@@ -1221,6 +1224,7 @@ class ClientConnection(asyncio.Protocol):
             target = path_b + (b"?" + query_b if query_b else b"")
         path = path_b.decode("latin-1")
         headers = self._headers
+        self._headers = []  # what comes after the head: a chunked body's trailer fields
         state = plane.state
         query = query_b.decode("latin-1")
         route = state.table.match(method, path, query, headers)
@@ -1374,11 +1378,12 @@ class ClientConnection(asyncio.Protocol):
         ex = self.reading
         self.reading = None
         self._url = b""
-        self._headers = []
+        trailers = self._headers
+        if trailers:
+            self._headers = []
         if ex is not None:
             if ex.chunked_req:
-                trailers = self._trailers
-                ex.send_body(b"0\r\n%s\r\n" % b"".join(trailers) if trailers else b"0\r\n\r\n")
+                ex.send_body(_last_chunk(trailers, _REQ_TRAILER_DROP))
             ex.request_complete = True
             ex.last_activity = self.plane.loop.time()  # the backend's time starts now
             if ex.shadow is not None:
@@ -1506,18 +1511,23 @@ class ClientConnection(asyncio.Protocol):
         self.current = None
         self.deadline = 0.0
         held, self.held = self.held, b""
+        if self.transport is not None:
+            # first: the held bytes may fill the backend's connection, which pauses us again
+            self.transport.resume_reading()
         if held:  # sent with the upgrade request: the new protocol's first bytes
             conn.send(held)
-        if self.transport is not None:
-            self.transport.resume_reading()
 
     def abort(self, reset: bool = False) -> None:
         """Close the client connection abruptly (a truncated response must not look whole).
 
         `reset`: a reset instead of a FIN, for a response whose body the close delimits (it
         would look whole). Only then: a reset also throws away what the kernel still holds
-        for the client, such as earlier pipelined answers that were complete.
+        for the client, such as earlier pipelined answers that were complete. A response
+        being sent whose body the close delimits is always reset (a stop, say).
         """
+        cur = self.current
+        if cur is not None and cur.eof_body:
+            reset = True
         self.out = []
         transport = self.transport
         if transport is not None:
@@ -1544,6 +1554,11 @@ class ClientConnection(asyncio.Protocol):
                 self._reply_error(
                     408, "request_timeout", "request not received in time", head_request
                 )
+                return
+            if self.reading_paused_for is not None:
+                # The proxy stopped reading this client (an earlier request's backend is slow
+                # to take its body, or this one waits for a connection): no stall of its own.
+                self.deadline = plane.loop.time() + plane.limits.body_timeout
                 return
             if self.current is not self.reading:
                 # A request after the one being answered came too slowly: that answer still
@@ -1596,6 +1611,10 @@ class ClientConnection(asyncio.Protocol):
         follows the answers before it, then the connection closes."""
         bad = self.reading
         self.reading = None
+        # nothing more is read: no deadline of the dropped request may answer it again
+        self.deadline = 0.0
+        self._url = b""
+        self._headers = []
         if bad is not None:
             if head_request is None:
                 head_request = bad.head_request

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
+from collections.abc import Sequence
 from typing import Protocol, cast
 
 import httptools
@@ -81,8 +82,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.reason = b""
         # the trailer section of the chunked response just completed (read by its exchange
-        # in on_upstream_message_complete)
-        self.trailers: list[tuple[bytes, bytes]] = []
+        # in on_upstream_message_complete; never the list the next head goes into)
+        self.trailers: Sequence[tuple[bytes, bytes]] = ()
         self.keep_alive = True
         self.reused = False
         self.idle_since = 0.0  # loop time it went back to the pool (the sweep expires it)
@@ -212,7 +213,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.keep_alive = False
 
     def on_status(self, reason: bytes) -> None:
-        self.reason = reason
+        self.reason += reason  # a status line split across reads comes in pieces
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -236,9 +237,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         # trailer fields of a chunked body: this response's, never the next one's
-        self.trailers = self.headers
-        if self.headers:
+        trailers = self.headers
+        if trailers:
             self.headers = []
+            self.trailers = trailers
+        elif self.trailers:
+            self.trailers = ()
         if self.exchange is not None:
             self.exchange.on_upstream_message_complete(self)
 

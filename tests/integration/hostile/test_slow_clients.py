@@ -233,3 +233,60 @@ async def test_a_stalled_body_behind_a_pipelined_request_still_times_out() -> No
         assert data.startswith(b"HTTP/1.1 200 OK\r\n")
         assert b"\r\n\r\nokHTTP/1.1 408 " in data, (data[-60:], forwarded)
         assert forwarded == [b"/held"]  # the stalled upload never reached the backend
+
+
+async def test_an_upload_the_proxy_itself_holds_back_is_not_timed_out() -> None:
+    """A pipelined upload waiting its turn is read up to 1 MiB, then the proxy stops reading
+    it: its body deadline ran on regardless, and an answer before it that took longer than
+    the body timeout had the upload dropped with a 408 (the client's fault it was not)."""
+    held: list[asyncio.Transport] = []
+    size = 3 << 20
+    async with hostile_stack(LIMITS) as h:
+        h.legacy.extra[b"/held"] = lambda t, rec: held.append(t)
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        writer.write(
+            b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size + b"u" * size
+        )
+        await wait_until(lambda: bool(held), timeout=5)
+        plane = h.proxy.plane
+        assert plane is not None
+        conn = next(iter(plane.connections))
+        await wait_until(lambda: conn.reading_paused_for is not None, timeout=5)
+        paused_at = conn.deadline
+        await wait_until(lambda: conn.deadline != paused_at, timeout=5)  # it ran out
+        held[0].write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        async with asyncio.timeout(10):
+            first = await read_response(reader)
+            second = await read_response(reader)
+        await close_writer(writer)
+    assert (first.status, first.body) == (200, b"ok")
+    assert second.status == 200, second.body[:200]
+    assert orjson.loads(second.body)["body_len"] == size
+
+
+async def test_an_owed_400_stays_a_400_past_the_header_deadline() -> None:
+    """A malformed request behind one still being answered is owed a 400 after that answer:
+    its header deadline stayed set, and an answer slower than the header timeout had the
+    400 replaced by a 408 (the error counted twice)."""
+    held: list[asyncio.Transport] = []
+    async with hostile_stack(LIMITS) as h:
+        h.legacy.extra[b"/held"] = lambda t, rec: held.append(t)
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        writer.write(
+            b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n"
+            b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header: 1\r\n\r\n"
+        )
+        await wait_until(lambda: bool(held), timeout=5)
+        plane = h.proxy.plane
+        assert plane is not None
+        conn = next(iter(plane.connections))
+        await wait_until(lambda: conn.error_after is not None, timeout=5)
+        # the malformed head's header deadline is gone with it: none can answer it again
+        # (one swept while the answer before it was slow made the owed 400 a 408)
+        assert conn.deadline == 0.0
+        held[0].write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        data = await _eof_within(reader, 5)
+        await close_writer(writer)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\n\r\nokHTTP/1.1 400 " in data, data[-80:]

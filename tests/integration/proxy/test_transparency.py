@@ -589,6 +589,25 @@ async def test_a_status_line_without_a_reason_keeps_none_of_an_earlier_one(stack
     assert got == [b"HTTP/1.1 404 Not Found", b"HTTP/1.1 200 ", b"HTTP/1.1 201 "]
 
 
+async def test_a_reason_phrase_split_across_reads_arrives_whole(stack: Stack) -> None:
+    # The parser hands a reason phrase over in the pieces the reads cut it into: only the
+    # last piece reached the client ("404 und").
+    def write(t: asyncio.Transport, rec: Received) -> None:
+        t.write(b"HTTP/1.1 404 Not Fo")  # the rest in a later read
+        rest = b"und\r\ncontent-length: 0\r\n\r\n"
+        asyncio.get_running_loop().call_later(0.05, t.write, rest)
+
+    stack.upstream.extra[b"/split"] = write
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
+    try:
+        writer.write(_req("GET", "/split"))
+        async with asyncio.timeout(5):
+            head = await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+    assert head.split(b"\r\n", 1)[0] == b"HTTP/1.1 404 Not Found"
+
+
 async def test_a_tunnel_client_that_half_closes_still_gets_the_backends_answer() -> None:
     # A client's FIN inside a tunnel closed both connections at once: the backend's answer
     # to everything it was sent (a last frame, a summary) was cut with a reset.
@@ -666,3 +685,19 @@ async def test_trailer_fields_of_a_chunked_request_reach_the_backend(stack: Stac
     assert rec_direct.header(b"x-sum") == [b"5d41402a", b"again"]  # as the upstream reads it
     assert rec_proxied.header(b"x-sum") == [b"5d41402a", b"again"]
     assert rec_proxied.body_len == 5
+
+
+@pytest.mark.parametrize(
+    "name", [b"X-Strangler-Dry-Run", b"X-Strangler-Shadow", b"X-Forwarded-For", b"Connection"]
+)
+async def test_a_request_trailer_the_head_would_drop_is_dropped(stack: Stack, name: bytes) -> None:
+    # The proxy's own request headers (a dry-run flag a candidate obeys, the client address
+    # it vouches for) and hop-by-hop fields are dropped from the head: in a trailer too.
+    request = (
+        b"POST /echo HTTP/1.1\r\nHost: shop.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n" + name + b": 1\r\nX-Sum: 5d41402a\r\n\r\n"
+    )
+    _, _, proxied, rec_proxied = await _both(stack, request)
+    assert proxied.status == 200
+    assert rec_proxied.header(b"x-sum") == [b"5d41402a"]
+    assert b"1" not in rec_proxied.header(name), rec_proxied.headers
