@@ -137,10 +137,11 @@ _CHUNKED = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\npartial\r
 
 
 def _cut_close_delimited(
-    loop_kind: str, version: bytes, head: bytes = _CLOSE_DELIMITED
+    loop_kind: str, version: bytes, head: bytes = _CLOSE_DELIMITED, *, by_stop: bool = False
 ) -> tuple[bytes, bool]:
     """A body without a length (`head` and its first bytes), cut by a reset once the client
-    got its first bytes: what the client got, and whether its connection was reset."""
+    got its first bytes (or, `by_stop`, by the proxy's stop past its grace): what the
+    client got, and whether its connection was reset."""
     loop = _LOOPS[loop_kind]()
 
     async def scenario() -> tuple[bytes, bool]:
@@ -165,16 +166,23 @@ def _cut_close_delimited(
             async with asyncio.timeout(5):
                 while b"partial" not in got:
                     got += await reader.read(65536)
-                sock = held[0].get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                held[0].transport.abort()  # RST: the body is cut, not ended
+                if by_stop:  # the backend goes on holding the rest; the grace runs out
+                    stopping = asyncio.ensure_future(proxy.stop(0.2))
+                else:
+                    sock = held[0].get_extra_info("socket")
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    held[0].transport.abort()  # RST: the body is cut, not ended
                 try:  # until the end, or the last chunk (a kept-alive connection stays)
                     while not got.endswith(b"0\r\n\r\n") and (chunk := await reader.read(65536)):
                         got += chunk
                 except ConnectionResetError:
                     reset = True
+                if by_stop:
+                    await stopping
             writer.close()
         finally:
+            for w in held:
+                w.transport.abort()
             await stop_after_test(proxy, 1.0)
             server.close()
             await server.wait_closed()
@@ -207,3 +215,15 @@ def test_a_chunked_body_cut_by_a_reset_is_never_delivered_whole_to_http10(loop_k
     got, reset = _cut_close_delimited(loop_kind, b"HTTP/1.0", _CHUNKED)
     assert b"partial" in got
     assert reset  # its body ends at the close: only a reset shows it was cut
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("head", [_CLOSE_DELIMITED, _CHUNKED], ids=["close", "chunked"])
+def test_a_stop_past_its_grace_never_delivers_an_http10_body_whole(
+    loop_kind: str, head: bytes
+) -> None:
+    # A stop closed the connections still busy at the end of its grace with a plain FIN: an
+    # HTTP/1.0 client reading its body to the close took the cut body for the whole one.
+    got, reset = _cut_close_delimited(loop_kind, b"HTTP/1.0", head, by_stop=True)
+    assert b"partial" in got
+    assert reset
