@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 
-from tests.integration.hostile.conftest import hostile_stack
+from proxy.dataplane import ClientConnection
+from tests.integration.hostile.conftest import Hostile, hostile_stack
 from tests.support import close_writer, wait_until
 from tests.upstreams import read_response
 
@@ -30,6 +33,28 @@ async def _eof_within(reader: asyncio.StreamReader, timeout: float) -> bytes:
         while chunk := await reader.read(65536):
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+_Held = tuple[Hostile, asyncio.StreamReader, ClientConnection, Callable[[bytes], None]]
+
+
+@contextlib.asynccontextmanager
+async def _behind_a_held_answer(requests: bytes) -> AsyncIterator[_Held]:
+    """`GET /held` and then `requests`, pipelined on one connection, once the backend holds
+    /held's answer: the stack, the client's reader, the proxy's side of the connection, and
+    what writes the held answer."""
+    held: list[asyncio.Transport] = []
+    async with hostile_stack(LIMITS) as h:
+        h.legacy.extra[b"/held"] = lambda t, rec: held.append(t)
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
+        try:
+            writer.write(b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n" + requests)
+            await wait_until(lambda: bool(held), timeout=5)
+            plane = h.proxy.plane
+            assert plane is not None
+            yield h, reader, next(iter(plane.connections)), held[0].write
+        finally:
+            await close_writer(writer)
 
 
 async def test_trickled_headers_get_408_at_the_header_timeout() -> None:
@@ -207,20 +232,10 @@ async def test_a_stalled_body_behind_a_pipelined_request_still_times_out() -> No
     """The body deadline of a request read while an earlier one was still being answered
     was dropped: once that answer went out, the stalled request went to the backend and
     held its connection for as long as the client liked (no body deadline, no backend one)."""
-    held: list[asyncio.Transport] = []
-    async with hostile_stack(LIMITS) as h:
-        h.legacy.extra[b"/held"] = lambda t, rec: held.append(t)
-        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
-        writer.write(
-            b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n"
-            b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc"
-        )
-        await wait_until(lambda: bool(held), timeout=5)
-        plane = h.proxy.plane
-        assert plane is not None
-        conn = next(iter(plane.connections))
+    upload = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nabc"
+    async with _behind_a_held_answer(upload) as (h, reader, conn, answer):
         await wait_until(lambda: conn.deadline == 0.0, timeout=5)  # the body deadline passed
-        held[0].write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         data = b""
         try:
             async with asyncio.timeout(3):
@@ -228,38 +243,26 @@ async def test_a_stalled_body_behind_a_pipelined_request_still_times_out() -> No
                     data += chunk
         except TimeoutError:
             data += b"<still open>"
-        await close_writer(writer)
         forwarded = [r.target for r in h.legacy.received]
-        assert data.startswith(b"HTTP/1.1 200 OK\r\n")
-        assert b"\r\n\r\nokHTTP/1.1 408 " in data, (data[-60:], forwarded)
-        assert forwarded == [b"/held"]  # the stalled upload never reached the backend
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\n\r\nokHTTP/1.1 408 " in data, (data[-60:], forwarded)
+    assert forwarded == [b"/held"]  # the stalled upload never reached the backend
 
 
 async def test_an_upload_the_proxy_itself_holds_back_is_not_timed_out() -> None:
     """A pipelined upload waiting its turn is read up to 1 MiB, then the proxy stops reading
     it: its body deadline ran on regardless, and an answer before it that took longer than
     the body timeout had the upload dropped with a 408 (the client's fault it was not)."""
-    held: list[asyncio.Transport] = []
     size = 3 << 20
-    async with hostile_stack(LIMITS) as h:
-        h.legacy.extra[b"/held"] = lambda t, rec: held.append(t)
-        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
-        writer.write(
-            b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n"
-            b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size + b"u" * size
-        )
-        await wait_until(lambda: bool(held), timeout=5)
-        plane = h.proxy.plane
-        assert plane is not None
-        conn = next(iter(plane.connections))
+    upload = b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size
+    async with _behind_a_held_answer(upload + b"u" * size) as (_, reader, conn, answer):
         await wait_until(lambda: conn.reading_paused_for is not None, timeout=5)
         paused_at = conn.deadline
         await wait_until(lambda: conn.deadline != paused_at, timeout=5)  # it ran out
-        held[0].write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         async with asyncio.timeout(10):
             first = await read_response(reader)
             second = await read_response(reader)
-        await close_writer(writer)
     assert (first.status, first.body) == (200, b"ok")
     assert second.status == 200, second.body[:200]
     assert orjson.loads(second.body)["body_len"] == size
@@ -269,24 +272,13 @@ async def test_an_owed_400_stays_a_400_past_the_header_deadline() -> None:
     """A malformed request behind one still being answered is owed a 400 after that answer:
     its header deadline stayed set, and an answer slower than the header timeout had the
     400 replaced by a 408 (the error counted twice)."""
-    held: list[asyncio.Transport] = []
-    async with hostile_stack(LIMITS) as h:
-        h.legacy.extra[b"/held"] = lambda t, rec: held.append(t)
-        reader, writer = await asyncio.open_connection("127.0.0.1", h.port)
-        writer.write(
-            b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n"
-            b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header: 1\r\n\r\n"
-        )
-        await wait_until(lambda: bool(held), timeout=5)
-        plane = h.proxy.plane
-        assert plane is not None
-        conn = next(iter(plane.connections))
+    bad = b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header: 1\r\n\r\n"
+    async with _behind_a_held_answer(bad) as (_, reader, conn, answer):
         await wait_until(lambda: conn.error_after is not None, timeout=5)
         # the malformed head's header deadline is gone with it: none can answer it again
         # (one swept while the answer before it was slow made the owed 400 a 408)
         assert conn.deadline == 0.0
-        held[0].write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
         data = await _eof_within(reader, 5)
-        await close_writer(writer)
     assert data.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"\r\n\r\nokHTTP/1.1 400 " in data, data[-80:]
