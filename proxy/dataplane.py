@@ -1556,8 +1556,9 @@ class ClientConnection(asyncio.Protocol):
                 )
                 return
             if self.reading_paused_for is not None:
-                # The proxy stopped reading this client (an earlier request's backend is slow
-                # to take its body, or this one waits for a connection): no stall of its own.
+                # The proxy stopped reading this client (a request queued behind the one
+                # being answered read over 1 MiB ahead, or a backend is slow to take a
+                # body): no stall of the client's own.
                 self.deadline = plane.loop.time() + plane.limits.body_timeout
                 return
             if self.current is not self.reading:
