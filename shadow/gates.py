@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-__all__ = ["Evidence", "Gate", "GateLimits", "Reason", "Verdict", "evaluate"]
+__all__ = ["Evidence", "Gate", "GateLimits", "Reason", "Verdict", "error_rate", "evaluate"]
 
 Gate = Literal["samples", "mismatch_rate", "error_rate", "p99_ratio"]
 
@@ -29,6 +29,13 @@ class GateLimits(Protocol):
 
     @property
     def max_p99_ratio(self) -> float | None: ...
+
+
+def error_rate(samples: int, errors: int, served: int) -> float | None:
+    """Candidate errors and timeouts per candidate call: the compared samples, the errors,
+    and the calls answered without a comparison (served writes); None without any."""
+    attempted = samples + errors + served
+    return errors / attempted if attempted else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +64,8 @@ class Evidence:
 
     @property
     def error_rate(self) -> float | None:
-        """Errors per candidate call (compared samples, errors, and calls answered without
-        a comparison)."""
-        attempted = self.samples + self.errors + self.served
-        return self.errors / attempted if attempted else None
+        """Errors per candidate call (see `error_rate`)."""
+        return error_rate(self.samples, self.errors, self.served)
 
     @property
     def p99_ratio(self) -> float | None:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
+from shadow.gates import error_rate
 from shadow.record import DiffExample
 
 __all__ = [
@@ -173,10 +174,8 @@ class RouteReport:
 
     @property
     def error_rate(self) -> float | None:
-        """Candidate errors and timeouts per candidate call (compared, errors, and calls
-        answered without a comparison)."""
-        attempted = self.samples + self.errors + self.served
-        return self.errors / attempted if attempted else None
+        """Candidate errors and timeouts per candidate call (see `gates.error_rate`)."""
+        return error_rate(self.samples, self.errors, self.served)
 
     @property
     def p99_ratio(self) -> float | None:
