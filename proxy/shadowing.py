@@ -70,6 +70,7 @@ def bucket(key: bytes) -> int:
 
 
 _MATCH = Verdict("match")
+_SKIPPED = Verdict("skipped")  # a write served well, or kept from the candidate
 # how the data plane names an end past the backend's timeout (before, and once the answer
 # had started)
 _TIMEOUTS = frozenset({"gateway_timeout", "timeout"})
@@ -1078,10 +1079,11 @@ class ShadowHub:
                 outcome = "candidate_timeout" if error in _TIMEOUTS else "candidate_error"
             elif verdict and status is not None and status >= 500:
                 outcome, detail = "candidate_error", f"candidate answered {status}"
+            judged = _SKIPPED if outcome == "skipped" and not detail else None
             self.recorder.record(
                 build_record(
                     self.redactor,
-                    Verdict(outcome, detail=detail),
+                    judged or Verdict(outcome, detail=detail),
                     route=plan.route,
                     method=method,
                     path_template=plan.path_template,
