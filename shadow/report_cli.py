@@ -87,11 +87,11 @@ def _verified(route: RouteSettings) -> bool:
     report, outside the gate."""
     if route.candidate is None or _compared(route):
         return False
-    if route.mode == "extracted" and route.shadow.percent > 0:
-        return True
-    serves = route.mode == "extracted" or (route.mode == "canary" and route.canary.percent > 0)
     methods = route.match.methods
-    return serves and (not methods or not SAFE_METHODS.issuperset(methods))
+    writes = not methods or not SAFE_METHODS.issuperset(methods)
+    if route.mode == "extracted":
+        return route.shadow.percent > 0 or writes
+    return route.mode == "canary" and route.canary.percent > 0 and writes
 
 
 def _thresholds(
