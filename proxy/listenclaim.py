@@ -22,13 +22,14 @@ import sys
 import time
 from collections.abc import Iterable
 
-__all__ = ["Claim", "claim_listen"]
+__all__ = ["WILDCARDS", "Claim", "canonical", "claim_listen", "conflict"]
 
 _PREFIX = "strangler-serve/"
 _LOCK_WAIT_S = 5.0  # a claim holds the port's lock for a few ms; a stopped holder, longer
 _PROC_UNIX = "/proc/net/unix"  # this network namespace's Unix sockets, abstract ones "@name"
 
 Claim = tuple[int, str]  # address family, canonical IP text
+WILDCARDS = frozenset({"0.0.0.0", "::"})  # what a listener on every address binds
 
 
 def claim_listen(host: str, port: int) -> list[socket.socket]:
@@ -43,7 +44,7 @@ def claim_listen(host: str, port: int) -> list[socket.socket]:
         held = _held(port)
         for claim in wanted:
             for other in held:
-                if _conflict(claim, other):
+                if conflict(claim, other):
                     raise OSError(
                         errno.EADDRINUSE,
                         f"listen {_show(claim, port)}: address already in use (another"
@@ -61,13 +62,13 @@ def _resolve(host: str, port: int) -> list[Claim]:
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     ):
         scope = int(addr[3]) if len(addr) == 4 else 0  # an IPv6 zone (fe80::1%eth0)
-        claim = _canonical(family, str(addr[0]), scope)
+        claim = canonical(family, str(addr[0]), scope)
         if claim not in claims:
             claims.append(claim)
     return claims
 
 
-def _canonical(family: int, ip: str, scope: int = 0) -> Claim:
+def canonical(family: int, ip: str, scope: int = 0) -> Claim:
     """One spelling per address: compressed, IPv4-mapped IPv6 as IPv4, with its zone."""
     parsed = ipaddress.ip_address(ip.partition("%")[0])
     if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
@@ -78,10 +79,10 @@ def _canonical(family: int, ip: str, scope: int = 0) -> Claim:
     return (family, text)
 
 
-def _conflict(a: Claim, b: Claim) -> bool:
-    """Whether listeners on the two addresses (one port) cannot both be bound."""
-    wildcards = ("0.0.0.0", "::")
-    return a[0] == b[0] and (a[1] == b[1] or a[1] in wildcards or b[1] in wildcards)
+def conflict(a: Claim, b: Claim) -> bool:
+    """Whether listeners on the two addresses (one port) cannot both be bound (IPv6 ones
+    bind IPV6_V6ONLY, as the event loop's do: `::` leaves the IPv4 port alone)."""
+    return a[0] == b[0] and (a[1] == b[1] or a[1] in WILDCARDS or b[1] in WILDCARDS)
 
 
 def _name(port: int, what: str) -> str:

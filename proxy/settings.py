@@ -15,10 +15,10 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
-import ipaddress
 import json
 import math
 import re
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -26,6 +26,7 @@ from typing import Any, Final, Literal
 
 import yaml
 
+from proxy.listenclaim import WILDCARDS, Claim, canonical, conflict
 from proxy.routes import parse_pattern
 from shadow.compare import parse_path
 from shadow.normalize import NORMALIZERS
@@ -294,43 +295,32 @@ def _same_socket(a: tuple[str, int], b: tuple[str, int]) -> bool:
     """Whether two listen addresses may not both be bound: the same port, and an address of
     one IP version that both may bind, or a wildcard of that version on either side. The
     event loop binds IPv6 listeners IPV6_V6ONLY: `[::]` leaves the IPv4 port alone."""
-    return any(
-        ip_a == ip_b or ip_a in _WILDCARD or ip_b in _WILDCARD for ip_a, ip_b in _same_version(a, b)
-    )
+    return any(conflict(x, y) for x, y in _pairs(a, b))
 
 
-def _same_version(a: tuple[str, int], b: tuple[str, int]) -> list[tuple[str, str]]:
-    """The pairs of addresses of one IP version that `a` and `b` may bind (or reach), when
-    both name one port (none otherwise)."""
+def _pairs(a: tuple[str, int], b: tuple[str, int]) -> list[tuple[Claim, Claim]]:
+    """The pairs of addresses `a` and `b` may bind (or reach), when both name one port
+    (none otherwise)."""
     (host_a, port_a), (host_b, port_b) = a, b
     if port_a != port_b or port_a == 0:
         return []
-    return [
-        (ip_a, ip_b)
-        for version_a, ip_a in _may_bind(host_a)
-        for version_b, ip_b in _may_bind(host_b)
-        if version_a == version_b
-    ]
+    return [(x, y) for x in _may_bind(host_a) for y in _may_bind(host_b)]
 
 
-def _may_bind(host: str) -> set[tuple[int, str]]:
-    """The (IP version, address) a listener on `host` may bind, without resolving it: an IP
-    as one spelling (IPv4-mapped as IPv4); localhost as both loopbacks (many /etc/hosts map
-    `::1` to it too); another name as itself in each version."""
+def _may_bind(host: str) -> set[Claim]:
+    """The (family, address) a listener on `host` may bind, without resolving it: an IP as
+    one spelling (IPv4-mapped as IPv4); localhost as both loopbacks (many /etc/hosts map
+    `::1` to it too); another name as itself in each family."""
     name = host.lower()
     if name == "localhost":
-        return {(4, "127.0.0.1"), (6, "::1")}
+        return {(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")}
     try:
-        ip = ipaddress.ip_address(name)
+        return {canonical(socket.AF_INET6 if ":" in name else socket.AF_INET, name)}
     except ValueError:
-        return {(4, name), (6, name)}
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return {(ip.version, str(ip))}
+        return {(socket.AF_INET, name), (socket.AF_INET6, name)}
 
 
 _LOOPBACK: Final = frozenset({"127.0.0.1", "::1"})
-_WILDCARD: Final = frozenset({"0.0.0.0", "::"})
 
 
 def _loops_back(listen: tuple[str, int], backend: tuple[str, int]) -> bool:
@@ -338,8 +328,9 @@ def _loops_back(listen: tuple[str, int], backend: tuple[str, int]) -> bool:
     port on the same host, or on a loopback address of the IP version the proxy listens on
     every address of (a host name of another machine on the same port is not)."""
     return any(
-        bound == reached or (bound in _WILDCARD and reached in _LOOPBACK)
-        for bound, reached in _same_version(listen, backend)
+        bound[0] == reached[0]
+        and (bound[1] == reached[1] or (bound[1] in WILDCARDS and reached[1] in _LOOPBACK))
+        for bound, reached in _pairs(listen, backend)
     )
 
 
