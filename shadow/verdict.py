@@ -128,56 +128,6 @@ _Unfrozen: Final = unfrozen_twin(
 )
 
 
-def _new_record(
-    route: str,
-    outcome: Outcome,
-    time: datetime,
-    method: str,
-    path: str,
-    request_path: str,
-    status_primary: int | None,
-    status_candidate: int | None,
-    latency_primary_ms: float | None,
-    latency_candidate_ms: float | None,
-    diff_paths: tuple[str, ...],
-    diff_examples: tuple[DiffExample, ...],
-    noise: tuple[str, ...],
-    primary_body: bytes | None,
-    candidate_body: bytes | None,
-    detail: str,
-    request_id: str,
-    mode: RecordMode,
-    config_version: str,
-) -> ComparisonRecord:
-    """A validated `ComparisonRecord` from values in field order, without the frozen __init__."""
-    # object.__setattr__ (or a slot setter) per field was most of a matching copy's record:
-    # the fields go into an unfrozen twin of the same layout, which then becomes the record
-    rec: Any = object.__new__(_Unfrozen)
-    rec.route = route
-    rec.outcome = outcome
-    rec.time = time
-    rec.method = method
-    rec.path = path
-    rec.request_path = request_path
-    rec.status_primary = status_primary
-    rec.status_candidate = status_candidate
-    rec.latency_primary_ms = latency_primary_ms
-    rec.latency_candidate_ms = latency_candidate_ms
-    rec.diff_paths = diff_paths
-    rec.diff_examples = diff_examples
-    rec.noise = noise
-    rec.primary_body = primary_body
-    rec.candidate_body = candidate_body
-    rec.detail = detail
-    rec.request_id = request_id
-    rec.mode = mode
-    rec.config_version = config_version
-    rec.__class__ = ComparisonRecord
-    record: ComparisonRecord = rec
-    record.__post_init__()
-    return record
-
-
 def _ms(value: float | None) -> float | None:
     """A latency in ms rounded to the microsecond, half up (`round` where that is not exact)."""
     if value is not None and 0.0 <= value < 1e9:
@@ -221,29 +171,41 @@ def build_record(
         )
         legacy_body = _stored_body(redactor, legacy)
         candidate_body = _stored_body(redactor, candidate)
-    return _new_record(
-        route,
-        verdict.outcome,
-        datetime.now(UTC),
-        method,
-        path_template,
-        redactor.redact_url(request_path),
-        legacy.status if legacy is not None else None,
-        candidate.status if candidate is not None else None,
-        # _ms, inline for the usual latencies (twice per stored comparison)
+    # The fields go into an unfrozen twin of the record's layout, which then becomes the
+    # record: object.__setattr__ (or a slot setter) per field was most of a matching copy's
+    # record.
+    rec: Any = object.__new__(_Unfrozen)
+    rec.route = route
+    rec.outcome = verdict.outcome
+    rec.time = datetime.now(UTC)
+    rec.method = method
+    rec.path = path_template
+    rec.request_path = redactor.redact_url(request_path)
+    rec.status_primary = legacy.status if legacy is not None else None
+    rec.status_candidate = candidate.status if candidate is not None else None
+    # _ms, inline for the usual latencies (twice per stored comparison)
+    rec.latency_primary_ms = (
         int(legacy_ms * 1000.0 + 0.5) / 1000.0
         if legacy_ms is not None and 0.0 <= legacy_ms < 1e9
-        else _ms(legacy_ms),
+        else _ms(legacy_ms)
+    )
+    rec.latency_candidate_ms = (
         int(candidate_ms * 1000.0 + 0.5) / 1000.0
         if candidate_ms is not None and 0.0 <= candidate_ms < 1e9
-        else _ms(candidate_ms),
-        diff_paths,
-        examples,
-        tuple(sorted(redactor.redact_text(p) for p in verdict.noise)) if verdict.noise else (),
-        legacy_body,
-        candidate_body,
-        redactor.redact_text(verdict.detail) if verdict.detail else "",
-        request_id,
-        mode,
-        config_version,
+        else _ms(candidate_ms)
     )
+    rec.diff_paths = diff_paths
+    rec.diff_examples = examples
+    rec.noise = (
+        tuple(sorted(redactor.redact_text(p) for p in verdict.noise)) if verdict.noise else ()
+    )
+    rec.primary_body = legacy_body
+    rec.candidate_body = candidate_body
+    rec.detail = redactor.redact_text(verdict.detail) if verdict.detail else ""
+    rec.request_id = request_id
+    rec.mode = mode
+    rec.config_version = config_version
+    rec.__class__ = ComparisonRecord
+    record: ComparisonRecord = rec
+    record.__post_init__()  # the checks the frozen __init__ would have made
+    return record
