@@ -37,7 +37,8 @@ _TIMEOUT_S = 120.0  # a round that takes longer than this is reported as failed
 
 
 def helper_config(upstream_url: str, db: Path) -> str:
-    """The shadow section's offload config, its store at `db`, with long timeouts.
+    """The shadow section's default shadow config (copies in a helper), its store at `db`,
+    with long timeouts.
 
     Every frame is handed over at once, and a copy that waits in the helper's queue longer
     than the shadow timeout would be dropped as stale, not compared; a helper kept off the
@@ -49,7 +50,7 @@ def helper_config(upstream_url: str, db: Path) -> str:
         0,
         0,
         upstream_url,
-        "shadow-offload",
+        "shadow",
         backend_timeout="30s",
         connect_timeout="5s",
         shadow_timeout="60s",

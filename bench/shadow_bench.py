@@ -57,8 +57,8 @@ __all__ = [
 
 COMPARED_OUTCOMES = frozenset({"match", "mismatch", "candidate_error", "candidate_timeout"})
 _CONNECTIONS = 64
-IN_LOOP = "shadow 100%"
-OFFLOAD = "shadow 100% offload"
+IN_LOOP = "shadow 100% in-loop"  # limits.shadow_offload: false (copies in the worker's loop)
+OFFLOAD = "shadow 100%"  # the default under `serve`: copies in the worker's SCHED_IDLE helper
 CONTROL = "legacy A/A"  # a second legacy-mode proxy: its ratios are the run's noise floor
 _HALF = 0.5
 _PACED_SLICE_S = 2  # paced slices carry fewer requests; 2 s keeps p99 meaningful
@@ -86,11 +86,11 @@ def mode_config(
     `shadow` shadows 100 % of requests; `canary` serves `canary_percent` of X-User-Id keys
     from the candidate (the rest shadowed at 100 %, the project's default).
     """
-    if mode not in ("legacy", "shadow", "shadow-offload", "canary"):
+    if mode not in ("legacy", "shadow", "shadow-in-loop", "canary"):
         raise ValueError(f"unsupported bench mode {mode!r}")
     limits = ""
-    if mode == "shadow-offload":  # shadow copies in the worker's SCHED_IDLE helper process
-        mode, limits = "shadow", "limits: {shadow_offload: true}\n"
+    if mode == "shadow-in-loop":  # shadow copies in the worker's own event loop
+        mode, limits = "shadow", "limits: {shadow_offload: false}\n"
     backend = (
         f"{{url: {json.dumps(upstream_url)}, timeout: {backend_timeout},"
         f" connect_timeout: {connect_timeout}, max_connections: 200}}"
@@ -401,7 +401,7 @@ def run_section(ctx: SectionContext) -> SectionResult:
         control = _start(env, "shadow-bench-legacy-aa", "legacy")
         started.append(control.running.measured)
         shadows: dict[str, _Proxy] = {}
-        for mode, kind in ((IN_LOOP, "shadow"), (OFFLOAD, "shadow-offload")):
+        for mode, kind in ((OFFLOAD, "shadow"), (IN_LOOP, "shadow-in-loop")):
             proxy = _start(env, f"shadow-bench-{kind}", kind)
             started.append(proxy.running.measured)
             shadows[mode] = proxy

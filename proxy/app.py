@@ -87,7 +87,7 @@ class Proxy:
         self.reuse_port = reuse_port
         self.with_admin = admin
         self.with_data_plane = data_plane
-        self.offload = offload  # a `serve` worker: may run a shadow helper (limits.shadow_offload)
+        self.offload = offload  # a `serve` worker: may run a shadow helper (offload_wanted)
         self.worker_slot = worker_slot  # 1..N under `serve --workers N` (N > 1), else None
         self.plane: DataPlane | None = None
         self._backends: dict[str, _Backend] = {}
@@ -217,12 +217,13 @@ class Proxy:
         hub = self.hub
         if hub is None or not self.with_data_plane:
             return
+        wanted = offload_wanted(settings)
         if hub.feed is not None:
-            if not settings.limits.shadow_offload:
+            if not wanted:
                 feed, hub.feed = hub.feed, None
                 await feed.close(_GRACE_HELPER_S)
             return
-        if self.offload and settings.limits.shadow_offload:
+        if self.offload and wanted:
             feed = hub.feed = OffloadFeed(hub, settings.path, asyncio.get_running_loop())
             try:
                 await feed.start()
@@ -635,6 +636,17 @@ def offloadable(route: Route, settings: Settings) -> bool:
         return False
     backends = settings.backends
     return backends[route.candidate].handlers is None and backends[route.primary].handlers is None
+
+
+def offload_wanted(settings: Settings) -> bool:
+    """Whether `serve` runs a shadow helper per worker for `settings`: as
+    `limits.shadow_offload` says, or when it is unset, whether a route's copies can run in
+    one (shadow-mode copies in the worker's event loop wait for, and delay, its users'
+    requests; a helper at idle priority only takes the CPU they leave)."""
+    chosen = settings.limits.shadow_offload
+    if chosen is not None:
+        return chosen
+    return any(offloadable(route, settings) for route in RouteTable(settings).routes)
 
 
 def _shadow_plan(

@@ -153,8 +153,10 @@ def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
         _cannot_start(exc)
         return 2
     try:
+        from proxy.app import offload_wanted
+
         _install_uvloop()
-        if workers > 1 or settings.limits.shadow_offload:  # workers, each with a shadow helper
+        if workers > 1 or offload_wanted(settings):  # workers, each with a shadow helper
             return asyncio.run(_supervise(settings, workers, watch))
         return asyncio.run(_serve_one(settings, watch=watch, worker=False))
     finally:

@@ -237,7 +237,9 @@ class LimitsSettings:
     max_header_bytes: int = 64 << 10
     max_url_bytes: int = 8 << 10
     shadow_cpu_budget: float = 0.85  # share of a core above which shadow work is shed
-    shadow_offload: bool = False  # `serve`: shadow routes' copies run in a SCHED_IDLE helper
+    # `serve`: shadow routes' copies run in a SCHED_IDLE helper; None (unset): when a route
+    # of the config serve starts with can use one (proxy.app.offload_wanted)
+    shadow_offload: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

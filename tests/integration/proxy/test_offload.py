@@ -1,7 +1,9 @@
 """`limits.shadow_offload`: `strangler serve` runs shadow copies in a SCHED_IDLE helper.
 
 A real process tree (supervisor, worker, the worker's helper) in front of loopback legacy
-and candidate apps whose prices differ, so every copy is a mismatch on `$.price`.
+and candidate apps whose prices differ, so every copy is a mismatch on `$.price`. The
+config leaves `shadow_offload` unset: a shadow route with URL backends gets a helper by
+default.
 """
 
 from __future__ import annotations
@@ -60,11 +62,21 @@ class Counts:
         return self.recorded + self.failed + sum((self.dropped or {}).values())
 
 
-def _config(legacy: Side, candidate: Side, port: int, admin: int, db: Path, extra: str) -> str:
+def _config(
+    legacy: Side,
+    candidate: Side,
+    port: int,
+    admin: int,
+    db: Path,
+    extra: str = "",
+    offload: str = "",
+) -> str:
     text = shadow_config(legacy, candidate, ROUTE + extra, f"sqlite+aiosqlite:///{db}")
     text = text.replace("listen: 127.0.0.1:0", f"listen: 127.0.0.1:{port}", 1)
     text = text.replace("  listen: 127.0.0.1:0", f"  listen: 127.0.0.1:{admin}", 1)
-    return text.replace("limits:\n", "limits:\n  shadow_offload: true\n", 1)
+    if offload:
+        text = text.replace("limits:\n", f"limits:\n  shadow_offload: {offload}\n", 1)
+    return text
 
 
 @pytest.fixture
@@ -74,7 +86,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     port, admin = free_port(), free_port()
     db = tmp_path / "cmp.db"
     cfg = tmp_path / "routes.yaml"
-    cfg.write_text(_config(legacy, candidate, port, admin, db, ""))
+    cfg.write_text(_config(legacy, candidate, port, admin, db))
     proc = await start_serve(cfg)
     try:
         await wait_admin_ready(admin)
@@ -352,3 +364,28 @@ async def test_the_helper_is_not_handed_the_workers_heartbeat_pipe(served: Serve
     env = Path(f"/proc/{helper}/environ").read_bytes().split(b"\0")
     assert not [x for x in env if x.startswith(b"STRANGLER_HEARTBEAT_FD=")]
     assert [x for x in env if x.startswith(b"STRANGLER_CONFIG_SNAPSHOT=")]  # a worker's child
+
+
+async def test_shadow_offload_false_keeps_the_copies_in_the_serving_process(
+    tmp_path: Path,
+) -> None:
+    legacy, candidate = Side("legacy"), Side("candidate", price="13.00")
+    runners = [await start_app(legacy), await start_app(candidate)]
+    port, admin = free_port(), free_port()
+    cfg = tmp_path / "routes.yaml"
+    cfg.write_text(_config(legacy, candidate, port, admin, tmp_path / "cmp.db", offload="false"))
+    proc = await start_serve(cfg)
+    try:
+        await wait_admin_ready(admin)
+        n = 20
+        async with aiohttp.ClientSession() as s:
+            assert await _burst(s, port, 0, n) == ["12.50"] * n
+            c = await _settled(s, admin, n)
+        # one process: no supervisor, no worker, no helper
+        assert Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split() == []
+        assert not [pid for pid, cmd in _helpers().items() if str(cfg) in cmd]
+        assert c.outcomes is not None and c.outcomes.get("mismatch", 0) == c.recorded > 0
+    finally:
+        await stop_process(proc)
+        for r in runners:
+            await r.cleanup()

@@ -71,21 +71,31 @@ def test_format_shows_units_and_figure_only_goals() -> None:
     assert Verdict(4, "x", 1.0, 2.0).as_json()["met"] is False
 
 
-def test_both_shadow_rows_get_the_issue_6_goals() -> None:
+def test_the_default_shadow_row_gets_the_goals_and_the_in_loop_one_figures() -> None:
     sections = _sections()
     rows = sections["shadow"]["rows"]
     assert isinstance(rows, list)
     rows += [
-        {"phase": "half", "mode": "shadow 100% offload", "p50_x": 1.2, "p99_x": 0.8},
-        {"phase": "saturating", "mode": "shadow 100% offload", "rps_x": 1.0},
+        {"phase": "half", "mode": "shadow 100% in-loop", "p50_x": 1.6, "p99_x": 2.0},
+        {"phase": "saturating", "mode": "shadow 100% in-loop", "rps_x": 0.95},
     ]
-    rows[-2]["compared_pct"] = 85.0
-    shadow = [g for g in collect_goals(_ROWS, sections) if g.issue == 6][:-1]  # not comparator
+    rows[-2]["compared_pct"] = 41.0
+    shadow = [g for g in collect_goals(_ROWS, sections) if g.issue == 6 and "A/A" not in g.text]
+    shadow = [g for g in shadow if "deepdiff" not in g.text]
     assert [g.text.split(" primary")[0].split(":")[0] for g in shadow] == [
         *["shadow 100%"] * 4,
-        *["shadow 100% offload"] * 4,
+        *["shadow 100% in-loop"] * 4,
     ]
-    assert [g.met for g in shadow[4:]] == [False, True, True, True]
+    assert [g.met for g in shadow[:4]] == [True, False, True, False]
+    assert [(g.value, g.limit, g.met) for g in shadow[4:]] == [
+        (1.6, None, None),
+        (2.0, None, None),
+        (41.0, None, None),
+        (0.95, None, None),
+    ]
+    assert "[figure] issue 6: shadow 100% in-loop: copies compared at half load: 41.0%" in (
+        format_goals(shadow)
+    )
 
 
 def test_the_a_a_control_is_shown_as_figures_not_goals() -> None:

@@ -13,6 +13,7 @@ from bench.helper_bench import helper_config, run_section
 from bench.procs import ProcessSet
 from bench.sections import SectionContext
 from bench.targets import BenchEnv
+from proxy.app import offload_wanted
 from proxy.settings import loads
 
 _BODY = b'{"order": "x"}'
@@ -51,7 +52,7 @@ def upstream() -> Iterator[str]:
 def test_helper_config_is_a_valid_offload_config(tmp_path: Path) -> None:
     settings = loads(helper_config("http://127.0.0.1:4321", tmp_path / "h.db"))
     (route,) = settings.routes
-    assert settings.limits.shadow_offload
+    assert offload_wanted(settings)  # by default: a shadow route with URL backends
     assert route.mode == "shadow" and route.candidate == "candidate"
     assert route.shadow.percent == 100.0
     assert settings.store.url.endswith("/h.db")

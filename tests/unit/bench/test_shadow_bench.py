@@ -17,6 +17,7 @@ from bench.shadow_bench import (
     parse_shadow_counts,
     user_id_script,
 )
+from proxy.app import offload_wanted
 from proxy.settings import loads
 
 _METRICS = """\
@@ -52,6 +53,15 @@ def test_mode_config_is_a_valid_strangler_config(tmp_path: Path, mode: str) -> N
     if mode == "canary":
         assert route.canary.percent == 50.0
         assert route.canary.sticky_header == "x-user-id"
+
+
+@pytest.mark.parametrize(("mode", "helper"), [("shadow", True), ("shadow-in-loop", False)])
+def test_the_shadow_rows_run_copies_in_a_helper_and_in_the_loop(
+    tmp_path: Path, mode: str, helper: bool
+) -> None:
+    settings = loads(mode_config(tmp_path, "t", 7000, 7001, "http://127.0.0.1:4321", mode))
+    assert settings.routes[0].mode == "shadow"
+    assert offload_wanted(settings) is helper
 
 
 def test_mode_config_rejects_other_modes(tmp_path: Path) -> None:
