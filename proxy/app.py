@@ -27,7 +27,7 @@ from proxy.handlers import start_handler_app
 from proxy.holds import Hold, HoldBoard, route_version, route_versions
 from proxy.metrics import Metrics
 from proxy.offload import OffloadFeed
-from proxy.routes import Route, RouteTable
+from proxy.routes import Route, RouteTable, offload_wanted, offloadable
 from proxy.settings import BackendSettings, Settings
 from proxy.shadowing import ShadowHub, ShadowPlan
 from proxy.upstream import UpstreamPool
@@ -626,27 +626,6 @@ async def _close_replaced(old: dict[str, _Backend], new: dict[str, _Backend]) ->
             be.pool.close()
             if be.runner is not None:
                 await be.runner.cleanup()
-
-
-def offloadable(route: Route, settings: Settings) -> bool:
-    """Whether a shadow helper may run this route's copies: shadow mode, and both backends
-    are URLs (the helper reaches the candidate, and legacy for a noise baseline; in-process
-    apps stay with the worker)."""
-    if route.mode != "shadow" or route.candidate is None:
-        return False
-    backends = settings.backends
-    return backends[route.candidate].handlers is None and backends[route.primary].handlers is None
-
-
-def offload_wanted(settings: Settings) -> bool:
-    """Whether `serve` runs a shadow helper per worker for `settings`: as
-    `limits.shadow_offload` says, or when it is unset, whether a route's copies can run in
-    one (shadow-mode copies in the worker's event loop wait for, and delay, its users'
-    requests; a helper at idle priority only takes the CPU they leave)."""
-    chosen = settings.limits.shadow_offload
-    if chosen is not None:
-        return chosen
-    return any(offloadable(route, settings) for route in RouteTable(settings).routes)
 
 
 def _shadow_plan(

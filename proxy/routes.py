@@ -18,7 +18,15 @@ from urllib.parse import parse_qsl
 if TYPE_CHECKING:
     from proxy.settings import Mode, RouteSettings, Settings
 
-__all__ = ["PathPattern", "Route", "RouteTable", "parse_pattern", "sticky_key"]
+__all__ = [
+    "PathPattern",
+    "Route",
+    "RouteTable",
+    "offload_wanted",
+    "offloadable",
+    "parse_pattern",
+    "sticky_key",
+]
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _BAD_CHARS = re.compile(r"[\s?#]")
@@ -261,3 +269,24 @@ def sticky_key(
                     if part.startswith(prefix):
                         return part[len(prefix) :] or None
     return None
+
+
+def offloadable(route: Route, settings: Settings) -> bool:
+    """Whether a shadow helper may run this route's copies: shadow mode, and both backends
+    are URLs (the helper reaches the candidate, and legacy for a noise baseline; in-process
+    apps stay with the worker)."""
+    if route.mode != "shadow" or route.candidate is None:
+        return False
+    backends = settings.backends
+    return backends[route.candidate].handlers is None and backends[route.primary].handlers is None
+
+
+def offload_wanted(settings: Settings) -> bool:
+    """Whether `serve` runs a shadow helper per worker for `settings`: as
+    `limits.shadow_offload` says, or when it is unset, whether a route's copies can run in
+    one (shadow-mode copies in the worker's event loop wait for, and delay, its users'
+    requests; a helper at idle priority only takes the CPU they leave)."""
+    chosen = settings.limits.shadow_offload
+    if chosen is not None:
+        return chosen
+    return any(offloadable(route, settings) for route in RouteTable(settings).routes)

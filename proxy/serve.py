@@ -37,6 +37,7 @@ from proxy.earlyhup import hold_early_hup, take_early_hup
 from proxy.holds import STATE_DIR_ENV
 from proxy.lifeline import HEARTBEAT_ENV, Pulse, start_heartbeat, take_heartbeat_fd
 from proxy.listenclaim import claim_listen
+from proxy.routes import offload_wanted
 from proxy.settings import ConfigError, Settings, load, loads
 from shadow.redact import warn_if_unkeyed
 
@@ -153,8 +154,6 @@ def run(config_path: str, *, workers: int = 1, watch: bool = False) -> int:
         _cannot_start(exc)
         return 2
     try:
-        from proxy.app import offload_wanted
-
         _install_uvloop()
         if workers > 1 or offload_wanted(settings):  # workers, each with a shadow helper
             return asyncio.run(_supervise(settings, workers, watch))

@@ -13,7 +13,7 @@ from bench.helper_bench import helper_config, run_section
 from bench.procs import ProcessSet
 from bench.sections import SectionContext
 from bench.targets import BenchEnv
-from proxy.app import offload_wanted
+from proxy.routes import offload_wanted
 from proxy.settings import loads
 
 _BODY = b'{"order": "x"}'

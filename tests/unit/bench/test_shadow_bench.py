@@ -17,7 +17,7 @@ from bench.shadow_bench import (
     parse_shadow_counts,
     user_id_script,
 )
-from proxy.app import offload_wanted
+from proxy.routes import offload_wanted
 from proxy.settings import loads
 
 _METRICS = """\

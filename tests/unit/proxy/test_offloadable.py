@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.app import offload_wanted, offloadable
-from proxy.routes import RouteTable
+from proxy.routes import RouteTable, offload_wanted, offloadable
 from proxy.settings import loads
 
 CONFIG = """
