@@ -9,10 +9,11 @@ default.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,14 +80,17 @@ def _config(
     return text
 
 
-@pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
+@contextlib.asynccontextmanager
+async def _serving(
+    tmp_path: Path, edit: Callable[[str], str] = lambda text: text, offload: str = ""
+) -> AsyncIterator[Served]:
+    """`strangler serve` with the config (`edit`ed) in front of the two apps, until the end."""
     legacy, candidate = Side("legacy"), Side("candidate", price="13.00")
     runners = [await start_app(legacy), await start_app(candidate)]
     port, admin = free_port(), free_port()
     db = tmp_path / "cmp.db"
     cfg = tmp_path / "routes.yaml"
-    cfg.write_text(_config(legacy, candidate, port, admin, db))
+    cfg.write_text(edit(_config(legacy, candidate, port, admin, db, offload=offload)))
     proc = await start_serve(cfg)
     try:
         await wait_admin_ready(admin)
@@ -95,6 +99,12 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
         await stop_process(proc)
         for r in runners:
             await r.cleanup()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    async with _serving(tmp_path) as s:
+        yield s
 
 
 async def _counts(s: aiohttp.ClientSession, admin: int) -> Counts:
@@ -233,24 +243,14 @@ async def test_the_helper_reads_the_served_response_as_the_backend_sent_it(
 async def test_a_served_body_over_the_limit_is_dropped_before_any_candidate_call(
     tmp_path: Path,
 ) -> None:
-    legacy, candidate = Side("legacy"), Side("candidate", price="13.00")
-    runners = [await start_app(legacy), await start_app(candidate)]
-    port, admin = free_port(), free_port()
-    cfg = tmp_path / "routes.yaml"
-    text = _config(legacy, candidate, port, admin, tmp_path / "cmp.db", "")
-    cfg.write_text(text.replace("timeout: 5s}", "timeout: 5s, max_body_bytes: 16}", 1))
-    proc = await start_serve(cfg)
-    try:
-        await wait_admin_ready(admin)
-        async with aiohttp.ClientSession() as s:
-            assert await _burst(s, port, 0, 10) == ["12.50"] * 10  # users: legacy, whole
-            c = await _settled(s, admin, 10)
-    finally:
-        await stop_process(proc)
-        for r in runners:
-            await r.cleanup()
+    def limited(text: str) -> str:
+        return text.replace("timeout: 5s}", "timeout: 5s, max_body_bytes: 16}", 1)
+
+    async with _serving(tmp_path, limited) as served, aiohttp.ClientSession() as s:
+        assert await _burst(s, served.port, 0, 10) == ["12.50"] * 10  # users: legacy, whole
+        c = await _settled(s, served.admin, 10)
     assert c.dropped == {"body_too_large": 10} and c.recorded == 0, c
-    assert candidate.shadow_headers.count("1") == 0  # the helper knew it before calling
+    assert served.candidate.shadow_headers.count("1") == 0  # the helper knew it before calling
 
 
 async def test_a_killed_helper_is_restarted_and_a_reload_reaches_it(served: Served) -> None:
@@ -369,26 +369,15 @@ async def test_the_helper_is_not_handed_the_workers_heartbeat_pipe(served: Serve
 async def test_shadow_offload_false_keeps_the_copies_in_the_serving_process(
     tmp_path: Path,
 ) -> None:
-    legacy, candidate = Side("legacy"), Side("candidate", price="13.00")
-    runners = [await start_app(legacy), await start_app(candidate)]
-    port, admin = free_port(), free_port()
-    cfg = tmp_path / "routes.yaml"
-    cfg.write_text(_config(legacy, candidate, port, admin, tmp_path / "cmp.db", offload="false"))
-    proc = await start_serve(cfg)
-    try:
-        await wait_admin_ready(admin)
-        n = 20
-        async with aiohttp.ClientSession() as s:
-            assert await _burst(s, port, 0, n) == ["12.50"] * n
-            c = await _settled(s, admin, n)
+    n = 20
+    async with _serving(tmp_path, offload="false") as served, aiohttp.ClientSession() as s:
+        assert await _burst(s, served.port, 0, n) == ["12.50"] * n
+        c = await _settled(s, served.admin, n)
+        pid = served.proc.pid
         # one process: no supervisor, no worker, no helper
-        assert Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split() == []
-        assert not [pid for pid, cmd in _helpers().items() if str(cfg) in cmd]
-        # every copy ended in this process: compared, or shed by its event loop's budget
-        assert c.started == n and c.failed == 0
-        assert c.outcomes is not None and c.outcomes.get("mismatch", 0) == c.recorded
-        assert c.dropped is not None and set(c.dropped) <= {"shed", "concurrency"}
-    finally:
-        await stop_process(proc)
-        for r in runners:
-            await r.cleanup()
+        assert Path(f"/proc/{pid}/task/{pid}/children").read_text().split() == []
+        assert not _ours(served)
+    # every copy ended in that process: compared, or shed by its event loop's budget
+    assert c.started == n and c.failed == 0
+    assert c.outcomes is not None and c.outcomes.get("mismatch", 0) == c.recorded
+    assert c.dropped is not None and set(c.dropped) <= {"shed", "concurrency"}
