@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from proxy.routes import offload_wanted
 from proxy.serve import load_config
 from proxy.settings import ConfigError, Settings
 from shadow.redact import mask_secrets
@@ -87,7 +88,8 @@ def redacted_config(settings: Settings) -> dict[str, Any]:
         "default_backend": settings.default_backend,
         "backends": backends,
         "store": _plain(settings.store),
-        "limits": _plain(settings.limits),
+        # unset: what `serve` makes of it for this config (proxy.routes.offload_wanted)
+        "limits": {**_plain(settings.limits), "shadow_offload": offload_wanted(settings)},
         "capture": _plain(settings.capture),
         "access_log": settings.access_log,
         "routes": routes,

@@ -64,3 +64,14 @@ def test_the_demo_config_is_json_serialisable() -> None:
     import orjson
 
     assert orjson.loads(orjson.dumps(redacted_config(load("config/demo.yaml"))))["routes"]
+
+
+def test_an_unset_shadow_offload_is_shown_as_what_serve_makes_of_it() -> None:
+    """Unset, `limits.shadow_offload` is on when a shadow route has URL backends."""
+    shadow = TEXT.replace("limits: {shadow_offload: true, body_timeout: 5s}\n", "")
+    shadow = shadow.replace("mode: canary", "mode: shadow")
+    in_process = loads(shadow, "t.yaml")  # its candidate is an in-process app: in the loop
+    assert redacted_config(in_process)["limits"]["shadow_offload"] is False
+    orders = '  orders: {handlers: extracted.app, db: "postgresql+psycopg://app:hunter2@127.0.0.1/orders"}'
+    by_url = loads(shadow.replace(orders, '  orders: {url: "http://127.0.0.1:8082"}'), "t.yaml")
+    assert redacted_config(by_url)["limits"]["shadow_offload"] is True
