@@ -20,7 +20,7 @@ import uvloop
 from proxy.accesslog import AccessLog
 from proxy.app import create_proxy
 from proxy.settings import loads
-from tests.integration.proxy.conftest import proxy_config
+from tests.integration.proxy.conftest import proxy_before, proxy_config
 from tests.support import stop_after_test, wait_until
 from tests.upstreams import RawResponse, raw_exchange
 
@@ -152,40 +152,35 @@ def _cut_close_delimited(
             writer.write(head)
             held.append(writer)
 
-        server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        proxy = create_proxy(
-            loads(proxy_config(f"http://127.0.0.1:{port}"), "cut.yaml"),
-            access_log=AccessLog(enabled=False),
-        )
-        await proxy.start()
         try:
-            reader, writer = await asyncio.open_connection(*proxy.address)
-            writer.write(b"GET /cut %s\r\nHost: a\r\n\r\n" % version)
-            got, reset = b"", False
-            async with asyncio.timeout(5):
-                while b"partial" not in got:
-                    got += await reader.read(65536)
-                if by_stop:  # the backend goes on holding the rest; the grace runs out
-                    stopping = asyncio.ensure_future(proxy.stop(0.2))
-                else:
-                    sock = held[0].get_extra_info("socket")
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    held[0].transport.abort()  # RST: the body is cut, not ended
-                try:  # until the end, or the last chunk (a kept-alive connection stays)
-                    while not got.endswith(b"0\r\n\r\n") and (chunk := await reader.read(65536)):
-                        got += chunk
-                except ConnectionResetError:
-                    reset = True
-                if by_stop:
-                    await stopping
-            writer.close()
+            async with proxy_before(serve) as proxy:
+                reader, writer = await asyncio.open_connection(*proxy.address)
+                writer.write(b"GET /cut %s\r\nHost: a\r\n\r\n" % version)
+                got, reset = b"", False
+                async with asyncio.timeout(5):
+                    while b"partial" not in got:
+                        got += await reader.read(65536)
+                    if by_stop:  # the backend goes on holding the rest; the grace runs out
+                        stopping = asyncio.ensure_future(proxy.stop(0.2))
+                    else:
+                        sock = held[0].get_extra_info("socket")
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                        held[0].transport.abort()  # RST: the body is cut, not ended
+                    try:  # until the end, or the last chunk (a kept-alive connection stays)
+                        while not got.endswith(b"0\r\n\r\n") and (
+                            chunk := await reader.read(65536)
+                        ):
+                            got += chunk
+                    except ConnectionResetError:
+                        reset = True
+                    if by_stop:
+                        await stopping
+                writer.close()
         finally:
             for w in held:
                 w.transport.abort()
-            await stop_after_test(proxy, 1.0)
-            server.close()
-            await server.wait_closed()
         return got, reset
 
     try:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,33 @@ store:
 access_log: false
 {extra}
 """
+
+
+@asynccontextmanager
+async def proxy_to(port: int, extra: str = "") -> AsyncIterator[Proxy]:
+    """A proxy (access log off) in front of a backend on loopback `port`, `extra` config
+    added, stopped at the end."""
+    settings = loads(proxy_config(f"http://127.0.0.1:{port}", extra), "t.yaml")
+    proxy = create_proxy(settings, access_log=AccessLog(enabled=False))
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await stop_after_test(proxy, 1.0)
+
+
+@asynccontextmanager
+async def proxy_before(
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[Proxy]:
+    """`proxy_to` a backend on a loopback port of its own whose connections `serve` handles."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        async with proxy_to(server.sockets[0].getsockname()[1]) as proxy:
+            yield proxy
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def write_served_config(tmp_path: Path, upstream_url: str, port: int, admin: int) -> Path:

@@ -5,34 +5,46 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from typing import cast
+from collections.abc import Callable
+from typing import Self, cast
 
 import pytest
 from prometheus_client import generate_latest
 
-from proxy.accesslog import AccessLog
-from proxy.app import Proxy, create_proxy
-from proxy.settings import loads
-from tests.integration.proxy.conftest import Stack, proxy_config
-from tests.support import close_writer, stop_after_test, wait_until
+from proxy.app import Proxy
+from tests.integration.proxy.conftest import Stack, proxy_before, proxy_to
+from tests.support import close_writer, wait_until
 from tests.upstreams import EchoUpstream, Received, read_response
 
 
-class GatedUpload:
+class _StreamServer:
+    """A backend on a loopback port of its own; `_serve` handles each connection."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> Self:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+class GatedUpload(_StreamServer):
     """A backend that reads a request head, then waits for `go` before reading its body,
     and answers with the number of body bytes it got."""
 
     def __init__(self) -> None:
         self.go = asyncio.Event()
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> GatedUpload:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
+        super().__init__()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -51,22 +63,6 @@ class GatedUpload:
             pass
         finally:
             await close_writer(writer)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-
-@asynccontextmanager
-async def _proxy_to(port: int, extra: str = "") -> AsyncIterator[Proxy]:
-    settings = loads(proxy_config(f"http://127.0.0.1:{port}", extra), "flow.yaml")
-    proxy = create_proxy(settings, access_log=AccessLog(enabled=False))
-    await proxy.start()
-    try:
-        yield proxy
-    finally:
-        await stop_after_test(proxy, 1.0)
 
 
 def _reads_paused(proxy: Proxy) -> bool:
@@ -88,7 +84,7 @@ async def test_an_upload_paused_mid_body_resumes_for_a_closing_client(
     size = 32 << 20  # more than the loopback buffers between proxy and backend hold
     backend = await GatedUpload().start()
     try:
-        async with _proxy_to(backend.port, "limits:\n  body_timeout: 3s\n") as proxy:
+        async with proxy_to(backend.port, "limits:\n  body_timeout: 3s\n") as proxy:
             reader, writer = await asyncio.open_connection(*proxy.address)
             writer.write(request_line + b"Host: a\r\nContent-Length: %d\r\n\r\n" % size)
             writer.write(b"u" * size)
@@ -143,7 +139,7 @@ async def test_a_client_that_stops_reading_is_cut_at_the_body_timeout(
         t.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"y" * size)
 
     upstream.extra[b"/big"] = big
-    async with _proxy_to(upstream.port, "limits:\n  body_timeout: 2s\n") as proxy:
+    async with proxy_to(upstream.port, "limits:\n  body_timeout: 2s\n") as proxy:
         plane = proxy.plane
         assert plane is not None
         sock = socket.socket()
@@ -165,7 +161,7 @@ async def test_a_client_that_stops_reading_is_cut_at_the_body_timeout(
     assert not [ln for ln in text.splitlines() if ln.startswith("strangler_upstream_errors")]
 
 
-class _TwoAnswers:
+class _TwoAnswers(_StreamServer):
     """`/first` is answered in 16 KiB chunks until the proxy holds bytes its client has not
     read, then ends with one 128 KiB chunk (the read that passes the client's high-water
     mark ends the response); `/second` streams up to `limit` bytes as fast as it may."""
@@ -174,13 +170,7 @@ class _TwoAnswers:
         self.client_buffered = client_buffered
         self.limit = limit
         self.sent_second = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> _TwoAnswers:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self
+        super().__init__()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -208,11 +198,6 @@ class _TwoAnswers:
         finally:
             await close_writer(writer)
 
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
 
 async def test_a_pipelined_response_waits_for_a_client_that_stopped_reading() -> None:
     # The client stopped reading during the first response: its upstream was paused, but
@@ -231,7 +216,7 @@ async def test_a_pipelined_response_waits_for_a_client_that_stopped_reading() ->
     limit = 256 << 20
     backend = await _TwoAnswers(client_buffered, limit).start()
     try:
-        async with _proxy_to(backend.port, "limits:\n  body_timeout: 30s") as proxy:
+        async with proxy_to(backend.port, "limits:\n  body_timeout: 30s") as proxy:
             plane_box.append(proxy)
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -270,9 +255,8 @@ async def test_a_tunnel_waits_for_a_backend_that_stopped_reading() -> None:
         writer.write(b"HTTP/1.1 101 Switching\r\nconnection: upgrade\r\nupgrade: x\r\n\r\n")
         held.append(writer)
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
-        async with _proxy_to(server.sockets[0].getsockname()[1]) as proxy:
+        async with proxy_before(serve) as proxy:
             reader, writer = await asyncio.open_connection(*proxy.address)
             writer.write(
                 b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n"
@@ -299,5 +283,4 @@ async def test_a_tunnel_waits_for_a_backend_that_stopped_reading() -> None:
     finally:
         for w in held:
             w.transport.abort()
-        server.close()
     assert buffered < 8 << 20, f"{buffered} bytes held for a backend that reads nothing"

@@ -18,7 +18,7 @@ import pytest
 from proxy.accesslog import AccessLog
 from proxy.app import create_proxy
 from proxy.settings import loads
-from tests.integration.proxy.conftest import Stack, proxy_config
+from tests.integration.proxy.conftest import Stack, proxy_before, proxy_config
 from tests.support import stop_after_test
 from tests.upstreams import (
     GZIP_BODY,
@@ -619,14 +619,7 @@ async def test_a_tunnel_client_that_half_closes_still_gets_the_backends_answer()
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    proxy = create_proxy(
-        loads(proxy_config(f"http://127.0.0.1:{port}"), "t.yaml"),
-        access_log=AccessLog(enabled=False),
-    )
-    await proxy.start()
-    try:
+    async with proxy_before(serve) as proxy:
         reader, writer = await asyncio.open_connection(*proxy.address)
         writer.write(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n")
         async with asyncio.timeout(5):
@@ -639,9 +632,6 @@ async def test_a_tunnel_client_that_half_closes_still_gets_the_backends_answer()
             except ConnectionResetError:
                 rest = b"<reset>"
         writer.close()
-    finally:
-        await stop_after_test(proxy, 1.0)
-        server.close()
     assert rest == b"got 1000 bytes"
 
 
