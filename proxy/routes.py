@@ -275,10 +275,14 @@ def offloadable(route: Route, settings: Settings) -> bool:
     """Whether a shadow helper may run this route's copies: shadow mode, and both backends
     are URLs (the helper reaches the candidate, and legacy for a noise baseline; in-process
     apps stay with the worker)."""
-    if route.mode != "shadow" or route.candidate is None:
+    return _url_shadow(route.mode, route.candidate, route.primary, settings)
+
+
+def _url_shadow(mode: Mode, candidate: str | None, primary: str, settings: Settings) -> bool:
+    if mode != "shadow" or candidate is None:
         return False
     backends = settings.backends
-    return backends[route.candidate].handlers is None and backends[route.primary].handlers is None
+    return backends[candidate].handlers is None and backends[primary].handlers is None
 
 
 def offload_wanted(settings: Settings) -> bool:
@@ -289,4 +293,9 @@ def offload_wanted(settings: Settings) -> bool:
     chosen = settings.limits.shadow_offload
     if chosen is not None:
         return chosen
-    return any(offloadable(route, settings) for route in RouteTable(settings).routes)
+    # from the settings as they are: a route table compiles every path (milliseconds for
+    # hundreds of routes, and /-/config asks on the data plane's loop)
+    default = settings.default_backend
+    return any(
+        _url_shadow(r.mode, r.candidate, r.backend or default, settings) for r in settings.routes
+    )
